@@ -1,0 +1,135 @@
+//! The data model: applications, keys and their policy.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::CoreError;
+use crate::key::KeyEnv;
+
+/// A scope token (RFC 6749 §3.3: `%x21 / %x23-5B / %x5D-7E`), 1–128 characters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn new(s: &str) -> Result<Scope, CoreError> {
+        let ok = (1..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if ok {
+            Ok(Scope(s.to_owned()))
+        } else {
+            Err(CoreError::InvalidScope(s.chars().take(64).collect()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Scope::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Validates a human name of an app or key: 1–128 characters, no control characters.
+pub fn validate_name(s: &str) -> Result<(), CoreError> {
+    if s.trim().is_empty() {
+        return Err(CoreError::InvalidName("it must not be empty".into()));
+    }
+    if s.chars().count() > 128 {
+        return Err(CoreError::InvalidName("it must be at most 128 characters".into()));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(CoreError::InvalidName("it must not contain control characters".into()));
+    }
+    Ok(())
+}
+
+/// An application: the owner of keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A key as the store keeps it: never the secret, only its digest (not part of this record)
+/// and a display hint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub app_id: String,
+    pub app_name: String,
+    pub name: Option<String>,
+    pub hint: String,
+    pub env: KeyEnv,
+    pub scopes: Vec<Scope>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Lifecycle state of a key at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl KeyRecord {
+    pub fn state(&self, now: OffsetDateTime) -> KeyState {
+        if self.revoked_at.is_some_and(|t| t <= now) {
+            KeyState::Revoked
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_follow_rfc6749() {
+        for ok in ["facts:read", "a", "x.y/z", "!#[]~"] {
+            assert!(Scope::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", " ", "a b", "a\"b", "a\\b", "é", "a\tb", &"a".repeat(129), "a\0"] {
+            assert!(Scope::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("cat facts app").is_ok());
+        assert!(validate_name("  ").is_err());
+        assert!(validate_name("a\nb").is_err());
+        assert!(validate_name(&"n".repeat(129)).is_err());
+    }
+}

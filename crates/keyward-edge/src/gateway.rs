@@ -1,0 +1,462 @@
+//! The gateway: a reverse proxy that runs every request through the pipeline
+//! (route → extract credential → authenticate → authorize → proxy).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use keyward_core::decision::ScopeMode;
+use keyward_core::{KeyRecord, RequestFacts, Scope};
+use keyward_engine::{Engine, Rejection};
+
+use crate::problem::{self, Problem, RejectionStyle};
+
+/// An upstream base URL, split once at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    scheme: String,
+    authority: String,
+    base_path: String,
+}
+
+impl Upstream {
+    /// Parses `http://host:port[/base]`. Only plain HTTP upstreams for now.
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
+        let scheme = uri.scheme_str().ok_or_else(|| format!("upstream URL {url:?} has no scheme"))?;
+        if scheme != "http" {
+            return Err(format!("upstream URL {url:?}: only http:// upstreams are supported"));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("upstream URL {url:?} has no host"))?
+            .to_string();
+        if uri.query().is_some() {
+            return Err(format!("upstream URL {url:?} must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            scheme: scheme.to_owned(),
+            authority,
+            base_path,
+        })
+    }
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Matches the path itself and everything below it (`/fact` matches `/fact` and
+    /// `/fact/1`, not `/facts`).
+    pub path_prefix: String,
+    /// Allowed methods; empty means any.
+    pub methods: Vec<Method>,
+    pub upstream: Upstream,
+    pub scopes: Vec<Scope>,
+    pub scope_mode: ScopeMode,
+}
+
+impl Route {
+    fn matches_path(&self, path: &str) -> bool {
+        let p = self.path_prefix.as_str();
+        if p == "/" {
+            return true;
+        }
+        match path.strip_prefix(p) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/') || p.ends_with('/'),
+            None => false,
+        }
+    }
+
+    fn allows(&self, m: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(m)
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub routes: Vec<Route>,
+    /// Headers that carry an API key (default `x-api-key`).
+    pub credential_headers: Vec<HeaderName>,
+    /// Status for invalid credentials: 401 (default) or 403 (the classic static-key behaviour).
+    pub invalid_credential_status: StatusCode,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+}
+
+/// Shared state of the gateway listener.
+pub struct GatewayState {
+    engine: Arc<Engine>,
+    cfg: GatewayConfig,
+    client: Client<HttpConnector, Body>,
+    style: RejectionStyle,
+}
+
+impl GatewayState {
+    pub fn new(engine: Arc<Engine>, cfg: GatewayConfig) -> GatewayState {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(512)
+            .build(connector);
+        let mut challenges = vec![HeaderValue::from_static("Bearer realm=\"keyward\"")];
+        for h in &cfg.credential_headers {
+            if let Ok(v) = HeaderValue::from_str(&format!("ApiKey realm=\"keyward\", header=\"{}\"", h.as_str())) {
+                challenges.push(v);
+            }
+        }
+        let style = RejectionStyle {
+            invalid_status: cfg.invalid_credential_status,
+            challenges,
+            bearer: false,
+        };
+        GatewayState {
+            engine,
+            cfg,
+            client,
+            style,
+        }
+    }
+}
+
+/// The gateway's router: every request goes through [`handle`].
+pub fn gateway_router(state: Arc<GatewayState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// A credential found in the request.
+struct Credential<'a> {
+    value: &'a str,
+    /// Came in `Authorization: Bearer`.
+    bearer: bool,
+}
+
+/// Where the credential was, so that it can be stripped.
+enum Extracted<'a> {
+    None,
+    One(Credential<'a>),
+    Malformed { bearer: bool },
+    Multiple,
+}
+
+fn extract<'a>(headers: &'a HeaderMap, names: &[HeaderName], looks_like_key: impl Fn(&str) -> bool) -> Extracted<'a> {
+    let mut found: Option<Extracted<'a>> = None;
+    let mut count = 0usize;
+    for name in names {
+        for v in headers.get_all(name) {
+            count += 1;
+            if v.is_empty() {
+                // An empty header is treated as no credential at all (classic behaviour).
+                count -= 1;
+                continue;
+            }
+            found = Some(match v.to_str() {
+                Ok(s) => Extracted::One(Credential { value: s.trim(), bearer: false }),
+                Err(_) => Extracted::Malformed { bearer: false },
+            });
+        }
+    }
+    for v in headers.get_all(header::AUTHORIZATION) {
+        let Ok(s) = v.to_str() else { continue };
+        let Some((scheme, rest)) = s.split_once(' ') else { continue };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            continue;
+        }
+        let token = rest.trim();
+        if looks_like_key(token) {
+            count += 1;
+            found = Some(Extracted::One(Credential { value: token, bearer: true }));
+        }
+    }
+    match count {
+        0 => found.unwrap_or(Extracted::None),
+        1 => found.unwrap_or(Extracted::None),
+        _ => Extracted::Multiple,
+    }
+}
+
+/// Rejects paths with dot segments (raw or percent-encoded) or encoded slashes: the upstream
+/// might normalise them into a path that the route table did not authorize.
+fn suspicious_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') || lower.contains("%25") {
+        return true;
+    }
+    lower.split('/').any(|seg| {
+        let s = seg.replace("%2e", ".");
+        s == "." || s == ".."
+    })
+}
+
+fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'r Route, Problem> {
+    let best_len = routes
+        .iter()
+        .filter(|r| r.matches_path(path))
+        .map(|r| r.path_prefix.len())
+        .max()
+        .ok_or_else(Problem::not_found)?;
+    let candidates = routes
+        .iter()
+        .filter(|r| r.path_prefix.len() == best_len && r.matches_path(path));
+    let mut allow: Vec<&str> = Vec::new();
+    for r in candidates {
+        if r.allows(method) {
+            return Ok(r);
+        }
+        for m in &r.methods {
+            if !allow.contains(&m.as_str()) {
+                allow.push(m.as_str());
+            }
+        }
+    }
+    Err(Problem::method_not_allowed(&allow.join(", ")))
+}
+
+/// The per-request pipeline.
+async fn handle(
+    State(st): State<Arc<GatewayState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    let path = req.uri().path();
+    if suspicious_path(path) {
+        return Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators")
+            .into_response();
+    }
+    let route = match find_route(&st.cfg.routes, req.method(), path) {
+        Ok(r) => r,
+        Err(p) => return p.into_response(),
+    };
+    let format = st.engine.format();
+    let (record, bearer) = match extract(req.headers(), &st.cfg.credential_headers, |t| format.looks_like_key(t)) {
+        Extracted::None => return reject(&st, &Rejection::Missing, false, route),
+        Extracted::Multiple => return reject(&st, &Rejection::Multiple, false, route),
+        Extracted::Malformed { bearer } => {
+            return reject(
+                &st,
+                &Rejection::Malformed(keyward_core::error::KeyFormatError::Alphabet),
+                bearer,
+                route,
+            )
+        }
+        Extracted::One(c) => {
+            let facts = RequestFacts {
+                required_scopes: &route.scopes,
+                scope_mode: route.scope_mode,
+            };
+            match st.engine.verify_key(c.value, &facts).await {
+                Ok(rec) => (rec, c.bearer),
+                Err(r) => return reject(&st, &r, c.bearer, route),
+            }
+        }
+    };
+    tracing::debug!(route = %route.name, key_id = %record.id, app_id = %record.app_id, "allowed");
+    proxy(&st, route, record, bearer, peer, req).await
+}
+
+fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Response {
+    tracing::debug!(route = %route.name, code = r.code(), "rejected");
+    let mut style = st.style.clone();
+    style.bearer = bearer;
+    problem::rejection(r, &style).into_response()
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Header-safe text: visible ASCII kept, everything else percent-encoded.
+fn header_text(s: &str) -> HeaderValue {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn proxy(
+    st: &GatewayState,
+    route: &Route,
+    record: Arc<KeyRecord>,
+    bearer: bool,
+    peer: SocketAddr,
+    req: Request<Body>,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let target = format!("{}://{}{}{}", route.upstream.scheme, route.upstream.authority, route.upstream.base_path, pq);
+    let Ok(uri) = target.parse::<Uri>() else {
+        return Problem::bad_request("invalid_path", "the request target cannot be forwarded").into_response();
+    };
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    for name in &st.cfg.credential_headers {
+        h.remove(name);
+    }
+    if bearer {
+        h.remove(header::AUTHORIZATION);
+    }
+    let spoofed: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-keyward-"))
+        .cloned()
+        .collect();
+    for k in spoofed {
+        h.remove(k);
+    }
+    if let Some(host) = h.remove(header::HOST) {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host);
+    } else if let Some(a) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            h.insert(HeaderName::from_static("x-forwarded-host"), v);
+        }
+    }
+    let peer_ip = peer.ip().to_canonical().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    h.insert(HeaderName::from_static("x-keyward-app"), header_text(&record.app_name));
+    h.insert(HeaderName::from_static("x-keyward-app-id"), header_text(&record.app_id));
+    h.insert(HeaderName::from_static("x-keyward-key-id"), header_text(&record.id));
+    let scopes = record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    h.insert(HeaderName::from_static("x-keyward-scopes"), header_text(&scopes));
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+    match tokio::time::timeout(st.cfg.upstream_timeout, st.client.request(upstream_req)).await {
+        Err(_) => problem::upstream_timeout().into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name, error = %e, "upstream request failed");
+            problem::upstream_unreachable().into_response()
+        }
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, methods: &[Method]) -> Route {
+        Route {
+            name: prefix.into(),
+            path_prefix: prefix.into(),
+            methods: methods.to_vec(),
+            upstream: Upstream::parse("http://127.0.0.1:1").unwrap(),
+            scopes: vec![],
+            scope_mode: ScopeMode::AllOf,
+        }
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        let r = route("/fact", &[]);
+        assert!(r.matches_path("/fact"));
+        assert!(r.matches_path("/fact/1"));
+        assert!(!r.matches_path("/facts"));
+        assert!(!r.matches_path("/fac"));
+        assert!(route("/", &[]).matches_path("/anything"));
+        assert!(route("/api/", &[]).matches_path("/api/x"));
+    }
+
+    #[test]
+    fn longest_prefix_then_method() {
+        let routes = vec![
+            route("/facts", &[Method::GET]),
+            route("/facts", &[Method::POST]),
+            route("/", &[Method::GET]),
+        ];
+        assert_eq!(find_route(&routes, &Method::POST, "/facts").unwrap().methods, vec![Method::POST]);
+        let err = find_route(&routes, &Method::DELETE, "/facts").unwrap_err();
+        assert_eq!(err.status, 405);
+        assert_eq!(find_route(&routes, &Method::GET, "/other").unwrap().path_prefix, "/");
+        assert_eq!(find_route(&routes[..2], &Method::GET, "/x").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn suspicious_paths() {
+        for p in ["/a/../b", "/a/%2e%2e/b", "/a/%2E./b", "/a%2fb", "/./a", "/a/..", "/a%5cb", "/a%252e%252e/"] {
+            assert!(suspicious_path(p), "{p}");
+        }
+        for p in ["/fact", "/facts/1", "/a.b/c..d", "/"] {
+            assert!(!suspicious_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(Upstream::parse("http://127.0.0.1:9000").is_ok());
+        assert_eq!(Upstream::parse("http://h:1/base/").unwrap().base_path, "/base");
+        assert!(Upstream::parse("ftp://h").is_err());
+        assert!(Upstream::parse("127.0.0.1:9000").is_err());
+        assert!(Upstream::parse("http://h/?q=1").is_err());
+    }
+
+    #[test]
+    fn header_text_encodes_non_ascii() {
+        assert_eq!(header_text("Café app").to_str().unwrap(), "Caf%C3%A9 app");
+        assert_eq!(header_text("a\r\nb").to_str().unwrap(), "a%0D%0Ab");
+    }
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-foo, keep-alive"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("x-bar", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-foo").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get("x-bar").unwrap(), "2");
+    }
+}

@@ -1,0 +1,212 @@
+//! RFC 9457 problem documents, and the mapping of every layer's errors to HTTP.
+//!
+//! This is the only module that decides which status an error gets.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keyward_engine::{EngineError, Rejection};
+use keyward_store::StoreError;
+use serde::Serialize;
+
+/// Problem types are URNs under `urn:keyward:problem:`; the suffix is the stable `code`.
+pub const TYPE_PREFIX: &str = "urn:keyward:problem:";
+
+/// An `application/problem+json` response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Stable machine-readable code (the suffix of `type`).
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_scopes: Option<Vec<String>>,
+    #[serde(skip)]
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, title: &'static str) -> Problem {
+        Problem {
+            type_: format!("{TYPE_PREFIX}{}", code.replace('_', "-")),
+            title,
+            status: status.as_u16(),
+            detail: None,
+            code,
+            missing_scopes: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Problem {
+        self.detail = Some(d.into());
+        self
+    }
+
+    pub fn header(mut self, name: header::HeaderName, value: HeaderValue) -> Problem {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn not_found() -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail("no route matches this path")
+    }
+
+    pub fn method_not_allowed(allow: &str) -> Problem {
+        let p = Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method Not Allowed")
+            .detail("the route does not accept this method");
+        match HeaderValue::from_str(allow) {
+            Ok(v) => p.header(header::ALLOW, v),
+            Err(_) => p,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, code, "Bad Request").detail(detail)
+    }
+
+    pub fn internal() -> Problem {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal Server Error")
+            .detail("an unexpected error occurred; see the server log")
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
+        let mut resp = (status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (name, value) in self.headers {
+            h.append(name, value);
+        }
+        resp
+    }
+}
+
+/// How the gateway phrases a credential rejection.
+#[derive(Debug, Clone)]
+pub struct RejectionStyle {
+    /// Status for malformed, unknown, revoked and expired credentials (401, or 403 for users
+    /// migrating from the classic static-key setup).
+    pub invalid_status: StatusCode,
+    /// `WWW-Authenticate` challenges naming the accepted schemes.
+    pub challenges: Vec<HeaderValue>,
+    /// Whether the credential came in an `Authorization: Bearer` header (RFC 6750 errors).
+    pub bearer: bool,
+}
+
+/// Maps a pipeline rejection to its problem.
+pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
+    let (status, title, detail): (StatusCode, &'static str, String) = match r {
+        Rejection::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "Credential Missing",
+            "this route requires an API key or an access token".into(),
+        ),
+        Rejection::Multiple => (
+            StatusCode::BAD_REQUEST,
+            "Multiple Credentials",
+            "present exactly one credential, in one header".into(),
+        ),
+        Rejection::Malformed(e) => (style.invalid_status, "Malformed Credential", format!("the credential is malformed: {e}")),
+        Rejection::Unknown => (style.invalid_status, "Invalid Credential", "the credential is not valid".into()),
+        Rejection::Revoked { .. } => (style.invalid_status, "Credential Revoked", "the credential has been revoked".into()),
+        Rejection::Expired { .. } => (style.invalid_status, "Credential Expired", "the credential has expired".into()),
+        Rejection::InsufficientScope { missing, .. } => (
+            StatusCode::FORBIDDEN,
+            "Insufficient Scope",
+            format!(
+                "the credential lacks the scope{} {}",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            ),
+        ),
+        Rejection::Store(e) => return store(e),
+    };
+    let mut p = Problem::new(status, r.code(), title).detail(detail);
+    if let Rejection::InsufficientScope { missing, .. } = r {
+        p.missing_scopes = Some(missing.iter().map(|s| s.to_string()).collect());
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        let error = match r {
+            Rejection::Missing => None,
+            _ => Some("invalid_token"),
+        };
+        for c in &style.challenges {
+            let v = match (error, style.bearer, c.to_str()) {
+                (Some(err), true, Ok(s)) if s.starts_with("Bearer") => {
+                    HeaderValue::from_str(&format!("{s}, error=\"{err}\"")).unwrap_or_else(|_| c.clone())
+                }
+                _ => c.clone(),
+            };
+            p = p.header(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    if let (Rejection::InsufficientScope { missing, .. }, true) = (r, style.bearer) {
+        let scope = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")) {
+            p = p.header(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    p
+}
+
+/// Store failures: never the driver's message to the client.
+pub fn store(e: &StoreError) -> Problem {
+    match e {
+        StoreError::NotFound(what) => {
+            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail(format!("{what} not found"))
+        }
+        StoreError::Conflict(msg) => Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(msg.clone()),
+        StoreError::Unavailable(_) | StoreError::Open(_) => {
+            tracing::error!(error = %e, "store unavailable");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "Service Unavailable")
+                .detail("the credential store is unavailable; try again")
+                .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        }
+        StoreError::Corrupt(_) => {
+            tracing::error!(error = %e, "store corrupt");
+            Problem::internal()
+        }
+    }
+}
+
+/// Admin operation failures.
+pub fn engine(e: &EngineError) -> Problem {
+    match e {
+        EngineError::Invalid { field, message } => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "Invalid Request")
+                .detail(format!("{field}: {message}"))
+        }
+        EngineError::NotFound(what) => {
+            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail(format!("{what} not found"))
+        }
+        EngineError::Core(c) => match c {
+            keyward_core::CoreError::Random => {
+                tracing::error!("random generator failed");
+                Problem::internal()
+            }
+            other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.code(), "Invalid Request").detail(other.to_string()),
+        },
+        EngineError::Store(s) => store(s),
+    }
+}
+
+/// Upstream failures: never the upstream's internals.
+pub fn upstream_unreachable() -> Problem {
+    Problem::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "Bad Gateway").detail("the upstream service could not be reached")
+}
+
+pub fn upstream_timeout() -> Problem {
+    Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Gateway Timeout").detail("the upstream service did not answer in time")
+}

@@ -1,0 +1,71 @@
+use keyward_core::error::KeyFormatError;
+use keyward_core::{CoreError, Scope};
+use keyward_store::StoreError;
+use thiserror::Error;
+
+/// Why the pipeline refused a credential. The edge maps each variant to a status and a
+/// problem type in one place.
+#[derive(Debug, Error)]
+pub enum Rejection {
+    #[error("no credential was presented")]
+    Missing,
+    #[error("more than one credential was presented")]
+    Multiple,
+    #[error("malformed credential: {0}")]
+    Malformed(KeyFormatError),
+    #[error("unknown credential")]
+    Unknown,
+    #[error("the credential has been revoked")]
+    Revoked { key_id: String },
+    #[error("the credential has expired")]
+    Expired { key_id: String },
+    #[error("the credential lacks a required scope")]
+    InsufficientScope { key_id: String, missing: Vec<Scope> },
+    #[error("the credential store is unavailable")]
+    Store(#[source] StoreError),
+}
+
+impl Rejection {
+    /// Stable code, also used as the suffix of the problem type.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Missing => "missing_credential",
+            Rejection::Multiple => "multiple_credentials",
+            Rejection::Malformed(_) => "malformed_credential",
+            Rejection::Unknown => "invalid_credential",
+            Rejection::Revoked { .. } => "revoked_credential",
+            Rejection::Expired { .. } => "expired_credential",
+            Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::Store(_) => "store_unavailable",
+        }
+    }
+}
+
+/// Errors of the admin operations.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EngineError {
+    pub fn invalid(field: &'static str, message: String) -> EngineError {
+        EngineError::Invalid { field, message }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Invalid { .. } => "invalid_request",
+            EngineError::NotFound(_) => "not_found",
+            EngineError::Core(e) => e.code(),
+            EngineError::Store(StoreError::NotFound(_)) => "not_found",
+            EngineError::Store(e) => e.code(),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! keyward store: the [`Store`] trait, its backends and the read-through key cache.
+//!
+//! Nothing above this crate writes SQL. Timestamps are stored as Unix seconds (UTC),
+//! scopes as a JSON array, key digests as 32-byte blobs.
+#![forbid(unsafe_code)]
+
+mod cache;
+mod error;
+mod sqlite;
+
+use async_trait::async_trait;
+use keyward_core::{AppRecord, Digest, KeyRecord};
+use time::OffsetDateTime;
+
+pub use cache::{CacheConfig, CacheStats, KeyCache, Lookup};
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+
+/// The persistence interface. Every backend passes the same test suite.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is (`sqlite`, `postgres`), for logs and health reports.
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates an app. `Conflict` when the name is taken.
+    async fn create_app(&self, app: &AppRecord) -> Result<(), StoreError>;
+    /// An app by id or, failing that, by name.
+    async fn get_app(&self, id_or_name: &str) -> Result<Option<AppRecord>, StoreError>;
+    /// All apps, oldest first.
+    async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError>;
+
+    /// Stores a new key record with the digest of its secret. `Conflict` on a digest collision,
+    /// `NotFound` when the app does not exist.
+    async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError>;
+    /// The key whose digest this is, with the digest as stored (for a constant-time re-check).
+    async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    /// A key by id.
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Keys, oldest first, optionally only those of one app (by id).
+    async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Revokes a key at `at` (idempotent: an already revoked key keeps its first revocation
+    /// time). Returns the record after the change and its digest, `None` if no such key.
+    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+}
