@@ -29,7 +29,9 @@ pub enum Denial {
     Revoked,
     Expired,
     /// The scopes the route needs and the credential lacks (for `AnyOf`: all candidates).
-    InsufficientScope { missing: Vec<Scope> },
+    InsufficientScope {
+        missing: Vec<Scope>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,32 +102,57 @@ mod tests {
     fn lifecycle_beats_scopes() {
         let now = OffsetDateTime::UNIX_EPOCH + Duration::days(10);
         let req = [s("facts:read")];
-        let facts = RequestFacts { required_scopes: &req, scope_mode: ScopeMode::AllOf };
+        let facts = RequestFacts {
+            required_scopes: &req,
+            scope_mode: ScopeMode::AllOf,
+        };
         let mut r = record(&["facts:read"]);
         assert_eq!(authorize(&r, &facts, now), Decision::Allow);
         r.expires_at = Some(now);
-        assert_eq!(authorize(&r, &facts, now), Decision::Deny(Denial::Expired), "expiry is inclusive");
+        assert_eq!(
+            authorize(&r, &facts, now),
+            Decision::Deny(Denial::Expired),
+            "expiry is inclusive"
+        );
         r.expires_at = Some(now + Duration::seconds(1));
         assert_eq!(authorize(&r, &facts, now), Decision::Allow);
         r.revoked_at = Some(now - Duration::seconds(1));
         r.expires_at = Some(now - Duration::days(1));
-        assert_eq!(authorize(&r, &facts, now), Decision::Deny(Denial::Revoked), "revoked wins over expired");
+        assert_eq!(
+            authorize(&r, &facts, now),
+            Decision::Deny(Denial::Revoked),
+            "revoked wins over expired"
+        );
     }
 
     #[test]
     fn missing_scopes_are_named() {
         let req = [s("facts:read"), s("facts:write")];
-        let all = RequestFacts { required_scopes: &req, scope_mode: ScopeMode::AllOf };
-        let any = RequestFacts { required_scopes: &req, scope_mode: ScopeMode::AnyOf };
+        let all = RequestFacts {
+            required_scopes: &req,
+            scope_mode: ScopeMode::AllOf,
+        };
+        let any = RequestFacts {
+            required_scopes: &req,
+            scope_mode: ScopeMode::AnyOf,
+        };
         let r = record(&["facts:read"]);
         let now = OffsetDateTime::UNIX_EPOCH;
         assert_eq!(
             authorize(&r, &all, now),
-            Decision::Deny(Denial::InsufficientScope { missing: vec![s("facts:write")] })
+            Decision::Deny(Denial::InsufficientScope {
+                missing: vec![s("facts:write")]
+            })
         );
         assert_eq!(authorize(&r, &any, now), Decision::Allow);
-        assert!(matches!(authorize(&record(&[]), &any, now), Decision::Deny(_)));
-        let none = RequestFacts { required_scopes: &[], scope_mode: ScopeMode::AllOf };
+        assert!(matches!(
+            authorize(&record(&[]), &any, now),
+            Decision::Deny(_)
+        ));
+        let none = RequestFacts {
+            required_scopes: &[],
+            scope_mode: ScopeMode::AllOf,
+        };
         assert_eq!(authorize(&record(&[]), &none, now), Decision::Allow);
     }
 

@@ -215,14 +215,26 @@ mod tests {
         assert!(f.parse(&k).is_ok());
         assert_eq!(f.parse(&k[1..]), Err(KeyFormatError::Length));
         assert_eq!(f.parse(&format!("{k}x")), Err(KeyFormatError::Length));
-        assert_eq!(f.parse(&k.replacen("kw_", "kx_", 1)), Err(KeyFormatError::Prefix));
-        assert_eq!(f.parse(&k.replacen("live", "prod", 1)), Err(KeyFormatError::Env));
+        assert_eq!(
+            f.parse(&k.replacen("kw_", "kx_", 1)),
+            Err(KeyFormatError::Prefix)
+        );
+        assert_eq!(
+            f.parse(&k.replacen("live", "prod", 1)),
+            Err(KeyFormatError::Env)
+        );
         let mut bad = k.clone().into_bytes();
         bad[20] = b'-';
-        assert_eq!(f.parse(&String::from_utf8(bad).unwrap()), Err(KeyFormatError::Alphabet));
+        assert_eq!(
+            f.parse(&String::from_utf8(bad).unwrap()),
+            Err(KeyFormatError::Alphabet)
+        );
         let mut bad = k.clone().into_bytes();
         bad[20] = b'b';
-        assert_eq!(f.parse(&String::from_utf8(bad).unwrap()), Err(KeyFormatError::Checksum));
+        assert_eq!(
+            f.parse(&String::from_utf8(bad).unwrap()),
+            Err(KeyFormatError::Checksum)
+        );
         // A multi-byte character of the right byte length is refused, never sliced.
         let mut s = k[..k.len() - 2].to_owned();
         s.push('é');

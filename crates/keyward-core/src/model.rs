@@ -54,10 +54,14 @@ pub fn validate_name(s: &str) -> Result<(), CoreError> {
         return Err(CoreError::InvalidName("it must not be empty".into()));
     }
     if s.chars().count() > 128 {
-        return Err(CoreError::InvalidName("it must be at most 128 characters".into()));
+        return Err(CoreError::InvalidName(
+            "it must be at most 128 characters".into(),
+        ));
     }
     if s.chars().any(char::is_control) {
-        return Err(CoreError::InvalidName("it must not contain control characters".into()));
+        return Err(CoreError::InvalidName(
+            "it must not contain control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -120,7 +124,17 @@ mod tests {
         for ok in ["facts:read", "a", "x.y/z", "!#[]~"] {
             assert!(Scope::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", " ", "a b", "a\"b", "a\\b", "é", "a\tb", &"a".repeat(129), "a\0"] {
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "a\"b",
+            "a\\b",
+            "é",
+            "a\tb",
+            &"a".repeat(129),
+            "a\0",
+        ] {
             assert!(Scope::new(bad).is_err(), "{bad:?}");
         }
     }

@@ -61,13 +61,18 @@ async fn not_found() -> Problem {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method Not Allowed")
-        .detail("this endpoint does not accept this method")
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method Not Allowed",
+    )
+    .detail("this endpoint does not accept this method")
 }
 
 async fn healthz(State(st): State<Arc<AdminState>>) -> Response {
     match st.engine.store().ping().await {
-        Ok(()) => Json(serde_json::json!({"status": "ok", "store": st.engine.store().backend()})).into_response(),
+        Ok(()) => Json(serde_json::json!({"status": "ok", "store": st.engine.store().backend()}))
+            .into_response(),
         Err(e) => problem::store(&e).into_response(),
     }
 }
@@ -88,10 +93,17 @@ async fn require_admin(State(st): State<Arc<AdminState>>, req: Request, next: Ne
 }
 
 fn unauthorized(detail: &str) -> Response {
-    Problem::new(StatusCode::UNAUTHORIZED, "admin_unauthorized", "Unauthorized")
-        .detail(detail)
-        .header(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"keyward-admin\""))
-        .into_response()
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "admin_unauthorized",
+        "Unauthorized",
+    )
+    .detail(detail)
+    .header(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"keyward-admin\""),
+    )
+    .into_response()
 }
 
 /// A JSON body: `application/json`, at most [`MAX_BODY`] bytes, unknown fields refused.
@@ -111,18 +123,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
             })
             .unwrap_or(false);
         if !ct_ok {
-            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported Media Type")
-                .detail("send the body as application/json"));
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported Media Type",
+            )
+            .detail("send the body as application/json"));
         }
         let bytes = match axum::body::Bytes::from_request(req, state).await {
             Ok(b) => b,
             Err(_) => {
-                return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
-                    .detail(format!("the body must be at most {MAX_BODY} bytes")))
+                return Err(Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "Payload Too Large",
+                )
+                .detail(format!("the body must be at most {MAX_BODY} bytes")))
             }
         };
         serde_json::from_slice(&bytes).map(StrictJson).map_err(|e| {
-            let status = if e.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+            let status = if e.is_data() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::BAD_REQUEST
+            };
             let msg = e.to_string();
             // serde messages name fields and types; cap them so nothing large is echoed back.
             let msg: String = msg.chars().take(200).collect();
@@ -143,7 +167,10 @@ struct CreateApp {
     name: String,
 }
 
-async fn create_app(State(st): State<Arc<AdminState>>, StrictJson(body): StrictJson<CreateApp>) -> Result<Response, Problem> {
+async fn create_app(
+    State(st): State<Arc<AdminState>>,
+    StrictJson(body): StrictJson<CreateApp>,
+) -> Result<Response, Problem> {
     let app = st.engine.create_app(&body.name).await.map_err(engine_err)?;
     tracing::info!(app_id = %app.id, "app created");
     Ok((StatusCode::CREATED, Json(app)).into_response())
@@ -155,10 +182,15 @@ struct List<T> {
 }
 
 async fn list_apps(State(st): State<Arc<AdminState>>) -> Result<Json<List<AppRecord>>, Problem> {
-    Ok(Json(List { items: st.engine.list_apps().await.map_err(engine_err)? }))
+    Ok(Json(List {
+        items: st.engine.list_apps().await.map_err(engine_err)?,
+    }))
 }
 
-async fn show_app(State(st): State<Arc<AdminState>>, Path(app): Path<String>) -> Result<Json<AppRecord>, Problem> {
+async fn show_app(
+    State(st): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+) -> Result<Json<AppRecord>, Problem> {
     Ok(Json(st.engine.get_app(&app).await.map_err(engine_err)?))
 }
 
@@ -205,13 +237,26 @@ fn view(st: &AdminState, record: KeyRecord) -> KeyView {
 }
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "Invalid Request").detail(format!("{field}: {msg}"))
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        "Invalid Request",
+    )
+    .detail(format!("{field}: {msg}"))
 }
 
-async fn create_key(State(st): State<Arc<AdminState>>, StrictJson(body): StrictJson<CreateKey>) -> Result<Response, Problem> {
+async fn create_key(
+    State(st): State<Arc<AdminState>>,
+    StrictJson(body): StrictJson<CreateKey>,
+) -> Result<Response, Problem> {
     let now = st.engine.now();
     let expires_at = match (body.expires_at.as_deref(), body.expires_in.as_deref()) {
-        (Some(_), Some(_)) => return Err(invalid("expires_at", "give expires_at or expires_in, not both")),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "expires_at",
+                "give expires_at or expires_in, not both",
+            ))
+        }
         (Some(at), None) => {
             let at = parse_instant(at).map_err(|e| invalid("expires_at", e))?;
             Some(check_expiry(at, now).map_err(|e| invalid("expires_at", e))?)
@@ -248,8 +293,10 @@ async fn create_key(State(st): State<Arc<AdminState>>, StrictJson(body): StrictJ
         view: view(&st, record),
     };
     let mut resp = (StatusCode::CREATED, Json(created)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     Ok(resp)
 }
 
@@ -260,18 +307,33 @@ struct KeyFilter {
     app: Option<String>,
 }
 
-async fn list_keys(State(st): State<Arc<AdminState>>, q: Result<Query<KeyFilter>, axum::extract::rejection::QueryRejection>) -> Result<Json<List<KeyView>>, Problem> {
+async fn list_keys(
+    State(st): State<Arc<AdminState>>,
+    q: Result<Query<KeyFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<List<KeyView>>, Problem> {
     let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
-    let keys = st.engine.list_keys(q.app.as_deref()).await.map_err(engine_err)?;
-    Ok(Json(List { items: keys.into_iter().map(|k| view(&st, k)).collect() }))
+    let keys = st
+        .engine
+        .list_keys(q.app.as_deref())
+        .await
+        .map_err(engine_err)?;
+    Ok(Json(List {
+        items: keys.into_iter().map(|k| view(&st, k)).collect(),
+    }))
 }
 
-async fn show_key(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Result<Json<KeyView>, Problem> {
+async fn show_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, Problem> {
     let k = st.engine.get_key(&id).await.map_err(engine_err)?;
     Ok(Json(view(&st, k)))
 }
 
-async fn revoke_key(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Result<Json<KeyView>, Problem> {
+async fn revoke_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, Problem> {
     let k = st.engine.revoke_key(&id).await.map_err(engine_err)?;
     tracing::info!(key_id = %k.id, "key revoked");
     Ok(Json(view(&st, k)))

@@ -30,10 +30,16 @@ pub struct Upstream {
 impl Upstream {
     /// Parses `http://host:port[/base]`. Only plain HTTP upstreams for now.
     pub fn parse(url: &str) -> Result<Upstream, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
-        let scheme = uri.scheme_str().ok_or_else(|| format!("upstream URL {url:?} has no scheme"))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
+        let scheme = uri
+            .scheme_str()
+            .ok_or_else(|| format!("upstream URL {url:?} has no scheme"))?;
         if scheme != "http" {
-            return Err(format!("upstream URL {url:?}: only http:// upstreams are supported"));
+            return Err(format!(
+                "upstream URL {url:?}: only http:// upstreams are supported"
+            ));
         }
         let authority = uri
             .authority()
@@ -114,7 +120,10 @@ impl GatewayState {
             .build(connector);
         let mut challenges = vec![HeaderValue::from_static("Bearer realm=\"keyward\"")];
         for h in &cfg.credential_headers {
-            if let Ok(v) = HeaderValue::from_str(&format!("ApiKey realm=\"keyward\", header=\"{}\"", h.as_str())) {
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "ApiKey realm=\"keyward\", header=\"{}\"",
+                h.as_str()
+            )) {
                 challenges.push(v);
             }
         }
@@ -152,7 +161,11 @@ enum Extracted<'a> {
     Multiple,
 }
 
-fn extract<'a>(headers: &'a HeaderMap, names: &[HeaderName], looks_like_key: impl Fn(&str) -> bool) -> Extracted<'a> {
+fn extract<'a>(
+    headers: &'a HeaderMap,
+    names: &[HeaderName],
+    looks_like_key: impl Fn(&str) -> bool,
+) -> Extracted<'a> {
     let mut found: Option<Extracted<'a>> = None;
     let mut count = 0usize;
     for name in names {
@@ -164,21 +177,29 @@ fn extract<'a>(headers: &'a HeaderMap, names: &[HeaderName], looks_like_key: imp
                 continue;
             }
             found = Some(match v.to_str() {
-                Ok(s) => Extracted::One(Credential { value: s.trim(), bearer: false }),
+                Ok(s) => Extracted::One(Credential {
+                    value: s.trim(),
+                    bearer: false,
+                }),
                 Err(_) => Extracted::Malformed { bearer: false },
             });
         }
     }
     for v in headers.get_all(header::AUTHORIZATION) {
         let Ok(s) = v.to_str() else { continue };
-        let Some((scheme, rest)) = s.split_once(' ') else { continue };
+        let Some((scheme, rest)) = s.split_once(' ') else {
+            continue;
+        };
         if !scheme.eq_ignore_ascii_case("bearer") {
             continue;
         }
         let token = rest.trim();
         if looks_like_key(token) {
             count += 1;
-            found = Some(Extracted::One(Credential { value: token, bearer: true }));
+            found = Some(Extracted::One(Credential {
+                value: token,
+                bearer: true,
+            }));
         }
     }
     match count {
@@ -192,7 +213,11 @@ fn extract<'a>(headers: &'a HeaderMap, names: &[HeaderName], looks_like_key: imp
 /// might normalise them into a path that the route table did not authorize.
 fn suspicious_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') || lower.contains("%25") {
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains('\\')
+        || lower.contains("%25")
+    {
         return true;
     }
     lower.split('/').any(|seg| {
@@ -233,15 +258,20 @@ async fn handle(
 ) -> Response {
     let path = req.uri().path();
     if suspicious_path(path) {
-        return Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators")
-            .into_response();
+        return Problem::bad_request(
+            "invalid_path",
+            "the path contains dot segments or encoded separators",
+        )
+        .into_response();
     }
     let route = match find_route(&st.cfg.routes, req.method(), path) {
         Ok(r) => r,
         Err(p) => return p.into_response(),
     };
     let format = st.engine.format();
-    let (record, bearer) = match extract(req.headers(), &st.cfg.credential_headers, |t| format.looks_like_key(t)) {
+    let (record, bearer) = match extract(req.headers(), &st.cfg.credential_headers, |t| {
+        format.looks_like_key(t)
+    }) {
         Extracted::None => return reject(&st, &Rejection::Missing, false, route),
         Extracted::Multiple => return reject(&st, &Rejection::Multiple, false, route),
         Extracted::Malformed { bearer } => {
@@ -324,10 +354,18 @@ async fn proxy(
     req: Request<Body>,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let target = format!("{}://{}{}{}", route.upstream.scheme, route.upstream.authority, route.upstream.base_path, pq);
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let target = format!(
+        "{}://{}{}{}",
+        route.upstream.scheme, route.upstream.authority, route.upstream.base_path, pq
+    );
     let Ok(uri) = target.parse::<Uri>() else {
-        return Problem::bad_request("invalid_path", "the request target cannot be forwarded").into_response();
+        return Problem::bad_request("invalid_path", "the request target cannot be forwarded")
+            .into_response();
     };
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
@@ -360,12 +398,32 @@ async fn proxy(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
-    h.insert(HeaderName::from_static("x-keyward-app"), header_text(&record.app_name));
-    h.insert(HeaderName::from_static("x-keyward-app-id"), header_text(&record.app_id));
-    h.insert(HeaderName::from_static("x-keyward-key-id"), header_text(&record.id));
-    let scopes = record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-    h.insert(HeaderName::from_static("x-keyward-scopes"), header_text(&scopes));
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    h.insert(
+        HeaderName::from_static("x-keyward-app"),
+        header_text(&record.app_name),
+    );
+    h.insert(
+        HeaderName::from_static("x-keyward-app-id"),
+        header_text(&record.app_id),
+    );
+    h.insert(
+        HeaderName::from_static("x-keyward-key-id"),
+        header_text(&record.id),
+    );
+    let scopes = record
+        .scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    h.insert(
+        HeaderName::from_static("x-keyward-scopes"),
+        header_text(&scopes),
+    );
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
@@ -416,16 +474,40 @@ mod tests {
             route("/facts", &[Method::POST]),
             route("/", &[Method::GET]),
         ];
-        assert_eq!(find_route(&routes, &Method::POST, "/facts").unwrap().methods, vec![Method::POST]);
+        assert_eq!(
+            find_route(&routes, &Method::POST, "/facts")
+                .unwrap()
+                .methods,
+            vec![Method::POST]
+        );
         let err = find_route(&routes, &Method::DELETE, "/facts").unwrap_err();
         assert_eq!(err.status, 405);
-        assert_eq!(find_route(&routes, &Method::GET, "/other").unwrap().path_prefix, "/");
-        assert_eq!(find_route(&routes[..2], &Method::GET, "/x").unwrap_err().status, 404);
+        assert_eq!(
+            find_route(&routes, &Method::GET, "/other")
+                .unwrap()
+                .path_prefix,
+            "/"
+        );
+        assert_eq!(
+            find_route(&routes[..2], &Method::GET, "/x")
+                .unwrap_err()
+                .status,
+            404
+        );
     }
 
     #[test]
     fn suspicious_paths() {
-        for p in ["/a/../b", "/a/%2e%2e/b", "/a/%2E./b", "/a%2fb", "/./a", "/a/..", "/a%5cb", "/a%252e%252e/"] {
+        for p in [
+            "/a/../b",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a%2fb",
+            "/./a",
+            "/a/..",
+            "/a%5cb",
+            "/a%252e%252e/",
+        ] {
             assert!(suspicious_path(p), "{p}");
         }
         for p in ["/fact", "/facts/1", "/a.b/c..d", "/"] {
@@ -436,7 +518,10 @@ mod tests {
     #[test]
     fn upstream_urls() {
         assert!(Upstream::parse("http://127.0.0.1:9000").is_ok());
-        assert_eq!(Upstream::parse("http://h:1/base/").unwrap().base_path, "/base");
+        assert_eq!(
+            Upstream::parse("http://h:1/base/").unwrap().base_path,
+            "/base"
+        );
         assert!(Upstream::parse("ftp://h").is_err());
         assert!(Upstream::parse("127.0.0.1:9000").is_err());
         assert!(Upstream::parse("http://h/?q=1").is_err());
@@ -451,7 +536,10 @@ mod tests {
     #[test]
     fn connection_named_headers_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-foo, keep-alive"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-foo, keep-alive"),
+        );
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("x-bar", HeaderValue::from_static("2"));
         strip_hop_by_hop(&mut h);

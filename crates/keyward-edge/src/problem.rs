@@ -56,12 +56,17 @@ impl Problem {
     }
 
     pub fn not_found() -> Problem {
-        Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail("no route matches this path")
+        Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")
+            .detail("no route matches this path")
     }
 
     pub fn method_not_allowed(allow: &str) -> Problem {
-        let p = Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method Not Allowed")
-            .detail("the route does not accept this method");
+        let p = Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method Not Allowed",
+        )
+        .detail("the route does not accept this method");
         match HeaderValue::from_str(allow) {
             Ok(v) => p.header(header::ALLOW, v),
             Err(_) => p,
@@ -73,8 +78,12 @@ impl Problem {
     }
 
     pub fn internal() -> Problem {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal Server Error")
-            .detail("an unexpected error occurred; see the server log")
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Internal Server Error",
+        )
+        .detail("an unexpected error occurred; see the server log")
     }
 }
 
@@ -84,7 +93,10 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         for (name, value) in self.headers {
             h.append(name, value);
@@ -118,17 +130,37 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "Multiple Credentials",
             "present exactly one credential, in one header".into(),
         ),
-        Rejection::Malformed(e) => (style.invalid_status, "Malformed Credential", format!("the credential is malformed: {e}")),
-        Rejection::Unknown => (style.invalid_status, "Invalid Credential", "the credential is not valid".into()),
-        Rejection::Revoked { .. } => (style.invalid_status, "Credential Revoked", "the credential has been revoked".into()),
-        Rejection::Expired { .. } => (style.invalid_status, "Credential Expired", "the credential has expired".into()),
+        Rejection::Malformed(e) => (
+            style.invalid_status,
+            "Malformed Credential",
+            format!("the credential is malformed: {e}"),
+        ),
+        Rejection::Unknown => (
+            style.invalid_status,
+            "Invalid Credential",
+            "the credential is not valid".into(),
+        ),
+        Rejection::Revoked { .. } => (
+            style.invalid_status,
+            "Credential Revoked",
+            "the credential has been revoked".into(),
+        ),
+        Rejection::Expired { .. } => (
+            style.invalid_status,
+            "Credential Expired",
+            "the credential has expired".into(),
+        ),
         Rejection::InsufficientScope { missing, .. } => (
             StatusCode::FORBIDDEN,
             "Insufficient Scope",
             format!(
                 "the credential lacks the scope{} {}",
                 if missing.len() == 1 { "" } else { "s" },
-                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
         ),
         Rejection::Store(e) => return store(e),
@@ -145,7 +177,8 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
         for c in &style.challenges {
             let v = match (error, style.bearer, c.to_str()) {
                 (Some(err), true, Ok(s)) if s.starts_with("Bearer") => {
-                    HeaderValue::from_str(&format!("{s}, error=\"{err}\"")).unwrap_or_else(|_| c.clone())
+                    HeaderValue::from_str(&format!("{s}, error=\"{err}\""))
+                        .unwrap_or_else(|_| c.clone())
                 }
                 _ => c.clone(),
             };
@@ -153,8 +186,14 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
         }
     }
     if let (Rejection::InsufficientScope { missing, .. }, true) = (r, style.bearer) {
-        let scope = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")) {
+        let scope = missing
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+        )) {
             p = p.header(header::WWW_AUTHENTICATE, v);
         }
     }
@@ -164,15 +203,20 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
 /// Store failures: never the driver's message to the client.
 pub fn store(e: &StoreError) -> Problem {
     match e {
-        StoreError::NotFound(what) => {
-            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail(format!("{what} not found"))
+        StoreError::NotFound(what) => Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")
+            .detail(format!("{what} not found")),
+        StoreError::Conflict(msg) => {
+            Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(msg.clone())
         }
-        StoreError::Conflict(msg) => Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(msg.clone()),
         StoreError::Unavailable(_) | StoreError::Open(_) => {
             tracing::error!(error = %e, "store unavailable");
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "Service Unavailable")
-                .detail("the credential store is unavailable; try again")
-                .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "Service Unavailable",
+            )
+            .detail("the credential store is unavailable; try again")
+            .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
         }
         StoreError::Corrupt(_) => {
             tracing::error!(error = %e, "store corrupt");
@@ -184,19 +228,27 @@ pub fn store(e: &StoreError) -> Problem {
 /// Admin operation failures.
 pub fn engine(e: &EngineError) -> Problem {
     match e {
-        EngineError::Invalid { field, message } => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "Invalid Request")
-                .detail(format!("{field}: {message}"))
-        }
+        EngineError::Invalid { field, message } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "Invalid Request",
+        )
+        .detail(format!("{field}: {message}")),
         EngineError::NotFound(what) => {
-            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail(format!("{what} not found"))
+            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")
+                .detail(format!("{what} not found"))
         }
         EngineError::Core(c) => match c {
             keyward_core::CoreError::Random => {
                 tracing::error!("random generator failed");
                 Problem::internal()
             }
-            other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.code(), "Invalid Request").detail(other.to_string()),
+            other => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                other.code(),
+                "Invalid Request",
+            )
+            .detail(other.to_string()),
         },
         EngineError::Store(s) => store(s),
     }
@@ -204,9 +256,19 @@ pub fn engine(e: &EngineError) -> Problem {
 
 /// Upstream failures: never the upstream's internals.
 pub fn upstream_unreachable() -> Problem {
-    Problem::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "Bad Gateway").detail("the upstream service could not be reached")
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_unavailable",
+        "Bad Gateway",
+    )
+    .detail("the upstream service could not be reached")
 }
 
 pub fn upstream_timeout() -> Problem {
-    Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Gateway Timeout").detail("the upstream service did not answer in time")
+    Problem::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        "Gateway Timeout",
+    )
+    .detail("the upstream service did not answer in time")
 }

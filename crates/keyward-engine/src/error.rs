@@ -45,7 +45,10 @@ impl Rejection {
 #[derive(Debug, Error)]
 pub enum EngineError {
     #[error("invalid {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error(transparent)]

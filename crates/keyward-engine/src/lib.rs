@@ -12,7 +12,10 @@ use std::sync::Arc;
 use keyward_core::key::display_hint;
 use keyward_core::model::validate_name;
 use keyward_core::secret::{new_id, SecretString};
-use keyward_core::{authorize, AppRecord, Decision, Denial, KeyEnv, KeyFormat, KeyRecord, Pepper, RequestFacts, Scope};
+use keyward_core::{
+    authorize, AppRecord, Decision, Denial, KeyEnv, KeyFormat, KeyRecord, Pepper, RequestFacts,
+    Scope,
+};
 use keyward_store::{CacheConfig, KeyCache, Lookup, Store};
 use time::OffsetDateTime;
 
@@ -76,7 +79,11 @@ impl Engine {
     ///
     /// Order: parse (length, prefix, alphabet, checksum) → digest → cached lookup by digest
     /// → the pure decision. Malformed input never reaches the store.
-    pub async fn verify_key(&self, presented: &str, facts: &RequestFacts<'_>) -> Result<Arc<KeyRecord>, Rejection> {
+    pub async fn verify_key(
+        &self,
+        presented: &str,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Arc<KeyRecord>, Rejection> {
         self.format.parse(presented).map_err(Rejection::Malformed)?;
         let digest = self.pepper.digest(presented.as_bytes());
         let record = match self.cache.lookup(&digest).await.map_err(Rejection::Store)? {
@@ -85,12 +92,18 @@ impl Engine {
         };
         match authorize(&record, facts, self.clock.now()) {
             Decision::Allow => Ok(record),
-            Decision::Deny(Denial::Revoked) => Err(Rejection::Revoked { key_id: record.id.clone() }),
-            Decision::Deny(Denial::Expired) => Err(Rejection::Expired { key_id: record.id.clone() }),
-            Decision::Deny(Denial::InsufficientScope { missing }) => Err(Rejection::InsufficientScope {
+            Decision::Deny(Denial::Revoked) => Err(Rejection::Revoked {
                 key_id: record.id.clone(),
-                missing,
             }),
+            Decision::Deny(Denial::Expired) => Err(Rejection::Expired {
+                key_id: record.id.clone(),
+            }),
+            Decision::Deny(Denial::InsufficientScope { missing }) => {
+                Err(Rejection::InsufficientScope {
+                    key_id: record.id.clone(),
+                    missing,
+                })
+            }
         }
     }
 
@@ -108,7 +121,10 @@ impl Engine {
     }
 
     pub async fn get_app(&self, id_or_name: &str) -> Result<AppRecord, EngineError> {
-        self.store.get_app(id_or_name).await?.ok_or(EngineError::NotFound("app"))
+        self.store
+            .get_app(id_or_name)
+            .await?
+            .ok_or(EngineError::NotFound("app"))
     }
 
     pub async fn list_apps(&self) -> Result<Vec<AppRecord>, EngineError> {
@@ -124,7 +140,10 @@ impl Engine {
         let now = self.now();
         if let Some(exp) = new.expires_at {
             if exp <= now {
-                return Err(EngineError::invalid("expires_at", "the expiry must be in the future".into()));
+                return Err(EngineError::invalid(
+                    "expires_at",
+                    "the expiry must be in the future".into(),
+                ));
             }
         }
         let app = self.get_app(&new.app).await?;
@@ -153,7 +172,10 @@ impl Engine {
     }
 
     pub async fn get_key(&self, id: &str) -> Result<KeyRecord, EngineError> {
-        self.store.get_key(id).await?.ok_or(EngineError::NotFound("key"))
+        self.store
+            .get_key(id)
+            .await?
+            .ok_or(EngineError::NotFound("key"))
     }
 
     pub async fn list_keys(&self, app: Option<&str>) -> Result<Vec<KeyRecord>, EngineError> {

@@ -61,7 +61,10 @@ impl KeyCache {
     pub fn new(store: Arc<dyn Store>, cfg: CacheConfig) -> KeyCache {
         KeyCache {
             store,
-            positive: Cache::builder().max_capacity(cfg.max_entries).time_to_live(cfg.ttl).build(),
+            positive: Cache::builder()
+                .max_capacity(cfg.max_entries)
+                .time_to_live(cfg.ttl)
+                .build(),
             negative: Cache::builder()
                 .max_capacity(cfg.negative_max_entries)
                 .time_to_live(cfg.negative_ttl)

@@ -36,12 +36,19 @@ pub trait Store: Send + Sync + 'static {
     /// `NotFound` when the app does not exist.
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError>;
     /// The key whose digest this is, with the digest as stored (for a constant-time re-check).
-    async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    async fn key_by_digest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
     /// A key by id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Keys, oldest first, optionally only those of one app (by id).
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
     /// Revokes a key at `at` (idempotent: an already revoked key keeps its first revocation
     /// time). Returns the record after the change and its digest, `None` if no such key.
-    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 
@@ -20,7 +22,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-const KEY_COLUMNS: &str = "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
+const KEY_COLUMNS: &str =
+    "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
                            k.expires_at, k.created_at, k.revoked_at";
 
 impl SqliteStore {
@@ -72,7 +75,8 @@ fn ts(t: OffsetDateTime) -> i64 {
 }
 
 fn from_ts(v: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(v).map_err(|_| StoreError::Corrupt("timestamp out of range".into()))
+    OffsetDateTime::from_unix_timestamp(v)
+        .map_err(|_| StoreError::Corrupt("timestamp out of range".into()))
 }
 
 fn opt_ts(v: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
@@ -90,8 +94,8 @@ fn app_from_row(row: &SqliteRow) -> Result<AppRecord, StoreError> {
 fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
     let g = |e| StoreError::from_sqlx(e);
     let scopes_json: String = row.try_get("scopes").map_err(g)?;
-    let scopes: Vec<String> =
-        serde_json::from_str(&scopes_json).map_err(|_| StoreError::Corrupt("scopes are not a JSON array".into()))?;
+    let scopes: Vec<String> = serde_json::from_str(&scopes_json)
+        .map_err(|_| StoreError::Corrupt("scopes are not a JSON array".into()))?;
     let scopes = scopes
         .iter()
         .map(|s| Scope::new(s))
@@ -100,7 +104,8 @@ fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
     let env: String = row.try_get("env").map_err(g)?;
     let env = KeyEnv::from_str(&env).map_err(|_| StoreError::Corrupt("unknown key env".into()))?;
     let digest: Vec<u8> = row.try_get("digest").map_err(g)?;
-    let digest = Digest::from_slice(&digest).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))?;
+    let digest = Digest::from_slice(&digest)
+        .ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))?;
     Ok((
         KeyRecord {
             id: row.try_get("id").map_err(g)?,
@@ -130,7 +135,10 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(StoreError::from_sqlx)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         Ok(())
     }
 
@@ -142,7 +150,9 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(|e| match StoreError::from_sqlx(e) {
-                StoreError::Conflict(_) => StoreError::Conflict("an app with this name already exists".into()),
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict("an app with this name already exists".into())
+                }
                 other => other,
             })?;
         Ok(())
@@ -193,7 +203,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn key_by_digest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.digest = ?"
         ))
@@ -205,11 +218,13 @@ impl Store for SqliteStore {
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
         Ok(row.as_ref().map(key_from_row).transpose()?.map(|(k, _)| k))
     }
 
@@ -222,21 +237,29 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter().map(|r| key_from_row(r).map(|(k, _)| k)).collect()
+        rows.iter()
+            .map(|r| key_from_row(r).map(|(k, _)| k))
+            .collect()
     }
 
-    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         sqlx::query("UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
             .bind(ts(at))
             .bind(id)
             .execute(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
         row.as_ref().map(key_from_row).transpose()
     }
 }

@@ -1,1 +1,14 @@
+//! The keyward binary's library half: CLI, configuration, wiring, demo and the cat-facts
+//! upstream. `main.rs` only parses arguments and calls [`run`].
 #![forbid(unsafe_code)]
+
+pub mod catfacts;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod server;
+
+pub use commands::run;

@@ -1,0 +1,125 @@
+//! Command-line interface (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about = "API keys done right, and a way past them.", long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Defaults to ./keyward.toml when it exists.
+    #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Admin API base URL for management commands (default: from the configuration).
+    #[arg(long, global = true, env = "KEYWARD_ADMIN_URL", value_name = "URL")]
+    pub admin_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a configuration file, a fresh pepper and an admin token (files mode 0600).
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the gateway and the admin API.
+    Serve,
+    /// Run a complete demo on a temporary SQLite store: cat-facts upstream, gateway, admin API.
+    Demo {
+        /// Gateway address (the other listeners take free ports).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Print one JSON line with the URLs, the admin token and the keys once ready.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the built-in cat-facts API (the upstream of the demo).
+    CatFacts {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+    /// Manage applications.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an application.
+    Create {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List applications.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one application (by id or name).
+    Show {
+        app: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; its plaintext is printed once.
+    Create {
+        /// Application (name or id).
+        #[arg(long)]
+        app: String,
+        /// A name for the key.
+        #[arg(long)]
+        name: Option<String>,
+        /// A scope the key carries (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Expiry: a duration from now (90d, 12h) or an RFC 3339 time.
+        #[arg(long, value_name = "90d|RFC3339")]
+        expires: Option<String>,
+        /// Environment of the key.
+        #[arg(long, value_parser = ["live", "test"], default_value = "live")]
+        env: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List keys.
+    List {
+        /// Only the keys of this application (name or id).
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show a key's record (never its secret).
+    Show {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke a key, for good. Takes effect on the next request.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}

@@ -1,0 +1,403 @@
+//! What each command does.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::{AppCommand, Cli, Command, KeyCommand};
+use crate::client::{print_table, seg, AdminClient};
+use crate::config::{write_secret_file, Config};
+use crate::error::{CliError, Result};
+use crate::server::{self, Secrets};
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config.clone().or_else(|| {
+        let p = PathBuf::from("keyward.toml");
+        p.exists().then_some(p)
+    })
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    Ok(Config::load(config_path(cli).as_deref(), &env_vars())?)
+}
+
+/// Worker threads wanted by the configuration (0 = default), read before the runtime starts.
+pub fn worker_threads(cli: &Cli) -> usize {
+    match cli.command {
+        Command::Serve => load_config(cli)
+            .map(|c| c.server.worker_threads)
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init { dir } => init(dir),
+        Command::Serve => serve(&cli).await,
+        Command::Demo { listen, json } => crate::demo::run(*listen, *json).await,
+        Command::CatFacts { listen } => cat_facts(*listen).await,
+        Command::App(cmd) => app(&cli, cmd).await,
+        Command::Key(cmd) => key(&cli, cmd).await,
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+const CONFIG_TEMPLATE: &str = r#"# keyward configuration. Every key can be overridden by an environment variable:
+# KEYWARD_<SECTION>__<KEY>, e.g. KEYWARD_GATEWAY__LISTEN=0.0.0.0:8080.
+
+[store]
+# A SQLite file (relative to this file), created and migrated on first start.
+url = "keyward.db"
+
+[keys]
+prefix = "kw"
+
+[secrets]
+# Mode 0600 files. KEYWARD_PEPPER and KEYWARD_ADMIN_TOKEN take precedence.
+pepper_file = "keyward.pepper"
+admin_token_file = "admin.token"
+
+[gateway]
+listen = "127.0.0.1:8080"
+credential_headers = ["x-api-key"]
+# 403 reproduces the classic static-key behaviour for invalid keys.
+invalid_credential_status = 401
+connect_timeout = "2s"
+upstream_timeout = "30s"
+
+[admin]
+listen = "127.0.0.1:8081"
+
+# Routes: the longest matching path_prefix wins, then the method.
+# `keyward cat-facts --listen 127.0.0.1:9000` runs the example upstream.
+[[routes]]
+name = "fact"
+path_prefix = "/fact"
+methods = ["GET"]
+upstream = "http://127.0.0.1:9000"
+scopes = ["facts:read"]
+
+[[routes]]
+name = "facts-read"
+path_prefix = "/facts"
+methods = ["GET"]
+upstream = "http://127.0.0.1:9000"
+scopes = ["facts:read"]
+
+[[routes]]
+name = "facts-write"
+path_prefix = "/facts"
+methods = ["POST"]
+upstream = "http://127.0.0.1:9000"
+scopes = ["facts:write"]
+"#;
+
+fn init(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let cfg = dir.join("keyward.toml");
+    let pepper = dir.join("keyward.pepper");
+    let token = dir.join("admin.token");
+    for p in [&cfg, &pepper, &token] {
+        if p.exists() {
+            return Err(CliError::Usage(format!(
+                "{} already exists; refusing to overwrite it",
+                p.display()
+            )));
+        }
+    }
+    let pepper_text =
+        keyward_core::Pepper::generate_text().map_err(|e| CliError::Io(e.to_string()))?;
+    let token_text =
+        keyward_core::secret::random_base62(43).map_err(|e| CliError::Io(e.to_string()))?;
+    let io =
+        |p: &Path, e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", p.display()));
+    write_secret_file(&pepper, pepper_text.expose()).map_err(|e| io(&pepper, e))?;
+    write_secret_file(&token, &token_text).map_err(|e| io(&token, e))?;
+    std::fs::write(&cfg, CONFIG_TEMPLATE).map_err(|e| io(&cfg, e))?;
+    println!("wrote {} (configuration)", cfg.display());
+    println!(
+        "wrote {} (pepper, mode 0600: back it up; keys cannot be verified without it)",
+        pepper.display()
+    );
+    println!("wrote {} (admin token, mode 0600)", token.display());
+    println!();
+    println!("next:");
+    println!("  keyward cat-facts --listen 127.0.0.1:9000 &   # the example upstream");
+    println!("  keyward serve --config {}", cfg.display());
+    println!("  export KEYWARD_ADMIN_TOKEN=$(cat {})", token.display());
+    println!("  keyward app create cats && keyward key create --app cats --scope facts:read");
+    Ok(())
+}
+
+async fn serve(cli: &Cli) -> Result<()> {
+    let cfg = load_config(cli)?;
+    let env = env_vars();
+    let secrets = Secrets {
+        pepper: cfg.pepper(&env)?,
+        admin_token: cfg.admin_token(&env)?,
+    };
+    let running = server::start(&cfg, secrets).await?;
+    eprintln!(
+        "keyward: gateway on http://{}, admin API on http://{}",
+        running.gateway, running.admin
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn cat_facts(listen: std::net::SocketAddr) -> Result<()> {
+    let l = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::startup(format!("cannot listen on {listen}: {e}")))?;
+    eprintln!(
+        "cat-facts API on http://{}",
+        l.local_addr().map_err(|e| CliError::Io(e.to_string()))?
+    );
+    crate::catfacts::serve(l, shutdown_signal())
+        .await
+        .map_err(|e| CliError::Io(e.to_string()))
+}
+
+/// The admin client from flags, environment and configuration.
+fn admin_client(cli: &Cli) -> Result<AdminClient> {
+    let env = env_vars();
+    let cfg_path = config_path(cli);
+    let cfg = Config::load(cfg_path.as_deref(), &env);
+    let url = match (&cli.admin_url, &cfg) {
+        (Some(u), _) => u.clone(),
+        (None, Ok(c)) => format!("http://{}", c.admin.listen),
+        (None, Err(e)) => {
+            return Err(CliError::Config(crate::config::ConfigError::Invalid(
+                e.to_string(),
+            )))
+        }
+    };
+    let token = match env.iter().find(|(k, _)| k == "KEYWARD_ADMIN_TOKEN") {
+        Some((_, t)) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => match &cfg {
+            Ok(c) => c.admin_token(&env)?.expose().to_owned(),
+            Err(_) => return Err(CliError::Usage("set KEYWARD_ADMIN_TOKEN".into())),
+        },
+    };
+    AdminClient::new(&url, &token)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn scopes(v: &Value) -> String {
+    let list: Vec<String> = v
+        .get("scopes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(" ")
+    }
+}
+
+fn items(v: &Value) -> Vec<Value> {
+    v.get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn app(cli: &Cli, cmd: &AppCommand) -> Result<()> {
+    let c = admin_client(cli)?;
+    match cmd {
+        AppCommand::Create { name, out } => {
+            let v = c
+                .call(Method::POST, "/v1/apps", Some(json!({"name": name})))
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!("created app {} ({})", s(&v, "name"), s(&v, "id"));
+            }
+        }
+        AppCommand::List { out } => {
+            let v = c.call(Method::GET, "/v1/apps", None).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = items(&v)
+                    .iter()
+                    .map(|a| vec![s(a, "id"), s(a, "name"), s(a, "created_at")])
+                    .collect();
+                print_table(&["ID", "NAME", "CREATED"], &rows);
+            }
+        }
+        AppCommand::Show { app, out } => {
+            let v = c
+                .call(Method::GET, &format!("/v1/apps/{}", seg(app)), None)
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                for k in ["id", "name", "created_at"] {
+                    println!("{k:<12} {}", s(&v, k));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_key(v: &Value) {
+    for k in ["id", "app_name", "app_id", "name", "hint", "env", "state"] {
+        println!("{:<12} {}", k, s(v, k));
+    }
+    println!("{:<12} {}", "scopes", scopes(v));
+    for k in ["expires_at", "created_at", "revoked_at"] {
+        println!("{:<12} {}", k, s(v, k));
+    }
+}
+
+async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
+    match cmd {
+        KeyCommand::Create {
+            app,
+            name,
+            scopes: sc,
+            expires,
+            env,
+            out,
+        } => {
+            // Check what can be checked locally first: no request for a bad flag.
+            for scope in sc {
+                keyward_core::Scope::new(scope)
+                    .map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+            }
+            let mut body = json!({"app": app, "scopes": sc, "env": env});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(x) = expires {
+                let now = time::OffsetDateTime::now_utc();
+                let at = keyward_core::when::parse_expiry(x, now)
+                    .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+                let at = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+                body["expires_at"] = json!(at);
+            }
+            let c = admin_client(cli)?;
+            let v = c.call(Method::POST, "/v1/keys", Some(body)).await?;
+            if out.json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "created key {} for app {} (scopes: {}; expires: {})",
+                    s(&v, "id"),
+                    s(&v, "app_name"),
+                    scopes(&v),
+                    match s(&v, "expires_at").as_str() {
+                        "-" => "never".into(),
+                        other => other.to_owned(),
+                    }
+                );
+                println!();
+                println!("    {}", s(&v, "key"));
+                println!();
+                println!("Store it now: keyward keeps only a digest and will never show it again.");
+            }
+        }
+        KeyCommand::List { app, out } => {
+            let c = admin_client(cli)?;
+            let path = match app {
+                Some(a) => format!("/v1/keys?app={}", seg(a)),
+                None => "/v1/keys".into(),
+            };
+            let v = c.call(Method::GET, &path, None).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = items(&v)
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            s(k, "id"),
+                            s(k, "app_name"),
+                            s(k, "name"),
+                            s(k, "hint"),
+                            scopes(k),
+                            s(k, "state"),
+                            s(k, "expires_at"),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["ID", "APP", "NAME", "HINT", "SCOPES", "STATE", "EXPIRES"],
+                    &rows,
+                );
+            }
+        }
+        KeyCommand::Show { id, out } => {
+            let c = admin_client(cli)?;
+            let v = c
+                .call(Method::GET, &format!("/v1/keys/{}", seg(id)), None)
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                print_key(&v);
+            }
+        }
+        KeyCommand::Revoke { id, out } => {
+            let c = admin_client(cli)?;
+            let v = c
+                .call(Method::POST, &format!("/v1/keys/{}/revoke", seg(id)), None)
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!("revoked key {} at {}", s(&v, "id"), s(&v, "revoked_at"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,588 @@
+//! Configuration: TOML with unknown fields refused, every key overridable by a `KEYWARD_*`
+//! environment variable (`KEYWARD_<SECTION>__<KEY>`, e.g. `KEYWARD_GATEWAY__LISTEN`;
+//! top-level arrays such as `routes` as `KEYWARD_ROUTES` holding a TOML inline array).
+//! Secrets never live in the file: the pepper and the admin token come from the environment
+//! or from files readable by their owner only (mode 0600).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::{HeaderName, Method, StatusCode};
+use keyward_core::decision::ScopeMode;
+use keyward_core::secret::SecretString;
+use keyward_core::{KeyFormat, Pepper, Scope};
+use keyward_edge::gateway::Upstream;
+use keyward_edge::{GatewayConfig, Route};
+use keyward_store::CacheConfig;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Environment variables with a `KEYWARD_` prefix that are not configuration overrides.
+pub const RESERVED_ENV: &[&str] = &[
+    "PEPPER",
+    "ADMIN_TOKEN",
+    "ADMIN_URL",
+    "CONFIG",
+    "LOG",
+    "LOG_FORMAT",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub secrets: SecretsSection,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite://PATH`, or a plain path to a SQLite file (relative to the config file).
+    pub url: String,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            url: "keyward.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Key prefix: 1–16 lowercase ASCII letters or digits.
+    pub prefix: String,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        KeysSection {
+            prefix: "kw".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// File holding the pepper (mode 0600). `KEYWARD_PEPPER` takes precedence.
+    pub pepper_file: Option<PathBuf>,
+    /// File holding the admin token (mode 0600). `KEYWARD_ADMIN_TOKEN` takes precedence.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Worker threads of the runtime; 0 = one per core.
+    #[serde(default)]
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub listen: SocketAddr,
+    pub credential_headers: Vec<String>,
+    /// 401 (default) or 403 for malformed, unknown, revoked and expired credentials.
+    pub invalid_credential_status: u16,
+    #[serde(with = "dur")]
+    pub connect_timeout: Duration,
+    #[serde(with = "dur")]
+    pub upstream_timeout: Duration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            credential_headers: vec!["x-api-key".into()],
+            invalid_credential_status: 401,
+            connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    #[serde(with = "dur")]
+    pub ttl: Duration,
+    pub max_entries: u64,
+    #[serde(with = "dur")]
+    pub negative_ttl: Duration,
+    pub negative_max_entries: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        let d = CacheConfig::default();
+        CacheSection {
+            ttl: d.ttl,
+            max_entries: d.max_entries,
+            negative_ttl: d.negative_ttl,
+            negative_max_entries: d.negative_max_entries,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: String,
+    pub path_prefix: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub scope_mode: ScopeMode,
+}
+
+/// Durations as human strings (`2s`, `500ms`, `1m`).
+mod dur {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        let v = humantime::parse_duration(s.trim()).map_err(|_| {
+            serde::de::Error::custom(format!("invalid duration {s:?}: use e.g. 500ms, 2s, 1m"))
+        })?;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom("a duration must be positive"));
+        }
+        Ok(v)
+    }
+}
+
+/// A configuration error, with the file and (when known) the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("secret: {0}")]
+    Secret(String),
+}
+
+impl Config {
+    /// Loads `path` (if given) and applies `KEYWARD_*` overrides from `env`.
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                parse_table(&text, &p.display().to_string())?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut cfg: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError::Invalid(format!("configuration: {}", e.message()))
+                })?;
+        if let Some(base) = path.and_then(Path::parent) {
+            cfg.resolve_paths(base);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.secrets.pepper_file.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.secrets.admin_token_file.as_mut() {
+            abs(p);
+        }
+        if !self.store.url.contains("://") && !self.store.url.starts_with("sqlite:") {
+            let mut p = PathBuf::from(&self.store.url);
+            abs(&mut p);
+            self.store.url = p.display().to_string();
+        }
+    }
+
+    /// Everything that can be checked without touching the network or the disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        KeyFormat::new(&self.keys.prefix)
+            .map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))?;
+        self.gateway_config()?;
+        Ok(())
+    }
+
+    pub fn key_format(&self) -> Result<KeyFormat, ConfigError> {
+        KeyFormat::new(&self.keys.prefix)
+            .map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))
+    }
+
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            ttl: self.cache.ttl,
+            max_entries: self.cache.max_entries,
+            negative_ttl: self.cache.negative_ttl,
+            negative_max_entries: self.cache.negative_max_entries,
+        }
+    }
+
+    /// The gateway's runtime configuration, validated.
+    pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
+        let g = &self.gateway;
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let invalid_credential_status = match g.invalid_credential_status {
+            401 => StatusCode::UNAUTHORIZED,
+            403 => StatusCode::FORBIDDEN,
+            other => {
+                return Err(invalid(format!(
+                    "gateway.invalid_credential_status: {other} must be 401 or 403"
+                )))
+            }
+        };
+        if g.credential_headers.is_empty() {
+            return Err(invalid(
+                "gateway.credential_headers: name at least one header".into(),
+            ));
+        }
+        let mut credential_headers = Vec::new();
+        for h in &g.credential_headers {
+            let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                invalid(format!(
+                    "gateway.credential_headers: {h:?} is not a valid header name"
+                ))
+            })?;
+            if name == axum::http::header::AUTHORIZATION || name.as_str().starts_with("x-keyward-")
+            {
+                return Err(invalid(format!(
+                    "gateway.credential_headers: {h:?} cannot carry API keys"
+                )));
+            }
+            credential_headers.push(name);
+        }
+        let mut routes = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({:?})", r.name);
+            if r.name.is_empty() || !names.insert(r.name.clone()) {
+                return Err(invalid(format!(
+                    "{at}: route names must be present and unique"
+                )));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(invalid(format!("{at}: path_prefix must start with '/'")));
+            }
+            let methods = r
+                .methods
+                .iter()
+                .map(|m| {
+                    let up = m.to_ascii_uppercase();
+                    Method::from_bytes(up.as_bytes())
+                        .map_err(|_| invalid(format!("{at}: invalid method {m:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let upstream =
+                Upstream::parse(&r.upstream).map_err(|e| invalid(format!("{at}: {e}")))?;
+            let scopes = r
+                .scopes
+                .iter()
+                .map(|s| Scope::new(s).map_err(|e| invalid(format!("{at}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            routes.push(Route {
+                name: r.name.clone(),
+                path_prefix: r.path_prefix.clone(),
+                methods,
+                upstream,
+                scopes,
+                scope_mode: r.scope_mode,
+            });
+        }
+        Ok(GatewayConfig {
+            routes,
+            credential_headers,
+            invalid_credential_status,
+            connect_timeout: g.connect_timeout,
+            upstream_timeout: g.upstream_timeout,
+        })
+    }
+
+    /// Reads the pepper: `KEYWARD_PEPPER`, else `secrets.pepper_file`.
+    pub fn pepper(&self, env: &[(String, String)]) -> Result<Pepper, ConfigError> {
+        let text = secret_from(
+            env,
+            "KEYWARD_PEPPER",
+            self.secrets.pepper_file.as_deref(),
+            "secrets.pepper_file",
+        )?;
+        Pepper::from_text(text.expose()).map_err(|e| ConfigError::Secret(e.to_string()))
+    }
+
+    /// Reads the admin token: `KEYWARD_ADMIN_TOKEN`, else `secrets.admin_token_file`.
+    pub fn admin_token(&self, env: &[(String, String)]) -> Result<SecretString, ConfigError> {
+        let t = secret_from(
+            env,
+            "KEYWARD_ADMIN_TOKEN",
+            self.secrets.admin_token_file.as_deref(),
+            "secrets.admin_token_file",
+        )?;
+        if t.expose().len() < 16 {
+            return Err(ConfigError::Secret(
+                "the admin token must be at least 16 characters".into(),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .map(|l| format!(" at line {l}"))
+            .unwrap_or_default();
+        ConfigError::Invalid(format!("{origin}{line}: {}", e.message()))
+    })
+}
+
+/// Applies `KEYWARD_<SECTION>__<KEY>=value` overrides. Values are read as TOML when they
+/// parse as a TOML value (numbers, booleans, arrays, inline tables), else as strings.
+pub fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix("KEYWARD_") else {
+            continue;
+        };
+        if RESERVED_ENV.contains(&rest) || rest.starts_with("TEST_") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Invalid(format!(
+                "{k}: malformed override name"
+            )));
+        }
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
+        let mut cur = &mut *table;
+        for (i, seg) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cur.insert(seg.clone(), value.clone());
+            } else {
+                let entry = cur
+                    .entry(seg.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                cur = entry
+                    .as_table_mut()
+                    .ok_or_else(|| ConfigError::Invalid(format!("{k}: {seg} is not a section")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn secret_from(
+    env: &[(String, String)],
+    var: &str,
+    file: Option<&Path>,
+    key: &str,
+) -> Result<SecretString, ConfigError> {
+    if let Some((_, v)) = env.iter().find(|(k, _)| k == var) {
+        let v = v.trim();
+        if v.is_empty() {
+            return Err(ConfigError::Secret(format!("{var} is set but empty")));
+        }
+        return Ok(SecretString::new(v.to_owned()));
+    }
+    let Some(path) = file else {
+        return Err(ConfigError::Secret(format!(
+            "set {var} or {key} in the configuration"
+        )));
+    };
+    read_secret_file(path)
+}
+
+/// Reads a secret file, refusing files that others could read.
+pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ConfigError::Secret(format!("cannot read {}: {e}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::Secret(format!(
+                "{} has mode {mode:o}: secret files must be readable by their owner only (chmod 600)",
+                path.display()
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Secret(format!("cannot read {}: {e}", path.display())))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(ConfigError::Secret(format!("{} is empty", path.display())));
+    }
+    Ok(SecretString::new(t.to_owned()))
+}
+
+/// Writes a secret file with mode 0600, refusing to overwrite.
+pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.gateway.listen.port(), 8080);
+        assert_eq!(c.keys.prefix, "kw");
+    }
+
+    #[test]
+    fn env_overrides_every_kind_of_value() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("KEYWARD_GATEWAY__LISTEN", "127.0.0.1:9999"),
+                ("KEYWARD_GATEWAY__INVALID_CREDENTIAL_STATUS", "403"),
+                (
+                    "KEYWARD_GATEWAY__CREDENTIAL_HEADERS",
+                    "[\"x-key\", \"x-api-key\"]",
+                ),
+                ("KEYWARD_CACHE__TTL", "5s"),
+                ("KEYWARD_KEYS__PREFIX", "acme"),
+                (
+                    "KEYWARD_ROUTES",
+                    "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://127.0.0.1:1\"}]",
+                ),
+                ("KEYWARD_PEPPER", "not a config key"),
+                ("KEYWARD_TEST_POSTGRES_URL", "ignored"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.listen.port(), 9999);
+        assert_eq!(c.gateway.invalid_credential_status, 403);
+        assert_eq!(c.gateway.credential_headers, vec!["x-key", "x-api-key"]);
+        assert_eq!(c.cache.ttl, Duration::from_secs(5));
+        assert_eq!(c.keys.prefix, "acme");
+        assert_eq!(c.routes.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.toml");
+        std::fs::write(&p, "[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        std::fs::write(&p, "[gateway]\nlisten = \n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::load(None, &env(&[("KEYWARD_NOPE__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (k, v) in [
+            ("KEYWARD_GATEWAY__INVALID_CREDENTIAL_STATUS", "500"),
+            ("KEYWARD_GATEWAY__CONNECT_TIMEOUT", "0s"),
+            ("KEYWARD_GATEWAY__CONNECT_TIMEOUT", "soon"),
+            ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"bad header\"]"),
+            ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"authorization\"]"),
+            ("KEYWARD_KEYS__PREFIX", "Bad_Prefix"),
+            ("KEYWARD_ROUTES", "[{name = \"r\", path_prefix = \"r\", upstream = \"http://h:1\"}]"),
+            ("KEYWARD_ROUTES", "[{name = \"r\", path_prefix = \"/r\", upstream = \"https://h:1\"}]"),
+            ("KEYWARD_ROUTES", "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", scopes = [\"a b\"]}]"),
+            ("KEYWARD_GATEWAY__LISTEN", "nowhere"),
+        ] {
+            assert!(Config::load(None, &env(&[(k, v)])).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn secret_files_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pepper");
+        write_secret_file(&p, &"a".repeat(64)).unwrap();
+        assert!(read_secret_file(&p).is_ok());
+        assert!(write_secret_file(&p, "x").is_err(), "never overwrites");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = read_secret_file(&p).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{e}");
+        }
+    }
+}

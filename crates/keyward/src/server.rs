@@ -1,0 +1,142 @@
+//! Wiring: store, engine, gateway and admin listeners.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keyward_core::secret::SecretString;
+use keyward_core::Pepper;
+use keyward_edge::{admin_router, gateway_router, AdminState, AdminToken, GatewayState};
+use keyward_engine::{Clock, Engine, SystemClock};
+use keyward_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::error::{CliError, Result};
+
+/// The secrets a server needs, read from the environment or 0600 files.
+pub struct Secrets {
+    pub pepper: Pepper,
+    pub admin_token: SecretString,
+}
+
+/// A running keyward: its bound addresses and a way to stop it.
+pub struct Running {
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    pub engine: Arc<Engine>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests and waits for the listeners to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while let Some(r) = self.tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "listener ended with an error");
+            }
+        }
+    }
+}
+
+/// Opens the store named by `url`: `sqlite://PATH`, `sqlite:PATH` or a plain file path.
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(CliError::startup(
+            "PostgreSQL stores are not supported by this build yet; use a SQLite file",
+        ));
+    }
+    let store = if url.starts_with("sqlite:") {
+        SqliteStore::open_url(url).await
+    } else {
+        SqliteStore::open(&PathBuf::from(url)).await
+    }
+    .map_err(|e| CliError::startup(format!("store: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+/// Binds both listeners and starts serving.
+pub async fn start(cfg: &Config, secrets: Secrets) -> Result<Running> {
+    let gateway_listener = TcpListener::bind(cfg.gateway.listen).await.map_err(|e| {
+        CliError::startup(format!(
+            "cannot listen on {} (gateway.listen): {e}",
+            cfg.gateway.listen
+        ))
+    })?;
+    let admin_listener = TcpListener::bind(cfg.admin.listen).await.map_err(|e| {
+        CliError::startup(format!(
+            "cannot listen on {} (admin.listen): {e}",
+            cfg.admin.listen
+        ))
+    })?;
+    start_on(
+        cfg,
+        secrets,
+        gateway_listener,
+        admin_listener,
+        Arc::new(SystemClock),
+    )
+    .await
+}
+
+/// Starts serving on listeners the caller bound (tests, demo).
+pub async fn start_on(
+    cfg: &Config,
+    secrets: Secrets,
+    gateway_listener: TcpListener,
+    admin_listener: TcpListener,
+    clock: Arc<dyn Clock>,
+) -> Result<Running> {
+    let gw_cfg = cfg
+        .gateway_config()
+        .map_err(|e| CliError::startup(e.to_string()))?;
+    let format = cfg
+        .key_format()
+        .map_err(|e| CliError::startup(e.to_string()))?;
+    let store = open_store(&cfg.store.url).await?;
+    let engine = Arc::new(Engine::new(
+        store,
+        secrets.pepper,
+        format,
+        cfg.cache_config(),
+        clock,
+    ));
+    let gateway = gateway_router(Arc::new(GatewayState::new(engine.clone(), gw_cfg)));
+    let admin = admin_router(Arc::new(AdminState {
+        engine: engine.clone(),
+        token: AdminToken::new(secrets.admin_token),
+    }));
+    let gateway_addr = gateway_listener
+        .local_addr()
+        .map_err(|e| CliError::startup(e.to_string()))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| CliError::startup(e.to_string()))?;
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for (listener, router) in [(gateway_listener, gateway), (admin_listener, admin)] {
+        let mut rx = rx.clone();
+        tasks.spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+        });
+    }
+    tracing::info!(gateway = %gateway_addr, admin = %admin_addr, "keyward is serving");
+    Ok(Running {
+        gateway: gateway_addr,
+        admin: admin_addr,
+        engine,
+        shutdown: tx,
+        tasks,
+    })
+}
