@@ -1,4 +1,5 @@
 //! Property tests of the key format (issue 2, point 2).
+#![allow(clippy::unwrap_used)]
 
 use keyward_core::base62::ALPHABET;
 use keyward_core::key::{CHECKSUM_LEN, RANDOM_LEN};
@@ -32,9 +33,9 @@ proptest! {
         let mut bytes = key.clone().into_bytes();
         prop_assume!(bytes[pos] != sym);
         bytes[pos] = sym;
-        match String::from_utf8(bytes) {
-            Ok(changed) => prop_assert!(f.parse(&changed).is_err(), "accepted {changed:?} from {key:?}"),
-            Err(_) => {} // not even a string: cannot reach the parser
+        // Bytes that are not UTF-8 cannot even reach the parser.
+        if let Ok(changed) = String::from_utf8(bytes) {
+            prop_assert!(f.parse(&changed).is_err(), "accepted {changed:?} from {key:?}");
         }
     }
 
@@ -87,7 +88,7 @@ fn every_substitution_of_every_position_is_rejected() {
 #[test]
 fn a_million_random_well_shaped_strings_are_never_accepted() {
     let f = KeyFormat::default();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b65_7977_6172_64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b_6579_7761_7264);
     let mut s = String::with_capacity(57);
     let mut accepted = 0usize;
     for i in 0..1_000_000u32 {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -53,6 +53,7 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 

@@ -1,6 +1,8 @@
 //! keyward HTTP edge: the gateway (reverse proxy), the admin API, and [`problem`], the one
 //! place where errors of the layers below become HTTP statuses and RFC 9457 problem documents.
 #![forbid(unsafe_code)]
+// `Problem` is the error half of most handlers here; it is built once per failed request.
+#![allow(clippy::result_large_err)]
 
 pub mod admin;
 pub mod gateway;

@@ -71,8 +71,10 @@ impl Engine {
         &self.format
     }
 
+    /// Now, to the second: the precision of every stored timestamp.
     pub fn now(&self) -> OffsetDateTime {
-        self.clock.now()
+        let t = self.clock.now();
+        t.replace_nanosecond(0).unwrap_or(t)
     }
 
     /// Authenticates a presented key and authorizes it for a request.

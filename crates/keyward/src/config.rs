@@ -49,7 +49,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// `sqlite://PATH`, or a plain path to a SQLite file (relative to the config file).
     pub url: String,
@@ -64,7 +64,7 @@ impl Default for StoreSection {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct KeysSection {
     /// Key prefix: 1–16 lowercase ASCII letters or digits.
     pub prefix: String,
@@ -79,7 +79,7 @@ impl Default for KeysSection {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SecretsSection {
     /// File holding the pepper (mode 0600). `KEYWARD_PEPPER` takes precedence.
     pub pepper_file: Option<PathBuf>,
@@ -88,7 +88,7 @@ pub struct SecretsSection {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads of the runtime; 0 = one per core.
     #[serde(default)]
@@ -96,7 +96,7 @@ pub struct ServerSection {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     pub listen: SocketAddr,
     pub credential_headers: Vec<String>,
@@ -121,7 +121,7 @@ impl Default for GatewaySection {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     pub listen: SocketAddr,
 }
@@ -135,7 +135,7 @@ impl Default for AdminSection {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CacheSection {
     #[serde(with = "dur")]
     pub ttl: Duration,

@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# Load test: the keyward gateway against nginx running the classic static-key config,
+# both in front of the same upstream (`keyward cat-facts`), measured in turn A B A B ...
+#
+#   bench/gateway.sh                      # defaults below
+#   WORKERS=2 ROUNDS=5 DURATION=20s bench/gateway.sh
+#
+# Environment (all optional):
+#   WORKERS      nginx worker_processes and keyward [server] worker_threads (default 1)
+#   ROUNDS       measured rounds per target (default 3)
+#   DURATION     wrk duration of one measured run (default 10s)
+#   CONNECTIONS  wrk connections (default 32)
+#   WRK_THREADS  wrk threads (default 1)
+#   WARMUP       wrk duration of the warm-up run of each target (default 3s)
+#   BENCH_PATH   request path (default /fact)
+#   RESULTS_DIR  if set, the raw wrk outputs and the report are copied there
+#   SKIP_BUILD   1 to use the existing target/release/keyward
+#   KEEP_TMP     1 to keep the temporary directory (configs, logs) for inspection
+#
+# Only loopback addresses are used. Every process started here is stopped on exit, also on
+# failure or Ctrl-C.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/bench"
+WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+WARMUP=${WARMUP:-3s}
+BENCH_PATH=${BENCH_PATH:-/fact}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+PIDS=()
+TMP=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local pid
+    # Stop in reverse start order; TERM first, KILL what is still there after 5 s.
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${PIDS[i]}
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "process $pid did not stop, killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 && -n "$TMP" ]]; then
+        for f in "$TMP"/upstream.log "$TMP"/keyward.log "$TMP"/nginx/error.log; do
+            if [[ -s "$f" ]]; then
+                log "--- tail of $f"
+                tail -n 20 "$f" >&2
+            fi
+        done
+    fi
+    if [[ -n "$TMP" ]]; then
+        if [[ "$KEEP_TMP" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- tools -------------------------------------------------------------------------------
+
+find_nginx() { command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true; }
+
+install_tools() {
+    local missing=()
+    [[ -n "$(find_nginx)" ]] || missing+=(nginx)
+    command -v wrk >/dev/null || missing+=(wrk)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    local sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "missing ${missing[*]} and not root: install nginx and wrk"
+        sudo="sudo"
+    fi
+    local pkgs=()
+    for m in "${missing[@]}"; do
+        case $m in
+            nginx) pkgs+=(nginx-light) ;;
+            wrk) pkgs+=(wrk) ;;
+        esac
+    done
+    # Refresh the package lists only when a package has no install candidate.
+    local need_update=0
+    for p in "${pkgs[@]}" nginx; do
+        apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]' || need_update=1
+    done
+    if [[ $need_update == 1 ]]; then
+        log "apt-get update"
+        $sudo apt-get update -qq
+    fi
+    # nginx-light is gone from newer Debian releases: fall back to nginx.
+    if [[ " ${pkgs[*]} " == *" nginx-light "* ]] &&
+        ! apt-cache policy nginx-light 2>/dev/null | grep -q 'Candidate: [^(]'; then
+        pkgs=("${pkgs[@]/nginx-light/nginx}")
+    fi
+    log "apt-get install ${pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
+}
+
+free_ports() { # N -> N free loopback TCP ports, one per line
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+EOF
+}
+
+wait_http() { # URL EXPECTED_STATUS WHAT PID
+    local url=$1 want=$2 what=$3 pid=$4 got
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || die "$what exited during start-up"
+        got=$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)
+        if [[ "$got" == "$want" ]]; then return 0; fi
+        sleep 0.1
+    done
+    die "$what not ready at $url (last status ${got:-none}, wanted $want)"
+}
+
+expect_status() { # WHAT WANT URL [curl args...]
+    local what=$1 want=$2 url=$3 got
+    shift 3
+    got=$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url")
+    [[ "$got" == "$want" ]] || die "$what: $url answered $got, expected $want"
+}
+
+# ---- set-up ------------------------------------------------------------------------------
+
+install_tools
+NGINX=$(find_nginx)
+[[ -n "$NGINX" ]] || die "nginx not found after installation"
+command -v wrk >/dev/null || die "wrk not found after installation"
+command -v curl >/dev/null || die "curl is needed"
+
+KEYWARD="$ROOT/target/release/keyward"
+if [[ "$SKIP_BUILD" != 1 ]]; then
+    log "cargo build --release -p keyward"
+    (cd "$ROOT" && cargo build --release -p keyward)
+fi
+[[ -x "$KEYWARD" ]] || die "$KEYWARD not built"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench.XXXXXX")
+chmod 755 "$TMP"
+mapfile -t PORTS < <(free_ports 4)
+UP_PORT=${PORTS[0]} GW_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]} NGINX_PORT=${PORTS[3]}
+
+# Stray KEYWARD_* variables would be read as configuration overrides: start clean.
+for name in $(compgen -e); do
+    if [[ $name == KEYWARD_* ]]; then unset "$name"; fi
+done
+
+log "upstream: keyward cat-facts on 127.0.0.1:$UP_PORT"
+"$KEYWARD" cat-facts --listen "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$UP_PORT/fact" 200 "upstream" "${PIDS[-1]}"
+
+cat >"$TMP/keyward.toml" <<EOF
+[store]
+url = "$TMP/keyward.db"
+
+[keys]
+prefix = "kw"
+
+[server]
+worker_threads = $WORKERS
+
+[gateway]
+listen = "127.0.0.1:$GW_PORT"
+credential_headers = ["x-api-key"]
+invalid_credential_status = 403
+connect_timeout = "2s"
+upstream_timeout = "30s"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[[routes]]
+name = "fact"
+path_prefix = "$BENCH_PATH"
+methods = ["GET"]
+upstream = "http://127.0.0.1:$UP_PORT"
+scopes = ["facts:read"]
+EOF
+KEYWARD_PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+KEYWARD_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+export KEYWARD_ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
+
+log "keyward serve: gateway 127.0.0.1:$GW_PORT, admin 127.0.0.1:$ADMIN_PORT, $WORKERS worker thread(s)"
+KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=warn \
+    "$KEYWARD" serve --config "$TMP/keyward.toml" >"$TMP/keyward.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" 200 "keyward admin API" "${PIDS[-1]}"
+
+"$KEYWARD" app create bench --json >/dev/null
+KEY=$("$KEYWARD" key create --app bench --scope facts:read --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+[[ "$KEY" =~ ^[A-Za-z0-9_]+$ ]] || die "unexpected key format from keyward key create"
+
+log "nginx: static-key reverse proxy on 127.0.0.1:$NGINX_PORT, worker_processes $WORKERS"
+mkdir -p "$TMP/nginx"
+sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PREFIX@|$TMP/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" \
+    -e "s|@UPSTREAM_PORT@|$UP_PORT|g" -e "s|@KEY@|$KEY|g" \
+    "$BENCH_DIR/nginx-static-key.conf.template" >"$TMP/nginx/nginx.conf"
+"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -t -q ||
+    die "nginx rejected the generated configuration"
+"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+    -g 'daemon off;' >"$TMP/nginx/stdout.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" 401 "nginx" "${PIDS[-1]}"
+
+# Both answer the same way: 200 with the key, 401 without, 403 with a wrong one.
+WRONG="kw_live_$(printf 'x%.0s' $(seq 49))"
+for target in "keyward http://127.0.0.1:$GW_PORT" "nginx http://127.0.0.1:$NGINX_PORT"; do
+    read -r name base <<<"$target"
+    expect_status "$name" 200 "$base$BENCH_PATH" -H "x-api-key: $KEY"
+    expect_status "$name" 401 "$base$BENCH_PATH"
+    expect_status "$name" 403 "$base$BENCH_PATH" -H "x-api-key: $WRONG"
+done
+
+# ---- measurement -------------------------------------------------------------------------
+
+declare -A URL=(
+    [keyward]="http://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [nginx]="http://127.0.0.1:$NGINX_PORT$BENCH_PATH"
+)
+run_wrk() { # NAME DURATION OUTFILE
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "x-api-key: $KEY" "${URL[$1]}" >"$3"
+}
+
+mkdir -p "$TMP/results"
+log "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS round(s), order keyward nginx"
+for name in keyward nginx; do
+    log "warm-up $name ($WARMUP)"
+    run_wrk "$name" "$WARMUP" "$TMP/results/warmup-$name.out"
+done
+for round in $(seq "$ROUNDS"); do
+    for name in keyward nginx; do
+        log "round $round/$ROUNDS: $name"
+        run_wrk "$name" "$DURATION" "$TMP/results/$name-$round.txt"
+    done
+done
+
+for pid in "${PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || die "a server process ($pid) died during the run"
+done
+
+echo
+echo "keyward vs nginx static key: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo
+set +e
+python3 "$BENCH_DIR/wrk_report.py" keyward nginx "$TMP"/results/{keyward,nginx}-*.txt | tee "$TMP/results/report.md"
+report_rc=${PIPESTATUS[0]}
+set -e
+if [[ -n "${RESULTS_DIR:-}" ]]; then
+    mkdir -p "$RESULTS_DIR"
+    cp "$TMP"/results/* "$RESULTS_DIR"/
+    log "raw results in $RESULTS_DIR"
+fi
+exit "$report_rc"

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Summarise wrk --latency outputs of an A/B run (used by bench/gateway.sh).
+
+usage: wrk_report.py A_LABEL B_LABEL FILE...
+
+FILE names are <label>-<round>.txt. Prints, as a Markdown table, RPS, p50 and p99 per round
+for both labels, the medians over the rounds and the ratios A/B for RPS (higher is better
+for A) and p99 (A p99 / B p99, lower is better for A). Exits 2 when a run had non-2xx
+responses or socket errors (those numbers would not be comparable).
+"""
+
+import os
+import re
+import statistics
+import sys
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def latency_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"unknown latency {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def parse(path):
+    with open(path, encoding="utf-8") as f:
+        out = f.read()
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", out, re.M)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if not (rps and p50 and p99):
+        raise ValueError(f"{path}: not a wrk --latency output:\n{out}")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors:\s+(.*)", out)
+    problems = []
+    if non2xx:
+        problems.append(f"{non2xx.group(1)} non-2xx responses")
+    if sock:
+        problems.append(f"socket errors: {sock.group(1).strip()}")
+    return {
+        "rps": float(rps.group(1)),
+        "p50": latency_ms(p50.group(1)),
+        "p99": latency_ms(p99.group(1)),
+        "problems": problems,
+    }
+
+
+def main(argv):
+    if len(argv) < 4:
+        print(__doc__, file=sys.stderr)
+        return 64
+    a, b, files = argv[1], argv[2], argv[3:]
+    runs = {a: {}, b: {}}
+    for path in files:
+        m = re.fullmatch(r"(.+)-(\d+)\.txt", os.path.basename(path))
+        if not m or m.group(1) not in runs:
+            raise SystemExit(f"unexpected file name {path}")
+        runs[m.group(1)][int(m.group(2))] = parse(path)
+    rounds = sorted(set(runs[a]) & set(runs[b]))
+    if not rounds:
+        raise SystemExit("no complete round")
+
+    def row(name, ra, rb):
+        return (
+            f"| {name:>6} | {ra['rps']:>11.0f} | {ra['p50']:>8.2f} | {ra['p99']:>8.2f} "
+            f"| {rb['rps']:>11.0f} | {rb['p50']:>8.2f} | {rb['p99']:>8.2f} |"
+        )
+
+    print(
+        f"| {'round':>6} | {a + ' RPS':>11} | {'p50 ms':>8} | {'p99 ms':>8} "
+        f"| {b + ' RPS':>11} | {'p50 ms':>8} | {'p99 ms':>8} |"
+    )
+    print(f"|{'-' * 8}|{'-' * 13}|{'-' * 10}|{'-' * 10}|{'-' * 13}|{'-' * 10}|{'-' * 10}|")
+    for r in rounds:
+        print(row(str(r), runs[a][r], runs[b][r]))
+    med = {
+        k: {f: statistics.median(runs[k][r][f] for r in rounds) for f in ("rps", "p50", "p99")}
+        for k in (a, b)
+    }
+    print(row("median", med[a], med[b]))
+    print()
+    rps_ratio = med[a]["rps"] / med[b]["rps"]
+    p99_ratio = med[a]["p99"] / med[b]["p99"]
+    p50_ratio = med[a]["p50"] / med[b]["p50"]
+    print(f"RPS {a}/{b}: {rps_ratio:.2f}x   (goal >= 1.00, higher is better)")
+    print(f"p99 {a}/{b}: {p99_ratio:.2f}x   (goal <= 1.00, lower is better)")
+    print(f"p50 {a}/{b}: {p50_ratio:.2f}x")
+
+    bad = [
+        f"{k} round {r}: {', '.join(runs[k][r]['problems'])}"
+        for k in (a, b)
+        for r in rounds
+        if runs[k][r]["problems"]
+    ]
+    if bad:
+        print("\nWARNING: these runs had errors, their numbers are not comparable:")
+        for line in bad:
+            print("  " + line)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,443 @@
+//! The binary as a user runs it: init, serve, the management commands, demo, and what ends
+//! up in the logs (issue 2, points 7, 8 and 10).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+fn keyward(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("KEYWARD_ADMIN_TOKEN")
+        .env_remove("KEYWARD_ADMIN_URL")
+        .env_remove("KEYWARD_CONFIG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A child process whose stderr is collected in the background.
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        c.env_remove("KEYWARD_ADMIN_TOKEN")
+            .env_remove("KEYWARD_PEPPER");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    /// Waits until stderr contains `needle`, returns the line that does.
+    fn wait_for(&self, needle: &str) -> String {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return line.to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {needle:?}; stderr: {}",
+            self.stderr.lock().unwrap()
+        );
+    }
+
+    fn terminate(&mut self) -> i32 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("the process did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn url_after(line: &str, marker: &str) -> String {
+    let i = line.find(marker).unwrap() + marker.len();
+    line[i..].split([',', ' ', '"']).next().unwrap().to_owned()
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_serve_manage_and_nothing_secret_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = keyward(&["init", "--dir", d], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&dir.path().join("keyward.pepper")), 0o600);
+        assert_eq!(mode(&dir.path().join("admin.token")), 0o600);
+    }
+    let (code, _, err) = keyward(&["init", "--dir", d], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    let pepper = std::fs::read_to_string(dir.path().join("keyward.pepper"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // The upstream.
+    let upstream = Proc::spawn(&["cat-facts", "--listen", "127.0.0.1:0"], &[]);
+    let up = url_after(&upstream.wait_for("cat-facts API on"), "on http://");
+    let routes = format!(
+        "[{{name = \"fact\", path_prefix = \"/fact\", methods = [\"GET\"], upstream = \"http://{up}\", scopes = [\"facts:read\"]}}]"
+    );
+    let cfg = dir.path().join("keyward.toml");
+    let mut server = Proc::spawn(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        &[
+            ("KEYWARD_GATEWAY__LISTEN", "127.0.0.1:0"),
+            ("KEYWARD_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("KEYWARD_ROUTES", &routes),
+            ("KEYWARD_LOG", "trace"),
+            ("KEYWARD_LOG_FORMAT", "json"),
+        ],
+    );
+    let line = server.wait_for("keyward: gateway on");
+    let gw = format!("http://{}", url_after(&line, "gateway on http://"));
+    let admin = format!("http://{}", url_after(&line, "admin API on http://"));
+    assert!(
+        dir.path().join("keyward.db").exists(),
+        "the store is created on first start"
+    );
+
+    let env = [
+        ("KEYWARD_ADMIN_URL", admin.as_str()),
+        ("KEYWARD_ADMIN_TOKEN", token.as_str()),
+    ];
+    let (code, out, err) = keyward(&["app", "create", "cats"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("created app cats"), "{out}");
+    let (code, out, err) = keyward(
+        &[
+            "key",
+            "create",
+            "--app",
+            "cats",
+            "--name",
+            "ci",
+            "--scope",
+            "facts:read",
+            "--expires",
+            "90d",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(out.trim()).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Human output of create shows the key once, with a warning.
+    let (code, out, _) = keyward(&["key", "create", "--app", "cats"], &env);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("kw_live_") && out.contains("never show it again"),
+        "{out}"
+    );
+
+    // The management commands also find the admin API through the configuration file.
+    let (code, out, err) = keyward(
+        &["--config", cfg.to_str().unwrap(), "app", "list"],
+        &[("KEYWARD_ADMIN_URL", admin.as_str())],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cats") && out.contains("NAME"), "{out}");
+    let (code, out, _) = keyward(&["key", "list", "--app", "cats"], &env);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&id) && out.contains("facts:read") && !out.contains(&key),
+        "{out}"
+    );
+    let (code, out, _) = keyward(&["key", "show", &id, "--json"], &env);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert!(shown["expires_at"].is_string());
+    assert!(shown.get("key").is_none() && !out.contains(&key));
+
+    // Errors: clear, non-zero, before any request when they can be.
+    let (code, _, err) = keyward(
+        &["key", "create", "--app", "cats", "--expires", "soon"],
+        &env,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--expires"), "{err}");
+    let (code, _, err) = keyward(
+        &[
+            "key",
+            "create",
+            "--app",
+            "cats",
+            "--expires",
+            "2001-01-01T00:00:00Z",
+        ],
+        &env,
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = keyward(&["key", "create", "--app", "cats", "--scope", "a b"], &env);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = keyward(&["key", "create", "--app", "no-such-app"], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("app not found"), "{err}");
+    let (code, _, err) = keyward(&["key", "show", "key_nope"], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = keyward(
+        &["app", "list"],
+        &[
+            ("KEYWARD_ADMIN_URL", admin.as_str()),
+            ("KEYWARD_ADMIN_TOKEN", "wrong-token-wrong-token"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("401") && !err.contains(&token), "{err}");
+    let (code, _, err) = keyward(
+        &["app", "list"],
+        &[
+            ("KEYWARD_ADMIN_URL", "http://127.0.0.1:9"),
+            ("KEYWARD_ADMIN_TOKEN", &token),
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    let (code, _, _) = keyward(&["key", "frobnicate"], &env);
+    assert_eq!(code, 2);
+
+    // Traffic, good and bad, with the key in every place it could leak from.
+    let http = reqwest::blocking_free::client();
+    assert_eq!(http(&gw, "/fact", &[("x-api-key", &key)]), 200);
+    assert_eq!(
+        http(&gw, "/fact", &[("authorization", &format!("Bearer {key}"))]),
+        200
+    );
+    assert_eq!(
+        http(&gw, "/fact", &[("x-api-key", &format!("{key}{key}"))]),
+        401
+    );
+    assert_eq!(
+        http(&gw, "/fact", &[("x-api-key", &key), ("x-api-key", &key)]),
+        400
+    );
+    assert_eq!(http(&gw, "/nope", &[("x-api-key", &key)]), 404);
+    let (code, _, _) = keyward(&["key", "revoke", &id], &env);
+    assert_eq!(code, 0);
+    assert_eq!(http(&gw, "/fact", &[("x-api-key", &key)]), 401);
+
+    assert_eq!(server.terminate(), 0, "graceful shutdown exits 0");
+    let logs = server.stderr.lock().unwrap().clone();
+    assert!(
+        logs.contains("key created") && logs.contains("key revoked"),
+        "trace logs were captured: {logs}"
+    );
+    assert!(
+        logs.lines().filter(|l| l.starts_with('{')).count() > 3,
+        "JSON logs"
+    );
+    for secret in [&key, &key[8..51].to_owned(), &pepper, &token] {
+        assert!(!logs.contains(secret.as_str()), "a secret is in the logs");
+    }
+    drop(upstream);
+}
+
+#[test]
+fn serve_refuses_unsafe_secrets_and_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert_eq!(keyward(&["init", "--dir", d], &[]).0, 0);
+    let cfg = dir.path().join("keyward.toml");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("keyward.pepper"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let (code, _, err) = keyward(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+        assert_eq!(code, 1);
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+    let (code, _, err) = keyward(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        &[("KEYWARD_PEPPER", "short")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("pepper"), "{err}");
+    let (code, _, err) = keyward(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        &[("KEYWARD_GATEWAY__LISTN", "x")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("listn"), "{err}");
+    std::fs::write(&cfg, "[gateway]\nlisten = \"127.0.0.1:0\"\n[bogus]\n").unwrap();
+    let (code, _, err) = keyward(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bogus"), "{err}");
+    let (code, _, err) = keyward(&["serve", "--config", "/nonexistent/keyward.toml"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn demo_json_runs_the_five_scenarios() {
+    let mut c = Command::new(BIN);
+    c.args(["demo", "--json", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(line.trim()).unwrap();
+    let obj = v.as_object().unwrap();
+    let mut keys: Vec<&String> = obj.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["admin", "admin_token", "gateway", "keys"]);
+    let gw = v["gateway"].as_str().unwrap();
+    let read = v["keys"]["read"].as_str().unwrap();
+    let write = v["keys"]["write"].as_str().unwrap();
+    let http = reqwest::blocking_free::client();
+    assert_eq!(http(gw, "/fact", &[]), 401);
+    let wrong = keyward_core::KeyFormat::default()
+        .generate(keyward_core::KeyEnv::Test)
+        .unwrap();
+    assert_eq!(http(gw, "/fact", &[("x-api-key", wrong.expose())]), 401);
+    assert_eq!(http(gw, "/fact", &[("x-api-key", read)]), 200);
+    let post = reqwest::blocking_free::post();
+    assert_eq!(post(gw, "/facts", read, "{\"fact\":\"Cats purr.\"}"), 403);
+    assert_eq!(post(gw, "/facts", write, "{\"fact\":\"Cats purr.\"}"), 201);
+    // The admin API answers with the printed token.
+    let admin = v["admin"].as_str().unwrap();
+    let (code, out, _) = keyward(
+        &["key", "list"],
+        &[
+            ("KEYWARD_ADMIN_URL", admin),
+            ("KEYWARD_ADMIN_TOKEN", v["admin_token"].as_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("read-only") && out.contains("read-write"),
+        "{out}"
+    );
+    // Nothing else on stdout.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "exactly one line on stdout");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}
+
+/// Minimal blocking HTTP helpers over a private runtime (the tests above are synchronous).
+mod reqwest {
+    pub mod blocking_free {
+        use std::sync::OnceLock;
+
+        fn rt() -> &'static tokio::runtime::Runtime {
+            static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+            RT.get_or_init(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            })
+        }
+
+        pub fn client() -> impl Fn(&str, &str, &[(&str, &str)]) -> u16 {
+            |base, path, headers| {
+                rt().block_on(async {
+                    let mut req = ::reqwest::Client::new().get(format!("{base}{path}"));
+                    for (k, v) in headers {
+                        req = req.header(*k, *v);
+                    }
+                    req.send().await.unwrap().status().as_u16()
+                })
+            }
+        }
+
+        pub fn post() -> impl Fn(&str, &str, &str, &str) -> u16 {
+            |base, path, key, body| {
+                rt().block_on(async {
+                    ::reqwest::Client::new()
+                        .post(format!("{base}{path}"))
+                        .header("x-api-key", key)
+                        .header("content-type", "application/json")
+                        .body(body.to_owned())
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            }
+        }
+    }
+}

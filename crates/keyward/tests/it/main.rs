@@ -1,0 +1,10 @@
+//! keyward's integration tests: one binary that boots the real server on free loopback ports,
+//! with a real SQLite file and a real upstream HTTP server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod admin;
+mod cli;
+mod gateway;
+mod hostile;
