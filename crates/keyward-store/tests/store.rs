@@ -1,0 +1,208 @@
+//! The store's test suite. Every backend must pass all of it; today it runs against a real
+//! SQLite file.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
+use keyward_store::{CacheConfig, KeyCache, Lookup, SqliteStore, Store, StoreError};
+use time::OffsetDateTime;
+
+fn t(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+}
+
+fn app(id: &str, name: &str, at: i64) -> AppRecord {
+    AppRecord {
+        id: id.into(),
+        name: name.into(),
+        created_at: t(at),
+    }
+}
+
+fn key(id: &str, app: &AppRecord, at: i64) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        app_id: app.id.clone(),
+        app_name: app.name.clone(),
+        name: Some(format!("name of {id}")),
+        hint: "kw_live_abcd…wxyz".into(),
+        env: KeyEnv::Live,
+        scopes: vec![Scope::new("a:b").unwrap(), Scope::new("c").unwrap()],
+        expires_at: Some(t(at + 3600)),
+        created_at: t(at),
+        revoked_at: None,
+    }
+}
+
+fn digest(n: u8) -> Digest {
+    Digest([n; 32])
+}
+
+/// The behaviour every backend must have.
+async fn suite(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+
+    // Apps: create, unique names, lookup by id and by name, ordered list.
+    let a = app("app_1", "cats", 0);
+    let b = app("app_2", "dogs", 1);
+    store.create_app(&a).await.unwrap();
+    store.create_app(&b).await.unwrap();
+    assert!(matches!(
+        store.create_app(&app("app_3", "cats", 2)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.create_app(&app("app_1", "other", 2)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.get_app("app_1").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_app("dogs").await.unwrap(), Some(b.clone()));
+    assert_eq!(store.get_app("nope").await.unwrap(), None);
+    assert_eq!(store.get_app("' OR 1=1 --").await.unwrap(), None);
+    assert_eq!(store.list_apps().await.unwrap(), vec![a.clone(), b.clone()]);
+    // An app named like another app's id: the id wins.
+    let tricky = app("app_4", "app_1", 3);
+    store.create_app(&tricky).await.unwrap();
+    assert_eq!(store.get_app("app_1").await.unwrap(), Some(a.clone()));
+
+    // Keys: round trip of every field, lookup by digest, unique digests, unknown app.
+    let k1 = key("key_1", &a, 10);
+    let mut k2 = key("key_2", &b, 11);
+    k2.name = None;
+    k2.scopes = vec![];
+    k2.expires_at = None;
+    store.create_key(&k1, &digest(1)).await.unwrap();
+    store.create_key(&k2, &digest(2)).await.unwrap();
+    assert!(matches!(
+        store.create_key(&key("key_3", &a, 12), &digest(1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .create_key(&key("key_4", &app("app_x", "ghost", 0), 12), &digest(4))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.key_by_digest(&digest(1)).await.unwrap(),
+        Some((k1.clone(), digest(1)))
+    );
+    assert_eq!(
+        store.key_by_digest(&digest(2)).await.unwrap(),
+        Some((k2.clone(), digest(2)))
+    );
+    assert_eq!(store.key_by_digest(&digest(9)).await.unwrap(), None);
+    assert_eq!(store.get_key("key_1").await.unwrap(), Some(k1.clone()));
+    assert_eq!(store.get_key("key_9").await.unwrap(), None);
+    assert_eq!(
+        store.list_keys(None).await.unwrap(),
+        vec![k1.clone(), k2.clone()]
+    );
+    assert_eq!(
+        store.list_keys(Some("app_2")).await.unwrap(),
+        vec![k2.clone()]
+    );
+    assert_eq!(store.list_keys(Some("app_x")).await.unwrap(), vec![]);
+
+    // Revocation: returns the new record and the digest; idempotent.
+    let (r, d) = store.revoke_key("key_1", t(100)).await.unwrap().unwrap();
+    assert_eq!(d, digest(1));
+    assert_eq!(r.revoked_at, Some(t(100)));
+    let (r, _) = store.revoke_key("key_1", t(200)).await.unwrap().unwrap();
+    assert_eq!(
+        r.revoked_at,
+        Some(t(100)),
+        "the first revocation time stays"
+    );
+    assert_eq!(store.revoke_key("key_9", t(100)).await.unwrap(), None);
+    assert_eq!(
+        store
+            .key_by_digest(&digest(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .revoked_at,
+        Some(t(100))
+    );
+}
+
+async fn cache_suite(store: Arc<dyn Store>) {
+    let a = app("app_c", "cache", 0);
+    store.create_app(&a).await.unwrap();
+    let cache = KeyCache::new(store.clone(), CacheConfig::default());
+    assert!(matches!(
+        cache.lookup(&digest(50)).await.unwrap(),
+        Lookup::Unknown
+    ));
+    // Negative entry until invalidated.
+    store
+        .create_key(&key("key_c", &a, 0), &digest(50))
+        .await
+        .unwrap();
+    assert!(matches!(
+        cache.lookup(&digest(50)).await.unwrap(),
+        Lookup::Unknown
+    ));
+    cache.invalidate(&digest(50));
+    let Lookup::Found(r) = cache.lookup(&digest(50)).await.unwrap() else {
+        panic!("not found")
+    };
+    assert_eq!(r.revoked_at, None);
+    // Served from memory until invalidated.
+    store.revoke_key("key_c", t(5)).await.unwrap();
+    let Lookup::Found(r) = cache.lookup(&digest(50)).await.unwrap() else {
+        panic!("not found")
+    };
+    assert_eq!(r.revoked_at, None, "cached");
+    cache.invalidate(&digest(50));
+    let Lookup::Found(r) = cache.lookup(&digest(50)).await.unwrap() else {
+        panic!("not found")
+    };
+    assert_eq!(r.revoked_at, Some(t(5)));
+    let s = cache.stats();
+    assert!(s.hits.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(s.negative_hits.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&dir.path().join("sub/dir/k.db"))
+            .await
+            .unwrap(),
+    );
+    suite(store.clone()).await;
+    cache_suite(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_is_created_migrated_and_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.create_app(&app("app_1", "cats", 0)).await.unwrap();
+    drop(store);
+    // Reopening runs the migrations again (a no-op) and keeps the data.
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.list_apps().await.unwrap().len(), 1);
+    let url = format!("sqlite://{}", path.display());
+    let store2 = SqliteStore::open_url(&url).await.unwrap();
+    assert_eq!(store2.backend(), "sqlite");
+    let header = std::fs::read(&path).unwrap();
+    assert_eq!(&header[..16], b"SQLite format 3\0");
+    // File format bytes 18 and 19 are 2 in WAL mode.
+    assert_eq!((header[18], header[19]), (2, 2), "WAL mode");
+}
+
+#[tokio::test]
+async fn unopenable_paths_fail_clearly() {
+    let e = SqliteStore::open(std::path::Path::new("/proc/definitely/not/here.db"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "store_open_failed");
+    let e = SqliteStore::open_url("postgres://x").await.unwrap_err();
+    assert_eq!(e.code(), "store_open_failed");
+}
