@@ -32,6 +32,8 @@ pub enum CoreError {
     InvalidPepper(&'static str),
     #[error("invalid duration or time {0:?}: {1}")]
     InvalidTime(String, &'static str),
+    #[error("{0}")]
+    InvalidPolicy(String),
     #[error("the system random generator failed")]
     Random,
 }
@@ -46,6 +48,7 @@ impl CoreError {
             CoreError::InvalidName(_) => "invalid_name",
             CoreError::InvalidPepper(_) => "invalid_pepper",
             CoreError::InvalidTime(..) => "invalid_time",
+            CoreError::InvalidPolicy(_) => "invalid_policy",
             CoreError::Random => "random_failure",
         }
     }

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod error;
 pub mod key;
 pub mod model;
+pub mod policy;
 pub mod secret;
 pub mod when;
 

@@ -1,0 +1,288 @@
+//! keyward limits: GCRA rate limits and quotas, kept in process.
+//!
+//! A request may be subject to several limits at once (per key, per app, per route, a quota).
+//! [`LocalLimiter::check`] decides all of them together and is all-or-nothing: when any limit
+//! refuses, none of them is consumed. State lives in sharded maps keyed by a 64-bit hash of the
+//! limit's identity; idle state (a GCRA cell whose bucket is full again, a quota whose period
+//! has ended) is dropped by [`LocalLimiter::sweep`].
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use keyward_core::policy::{QuotaSpec, RateSpec};
+
+const SHARDS: usize = 64;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// The identity of one limit's state (a hash of what it limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimitKey(u64);
+
+/// One rate limit that applies to a request.
+#[derive(Debug, Clone)]
+pub struct RateCheck {
+    /// Policy name for the `RateLimit` fields (`key`, `app`, `route`).
+    pub name: &'static str,
+    pub key: LimitKey,
+    pub spec: RateSpec,
+    /// Units this request consumes (the route's cost).
+    pub cost: u64,
+}
+
+/// One quota that applies to a request.
+#[derive(Debug, Clone)]
+pub struct QuotaCheck {
+    pub name: &'static str,
+    pub key: LimitKey,
+    pub spec: QuotaSpec,
+    pub cost: u64,
+}
+
+/// The state of one limit after a decision, for the `RateLimit-Policy` and `RateLimit` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitState {
+    pub name: &'static str,
+    /// Quota units of the policy (`q`).
+    pub limit: u64,
+    /// Window in seconds (`w`).
+    pub window_secs: u64,
+    /// Units left (`r`).
+    pub remaining: u64,
+    /// Seconds until the limit is fully available again (`t`).
+    pub reset_secs: u64,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed {
+        states: Vec<LimitState>,
+    },
+    /// A rate limit refused; retry after the given time.
+    RateLimited {
+        policy: &'static str,
+        retry_after: Duration,
+        states: Vec<LimitState>,
+    },
+    /// A quota is used up until its next refill.
+    QuotaExhausted {
+        policy: &'static str,
+        retry_after: Duration,
+        states: Vec<LimitState>,
+    },
+}
+
+#[derive(Default)]
+struct Shard {
+    /// GCRA theoretical arrival time (ns since the Unix epoch).
+    rates: HashMap<LimitKey, u64>,
+    /// Quota: (period index, used units, period end in Unix seconds).
+    quotas: HashMap<LimitKey, (i64, u64, i64)>,
+}
+
+/// The in-process limiter.
+pub struct LocalLimiter {
+    shards: Vec<Mutex<Shard>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        LocalLimiter::new()
+    }
+}
+
+fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(NS_PER_SEC)
+}
+
+impl LocalLimiter {
+    pub fn new() -> LocalLimiter {
+        LocalLimiter {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// The key of a limit on `parts` (e.g. `("key", key_id)`), hashed with a per-process
+    /// random key so that nobody can aim collisions.
+    pub fn key(&self, parts: &[&str]) -> LimitKey {
+        let mut h = self.hasher.build_hasher();
+        for p in parts {
+            p.hash(&mut h);
+        }
+        LimitKey(h.finish())
+    }
+
+    fn shard_of(key: &LimitKey) -> usize {
+        (key.0 % SHARDS as u64) as usize
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
+        match self.shards.get(i).map(Mutex::lock) {
+            Some(Ok(g)) => g,
+            Some(Err(p)) => p.into_inner(),
+            // `i` always comes from `shard_of`, so this cannot happen; fall back to shard 0.
+            None => match self.shards[0].lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            },
+        }
+    }
+
+    /// Decides every limit of one request at `now_ns` (ns since the Unix epoch), all or nothing.
+    pub fn check(&self, rates: &[RateCheck], quotas: &[QuotaCheck], now_ns: u64) -> Outcome {
+        if rates.is_empty() && quotas.is_empty() {
+            return Outcome::Allowed { states: Vec::new() };
+        }
+        let now_secs = i64::try_from(now_ns / NS_PER_SEC).unwrap_or(i64::MAX);
+        // Lock every shard involved, in index order (no deadlock), for the whole decision.
+        let mut idx: Vec<usize> = rates
+            .iter()
+            .map(|r| Self::shard_of(&r.key))
+            .chain(quotas.iter().map(|q| Self::shard_of(&q.key)))
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+            idx.iter().map(|&i| (i, self.lock(i))).collect();
+        let shard = |key: &LimitKey| -> usize {
+            let i = Self::shard_of(key);
+            guards.iter().position(|(j, _)| *j == i).unwrap_or(0)
+        };
+
+        // Phase 1: compute every new state without writing anything.
+        let mut new_tats = Vec::with_capacity(rates.len());
+        let mut states = Vec::with_capacity(rates.len() + quotas.len());
+        let mut rate_refusal: Option<(&'static str, u64)> = None;
+        for r in rates {
+            let g = shard(&r.key);
+            let t = r.spec.emission_interval_ns();
+            let capacity = t.saturating_mul(r.spec.burst);
+            let tat = guards[g]
+                .1
+                .rates
+                .get(&r.key)
+                .copied()
+                .unwrap_or(now_ns)
+                .max(now_ns);
+            let new_tat = tat.saturating_add(t.saturating_mul(r.cost));
+            let ahead = new_tat - now_ns;
+            if ahead > capacity {
+                let wait = ahead - capacity;
+                if rate_refusal.is_none_or(|(_, w)| wait > w) {
+                    rate_refusal = Some((r.name, wait));
+                }
+                let remaining = (capacity.saturating_sub(tat - now_ns)) / t;
+                states.push(LimitState {
+                    name: r.name,
+                    limit: r.spec.burst,
+                    window_secs: ceil_secs(capacity),
+                    remaining,
+                    reset_secs: ceil_secs(tat - now_ns),
+                });
+            } else {
+                states.push(LimitState {
+                    name: r.name,
+                    limit: r.spec.burst,
+                    window_secs: ceil_secs(capacity),
+                    remaining: (capacity - ahead) / t,
+                    reset_secs: ceil_secs(ahead),
+                });
+            }
+            new_tats.push((g, r.key, new_tat));
+        }
+        let mut new_quotas = Vec::with_capacity(quotas.len());
+        let mut quota_refusal: Option<(&'static str, u64)> = None;
+        for q in quotas {
+            let g = shard(&q.key);
+            let (period, end) = q.spec.period_of(now_secs);
+            let used = match guards[g].1.quotas.get(&q.key) {
+                Some(&(p, used, _)) if p == period => used,
+                _ => 0, // a new period: the balance is the limit again (no stacking)
+            };
+            let reset = u64::try_from(end.saturating_sub(now_secs)).unwrap_or(0);
+            let after = used.saturating_add(q.cost);
+            if after > q.spec.limit {
+                if quota_refusal.is_none_or(|(_, w)| reset > w) {
+                    quota_refusal = Some((q.name, reset));
+                }
+                states.push(LimitState {
+                    name: q.name,
+                    limit: q.spec.limit,
+                    window_secs: q.spec.window_secs(),
+                    remaining: q.spec.limit.saturating_sub(used),
+                    reset_secs: reset,
+                });
+            } else {
+                states.push(LimitState {
+                    name: q.name,
+                    limit: q.spec.limit,
+                    window_secs: q.spec.window_secs(),
+                    remaining: q.spec.limit - after,
+                    reset_secs: reset,
+                });
+            }
+            new_quotas.push((g, q.key, (period, after, end)));
+        }
+
+        if let Some((policy, secs)) = quota_refusal {
+            return Outcome::QuotaExhausted {
+                policy,
+                retry_after: Duration::from_secs(secs.max(1)),
+                states,
+            };
+        }
+        if let Some((policy, ns)) = rate_refusal {
+            return Outcome::RateLimited {
+                policy,
+                retry_after: Duration::from_nanos(ns),
+                states,
+            };
+        }
+        // Phase 2: everything allows; commit every change.
+        for (g, key, tat) in new_tats {
+            guards[g].1.rates.insert(key, tat);
+        }
+        for (g, key, q) in new_quotas {
+            guards[g].1.quotas.insert(key, q);
+        }
+        Outcome::Allowed { states }
+    }
+
+    /// Drops idle state: full GCRA buckets and quotas whose period has ended. Returns how many
+    /// entries were dropped.
+    pub fn sweep(&self, now_ns: u64) -> usize {
+        let now_secs = i64::try_from(now_ns / NS_PER_SEC).unwrap_or(i64::MAX);
+        let mut dropped = 0;
+        for i in 0..self.shards.len() {
+            let mut g = self.lock(i);
+            let before = g.rates.len() + g.quotas.len();
+            g.rates.retain(|_, tat| *tat > now_ns);
+            g.quotas.retain(|_, (_, _, end)| *end > now_secs);
+            let (r, q) = (g.rates.len(), g.quotas.len());
+            g.rates.shrink_to(r * 2);
+            g.quotas.shrink_to(q * 2);
+            dropped += before - g.rates.len() - g.quotas.len();
+        }
+        dropped
+    }
+
+    /// Entries held (rates, quotas).
+    pub fn len(&self) -> (usize, usize) {
+        (0..self.shards.len()).fold((0, 0), |(r, q), i| {
+            let g = self.lock(i);
+            (r + g.rates.len(), q + g.quotas.len())
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests;
