@@ -15,6 +15,7 @@
 #   BENCH_PATH   request path (default /fact)
 #   RESULTS_DIR  if set, the raw wrk outputs and the report are copied there
 #   SKIP_BUILD   1 to use the existing target/release/keyward
+#   CARGO_TARGET_DIR  honoured: the binary is taken from $CARGO_TARGET_DIR/release/keyward
 #   KEEP_TMP     1 to keep the temporary directory (configs, logs) for inspection
 #
 # Only loopback addresses are used. Every process started here is stopped on exit, also on
@@ -156,7 +157,7 @@ NGINX=$(find_nginx)
 command -v wrk >/dev/null || die "wrk not found after installation"
 command -v curl >/dev/null || die "curl is needed"
 
-KEYWARD="$ROOT/target/release/keyward"
+KEYWARD="${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward"
 if [[ "$SKIP_BUILD" != 1 ]]; then
     log "cargo build --release -p keyward"
     (cd "$ROOT" && cargo build --release -p keyward)
@@ -270,6 +271,10 @@ done
 
 echo
 echo "keyward vs nginx static key: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+if REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
+    [[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || REV="$REV+dirty"
+    echo "keyward source: commit $REV"
+fi
 echo
 set +e
 python3 "$BENCH_DIR/wrk_report.py" keyward nginx "$TMP"/results/{keyward,nginx}-*.txt | tee "$TMP/results/report.md"
