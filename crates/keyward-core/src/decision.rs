@@ -21,6 +21,8 @@ pub enum ScopeMode {
 pub struct RequestFacts<'a> {
     pub required_scopes: &'a [Scope],
     pub scope_mode: ScopeMode,
+    /// The client's address (after trusted-proxy resolution); `None` skips allowlists.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// Why a credential is refused.
@@ -28,6 +30,8 @@ pub struct RequestFacts<'a> {
 pub enum Denial {
     Revoked,
     Expired,
+    /// The client address is outside the key's or the app's allowlist.
+    IpNotAllowed,
     /// The scopes the route needs and the credential lacks (for `AnyOf`: all candidates).
     InsufficientScope {
         missing: Vec<Scope>,
@@ -46,6 +50,11 @@ pub fn authorize(record: &KeyRecord, facts: &RequestFacts<'_>, now: OffsetDateTi
         KeyState::Revoked => return Decision::Deny(Denial::Revoked),
         KeyState::Expired => return Decision::Deny(Denial::Expired),
         KeyState::Active => {}
+    }
+    if let Some(ip) = facts.client_ip {
+        if !record.policy.ips.allows(ip) || !record.app_policy.ips.allows(ip) {
+            return Decision::Deny(Denial::IpNotAllowed);
+        }
     }
     check_scopes(&record.scopes, facts)
 }
@@ -95,6 +104,8 @@ mod tests {
             expires_at: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             revoked_at: None,
+            policy: Default::default(),
+            app_policy: Default::default(),
         }
     }
 
@@ -105,6 +116,7 @@ mod tests {
         let facts = RequestFacts {
             required_scopes: &req,
             scope_mode: ScopeMode::AllOf,
+            client_ip: None,
         };
         let mut r = record(&["facts:read"]);
         assert_eq!(authorize(&r, &facts, now), Decision::Allow);
@@ -126,15 +138,43 @@ mod tests {
     }
 
     #[test]
+    fn allowlists_of_key_and_app_both_apply() {
+        use crate::policy::IpAllowlist;
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut r = record(&[]);
+        let facts = |ip: &str| RequestFacts {
+            required_scopes: &[],
+            scope_mode: ScopeMode::AllOf,
+            client_ip: Some(ip.parse().unwrap()),
+        };
+        assert_eq!(authorize(&r, &facts("192.0.2.1"), now), Decision::Allow);
+        r.policy.ips = IpAllowlist::parse(&["192.0.2.0/24"]).unwrap();
+        assert_eq!(authorize(&r, &facts("192.0.2.1"), now), Decision::Allow);
+        assert_eq!(authorize(&r, &facts("::ffff:192.0.2.1"), now), Decision::Allow);
+        assert_eq!(
+            authorize(&r, &facts("198.51.100.1"), now),
+            Decision::Deny(Denial::IpNotAllowed)
+        );
+        r.app_policy.ips = IpAllowlist::parse(&["192.0.2.128/25"]).unwrap();
+        assert_eq!(
+            authorize(&r, &facts("192.0.2.1"), now),
+            Decision::Deny(Denial::IpNotAllowed)
+        );
+        assert_eq!(authorize(&r, &facts("192.0.2.200"), now), Decision::Allow);
+    }
+
+    #[test]
     fn missing_scopes_are_named() {
         let req = [s("facts:read"), s("facts:write")];
         let all = RequestFacts {
             required_scopes: &req,
             scope_mode: ScopeMode::AllOf,
+            client_ip: None,
         };
         let any = RequestFacts {
             required_scopes: &req,
             scope_mode: ScopeMode::AnyOf,
+            client_ip: None,
         };
         let r = record(&["facts:read"]);
         let now = OffsetDateTime::UNIX_EPOCH;
@@ -145,13 +185,11 @@ mod tests {
             })
         );
         assert_eq!(authorize(&r, &any, now), Decision::Allow);
-        assert!(matches!(
-            authorize(&record(&[]), &any, now),
-            Decision::Deny(_)
-        ));
+        assert!(matches!(authorize(&record(&[]), &any, now), Decision::Deny(_)));
         let none = RequestFacts {
             required_scopes: &[],
             scope_mode: ScopeMode::AllOf,
+            client_ip: None,
         };
         assert_eq!(authorize(&record(&[]), &none, now), Decision::Allow);
     }
@@ -162,10 +200,10 @@ mod tests {
                                             required in prop::collection::btree_set("[a-d]", 0..4)) {
             let g: Vec<Scope> = granted.iter().map(|x| s(x)).collect();
             let r: Vec<Scope> = required.iter().map(|x| s(x)).collect();
-            let facts = RequestFacts { required_scopes: &r, scope_mode: ScopeMode::AllOf };
+            let facts = RequestFacts { required_scopes: &r, scope_mode: ScopeMode::AllOf, client_ip: None };
             let allowed = check_scopes(&g, &facts) == Decision::Allow;
             prop_assert_eq!(allowed, required.is_subset(&granted));
-            let facts = RequestFacts { required_scopes: &r, scope_mode: ScopeMode::AnyOf };
+            let facts = RequestFacts { required_scopes: &r, scope_mode: ScopeMode::AnyOf, client_ip: None };
             let allowed = check_scopes(&g, &facts) == Decision::Allow;
             prop_assert_eq!(allowed, required.is_empty() || !required.is_disjoint(&granted));
         }

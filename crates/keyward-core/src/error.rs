@@ -24,7 +24,9 @@ pub enum CoreError {
     KeyFormat(#[from] KeyFormatError),
     #[error("invalid key prefix {0:?}: use 1 to 16 lowercase ASCII letters or digits")]
     InvalidPrefix(String),
-    #[error("invalid scope {0:?}: a scope is 1 to 128 printable ASCII characters without spaces, quotes or backslashes")]
+    #[error(
+        "invalid scope {0:?}: a scope is 1 to 128 printable ASCII characters without spaces, quotes or backslashes"
+    )]
     InvalidScope(String),
     #[error("invalid name: {0}")]
     InvalidName(String),

@@ -71,10 +71,8 @@ impl Default for KeyFormat {
 impl KeyFormat {
     /// A key format with the given prefix (1–16 lowercase ASCII letters or digits).
     pub fn new(prefix: &str) -> Result<Self, CoreError> {
-        let ok = (1..=16).contains(&prefix.len())
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let ok =
+            (1..=16).contains(&prefix.len()) && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !ok {
             return Err(CoreError::InvalidPrefix(prefix.chars().take(32).collect()));
         }
@@ -170,11 +168,7 @@ impl KeyFormat {
 /// the secret part, e.g. `kw_live_AbCd…9xYz`. Never enough to use or guess the key.
 pub fn display_hint(key: &str) -> String {
     // Find the body after `<prefix>_<env>_`; fall back to the last 49 characters.
-    let body_start = key
-        .rmatch_indices('_')
-        .next()
-        .map(|(i, _)| i + 1)
-        .unwrap_or(0);
+    let body_start = key.rmatch_indices('_').next().map(|(i, _)| i + 1).unwrap_or(0);
     let (head, body) = key.split_at(body_start);
     let first: String = body.chars().take(4).collect();
     let count = body.chars().count();
@@ -215,26 +209,14 @@ mod tests {
         assert!(f.parse(&k).is_ok());
         assert_eq!(f.parse(&k[1..]), Err(KeyFormatError::Length));
         assert_eq!(f.parse(&format!("{k}x")), Err(KeyFormatError::Length));
-        assert_eq!(
-            f.parse(&k.replacen("kw_", "kx_", 1)),
-            Err(KeyFormatError::Prefix)
-        );
-        assert_eq!(
-            f.parse(&k.replacen("live", "prod", 1)),
-            Err(KeyFormatError::Env)
-        );
+        assert_eq!(f.parse(&k.replacen("kw_", "kx_", 1)), Err(KeyFormatError::Prefix));
+        assert_eq!(f.parse(&k.replacen("live", "prod", 1)), Err(KeyFormatError::Env));
         let mut bad = k.clone().into_bytes();
         bad[20] = b'-';
-        assert_eq!(
-            f.parse(&String::from_utf8(bad).unwrap()),
-            Err(KeyFormatError::Alphabet)
-        );
+        assert_eq!(f.parse(&String::from_utf8(bad).unwrap()), Err(KeyFormatError::Alphabet));
         let mut bad = k.clone().into_bytes();
         bad[20] = b'b';
-        assert_eq!(
-            f.parse(&String::from_utf8(bad).unwrap()),
-            Err(KeyFormatError::Checksum)
-        );
+        assert_eq!(f.parse(&String::from_utf8(bad).unwrap()), Err(KeyFormatError::Checksum));
         // A multi-byte character of the right byte length is refused, never sliced.
         let mut s = k[..k.len() - 2].to_owned();
         s.push('é');

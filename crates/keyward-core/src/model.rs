@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use crate::error::CoreError;
 use crate::key::KeyEnv;
+use crate::policy::Policy;
 
 /// A scope token (RFC 6749 §3.3: `%x21 / %x23-5B / %x5D-7E`), 1–128 characters.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -54,14 +55,10 @@ pub fn validate_name(s: &str) -> Result<(), CoreError> {
         return Err(CoreError::InvalidName("it must not be empty".into()));
     }
     if s.chars().count() > 128 {
-        return Err(CoreError::InvalidName(
-            "it must be at most 128 characters".into(),
-        ));
+        return Err(CoreError::InvalidName("it must be at most 128 characters".into()));
     }
     if s.chars().any(char::is_control) {
-        return Err(CoreError::InvalidName(
-            "it must not contain control characters".into(),
-        ));
+        return Err(CoreError::InvalidName("it must not contain control characters".into()));
     }
     Ok(())
 }
@@ -73,6 +70,9 @@ pub struct AppRecord {
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Limits shared by all of the app's keys.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// A key as the store keeps it: never the secret, only its digest (not part of this record)
@@ -92,6 +92,20 @@ pub struct KeyRecord {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// The key's own limits.
+    #[serde(default)]
+    pub policy: Policy,
+    /// The limits of the key's app, loaded with the key (not part of the key's own record).
+    #[serde(skip)]
+    pub app_policy: Policy,
+}
+
+/// A change to a key's authorization (fields left `None` stay as they are).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    pub name: Option<Option<String>>,
+    pub scopes: Option<Vec<Scope>>,
+    pub policy: Option<Policy>,
 }
 
 /// Lifecycle state of a key at a given instant.
@@ -124,17 +138,7 @@ mod tests {
         for ok in ["facts:read", "a", "x.y/z", "!#[]~"] {
             assert!(Scope::new(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            " ",
-            "a b",
-            "a\"b",
-            "a\\b",
-            "é",
-            "a\tb",
-            &"a".repeat(129),
-            "a\0",
-        ] {
+        for bad in ["", " ", "a b", "a\"b", "a\\b", "é", "a\tb", &"a".repeat(129), "a\0"] {
             assert!(Scope::new(bad).is_err(), "{bad:?}");
         }
     }

@@ -56,13 +56,8 @@ fn parse_unit(kind: &'static str, s: &str, unit: &str) -> Result<Duration, CoreE
             if u.starts_with('-') {
                 return Err(bad(kind, s, "the period cannot be negative"));
             }
-            let d = humantime::parse_duration(u).map_err(|_| {
-                bad(
-                    kind,
-                    s,
-                    "the unit must be s, min, hour, day or a duration such as 30s",
-                )
-            })?;
+            let d = humantime::parse_duration(u)
+                .map_err(|_| bad(kind, s, "the unit must be s, min, hour, day or a duration such as 30s"))?;
             if d.is_zero() {
                 return Err(bad(kind, s, "the period must be positive"));
             }
@@ -94,16 +89,10 @@ impl RateSpec {
         let burst = match burst {
             None => count,
             Some(0) => return Err(bad("rate", s, "the burst must be at least 1")),
-            Some(b) if b > MAX_COUNT => {
-                return Err(bad("rate", s, "the burst is larger than 1,000,000,000"))
-            }
+            Some(b) if b > MAX_COUNT => return Err(bad("rate", s, "the burst is larger than 1,000,000,000")),
             Some(b) => b,
         };
-        Ok(RateSpec {
-            count,
-            period,
-            burst,
-        })
+        Ok(RateSpec { count, period, burst })
     }
 
     /// Time between two requests at the sustained rate, in nanoseconds (at least 1).
@@ -118,9 +107,7 @@ impl RateSpec {
             60 if self.period.subsec_nanos() == 0 => "min".into(),
             3600 if self.period.subsec_nanos() == 0 => "hour".into(),
             86_400 if self.period.subsec_nanos() == 0 => "day".into(),
-            _ => humantime::format_duration(self.period)
-                .to_string()
-                .replace(' ', ""),
+            _ => humantime::format_duration(self.period).to_string().replace(' ', ""),
         }
     }
 }
@@ -161,18 +148,10 @@ impl QuotaSpec {
             other => {
                 let d = parse_unit("quota", s, other)?;
                 if d < Duration::from_secs(1) {
-                    return Err(bad(
-                        "quota",
-                        s,
-                        "the refill interval must be at least one second",
-                    ));
+                    return Err(bad("quota", s, "the refill interval must be at least one second"));
                 }
                 if d > Duration::from_secs(86_400 * 366) {
-                    return Err(bad(
-                        "quota",
-                        s,
-                        "the refill interval must be at most a year",
-                    ));
+                    return Err(bad("quota", s, "the refill interval must be at most a year"));
                 }
                 Refill::Every(d)
             }
@@ -193,18 +172,15 @@ impl QuotaSpec {
                 (idx, idx.saturating_add(1).saturating_mul(len))
             }
             Refill::Month => {
-                let t = time::OffsetDateTime::from_unix_timestamp(unix_secs)
-                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                let t =
+                    time::OffsetDateTime::from_unix_timestamp(unix_secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
                 let (y, m) = (t.year(), u8::from(t.month()));
                 let idx = i64::from(y) * 12 + i64::from(m) - 1;
                 let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                let end = time::Date::from_calendar_date(
-                    ny,
-                    time::Month::try_from(nm).unwrap_or(time::Month::January),
-                    1,
-                )
-                .map(|d| d.midnight().assume_utc().unix_timestamp())
-                .unwrap_or(i64::MAX);
+                let end =
+                    time::Date::from_calendar_date(ny, time::Month::try_from(nm).unwrap_or(time::Month::January), 1)
+                        .map(|d| d.midnight().assume_utc().unix_timestamp())
+                        .unwrap_or(i64::MAX);
                 (idx, end)
             }
         }
@@ -373,20 +349,11 @@ mod tests {
     #[test]
     fn rates_parse_and_refuse() {
         let r = RateSpec::parse("100/min", Some(20)).unwrap();
-        assert_eq!(
-            (r.count, r.period, r.burst),
-            (100, Duration::from_secs(60), 20)
-        );
+        assert_eq!((r.count, r.period, r.burst), (100, Duration::from_secs(60), 20));
         assert_eq!(r.emission_interval_ns(), 600_000_000);
         assert_eq!(RateSpec::parse("10/s", None).unwrap().burst, 10);
-        assert_eq!(
-            RateSpec::parse("5/30s", None).unwrap().period,
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            RateSpec::parse("100/min", None).unwrap().to_string(),
-            "100/min"
-        );
+        assert_eq!(RateSpec::parse("5/30s", None).unwrap().period, Duration::from_secs(30));
+        assert_eq!(RateSpec::parse("100/min", None).unwrap().to_string(), "100/min");
         for bad in [
             "0/min",
             "-1/s",
@@ -463,9 +430,7 @@ mod tests {
         ] {
             assert!(IpAllowlist::parse(&[bad]).is_err(), "{bad}");
         }
-        let many: Vec<String> = (0..5000)
-            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
-            .collect();
+        let many: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
         let e = IpAllowlist::parse(&many).unwrap_err().to_string();
         assert!(e.contains("too many"), "{e}");
         assert!(IpAllowlist::parse(&many[..1024]).is_ok());
@@ -473,10 +438,9 @@ mod tests {
 
     #[test]
     fn policy_json_round_trip() {
-        let p: Policy = serde_json::from_str(
-            r#"{"ips":["10.0.0.0/8"],"rate":{"limit":"100/min","burst":20},"quota":"1000/day"}"#,
-        )
-        .unwrap();
+        let p: Policy =
+            serde_json::from_str(r#"{"ips":["10.0.0.0/8"],"rate":{"limit":"100/min","burst":20},"quota":"1000/day"}"#)
+                .unwrap();
         assert_eq!(p.rate.unwrap().burst, 20);
         let back = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Policy>(&back).unwrap(), p);

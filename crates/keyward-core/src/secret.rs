@@ -68,9 +68,7 @@ impl Pepper {
     pub fn from_text(text: &str) -> Result<Self, CoreError> {
         let text = text.trim();
         if text.len() < MIN_PEPPER_LEN {
-            return Err(CoreError::InvalidPepper(
-                "it must be at least 32 characters long",
-            ));
+            return Err(CoreError::InvalidPepper("it must be at least 32 characters long"));
         }
         if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(CoreError::InvalidPepper(
@@ -145,10 +143,7 @@ mod tests {
         let p = Pepper::from_text("0123456789abcdef0123456789abcdef").unwrap();
         let d = p.digest(b"kw_live_example");
         let hex: String = d.0.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            "f0c311c373a61d84f3ff1a2f5e160df57a87d131eeeeb9bc244274a03879d61f"
-        );
+        assert_eq!(hex, "f0c311c373a61d84f3ff1a2f5e160df57a87d131eeeeb9bc244274a03879d61f");
         assert_ne!(p.digest(b"a"), p.digest(b"b"));
         let q = Pepper::from_text("fedcba9876543210fedcba9876543210").unwrap();
         assert_ne!(p.digest(b"a"), q.digest(b"a"), "the pepper keys the digest");

@@ -15,39 +15,24 @@ pub const MAX_LIFETIME: Duration = Duration::days(36_525);
 pub fn parse_duration(s: &str) -> Result<Duration, CoreError> {
     let t = s.trim();
     if t.starts_with('-') {
-        return Err(CoreError::InvalidTime(
-            clip(s),
-            "a duration cannot be negative",
-        ));
+        return Err(CoreError::InvalidTime(clip(s), "a duration cannot be negative"));
     }
-    let d: StdDuration = humantime::parse_duration(t).map_err(|_| {
-        CoreError::InvalidTime(clip(s), "expected a duration such as 90d, 12h or 30m")
-    })?;
+    let d: StdDuration = humantime::parse_duration(t)
+        .map_err(|_| CoreError::InvalidTime(clip(s), "expected a duration such as 90d, 12h or 30m"))?;
     if d.is_zero() {
-        return Err(CoreError::InvalidTime(
-            clip(s),
-            "a duration must be positive",
-        ));
+        return Err(CoreError::InvalidTime(clip(s), "a duration must be positive"));
     }
-    let d = Duration::try_from(d)
-        .map_err(|_| CoreError::InvalidTime(clip(s), "the duration is too long"))?;
+    let d = Duration::try_from(d).map_err(|_| CoreError::InvalidTime(clip(s), "the duration is too long"))?;
     if d > MAX_LIFETIME {
-        return Err(CoreError::InvalidTime(
-            clip(s),
-            "the duration is longer than 100 years",
-        ));
+        return Err(CoreError::InvalidTime(clip(s), "the duration is longer than 100 years"));
     }
     Ok(d)
 }
 
 /// Parses an RFC 3339 instant.
 pub fn parse_instant(s: &str) -> Result<OffsetDateTime, CoreError> {
-    OffsetDateTime::parse(s.trim(), &Rfc3339).map_err(|_| {
-        CoreError::InvalidTime(
-            clip(s),
-            "expected an RFC 3339 time such as 2027-01-31T00:00:00Z",
-        )
-    })
+    OffsetDateTime::parse(s.trim(), &Rfc3339)
+        .map_err(|_| CoreError::InvalidTime(clip(s), "expected an RFC 3339 time such as 2027-01-31T00:00:00Z"))
 }
 
 /// Parses an expiry given either as a duration from `now` or as an RFC 3339 instant, and
@@ -58,19 +43,13 @@ pub fn parse_expiry(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Core
         parse_instant(t)?
     } else {
         now.checked_add(parse_duration(t)?)
-            .ok_or(CoreError::InvalidTime(
-                clip(s),
-                "the expiry is out of range",
-            ))?
+            .ok_or(CoreError::InvalidTime(clip(s), "the expiry is out of range"))?
     };
     check_expiry(at, now).map_err(|m| CoreError::InvalidTime(clip(s), m))
 }
 
 /// An expiry must lie in the future and at most [`MAX_LIFETIME`] ahead.
-pub fn check_expiry(
-    at: OffsetDateTime,
-    now: OffsetDateTime,
-) -> Result<OffsetDateTime, &'static str> {
+pub fn check_expiry(at: OffsetDateTime, now: OffsetDateTime) -> Result<OffsetDateTime, &'static str> {
     if at <= now {
         return Err("the expiry must be in the future");
     }
@@ -92,10 +71,7 @@ mod tests {
     fn durations_and_instants() {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         assert_eq!(parse_expiry("90d", now).unwrap(), now + Duration::days(90));
-        assert_eq!(
-            parse_expiry("1h 30m", now).unwrap(),
-            now + Duration::minutes(90)
-        );
+        assert_eq!(parse_expiry("1h 30m", now).unwrap(), now + Duration::minutes(90));
         let at = parse_expiry("2030-01-01T00:00:00Z", now).unwrap();
         assert_eq!(at.unix_timestamp(), 1_893_456_000);
         for bad in [

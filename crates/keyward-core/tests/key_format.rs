@@ -1,5 +1,5 @@
 //! Property tests of the key format (issue 2, point 2).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use keyward_core::base62::ALPHABET;
 use keyward_core::key::{CHECKSUM_LEN, RANDOM_LEN};

@@ -1,7 +1,7 @@
 //! The gateway: a reverse proxy that runs every request through the pipeline
 //! (route → extract credential → authenticate → authorize → proxy).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +13,10 @@ use axum::Router;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
 use keyward_core::decision::ScopeMode;
 use keyward_core::{KeyRecord, RequestFacts, Scope};
-use keyward_engine::{Engine, Rejection};
+use keyward_engine::{Engine, Outcome, Rejection, RouteLimits};
 
 use crate::problem::{self, Problem, RejectionStyle};
 
@@ -30,16 +31,12 @@ pub struct Upstream {
 impl Upstream {
     /// Parses `http://host:port[/base]`. Only plain HTTP upstreams for now.
     pub fn parse(url: &str) -> Result<Upstream, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
+        let uri: Uri = url.parse().map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
         let scheme = uri
             .scheme_str()
             .ok_or_else(|| format!("upstream URL {url:?} has no scheme"))?;
         if scheme != "http" {
-            return Err(format!(
-                "upstream URL {url:?}: only http:// upstreams are supported"
-            ));
+            return Err(format!("upstream URL {url:?}: only http:// upstreams are supported"));
         }
         let authority = uri
             .authority()
@@ -69,6 +66,8 @@ pub struct Route {
     pub upstream: Upstream,
     pub scopes: Vec<Scope>,
     pub scope_mode: ScopeMode,
+    /// The route's own rate limit and the quota cost of one request.
+    pub limits: RouteLimits,
 }
 
 impl Route {
@@ -98,6 +97,8 @@ pub struct GatewayConfig {
     pub invalid_credential_status: StatusCode,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Shared state of the gateway listener.
@@ -120,10 +121,7 @@ impl GatewayState {
             .build(connector);
         let mut challenges = vec![HeaderValue::from_static("Bearer realm=\"keyward\"")];
         for h in &cfg.credential_headers {
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "ApiKey realm=\"keyward\", header=\"{}\"",
-                h.as_str()
-            )) {
+            if let Ok(v) = HeaderValue::from_str(&format!("ApiKey realm=\"keyward\", header=\"{}\"", h.as_str())) {
                 challenges.push(v);
             }
         }
@@ -161,11 +159,7 @@ enum Extracted<'a> {
     Multiple,
 }
 
-fn extract<'a>(
-    headers: &'a HeaderMap,
-    names: &[HeaderName],
-    looks_like_key: impl Fn(&str) -> bool,
-) -> Extracted<'a> {
+fn extract<'a>(headers: &'a HeaderMap, names: &[HeaderName], looks_like_key: impl Fn(&str) -> bool) -> Extracted<'a> {
     let mut found: Option<Extracted<'a>> = None;
     let mut count = 0usize;
     for name in names {
@@ -213,17 +207,87 @@ fn extract<'a>(
 /// might normalise them into a path that the route table did not authorize.
 fn suspicious_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains('\\')
-        || lower.contains("%25")
-    {
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') || lower.contains("%25") {
         return true;
     }
     lower.split('/').any(|seg| {
         let s = seg.replace("%2e", ".");
         s == "." || s == ".."
     })
+}
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    proxies.iter().any(|n| n.contains(&ip))
+}
+
+/// Parses one forwarded-for element: `203.0.113.7`, `203.0.113.7:4711`, `[2001:db8::1]:4711`,
+/// `"[2001:db8::1]"`, `2001:db8::1`. `unknown` and obfuscated identifiers give `None`.
+fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let inner = rest.split(']').next()?;
+        return inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    if port.bytes().all(|b| b.is_ascii_digit()) {
+        return host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    }
+    None
+}
+
+/// The addresses a chain of proxies reported, oldest first: `Forwarded` (RFC 7239) when
+/// present, else `X-Forwarded-For`. Unparsable elements are kept as `None`.
+fn forwarded_chain(h: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let forwarded: Vec<&str> = h
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !forwarded.is_empty() {
+        return forwarded
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|elem| {
+                elem.split(';')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                    .and_then(|(_, v)| parse_forwarded_addr(v))
+            })
+            .collect();
+    }
+    h.get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().ok())
+        .flat_map(|v| v.unwrap_or("\u{0}").split(',').collect::<Vec<_>>())
+        .map(parse_forwarded_addr)
+        .collect()
+}
+
+/// The client's address: the direct peer, unless the peer is a trusted proxy, in which case
+/// the right-most address of the forwarded chain that is not itself a trusted proxy. An
+/// unparsable element stops the walk at the last trusted hop.
+pub fn client_ip(peer: IpAddr, h: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted(peer, proxies) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded_chain(h).into_iter().rev() {
+        match hop {
+            None => return client,
+            Some(ip) => {
+                client = ip;
+                if !trusted(ip, proxies) {
+                    return ip;
+                }
+            }
+        }
+    }
+    client
 }
 
 fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'r Route, Problem> {
@@ -258,20 +322,16 @@ async fn handle(
 ) -> Response {
     let path = req.uri().path();
     if suspicious_path(path) {
-        return Problem::bad_request(
-            "invalid_path",
-            "the path contains dot segments or encoded separators",
-        )
-        .into_response();
+        return Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators")
+            .into_response();
     }
     let route = match find_route(&st.cfg.routes, req.method(), path) {
         Ok(r) => r,
         Err(p) => return p.into_response(),
     };
+    let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
     let format = st.engine.format();
-    let (record, bearer) = match extract(req.headers(), &st.cfg.credential_headers, |t| {
-        format.looks_like_key(t)
-    }) {
+    let (record, bearer) = match extract(req.headers(), &st.cfg.credential_headers, |t| format.looks_like_key(t)) {
         Extracted::None => return reject(&st, &Rejection::Missing, false, route),
         Extracted::Multiple => return reject(&st, &Rejection::Multiple, false, route),
         Extracted::Malformed { bearer } => {
@@ -286,6 +346,7 @@ async fn handle(
             let facts = RequestFacts {
                 required_scopes: &route.scopes,
                 scope_mode: route.scope_mode,
+                client_ip: Some(client),
             };
             match st.engine.verify_key(c.value, &facts).await {
                 Ok(rec) => (rec, c.bearer),
@@ -293,8 +354,47 @@ async fn handle(
             }
         }
     };
+    let states = match st.engine.admit(&record, &route.limits) {
+        Outcome::Allowed { states } => states,
+        Outcome::RateLimited {
+            policy,
+            retry_after,
+            states,
+        } => {
+            return reject(
+                &st,
+                &Rejection::RateLimited {
+                    policy,
+                    retry_after,
+                    states,
+                },
+                bearer,
+                route,
+            )
+        }
+        Outcome::QuotaExhausted {
+            policy,
+            retry_after,
+            states,
+        } => {
+            return reject(
+                &st,
+                &Rejection::QuotaExhausted {
+                    policy,
+                    retry_after,
+                    states,
+                },
+                bearer,
+                route,
+            )
+        }
+    };
     tracing::debug!(route = %route.name, key_id = %record.id, app_id = %record.app_id, "allowed");
-    proxy(&st, route, record, bearer, peer, req).await
+    let mut resp = proxy(&st, route, record, bearer, peer.ip(), client, req).await;
+    for (name, value) in problem::ratelimit_fields(&states) {
+        resp.headers_mut().insert(name, value);
+    }
+    resp
 }
 
 fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Response {
@@ -350,22 +450,18 @@ async fn proxy(
     route: &Route,
     record: Arc<KeyRecord>,
     bearer: bool,
-    peer: SocketAddr,
+    peer: IpAddr,
+    client: IpAddr,
     req: Request<Body>,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let target = format!(
         "{}://{}{}{}",
         route.upstream.scheme, route.upstream.authority, route.upstream.base_path, pq
     );
     let Ok(uri) = target.parse::<Uri>() else {
-        return Problem::bad_request("invalid_path", "the request target cannot be forwarded")
-            .into_response();
+        return Problem::bad_request("invalid_path", "the request target cannot be forwarded").into_response();
     };
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
@@ -390,11 +486,25 @@ async fn proxy(
             h.insert(HeaderName::from_static("x-forwarded-host"), v);
         }
     }
-    let peer_ip = peer.ip().to_canonical().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip,
+    // Forwarded-for headers from an untrusted peer are dropped, never passed on.
+    let peer_ip = peer.to_canonical();
+    let from_trusted = trusted(peer_ip, &st.cfg.trusted_proxies);
+    let prev: Vec<String> = if from_trusted {
+        h.get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        h.remove(header::FORWARDED);
+        Vec::new()
     };
+    let mut chain = prev;
+    chain.push(peer_ip.to_string());
+    let xff = chain.join(", ");
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        h.insert(HeaderName::from_static("x-keyward-client-ip"), v);
+    }
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
@@ -402,28 +512,11 @@ async fn proxy(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     );
-    h.insert(
-        HeaderName::from_static("x-keyward-app"),
-        header_text(&record.app_name),
-    );
-    h.insert(
-        HeaderName::from_static("x-keyward-app-id"),
-        header_text(&record.app_id),
-    );
-    h.insert(
-        HeaderName::from_static("x-keyward-key-id"),
-        header_text(&record.id),
-    );
-    let scopes = record
-        .scopes
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    h.insert(
-        HeaderName::from_static("x-keyward-scopes"),
-        header_text(&scopes),
-    );
+    h.insert(HeaderName::from_static("x-keyward-app"), header_text(&record.app_name));
+    h.insert(HeaderName::from_static("x-keyward-app-id"), header_text(&record.app_id));
+    h.insert(HeaderName::from_static("x-keyward-key-id"), header_text(&record.id));
+    let scopes = record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    h.insert(HeaderName::from_static("x-keyward-scopes"), header_text(&scopes));
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
@@ -453,6 +546,7 @@ mod tests {
             upstream: Upstream::parse("http://127.0.0.1:1").unwrap(),
             scopes: vec![],
             scope_mode: ScopeMode::AllOf,
+            limits: RouteLimits::default(),
         }
     }
 
@@ -475,25 +569,13 @@ mod tests {
             route("/", &[Method::GET]),
         ];
         assert_eq!(
-            find_route(&routes, &Method::POST, "/facts")
-                .unwrap()
-                .methods,
+            find_route(&routes, &Method::POST, "/facts").unwrap().methods,
             vec![Method::POST]
         );
         let err = find_route(&routes, &Method::DELETE, "/facts").unwrap_err();
         assert_eq!(err.status, 405);
-        assert_eq!(
-            find_route(&routes, &Method::GET, "/other")
-                .unwrap()
-                .path_prefix,
-            "/"
-        );
-        assert_eq!(
-            find_route(&routes[..2], &Method::GET, "/x")
-                .unwrap_err()
-                .status,
-            404
-        );
+        assert_eq!(find_route(&routes, &Method::GET, "/other").unwrap().path_prefix, "/");
+        assert_eq!(find_route(&routes[..2], &Method::GET, "/x").unwrap_err().status, 404);
     }
 
     #[test]
@@ -518,10 +600,7 @@ mod tests {
     #[test]
     fn upstream_urls() {
         assert!(Upstream::parse("http://127.0.0.1:9000").is_ok());
-        assert_eq!(
-            Upstream::parse("http://h:1/base/").unwrap().base_path,
-            "/base"
-        );
+        assert_eq!(Upstream::parse("http://h:1/base/").unwrap().base_path, "/base");
         assert!(Upstream::parse("ftp://h").is_err());
         assert!(Upstream::parse("127.0.0.1:9000").is_err());
         assert!(Upstream::parse("http://h/?q=1").is_err());
@@ -534,12 +613,55 @@ mod tests {
     }
 
     #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let spoof = h(&[("x-forwarded-for", "1.2.3.4")]);
+        // Untrusted peer: headers ignored.
+        assert_eq!(client_ip(ip("203.0.113.9"), &spoof, &proxies), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("203.0.113.9"), &spoof, &[]), ip("203.0.113.9"));
+        // Trusted peer: right-most untrusted address.
+        assert_eq!(client_ip(ip("10.0.0.1"), &spoof, &proxies), ip("1.2.3.4"));
+        let chain = h(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &chain, &proxies), ip("1.2.3.4"));
+        let split = h(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "1.2.3.4:5555, 10.1.1.1"),
+        ]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &split, &proxies), ip("1.2.3.4"));
+        // All trusted: the left-most.
+        let all = h(&[("x-forwarded-for", "10.9.9.9, 10.0.0.7")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &all, &proxies), ip("10.9.9.9"));
+        // Garbage stops the walk at the last trusted hop.
+        let junk = h(&[("x-forwarded-for", "1.2.3.4, garbage, 10.0.0.7")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &junk, &proxies), ip("10.0.0.7"));
+        // RFC 7239 Forwarded wins over X-Forwarded-For; IPv6 with brackets and ports.
+        let fwd = h(&[
+            ("forwarded", "for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https"),
+            ("x-forwarded-for", "9.9.9.9"),
+        ]);
+        assert_eq!(client_ip(ip("::1"), &fwd, &proxies), ip("2001:db8::1"));
+        let hidden = h(&[("forwarded", "for=_hidden, for=10.0.0.5")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &hidden, &proxies), ip("10.0.0.5"));
+        // IPv4-mapped peers are normalised before matching.
+        assert_eq!(client_ip(ip("::ffff:10.0.0.1"), &spoof, &proxies), ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("::ffff:203.0.113.9"), &spoof, &proxies), ip("203.0.113.9"));
+    }
+
+    #[test]
     fn connection_named_headers_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("x-foo, keep-alive"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-foo, keep-alive"));
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("x-bar", HeaderValue::from_static("2"));
         strip_hop_by_hop(&mut h);

@@ -56,8 +56,7 @@ impl Problem {
     }
 
     pub fn not_found() -> Problem {
-        Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")
-            .detail("no route matches this path")
+        Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail("no route matches this path")
     }
 
     pub fn method_not_allowed(allow: &str) -> Problem {
@@ -156,12 +155,23 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             format!(
                 "the credential lacks the scope{} {}",
                 if missing.len() == 1 { "" } else { "s" },
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
             ),
+        ),
+        Rejection::IpNotAllowed { .. } => (
+            StatusCode::FORBIDDEN,
+            "Address Not Allowed",
+            "the credential may not be used from this client address".into(),
+        ),
+        Rejection::RateLimited { policy, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Rate Limited",
+            format!("the {policy} rate limit is exhausted; retry after the time in Retry-After"),
+        ),
+        Rejection::QuotaExhausted { policy, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Quota Exhausted",
+            format!("the {policy} is used up until its next refill (see Retry-After)"),
         ),
         Rejection::Store(e) => return store(e),
     };
@@ -177,23 +187,32 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
         for c in &style.challenges {
             let v = match (error, style.bearer, c.to_str()) {
                 (Some(err), true, Ok(s)) if s.starts_with("Bearer") => {
-                    HeaderValue::from_str(&format!("{s}, error=\"{err}\""))
-                        .unwrap_or_else(|_| c.clone())
+                    HeaderValue::from_str(&format!("{s}, error=\"{err}\"")).unwrap_or_else(|_| c.clone())
                 }
                 _ => c.clone(),
             };
             p = p.header(header::WWW_AUTHENTICATE, v);
         }
     }
+    if let Rejection::RateLimited {
+        retry_after, states, ..
+    }
+    | Rejection::QuotaExhausted {
+        retry_after, states, ..
+    } = r
+    {
+        let secs = retry_after.as_nanos().div_ceil(1_000_000_000).max(1);
+        p = p.header(
+            header::RETRY_AFTER,
+            HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
+        );
+        for (name, value) in ratelimit_fields(states) {
+            p = p.header(name, value);
+        }
+    }
     if let (Rejection::InsufficientScope { missing, .. }, true) = (r, style.bearer) {
-        let scope = missing
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
-        )) {
+        let scope = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")) {
             p = p.header(header::WWW_AUTHENTICATE, v);
         }
     }
@@ -203,11 +222,10 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
 /// Store failures: never the driver's message to the client.
 pub fn store(e: &StoreError) -> Problem {
     match e {
-        StoreError::NotFound(what) => Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")
-            .detail(format!("{what} not found")),
-        StoreError::Conflict(msg) => {
-            Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(msg.clone())
+        StoreError::NotFound(what) => {
+            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail(format!("{what} not found"))
         }
+        StoreError::Conflict(msg) => Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(msg.clone()),
         StoreError::Unavailable(_) | StoreError::Open(_) => {
             tracing::error!(error = %e, "store unavailable");
             Problem::new(
@@ -228,27 +246,20 @@ pub fn store(e: &StoreError) -> Problem {
 /// Admin operation failures.
 pub fn engine(e: &EngineError) -> Problem {
     match e {
-        EngineError::Invalid { field, message } => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            "Invalid Request",
-        )
-        .detail(format!("{field}: {message}")),
+        EngineError::Invalid { field, message } => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "Invalid Request")
+                .detail(format!("{field}: {message}"))
+        }
         EngineError::NotFound(what) => {
-            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")
-                .detail(format!("{what} not found"))
+            Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found").detail(format!("{what} not found"))
         }
         EngineError::Core(c) => match c {
             keyward_core::CoreError::Random => {
                 tracing::error!("random generator failed");
                 Problem::internal()
             }
-            other => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                other.code(),
-                "Invalid Request",
-            )
-            .detail(other.to_string()),
+            other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.code(), "Invalid Request")
+                .detail(other.to_string()),
         },
         EngineError::Store(s) => store(s),
     }
@@ -256,19 +267,35 @@ pub fn engine(e: &EngineError) -> Problem {
 
 /// Upstream failures: never the upstream's internals.
 pub fn upstream_unreachable() -> Problem {
-    Problem::new(
-        StatusCode::BAD_GATEWAY,
-        "upstream_unavailable",
-        "Bad Gateway",
-    )
-    .detail("the upstream service could not be reached")
+    Problem::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "Bad Gateway")
+        .detail("the upstream service could not be reached")
 }
 
 pub fn upstream_timeout() -> Problem {
-    Problem::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "upstream_timeout",
-        "Gateway Timeout",
-    )
-    .detail("the upstream service did not answer in time")
+    Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Gateway Timeout")
+        .detail("the upstream service did not answer in time")
+}
+
+/// `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers, -08 and
+/// later): `"key";q=20;w=12` and `"key";r=19;t=1`, one list member per limit.
+pub fn ratelimit_fields(states: &[keyward_engine::LimitState]) -> Vec<(header::HeaderName, HeaderValue)> {
+    if states.is_empty() {
+        return Vec::new();
+    }
+    let policy: Vec<String> = states
+        .iter()
+        .map(|s| format!("\"{}\";q={};w={}", s.name, s.limit, s.window_secs))
+        .collect();
+    let current: Vec<String> = states
+        .iter()
+        .map(|s| format!("\"{}\";r={};t={}", s.name, s.remaining, s.reset_secs))
+        .collect();
+    let mut out = Vec::with_capacity(2);
+    if let Ok(v) = HeaderValue::from_str(&policy.join(", ")) {
+        out.push((header::HeaderName::from_static("ratelimit-policy"), v));
+    }
+    if let Ok(v) = HeaderValue::from_str(&current.join(", ")) {
+        out.push((header::HeaderName::from_static("ratelimit"), v));
+    }
+    out
 }

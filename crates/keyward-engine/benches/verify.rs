@@ -40,9 +40,7 @@ fn fixture() -> Fixture {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let engine = rt.block_on(async {
-        let store = SqliteStore::open(&dir.path().join("bench.db"))
-            .await
-            .unwrap();
+        let store = SqliteStore::open(&dir.path().join("bench.db")).await.unwrap();
         let store: Arc<dyn Store> = Arc::new(store);
         Engine::new(
             store,
@@ -53,7 +51,7 @@ fn fixture() -> Fixture {
         )
     });
     let key = rt.block_on(async {
-        engine.create_app("bench").await.unwrap();
+        engine.create_app("bench", Default::default()).await.unwrap();
         let (_, secret) = engine
             .create_key(NewKey {
                 app: "bench".into(),
@@ -61,18 +59,14 @@ fn fixture() -> Fixture {
                 scopes: vec![Scope::new("facts:read").unwrap()],
                 expires_at: None,
                 env: KeyEnv::Live,
+                policy: Default::default(),
             })
             .await
             .unwrap();
         secret.expose().to_owned()
     });
     // Well-formed (valid checksum) but never stored.
-    let unknown = engine
-        .format()
-        .generate(KeyEnv::Live)
-        .unwrap()
-        .expose()
-        .to_owned();
+    let unknown = engine.format().generate(KeyEnv::Live).unwrap().expose().to_owned();
     // Right length and prefix, wrong checksum: refused by the parser.
     let mut malformed = key.clone().into_bytes();
     let last = malformed.len() - 1;
@@ -104,6 +98,7 @@ impl Fixture {
         RequestFacts {
             required_scopes: &self.scopes,
             scope_mode: ScopeMode::AllOf,
+            client_ip: Some(std::net::IpAddr::from([127, 0, 0, 1])),
         }
     }
 
@@ -113,10 +108,7 @@ impl Fixture {
         self.rt.block_on(async {
             let start = Instant::now();
             for _ in 0..iters {
-                let r = self
-                    .engine
-                    .verify_key(black_box(presented), black_box(&facts))
-                    .await;
+                let r = self.engine.verify_key(black_box(presented), black_box(&facts)).await;
                 debug_assert_eq!(r.is_ok(), expect_ok);
                 black_box(r).ok();
             }
@@ -130,17 +122,11 @@ fn benches(c: &mut Criterion) {
     let format = KeyFormat::default();
     let pepper = Pepper::from_text(PEPPER).unwrap();
 
-    c.bench_function("parse", |b| {
-        b.iter(|| format.parse(black_box(&f.key)).unwrap())
-    });
-    c.bench_function("digest", |b| {
-        b.iter(|| pepper.digest(black_box(f.key.as_bytes())))
-    });
+    c.bench_function("parse", |b| b.iter(|| format.parse(black_box(&f.key)).unwrap()));
+    c.bench_function("digest", |b| b.iter(|| pepper.digest(black_box(f.key.as_bytes()))));
 
     let mut g = c.benchmark_group("verify");
-    g.bench_function("warm", |b| {
-        b.iter_custom(|iters| f.time_verify(&f.key, iters, true))
-    });
+    g.bench_function("warm", |b| b.iter_custom(|iters| f.time_verify(&f.key, iters, true)));
     g.bench_function("unknown_negative_cached", |b| {
         b.iter_custom(|iters| f.time_verify(&f.unknown, iters, false))
     });
@@ -160,9 +146,7 @@ fn benches(c: &mut Criterion) {
     eprintln!(
         "cache stats: hits={} negative_hits={} misses={}",
         stats.hits.load(std::sync::atomic::Ordering::Relaxed),
-        stats
-            .negative_hits
-            .load(std::sync::atomic::Ordering::Relaxed),
+        stats.negative_hits.load(std::sync::atomic::Ordering::Relaxed),
         stats.misses.load(std::sync::atomic::Ordering::Relaxed),
     );
 }

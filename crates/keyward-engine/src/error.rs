@@ -19,6 +19,20 @@ pub enum Rejection {
     Revoked { key_id: String },
     #[error("the credential has expired")]
     Expired { key_id: String },
+    #[error("the client address is not allowed for this credential")]
+    IpNotAllowed { key_id: String },
+    #[error("a rate limit is exhausted")]
+    RateLimited {
+        policy: &'static str,
+        retry_after: std::time::Duration,
+        states: Vec<keyward_limit::LimitState>,
+    },
+    #[error("a quota is exhausted")]
+    QuotaExhausted {
+        policy: &'static str,
+        retry_after: std::time::Duration,
+        states: Vec<keyward_limit::LimitState>,
+    },
     #[error("the credential lacks a required scope")]
     InsufficientScope { key_id: String, missing: Vec<Scope> },
     #[error("the credential store is unavailable")]
@@ -36,6 +50,9 @@ impl Rejection {
             Rejection::Revoked { .. } => "revoked_credential",
             Rejection::Expired { .. } => "expired_credential",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::IpNotAllowed { .. } => "ip_not_allowed",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::QuotaExhausted { .. } => "quota_exhausted",
             Rejection::Store(_) => "store_unavailable",
         }
     }
@@ -45,10 +62,7 @@ impl Rejection {
 #[derive(Debug, Error)]
 pub enum EngineError {
     #[error("invalid {field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error(transparent)]

@@ -147,8 +147,7 @@ impl LocalLimiter {
             .collect();
         idx.sort_unstable();
         idx.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
-            idx.iter().map(|&i| (i, self.lock(i))).collect();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = idx.iter().map(|&i| (i, self.lock(i))).collect();
         let shard = |key: &LimitKey| -> usize {
             let i = Self::shard_of(key);
             guards.iter().position(|(j, _)| *j == i).unwrap_or(0)
@@ -162,13 +161,7 @@ impl LocalLimiter {
             let g = shard(&r.key);
             let t = r.spec.emission_interval_ns();
             let capacity = t.saturating_mul(r.spec.burst);
-            let tat = guards[g]
-                .1
-                .rates
-                .get(&r.key)
-                .copied()
-                .unwrap_or(now_ns)
-                .max(now_ns);
+            let tat = guards[g].1.rates.get(&r.key).copied().unwrap_or(now_ns).max(now_ns);
             let new_tat = tat.saturating_add(t.saturating_mul(r.cost));
             let ahead = new_tat - now_ns;
             if ahead > capacity {

@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use super::*;
 use proptest::prelude::*;
@@ -42,9 +42,7 @@ fn burst_then_steady_rate() {
         assert_eq!(states[0].limit, 5);
     }
     let Outcome::RateLimited {
-        retry_after,
-        policy,
-        ..
+        retry_after, policy, ..
     } = l.check(std::slice::from_ref(&r), &[], T0)
     else {
         panic!("the sixth request at once was admitted")
@@ -52,16 +50,8 @@ fn burst_then_steady_rate() {
     assert_eq!(policy, "key");
     assert_eq!(retry_after, Duration::from_millis(100));
     // 100 ms later exactly one more fits.
-    assert!(allowed(&l.check(
-        std::slice::from_ref(&r),
-        &[],
-        T0 + SEC / 10
-    )));
-    assert!(!allowed(&l.check(
-        std::slice::from_ref(&r),
-        &[],
-        T0 + SEC / 10
-    )));
+    assert!(allowed(&l.check(std::slice::from_ref(&r), &[], T0 + SEC / 10)));
+    assert!(!allowed(&l.check(std::slice::from_ref(&r), &[], T0 + SEC / 10)));
 }
 
 #[test]
@@ -77,15 +67,10 @@ fn a_refused_request_consumes_from_no_limit() {
     assert!(allowed(&l.check(&all, std::slice::from_ref(&q), T0)));
     for _ in 0..50 {
         let o = l.check(&all, std::slice::from_ref(&q), T0);
-        assert!(
-            matches!(o, Outcome::RateLimited { policy: "key", .. }),
-            "{o:?}"
-        );
+        assert!(matches!(o, Outcome::RateLimited { policy: "key", .. }), "{o:?}");
     }
     // The wide limit and the quota were consumed once, not 51 times.
-    let Outcome::Allowed { states } =
-        l.check(std::slice::from_ref(&wide), std::slice::from_ref(&q), T0)
-    else {
+    let Outcome::Allowed { states } = l.check(std::slice::from_ref(&wide), std::slice::from_ref(&q), T0) else {
         panic!()
     };
     assert_eq!(states[0].remaining, 1000 - 2);
@@ -108,11 +93,7 @@ fn accuracy_at_twice_the_limit() {
         let l = LocalLimiter::new();
         let r = rate(&l, "k", spec, Some(burst));
         let per_sec = r.spec.count as f64 / r.spec.period.as_secs_f64();
-        let duration = if r.spec.period.as_secs() >= 60 {
-            600.0
-        } else {
-            10.0
-        };
+        let duration = if r.spec.period.as_secs() >= 60 { 600.0 } else { 10.0 };
         let offered = (per_sec * 2.0 * duration) as u64;
         let step = (duration * SEC as f64 / offered as f64) as u64;
         let mut admitted = 0u64;
@@ -140,9 +121,7 @@ fn quota_refill_sets_the_balance_and_never_stacks() {
         assert!(allowed(&l.check(&[], std::slice::from_ref(&q), noon)));
     }
     let Outcome::QuotaExhausted {
-        retry_after,
-        states,
-        ..
+        retry_after, states, ..
     } = l.check(&[], std::slice::from_ref(&q), noon)
     else {
         panic!()
@@ -151,11 +130,7 @@ fn quota_refill_sets_the_balance_and_never_stacks() {
     assert_eq!(states[0].remaining, 0);
     // One second before midnight: still refused. At midnight: 3 again.
     let midnight = T0 + 24 * 3600 * SEC;
-    assert!(!allowed(&l.check(
-        &[],
-        std::slice::from_ref(&q),
-        midnight - SEC
-    )));
+    assert!(!allowed(&l.check(&[], std::slice::from_ref(&q), midnight - SEC)));
     for _ in 0..3 {
         assert!(allowed(&l.check(&[], std::slice::from_ref(&q), midnight)));
     }
@@ -178,8 +153,7 @@ fn monthly_and_interval_quotas_refill_at_their_boundaries() {
     let feb1 = (1_801_440_000) * SEC;
     assert!(allowed(&l.check(&[], std::slice::from_ref(&m), jan31)));
     assert!(allowed(&l.check(&[], std::slice::from_ref(&m), jan31)));
-    let Outcome::QuotaExhausted { retry_after, .. } = l.check(&[], std::slice::from_ref(&m), jan31)
-    else {
+    let Outcome::QuotaExhausted { retry_after, .. } = l.check(&[], std::slice::from_ref(&m), jan31) else {
         panic!()
     };
     assert_eq!(retry_after, Duration::from_secs(3600));
@@ -192,11 +166,7 @@ fn monthly_and_interval_quotas_refill_at_their_boundaries() {
         std::slice::from_ref(&i),
         T0 + 12 * 3600 * SEC - 1
     )));
-    assert!(allowed(&l.check(
-        &[],
-        std::slice::from_ref(&i),
-        T0 + 12 * 3600 * SEC
-    )));
+    assert!(allowed(&l.check(&[], std::slice::from_ref(&i), T0 + 12 * 3600 * SEC)));
 }
 
 #[test]
@@ -207,10 +177,7 @@ fn costs_are_charged() {
     assert!(allowed(&l.check(&[], std::slice::from_ref(&q), T0)));
     // 8 used, 2 left: a request costing 4 is refused and consumes nothing.
     assert!(!allowed(&l.check(&[], std::slice::from_ref(&q), T0)));
-    let one = QuotaCheck {
-        cost: 2,
-        ..q.clone()
-    };
+    let one = QuotaCheck { cost: 2, ..q.clone() };
     assert!(allowed(&l.check(&[], std::slice::from_ref(&one), T0)));
     let mut r = rate(&l, "r", "10/s", Some(10));
     r.cost = 6;

@@ -37,21 +37,14 @@ impl StoreError {
                 } else if db.is_foreign_key_violation() {
                     StoreError::NotFound("referenced object")
                 } else {
-                    StoreError::Unavailable(format!(
-                        "database error {}",
-                        db.code().unwrap_or_default()
-                    ))
+                    StoreError::Unavailable(format!("database error {}", db.code().unwrap_or_default()))
                 }
             }
             sqlx::Error::RowNotFound => StoreError::NotFound("row"),
-            sqlx::Error::ColumnDecode { .. }
-            | sqlx::Error::Decode(_)
-            | sqlx::Error::ColumnNotFound(_) => {
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
                 StoreError::Corrupt("a column could not be decoded".into())
             }
-            sqlx::Error::PoolTimedOut => {
-                StoreError::Unavailable("timed out waiting for a connection".into())
-            }
+            sqlx::Error::PoolTimedOut => StoreError::Unavailable("timed out waiting for a connection".into()),
             _ => StoreError::Unavailable(e.to_string()),
         }
     }

@@ -9,6 +9,8 @@ mod error;
 mod sqlite;
 
 use async_trait::async_trait;
+use keyward_core::model::KeyUpdate;
+use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyRecord};
 use time::OffsetDateTime;
 
@@ -36,19 +38,22 @@ pub trait Store: Send + Sync + 'static {
     /// `NotFound` when the app does not exist.
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError>;
     /// The key whose digest this is, with the digest as stored (for a constant-time re-check).
-    async fn key_by_digest(
-        &self,
-        digest: &Digest,
-    ) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
     /// A key by id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Keys, oldest first, optionally only those of one app (by id).
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
     /// Revokes a key at `at` (idempotent: an already revoked key keeps its first revocation
     /// time). Returns the record after the change and its digest, `None` if no such key.
-    async fn revoke_key(
+    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    /// Changes a key's name, scopes or policy. Returns the record after the change and its
+    /// digest, `None` if no such key.
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    /// Replaces an app's policy (by id). Returns the app and the digests of all of its keys
+    /// (their cached records embed the app's policy), `None` if no such app.
+    async fn update_app_policy(
         &self,
         id: &str,
-        at: OffsetDateTime,
-    ) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+        policy: &Policy,
+    ) -> Result<Option<(AppRecord, Vec<Digest>)>, StoreError>;
 }

@@ -5,10 +5,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyward_core::model::KeyUpdate;
+use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 
@@ -22,9 +22,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-const KEY_COLUMNS: &str =
-    "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
-                           k.expires_at, k.created_at, k.revoked_at";
+const KEY_COLUMNS: &str = "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
+     k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy";
+const APP_COLUMNS: &str = "id, name, created_at, policy";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, in WAL mode, and migrates it.
@@ -75,27 +75,36 @@ fn ts(t: OffsetDateTime) -> i64 {
 }
 
 fn from_ts(v: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(v)
-        .map_err(|_| StoreError::Corrupt("timestamp out of range".into()))
+    OffsetDateTime::from_unix_timestamp(v).map_err(|_| StoreError::Corrupt("timestamp out of range".into()))
 }
 
 fn opt_ts(v: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
     v.map(from_ts).transpose()
 }
 
+fn policy_from(text: &str) -> Result<Policy, StoreError> {
+    serde_json::from_str(text).map_err(|_| StoreError::Corrupt("a stored policy is invalid".into()))
+}
+
+fn policy_json(p: &Policy) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
 fn app_from_row(row: &SqliteRow) -> Result<AppRecord, StoreError> {
+    let policy: String = row.try_get("policy").map_err(StoreError::from_sqlx)?;
     Ok(AppRecord {
         id: row.try_get("id").map_err(StoreError::from_sqlx)?,
         name: row.try_get("name").map_err(StoreError::from_sqlx)?,
         created_at: from_ts(row.try_get("created_at").map_err(StoreError::from_sqlx)?)?,
+        policy: policy_from(&policy)?,
     })
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
     let g = |e| StoreError::from_sqlx(e);
     let scopes_json: String = row.try_get("scopes").map_err(g)?;
-    let scopes: Vec<String> = serde_json::from_str(&scopes_json)
-        .map_err(|_| StoreError::Corrupt("scopes are not a JSON array".into()))?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&scopes_json).map_err(|_| StoreError::Corrupt("scopes are not a JSON array".into()))?;
     let scopes = scopes
         .iter()
         .map(|s| Scope::new(s))
@@ -104,8 +113,8 @@ fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
     let env: String = row.try_get("env").map_err(g)?;
     let env = KeyEnv::from_str(&env).map_err(|_| StoreError::Corrupt("unknown key env".into()))?;
     let digest: Vec<u8> = row.try_get("digest").map_err(g)?;
-    let digest = Digest::from_slice(&digest)
-        .ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))?;
+    let digest =
+        Digest::from_slice(&digest).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))?;
     Ok((
         KeyRecord {
             id: row.try_get("id").map_err(g)?,
@@ -118,6 +127,8 @@ fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
             expires_at: opt_ts(row.try_get("expires_at").map_err(g)?)?,
             created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
             revoked_at: opt_ts(row.try_get("revoked_at").map_err(g)?)?,
+            policy: policy_from(&row.try_get::<String, _>("policy").map_err(g)?)?,
+            app_policy: policy_from(&row.try_get::<String, _>("app_policy").map_err(g)?)?,
         },
         digest,
     ))
@@ -143,26 +154,25 @@ impl Store for SqliteStore {
     }
 
     async fn create_app(&self, app: &AppRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO apps (id, name, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO apps (id, name, created_at, policy) VALUES (?, ?, ?, ?)")
             .bind(&app.id)
             .bind(&app.name)
             .bind(ts(app.created_at))
+            .bind(policy_json(&app.policy))
             .execute(&self.pool)
             .await
             .map_err(|e| match StoreError::from_sqlx(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict("an app with this name already exists".into())
-                }
+                StoreError::Conflict(_) => StoreError::Conflict("an app with this name already exists".into()),
                 other => other,
             })?;
         Ok(())
     }
 
     async fn get_app(&self, id_or_name: &str) -> Result<Option<AppRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, name, created_at FROM apps WHERE id = ?1 \
-             UNION ALL SELECT id, name, created_at FROM apps WHERE name = ?1 AND id <> ?1 LIMIT 1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE id = ?1 \
+             UNION ALL SELECT {APP_COLUMNS} FROM apps WHERE name = ?1 AND id <> ?1 LIMIT 1"
+        ))
         .bind(id_or_name)
         .fetch_optional(&self.pool)
         .await
@@ -171,7 +181,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM apps ORDER BY created_at, id")
+        let rows = sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id"))
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?;
@@ -180,8 +190,8 @@ impl Store for SqliteStore {
 
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.app_id)
@@ -193,6 +203,7 @@ impl Store for SqliteStore {
         .bind(key.expires_at.map(ts))
         .bind(ts(key.created_at))
         .bind(key.revoked_at.map(ts))
+        .bind(policy_json(&key.policy))
         .execute(&self.pool)
         .await
         .map_err(|e| match StoreError::from_sqlx(e) {
@@ -203,10 +214,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn key_by_digest(
-        &self,
-        digest: &Digest,
-    ) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.digest = ?"
         ))
@@ -237,16 +245,10 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter()
-            .map(|r| key_from_row(r).map(|(k, _)| k))
-            .collect()
+        rows.iter().map(|r| key_from_row(r).map(|(k, _)| k)).collect()
     }
 
-    async fn revoke_key(
-        &self,
-        id: &str,
-        at: OffsetDateTime,
-    ) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         sqlx::query("UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
             .bind(ts(at))
             .bind(id)
@@ -261,5 +263,79 @@ impl Store for SqliteStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        if let Some(name) = &update.name {
+            sqlx::query("UPDATE keys SET name = ? WHERE id = ?")
+                .bind(name)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        if let Some(scopes) = &update.scopes {
+            sqlx::query("UPDATE keys SET scopes = ? WHERE id = ?")
+                .bind(scopes_json(scopes))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        if let Some(policy) = &update.policy {
+            sqlx::query("UPDATE keys SET policy = ? WHERE id = ?")
+                .bind(policy_json(policy))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn update_app_policy(
+        &self,
+        id: &str,
+        policy: &Policy,
+    ) -> Result<Option<(AppRecord, Vec<Digest>)>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query("UPDATE apps SET policy = ? WHERE id = ?")
+            .bind(policy_json(policy))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let app = app_from_row(&row)?;
+        let rows = sqlx::query("SELECT digest FROM keys WHERE app_id = ?")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        let digests = rows
+            .iter()
+            .map(|r| {
+                let d: Vec<u8> = r.try_get("digest").map_err(StoreError::from_sqlx)?;
+                Digest::from_slice(&d).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((app, digests)))
     }
 }

@@ -1,9 +1,11 @@
 //! The store's test suite. Every backend must pass all of it; today it runs against a real
 //! SQLite file.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::sync::Arc;
 
+use keyward_core::model::KeyUpdate;
+use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use keyward_store::{CacheConfig, KeyCache, Lookup, SqliteStore, Store, StoreError};
 use time::OffsetDateTime;
@@ -17,6 +19,7 @@ fn app(id: &str, name: &str, at: i64) -> AppRecord {
         id: id.into(),
         name: name.into(),
         created_at: t(at),
+        policy: Policy::default(),
     }
 }
 
@@ -32,6 +35,12 @@ fn key(id: &str, app: &AppRecord, at: i64) -> KeyRecord {
         expires_at: Some(t(at + 3600)),
         created_at: t(at),
         revoked_at: None,
+        policy: Policy {
+            ips: IpAllowlist::parse(&["10.0.0.0/8"]).unwrap(),
+            rate: Some(RateSpec::parse("100/min", Some(20)).unwrap()),
+            quota: Some(QuotaSpec::parse("1000/day").unwrap()),
+        },
+        app_policy: app.policy.clone(),
     }
 }
 
@@ -95,14 +104,8 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(store.key_by_digest(&digest(9)).await.unwrap(), None);
     assert_eq!(store.get_key("key_1").await.unwrap(), Some(k1.clone()));
     assert_eq!(store.get_key("key_9").await.unwrap(), None);
-    assert_eq!(
-        store.list_keys(None).await.unwrap(),
-        vec![k1.clone(), k2.clone()]
-    );
-    assert_eq!(
-        store.list_keys(Some("app_2")).await.unwrap(),
-        vec![k2.clone()]
-    );
+    assert_eq!(store.list_keys(None).await.unwrap(), vec![k1.clone(), k2.clone()]);
+    assert_eq!(store.list_keys(Some("app_2")).await.unwrap(), vec![k2.clone()]);
     assert_eq!(store.list_keys(Some("app_x")).await.unwrap(), vec![]);
 
     // Revocation: returns the new record and the digest; idempotent.
@@ -110,41 +113,68 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(d, digest(1));
     assert_eq!(r.revoked_at, Some(t(100)));
     let (r, _) = store.revoke_key("key_1", t(200)).await.unwrap().unwrap();
-    assert_eq!(
-        r.revoked_at,
-        Some(t(100)),
-        "the first revocation time stays"
-    );
+    assert_eq!(r.revoked_at, Some(t(100)), "the first revocation time stays");
     assert_eq!(store.revoke_key("key_9", t(100)).await.unwrap(), None);
     assert_eq!(
-        store
-            .key_by_digest(&digest(1))
-            .await
-            .unwrap()
-            .unwrap()
-            .0
-            .revoked_at,
+        store.key_by_digest(&digest(1)).await.unwrap().unwrap().0.revoked_at,
         Some(t(100))
     );
+
+    // Updates: each field alone, the rest untouched.
+    let (r, d) = store
+        .update_key(
+            "key_2",
+            &KeyUpdate {
+                scopes: Some(vec![Scope::new("z").unwrap()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d, digest(2));
+    assert_eq!(r.scopes, vec![Scope::new("z").unwrap()]);
+    assert_eq!(r.name, None);
+    let p = Policy {
+        rate: Some(RateSpec::parse("5/s", None).unwrap()),
+        ..Default::default()
+    };
+    let (r, _) = store
+        .update_key(
+            "key_2",
+            &KeyUpdate {
+                policy: Some(p.clone()),
+                name: Some(Some("renamed".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.policy, r.name, r.scopes.len()), (p, Some("renamed".into()), 1));
+    assert_eq!(store.update_key("key_9", &KeyUpdate::default()).await.unwrap(), None);
+
+    // An app's policy reaches its keys' records; the digests of its keys come back.
+    let ap = Policy {
+        quota: Some(QuotaSpec::parse("10/month").unwrap()),
+        ..Default::default()
+    };
+    let (app_after, digests) = store.update_app_policy("app_2", &ap).await.unwrap().unwrap();
+    assert_eq!(app_after.policy, ap);
+    assert_eq!(digests, vec![digest(2)]);
+    assert_eq!(store.key_by_digest(&digest(2)).await.unwrap().unwrap().0.app_policy, ap);
+    assert_eq!(store.get_app("dogs").await.unwrap().unwrap().policy, ap);
+    assert_eq!(store.update_app_policy("app_x", &ap).await.unwrap(), None);
 }
 
 async fn cache_suite(store: Arc<dyn Store>) {
     let a = app("app_c", "cache", 0);
     store.create_app(&a).await.unwrap();
     let cache = KeyCache::new(store.clone(), CacheConfig::default());
-    assert!(matches!(
-        cache.lookup(&digest(50)).await.unwrap(),
-        Lookup::Unknown
-    ));
+    assert!(matches!(cache.lookup(&digest(50)).await.unwrap(), Lookup::Unknown));
     // Negative entry until invalidated.
-    store
-        .create_key(&key("key_c", &a, 0), &digest(50))
-        .await
-        .unwrap();
-    assert!(matches!(
-        cache.lookup(&digest(50)).await.unwrap(),
-        Lookup::Unknown
-    ));
+    store.create_key(&key("key_c", &a, 0), &digest(50)).await.unwrap();
+    assert!(matches!(cache.lookup(&digest(50)).await.unwrap(), Lookup::Unknown));
     cache.invalidate(&digest(50));
     let Lookup::Found(r) = cache.lookup(&digest(50)).await.unwrap() else {
         panic!("not found")
@@ -169,11 +199,7 @@ async fn cache_suite(store: Arc<dyn Store>) {
 #[tokio::test]
 async fn sqlite_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("sub/dir/k.db"))
-            .await
-            .unwrap(),
-    );
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("sub/dir/k.db")).await.unwrap());
     suite(store.clone()).await;
     cache_suite(store).await;
 }

@@ -36,9 +36,7 @@ pub struct Facts(Arc<RwLock<Vec<String>>>);
 
 impl Default for Facts {
     fn default() -> Self {
-        Facts(Arc::new(RwLock::new(
-            SEED.iter().map(|s| s.to_string()).collect(),
-        )))
+        Facts(Arc::new(RwLock::new(SEED.iter().map(|s| s.to_string()).collect())))
     }
 }
 
@@ -74,20 +72,12 @@ struct Limit {
     limit: Option<String>,
 }
 
-async fn facts(
-    State(f): State<Facts>,
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+async fn facts(State(f): State<Facts>, q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>) -> Response {
     let limit = match q.ok().and_then(|Query(l)| l.limit) {
         None => 10,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "limit must be an integer from 1 to 100",
-                )
-            }
+            _ => return error(StatusCode::BAD_REQUEST, "limit must be an integer from 1 to 100"),
         },
     };
     let Ok(facts) = f.0.read() else {
@@ -108,17 +98,11 @@ async fn add_fact(
     body: Result<Json<NewFact>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "send {\"fact\": \"...\"} as application/json",
-        );
+        return error(StatusCode::BAD_REQUEST, "send {\"fact\": \"...\"} as application/json");
     };
     let fact = body.fact.trim().to_owned();
     if fact.is_empty() || fact.chars().count() > MAX_FACT_LEN {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "a fact is 1 to 1000 characters",
-        );
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "a fact is 1 to 1000 characters");
     }
     let Ok(mut facts) = f.0.write() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "unavailable");
@@ -135,7 +119,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
 }

@@ -59,11 +59,54 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
+/// Limits on a key or an app.
+#[derive(Debug, Args, Default)]
+pub struct LimitFlags {
+    /// Allowed client address or CIDR (repeatable); none = from anywhere.
+    #[arg(long = "ip", value_name = "CIDR")]
+    pub ips: Vec<String>,
+    /// GCRA rate limit, e.g. 100/min, 10/s, 5000/hour, 20/30s.
+    #[arg(long, value_name = "N/UNIT")]
+    pub rate: Option<String>,
+    /// Burst allowed by --rate (default: the rate's count).
+    #[arg(long, value_name = "N", requires = "rate")]
+    pub burst: Option<u64>,
+    /// Quota with refill, e.g. 10000/month, 1000/day, 500/12h.
+    #[arg(long, value_name = "N/PERIOD")]
+    pub quota: Option<String>,
+}
+
+/// Clearing limits on update.
+#[derive(Debug, Args, Default)]
+pub struct ClearFlags {
+    /// Remove the IP allowlist.
+    #[arg(long, conflicts_with = "ips")]
+    pub no_ips: bool,
+    /// Remove the rate limit.
+    #[arg(long, conflicts_with = "rate")]
+    pub no_rate: bool,
+    /// Remove the quota.
+    #[arg(long, conflicts_with = "quota")]
+    pub no_quota: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
     /// Create an application.
     Create {
         name: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Change an application's limits (shared by all of its keys); applies to the next request.
+    Update {
+        app: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[command(flatten)]
+        clear: ClearFlags,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -99,6 +142,24 @@ pub enum KeyCommand {
         /// Environment of the key.
         #[arg(long, value_parser = ["live", "test"], default_value = "live")]
         env: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Change a key's scopes or limits; applies to the next request.
+    Update {
+        id: String,
+        /// Replace the key's scopes with these (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Remove every scope.
+        #[arg(long, conflicts_with = "scopes")]
+        no_scopes: bool,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[command(flatten)]
+        clear: ClearFlags,
         #[command(flatten)]
         out: JsonFlag,
     },

@@ -41,10 +41,7 @@ impl AdminClient {
             reason: root_cause(&e),
         })?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| CliError::Io(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(|e| CliError::Io(e.to_string()))?;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(v);
@@ -52,8 +49,7 @@ impl AdminClient {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         Err(CliError::Api {
             status: status.as_u16(),
-            title: s("title")
-                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
+            title: s("title").unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
             detail: s("detail").unwrap_or_else(|| match status {
                 StatusCode::UNAUTHORIZED => "check KEYWARD_ADMIN_TOKEN".into(),
                 _ => "the admin API refused the request".into(),

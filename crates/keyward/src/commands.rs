@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{AppCommand, Cli, Command, KeyCommand};
+use crate::cli::{AppCommand, ClearFlags, Cli, Command, KeyCommand, LimitFlags};
 use crate::client::{print_table, seg, AdminClient};
 use crate::config::{write_secret_file, Config};
 use crate::error::{CliError, Result};
@@ -29,9 +29,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
 /// Worker threads wanted by the configuration (0 = default), read before the runtime starts.
 pub fn worker_threads(cli: &Cli) -> usize {
     match cli.command {
-        Command::Serve => load_config(cli)
-            .map(|c| c.server.worker_threads)
-            .unwrap_or(0),
+        Command::Serve => load_config(cli).map(|c| c.server.worker_threads).unwrap_or(0),
         _ => 0,
     }
 }
@@ -117,8 +115,7 @@ scopes = ["facts:write"]
 "#;
 
 fn init(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
     let cfg = dir.join("keyward.toml");
     let pepper = dir.join("keyward.pepper");
     let token = dir.join("admin.token");
@@ -130,12 +127,9 @@ fn init(dir: &Path) -> Result<()> {
             )));
         }
     }
-    let pepper_text =
-        keyward_core::Pepper::generate_text().map_err(|e| CliError::Io(e.to_string()))?;
-    let token_text =
-        keyward_core::secret::random_base62(43).map_err(|e| CliError::Io(e.to_string()))?;
-    let io =
-        |p: &Path, e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", p.display()));
+    let pepper_text = keyward_core::Pepper::generate_text().map_err(|e| CliError::Io(e.to_string()))?;
+    let token_text = keyward_core::secret::random_base62(43).map_err(|e| CliError::Io(e.to_string()))?;
+    let io = |p: &Path, e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", p.display()));
     write_secret_file(&pepper, pepper_text.expose()).map_err(|e| io(&pepper, e))?;
     write_secret_file(&token, &token_text).map_err(|e| io(&token, e))?;
     std::fs::write(&cfg, CONFIG_TEMPLATE).map_err(|e| io(&cfg, e))?;
@@ -193,11 +187,7 @@ fn admin_client(cli: &Cli) -> Result<AdminClient> {
     let url = match (&cli.admin_url, &cfg) {
         (Some(u), _) => u.clone(),
         (None, Ok(c)) => format!("http://{}", c.admin.listen),
-        (None, Err(e)) => {
-            return Err(CliError::Config(crate::config::ConfigError::Invalid(
-                e.to_string(),
-            )))
-        }
+        (None, Err(e)) => return Err(CliError::Config(crate::config::ConfigError::Invalid(e.to_string()))),
     };
     let token = match env.iter().find(|(k, _)| k == "KEYWARD_ADMIN_TOKEN") {
         Some((_, t)) if !t.trim().is_empty() => t.trim().to_owned(),
@@ -207,6 +197,57 @@ fn admin_client(cli: &Cli) -> Result<AdminClient> {
         },
     };
     AdminClient::new(&url, &token)
+}
+
+/// Checks limit flags locally (a clear error and exit status 2, no request) and adds them to
+/// a request body.
+fn limits_into(body: &mut Value, l: &LimitFlags, clear: Option<&ClearFlags>) -> Result<()> {
+    use keyward_core::policy::{IpAllowlist, QuotaSpec, RateSpec};
+    let usage = |flag: &str, e: keyward_core::CoreError| CliError::Usage(format!("{flag}: {e}"));
+    if !l.ips.is_empty() {
+        IpAllowlist::parse(&l.ips).map_err(|e| usage("--ip", e))?;
+        body["ips"] = json!(l.ips);
+    }
+    if let Some(r) = &l.rate {
+        RateSpec::parse(r, l.burst).map_err(|e| usage("--rate", e))?;
+        body["rate"] = json!({"limit": r, "burst": l.burst});
+    }
+    if let Some(q) = &l.quota {
+        QuotaSpec::parse(q).map_err(|e| usage("--quota", e))?;
+        body["quota"] = json!(q);
+    }
+    if let Some(c) = clear {
+        if c.no_ips {
+            body["ips"] = json!([]);
+        }
+        if c.no_rate {
+            body["rate"] = Value::Null;
+        }
+        if c.no_quota {
+            body["quota"] = Value::Null;
+        }
+    }
+    Ok(())
+}
+
+fn policy_text(v: &Value) -> String {
+    let p = v.get("policy").cloned().unwrap_or(Value::Null);
+    let mut parts = Vec::new();
+    if let Some(ips) = p.get("ips").and_then(Value::as_array) {
+        let list: Vec<&str> = ips.iter().filter_map(Value::as_str).collect();
+        parts.push(format!("ips {}", list.join(",")));
+    }
+    if let Some(r) = p.get("rate") {
+        parts.push(format!("rate {} burst {}", s(r, "limit"), s(r, "burst")));
+    }
+    if let Some(q) = p.get("quota").and_then(Value::as_str) {
+        parts.push(format!("quota {q}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn print_json(v: &Value) {
@@ -225,12 +266,7 @@ fn scopes(v: &Value) -> String {
     let list: Vec<String> = v
         .get("scopes")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
         .unwrap_or_default();
     if list.is_empty() {
         "-".into()
@@ -240,23 +276,47 @@ fn scopes(v: &Value) -> String {
 }
 
 fn items(v: &Value) -> Vec<Value> {
-    v.get("items")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+    v.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
 async fn app(cli: &Cli, cmd: &AppCommand) -> Result<()> {
     let c = admin_client(cli)?;
     match cmd {
-        AppCommand::Create { name, out } => {
+        AppCommand::Create { name, limits, out } => {
+            let mut body = json!({"name": name});
+            limits_into(&mut body, limits, None)?;
+            let v = c.call(Method::POST, "/v1/apps", Some(body)).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "created app {} ({}); limits: {}",
+                    s(&v, "name"),
+                    s(&v, "id"),
+                    policy_text(&v)
+                );
+            }
+        }
+        AppCommand::Update {
+            app,
+            limits,
+            clear,
+            out,
+        } => {
+            let mut body = json!({});
+            limits_into(&mut body, limits, Some(clear))?;
             let v = c
-                .call(Method::POST, "/v1/apps", Some(json!({"name": name})))
+                .call(Method::PATCH, &format!("/v1/apps/{}", seg(app)), Some(body))
                 .await?;
             if out.json {
                 print_json(&v);
             } else {
-                println!("created app {} ({})", s(&v, "name"), s(&v, "id"));
+                println!(
+                    "updated app {} ({}); limits: {}",
+                    s(&v, "name"),
+                    s(&v, "id"),
+                    policy_text(&v)
+                );
             }
         }
         AppCommand::List { out } => {
@@ -272,15 +332,14 @@ async fn app(cli: &Cli, cmd: &AppCommand) -> Result<()> {
             }
         }
         AppCommand::Show { app, out } => {
-            let v = c
-                .call(Method::GET, &format!("/v1/apps/{}", seg(app)), None)
-                .await?;
+            let v = c.call(Method::GET, &format!("/v1/apps/{}", seg(app)), None).await?;
             if out.json {
                 print_json(&v);
             } else {
                 for k in ["id", "name", "created_at"] {
                     println!("{k:<12} {}", s(&v, k));
                 }
+                println!("{:<12} {}", "limits", policy_text(&v));
             }
         }
     }
@@ -292,6 +351,7 @@ fn print_key(v: &Value) {
         println!("{:<12} {}", k, s(v, k));
     }
     println!("{:<12} {}", "scopes", scopes(v));
+    println!("{:<12} {}", "limits", policy_text(v));
     for k in ["expires_at", "created_at", "revoked_at"] {
         println!("{:<12} {}", k, s(v, k));
     }
@@ -305,21 +365,22 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             scopes: sc,
             expires,
             env,
+            limits,
             out,
         } => {
             // Check what can be checked locally first: no request for a bad flag.
             for scope in sc {
-                keyward_core::Scope::new(scope)
-                    .map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
             }
             let mut body = json!({"app": app, "scopes": sc, "env": env});
+            limits_into(&mut body, limits, None)?;
             if let Some(n) = name {
                 body["name"] = json!(n);
             }
             if let Some(x) = expires {
                 let now = time::OffsetDateTime::now_utc();
-                let at = keyward_core::when::parse_expiry(x, now)
-                    .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+                let at =
+                    keyward_core::when::parse_expiry(x, now).map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
                 let at = at
                     .format(&time::format_description::well_known::Rfc3339)
                     .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
@@ -346,6 +407,37 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                 println!("Store it now: keyward keeps only a digest and will never show it again.");
             }
         }
+        KeyCommand::Update {
+            id,
+            scopes: sc,
+            no_scopes,
+            limits,
+            clear,
+            out,
+        } => {
+            for scope in sc {
+                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+            }
+            let mut body = json!({});
+            if !sc.is_empty() || *no_scopes {
+                body["scopes"] = json!(sc);
+            }
+            limits_into(&mut body, limits, Some(clear))?;
+            let c = admin_client(cli)?;
+            let v = c
+                .call(Method::PATCH, &format!("/v1/keys/{}", seg(id)), Some(body))
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "updated key {} (scopes: {}; limits: {})",
+                    s(&v, "id"),
+                    scopes(&v),
+                    policy_text(&v)
+                );
+            }
+        }
         KeyCommand::List { app, out } => {
             let c = admin_client(cli)?;
             let path = match app {
@@ -370,17 +462,12 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                         ]
                     })
                     .collect();
-                print_table(
-                    &["ID", "APP", "NAME", "HINT", "SCOPES", "STATE", "EXPIRES"],
-                    &rows,
-                );
+                print_table(&["ID", "APP", "NAME", "HINT", "SCOPES", "STATE", "EXPIRES"], &rows);
             }
         }
         KeyCommand::Show { id, out } => {
             let c = admin_client(cli)?;
-            let v = c
-                .call(Method::GET, &format!("/v1/keys/{}", seg(id)), None)
-                .await?;
+            let v = c.call(Method::GET, &format!("/v1/keys/{}", seg(id)), None).await?;
             if out.json {
                 print_json(&v);
             } else {

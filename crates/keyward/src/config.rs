@@ -10,22 +10,17 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, Method, StatusCode};
 use keyward_core::decision::ScopeMode;
+use keyward_core::policy::{parse_cidr, RateSpec};
 use keyward_core::secret::SecretString;
 use keyward_core::{KeyFormat, Pepper, Scope};
 use keyward_edge::gateway::Upstream;
 use keyward_edge::{GatewayConfig, Route};
+use keyward_engine::{RateBy, RouteLimits};
 use keyward_store::CacheConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Environment variables with a `KEYWARD_` prefix that are not configuration overrides.
-pub const RESERVED_ENV: &[&str] = &[
-    "PEPPER",
-    "ADMIN_TOKEN",
-    "ADMIN_URL",
-    "CONFIG",
-    "LOG",
-    "LOG_FORMAT",
-];
+pub const RESERVED_ENV: &[&str] = &["PEPPER", "ADMIN_TOKEN", "ADMIN_URL", "CONFIG", "LOG", "LOG_FORMAT"];
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -72,9 +67,7 @@ pub struct KeysSection {
 
 impl Default for KeysSection {
     fn default() -> Self {
-        KeysSection {
-            prefix: "kw".into(),
-        }
+        KeysSection { prefix: "kw".into() }
     }
 }
 
@@ -106,6 +99,8 @@ pub struct GatewaySection {
     pub connect_timeout: Duration,
     #[serde(with = "dur")]
     pub upstream_timeout: Duration,
+    /// CIDRs of reverse proxies whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for GatewaySection {
@@ -116,6 +111,7 @@ impl Default for GatewaySection {
             invalid_credential_status: 401,
             connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -169,6 +165,16 @@ pub struct RouteSection {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub scope_mode: ScopeMode,
+    /// The route's own rate limit (`100/min`), shared as `rate_by` says.
+    #[serde(default)]
+    pub rate: Option<String>,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub rate_by: RateBy,
+    /// Quota units one request costs (default 1).
+    #[serde(default)]
+    pub cost: Option<u64>,
 }
 
 /// Durations as human strings (`2s`, `500ms`, `1m`).
@@ -179,9 +185,8 @@ mod dur {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        let v = humantime::parse_duration(s.trim()).map_err(|_| {
-            serde::de::Error::custom(format!("invalid duration {s:?}: use e.g. 500ms, 2s, 1m"))
-        })?;
+        let v = humantime::parse_duration(s.trim())
+            .map_err(|_| serde::de::Error::custom(format!("invalid duration {s:?}: use e.g. 500ms, 2s, 1m")))?;
         if v.is_zero() {
             return Err(serde::de::Error::custom("a duration must be positive"));
         }
@@ -195,10 +200,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("secret: {0}")]
     Secret(String),
 }
@@ -208,21 +210,15 @@ impl Config {
     pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let mut table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.into(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
                 parse_table(&text, &p.display().to_string())?
             }
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
-        let mut cfg: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    ConfigError::Invalid(format!("configuration: {}", e.message()))
-                })?;
+        let mut cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("configuration: {}", e.message())))?;
         if let Some(base) = path.and_then(Path::parent) {
             cfg.resolve_paths(base);
         }
@@ -251,15 +247,13 @@ impl Config {
 
     /// Everything that can be checked without touching the network or the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        KeyFormat::new(&self.keys.prefix)
-            .map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))?;
+        KeyFormat::new(&self.keys.prefix).map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))?;
         self.gateway_config()?;
         Ok(())
     }
 
     pub fn key_format(&self) -> Result<KeyFormat, ConfigError> {
-        KeyFormat::new(&self.keys.prefix)
-            .map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))
+        KeyFormat::new(&self.keys.prefix).map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))
     }
 
     pub fn cache_config(&self) -> CacheConfig {
@@ -285,19 +279,13 @@ impl Config {
             }
         };
         if g.credential_headers.is_empty() {
-            return Err(invalid(
-                "gateway.credential_headers: name at least one header".into(),
-            ));
+            return Err(invalid("gateway.credential_headers: name at least one header".into()));
         }
         let mut credential_headers = Vec::new();
         for h in &g.credential_headers {
-            let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                invalid(format!(
-                    "gateway.credential_headers: {h:?} is not a valid header name"
-                ))
-            })?;
-            if name == axum::http::header::AUTHORIZATION || name.as_str().starts_with("x-keyward-")
-            {
+            let name = HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| invalid(format!("gateway.credential_headers: {h:?} is not a valid header name")))?;
+            if name == axum::http::header::AUTHORIZATION || name.as_str().starts_with("x-keyward-") {
                 return Err(invalid(format!(
                     "gateway.credential_headers: {h:?} cannot carry API keys"
                 )));
@@ -309,9 +297,7 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}] ({:?})", r.name);
             if r.name.is_empty() || !names.insert(r.name.clone()) {
-                return Err(invalid(format!(
-                    "{at}: route names must be present and unique"
-                )));
+                return Err(invalid(format!("{at}: route names must be present and unique")));
             }
             if !r.path_prefix.starts_with('/') {
                 return Err(invalid(format!("{at}: path_prefix must start with '/'")));
@@ -321,17 +307,28 @@ impl Config {
                 .iter()
                 .map(|m| {
                     let up = m.to_ascii_uppercase();
-                    Method::from_bytes(up.as_bytes())
-                        .map_err(|_| invalid(format!("{at}: invalid method {m:?}")))
+                    Method::from_bytes(up.as_bytes()).map_err(|_| invalid(format!("{at}: invalid method {m:?}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let upstream =
-                Upstream::parse(&r.upstream).map_err(|e| invalid(format!("{at}: {e}")))?;
+            let upstream = Upstream::parse(&r.upstream).map_err(|e| invalid(format!("{at}: {e}")))?;
             let scopes = r
                 .scopes
                 .iter()
                 .map(|s| Scope::new(s).map_err(|e| invalid(format!("{at}: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
+            let rate = match &r.rate {
+                Some(spec) => Some(RateSpec::parse(spec, r.burst).map_err(|e| invalid(format!("{at}: {e}")))?),
+                None if r.burst.is_some() => return Err(invalid(format!("{at}: burst needs a rate"))),
+                None => None,
+            };
+            let cost = match r.cost {
+                Some(0) => return Err(invalid(format!("{at}: cost must be at least 1"))),
+                Some(c) if c > keyward_core::policy::MAX_COUNT => {
+                    return Err(invalid(format!("{at}: cost is larger than 1,000,000,000")))
+                }
+                Some(c) => c,
+                None => 1,
+            };
             routes.push(Route {
                 name: r.name.clone(),
                 path_prefix: r.path_prefix.clone(),
@@ -339,9 +336,21 @@ impl Config {
                 upstream,
                 scopes,
                 scope_mode: r.scope_mode,
+                limits: RouteLimits {
+                    route: r.name.clone(),
+                    rate,
+                    rate_by: r.rate_by,
+                    cost,
+                },
             });
         }
+        let trusted_proxies = g
+            .trusted_proxies
+            .iter()
+            .map(|c| parse_cidr(c).map_err(|e| invalid(format!("gateway.trusted_proxies: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(GatewayConfig {
+            trusted_proxies,
             routes,
             credential_headers,
             invalid_credential_status,
@@ -401,9 +410,7 @@ pub fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<()
         }
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         if path.iter().any(String::is_empty) {
-            return Err(ConfigError::Invalid(format!(
-                "{k}: malformed override name"
-            )));
+            return Err(ConfigError::Invalid(format!("{k}: malformed override name")));
         }
         let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
             .ok()
@@ -440,9 +447,7 @@ fn secret_from(
         return Ok(SecretString::new(v.to_owned()));
     }
     let Some(path) = file else {
-        return Err(ConfigError::Secret(format!(
-            "set {var} or {key} in the configuration"
-        )));
+        return Err(ConfigError::Secret(format!("set {var} or {key} in the configuration")));
     };
     read_secret_file(path)
 }
@@ -452,8 +457,8 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| ConfigError::Secret(format!("cannot read {}: {e}", path.display())))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| ConfigError::Secret(format!("cannot read {}: {e}", path.display())))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(ConfigError::Secret(format!(
@@ -492,10 +497,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     #[test]
@@ -512,10 +514,7 @@ mod tests {
             &env(&[
                 ("KEYWARD_GATEWAY__LISTEN", "127.0.0.1:9999"),
                 ("KEYWARD_GATEWAY__INVALID_CREDENTIAL_STATUS", "403"),
-                (
-                    "KEYWARD_GATEWAY__CREDENTIAL_HEADERS",
-                    "[\"x-key\", \"x-api-key\"]",
-                ),
+                ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"x-key\", \"x-api-key\"]"),
                 ("KEYWARD_CACHE__TTL", "5s"),
                 ("KEYWARD_KEYS__PREFIX", "acme"),
                 (
@@ -561,9 +560,40 @@ mod tests {
             ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"bad header\"]"),
             ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"authorization\"]"),
             ("KEYWARD_KEYS__PREFIX", "Bad_Prefix"),
-            ("KEYWARD_ROUTES", "[{name = \"r\", path_prefix = \"r\", upstream = \"http://h:1\"}]"),
-            ("KEYWARD_ROUTES", "[{name = \"r\", path_prefix = \"/r\", upstream = \"https://h:1\"}]"),
-            ("KEYWARD_ROUTES", "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", scopes = [\"a b\"]}]"),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"r\", upstream = \"http://h:1\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"https://h:1\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", scopes = [\"a b\"]}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", rate = \"0/min\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", rate = \"10/fortnight\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", burst = 5}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", cost = 0}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", rate_by = \"planet\"}]",
+            ),
+            ("KEYWARD_GATEWAY__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]"),
+            ("KEYWARD_GATEWAY__TRUSTED_PROXIES", "[\"fe80::1%eth0/64\"]"),
             ("KEYWARD_GATEWAY__LISTEN", "nowhere"),
         ] {
             assert!(Config::load(None, &env(&[(k, v)])).is_err(), "{k}={v}");

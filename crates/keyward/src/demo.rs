@@ -26,6 +26,10 @@ pub fn demo_routes(upstream: &str) -> Vec<RouteSection> {
         upstream: upstream.into(),
         scopes: vec![scope.into()],
         scope_mode: Default::default(),
+        rate: None,
+        burst: None,
+        rate_by: Default::default(),
+        cost: None,
     };
     vec![
         r("fact", "/fact", "GET", "facts:read"),
@@ -50,10 +54,7 @@ async fn bind_gateway(listen: Option<SocketAddr>) -> Result<TcpListener> {
 }
 
 pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("keyward-demo-")
-        .tempdir()
-        .map_err(io)?;
+    let dir = tempfile::Builder::new().prefix("keyward-demo-").tempdir().map_err(io)?;
     let upstream = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
     let upstream_addr = upstream.local_addr().map_err(io)?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -75,7 +76,10 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
     let running = start_on(&cfg, secrets, gateway, admin, Arc::new(SystemClock)).await?;
 
     let engine = running.engine.clone();
-    let app = engine.create_app("cat-facts-demo").await.map_err(io)?;
+    let app = engine
+        .create_app("cat-facts-demo", Default::default())
+        .await
+        .map_err(io)?;
     let scope = |s: &str| Scope::new(s).map_err(io);
     let (_, read) = engine
         .create_key(NewKey {
@@ -84,6 +88,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
             scopes: vec![scope("facts:read")?],
             expires_at: None,
             env: KeyEnv::Test,
+            policy: Default::default(),
         })
         .await
         .map_err(io)?;
@@ -94,6 +99,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
             scopes: vec![scope("facts:read")?, scope("facts:write")?],
             expires_at: None,
             env: KeyEnv::Test,
+            policy: Default::default(),
         })
         .await
         .map_err(io)?;
@@ -110,10 +116,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
         println!("{line}");
     } else {
         let wrong = engine.format().generate(KeyEnv::Test).map_err(io)?;
-        println!(
-            "keyward demo is running (store: {}, temporary)",
-            dir.path().display()
-        );
+        println!("keyward demo is running (store: {}, temporary)", dir.path().display());
         println!();
         println!("  gateway    {gw}");
         println!("  admin API  {admin_url}   (token: {admin_token})");

@@ -61,26 +61,13 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
 
 /// Binds both listeners and starts serving.
 pub async fn start(cfg: &Config, secrets: Secrets) -> Result<Running> {
-    let gateway_listener = TcpListener::bind(cfg.gateway.listen).await.map_err(|e| {
-        CliError::startup(format!(
-            "cannot listen on {} (gateway.listen): {e}",
-            cfg.gateway.listen
-        ))
-    })?;
-    let admin_listener = TcpListener::bind(cfg.admin.listen).await.map_err(|e| {
-        CliError::startup(format!(
-            "cannot listen on {} (admin.listen): {e}",
-            cfg.admin.listen
-        ))
-    })?;
-    start_on(
-        cfg,
-        secrets,
-        gateway_listener,
-        admin_listener,
-        Arc::new(SystemClock),
-    )
-    .await
+    let gateway_listener = TcpListener::bind(cfg.gateway.listen)
+        .await
+        .map_err(|e| CliError::startup(format!("cannot listen on {} (gateway.listen): {e}", cfg.gateway.listen)))?;
+    let admin_listener = TcpListener::bind(cfg.admin.listen)
+        .await
+        .map_err(|e| CliError::startup(format!("cannot listen on {} (admin.listen): {e}", cfg.admin.listen)))?;
+    start_on(cfg, secrets, gateway_listener, admin_listener, Arc::new(SystemClock)).await
 }
 
 /// Starts serving on listeners the caller bound (tests, demo).
@@ -91,20 +78,10 @@ pub async fn start_on(
     admin_listener: TcpListener,
     clock: Arc<dyn Clock>,
 ) -> Result<Running> {
-    let gw_cfg = cfg
-        .gateway_config()
-        .map_err(|e| CliError::startup(e.to_string()))?;
-    let format = cfg
-        .key_format()
-        .map_err(|e| CliError::startup(e.to_string()))?;
+    let gw_cfg = cfg.gateway_config().map_err(|e| CliError::startup(e.to_string()))?;
+    let format = cfg.key_format().map_err(|e| CliError::startup(e.to_string()))?;
     let store = open_store(&cfg.store.url).await?;
-    let engine = Arc::new(Engine::new(
-        store,
-        secrets.pepper,
-        format,
-        cfg.cache_config(),
-        clock,
-    ));
+    let engine = Arc::new(Engine::new(store, secrets.pepper, format, cfg.cache_config(), clock));
     let gateway = gateway_router(Arc::new(GatewayState::new(engine.clone(), gw_cfg)));
     let admin = admin_router(Arc::new(AdminState {
         engine: engine.clone(),
@@ -118,17 +95,28 @@ pub async fn start_on(
         .map_err(|e| CliError::startup(e.to_string()))?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // Idle limiter state (full buckets, ended quota periods) is dropped every 10 s.
+    {
+        let engine = engine.clone();
+        let mut rx = rx.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { engine.limiter().sweep(engine.now_ns()); }
+                    _ = rx.wait_for(|stop| *stop) => return Ok(()),
+                }
+            }
+        });
+    }
     for (listener, router) in [(gateway_listener, gateway), (admin_listener, admin)] {
         let mut rx = rx.clone();
         tasks.spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
         });
     }
     tracing::info!(gateway = %gateway_addr, admin = %admin_addr, "keyward is serving");

@@ -41,8 +41,7 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        c.env_remove("KEYWARD_ADMIN_TOKEN")
-            .env_remove("KEYWARD_PEPPER");
+        c.env_remove("KEYWARD_ADMIN_TOKEN").env_remove("KEYWARD_PEPPER");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -56,9 +55,7 @@ impl Proc {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         Proc { child, stderr }
@@ -68,13 +65,7 @@ impl Proc {
     fn wait_for(&self, needle: &str) -> String {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
-            if let Some(line) = self
-                .stderr
-                .lock()
-                .unwrap()
-                .lines()
-                .find(|l| l.contains(needle))
-            {
+            if let Some(line) = self.stderr.lock().unwrap().lines().find(|l| l.contains(needle)) {
                 return line.to_owned();
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -196,10 +187,7 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     // Human output of create shows the key once, with a warning.
     let (code, out, _) = keyward(&["key", "create", "--app", "cats"], &env);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("kw_live_") && out.contains("never show it again"),
-        "{out}"
-    );
+    assert!(out.contains("kw_live_") && out.contains("never show it again"), "{out}");
 
     // The management commands also find the admin API through the configuration file.
     let (code, out, err) = keyward(
@@ -221,21 +209,11 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     assert!(shown.get("key").is_none() && !out.contains(&key));
 
     // Errors: clear, non-zero, before any request when they can be.
-    let (code, _, err) = keyward(
-        &["key", "create", "--app", "cats", "--expires", "soon"],
-        &env,
-    );
+    let (code, _, err) = keyward(&["key", "create", "--app", "cats", "--expires", "soon"], &env);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--expires"), "{err}");
     let (code, _, err) = keyward(
-        &[
-            "key",
-            "create",
-            "--app",
-            "cats",
-            "--expires",
-            "2001-01-01T00:00:00Z",
-        ],
+        &["key", "create", "--app", "cats", "--expires", "2001-01-01T00:00:00Z"],
         &env,
     );
     assert_eq!(code, 2, "{err}");
@@ -271,18 +249,9 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     // Traffic, good and bad, with the key in every place it could leak from.
     let http = reqwest::blocking_free::client();
     assert_eq!(http(&gw, "/fact", &[("x-api-key", &key)]), 200);
-    assert_eq!(
-        http(&gw, "/fact", &[("authorization", &format!("Bearer {key}"))]),
-        200
-    );
-    assert_eq!(
-        http(&gw, "/fact", &[("x-api-key", &format!("{key}{key}"))]),
-        401
-    );
-    assert_eq!(
-        http(&gw, "/fact", &[("x-api-key", &key), ("x-api-key", &key)]),
-        400
-    );
+    assert_eq!(http(&gw, "/fact", &[("authorization", &format!("Bearer {key}"))]), 200);
+    assert_eq!(http(&gw, "/fact", &[("x-api-key", &format!("{key}{key}"))]), 401);
+    assert_eq!(http(&gw, "/fact", &[("x-api-key", &key), ("x-api-key", &key)]), 400);
     assert_eq!(http(&gw, "/nope", &[("x-api-key", &key)]), 404);
     let (code, _, _) = keyward(&["key", "revoke", &id], &env);
     assert_eq!(code, 0);
@@ -294,10 +263,7 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
         logs.contains("key created") && logs.contains("key revoked"),
         "trace logs were captured: {logs}"
     );
-    assert!(
-        logs.lines().filter(|l| l.starts_with('{')).count() > 3,
-        "JSON logs"
-    );
+    assert!(logs.lines().filter(|l| l.starts_with('{')).count() > 3, "JSON logs");
     for secret in [&key, &key[8..51].to_owned(), &pepper, &token] {
         assert!(!logs.contains(secret.as_str()), "a secret is in the logs");
     }
@@ -381,14 +347,9 @@ fn demo_json_runs_the_five_scenarios() {
         ],
     );
     assert_eq!(code, 0);
-    assert!(
-        out.contains("read-only") && out.contains("read-write"),
-        "{out}"
-    );
+    assert!(out.contains("read-only") && out.contains("read-write"), "{out}");
     // Nothing else on stdout.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "", "exactly one line on stdout");

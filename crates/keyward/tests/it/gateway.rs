@@ -18,14 +18,8 @@ async fn status_contract_missing_malformed_unknown_scope() {
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
-    assert!(
-        challenges.iter().any(|c| c.starts_with("Bearer")),
-        "{challenges:?}"
-    );
-    assert!(
-        challenges.iter().any(|c| c.contains("x-api-key")),
-        "{challenges:?}"
-    );
+    assert!(challenges.iter().any(|c| c.starts_with("Bearer")), "{challenges:?}");
+    assert!(challenges.iter().any(|c| c.contains("x-api-key")), "{challenges:?}");
     problem(r, 401, "missing_credential").await;
 
     problem(
@@ -76,19 +70,8 @@ async fn status_contract_missing_malformed_unknown_scope() {
 async fn unknown_route_and_method_are_problems() {
     let kw = boot().await;
     problem(kw.get("/nowhere", &[]).await, 404, "not_found").await;
-    let r = kw
-        .http
-        .delete(format!("{}/facts", kw.gw))
-        .send()
-        .await
-        .unwrap();
-    let allow = r
-        .headers()
-        .get("allow")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let r = kw.http.delete(format!("{}/facts", kw.gw)).send().await.unwrap();
+    let allow = r.headers().get("allow").unwrap().to_str().unwrap().to_owned();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
     problem(r, 405, "method_not_allowed").await;
     // `/fact` does not match `/factory`.
@@ -99,31 +82,17 @@ async fn unknown_route_and_method_are_problems() {
 async fn revoked_and_expired_have_distinct_types() {
     let kw = boot().await;
     let (id, key) = kw.key("cats", &["facts:read"], json!({})).await;
-    let (_, expiring) = kw
-        .key("cats", &["facts:read"], json!({"expires_in": "1h"}))
-        .await;
+    let (_, expiring) = kw.key("cats", &["facts:read"], json!({"expires_in": "1h"})).await;
     assert_eq!(kw.get("/fact", &[("x-api-key", &key)]).await.status(), 200);
-    assert_eq!(
-        kw.get("/fact", &[("x-api-key", &expiring)]).await.status(),
-        200
-    );
+    assert_eq!(kw.get("/fact", &[("x-api-key", &expiring)]).await.status(), 200);
 
     // Revocation is refused on the very next request, although the key is cached.
     let (s, v) = kw
-        .admin(
-            reqwest::Method::POST,
-            &format!("/v1/keys/{id}/revoke"),
-            None,
-        )
+        .admin(reqwest::Method::POST, &format!("/v1/keys/{id}/revoke"), None)
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "revoked");
-    problem(
-        kw.get("/fact", &[("x-api-key", &key)]).await,
-        401,
-        "revoked_credential",
-    )
-    .await;
+    problem(kw.get("/fact", &[("x-api-key", &key)]).await, 401, "revoked_credential").await;
 
     // Expiry, with the clock moved instead of sleeping.
     kw.clock.advance(time::Duration::minutes(61));
@@ -153,10 +122,7 @@ async fn upstream_gets_identity_never_the_credential() {
         .await;
     assert_eq!(r.status(), 200);
     let seen = kw.up.seen.last();
-    assert!(
-        !seen.contains_key("x-api-key"),
-        "the key reached the upstream"
-    );
+    assert!(!seen.contains_key("x-api-key"), "the key reached the upstream");
     assert!(!seen.contains_key("x-keyward-anything"));
     assert_eq!(seen["x-keyward-app"], vec!["cat app"]);
     assert_eq!(seen["x-keyward-key-id"], vec![id]);
@@ -171,9 +137,7 @@ async fn upstream_gets_identity_never_the_credential() {
     }
 
     // The same through Authorization: Bearer.
-    let r = kw
-        .get("/echo", &[("authorization", &format!("Bearer {key}"))])
-        .await;
+    let r = kw.get("/echo", &[("authorization", &format!("Bearer {key}"))]).await;
     assert_eq!(r.status(), 200);
     let seen = kw.up.seen.last();
     assert!(!seen.contains_key("authorization"));
@@ -181,16 +145,10 @@ async fn upstream_gets_identity_never_the_credential() {
 
     // An Authorization header that is not a key goes through untouched (it is the upstream's).
     let r = kw
-        .get(
-            "/echo",
-            &[("x-api-key", &key), ("authorization", "Basic dXNlcjpwYXNz")],
-        )
+        .get("/echo", &[("x-api-key", &key), ("authorization", "Basic dXNlcjpwYXNz")])
         .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        kw.up.seen.last()["authorization"],
-        vec!["Basic dXNlcjpwYXNz"]
-    );
+    assert_eq!(kw.up.seen.last()["authorization"], vec!["Basic dXNlcjpwYXNz"]);
 }
 
 #[tokio::test]
@@ -200,10 +158,7 @@ async fn connection_header_cannot_strip_identity() {
     let r = kw
         .get(
             "/echo",
-            &[
-                ("x-api-key", &key),
-                ("connection", "x-keyward-app, x-keyward-key-id"),
-            ],
+            &[("x-api-key", &key), ("connection", "x-keyward-app, x-keyward-key-id")],
         )
         .await;
     assert_eq!(r.status(), 200);
@@ -222,21 +177,10 @@ async fn upstream_down_and_slow() {
         "upstream_unavailable",
     )
     .await;
-    assert!(
-        !v.to_string().contains("127.0.0.1:9"),
-        "upstream internals leaked: {v}"
-    );
+    assert!(!v.to_string().contains("127.0.0.1:9"), "upstream internals leaked: {v}");
     let t = Instant::now();
-    problem(
-        kw.get("/slow", &[("x-api-key", &key)]).await,
-        504,
-        "upstream_timeout",
-    )
-    .await;
-    assert!(
-        t.elapsed() < Duration::from_secs(4),
-        "the timeout did not apply"
-    );
+    problem(kw.get("/slow", &[("x-api-key", &key)]).await, 504, "upstream_timeout").await;
+    assert!(t.elapsed() < Duration::from_secs(4), "the timeout did not apply");
 }
 
 #[tokio::test]
@@ -249,10 +193,7 @@ async fn bodies_are_streamed() {
     let t = Instant::now();
     let first = r.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"first;");
-    assert!(
-        t.elapsed() < Duration::from_millis(1200),
-        "the response was buffered"
-    );
+    assert!(t.elapsed() < Duration::from_millis(1200), "the response was buffered");
     let mut rest = Vec::new();
     while let Some(c) = r.chunk().await.unwrap() {
         rest.extend_from_slice(&c);
@@ -269,10 +210,7 @@ async fn bodies_are_streamed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        kw.up.seen.last()[":body-len"],
-        vec![(20 * 1024 * 1024).to_string()]
-    );
+    assert_eq!(kw.up.seen.last()[":body-len"], vec![(20 * 1024 * 1024).to_string()]);
 }
 
 #[tokio::test]
@@ -306,12 +244,7 @@ async fn configurable_header_and_prefix() {
     let (_, key) = kw.key("cats", &["facts:read"], json!({})).await;
     assert!(key.starts_with("cats_live_"));
     assert_eq!(kw.get("/fact", &[("x-cats-key", &key)]).await.status(), 200);
-    problem(
-        kw.get("/fact", &[("x-api-key", &key)]).await,
-        401,
-        "missing_credential",
-    )
-    .await;
+    problem(kw.get("/fact", &[("x-api-key", &key)]).await, 401, "missing_credential").await;
 }
 
 #[tokio::test]
@@ -332,28 +265,14 @@ async fn revocation_is_never_undone_by_a_concurrent_cache_fill() {
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (s, _) = kw
-        .admin(
-            reqwest::Method::POST,
-            &format!("/v1/keys/{id}/revoke"),
-            None,
-        )
+        .admin(reqwest::Method::POST, &format!("/v1/keys/{id}/revoke"), None)
         .await;
     assert_eq!(s, 200);
     for _ in 0..20 {
-        problem(
-            kw.get("/echo", &[("x-api-key", &key)]).await,
-            401,
-            "revoked_credential",
-        )
-        .await;
+        problem(kw.get("/echo", &[("x-api-key", &key)]).await, 401, "revoked_credential").await;
     }
     for t in tasks {
         t.await.unwrap();
     }
-    problem(
-        kw.get("/echo", &[("x-api-key", &key)]).await,
-        401,
-        "revoked_credential",
-    )
-    .await;
+    problem(kw.get("/echo", &[("x-api-key", &key)]).await, 401, "revoked_credential").await;
 }

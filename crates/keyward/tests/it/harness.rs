@@ -69,10 +69,7 @@ async fn slow() -> &'static str {
 async fn drip() -> Response {
     let s = futures_util::stream::unfold(0u8, |i| async move {
         match i {
-            0 => Some((
-                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first;")),
-                1,
-            )),
+            0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first;")), 1)),
             1 => {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 Some((Ok(bytes::Bytes::from_static(b"second")), 2))
@@ -122,12 +119,7 @@ impl Kw {
         }
     }
 
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.admin, path))
@@ -144,11 +136,7 @@ impl Kw {
     /// Creates an app (if needed) and a key; returns (id, plaintext).
     pub async fn key(&self, app: &str, scopes: &[&str], extra: Value) -> (String, String) {
         let (s, _) = self
-            .admin(
-                reqwest::Method::POST,
-                "/v1/apps",
-                Some(json!({"name": app})),
-            )
+            .admin(reqwest::Method::POST, "/v1/apps", Some(json!({"name": app})))
             .await;
         assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT, "{s}");
         let mut body = json!({"app": app, "scopes": scopes});
@@ -157,9 +145,7 @@ impl Kw {
                 body[k] = v;
             }
         }
-        let (s, v) = self
-            .admin(reqwest::Method::POST, "/v1/keys", Some(body))
-            .await;
+        let (s, v) = self.admin(reqwest::Method::POST, "/v1/keys", Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         (
             v["id"].as_str().unwrap().to_owned(),
@@ -185,6 +171,10 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
         upstream: u.clone(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         scope_mode: Default::default(),
+        rate: None,
+        burst: None,
+        rate_by: Default::default(),
+        cost: None,
     };
     vec![
         r("fact", "/fact", &["GET"], &["facts:read"]),
@@ -200,6 +190,10 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
             upstream: "http://127.0.0.1:9".into(),
             scopes: vec![],
             scope_mode: Default::default(),
+            rate: None,
+            burst: None,
+            rate_by: Default::default(),
+            cost: None,
         },
     ]
 }
@@ -231,10 +225,7 @@ pub async fn boot_with(tweak: impl FnOnce(&mut Config)) -> Kw {
         up,
         clock,
         dir,
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap(),
+        http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
     }
 }
 
@@ -254,10 +245,7 @@ pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value 
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], code, "{v}");
     assert_eq!(v["status"], status);
-    assert_eq!(
-        v["type"],
-        format!("urn:keyward:problem:{}", code.replace('_', "-"))
-    );
+    assert_eq!(v["type"], format!("urn:keyward:problem:{}", code.replace('_', "-")));
     v
 }
 
@@ -273,10 +261,7 @@ pub async fn raw(addr: &str, request: &[u8]) -> String {
 }
 
 pub fn status_of(raw: &str) -> u16 {
-    raw.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 #[allow(dead_code)]

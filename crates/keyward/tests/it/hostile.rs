@@ -12,12 +12,7 @@ async fn hostile_credential_headers() {
     let (_, key) = kw.key("cats", &["facts:read"], json!({})).await;
 
     // Empty: the same as missing.
-    problem(
-        kw.get("/fact", &[("x-api-key", "")]).await,
-        401,
-        "missing_credential",
-    )
-    .await;
+    problem(kw.get("/fact", &[("x-api-key", "")]).await, 401, "missing_credential").await;
     // Oversized (over 8 KiB): refused without a lookup.
     let big = "k".repeat(9 * 1024);
     problem(
@@ -49,9 +44,7 @@ async fn hostile_credential_headers() {
     .await;
     // Leading/trailing whitespace is tolerated (HTTP strips optional whitespace anyway).
     assert_eq!(
-        kw.get("/fact", &[("x-api-key", &format!(" {key} "))])
-            .await
-            .status(),
+        kw.get("/fact", &[("x-api-key", &format!(" {key} "))]).await.status(),
         200
     );
 
@@ -69,18 +62,13 @@ async fn hostile_credential_headers() {
     let r = kw
         .get(
             "/fact",
-            &[
-                ("x-api-key", &key),
-                ("authorization", &format!("Bearer {key}")),
-            ],
+            &[("x-api-key", &key), ("authorization", &format!("Bearer {key}"))],
         )
         .await;
     problem(r, 400, "multiple_credentials").await;
 
     // Non-UTF-8 bytes (obs-text) in the header.
-    let mut bytes =
-        b"GET /fact HTTP/1.1\r\nhost: x\r\nx-api-key: kw_live_@@\r\nconnection: close\r\n\r\n"
-            .to_vec();
+    let mut bytes = b"GET /fact HTTP/1.1\r\nhost: x\r\nx-api-key: kw_live_@@\r\nconnection: close\r\n\r\n".to_vec();
     let pos = bytes.windows(2).position(|w| w == b"@@").unwrap();
     bytes[pos] = 0xff;
     bytes[pos + 1] = 0xfe;
@@ -89,7 +77,11 @@ async fn hostile_credential_headers() {
     assert!(resp.contains("malformed-credential"), "{resp}");
 
     // Control characters: the HTTP layer refuses them; no 5xx, no crash.
-    let resp = raw(&kw.gw, b"GET /fact HTTP/1.1\r\nhost: x\r\nx-api-key: kw_live_\x01\x02\r\nconnection: close\r\n\r\n").await;
+    let resp = raw(
+        &kw.gw,
+        b"GET /fact HTTP/1.1\r\nhost: x\r\nx-api-key: kw_live_\x01\x02\r\nconnection: close\r\n\r\n",
+    )
+    .await;
     let st = status_of(&resp);
     assert!(st == 400 || st == 401, "{resp}");
 
@@ -101,8 +93,7 @@ async fn hostile_credential_headers() {
     )
     .await;
     problem(
-        kw.get("/fact", &[("authorization", "Basic Zm9vOmJhcg==")])
-            .await,
+        kw.get("/fact", &[("authorization", "Basic Zm9vOmJhcg==")]).await,
         401,
         "missing_credential",
     )
@@ -110,36 +101,26 @@ async fn hostile_credential_headers() {
     let mut bad = key.clone().into_bytes();
     bad[30] = if bad[30] == b'Z' { b'Y' } else { b'Z' };
     let bad = String::from_utf8(bad).unwrap();
-    let r = kw
-        .get("/fact", &[("authorization", &format!("Bearer {bad}"))])
-        .await;
+    let r = kw.get("/fact", &[("authorization", &format!("Bearer {bad}"))]).await;
     let www: Vec<String> = r
         .headers()
         .get_all("www-authenticate")
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
-    assert!(
-        www.iter().any(|c| c.contains("error=\"invalid_token\"")),
-        "{www:?}"
-    );
+    assert!(www.iter().any(|c| c.contains("error=\"invalid_token\"")), "{www:?}");
     problem(r, 401, "malformed_credential").await;
 
     // Path tricks never reach another route.
     for p in ["/fact/../facts", "/fact/%2e%2e/facts", "/fact%2f..%2ffacts"] {
         let resp = raw(
             &kw.gw,
-            format!("GET {p} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
+            format!("GET {p} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n").as_bytes(),
         )
         .await;
         assert_eq!(status_of(&resp), 400, "{p}: {resp}");
     }
-    assert_eq!(
-        kw.up.seen.count(),
-        1,
-        "only the one good request reached the upstream"
-    );
+    assert_eq!(kw.up.seen.count(), 1, "only the one good request reached the upstream");
 }
 
 #[tokio::test]
@@ -159,12 +140,7 @@ async fn hostile_admin_bodies() {
     };
 
     // Authentication.
-    let r = kw
-        .http
-        .get(format!("{}/v1/apps", kw.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = kw.http.get(format!("{}/v1/apps", kw.admin)).send().await.unwrap();
     assert!(r.headers().contains_key("www-authenticate"));
     problem(r, 401, "admin_unauthorized").await;
     let r = kw
@@ -191,12 +167,7 @@ async fn hostile_admin_bodies() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    problem(
-        post("/v1/apps", json!({"name": evil})).await,
-        409,
-        "conflict",
-    )
-    .await;
+    problem(post("/v1/apps", json!({"name": evil})).await, 409, "conflict").await;
 
     // Control characters, empty and oversized names.
     problem(
@@ -211,24 +182,14 @@ async fn hostile_admin_bodies() {
         "invalid_request",
     )
     .await;
-    problem(
-        post("/v1/apps", json!({"name": "   "})).await,
-        422,
-        "invalid_request",
-    )
-    .await;
+    problem(post("/v1/apps", json!({"name": "   "})).await, 422, "invalid_request").await;
     problem(
         post("/v1/apps", json!({"name": "n".repeat(129)})).await,
         422,
         "invalid_request",
     )
     .await;
-    problem(
-        post("/v1/apps", json!({"name": 5})).await,
-        422,
-        "invalid_body",
-    )
-    .await;
+    problem(post("/v1/apps", json!({"name": 5})).await, 422, "invalid_body").await;
     problem(
         post("/v1/apps", json!({"name": "x", "admin": true})).await,
         422,
@@ -238,25 +199,10 @@ async fn hostile_admin_bodies() {
     problem(post("/v1/apps", json!({})).await, 422, "invalid_body").await;
 
     // Keys: unknown app, bad scopes, bad expiries, unknown fields.
-    problem(
-        post("/v1/keys", json!({"app": "no-such-app"})).await,
-        404,
-        "not_found",
-    )
-    .await;
-    problem(
-        post("/v1/keys", json!({"app": "' OR 1=1 --"})).await,
-        404,
-        "not_found",
-    )
-    .await;
+    problem(post("/v1/keys", json!({"app": "no-such-app"})).await, 404, "not_found").await;
+    problem(post("/v1/keys", json!({"app": "' OR 1=1 --"})).await, 404, "not_found").await;
     post("/v1/apps", json!({"name": "cats"})).await;
-    for scopes in [
-        json!([""]),
-        json!(["a b"]),
-        json!(["x\u{0001}"]),
-        json!(["é"]),
-    ] {
+    for scopes in [json!([""]), json!(["a b"]), json!(["x\u{0001}"]), json!(["é"])] {
         problem(
             post("/v1/keys", json!({"app": "cats", "scopes": scopes})).await,
             422,
@@ -339,28 +285,18 @@ async fn hostile_admin_bodies() {
     problem(r, 413, "body_too_large").await;
 
     // Unknown objects, paths and methods.
-    let (s, v) = kw
-        .admin(Method::GET, "/v1/keys/key_doesnotexist", None)
-        .await;
+    let (s, v) = kw.admin(Method::GET, "/v1/keys/key_doesnotexist", None).await;
     assert_eq!((s.as_u16(), v["code"].as_str()), (404, Some("not_found")));
-    let (s, _) = kw
-        .admin(Method::POST, "/v1/keys/key_doesnotexist/revoke", None)
-        .await;
+    let (s, _) = kw.admin(Method::POST, "/v1/keys/key_doesnotexist/revoke", None).await;
     assert_eq!(s, 404);
     let (s, v) = kw.admin(Method::GET, "/v1/nothing", None).await;
     assert_eq!((s.as_u16(), v["code"].as_str()), (404, Some("not_found")));
     let (s, v) = kw.admin(Method::DELETE, "/v1/apps", None).await;
-    assert_eq!(
-        (s.as_u16(), v["code"].as_str()),
-        (405, Some("method_not_allowed"))
-    );
+    assert_eq!((s.as_u16(), v["code"].as_str()), (405, Some("method_not_allowed")));
     let (s, v) = kw.admin(Method::GET, "/v1/keys?app=nope", None).await;
     assert_eq!((s.as_u16(), v["code"].as_str()), (404, Some("not_found")));
     let (s, v) = kw.admin(Method::GET, "/v1/keys?bogus=1", None).await;
-    assert_eq!(
-        (s.as_u16(), v["code"].as_str()),
-        (400, Some("invalid_query"))
-    );
+    assert_eq!((s.as_u16(), v["code"].as_str()), (400, Some("invalid_query")));
 }
 
 #[tokio::test]
@@ -368,9 +304,7 @@ async fn the_database_never_holds_a_plaintext_key() {
     let mut kw = boot().await;
     let mut keys = Vec::new();
     for i in 0..20 {
-        let (_, k) = kw
-            .key("cats", &["facts:read"], json!({"name": format!("k{i}")}))
-            .await;
+        let (_, k) = kw.key("cats", &["facts:read"], json!({"name": format!("k{i}")})).await;
         keys.push(k);
     }
     // Use them, so that every code path that touches the store has run.
@@ -391,10 +325,7 @@ async fn the_database_never_holds_a_plaintext_key() {
                 assert!(!text.contains(k.as_str()), "a key is in {p}");
                 // No 12-symbol window of the secret part either (the hint shows 4 + 4).
                 for w in 0..secret.len() - 12 {
-                    assert!(
-                        !text.contains(&secret[w..w + 12]),
-                        "part of a key is in {p}"
-                    );
+                    assert!(!text.contains(&secret[w..w + 12]), "part of a key is in {p}");
                 }
             }
         }
@@ -403,10 +334,7 @@ async fn the_database_never_holds_a_plaintext_key() {
     let files = scan(&kw, &keys);
     assert!(files >= 2, "expected the database and its WAL");
     let wal = std::fs::metadata(format!("{}-wal", kw.db_path().display())).unwrap();
-    assert!(
-        wal.len() > 0,
-        "WAL mode is on and the WAL holds the recent writes"
-    );
+    assert!(wal.len() > 0, "WAL mode is on and the WAL holds the recent writes");
     kw.stop().await;
     assert!(scan(&kw, &keys) >= 1);
 }

@@ -8,3 +8,4 @@ mod admin;
 mod cli;
 mod gateway;
 mod hostile;
+mod limits;
