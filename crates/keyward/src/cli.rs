@@ -66,13 +66,13 @@ pub struct LimitFlags {
     #[arg(long = "ip", value_name = "CIDR")]
     pub ips: Vec<String>,
     /// GCRA rate limit, e.g. 100/min, 10/s, 5000/hour, 20/30s.
-    #[arg(long, value_name = "N/UNIT")]
+    #[arg(long, value_name = "N/UNIT", allow_hyphen_values = true)]
     pub rate: Option<String>,
     /// Burst allowed by --rate (default: the rate's count).
     #[arg(long, value_name = "N", requires = "rate")]
     pub burst: Option<u64>,
     /// Quota with refill, e.g. 10000/month, 1000/day, 500/12h.
-    #[arg(long, value_name = "N/PERIOD")]
+    #[arg(long, value_name = "N/PERIOD", allow_hyphen_values = true)]
     pub quota: Option<String>,
 }
 

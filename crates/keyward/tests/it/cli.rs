@@ -246,6 +246,79 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     let (code, _, _) = keyward(&["key", "frobnicate"], &env);
     assert_eq!(code, 2);
 
+    // Limits on the command line (issue 3): checked locally, then applied by the server.
+    for (flag, value) in [
+        ("--rate", "0/min"),
+        ("--rate", "-1/s"),
+        ("--rate", "10/fortnight"),
+        ("--rate", "99999999999999999999/s"),
+        ("--quota", "0/month"),
+        ("--quota", "10/fortnight"),
+        ("--ip", "fe80::1%eth0/64"),
+        ("--ip", "10.0.0.0/33"),
+        ("--scope", ""),
+    ] {
+        let (code, _, err) = keyward(&["key", "create", "--app", "cats", flag, value], &env);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+    let (code, _, err) = keyward(&["key", "create", "--app", "cats", "--burst", "5"], &env);
+    assert_eq!(code, 2, "--burst needs --rate: {err}");
+    let (code, out, err) = keyward(
+        &[
+            "key",
+            "create",
+            "--app",
+            "cats",
+            "--ip",
+            "10.0.0.0/8",
+            "--ip",
+            "127.0.0.1",
+            "--rate",
+            "100/min",
+            "--burst",
+            "20",
+            "--quota",
+            "10000/month",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let limited: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(limited["policy"]["rate"]["limit"], "100/min");
+    assert_eq!(limited["policy"]["rate"]["burst"], 20);
+    assert_eq!(limited["policy"]["quota"], "10000/month");
+    assert_eq!(
+        limited["policy"]["ips"],
+        serde_json::json!(["10.0.0.0/8", "127.0.0.1/32"])
+    );
+    let lid = limited["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = keyward(
+        &[
+            "key",
+            "update",
+            &lid,
+            "--no-rate",
+            "--quota",
+            "5/day",
+            "--scope",
+            "facts:read",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("quota 5/day") && !out.contains("rate 100/min"), "{out}");
+    let (code, out, _) = keyward(&["key", "show", &lid], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("ips 10.0.0.0/8,127.0.0.1/32"), "{out}");
+    let (code, out, err) = keyward(&["app", "update", "cats", "--rate", "1000/min"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rate 1000/min"), "{out}");
+    let (code, out, _) = keyward(&["app", "update", "cats", "--no-rate"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("limits: -"), "{out}");
+
     // Traffic, good and bad, with the key in every place it could leak from.
     let http = reqwest::blocking_free::client();
     assert_eq!(http(&gw, "/fact", &[("x-api-key", &key)]), 200);
