@@ -30,6 +30,8 @@ pub struct RequestFacts<'a> {
 pub enum Denial {
     Revoked,
     Expired,
+    /// Temporarily disabled.
+    Disabled,
     /// The client address is outside the key's or the app's allowlist.
     IpNotAllowed,
     /// The scopes the route needs and the credential lacks (for `AnyOf`: all candidates).
@@ -49,6 +51,7 @@ pub fn authorize(record: &KeyRecord, facts: &RequestFacts<'_>, now: OffsetDateTi
     match record.state(now) {
         KeyState::Revoked => return Decision::Deny(Denial::Revoked),
         KeyState::Expired => return Decision::Deny(Denial::Expired),
+        KeyState::Disabled => return Decision::Deny(Denial::Disabled),
         KeyState::Active => {}
     }
     if let Some(ip) = facts.client_ip {
@@ -106,6 +109,7 @@ mod tests {
             revoked_at: None,
             policy: Default::default(),
             app_policy: Default::default(),
+            lifecycle: Default::default(),
         }
     }
 

@@ -98,6 +98,34 @@ pub struct KeyRecord {
     /// The limits of the key's app, loaded with the key (not part of the key's own record).
     #[serde(skip)]
     pub app_policy: Policy,
+    /// Disable/rotation/kind flags and usage time.
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
+}
+
+/// The parts of a key's record that change over its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// Set while the key is disabled (temporary; `enable` clears it).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub disabled_at: Option<OffsetDateTime>,
+    /// A canary: never valid, any use raises a high-severity security event.
+    #[serde(default)]
+    pub canary: bool,
+    /// Imported from a legacy static secret (no keyward format, no checksum).
+    #[serde(default)]
+    pub legacy: bool,
+    /// The key this one replaced.
+    #[serde(default)]
+    pub rotated_from: Option<String>,
+    /// The key that replaced this one; set when rotated.
+    #[serde(default)]
+    pub rotated_to: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub rotated_at: Option<OffsetDateTime>,
+    /// Last accepted request, as of the last usage flush.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
 }
 
 /// A change to a key's authorization (fields left `None` stay as they are).
@@ -106,6 +134,8 @@ pub struct KeyUpdate {
     pub name: Option<Option<String>>,
     pub scopes: Option<Vec<Scope>>,
     pub policy: Option<Policy>,
+    /// `Some(Some(t))` disables at `t`, `Some(None)` enables.
+    pub disabled_at: Option<Option<OffsetDateTime>>,
 }
 
 /// Lifecycle state of a key at a given instant.
@@ -113,6 +143,7 @@ pub struct KeyUpdate {
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Active,
+    Disabled,
     Expired,
     Revoked,
 }
@@ -123,6 +154,8 @@ impl KeyRecord {
             KeyState::Revoked
         } else if self.expires_at.is_some_and(|t| t <= now) {
             KeyState::Expired
+        } else if self.lifecycle.disabled_at.is_some() {
+            KeyState::Disabled
         } else {
             KeyState::Active
         }
@@ -150,4 +183,66 @@ mod tests {
         assert!(validate_name("a\nb").is_err());
         assert!(validate_name(&"n".repeat(129)).is_err());
     }
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Position in the log (assigned by the store; 0 before it is stored).
+    #[serde(default)]
+    pub seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who did it: `admin` (the root admin token), `gateway`, `system`.
+    pub actor: String,
+    /// What happened, e.g. `key.created`, `key.revoked`, `security.canary_used`.
+    pub kind: String,
+    pub severity: Severity,
+    /// The object concerned (`key_…`, `app_…`).
+    pub target: Option<String>,
+    pub source_ip: Option<String>,
+    /// Before/after records and other facts; never a secret.
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    High,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// Filters of the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<OffsetDateTime>,
+    pub target: Option<String>,
+    /// Exact kind, or a prefix ending in `.` (e.g. `security.`).
+    pub kind: Option<String>,
+    /// Only events with `seq` below this (for paging backwards).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// Usage counts of one key in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub key_id: String,
+    pub app_id: String,
+    /// Unix minute (seconds / 60).
+    pub minute: i64,
+    /// `allowed`, `denied:<reason>` or `limited:<rate|quota>`.
+    pub outcome: String,
+    pub count: u64,
 }

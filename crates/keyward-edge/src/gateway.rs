@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use keyward_core::decision::ScopeMode;
 use keyward_core::{KeyRecord, RequestFacts, Scope};
-use keyward_engine::{Engine, Outcome, Rejection, RouteLimits};
+use keyward_engine::{Engine, Outcome, Rejection, RequestMeta, RouteLimits};
 
 use crate::problem::{self, Problem, RejectionStyle};
 
@@ -99,6 +99,8 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Keys expiring within this window get `Deprecation` and `Sunset` headers.
+    pub expiry_warning: Duration,
 }
 
 /// Shared state of the gateway listener.
@@ -348,7 +350,13 @@ async fn handle(
                 scope_mode: route.scope_mode,
                 client_ip: Some(client),
             };
-            match st.engine.verify_key(c.value, &facts).await {
+            let meta = RequestMeta {
+                ip: Some(client),
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+            };
+            match st.engine.verify_key(c.value, &facts, &meta).await {
                 Ok(rec) => (rec, c.bearer),
                 Err(r) => return reject(&st, &r, c.bearer, route),
             }
@@ -390,11 +398,53 @@ async fn handle(
         }
     };
     tracing::debug!(route = %route.name, key_id = %record.id, app_id = %record.app_id, "allowed");
+    let lifecycle = lifecycle_headers(&record, st.engine.now(), st.cfg.expiry_warning);
     let mut resp = proxy(&st, route, record, bearer, peer.ip(), client, req).await;
-    for (name, value) in problem::ratelimit_fields(&states) {
+    for (name, value) in problem::ratelimit_fields(&states).into_iter().chain(lifecycle) {
         resp.headers_mut().insert(name, value);
     }
     resp
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+/// `Deprecation` (RFC 9745, `@<unix seconds>`) and `Sunset` (RFC 8594, an HTTP-date) for a
+/// key in its rotation grace period, or expiring within `window`: clients learn before they
+/// break.
+pub fn lifecycle_headers(
+    record: &KeyRecord,
+    now: time::OffsetDateTime,
+    window: Duration,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(expires) = record.expires_at else {
+        return Vec::new();
+    };
+    let since = match record.lifecycle.rotated_at {
+        Some(rotated) => rotated,
+        None => {
+            let window = time::Duration::try_from(window).unwrap_or(time::Duration::ZERO);
+            let from = expires - window;
+            if now < from {
+                return Vec::new();
+            }
+            from
+        }
+    };
+    let mut out = Vec::with_capacity(2);
+    if let Ok(v) = HeaderValue::from_str(&format!("@{}", since.unix_timestamp())) {
+        out.push((HeaderName::from_static("deprecation"), v));
+    }
+    if let Ok(v) = HeaderValue::from_str(&http_date(expires)) {
+        out.push((HeaderName::from_static("sunset"), v));
+    }
+    out
 }
 
 fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Response {
@@ -604,6 +654,49 @@ mod tests {
         assert!(Upstream::parse("ftp://h").is_err());
         assert!(Upstream::parse("127.0.0.1:9000").is_err());
         assert!(Upstream::parse("http://h/?q=1").is_err());
+    }
+
+    #[test]
+    fn http_dates_and_lifecycle_headers() {
+        let t = time::OffsetDateTime::from_unix_timestamp(784_111_777).unwrap();
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut r = KeyRecord {
+            id: "key_1".into(),
+            app_id: "app_1".into(),
+            app_name: "a".into(),
+            name: None,
+            hint: "h".into(),
+            env: keyward_core::KeyEnv::Live,
+            scopes: vec![],
+            expires_at: None,
+            created_at: now,
+            revoked_at: None,
+            policy: Default::default(),
+            app_policy: Default::default(),
+            lifecycle: Default::default(),
+        };
+        let week = Duration::from_secs(7 * 86_400);
+        assert!(lifecycle_headers(&r, now, week).is_empty(), "no expiry, no headers");
+        r.expires_at = Some(now + time::Duration::days(30));
+        assert!(lifecycle_headers(&r, now, week).is_empty(), "far from expiry");
+        r.expires_at = Some(now + time::Duration::days(3));
+        let h = lifecycle_headers(&r, now, week);
+        assert_eq!(
+            h[0].1,
+            format!(
+                "@{}",
+                (now + time::Duration::days(3) - time::Duration::days(7)).unix_timestamp()
+            )
+        );
+        assert_eq!(h[1].1, http_date(now + time::Duration::days(3)).as_str());
+        r.lifecycle.rotated_at = Some(now - time::Duration::hours(1));
+        r.expires_at = Some(now + time::Duration::days(6));
+        let h = lifecycle_headers(&r, now, Duration::from_secs(1));
+        assert_eq!(
+            h[0].1,
+            format!("@{}", (now - time::Duration::hours(1)).unix_timestamp())
+        );
     }
 
     #[test]

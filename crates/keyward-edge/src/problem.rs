@@ -149,6 +149,11 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "Credential Expired",
             "the credential has expired".into(),
         ),
+        Rejection::Disabled { .. } => (
+            style.invalid_status,
+            "Credential Disabled",
+            "the credential is disabled; its owner can enable it again".into(),
+        ),
         Rejection::InsufficientScope { missing, .. } => (
             StatusCode::FORBIDDEN,
             "Insufficient Scope",
@@ -261,6 +266,7 @@ pub fn engine(e: &EngineError) -> Problem {
             other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.code(), "Invalid Request")
                 .detail(other.to_string()),
         },
+        EngineError::Conflict(msg) => Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(msg.clone()),
         EngineError::Store(s) => store(s),
     }
 }

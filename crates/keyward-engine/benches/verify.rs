@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use keyward_core::decision::ScopeMode;
 use keyward_core::{KeyEnv, KeyFormat, Pepper, RequestFacts, Scope};
+const META: keyward_engine::RequestMeta<'static> = keyward_engine::RequestMeta {
+    ip: None,
+    method: "GET",
+    path: "/fact",
+    user_agent: None,
+};
 use keyward_engine::{Engine, NewKey, SystemClock};
 use keyward_store::{CacheConfig, SqliteStore, Store};
 use tokio::runtime::Runtime;
@@ -51,16 +57,20 @@ fn fixture() -> Fixture {
         )
     });
     let key = rt.block_on(async {
-        engine.create_app("bench", Default::default()).await.unwrap();
+        engine.create_app("bench", "bench", Default::default()).await.unwrap();
         let (_, secret) = engine
-            .create_key(NewKey {
-                app: "bench".into(),
-                name: None,
-                scopes: vec![Scope::new("facts:read").unwrap()],
-                expires_at: None,
-                env: KeyEnv::Live,
-                policy: Default::default(),
-            })
+            .create_key(
+                "bench",
+                NewKey {
+                    app: "bench".into(),
+                    name: None,
+                    scopes: vec![Scope::new("facts:read").unwrap()],
+                    expires_at: None,
+                    env: KeyEnv::Live,
+                    policy: Default::default(),
+                    canary: false,
+                },
+            )
             .await
             .unwrap();
         secret.expose().to_owned()
@@ -86,9 +96,9 @@ fn fixture() -> Fixture {
     // Warm both caches: the key's record and the unknown digest.
     let facts = f.facts();
     f.rt.block_on(async {
-        assert!(f.engine.verify_key(&f.key, &facts).await.is_ok());
-        assert!(f.engine.verify_key(&f.unknown, &facts).await.is_err());
-        assert!(f.engine.verify_key(&f.malformed, &facts).await.is_err());
+        assert!(f.engine.verify_key(&f.key, &facts, &META).await.is_ok());
+        assert!(f.engine.verify_key(&f.unknown, &facts, &META).await.is_err());
+        assert!(f.engine.verify_key(&f.malformed, &facts, &META).await.is_err());
     });
     f
 }
@@ -108,7 +118,10 @@ impl Fixture {
         self.rt.block_on(async {
             let start = Instant::now();
             for _ in 0..iters {
-                let r = self.engine.verify_key(black_box(presented), black_box(&facts)).await;
+                let r = self
+                    .engine
+                    .verify_key(black_box(presented), black_box(&facts), &META)
+                    .await;
                 debug_assert_eq!(r.is_ok(), expect_ok);
                 black_box(r).ok();
             }
@@ -136,7 +149,7 @@ fn benches(c: &mut Criterion) {
     let facts = f.facts();
     g.bench_function("warm_block_on_each", |b| {
         b.iter(|| {
-            f.rt.block_on(f.engine.verify_key(black_box(&f.key), black_box(&facts)))
+            f.rt.block_on(f.engine.verify_key(black_box(&f.key), black_box(&facts), &META))
                 .unwrap()
         })
     });

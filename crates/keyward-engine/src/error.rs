@@ -19,6 +19,8 @@ pub enum Rejection {
     Revoked { key_id: String },
     #[error("the credential has expired")]
     Expired { key_id: String },
+    #[error("the credential is disabled")]
+    Disabled { key_id: String },
     #[error("the client address is not allowed for this credential")]
     IpNotAllowed { key_id: String },
     #[error("a rate limit is exhausted")]
@@ -40,6 +42,15 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Whether this is a failure to present a valid credential (what a guesser produces),
+    /// as opposed to a valid credential refused by policy.
+    pub fn is_authentication_failure(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Malformed(_) | Rejection::Unknown | Rejection::Revoked { .. } | Rejection::Expired { .. }
+        )
+    }
+
     /// Stable code, also used as the suffix of the problem type.
     pub fn code(&self) -> &'static str {
         match self {
@@ -49,6 +60,7 @@ impl Rejection {
             Rejection::Unknown => "invalid_credential",
             Rejection::Revoked { .. } => "revoked_credential",
             Rejection::Expired { .. } => "expired_credential",
+            Rejection::Disabled { .. } => "disabled_credential",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::IpNotAllowed { .. } => "ip_not_allowed",
             Rejection::RateLimited { .. } => "rate_limited",
@@ -65,6 +77,8 @@ pub enum EngineError {
     Invalid { field: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Core(#[from] CoreError),
     #[error(transparent)]
@@ -80,6 +94,7 @@ impl EngineError {
         match self {
             EngineError::Invalid { .. } => "invalid_request",
             EngineError::NotFound(_) => "not_found",
+            EngineError::Conflict(_) => "conflict",
             EngineError::Core(e) => e.code(),
             EngineError::Store(StoreError::NotFound(_)) => "not_found",
             EngineError::Store(e) => e.code(),

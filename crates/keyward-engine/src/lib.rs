@@ -2,18 +2,26 @@
 //!
 //! The edge crates translate HTTP into calls of [`Engine`] and its results back into HTTP;
 //! everything that decides lives here or below.
+//!
+//! - `lib.rs`: the engine, the request pipeline (`verify_key`, `admit`);
+//! - [`admin`]: admin operations (each one audited);
+//! - [`usage`]: per-key usage counters, aggregated per minute and written in batches;
+//! - [`security`]: security events (canary use, bursts of failed authentications) and sinks.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod clock;
 mod error;
+pub mod security;
+pub mod usage;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use keyward_core::key::display_hint;
-use keyward_core::model::{validate_name, KeyUpdate};
+use keyward_core::model::{AuditEvent, AuditFilter, Severity};
 use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
-use keyward_core::secret::{new_id, SecretString};
-use keyward_core::{authorize, AppRecord, Decision, Denial, KeyEnv, KeyFormat, KeyRecord, Pepper, RequestFacts, Scope};
+use keyward_core::{authorize, Decision, Denial, KeyEnv, KeyFormat, KeyRecord, Pepper, RequestFacts, Scope};
 use keyward_limit::{LocalLimiter, QuotaCheck, RateCheck};
 use keyward_store::{CacheConfig, KeyCache, Lookup, Store};
 use time::OffsetDateTime;
@@ -21,6 +29,7 @@ use time::OffsetDateTime;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineError, Rejection};
 pub use keyward_limit::{LimitState, Outcome};
+pub use security::EventSink;
 
 /// What it takes to create a key.
 #[derive(Debug, Clone)]
@@ -32,6 +41,8 @@ pub struct NewKey {
     pub expires_at: Option<OffsetDateTime>,
     pub env: KeyEnv,
     pub policy: Policy,
+    /// A canary key: refused like an unknown key, and any use raises a security event.
+    pub canary: bool,
 }
 
 /// Who shares a route's rate limit.
@@ -57,6 +68,35 @@ pub struct RouteLimits {
     pub cost: u64,
 }
 
+/// Facts about a request that security events record (never a credential).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestMeta<'a> {
+    pub ip: Option<IpAddr>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub user_agent: Option<&'a str>,
+}
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub cache: CacheConfig,
+    /// Failed authentications from one address within a minute that raise a security event.
+    pub failed_auth_burst: u32,
+    /// How often usage counters are written to the store.
+    pub usage_flush_interval: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache: CacheConfig::default(),
+            failed_auth_burst: 20,
+            usage_flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The pipeline and the admin operations over one store.
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -65,6 +105,9 @@ pub struct Engine {
     format: KeyFormat,
     clock: Arc<dyn Clock>,
     limiter: LocalLimiter,
+    usage: usage::UsageRecorder,
+    security: security::Security,
+    options: EngineOptions,
 }
 
 impl Engine {
@@ -75,18 +118,71 @@ impl Engine {
         cache: CacheConfig,
         clock: Arc<dyn Clock>,
     ) -> Engine {
+        Engine::with_options(
+            store,
+            pepper,
+            format,
+            EngineOptions {
+                cache,
+                ..Default::default()
+            },
+            clock,
+        )
+    }
+
+    pub fn with_options(
+        store: Arc<dyn Store>,
+        pepper: Pepper,
+        format: KeyFormat,
+        options: EngineOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Engine {
         Engine {
-            cache: KeyCache::new(store.clone(), cache),
+            cache: KeyCache::new(store.clone(), options.cache),
             store,
             pepper,
             format,
             clock,
             limiter: LocalLimiter::new(),
+            usage: usage::UsageRecorder::default(),
+            security: security::Security::new(options.failed_auth_burst),
+            options,
         }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    pub fn format(&self) -> &KeyFormat {
+        &self.format
+    }
+
+    pub fn pepper(&self) -> &Pepper {
+        &self.pepper
     }
 
     pub fn limiter(&self) -> &LocalLimiter {
         &self.limiter
+    }
+
+    pub fn usage_recorder(&self) -> &usage::UsageRecorder {
+        &self.usage
+    }
+
+    /// Adds a receiver of security events (e.g. webhooks).
+    pub fn add_sink(&self, sink: Arc<dyn EventSink>) {
+        self.security.add_sink(sink);
+    }
+
+    /// Now, to the second: the precision of every stored timestamp.
+    pub fn now(&self) -> OffsetDateTime {
+        let t = self.clock.now();
+        t.replace_nanosecond(0).unwrap_or(t)
     }
 
     /// Now in nanoseconds since the Unix epoch (the limiter's clock).
@@ -94,8 +190,83 @@ impl Engine {
         u64::try_from(self.clock.now().unix_timestamp_nanos()).unwrap_or(0)
     }
 
+    /// Authenticates a presented key and authorizes it for a request.
+    ///
+    /// Order: parse (length, prefix, alphabet, checksum) → digest → cached lookup by digest
+    /// → the pure decision. Malformed input never reaches the store.
+    pub async fn verify_key(
+        &self,
+        presented: &str,
+        facts: &RequestFacts<'_>,
+        meta: &RequestMeta<'_>,
+    ) -> Result<Arc<KeyRecord>, Rejection> {
+        let result = self.verify_inner(presented, facts, meta).await;
+        if let Err(r) = &result {
+            if let Some(ip) = meta.ip {
+                if r.is_authentication_failure() {
+                    self.security.failed_authentication(self, ip, self.now());
+                }
+            }
+        }
+        result
+    }
+
+    async fn verify_inner(
+        &self,
+        presented: &str,
+        facts: &RequestFacts<'_>,
+        meta: &RequestMeta<'_>,
+    ) -> Result<Arc<KeyRecord>, Rejection> {
+        self.format.parse(presented).map_err(Rejection::Malformed)?;
+        let digest = self.pepper.digest(presented.as_bytes());
+        let record = match self.cache.lookup(&digest).await.map_err(Rejection::Store)? {
+            Lookup::Found(r) => r,
+            Lookup::Unknown => return Err(Rejection::Unknown),
+        };
+        if record.lifecycle.canary {
+            self.security.canary_used(self, &record, meta, self.now());
+            return Err(Rejection::Unknown);
+        }
+        let denied = |code: &'static str| self.usage.record(&record, code, self.now());
+        match authorize(&record, facts, self.clock.now()) {
+            Decision::Allow => Ok(record),
+            Decision::Deny(Denial::Revoked) => {
+                denied("denied:revoked");
+                Err(Rejection::Revoked {
+                    key_id: record.id.clone(),
+                })
+            }
+            Decision::Deny(Denial::Expired) => {
+                denied("denied:expired");
+                Err(Rejection::Expired {
+                    key_id: record.id.clone(),
+                })
+            }
+            Decision::Deny(Denial::Disabled) => {
+                denied("denied:disabled");
+                Err(Rejection::Disabled {
+                    key_id: record.id.clone(),
+                })
+            }
+            Decision::Deny(Denial::IpNotAllowed) => {
+                denied("denied:ip_not_allowed");
+                Err(Rejection::IpNotAllowed {
+                    key_id: record.id.clone(),
+                })
+            }
+            Decision::Deny(Denial::InsufficientScope { missing }) => {
+                denied("denied:insufficient_scope");
+                Err(Rejection::InsufficientScope {
+                    key_id: record.id.clone(),
+                    missing,
+                })
+            }
+        }
+    }
+
     /// Consumes from every limit that applies to this request, all or nothing: the key's and
     /// its app's rate and quota, and the route's rate. A refused request consumes nothing.
+    /// Records the request's outcome in the usage counters.
     pub fn admit(&self, record: &KeyRecord, route: &RouteLimits) -> Outcome {
         let l = &self.limiter;
         let mut rates = Vec::with_capacity(3);
@@ -137,176 +308,54 @@ impl Engine {
         if let Some(spec) = record.app_policy.quota {
             quotas.push(quota("app-quota", l.key(&["app-quota", &record.app_id]), spec));
         }
-        l.check(&rates, &quotas, self.now_ns())
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub fn cache(&self) -> &KeyCache {
-        &self.cache
-    }
-
-    pub fn format(&self) -> &KeyFormat {
-        &self.format
-    }
-
-    /// Now, to the second: the precision of every stored timestamp.
-    pub fn now(&self) -> OffsetDateTime {
-        let t = self.clock.now();
-        t.replace_nanosecond(0).unwrap_or(t)
-    }
-
-    /// Authenticates a presented key and authorizes it for a request.
-    ///
-    /// Order: parse (length, prefix, alphabet, checksum) → digest → cached lookup by digest
-    /// → the pure decision. Malformed input never reaches the store.
-    pub async fn verify_key(&self, presented: &str, facts: &RequestFacts<'_>) -> Result<Arc<KeyRecord>, Rejection> {
-        self.format.parse(presented).map_err(Rejection::Malformed)?;
-        let digest = self.pepper.digest(presented.as_bytes());
-        let record = match self.cache.lookup(&digest).await.map_err(Rejection::Store)? {
-            Lookup::Found(r) => r,
-            Lookup::Unknown => return Err(Rejection::Unknown),
+        let outcome = l.check(&rates, &quotas, self.now_ns());
+        let code = match &outcome {
+            Outcome::Allowed { .. } => "allowed",
+            Outcome::RateLimited { .. } => "limited:rate",
+            Outcome::QuotaExhausted { .. } => "limited:quota",
         };
-        match authorize(&record, facts, self.clock.now()) {
-            Decision::Allow => Ok(record),
-            Decision::Deny(Denial::Revoked) => Err(Rejection::Revoked {
-                key_id: record.id.clone(),
-            }),
-            Decision::Deny(Denial::Expired) => Err(Rejection::Expired {
-                key_id: record.id.clone(),
-            }),
-            Decision::Deny(Denial::IpNotAllowed) => Err(Rejection::IpNotAllowed {
-                key_id: record.id.clone(),
-            }),
-            Decision::Deny(Denial::InsufficientScope { missing }) => Err(Rejection::InsufficientScope {
-                key_id: record.id.clone(),
-                missing,
-            }),
+        self.usage.record(record, code, self.now());
+        outcome
+    }
+
+    /// Appends an event to the audit log and passes security events to the sinks.
+    pub async fn audit(&self, event: AuditEvent) -> Result<i64, EngineError> {
+        let seq = self.store.append_audit(&event).await?;
+        if event.severity != Severity::Info {
+            self.security.emit(&AuditEvent { seq, ..event });
         }
+        Ok(seq)
     }
 
-    // ---- admin operations -------------------------------------------------------------
-
-    pub async fn create_app(&self, name: &str, policy: Policy) -> Result<AppRecord, EngineError> {
-        validate_name(name).map_err(|e| EngineError::invalid("name", e.to_string()))?;
-        let app = AppRecord {
-            id: new_id("app")?,
-            name: name.to_owned(),
-            created_at: self.now(),
-            policy,
-        };
-        self.store.create_app(&app).await?;
-        Ok(app)
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, EngineError> {
+        Ok(self.store.list_audit(filter).await?)
     }
 
-    pub async fn get_app(&self, id_or_name: &str) -> Result<AppRecord, EngineError> {
-        self.store
-            .get_app(id_or_name)
-            .await?
-            .ok_or(EngineError::NotFound("app"))
+    /// Writes the buffered usage counters in one batch. Returns how many rows were written.
+    pub async fn flush_usage(&self) -> Result<usize, EngineError> {
+        self.usage.flush(self.store.as_ref()).await
     }
 
-    pub async fn list_apps(&self) -> Result<Vec<AppRecord>, EngineError> {
-        Ok(self.store.list_apps().await?)
-    }
-
-    /// Creates a key and returns its record and its plaintext, which is never stored nor
-    /// shown again.
-    pub async fn create_key(&self, new: NewKey) -> Result<(KeyRecord, SecretString), EngineError> {
-        if let Some(name) = &new.name {
-            validate_name(name).map_err(|e| EngineError::invalid("name", e.to_string()))?;
-        }
-        let now = self.now();
-        if let Some(exp) = new.expires_at {
-            if exp <= now {
-                return Err(EngineError::invalid(
-                    "expires_at",
-                    "the expiry must be in the future".into(),
-                ));
+    /// Runs the background work until `stop` turns true: limiter sweeps every 10 s, usage
+    /// flushes every `usage_flush_interval`, and a last flush on the way out.
+    pub async fn maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(10));
+        let mut flush = tokio::time::interval(self.options.usage_flush_interval);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => { self.limiter.sweep(self.now_ns()); }
+                _ = flush.tick() => {
+                    if let Err(e) = self.flush_usage().await {
+                        tracing::warn!(error = %e, "usage flush failed; counters kept for the next try");
+                    }
+                }
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    if let Err(e) = self.flush_usage().await {
+                        tracing::warn!(error = %e, "final usage flush failed");
+                    }
+                    return;
+                }
             }
         }
-        let app = self.get_app(&new.app).await?;
-        let mut scopes = new.scopes;
-        scopes.sort();
-        scopes.dedup();
-        let secret = self.format.generate(new.env)?;
-        let digest = self.pepper.digest(secret.expose().as_bytes());
-        let record = KeyRecord {
-            id: new_id("key")?,
-            app_id: app.id,
-            app_name: app.name,
-            name: new.name,
-            hint: display_hint(secret.expose()),
-            env: new.env,
-            scopes,
-            expires_at: new.expires_at,
-            created_at: now,
-            revoked_at: None,
-            policy: new.policy,
-            app_policy: app.policy,
-        };
-        self.store.create_key(&record, &digest).await?;
-        // The digest may sit in the negative cache (someone tried this exact key before it
-        // existed: practically impossible, but cheap to rule out).
-        self.cache.invalidate(&digest);
-        Ok((record, secret))
-    }
-
-    /// Changes a key's name, scopes or limits; the next request sees the change.
-    pub async fn update_key(&self, id: &str, mut update: KeyUpdate) -> Result<KeyRecord, EngineError> {
-        if let Some(Some(name)) = &update.name {
-            validate_name(name).map_err(|e| EngineError::invalid("name", e.to_string()))?;
-        }
-        if let Some(scopes) = update.scopes.as_mut() {
-            scopes.sort();
-            scopes.dedup();
-        }
-        let (record, digest) = self
-            .store
-            .update_key(id, &update)
-            .await?
-            .ok_or(EngineError::NotFound("key"))?;
-        self.cache.invalidate(&digest);
-        Ok(record)
-    }
-
-    /// Replaces an app's limits; the next request of any of its keys sees the change.
-    pub async fn update_app_policy(&self, app: &str, policy: Policy) -> Result<AppRecord, EngineError> {
-        let id = self.get_app(app).await?.id;
-        let (app, digests) = self
-            .store
-            .update_app_policy(&id, &policy)
-            .await?
-            .ok_or(EngineError::NotFound("app"))?;
-        for d in &digests {
-            self.cache.invalidate(d);
-        }
-        Ok(app)
-    }
-
-    pub async fn get_key(&self, id: &str) -> Result<KeyRecord, EngineError> {
-        self.store.get_key(id).await?.ok_or(EngineError::NotFound("key"))
-    }
-
-    pub async fn list_keys(&self, app: Option<&str>) -> Result<Vec<KeyRecord>, EngineError> {
-        let app_id = match app {
-            Some(a) => Some(self.get_app(a).await?.id),
-            None => None,
-        };
-        Ok(self.store.list_keys(app_id.as_deref()).await?)
-    }
-
-    /// Revokes a key; the very next request with it is refused (the cache entry is dropped
-    /// before this returns).
-    pub async fn revoke_key(&self, id: &str) -> Result<KeyRecord, EngineError> {
-        let (record, digest) = self
-            .store
-            .revoke_key(id, self.now())
-            .await?
-            .ok_or(EngineError::NotFound("key"))?;
-        self.cache.invalidate(&digest);
-        Ok(record)
     }
 }

@@ -9,7 +9,7 @@ mod error;
 mod sqlite;
 
 use async_trait::async_trait;
-use keyward_core::model::KeyUpdate;
+use keyward_core::model::{AuditEvent, AuditFilter, KeyUpdate, UsageRow};
 use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyRecord};
 use time::OffsetDateTime;
@@ -56,4 +56,32 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         policy: &Policy,
     ) -> Result<Option<(AppRecord, Vec<Digest>)>, StoreError>;
+
+    /// Rotates `old_id`: stores `successor` (with `digest`), links the two and sets the old
+    /// key's expiry to `old_expires_at`, atomically. `Conflict` when the old key is revoked or
+    /// was already rotated, `NotFound` when it does not exist. Returns the old key after the
+    /// change and its digest.
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        successor: &KeyRecord,
+        digest: &Digest,
+        old_expires_at: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<(KeyRecord, Digest), StoreError>;
+
+    /// Appends to the audit log (append-only); returns the event's sequence number.
+    async fn append_audit(&self, event: &AuditEvent) -> Result<i64, StoreError>;
+    /// Audit events, newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Adds a batch of usage counts and advances `last_used_at`, in one transaction.
+    async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;
+    /// Usage rows since a Unix minute, for a key or an app (or everything).
+    async fn usage(
+        &self,
+        key_id: Option<&str>,
+        app_id: Option<&str>,
+        since_minute: i64,
+    ) -> Result<Vec<UsageRow>, StoreError>;
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_core::model::KeyUpdate;
+use keyward_core::model::{AuditEvent, AuditFilter, KeyUpdate, Lifecycle, Severity, UsageRow};
 use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -23,7 +23,8 @@ pub struct SqliteStore {
 }
 
 const KEY_COLUMNS: &str = "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
-     k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy";
+     k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy, \
+     k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at";
 const APP_COLUMNS: &str = "id, name, created_at, policy";
 
 impl SqliteStore {
@@ -129,6 +130,15 @@ fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
             revoked_at: opt_ts(row.try_get("revoked_at").map_err(g)?)?,
             policy: policy_from(&row.try_get::<String, _>("policy").map_err(g)?)?,
             app_policy: policy_from(&row.try_get::<String, _>("app_policy").map_err(g)?)?,
+            lifecycle: Lifecycle {
+                disabled_at: opt_ts(row.try_get("disabled_at").map_err(g)?)?,
+                canary: row.try_get::<i64, _>("canary").map_err(g)? != 0,
+                legacy: row.try_get::<i64, _>("legacy").map_err(g)? != 0,
+                rotated_from: row.try_get("rotated_from").map_err(g)?,
+                rotated_to: row.try_get("rotated_to").map_err(g)?,
+                rotated_at: opt_ts(row.try_get("rotated_at").map_err(g)?)?,
+                last_used_at: opt_ts(row.try_get("last_used_at").map_err(g)?)?,
+            },
         },
         digest,
     ))
@@ -190,8 +200,8 @@ impl Store for SqliteStore {
 
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
+             disabled_at, canary, legacy, rotated_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.app_id)
@@ -204,6 +214,10 @@ impl Store for SqliteStore {
         .bind(ts(key.created_at))
         .bind(key.revoked_at.map(ts))
         .bind(policy_json(&key.policy))
+        .bind(key.lifecycle.disabled_at.map(ts))
+        .bind(i64::from(key.lifecycle.canary))
+        .bind(i64::from(key.lifecycle.legacy))
+        .bind(&key.lifecycle.rotated_from)
         .execute(&self.pool)
         .await
         .map_err(|e| match StoreError::from_sqlx(e) {
@@ -283,6 +297,14 @@ impl Store for SqliteStore {
                 .await
                 .map_err(StoreError::from_sqlx)?;
         }
+        if let Some(disabled) = &update.disabled_at {
+            sqlx::query("UPDATE keys SET disabled_at = ? WHERE id = ?")
+                .bind(disabled.map(ts))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
         if let Some(policy) = &update.policy {
             sqlx::query("UPDATE keys SET policy = ? WHERE id = ?")
                 .bind(policy_json(policy))
@@ -337,5 +359,186 @@ impl Store for SqliteStore {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some((app, digests)))
+    }
+
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        successor: &KeyRecord,
+        digest: &Digest,
+        old_expires_at: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<(KeyRecord, Digest), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let done = sqlx::query(
+            "UPDATE keys SET rotated_to = ?, rotated_at = ?, expires_at = ? \
+             WHERE id = ? AND rotated_to IS NULL AND revoked_at IS NULL",
+        )
+        .bind(&successor.id)
+        .bind(ts(at))
+        .bind(ts(old_expires_at))
+        .bind(old_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if done.rows_affected() == 0 {
+            let exists = sqlx::query("SELECT 1 FROM keys WHERE id = ?")
+                .bind(old_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+            return Err(match exists {
+                None => StoreError::NotFound("key"),
+                Some(_) => StoreError::Conflict("the key is revoked or was already rotated".into()),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
+             disabled_at, canary, legacy, rotated_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0, 0, ?)",
+        )
+        .bind(&successor.id)
+        .bind(&successor.app_id)
+        .bind(&successor.name)
+        .bind(&digest.as_bytes()[..])
+        .bind(&successor.hint)
+        .bind(successor.env.as_str())
+        .bind(scopes_json(&successor.scopes))
+        .bind(successor.expires_at.map(ts))
+        .bind(ts(successor.created_at))
+        .bind(policy_json(&successor.policy))
+        .bind(old_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
+        ))
+        .bind(old_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        key_from_row(&row)
+    }
+
+    async fn append_audit(&self, e: &AuditEvent) -> Result<i64, StoreError> {
+        let details = serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into());
+        let done = sqlx::query(
+            "INSERT INTO audit (at, actor, kind, severity, target, source_ip, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(ts(e.at))
+        .bind(&e.actor)
+        .bind(&e.kind)
+        .bind(e.severity.as_str())
+        .bind(&e.target)
+        .bind(&e.source_ip)
+        .bind(details)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(done.last_insert_rowid())
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let (kind_exact, kind_prefix) = match f.kind.as_deref() {
+            Some(k) if k.ends_with('.') => (None, Some(format!("{}%", k.replace('%', "").replace('_', "\\_")))),
+            Some(k) => (Some(k.to_owned()), None),
+            None => (None, None),
+        };
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, kind, severity, target, source_ip, details FROM audit \
+             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR kind = ?3) \
+             AND (?4 IS NULL OR kind LIKE ?4 ESCAPE '\\') AND (?5 IS NULL OR seq < ?5) \
+             ORDER BY seq DESC LIMIT ?6",
+        )
+        .bind(f.since.map(ts))
+        .bind(&f.target)
+        .bind(kind_exact)
+        .bind(kind_prefix)
+        .bind(f.before_seq)
+        .bind(i64::from(f.limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                let g = |e| StoreError::from_sqlx(e);
+                let severity = match r.try_get::<String, _>("severity").map_err(g)?.as_str() {
+                    "high" => Severity::High,
+                    "warning" => Severity::Warning,
+                    _ => Severity::Info,
+                };
+                let details: String = r.try_get("details").map_err(g)?;
+                Ok(AuditEvent {
+                    seq: r.try_get("seq").map_err(g)?,
+                    at: from_ts(r.try_get("at").map_err(g)?)?,
+                    actor: r.try_get("actor").map_err(g)?,
+                    kind: r.try_get("kind").map_err(g)?,
+                    severity,
+                    target: r.try_get("target").map_err(g)?,
+                    source_ip: r.try_get("source_ip").map_err(g)?,
+                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO usage (key_id, app_id, minute, outcome, count) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (key_id, minute, outcome) DO UPDATE SET count = count + excluded.count",
+            )
+            .bind(&r.key_id)
+            .bind(&r.app_id)
+            .bind(r.minute)
+            .bind(&r.outcome)
+            .bind(i64::try_from(r.count).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        }
+        for (id, at) in last_used {
+            sqlx::query("UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?")
+                .bind(ts(*at))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        key_id: Option<&str>,
+        app_id: Option<&str>,
+        since_minute: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, app_id, minute, outcome, count FROM usage \
+             WHERE minute >= ?1 AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR app_id = ?3) \
+             ORDER BY minute, key_id, outcome LIMIT 100000",
+        )
+        .bind(since_minute)
+        .bind(key_id)
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                let g = |e| StoreError::from_sqlx(e);
+                Ok(UsageRow {
+                    key_id: r.try_get("key_id").map_err(g)?,
+                    app_id: r.try_get("app_id").map_err(g)?,
+                    minute: r.try_get("minute").map_err(g)?,
+                    outcome: r.try_get("outcome").map_err(g)?,
+                    count: u64::try_from(r.try_get::<i64, _>("count").map_err(g)?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 }

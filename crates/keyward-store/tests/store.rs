@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use keyward_core::model::KeyUpdate;
+use keyward_core::model::{AuditEvent, AuditFilter, KeyUpdate, Severity, UsageRow};
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use keyward_store::{CacheConfig, KeyCache, Lookup, SqliteStore, Store, StoreError};
@@ -41,6 +41,7 @@ fn key(id: &str, app: &AppRecord, at: i64) -> KeyRecord {
             quota: Some(QuotaSpec::parse("1000/day").unwrap()),
         },
         app_policy: app.policy.clone(),
+        lifecycle: Default::default(),
     }
 }
 
@@ -165,6 +166,199 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(store.key_by_digest(&digest(2)).await.unwrap().unwrap().0.app_policy, ap);
     assert_eq!(store.get_app("dogs").await.unwrap().unwrap().policy, ap);
     assert_eq!(store.update_app_policy("app_x", &ap).await.unwrap(), None);
+
+    // Disable and enable.
+    let (r, _) = store
+        .update_key(
+            "key_2",
+            &KeyUpdate {
+                disabled_at: Some(Some(t(300))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.lifecycle.disabled_at, Some(t(300)));
+    let (r, _) = store
+        .update_key(
+            "key_2",
+            &KeyUpdate {
+                disabled_at: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.lifecycle.disabled_at, None);
+
+    // Rotation: atomic, linked, refused twice and for revoked keys.
+    let mut succ = key("key_5", &b, 400);
+    succ.lifecycle.rotated_from = Some("key_2".into());
+    let (old, d) = store
+        .rotate_key("key_2", &succ, &digest(5), t(1000), t(400))
+        .await
+        .unwrap();
+    assert_eq!(d, digest(2));
+    assert_eq!(old.expires_at, Some(t(1000)));
+    assert_eq!(old.lifecycle.rotated_to.as_deref(), Some("key_5"));
+    assert_eq!(old.lifecycle.rotated_at, Some(t(400)));
+    let (s5, _) = store.key_by_digest(&digest(5)).await.unwrap().unwrap();
+    assert_eq!(s5.lifecycle.rotated_from.as_deref(), Some("key_2"));
+    assert_eq!(s5.scopes, succ.scopes);
+    assert!(matches!(
+        store
+            .rotate_key("key_2", &key("key_6", &b, 401), &digest(6), t(1000), t(401))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .rotate_key("key_1", &key("key_6", &a, 401), &digest(6), t(1000), t(401))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .rotate_key("key_x", &key("key_6", &a, 401), &digest(6), t(1000), t(401))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.key_by_digest(&digest(6)).await.unwrap(),
+        None,
+        "a refused rotation stores nothing"
+    );
+
+    // Audit: append-only, filtered, newest first.
+    let ev = |kind: &str, target: &str, at: i64| AuditEvent {
+        seq: 0,
+        at: t(at),
+        actor: "admin".into(),
+        kind: kind.into(),
+        severity: if kind.starts_with("security.") {
+            Severity::High
+        } else {
+            Severity::Info
+        },
+        target: Some(target.into()),
+        source_ip: None,
+        details: serde_json::json!({"n": at}),
+    };
+    let s1 = store.append_audit(&ev("key.created", "key_1", 10)).await.unwrap();
+    let s2 = store
+        .append_audit(&ev("security.canary_used", "key_2", 20))
+        .await
+        .unwrap();
+    let s3 = store.append_audit(&ev("key.revoked", "key_1", 30)).await.unwrap();
+    assert!(s1 < s2 && s2 < s3);
+    let all = store
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![s3, s2, s1]);
+    assert_eq!(all[2].details, serde_json::json!({"n": 10}));
+    let k1 = store
+        .list_audit(&AuditFilter {
+            target: Some("key_1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(k1.len(), 2);
+    let sec = store
+        .list_audit(&AuditFilter {
+            kind: Some("security.".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sec.len(), 1);
+    assert_eq!(sec[0].severity, Severity::High);
+    let exact = store
+        .list_audit(&AuditFilter {
+            kind: Some("key.revoked".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(exact.len(), 1);
+    let recent = store
+        .list_audit(&AuditFilter {
+            since: Some(t(20)),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 2);
+    let page = store
+        .list_audit(&AuditFilter {
+            before_seq: Some(s3),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![s2]);
+    // `%` and `_` in a prefix are literal.
+    let none = store
+        .list_audit(&AuditFilter {
+            kind: Some("%.".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
+    // Usage: batches add up; last use only moves forward.
+    let row = |minute, outcome: &str, count| UsageRow {
+        key_id: "key_1".into(),
+        app_id: "app_1".into(),
+        minute,
+        outcome: outcome.into(),
+        count,
+    };
+    store
+        .record_usage(
+            &[row(100, "allowed", 3), row(100, "denied:revoked", 1)],
+            &[("key_1".into(), t(50))],
+        )
+        .await
+        .unwrap();
+    store
+        .record_usage(
+            &[row(100, "allowed", 2), row(101, "allowed", 1)],
+            &[("key_1".into(), t(40))],
+        )
+        .await
+        .unwrap();
+    let u = store.usage(Some("key_1"), None, 0).await.unwrap();
+    assert_eq!(
+        u,
+        vec![
+            row(100, "allowed", 5),
+            row(100, "denied:revoked", 1),
+            row(101, "allowed", 1)
+        ]
+    );
+    assert_eq!(
+        store.usage(None, Some("app_1"), 101).await.unwrap(),
+        vec![row(101, "allowed", 1)]
+    );
+    assert!(store.usage(Some("key_2"), None, 0).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_key("key_1").await.unwrap().unwrap().lifecycle.last_used_at,
+        Some(t(50))
+    );
 }
 
 async fn cache_suite(store: Arc<dyn Store>) {
@@ -221,6 +415,41 @@ async fn sqlite_is_created_migrated_and_in_wal_mode() {
     assert_eq!(&header[..16], b"SQLite format 3\0");
     // File format bytes 18 and 19 are 2 in WAL mode.
     assert_eq!((header[18], header[19]), (2, 2), "WAL mode");
+}
+
+#[tokio::test]
+async fn sqlite_audit_log_is_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let ev = AuditEvent {
+        seq: 0,
+        at: t(0),
+        actor: "admin".into(),
+        kind: "key.created".into(),
+        severity: Severity::Info,
+        target: None,
+        source_ip: None,
+        details: serde_json::json!({}),
+    };
+    store.append_audit(&ev).await.unwrap();
+    drop(store);
+    // Even a direct connection to the file cannot change or delete audit rows.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let upd = sqlx::query("UPDATE audit SET kind = 'x'")
+        .execute(&pool)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(upd.contains("append-only"), "{upd}");
+    let del = sqlx::query("DELETE FROM audit")
+        .execute(&pool)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(del.contains("append-only"), "{del}");
 }
 
 #[tokio::test]

@@ -50,6 +50,37 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Usage of a key or an app: requests by outcome over time.
+    Usage {
+        /// A key id.
+        #[arg(long, required_unless_present = "app", conflicts_with = "app")]
+        key: Option<String>,
+        /// An app (name or id).
+        #[arg(long)]
+        app: Option<String>,
+        /// How far back: a duration (24h, 7d) or an RFC 3339 time.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// The audit log: admin changes and security events, newest first.
+    Audit {
+        /// A duration back from now (24h) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events about this key (or app) id.
+        #[arg(long)]
+        key: Option<String>,
+        /// Exact kind (key.revoked) or a prefix ending in '.' (security.).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many events (1–1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +173,9 @@ pub enum KeyCommand {
         /// Environment of the key.
         #[arg(long, value_parser = ["live", "test"], default_value = "live")]
         env: String,
+        /// A canary: refused like an unknown key; any use raises a high-severity security event.
+        #[arg(long)]
+        canary: bool,
         #[command(flatten)]
         limits: LimitFlags,
         #[command(flatten)]
@@ -180,6 +214,42 @@ pub enum KeyCommand {
     /// Revoke a key, for good. Takes effect on the next request.
     Revoke {
         id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Disable a key until `key enable`. Takes effect on the next request.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Enable a disabled key again.
+    Enable {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Replace a key by a successor with the same app, scopes and limits; the old key keeps
+    /// working for the grace period, then answers 401 "expired".
+    Rotate {
+        id: String,
+        /// How long the old key keeps working (7d, 12h, 0s).
+        #[arg(long, default_value = "7d", allow_hyphen_values = true)]
+        grace: String,
+        /// The successor's expiry (90d or RFC 3339); by default it keeps the old key's lifetime.
+        #[arg(
+            long,
+            value_name = "90d|RFC3339",
+            conflicts_with = "no_expiry",
+            allow_hyphen_values = true
+        )]
+        expires: Option<String>,
+        /// The successor never expires (drops the old key's expiry policy).
+        #[arg(long)]
+        no_expiry: bool,
         #[command(flatten)]
         out: JsonFlag,
     },

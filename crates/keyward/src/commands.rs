@@ -42,6 +42,26 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::CatFacts { listen } => cat_facts(*listen).await,
         Command::App(cmd) => app(&cli, cmd).await,
         Command::Key(cmd) => key(&cli, cmd).await,
+        Command::Usage { key, app, since, out } => {
+            crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
+        }
+        Command::Audit {
+            since,
+            key,
+            kind,
+            limit,
+            out,
+        } => {
+            crate::report::audit(
+                &admin_client(&cli)?,
+                since.as_deref(),
+                key.as_deref(),
+                kind.as_deref(),
+                *limit,
+                out.json,
+            )
+            .await
+        }
     }
 }
 
@@ -365,6 +385,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             scopes: sc,
             expires,
             env,
+            canary,
             limits,
             out,
         } => {
@@ -372,7 +393,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             for scope in sc {
                 keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
             }
-            let mut body = json!({"app": app, "scopes": sc, "env": env});
+            let mut body = json!({"app": app, "scopes": sc, "env": env, "canary": canary});
             limits_into(&mut body, limits, None)?;
             if let Some(n) = name {
                 body["name"] = json!(n);
@@ -474,15 +495,80 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                 print_key(&v);
             }
         }
-        KeyCommand::Revoke { id, out } => {
+        KeyCommand::Revoke { id, reason, out } => {
             let c = admin_client(cli)?;
+            let body = reason.as_ref().map(|r| json!({"reason": r}));
             let v = c
-                .call(Method::POST, &format!("/v1/keys/{}/revoke", seg(id)), None)
+                .call(Method::POST, &format!("/v1/keys/{}/revoke", seg(id)), body)
                 .await?;
             if out.json {
                 print_json(&v);
             } else {
                 println!("revoked key {} at {}", s(&v, "id"), s(&v, "revoked_at"));
+            }
+        }
+        KeyCommand::Disable { id, out } | KeyCommand::Enable { id, out } => {
+            let verb = if matches!(cmd, KeyCommand::Disable { .. }) {
+                "disable"
+            } else {
+                "enable"
+            };
+            let c = admin_client(cli)?;
+            let v = c
+                .call(Method::POST, &format!("/v1/keys/{}/{verb}", seg(id)), None)
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!("{verb}d key {} (state: {})", s(&v, "id"), s(&v, "state"));
+            }
+        }
+        KeyCommand::Rotate {
+            id,
+            grace,
+            expires,
+            no_expiry,
+            out,
+        } => {
+            let g = grace.trim();
+            if g.starts_with('-') {
+                return Err(CliError::Usage("--grace: the grace period cannot be negative".into()));
+            }
+            let zero = g.trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0";
+            if !zero {
+                keyward_core::when::parse_duration(g).map_err(|e| CliError::Usage(format!("--grace: {e}")))?;
+            }
+            let mut body = json!({"grace": g, "no_expiry": no_expiry});
+            if let Some(x) = expires {
+                let at = keyward_core::when::parse_expiry(x, time::OffsetDateTime::now_utc())
+                    .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+                let at = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+                body["expires_at"] = json!(at);
+            }
+            let c = admin_client(cli)?;
+            let v = c
+                .call(Method::POST, &format!("/v1/keys/{}/rotate", seg(id)), Some(body))
+                .await?;
+            if out.json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                let prev = v.get("previous").cloned().unwrap_or(Value::Null);
+                println!(
+                    "rotated {} → {} (the old key works until {}; the new one expires: {})",
+                    s(&prev, "id"),
+                    s(&v, "id"),
+                    s(&prev, "expires_at"),
+                    match s(&v, "expires_at").as_str() {
+                        "-" => "never".into(),
+                        other => other.to_owned(),
+                    }
+                );
+                println!();
+                println!("    {}", s(&v, "key"));
+                println!();
+                println!("Store it now: keyward keeps only a digest and will never show it again.");
             }
         }
     }

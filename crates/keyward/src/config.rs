@@ -40,6 +40,10 @@ pub struct Config {
     #[serde(default)]
     pub cache: CacheSection,
     #[serde(default)]
+    pub usage: UsageSection,
+    #[serde(default)]
+    pub security: SecuritySection,
+    #[serde(default)]
     pub routes: Vec<RouteSection>,
 }
 
@@ -101,6 +105,9 @@ pub struct GatewaySection {
     pub upstream_timeout: Duration,
     /// CIDRs of reverse proxies whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<String>,
+    /// Keys expiring within this window get `Deprecation` and `Sunset` response headers.
+    #[serde(with = "dur")]
+    pub expiry_warning: Duration,
 }
 
 impl Default for GatewaySection {
@@ -112,6 +119,7 @@ impl Default for GatewaySection {
             connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            expiry_warning: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -150,6 +158,35 @@ impl Default for CacheSection {
             negative_ttl: d.negative_ttl,
             negative_max_entries: d.negative_max_entries,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSection {
+    /// How often usage counters are written to the store (in one batch).
+    #[serde(with = "dur")]
+    pub flush_interval: Duration,
+}
+
+impl Default for UsageSection {
+    fn default() -> Self {
+        UsageSection {
+            flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// Failed authentications from one address within a minute that raise a security event.
+    pub failed_auth_burst: u32,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        SecuritySection { failed_auth_burst: 20 }
     }
 }
 
@@ -265,6 +302,14 @@ impl Config {
         }
     }
 
+    pub fn engine_options(&self) -> keyward_engine::EngineOptions {
+        keyward_engine::EngineOptions {
+            cache: self.cache_config(),
+            failed_auth_burst: self.security.failed_auth_burst,
+            usage_flush_interval: self.usage.flush_interval,
+        }
+    }
+
     /// The gateway's runtime configuration, validated.
     pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
         let g = &self.gateway;
@@ -349,7 +394,11 @@ impl Config {
             .iter()
             .map(|c| parse_cidr(c).map_err(|e| invalid(format!("gateway.trusted_proxies: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        if self.security.failed_auth_burst == 0 {
+            return Err(invalid("security.failed_auth_burst: must be at least 1".into()));
+        }
         Ok(GatewayConfig {
+            expiry_warning: g.expiry_warning,
             trusted_proxies,
             routes,
             credential_headers,

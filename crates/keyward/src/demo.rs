@@ -77,30 +77,38 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
 
     let engine = running.engine.clone();
     let app = engine
-        .create_app("cat-facts-demo", Default::default())
+        .create_app("demo", "cat-facts-demo", Default::default())
         .await
         .map_err(io)?;
     let scope = |s: &str| Scope::new(s).map_err(io);
     let (_, read) = engine
-        .create_key(NewKey {
-            app: app.id.clone(),
-            name: Some("read-only".into()),
-            scopes: vec![scope("facts:read")?],
-            expires_at: None,
-            env: KeyEnv::Test,
-            policy: Default::default(),
-        })
+        .create_key(
+            "demo",
+            NewKey {
+                app: app.id.clone(),
+                name: Some("read-only".into()),
+                scopes: vec![scope("facts:read")?],
+                expires_at: None,
+                env: KeyEnv::Test,
+                policy: Default::default(),
+                canary: false,
+            },
+        )
         .await
         .map_err(io)?;
     let (_, write) = engine
-        .create_key(NewKey {
-            app: app.id.clone(),
-            name: Some("read-write".into()),
-            scopes: vec![scope("facts:read")?, scope("facts:write")?],
-            expires_at: None,
-            env: KeyEnv::Test,
-            policy: Default::default(),
-        })
+        .create_key(
+            "demo",
+            NewKey {
+                app: app.id.clone(),
+                name: Some("read-write".into()),
+                scopes: vec![scope("facts:read")?, scope("facts:write")?],
+                expires_at: None,
+                env: KeyEnv::Test,
+                policy: Default::default(),
+                canary: false,
+            },
+        )
         .await
         .map_err(io)?;
 

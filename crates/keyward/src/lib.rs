@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod report;
 pub mod server;
 
 pub use commands::run;

@@ -7,6 +7,11 @@ use clap::Parser;
 use keyward::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc instead of glibc malloc: the proxy path allocates and frees many small objects
+// (header maps, body chunks, futures) per request; see docs/BENCHMARKS.md for the measurement.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = match std::env::var("KEYWARD_LOG_FORMAT").as_deref() {
@@ -32,9 +37,15 @@ fn main() -> ExitCode {
     };
     init_logging(default_level);
     let threads = keyward::commands::worker_threads(&cli);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime does the same work without the multi-thread
+    // scheduler's bookkeeping (work-stealing queues, cross-thread wake-ups).
+    let mut rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     rt.enable_all();
-    if threads > 0 {
+    if threads > 1 {
         rt.worker_threads(threads);
     }
     let rt = match rt.build() {

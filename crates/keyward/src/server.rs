@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use keyward_core::secret::SecretString;
 use keyward_core::Pepper;
 use keyward_edge::{admin_router, gateway_router, AdminState, AdminToken, GatewayState};
@@ -81,7 +82,13 @@ pub async fn start_on(
     let gw_cfg = cfg.gateway_config().map_err(|e| CliError::startup(e.to_string()))?;
     let format = cfg.key_format().map_err(|e| CliError::startup(e.to_string()))?;
     let store = open_store(&cfg.store.url).await?;
-    let engine = Arc::new(Engine::new(store, secrets.pepper, format, cfg.cache_config(), clock));
+    let engine = Arc::new(Engine::with_options(
+        store,
+        secrets.pepper,
+        format,
+        cfg.engine_options(),
+        clock,
+    ));
     let gateway = gateway_router(Arc::new(GatewayState::new(engine.clone(), gw_cfg)));
     let admin = admin_router(Arc::new(AdminState {
         engine: engine.clone(),
@@ -95,22 +102,24 @@ pub async fn start_on(
         .map_err(|e| CliError::startup(e.to_string()))?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    // Idle limiter state (full buckets, ended quota periods) is dropped every 10 s.
+    // Limiter sweeps and batched usage writes, with a last flush on shutdown.
     {
         let engine = engine.clone();
-        let mut rx = rx.clone();
+        let rx = rx.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => { engine.limiter().sweep(engine.now_ns()); }
-                    _ = rx.wait_for(|stop| *stop) => return Ok(()),
-                }
-            }
+            engine.maintenance(rx).await;
+            Ok(())
         });
     }
     for (listener, router) in [(gateway_listener, gateway), (admin_listener, admin)] {
         let mut rx = rx.clone();
+        // TCP_NODELAY on every accepted connection: responses (and streamed body chunks) go out
+        // as soon as hyper writes them, never held back by Nagle waiting for the client's ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+            }
+        });
         tasks.spawn(async move {
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {

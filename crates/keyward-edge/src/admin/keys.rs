@@ -1,0 +1,358 @@
+//! Keys: create, list, show, change, disable/enable, rotate, revoke.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyward_core::model::{KeyState, KeyUpdate};
+use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
+use keyward_core::when::{check_expiry, parse_duration, parse_instant};
+use keyward_core::{KeyEnv, KeyRecord, Scope};
+use keyward_engine::admin::SuccessorExpiry;
+use keyward_engine::NewKey;
+use serde::{Deserialize, Serialize};
+
+use super::{allowlist, double, engine_err, invalid, AdminState, List, StrictJson, UpdatePolicy, ACTOR};
+use crate::problem::Problem;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKey {
+    /// App id or name.
+    app: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// RFC 3339 instant.
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// Duration from now (`90d`).
+    #[serde(default)]
+    expires_in: Option<String>,
+    #[serde(default)]
+    env: Option<KeyEnv>,
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    rate: Option<RateSpec>,
+    #[serde(default)]
+    quota: Option<QuotaSpec>,
+    /// A canary: refused like an unknown key; any use raises a security event.
+    #[serde(default)]
+    canary: bool,
+}
+
+/// A change to a key; absent fields stay, `null` clears.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateKey {
+    #[serde(default, deserialize_with = "double")]
+    name: Option<Option<String>>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(flatten)]
+    policy: UpdatePolicyFields,
+}
+
+/// The policy part of [`UpdateKey`] (`flatten` cannot be combined with
+/// `deny_unknown_fields` on the same struct, so unknown fields are refused here).
+#[derive(Deserialize)]
+pub(crate) struct UpdatePolicyFields {
+    #[serde(default)]
+    ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "double")]
+    rate: Option<Option<RateSpec>>,
+    #[serde(default, deserialize_with = "double")]
+    quota: Option<Option<QuotaSpec>>,
+}
+
+fn scopes_of(items: &[String]) -> Result<Vec<Scope>, Problem> {
+    if items.len() > 256 {
+        return Err(invalid("scopes", "at most 256 scopes per key"));
+    }
+    items
+        .iter()
+        .map(|s| Scope::new(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("scopes", e))
+}
+
+pub(crate) async fn update_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<serde_json::Value>,
+) -> Result<Json<KeyView>, Problem> {
+    // Unknown fields are refused explicitly (see `UpdatePolicyFields`).
+    if let Some(obj) = body.as_object() {
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !["name", "scopes", "ips", "rate", "quota"].contains(&k.as_str()))
+        {
+            let k: String = k.chars().take(64).collect();
+            return Err(
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "Invalid Request Body").detail(format!(
+                    "unknown field `{k}`, expected one of name, scopes, ips, rate, quota"
+                )),
+            );
+        }
+    }
+    let body: UpdateKey = serde_json::from_value(body).map_err(|e| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "Invalid Request Body")
+            .detail(e.to_string().chars().take(200).collect::<String>())
+    })?;
+    let current = st.engine.get_key(&id).await.map_err(engine_err)?;
+    let p = UpdatePolicy {
+        ips: body.policy.ips,
+        rate: body.policy.rate,
+        quota: body.policy.quota,
+    };
+    let update = KeyUpdate {
+        name: body.name,
+        scopes: body.scopes.as_deref().map(scopes_of).transpose()?,
+        policy: Some(p.apply(current.policy)?),
+        disabled_at: None,
+    };
+    let k = st.engine.update_key(ACTOR, &id, update).await.map_err(engine_err)?;
+    tracing::info!(key_id = %k.id, "key changed");
+    Ok(Json(view(&st, k)))
+}
+
+/// A key as the admin API shows it: the record, its state, never the secret.
+#[derive(Serialize)]
+pub struct KeyView {
+    #[serde(flatten)]
+    record: KeyRecord,
+    state: KeyState,
+}
+
+#[derive(Serialize)]
+pub(crate) struct CreatedKey {
+    #[serde(flatten)]
+    view: KeyView,
+    /// The plaintext key, shown this once.
+    key: String,
+}
+
+fn view(st: &AdminState, record: KeyRecord) -> KeyView {
+    let state = record.state(st.engine.now());
+    KeyView { record, state }
+}
+
+pub(crate) async fn create_key(
+    State(st): State<Arc<AdminState>>,
+    StrictJson(body): StrictJson<CreateKey>,
+) -> Result<Response, Problem> {
+    let now = st.engine.now();
+    let expires_at = match (body.expires_at.as_deref(), body.expires_in.as_deref()) {
+        (Some(_), Some(_)) => return Err(invalid("expires_at", "give expires_at or expires_in, not both")),
+        (Some(at), None) => {
+            let at = parse_instant(at).map_err(|e| invalid("expires_at", e))?;
+            Some(check_expiry(at, now).map_err(|e| invalid("expires_at", e))?)
+        }
+        (None, Some(d)) => {
+            let d = parse_duration(d).map_err(|e| invalid("expires_in", e))?;
+            Some(now + d)
+        }
+        (None, None) => None,
+    };
+    let scopes = scopes_of(&body.scopes)?;
+    let policy = Policy {
+        ips: allowlist(&body.ips)?,
+        rate: body.rate,
+        quota: body.quota,
+    };
+    let (record, secret) = st
+        .engine
+        .create_key(
+            ACTOR,
+            NewKey {
+                app: body.app,
+                name: body.name,
+                scopes,
+                expires_at,
+                env: body.env.unwrap_or(KeyEnv::Live),
+                policy,
+                canary: body.canary,
+            },
+        )
+        .await
+        .map_err(engine_err)?;
+    tracing::info!(key_id = %record.id, app_id = %record.app_id, "key created");
+    let created = CreatedKey {
+        key: secret.expose().to_owned(),
+        view: view(&st, record),
+    };
+    let mut resp = (StatusCode::CREATED, Json(created)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyFilter {
+    #[serde(default)]
+    app: Option<String>,
+}
+
+pub(crate) async fn list_keys(
+    State(st): State<Arc<AdminState>>,
+    q: Result<Query<KeyFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<List<KeyView>>, Problem> {
+    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let keys = st.engine.list_keys(q.app.as_deref()).await.map_err(engine_err)?;
+    Ok(Json(List {
+        items: keys.into_iter().map(|k| view(&st, k)).collect(),
+    }))
+}
+
+pub(crate) async fn show_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, Problem> {
+    let k = st.engine.get_key(&id).await.map_err(engine_err)?;
+    Ok(Json(view(&st, k)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeBody {
+    /// Why (recorded in the audit log), e.g. "leaked in a public repository".
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// An optional JSON body: empty is fine; otherwise it must be valid.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Problem> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "Invalid Request Body")
+            .detail(e.to_string().chars().take(200).collect::<String>())
+    })
+}
+
+pub(crate) async fn revoke_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<KeyView>, Problem> {
+    let body: RevokeBody = optional_body(&body)?;
+    if let Some(r) = &body.reason {
+        if r.chars().count() > 500 || r.chars().any(char::is_control) {
+            return Err(invalid("reason", "at most 500 characters, no control characters"));
+        }
+    }
+    let k = st
+        .engine
+        .revoke_key(ACTOR, &id, body.reason.as_deref())
+        .await
+        .map_err(engine_err)?;
+    tracing::info!(key_id = %k.id, "key revoked");
+    Ok(Json(view(&st, k)))
+}
+
+pub(crate) async fn disable_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, Problem> {
+    let k = st.engine.disable_key(ACTOR, &id).await.map_err(engine_err)?;
+    tracing::info!(key_id = %k.id, "key disabled");
+    Ok(Json(view(&st, k)))
+}
+
+pub(crate) async fn enable_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, Problem> {
+    let k = st.engine.enable_key(ACTOR, &id).await.map_err(engine_err)?;
+    tracing::info!(key_id = %k.id, "key enabled");
+    Ok(Json(view(&st, k)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateBody {
+    /// How long the old key keeps working (`7d`, `0s` for not at all). Default 7 days.
+    #[serde(default)]
+    grace: Option<String>,
+    /// Successor expiry as an RFC 3339 instant, or…
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// …as a duration from now; or
+    #[serde(default)]
+    expires_in: Option<String>,
+    /// `true`: the successor never expires (explicitly dropping the old key's expiry policy).
+    #[serde(default)]
+    no_expiry: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Rotated {
+    #[serde(flatten)]
+    successor: KeyView,
+    /// The successor's plaintext, shown this once.
+    key: String,
+    /// The old key after the rotation (its `expires_at` is the end of the grace period).
+    previous: KeyView,
+}
+
+/// Parses a grace period: a duration, where `0`/`0s` means "no grace".
+fn parse_grace(s: &str) -> Result<time::Duration, Problem> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(invalid("grace", "the grace period cannot be negative"));
+    }
+    if t == "0" || t.trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(time::Duration::ZERO);
+    }
+    parse_duration(t).map_err(|e| invalid("grace", e))
+}
+
+pub(crate) async fn rotate_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let body: RotateBody = optional_body(&body)?;
+    let grace = match body.grace.as_deref() {
+        Some(g) => parse_grace(g)?,
+        None => time::Duration::days(7),
+    };
+    let now = st.engine.now();
+    let expiry = match (body.expires_at.as_deref(), body.expires_in.as_deref(), body.no_expiry) {
+        (None, None, false) => SuccessorExpiry::Keep,
+        (None, None, true) => SuccessorExpiry::Never,
+        (Some(at), None, false) => {
+            let at = parse_instant(at).map_err(|e| invalid("expires_at", e))?;
+            SuccessorExpiry::At(check_expiry(at, now).map_err(|e| invalid("expires_at", e))?)
+        }
+        (None, Some(d), false) => SuccessorExpiry::At(now + parse_duration(d).map_err(|e| invalid("expires_in", e))?),
+        _ => {
+            return Err(invalid(
+                "expires_at",
+                "give at most one of expires_at, expires_in and no_expiry",
+            ))
+        }
+    };
+    let (old, successor, secret) = st
+        .engine
+        .rotate_key(ACTOR, &id, grace, expiry)
+        .await
+        .map_err(engine_err)?;
+    tracing::info!(key_id = %old.id, successor = %successor.id, "key rotated");
+    let body = Rotated {
+        key: secret.expose().to_owned(),
+        successor: view(&st, successor),
+        previous: view(&st, old),
+    };
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

@@ -1,0 +1,343 @@
+//! Admin operations. Every change is audited with its actor and the record before and after
+//! (records never hold a secret).
+
+use keyward_core::key::display_hint;
+use keyward_core::model::{validate_name, AuditEvent, KeyUpdate, Lifecycle, Severity};
+use keyward_core::policy::Policy;
+use keyward_core::secret::{new_id, SecretString};
+use keyward_core::when::MAX_LIFETIME;
+use keyward_core::{AppRecord, KeyRecord};
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+
+use crate::{Engine, EngineError, NewKey};
+
+/// How a rotation should treat the successor's expiry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SuccessorExpiry {
+    /// Keep the old key's policy: a key that expired after L keeps a lifetime of L; a key
+    /// without expiry gets none.
+    #[default]
+    Keep,
+    /// Expire at this instant.
+    At(OffsetDateTime),
+    /// No expiry.
+    Never,
+}
+
+impl Engine {
+    async fn audit_change(
+        &self,
+        actor: &str,
+        kind: &str,
+        target: &str,
+        before: Option<&impl serde::Serialize>,
+        after: Option<&impl serde::Serialize>,
+    ) {
+        let event = AuditEvent {
+            seq: 0,
+            at: self.now(),
+            actor: actor.to_owned(),
+            kind: kind.to_owned(),
+            severity: Severity::Info,
+            target: Some(target.to_owned()),
+            source_ip: None,
+            details: json!({"before": before, "after": after}),
+        };
+        if let Err(e) = self.audit(event).await {
+            // The change itself succeeded; losing its audit row is an operational alarm.
+            tracing::error!(error = %e, kind, target, "could not append to the audit log");
+        }
+    }
+
+    pub async fn create_app(&self, actor: &str, name: &str, policy: Policy) -> Result<AppRecord, EngineError> {
+        validate_name(name).map_err(|e| EngineError::invalid("name", e.to_string()))?;
+        let app = AppRecord {
+            id: new_id("app")?,
+            name: name.to_owned(),
+            created_at: self.now(),
+            policy,
+        };
+        self.store.create_app(&app).await?;
+        self.audit_change(actor, "app.created", &app.id, None::<&AppRecord>, Some(&app))
+            .await;
+        Ok(app)
+    }
+
+    pub async fn get_app(&self, id_or_name: &str) -> Result<AppRecord, EngineError> {
+        self.store
+            .get_app(id_or_name)
+            .await?
+            .ok_or(EngineError::NotFound("app"))
+    }
+
+    pub async fn list_apps(&self) -> Result<Vec<AppRecord>, EngineError> {
+        Ok(self.store.list_apps().await?)
+    }
+
+    /// Creates a key and returns its record and its plaintext, which is never stored nor
+    /// shown again.
+    pub async fn create_key(&self, actor: &str, new: NewKey) -> Result<(KeyRecord, SecretString), EngineError> {
+        if let Some(name) = &new.name {
+            validate_name(name).map_err(|e| EngineError::invalid("name", e.to_string()))?;
+        }
+        let now = self.now();
+        if let Some(exp) = new.expires_at {
+            if exp <= now {
+                return Err(EngineError::invalid(
+                    "expires_at",
+                    "the expiry must be in the future".into(),
+                ));
+            }
+        }
+        let app = self.get_app(&new.app).await?;
+        let mut scopes = new.scopes;
+        scopes.sort();
+        scopes.dedup();
+        let secret = self.format.generate(new.env)?;
+        let digest = self.pepper.digest(secret.expose().as_bytes());
+        let record = KeyRecord {
+            id: new_id("key")?,
+            app_id: app.id,
+            app_name: app.name,
+            name: new.name,
+            hint: display_hint(secret.expose()),
+            env: new.env,
+            scopes,
+            expires_at: new.expires_at,
+            created_at: now,
+            revoked_at: None,
+            policy: new.policy,
+            app_policy: app.policy,
+            lifecycle: Lifecycle {
+                canary: new.canary,
+                ..Default::default()
+            },
+        };
+        self.store.create_key(&record, &digest).await?;
+        // The digest may sit in the negative cache (someone tried this exact key before it
+        // existed: practically impossible, but cheap to rule out).
+        self.cache.invalidate(&digest);
+        self.audit_change(actor, "key.created", &record.id, None::<&KeyRecord>, Some(&record))
+            .await;
+        Ok((record, secret))
+    }
+
+    pub async fn get_key(&self, id: &str) -> Result<KeyRecord, EngineError> {
+        self.store.get_key(id).await?.ok_or(EngineError::NotFound("key"))
+    }
+
+    pub async fn list_keys(&self, app: Option<&str>) -> Result<Vec<KeyRecord>, EngineError> {
+        let app_id = match app {
+            Some(a) => Some(self.get_app(a).await?.id),
+            None => None,
+        };
+        Ok(self.store.list_keys(app_id.as_deref()).await?)
+    }
+
+    /// Changes a key's name, scopes, limits or disabled state; the next request sees it.
+    pub async fn update_key(&self, actor: &str, id: &str, mut update: KeyUpdate) -> Result<KeyRecord, EngineError> {
+        if let Some(Some(name)) = &update.name {
+            validate_name(name).map_err(|e| EngineError::invalid("name", e.to_string()))?;
+        }
+        if let Some(scopes) = update.scopes.as_mut() {
+            scopes.sort();
+            scopes.dedup();
+        }
+        let before = self.get_key(id).await?;
+        let (record, digest) = self
+            .store
+            .update_key(id, &update)
+            .await?
+            .ok_or(EngineError::NotFound("key"))?;
+        self.cache.invalidate(&digest);
+        let kind = match update.disabled_at {
+            Some(Some(_)) => "key.disabled",
+            Some(None) => "key.enabled",
+            None => "key.updated",
+        };
+        self.audit_change(actor, kind, id, Some(&before), Some(&record)).await;
+        Ok(record)
+    }
+
+    /// Disables a key until [`Engine::enable_key`]; takes effect on the next request.
+    pub async fn disable_key(&self, actor: &str, id: &str) -> Result<KeyRecord, EngineError> {
+        let k = self.get_key(id).await?;
+        if k.revoked_at.is_some() {
+            return Err(EngineError::Conflict("the key is revoked; revocation is final".into()));
+        }
+        if k.lifecycle.disabled_at.is_some() {
+            return Ok(k);
+        }
+        self.update_key(
+            actor,
+            id,
+            KeyUpdate {
+                disabled_at: Some(Some(self.now())),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn enable_key(&self, actor: &str, id: &str) -> Result<KeyRecord, EngineError> {
+        let k = self.get_key(id).await?;
+        if k.revoked_at.is_some() {
+            return Err(EngineError::Conflict("the key is revoked; revocation is final".into()));
+        }
+        if k.lifecycle.disabled_at.is_none() {
+            return Ok(k);
+        }
+        self.update_key(
+            actor,
+            id,
+            KeyUpdate {
+                disabled_at: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Replaces an app's limits; the next request of any of its keys sees the change.
+    pub async fn update_app_policy(&self, actor: &str, app: &str, policy: Policy) -> Result<AppRecord, EngineError> {
+        let before = self.get_app(app).await?;
+        let (app, digests) = self
+            .store
+            .update_app_policy(&before.id, &policy)
+            .await?
+            .ok_or(EngineError::NotFound("app"))?;
+        for d in &digests {
+            self.cache.invalidate(d);
+        }
+        self.audit_change(actor, "app.updated", &app.id, Some(&before), Some(&app))
+            .await;
+        Ok(app)
+    }
+
+    /// Revokes a key; the very next request with it is refused (the cache entry is dropped
+    /// before this returns). Idempotent.
+    pub async fn revoke_key(&self, actor: &str, id: &str, reason: Option<&str>) -> Result<KeyRecord, EngineError> {
+        let before = self.get_key(id).await?;
+        let (record, digest) = self
+            .store
+            .revoke_key(id, self.now())
+            .await?
+            .ok_or(EngineError::NotFound("key"))?;
+        self.cache.invalidate(&digest);
+        if before.revoked_at.is_none() {
+            let event = AuditEvent {
+                seq: 0,
+                at: self.now(),
+                actor: actor.to_owned(),
+                kind: "key.revoked".into(),
+                severity: Severity::Info,
+                target: Some(id.to_owned()),
+                source_ip: None,
+                details: json!({"before": before, "after": record, "reason": reason}),
+            };
+            if let Err(e) = self.audit(event).await {
+                tracing::error!(error = %e, "could not append to the audit log");
+            }
+        }
+        Ok(record)
+    }
+
+    /// Rotates a key: a successor with the same app, name, scopes, limits and allowlists,
+    /// and the old key kept working until `grace` has passed (never beyond its own expiry).
+    /// Returns (old key after the change, successor, successor's plaintext).
+    pub async fn rotate_key(
+        &self,
+        actor: &str,
+        id: &str,
+        grace: Duration,
+        expiry: SuccessorExpiry,
+    ) -> Result<(KeyRecord, KeyRecord, SecretString), EngineError> {
+        if grace.is_negative() {
+            return Err(EngineError::invalid(
+                "grace",
+                "the grace period cannot be negative".into(),
+            ));
+        }
+        if grace > MAX_LIFETIME {
+            return Err(EngineError::invalid(
+                "grace",
+                "the grace period is longer than 100 years".into(),
+            ));
+        }
+        let now = self.now();
+        let old = self.get_key(id).await?;
+        if old.revoked_at.is_some() {
+            return Err(EngineError::Conflict(
+                "the key is revoked; create a new key instead".into(),
+            ));
+        }
+        if let Some(next) = &old.lifecycle.rotated_to {
+            return Err(EngineError::Conflict(format!(
+                "the key was already rotated; its successor is {next}"
+            )));
+        }
+        if old.lifecycle.canary {
+            return Err(EngineError::Conflict("canary keys are not rotated".into()));
+        }
+        if old.expires_at.is_some_and(|t| t <= now) {
+            return Err(EngineError::Conflict(
+                "the key has expired; create a new key instead".into(),
+            ));
+        }
+        let successor_expiry = match expiry {
+            SuccessorExpiry::Never => None,
+            SuccessorExpiry::At(t) => {
+                if t <= now {
+                    return Err(EngineError::invalid(
+                        "expires_at",
+                        "the expiry must be in the future".into(),
+                    ));
+                }
+                Some(t)
+            }
+            SuccessorExpiry::Keep => old
+                .expires_at
+                .map(|exp| now + (exp - old.created_at).max(Duration::SECOND)),
+        };
+        let end_of_grace = now + grace;
+        let old_expires_at = match old.expires_at {
+            Some(t) if t < end_of_grace => t,
+            _ => end_of_grace,
+        };
+        let secret = self.format.generate(old.env)?;
+        let digest = self.pepper.digest(secret.expose().as_bytes());
+        let successor = KeyRecord {
+            id: new_id("key")?,
+            hint: display_hint(secret.expose()),
+            expires_at: successor_expiry,
+            created_at: now,
+            revoked_at: None,
+            lifecycle: Lifecycle {
+                rotated_from: Some(old.id.clone()),
+                ..Default::default()
+            },
+            ..old.clone()
+        };
+        let (old_after, old_digest) = self
+            .store
+            .rotate_key(id, &successor, &digest, old_expires_at, now)
+            .await?;
+        self.cache.invalidate(&old_digest);
+        self.cache.invalidate(&digest);
+        let event = AuditEvent {
+            seq: 0,
+            at: now,
+            actor: actor.to_owned(),
+            kind: "key.rotated".into(),
+            severity: Severity::Info,
+            target: Some(id.to_owned()),
+            source_ip: None,
+            details: json!({"before": old, "after": old_after, "successor": successor}),
+        };
+        if let Err(e) = self.audit(event).await {
+            tracing::error!(error = %e, "could not append to the audit log");
+        }
+        Ok((old_after, successor, secret))
+    }
+}

@@ -1,0 +1,106 @@
+//! Usage counters: per key, per minute, per outcome, aggregated in memory and written to the
+//! store in batches by [`crate::Engine::maintenance`] — never one write per request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use keyward_core::model::UsageRow;
+use keyward_core::KeyRecord;
+use keyward_store::Store;
+use time::OffsetDateTime;
+
+use crate::EngineError;
+
+type Counts = HashMap<(String, String, i64, &'static str), u64>;
+
+#[derive(Default)]
+struct Pending {
+    counts: Counts,
+    last_used: HashMap<String, OffsetDateTime>,
+}
+
+/// Buffers usage in memory until the next flush.
+#[derive(Default)]
+pub struct UsageRecorder {
+    pending: Mutex<Pending>,
+    flushes: AtomicU64,
+    recorded: AtomicU64,
+}
+
+impl UsageRecorder {
+    /// Counts one request of `key` with `outcome` (`allowed`, `denied:…`, `limited:…`).
+    pub fn record(&self, key: &KeyRecord, outcome: &'static str, now: OffsetDateTime) {
+        let minute = now.unix_timestamp().div_euclid(60);
+        let mut p = match self.pending.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *p.counts
+            .entry((key.id.clone(), key.app_id.clone(), minute, outcome))
+            .or_insert(0) += 1;
+        if outcome == "allowed" {
+            p.last_used.insert(key.id.clone(), now);
+        }
+        self.recorded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many batches were written so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// How many requests were counted so far.
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
+    }
+
+    /// Writes everything buffered in one transaction. On failure the counts go back into the
+    /// buffer, so nothing is lost.
+    pub async fn flush(&self, store: &dyn Store) -> Result<usize, EngineError> {
+        let taken = {
+            let mut p = match self.pending.lock() {
+                Ok(p) => p,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::take(&mut *p)
+        };
+        if taken.counts.is_empty() && taken.last_used.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<UsageRow> = taken
+            .counts
+            .iter()
+            .map(|((key_id, app_id, minute, outcome), count)| UsageRow {
+                key_id: key_id.clone(),
+                app_id: app_id.clone(),
+                minute: *minute,
+                outcome: (*outcome).to_owned(),
+                count: *count,
+            })
+            .collect();
+        let last_used: Vec<(String, OffsetDateTime)> = taken.last_used.iter().map(|(k, t)| (k.clone(), *t)).collect();
+        match store.record_usage(&rows, &last_used).await {
+            Ok(()) => {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+                Ok(rows.len())
+            }
+            Err(e) => {
+                let mut p = match self.pending.lock() {
+                    Ok(p) => p,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                for (k, v) in taken.counts {
+                    *p.counts.entry(k).or_insert(0) += v;
+                }
+                for (k, t) in taken.last_used {
+                    let e = p.last_used.entry(k).or_insert(t);
+                    if *e < t {
+                        *e = t;
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
