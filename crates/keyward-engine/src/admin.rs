@@ -341,3 +341,59 @@ impl Engine {
         Ok((old_after, successor, secret))
     }
 }
+
+/// What the store knows about a presented key (for `keyward scan`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyCheck {
+    /// `active`, `disabled`, `expired`, `revoked`, `canary`, `unknown` or `malformed`.
+    pub status: &'static str,
+    pub id: Option<String>,
+    pub app_id: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl Engine {
+    /// Looks presented keys up by digest and reports their state; never records usage and
+    /// never changes anything. Canary keys are reported as such (the caller is an admin).
+    pub async fn check_keys(&self, keys: &[String]) -> Result<Vec<KeyCheck>, EngineError> {
+        let now = self.now();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if self.format.parse(k).is_err() {
+                out.push(KeyCheck {
+                    status: "malformed",
+                    id: None,
+                    app_id: None,
+                    hint: None,
+                });
+                continue;
+            }
+            let digest = self.pepper.digest(k.as_bytes());
+            let found = self.store.key_by_digest(&digest).await?;
+            out.push(match found {
+                Some((rec, stored)) if stored.ct_eq(&digest) => KeyCheck {
+                    status: if rec.lifecycle.canary {
+                        "canary"
+                    } else {
+                        match rec.state(now) {
+                            keyward_core::model::KeyState::Active => "active",
+                            keyward_core::model::KeyState::Disabled => "disabled",
+                            keyward_core::model::KeyState::Expired => "expired",
+                            keyward_core::model::KeyState::Revoked => "revoked",
+                        }
+                    },
+                    id: Some(rec.id.clone()),
+                    app_id: Some(rec.app_id.clone()),
+                    hint: Some(rec.hint.clone()),
+                },
+                _ => KeyCheck {
+                    status: "unknown",
+                    id: None,
+                    app_id: None,
+                    hint: None,
+                },
+            });
+        }
+        Ok(out)
+    }
+}

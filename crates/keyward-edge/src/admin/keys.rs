@@ -356,3 +356,36 @@ pub(crate) async fn rotate_key(
         .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     Ok(resp)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckBody {
+    /// Plaintext keys found somewhere (at most 1000 per call).
+    keys: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct CheckItem {
+    index: usize,
+    #[serde(flatten)]
+    check: keyward_engine::admin::KeyCheck,
+}
+
+/// `POST /v1/keys/check`: the state of each presented key (`active`, `disabled`, `expired`,
+/// `revoked`, `canary`, `unknown`, `malformed`), by digest. Nothing is recorded or changed.
+pub(crate) async fn check_keys(
+    State(st): State<Arc<AdminState>>,
+    StrictJson(body): StrictJson<CheckBody>,
+) -> Result<Json<List<CheckItem>>, Problem> {
+    if body.keys.len() > 1000 {
+        return Err(invalid("keys", "at most 1000 keys per request"));
+    }
+    let checks = st.engine.check_keys(&body.keys).await.map_err(engine_err)?;
+    Ok(Json(List {
+        items: checks
+            .into_iter()
+            .enumerate()
+            .map(|(index, check)| CheckItem { index, check })
+            .collect(),
+    }))
+}
