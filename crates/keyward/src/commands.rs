@@ -372,8 +372,30 @@ fn print_key(v: &Value) {
     }
     println!("{:<12} {}", "scopes", scopes(v));
     println!("{:<12} {}", "limits", policy_text(v));
-    for k in ["expires_at", "created_at", "revoked_at"] {
+    for k in [
+        "expires_at",
+        "created_at",
+        "revoked_at",
+        "disabled_at",
+        "rotated_from",
+        "rotated_to",
+        "last_used_at",
+    ] {
         println!("{:<12} {}", k, s(v, k));
+    }
+    if v.get("canary").and_then(Value::as_bool) == Some(true) {
+        println!("{:<12} yes (any use raises a security event)", "canary");
+    }
+    if let Some(u) = v.get("usage_24h").and_then(Value::as_object) {
+        let parts: Vec<String> = u
+            .iter()
+            .map(|(k, n)| format!("{k}={}", n.as_u64().unwrap_or(0)))
+            .collect();
+        println!(
+            "{:<12} {}",
+            "usage 24h",
+            if parts.is_empty() { "-".into() } else { parts.join(" ") }
+        );
     }
 }
 

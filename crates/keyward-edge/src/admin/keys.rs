@@ -210,12 +210,39 @@ pub(crate) async fn list_keys(
     }))
 }
 
+#[derive(Serialize)]
+pub(crate) struct KeyDetail {
+    #[serde(flatten)]
+    view: KeyView,
+    /// Requests of the last 24 hours by outcome (`allowed`, `denied:<reason>`, `limited:<rate|quota>`).
+    usage_24h: std::collections::BTreeMap<String, u64>,
+}
+
 pub(crate) async fn show_key(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
-) -> Result<Json<KeyView>, Problem> {
+) -> Result<Json<KeyDetail>, Problem> {
+    st.engine.get_key(&id).await.map_err(engine_err)?;
+    // Counts still in memory are written first, so the record and the totals are current.
+    st.engine.flush_usage().await.map_err(engine_err)?;
     let k = st.engine.get_key(&id).await.map_err(engine_err)?;
-    Ok(Json(view(&st, k)))
+    let since = (st.engine.now() - time::Duration::hours(24))
+        .unix_timestamp()
+        .div_euclid(60);
+    let rows = st
+        .engine
+        .store()
+        .usage(Some(&id), None, since)
+        .await
+        .map_err(|e| crate::problem::store(&e))?;
+    let mut usage_24h = std::collections::BTreeMap::new();
+    for r in rows {
+        *usage_24h.entry(r.outcome).or_insert(0) += r.count;
+    }
+    Ok(Json(KeyDetail {
+        view: view(&st, k),
+        usage_24h,
+    }))
 }
 
 #[derive(Deserialize, Default)]

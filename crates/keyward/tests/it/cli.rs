@@ -319,6 +319,72 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     assert_eq!(code, 0);
     assert!(out.contains("limits: -"), "{out}");
 
+    // Lifecycle from the command line (issue 4).
+    let (code, out, err) = keyward(
+        &[
+            "key",
+            "create",
+            "--app",
+            "cats",
+            "--scope",
+            "facts:read",
+            "--expires",
+            "30d",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let rid = serde_json::from_str::<Value>(out.trim()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (grace, why) in [("-1d", "negative"), ("soon", "duration"), ("1000000d", "100 years")] {
+        let (code, _, err) = keyward(&["key", "rotate", &rid, "--grace", grace], &env);
+        assert_eq!(code, 2, "{grace}: {err}");
+        assert!(err.contains("--grace") && err.contains(why), "{grace}: {err}");
+    }
+    let (code, out, err) = keyward(&["key", "rotate", &rid, "--grace", "1h", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let rotated: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(rotated["key"].as_str().unwrap().starts_with("kw_live_"));
+    assert!(
+        rotated["expires_at"].is_string(),
+        "the successor keeps the expiry policy"
+    );
+    assert_eq!(rotated["previous"]["id"], rid.as_str());
+    let (code, _, err) = keyward(&["key", "rotate", &rid], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("already rotated"), "{err}");
+    let (code, out, _) = keyward(&["key", "disable", &rid], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("disabled"), "{out}");
+    let (code, out, _) = keyward(&["key", "enable", &rid], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("state: active"), "{out}");
+    let (code, out, err) = keyward(&["key", "create", "--app", "cats", "--canary", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["canary"], true);
+    let (code, out, err) = keyward(&["usage", "--key", &id, "--since", "24h"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("usage since"), "{out}");
+    let (code, _, _) = keyward(&["usage", "--since", "24h"], &env);
+    assert_eq!(code, 2, "--key or --app is required");
+    let (code, out, err) = keyward(&["audit", "--kind", "key.", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let audit: Value = serde_json::from_str(&out).unwrap();
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "key.rotated"));
+    assert!(!out.contains(rotated["key"].as_str().unwrap()));
+    let (code, out, _) = keyward(&["audit", "--key", &rid], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("key.disabled") && out.contains("KIND"), "{out}");
+    let (code, _, _) = keyward(&["audit", "--limit", "0"], &env);
+    assert_eq!(code, 2);
+
     // Traffic, good and bad, with the key in every place it could leak from.
     let http = reqwest::blocking_free::client();
     assert_eq!(http(&gw, "/fact", &[("x-api-key", &key)]), 200);

@@ -8,4 +8,5 @@ mod admin;
 mod cli;
 mod gateway;
 mod hostile;
+mod lifecycle;
 mod limits;
