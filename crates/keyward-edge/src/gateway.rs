@@ -428,6 +428,8 @@ pub fn lifecycle_headers(
     };
     let since = match record.lifecycle.rotated_at {
         Some(rotated) => rotated,
+        // An imported legacy secret is deprecated from the day it was imported.
+        None if record.lifecycle.legacy => record.created_at,
         None => {
             let window = time::Duration::try_from(window).unwrap_or(time::Duration::ZERO);
             let from = expires - window;

@@ -397,3 +397,94 @@ impl Engine {
         Ok(out)
     }
 }
+
+/// Shortest and longest secret accepted by `key import`.
+pub const LEGACY_MIN_LEN: usize = 8;
+pub const LEGACY_MAX_LEN: usize = 512;
+
+/// Whether `s` could be an imported legacy secret (visible ASCII, sane length).
+pub fn plausible_legacy(s: &str) -> bool {
+    (LEGACY_MIN_LEN..=LEGACY_MAX_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A display hint for a legacy secret that never reveals more than a third of it.
+fn legacy_hint(s: &str) -> String {
+    if s.len() >= 24 {
+        format!("legacy:{}…{}", &s[..4], &s[s.len() - 4..])
+    } else {
+        "legacy:…".to_owned()
+    }
+}
+
+/// What it takes to import a legacy static secret.
+#[derive(Debug, Clone)]
+pub struct ImportKey {
+    pub app: String,
+    pub name: Option<String>,
+    pub scopes: Vec<keyward_core::Scope>,
+    /// When the legacy secret stops working (a default sunset nudges clients to rotate).
+    pub expires_at: Option<OffsetDateTime>,
+    pub policy: Policy,
+}
+
+impl Engine {
+    /// Imports an existing static secret: stores only its digest, marks it legacy. Its
+    /// responses carry `Deprecation` and `Sunset` from the start.
+    pub async fn import_key(&self, actor: &str, secret: &str, new: ImportKey) -> Result<KeyRecord, EngineError> {
+        let secret = secret.trim();
+        if !plausible_legacy(secret) {
+            return Err(EngineError::invalid(
+                "secret",
+                format!("a legacy secret is {LEGACY_MIN_LEN} to {LEGACY_MAX_LEN} visible ASCII characters"),
+            ));
+        }
+        if self.format.parse(secret).is_ok() {
+            return Err(EngineError::invalid(
+                "secret",
+                "this is a keyward key, not a legacy secret".into(),
+            ));
+        }
+        if let Some(name) = &new.name {
+            validate_name(name).map_err(|e| EngineError::invalid("name", e.to_string()))?;
+        }
+        let now = self.now();
+        if new.expires_at.is_some_and(|t| t <= now) {
+            return Err(EngineError::invalid(
+                "expires_at",
+                "the sunset must be in the future".into(),
+            ));
+        }
+        let app = self.get_app(&new.app).await?;
+        let digest = self.pepper.digest(secret.as_bytes());
+        let mut scopes = new.scopes;
+        scopes.sort();
+        scopes.dedup();
+        let record = KeyRecord {
+            id: new_id("key")?,
+            app_id: app.id,
+            app_name: app.name,
+            name: new.name,
+            hint: legacy_hint(secret),
+            env: keyward_core::KeyEnv::Live,
+            scopes,
+            expires_at: new.expires_at,
+            created_at: now,
+            revoked_at: None,
+            policy: new.policy,
+            app_policy: app.policy,
+            lifecycle: Lifecycle {
+                legacy: true,
+                ..Default::default()
+            },
+        };
+        self.store.create_key(&record, &digest).await.map_err(|e| match e {
+            keyward_store::StoreError::Conflict(_) => EngineError::Conflict("this secret is already imported".into()),
+            other => other.into(),
+        })?;
+        self.set_legacy_present();
+        self.cache.invalidate(&digest);
+        self.audit_change(actor, "key.imported", &record.id, None::<&KeyRecord>, Some(&record))
+            .await;
+        Ok(record)
+    }
+}

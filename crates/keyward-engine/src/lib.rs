@@ -12,8 +12,10 @@
 pub mod admin;
 mod clock;
 mod error;
+pub mod leaks;
 pub mod security;
 pub mod usage;
+pub mod webhook;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -108,6 +110,9 @@ pub struct Engine {
     usage: usage::UsageRecorder,
     security: security::Security,
     options: EngineOptions,
+    /// Set while legacy (imported, unformatted) keys exist: only then are credentials that
+    /// fail the format check looked up at all.
+    legacy_present: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -147,7 +152,19 @@ impl Engine {
             usage: usage::UsageRecorder::default(),
             security: security::Security::new(options.failed_auth_burst),
             options,
+            legacy_present: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Reads from the store whether legacy keys exist (call once at start).
+    pub async fn load_legacy_flag(&self) -> Result<(), EngineError> {
+        let n = self.store.count_legacy_keys().await?;
+        self.legacy_present.store(n > 0, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn set_legacy_present(&self) {
+        self.legacy_present.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -217,11 +234,24 @@ impl Engine {
         facts: &RequestFacts<'_>,
         meta: &RequestMeta<'_>,
     ) -> Result<Arc<KeyRecord>, Rejection> {
-        self.format.parse(presented).map_err(Rejection::Malformed)?;
+        let well_formed = match self.format.parse(presented) {
+            Ok(_) => true,
+            // Imported static secrets have no format: only while some exist, and only for
+            // plausible secrets, is a malformed credential looked up, and only a legacy record
+            // may match it.
+            Err(e) => {
+                if !self.legacy_present.load(std::sync::atomic::Ordering::Relaxed)
+                    || !admin::plausible_legacy(presented)
+                {
+                    return Err(Rejection::Malformed(e));
+                }
+                false
+            }
+        };
         let digest = self.pepper.digest(presented.as_bytes());
         let record = match self.cache.lookup(&digest).await.map_err(Rejection::Store)? {
-            Lookup::Found(r) => r,
-            Lookup::Unknown => return Err(Rejection::Unknown),
+            Lookup::Found(r) if well_formed || r.lifecycle.legacy => r,
+            _ => return Err(Rejection::Unknown),
         };
         if record.lifecycle.canary {
             self.security.canary_used(self, &record, meta, self.now());

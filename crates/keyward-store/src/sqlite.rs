@@ -511,6 +511,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn count_legacy_keys(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE legacy = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn usage(
         &self,
         key_id: Option<&str>,

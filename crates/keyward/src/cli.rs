@@ -81,6 +81,13 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Find keyward keys in files and directories (honours .gitignore; skips binary files and
+    /// files over 10 MiB); with admin access, report and optionally revoke live ones.
+    /// Exit status 1 when a key may be live, 0 when clean, 2 for usage errors.
+    Scan {
+        #[command(flatten)]
+        args: crate::scan::ScanArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +201,24 @@ pub enum KeyCommand {
         limits: LimitFlags,
         #[command(flatten)]
         clear: ClearFlags,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Import an existing static secret (read from standard input, never from the command
+    /// line): keyward stores only its digest, marks it legacy and gives it a sunset.
+    Import {
+        /// Application (name or id).
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// When the legacy secret stops working (duration or RFC 3339), default 90d; "never" to keep it.
+        #[arg(long, default_value = "90d", allow_hyphen_values = true)]
+        sunset: String,
+        #[command(flatten)]
+        limits: LimitFlags,
         #[command(flatten)]
         out: JsonFlag,
     },

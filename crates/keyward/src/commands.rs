@@ -62,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Command::Scan { args } => crate::scan::run(&cli, args).await,
     }
 }
 
@@ -200,7 +201,7 @@ async fn cat_facts(listen: std::net::SocketAddr) -> Result<()> {
 }
 
 /// The admin client from flags, environment and configuration.
-fn admin_client(cli: &Cli) -> Result<AdminClient> {
+pub(crate) fn admin_client(cli: &Cli) -> Result<AdminClient> {
     let env = env_vars();
     let cfg_path = config_path(cli);
     let cfg = Config::load(cfg_path.as_deref(), &env);
@@ -217,6 +218,40 @@ fn admin_client(cli: &Cli) -> Result<AdminClient> {
         },
     };
     AdminClient::new(&url, &token)
+}
+
+/// Reads a secret from standard input: one line, trailing newline removed.
+fn read_secret_stdin() -> Result<String> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("paste the secret, then press Enter and Ctrl-D:");
+    }
+    let mut buf = String::new();
+    stdin
+        .lock()
+        .take(64 * 1024)
+        .read_to_string(&mut buf)
+        .map_err(|e| CliError::Usage(format!("cannot read the secret from standard input: {e}")))?;
+    let secret = buf.trim().to_owned();
+    if secret.is_empty() {
+        return Err(CliError::Usage(
+            "no secret on standard input (e.g. `keyward key import --app X < secret.txt`)".into(),
+        ));
+    }
+    if secret.contains('\n') {
+        return Err(CliError::Usage(
+            "standard input holds more than one line; import one secret at a time".into(),
+        ));
+    }
+    if !keyward_engine::admin::plausible_legacy(&secret) {
+        return Err(CliError::Usage(format!(
+            "a legacy secret is {} to {} visible ASCII characters",
+            keyward_engine::admin::LEGACY_MIN_LEN,
+            keyward_engine::admin::LEGACY_MAX_LEN
+        )));
+    }
+    Ok(secret)
 }
 
 /// Checks limit flags locally (a clear error and exit status 2, no request) and adds them to
@@ -479,6 +514,49 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                     scopes(&v),
                     policy_text(&v)
                 );
+            }
+        }
+        KeyCommand::Import {
+            app,
+            name,
+            scopes: sc,
+            sunset,
+            limits,
+            out,
+        } => {
+            for scope in sc {
+                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+            }
+            let mut body = json!({"app": app, "scopes": sc});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if sunset == "never" {
+                body["expires_in"] = json!("never");
+            } else {
+                let at = keyward_core::when::parse_expiry(sunset, time::OffsetDateTime::now_utc())
+                    .map_err(|e| CliError::Usage(format!("--sunset: {e}")))?;
+                let at = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|e| CliError::Usage(format!("--sunset: {e}")))?;
+                body["expires_at"] = json!(at);
+            }
+            limits_into(&mut body, limits, None)?;
+            let secret = read_secret_stdin()?;
+            body["secret"] = json!(secret);
+            let c = admin_client(cli)?;
+            let v = c.call(Method::POST, "/v1/keys/import", Some(body)).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "imported legacy key {} for app {} (hint {}; sunset: {})",
+                    s(&v, "id"),
+                    s(&v, "app_name"),
+                    s(&v, "hint"),
+                    s(&v, "expires_at")
+                );
+                println!("Its responses now carry Deprecation and Sunset headers; issue real keys and rotate clients off it.");
             }
         }
         KeyCommand::List { app, out } => {

@@ -89,7 +89,33 @@ pub async fn start_on(
         cfg.engine_options(),
         clock,
     ));
+    engine
+        .load_legacy_flag()
+        .await
+        .map_err(|e| CliError::startup(format!("store: {e}")))?;
+    // Webhooks (security events, signed) and GitHub secret-scanning reports.
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    for w in cfg
+        .webhook_configs(&env)
+        .map_err(|e| CliError::startup(e.to_string()))?
+    {
+        let sink = keyward_engine::webhook::WebhookSink::start(&engine, w)
+            .map_err(|e| CliError::startup(format!("webhooks: {e}")))?;
+        engine.add_sink(sink);
+    }
+    let expiry_window = gw_cfg.expiry_warning;
+    let leaks = cfg
+        .github_keys()
+        .map_err(|e| CliError::startup(e.to_string()))?
+        .map(|keys| {
+            let state = keyward_edge::leaks::LeakReports::new(engine.clone(), keys, cfg.leak_reports.action);
+            keyward_edge::leaks::router(&cfg.leak_reports.path, Arc::new(state))
+        });
     let gateway = gateway_router(Arc::new(GatewayState::new(engine.clone(), gw_cfg)));
+    let gateway = match leaks {
+        Some(l) => l.merge(gateway),
+        None => gateway,
+    };
     let admin = admin_router(Arc::new(AdminState {
         engine: engine.clone(),
         token: AdminToken::new(secrets.admin_token),
@@ -108,6 +134,16 @@ pub async fn start_on(
         let rx = rx.clone();
         tasks.spawn(async move {
             engine.maintenance(rx).await;
+            Ok(())
+        });
+    }
+    // One `key.expiring_soon` event per key entering the expiry-warning window.
+    {
+        let engine = engine.clone();
+        let rx = rx.clone();
+        let every = cfg.security.expiring_check_interval;
+        tasks.spawn(async move {
+            engine.expiring_soon_loop(every, expiry_window, rx).await;
             Ok(())
         });
     }

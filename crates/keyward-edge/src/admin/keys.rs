@@ -416,3 +416,63 @@ pub(crate) async fn check_keys(
             .collect(),
     }))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportBody {
+    app: String,
+    /// The existing static secret (stored only as a digest).
+    secret: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// When it stops working: RFC 3339, or…
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// …a duration from now. Default `90d`; `"never"` for no sunset (not recommended).
+    #[serde(default)]
+    expires_in: Option<String>,
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    rate: Option<RateSpec>,
+    #[serde(default)]
+    quota: Option<QuotaSpec>,
+}
+
+/// `POST /v1/keys/import`: brings an existing static secret under keyward's control.
+pub(crate) async fn import_key(
+    State(st): State<Arc<AdminState>>,
+    StrictJson(body): StrictJson<ImportBody>,
+) -> Result<Response, Problem> {
+    let now = st.engine.now();
+    let expires_at = match (body.expires_at.as_deref(), body.expires_in.as_deref()) {
+        (Some(_), Some(_)) => return Err(invalid("expires_at", "give expires_at or expires_in, not both")),
+        (Some(at), None) => {
+            let at = parse_instant(at).map_err(|e| invalid("expires_at", e))?;
+            Some(check_expiry(at, now).map_err(|e| invalid("expires_at", e))?)
+        }
+        (None, Some("never")) => None,
+        (None, Some(d)) => Some(now + parse_duration(d).map_err(|e| invalid("expires_in", e))?),
+        (None, None) => Some(now + time::Duration::days(90)),
+    };
+    let import = keyward_engine::admin::ImportKey {
+        app: body.app,
+        name: body.name,
+        scopes: scopes_of(&body.scopes)?,
+        expires_at,
+        policy: Policy {
+            ips: allowlist(&body.ips)?,
+            rate: body.rate,
+            quota: body.quota,
+        },
+    };
+    let k = st
+        .engine
+        .import_key(ACTOR, &body.secret, import)
+        .await
+        .map_err(engine_err)?;
+    tracing::info!(key_id = %k.id, "legacy key imported");
+    Ok((StatusCode::CREATED, Json(view(&st, k))).into_response())
+}

@@ -54,6 +54,7 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{id}", get(show_key).patch(update_key))
         .route("/v1/keys/check", post(check_keys))
+        .route("/v1/keys/import", post(import_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/keys/{id}/disable", post(disable_key))

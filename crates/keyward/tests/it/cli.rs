@@ -385,6 +385,43 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     let (code, _, _) = keyward(&["audit", "--limit", "0"], &env);
     assert_eq!(code, 2);
 
+    // Import reads the secret from standard input only.
+    let (code, _, err) = keyward(&["key", "import", "--app", "cats", "--secret", "abc"], &env);
+    assert_eq!(code, 2, "{err}");
+    let import = |input: &str, extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["key", "import", "--app", "cats", "--json"]).args(extra);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = import("the-old-static-api-key-0001\n", &["--sunset", "30d"]);
+    assert_eq!(code, 0, "{err}");
+    let imported: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(imported["legacy"], true);
+    assert!(!out.contains("the-old-static-api-key-0001"));
+    assert_eq!(
+        reqwest::blocking_free::client()(&gw, "/fact", &[("x-api-key", "the-old-static-api-key-0001")]),
+        403,
+        "no facts:read scope"
+    );
+    let (code, _, err) = import("", &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = import("two\nlines-of-secrets\n", &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = import("another-old-static-key", &["--sunset", "-1d"]);
+    assert_eq!(code, 2, "{err}");
+
     // Traffic, good and bad, with the key in every place it could leak from.
     let http = reqwest::blocking_free::client();
     assert_eq!(http(&gw, "/fact", &[("x-api-key", &key)]), 200);

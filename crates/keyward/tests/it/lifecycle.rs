@@ -400,3 +400,103 @@ async fn bursts_of_failed_authentication_are_security_events() {
         "one event per address per minute"
     );
 }
+
+#[tokio::test]
+async fn importing_a_static_key_keeps_clients_working_and_nudges_them() {
+    let mut kw = boot().await;
+    kw.admin(Method::POST, "/v1/apps", Some(json!({"name": "legacy"})))
+        .await;
+    let classic = "s3cr3t-static-key-from-nginx-conf";
+    // Before the import the classic key is just malformed.
+    problem(
+        kw.get("/fact", &[("x-api-key", classic)]).await,
+        401,
+        "malformed_credential",
+    )
+    .await;
+    let (s, v) = kw
+        .admin(
+            Method::POST,
+            "/v1/keys/import",
+            Some(json!({"app": "legacy", "secret": classic, "scopes": ["facts:read"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["legacy"], true);
+    assert!(v.get("key").is_none() && !v.to_string().contains(classic));
+    assert_eq!(v["hint"], "legacy:s3cr…conf");
+    assert!(v["expires_at"].is_string(), "a default sunset");
+    let id = v["id"].as_str().unwrap().to_owned();
+    // The same header keeps working, with Deprecation and Sunset from the start.
+    let r = kw.get("/fact", &[("x-api-key", classic)]).await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "deprecation").is_some() && header(&r, "sunset").is_some());
+    // Near misses are still refused; a legacy digest never matches a formatted key and v.v.
+    problem(
+        kw.get("/fact", &[("x-api-key", "s3cr3t-static-key-from-nginx-con")])
+            .await,
+        401,
+        "invalid_credential",
+    )
+    .await;
+    problem(
+        kw.get("/fact", &[("x-api-key", "tiny")]).await,
+        401,
+        "malformed_credential",
+    )
+    .await;
+    // Refusals.
+    for (secret, status) in [
+        (classic, 409),
+        ("short", 422),
+        ("has space inside it", 422),
+        ("ctl\u{1}chars-here", 422),
+        (&"x".repeat(600) as &str, 422),
+    ] {
+        let (s, v) = kw
+            .admin(
+                Method::POST,
+                "/v1/keys/import",
+                Some(json!({"app": "legacy", "secret": secret})),
+            )
+            .await;
+        assert_eq!(s, status, "{secret:.20}: {v}");
+    }
+    let (_, real) = kw.key("legacy", &[], json!({})).await;
+    let (s, _) = kw
+        .admin(
+            Method::POST,
+            "/v1/keys/import",
+            Some(json!({"app": "legacy", "secret": real})),
+        )
+        .await;
+    assert_eq!(s, 422, "a keyward key is not a legacy secret");
+    let (s, _) = kw
+        .admin(
+            Method::POST,
+            "/v1/keys/import",
+            Some(json!({"app": "nope", "secret": "another-static-key"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Rotating it gives a real key.
+    let (s, v) = rotate(&kw, &id, json!({"grace": "1d"})).await;
+    assert_eq!(s, 201);
+    assert!(v["key"].as_str().unwrap().starts_with("kw_live_"));
+    assert_eq!(v["legacy"], false);
+    // After the sunset the classic key is expired.
+    kw.clock.advance(time::Duration::days(2));
+    problem(
+        kw.get("/fact", &[("x-api-key", classic)]).await,
+        401,
+        "expired_credential",
+    )
+    .await;
+    // The secret is nowhere in the database.
+    kw.stop().await;
+    for suffix in ["", "-wal"] {
+        if let Ok(bytes) = std::fs::read(format!("{}{}", kw.db_path().display(), suffix)) {
+            assert!(!String::from_utf8_lossy(&bytes).contains(classic));
+        }
+    }
+}
