@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod gateway;
+pub mod leaks;
 pub mod problem;
 
 pub use admin::{admin_router, AdminState, AdminToken};

@@ -45,6 +45,10 @@ pub struct Config {
     pub security: SecuritySection,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSection>,
+    #[serde(default)]
+    pub leak_reports: LeakReportsSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -182,11 +186,74 @@ impl Default for UsageSection {
 pub struct SecuritySection {
     /// Failed authentications from one address within a minute that raise a security event.
     pub failed_auth_burst: u32,
+    /// How often keys expiring within `gateway.expiry_warning` are looked for
+    /// (one `key.expiring_soon` event per key).
+    #[serde(with = "dur")]
+    pub expiring_check_interval: Duration,
 }
 
 impl Default for SecuritySection {
     fn default() -> Self {
-        SecuritySection { failed_auth_burst: 20 }
+        SecuritySection {
+            failed_auth_burst: 20,
+            expiring_check_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One `[[webhooks]]` entry: security events POSTed, signed, to `url`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    pub url: String,
+    /// Name of the environment variable holding the signing secret.
+    pub secret_env: Option<String>,
+    /// File holding the signing secret (mode 0600).
+    pub secret_file: Option<PathBuf>,
+    /// Event kinds: exact kinds, prefixes ending in `.`, or `*`. Default: `security.` and
+    /// `key.expiring_soon`.
+    pub events: Option<Vec<String>>,
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles (with jitter) up to 5 minutes.
+    #[serde(with = "dur")]
+    pub backoff: Duration,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        WebhookSection {
+            url: String::new(),
+            secret_env: None,
+            secret_file: None,
+            events: None,
+            timeout: Duration::from_secs(5),
+            max_attempts: 6,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[leak_reports]`: GitHub secret-scanning reports on the gateway listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeakReportsSection {
+    /// Path of the endpoint on the gateway listener.
+    pub path: String,
+    /// GitHub's `{"public_keys": [...]}` document; the endpoint is off without it.
+    pub github_keys_file: Option<PathBuf>,
+    /// `revoke` (default) or `flag`.
+    pub action: keyward_engine::leaks::LeakAction,
+}
+
+impl Default for LeakReportsSection {
+    fn default() -> Self {
+        LeakReportsSection {
+            path: keyward_edge::leaks::DEFAULT_PATH.into(),
+            github_keys_file: None,
+            action: Default::default(),
+        }
     }
 }
 
@@ -275,6 +342,14 @@ impl Config {
         if let Some(p) = self.secrets.admin_token_file.as_mut() {
             abs(p);
         }
+        for w in &mut self.webhooks {
+            if let Some(p) = w.secret_file.as_mut() {
+                abs(p);
+            }
+        }
+        if let Some(p) = self.leak_reports.github_keys_file.as_mut() {
+            abs(p);
+        }
         if !self.store.url.contains("://") && !self.store.url.starts_with("sqlite:") {
             let mut p = PathBuf::from(&self.store.url);
             abs(&mut p);
@@ -286,7 +361,79 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         KeyFormat::new(&self.keys.prefix).map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))?;
         self.gateway_config()?;
+        self.validate_webhooks()?;
         Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let at = format!("webhooks[{i}]");
+            keyward_engine::webhook::parse_url(&w.url).map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
+            if w.secret_env.is_some() == w.secret_file.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: set exactly one of secret_env and secret_file"
+                )));
+            }
+            if w.max_attempts == 0 {
+                return Err(ConfigError::Invalid(format!("{at}: max_attempts must be at least 1")));
+            }
+            if w.events.as_ref().is_some_and(|e| e.is_empty() || e.iter().any(|k| k.is_empty())) {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: events must name at least one kind (or leave it out for the default)"
+                )));
+            }
+        }
+        let p = &self.leak_reports.path;
+        if !p.starts_with('/') || p.contains(['{', '}', '*']) {
+            return Err(ConfigError::Invalid(format!(
+                "leak_reports.path: {p:?} must be a plain absolute path"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The webhooks with their secrets (`secret_env` read from `env`, or the 0600 file).
+    pub fn webhook_configs(
+        &self,
+        env: &[(String, String)],
+    ) -> Result<Vec<keyward_engine::webhook::WebhookConfig>, ConfigError> {
+        self.validate_webhooks()?;
+        let mut out = Vec::with_capacity(self.webhooks.len());
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let secret = match (&w.secret_env, &w.secret_file) {
+                (Some(var), _) => match env.iter().find(|(k, _)| k == var) {
+                    Some((_, v)) if !v.trim().is_empty() => SecretString::new(v.trim().to_owned()),
+                    _ => {
+                        return Err(ConfigError::Secret(format!(
+                            "webhooks[{i}].secret_env: {var} is not set or empty"
+                        )))
+                    }
+                },
+                (None, Some(file)) => read_secret_file(file)?,
+                (None, None) => return Err(ConfigError::Secret(format!("webhooks[{i}]: no secret"))),
+            };
+            let mut c = keyward_engine::webhook::WebhookConfig::new(w.url.clone(), secret);
+            if let Some(events) = &w.events {
+                c.events = events.clone();
+            }
+            c.timeout = w.timeout;
+            c.max_attempts = w.max_attempts;
+            c.backoff = w.backoff;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// GitHub's signing keys, when `leak_reports.github_keys_file` is set.
+    pub fn github_keys(&self) -> Result<Option<keyward_edge::leaks::GithubKeys>, ConfigError> {
+        let Some(path) = &self.leak_reports.github_keys_file else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        keyward_edge::leaks::GithubKeys::parse(&text)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("leak_reports.github_keys_file {}: {e}", path.display())))
     }
 
     pub fn key_format(&self) -> Result<KeyFormat, ConfigError> {

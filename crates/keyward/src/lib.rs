@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod report;
+pub mod scan;
 pub mod server;
 
 pub use commands::run;

@@ -10,3 +10,5 @@ mod gateway;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod webhooks;
+mod scan;
