@@ -264,7 +264,9 @@ fn progress_bar() -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::new_spinner();
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} scanning: {pos} files, {msg} [{elapsed}]") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} scanning: {binary_bytes} ({binary_bytes_per_sec}) {wide_msg}",
+    ) {
         pb.set_style(style);
     }
     pb.enable_steady_tick(Duration::from_millis(120));
@@ -316,9 +318,11 @@ fn walk(args: &ScanArgs, matcher: Arc<Matcher>) -> WalkOutcome {
             match scan_file(&matcher, path, cap) {
                 Ok(FileResult::Scanned(n, found)) => {
                     stats.files.fetch_add(1, Ordering::Relaxed);
-                    let total = stats.bytes.fetch_add(n, Ordering::Relaxed) + n;
-                    pb.inc(1);
-                    pb.set_message(format!("{}", indicatif::HumanBytes(total)));
+                    stats.bytes.fetch_add(n, Ordering::Relaxed);
+                    pb.inc(n);
+                    if !pb.is_hidden() {
+                        pb.set_message(path.display().to_string());
+                    }
                     if !found.is_empty() {
                         if let Ok(mut f) = findings.lock() {
                             f.extend(found);

@@ -232,12 +232,14 @@ async fn bundles_and_source_maps_statuses_and_revoke() {
     let bundle_path = d.join("dist/app.min.js").to_str().unwrap().to_owned();
     let out = scan_async(d.to_owned(), vec!["--json".into(), bundle_path], admin_env.clone()).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.assert_no_secret(&keys);
     assert_eq!(out.json()["findings"][0]["status"], "revoked");
     let out = scan_async(d.to_owned(), args(&[]), admin_env.clone()).await;
     out.assert_no_secret(&keys);
     assert_eq!(out.code, 1);
     // The ignored file is found once ignore rules are off; the binary one never.
     let out = scan_async(d.to_owned(), args(&["--json", "--no-ignore", "--offline"]), vec![]).await;
+    out.assert_no_secret(&keys);
     let v = out.json();
     assert!(v["findings"]
         .as_array()
