@@ -4,6 +4,8 @@
 #
 #   bench/gateway.sh                      # defaults below
 #   WORKERS=2 ROUNDS=5 DURATION=20s bench/gateway.sh
+#   GATEWAY_BIN_B=/tmp/keyward-old bench/gateway.sh   # a second keyward binary in the same rotation
+#   COMPARE=limits bench/gateway.sh       # one gateway, a key with limits on vs one without
 #
 # Environment (all optional):
 #   WORKERS      nginx worker_processes and keyward [server] worker_threads (default 1)
@@ -17,6 +19,14 @@
 #   SKIP_BUILD   1 to use the existing target/release/keyward
 #   CARGO_TARGET_DIR  honoured: the binary is taken from $CARGO_TARGET_DIR/release/keyward
 #   KEEP_TMP     1 to keep the temporary directory (configs, logs) for inspection
+#   GATEWAY_BIN  use this keyward binary (no build); it also runs the upstream unless UPSTREAM_BIN
+#   UPSTREAM_BIN the keyward binary that runs the upstream (`cat-facts`), to keep it fixed
+#   GATEWAY_BIN_B  a second keyward binary (e.g. the previous commit's build), served on its own
+#                ports from the same store and measured as `keyward_b` in the same rotation
+#   COMPARE      nginx (default): targets keyward [keyward_b] nginx.
+#                limits: no nginx; one gateway measured with the plain key (`unlimited`) and
+#                with a key that has a generous key rate, key quota and IP allowlist and whose
+#                app has a generous rate (`limited`; never tripped). bench/limits.sh does this.
 #
 # Only loopback addresses are used. Every process started here is stopped on exit, also on
 # failure or Ctrl-C.
@@ -33,6 +43,8 @@ WARMUP=${WARMUP:-3s}
 BENCH_PATH=${BENCH_PATH:-/fact}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+GATEWAY_BIN_B=${GATEWAY_BIN_B:-}
+COMPARE=${COMPARE:-nginx}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
@@ -156,18 +168,21 @@ NGINX=$(find_nginx)
 [[ -n "$NGINX" ]] || die "nginx not found after installation"
 command -v wrk >/dev/null || die "wrk not found after installation"
 command -v curl >/dev/null || die "curl is needed"
+[[ "$COMPARE" == nginx || "$COMPARE" == limits ]] || die "COMPARE must be nginx or limits"
 
-KEYWARD="${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward"
-if [[ "$SKIP_BUILD" != 1 ]]; then
+KEYWARD="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward}"
+if [[ "$SKIP_BUILD" != 1 && -z "${GATEWAY_BIN:-}" ]]; then
     log "cargo build --release -p keyward"
     (cd "$ROOT" && cargo build --release -p keyward)
 fi
 [[ -x "$KEYWARD" ]] || die "$KEYWARD not built"
+[[ -z "$GATEWAY_BIN_B" || -x "$GATEWAY_BIN_B" ]] || die "GATEWAY_BIN_B=$GATEWAY_BIN_B is not an executable"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench.XXXXXX")
 chmod 755 "$TMP"
-mapfile -t PORTS < <(free_ports 4)
+mapfile -t PORTS < <(free_ports 6)
 UP_PORT=${PORTS[0]} GW_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]} NGINX_PORT=${PORTS[3]}
+GW_B_PORT=${PORTS[4]} ADMIN_B_PORT=${PORTS[5]}
 
 # Stray KEYWARD_* variables would be read as configuration overrides: start clean.
 for name in $(compgen -e); do
@@ -175,11 +190,12 @@ for name in $(compgen -e); do
 done
 
 log "upstream: keyward cat-facts on 127.0.0.1:$UP_PORT"
-"$KEYWARD" cat-facts --listen "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+"${UPSTREAM_BIN:-$KEYWARD}" cat-facts --listen "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/fact" 200 "upstream" "${PIDS[-1]}"
 
-cat >"$TMP/keyward.toml" <<EOF
+write_config() { # FILE GATEWAY_PORT ADMIN_PORT
+    cat >"$1" <<EOF
 [store]
 url = "$TMP/keyward.db"
 
@@ -190,14 +206,14 @@ prefix = "kw"
 worker_threads = $WORKERS
 
 [gateway]
-listen = "127.0.0.1:$GW_PORT"
+listen = "127.0.0.1:$2"
 credential_headers = ["x-api-key"]
 invalid_credential_status = 403
 connect_timeout = "2s"
 upstream_timeout = "30s"
 
 [admin]
-listen = "127.0.0.1:$ADMIN_PORT"
+listen = "127.0.0.1:$3"
 
 [[routes]]
 name = "fact"
@@ -206,6 +222,8 @@ methods = ["GET"]
 upstream = "http://127.0.0.1:$UP_PORT"
 scopes = ["facts:read"]
 EOF
+}
+write_config "$TMP/keyward.toml" "$GW_PORT" "$ADMIN_PORT"
 KEYWARD_PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 KEYWARD_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 export KEYWARD_ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
@@ -214,52 +232,116 @@ log "keyward serve: gateway 127.0.0.1:$GW_PORT, admin 127.0.0.1:$ADMIN_PORT, $WO
 KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=warn \
     "$KEYWARD" serve --config "$TMP/keyward.toml" >"$TMP/keyward.log" 2>&1 &
 PIDS+=($!)
+KEYWARD_PID=$!
 wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" 200 "keyward admin API" "${PIDS[-1]}"
 
+json_key() { python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])'; }
 "$KEYWARD" app create bench --json >/dev/null
-KEY=$("$KEYWARD" key create --app bench --scope facts:read --json |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+KEY=$("$KEYWARD" key create --app bench --scope facts:read --json | json_key)
 [[ "$KEY" =~ ^[A-Za-z0-9_]+$ ]] || die "unexpected key format from keyward key create"
 
-log "nginx: static-key reverse proxy on 127.0.0.1:$NGINX_PORT, worker_processes $WORKERS"
-mkdir -p "$TMP/nginx"
-sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PREFIX@|$TMP/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" \
-    -e "s|@UPSTREAM_PORT@|$UP_PORT|g" -e "s|@KEY@|$KEY|g" \
-    "$BENCH_DIR/nginx-static-key.conf.template" >"$TMP/nginx/nginx.conf"
-"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -t -q ||
-    die "nginx rejected the generated configuration"
-"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
-    -g 'daemon off;' >"$TMP/nginx/stdout.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" 401 "nginx" "${PIDS[-1]}"
+LKEY=""
+if [[ "$COMPARE" == limits ]]; then
+    # Limits on, never tripped: key rate + key quota + IP allowlist, and an app rate.
+    "$KEYWARD" app create limited --json >/dev/null
+    "$KEYWARD" app update limited --rate 10000000/s --json >/dev/null
+    LKEY=$("$KEYWARD" key create --app limited --scope facts:read --rate 10000000/s \
+        --quota 1000000000/day --ip 127.0.0.1 --json | json_key)
+    [[ "$LKEY" =~ ^[A-Za-z0-9_]+$ ]] || die "unexpected key format from keyward key create"
+fi
 
-# Both answer the same way: 200 with the key, 401 without, 403 with a wrong one.
+if [[ -n "$GATEWAY_BIN_B" ]]; then
+    write_config "$TMP/keyward-b.toml" "$GW_B_PORT" "$ADMIN_B_PORT"
+    log "keyward_b ($GATEWAY_BIN_B) serve: gateway 127.0.0.1:$GW_B_PORT, same store, $WORKERS worker thread(s)"
+    KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=warn \
+        "$GATEWAY_BIN_B" serve --config "$TMP/keyward-b.toml" >"$TMP/keyward-b.log" 2>&1 &
+    PIDS+=($!)
+    KEYWARD_B_PID=$!
+    wait_http "http://127.0.0.1:$ADMIN_B_PORT/healthz" 200 "keyward_b admin API" "${PIDS[-1]}"
+fi
+
+if [[ "$COMPARE" == nginx ]]; then
+    log "nginx: static-key reverse proxy on 127.0.0.1:$NGINX_PORT, worker_processes $WORKERS"
+    mkdir -p "$TMP/nginx"
+    sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PREFIX@|$TMP/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" \
+        -e "s|@UPSTREAM_PORT@|$UP_PORT|g" -e "s|@KEY@|$KEY|g" \
+        "$BENCH_DIR/nginx-static-key.conf.template" >"$TMP/nginx/nginx.conf"
+    "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -t -q ||
+        die "nginx rejected the generated configuration"
+    "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+        -g 'daemon off;' >"$TMP/nginx/stdout.log" 2>&1 &
+    PIDS+=($!)
+    NGINX_PID=$!
+    wait_http "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" 401 "nginx" "${PIDS[-1]}"
+fi
+
+# All answer the same way: 200 with the key, 401 without, 403 with a wrong one.
 WRONG="kw_live_$(printf 'x%.0s' $(seq 49))"
-for target in "keyward http://127.0.0.1:$GW_PORT" "nginx http://127.0.0.1:$NGINX_PORT"; do
+CHECK=("keyward http://127.0.0.1:$GW_PORT")
+[[ -z "$GATEWAY_BIN_B" ]] || CHECK+=("keyward_b http://127.0.0.1:$GW_B_PORT")
+[[ "$COMPARE" != nginx ]] || CHECK+=("nginx http://127.0.0.1:$NGINX_PORT")
+for target in "${CHECK[@]}"; do
     read -r name base <<<"$target"
     expect_status "$name" 200 "$base$BENCH_PATH" -H "x-api-key: $KEY"
     expect_status "$name" 401 "$base$BENCH_PATH"
     expect_status "$name" 403 "$base$BENCH_PATH" -H "x-api-key: $WRONG"
 done
+if [[ "$COMPARE" == limits ]]; then
+    expect_status "keyward (limited key)" 200 "http://127.0.0.1:$GW_PORT$BENCH_PATH" -H "x-api-key: $LKEY"
+    # The limits are really applied to the limited key, and only to it.
+    hdrs=$(curl -s -o /dev/null -D - -H "x-api-key: $LKEY" "http://127.0.0.1:$GW_PORT$BENCH_PATH")
+    [[ "${hdrs,,}" == *ratelimit-policy:* ]] || die "the limited key's response carries no RateLimit-Policy"
+    hdrs=$(curl -s -o /dev/null -D - -H "x-api-key: $KEY" "http://127.0.0.1:$GW_PORT$BENCH_PATH")
+    [[ "${hdrs,,}" != *ratelimit-policy:* ]] || die "the unlimited key's response carries a RateLimit-Policy"
+fi
 
 # ---- measurement -------------------------------------------------------------------------
 
 declare -A URL=(
     [keyward]="http://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [keyward_b]="http://127.0.0.1:$GW_B_PORT$BENCH_PATH"
     [nginx]="http://127.0.0.1:$NGINX_PORT$BENCH_PATH"
+    [unlimited]="http://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [limited]="http://127.0.0.1:$GW_PORT$BENCH_PATH"
 )
+declare -A KEY_OF=([keyward]="$KEY" [keyward_b]="$KEY" [nginx]="$KEY" [unlimited]="$KEY" [limited]="$LKEY")
+if [[ "$COMPARE" == limits ]]; then
+    TARGETS=(unlimited limited)
+else
+    TARGETS=(keyward)
+    [[ -z "$GATEWAY_BIN_B" ]] || TARGETS+=(keyward_b)
+    TARGETS+=(nginx)
+fi
+declare -A PID_OF=([keyward]="$KEYWARD_PID" [keyward_b]="${KEYWARD_B_PID:-}" [nginx]="${NGINX_PID:-}"
+    [unlimited]="$KEYWARD_PID" [limited]="$KEYWARD_PID")
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # PID -> utime+stime of the process and its children processes (nginx workers)
+    local total=0 p f
+    for p in "$1" $(pgrep -P "$1" || true); do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.
+        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        read -r -a fs <<<"$f"
+        total=$((total + fs[11] + fs[12]))
+    done
+    echo "$total"
+}
 run_wrk() { # NAME DURATION OUTFILE
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "x-api-key: $KEY" "${URL[$1]}" >"$3"
+    local before after
+    before=$(cpu_ticks "${PID_OF[$1]}")
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "x-api-key: ${KEY_OF[$1]}" "${URL[$1]}" >"$3"
+    after=$(cpu_ticks "${PID_OF[$1]}")
+    # CPU seconds the proxy under test used during the run (read by wrk_report.py).
+    echo "Proxy CPU seconds: $(python3 -c "print(($after - $before) / $CLK_TCK)")" >>"$3"
 }
 
 mkdir -p "$TMP/results"
-log "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS round(s), order keyward nginx"
-for name in keyward nginx; do
+log "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS round(s), order ${TARGETS[*]}"
+for name in "${TARGETS[@]}"; do
     log "warm-up $name ($WARMUP)"
     run_wrk "$name" "$WARMUP" "$TMP/results/warmup-$name.out"
 done
 for round in $(seq "$ROUNDS"); do
-    for name in keyward nginx; do
+    for name in "${TARGETS[@]}"; do
         log "round $round/$ROUNDS: $name"
         run_wrk "$name" "$DURATION" "$TMP/results/$name-$round.txt"
     done
@@ -270,15 +352,35 @@ for pid in "${PIDS[@]}"; do
 done
 
 echo
-echo "keyward vs nginx static key: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+if [[ "$COMPARE" == limits ]]; then
+    echo "keyward, limited vs unlimited key on one gateway: $WORKERS worker(s), wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+else
+    echo "keyward vs nginx static key: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+fi
 if REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
     [[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || REV="$REV+dirty"
-    echo "keyward source: commit $REV"
+    echo "keyward source: commit $REV (of $ROOT; with GATEWAY_BIN the binary may come from elsewhere)"
 fi
+echo "keyward binary: $KEYWARD${GATEWAY_BIN_B:+; keyward_b binary: $GATEWAY_BIN_B}; upstream binary: ${UPSTREAM_BIN:-$KEYWARD}"
 echo
+report() { # A B [RPS_GOAL]
+    python3 "$BENCH_DIR/wrk_report.py" ${3:+--rps-goal "$3"} "$1" "$2" "$TMP"/results/{"$1","$2"}-*.txt |
+        tee -a "$TMP/results/report.md"
+    return "${PIPESTATUS[0]}"
+}
 set +e
-python3 "$BENCH_DIR/wrk_report.py" keyward nginx "$TMP"/results/{keyward,nginx}-*.txt | tee "$TMP/results/report.md"
-report_rc=${PIPESTATUS[0]}
+report_rc=0
+if [[ "$COMPARE" == limits ]]; then
+    report limited unlimited 0.90 || report_rc=$?
+else
+    report keyward nginx || report_rc=$?
+    if [[ -n "$GATEWAY_BIN_B" ]]; then
+        echo
+        report keyward_b nginx || report_rc=$?
+        echo
+        report keyward keyward_b || report_rc=$?
+    fi
+fi
 set -e
 if [[ -n "${RESULTS_DIR:-}" ]]; then
     mkdir -p "$RESULTS_DIR"

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Summarise wrk --latency outputs of an A/B run (used by bench/gateway.sh).
 
-usage: wrk_report.py A_LABEL B_LABEL FILE...
+usage: wrk_report.py [--rps-goal RATIO] A_LABEL B_LABEL FILE...
 
 FILE names are <label>-<round>.txt. Prints, as a Markdown table, RPS, p50 and p99 per round
 for both labels, the medians over the rounds and the ratios A/B for RPS (higher is better
 for A) and p99 (A p99 / B p99, lower is better for A). Exits 2 when a run had non-2xx
-responses or socket errors (those numbers would not be comparable).
+responses or socket errors (those numbers would not be comparable). --rps-goal states the goal
+for the RPS ratio A/B (default 1.00; e.g. 0.90 for "at most 10% slower").
 """
 
 import os
@@ -32,6 +33,9 @@ def parse(path):
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     if not (rps and p50 and p99):
         raise ValueError(f"{path}: not a wrk --latency output:\n{out}")
+    reqs = re.search(r"^\s*(\d+) requests in", out, re.M)
+    cpu = re.search(r"^Proxy CPU seconds:\s+([0-9.]+)", out, re.M)
+    cpu_us = float(cpu.group(1)) * 1e6 / int(reqs.group(1)) if cpu and reqs and int(reqs.group(1)) else float("nan")
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors:\s+(.*)", out)
     problems = []
@@ -43,11 +47,16 @@ def parse(path):
         "rps": float(rps.group(1)),
         "p50": latency_ms(p50.group(1)),
         "p99": latency_ms(p99.group(1)),
+        "cpu": cpu_us,
         "problems": problems,
     }
 
 
 def main(argv):
+    goal = 1.0
+    if len(argv) > 2 and argv[1] == "--rps-goal":
+        goal = float(argv[2])
+        argv = argv[:1] + argv[3:]
     if len(argv) < 4:
         print(__doc__, file=sys.stderr)
         return 64
@@ -62,21 +71,24 @@ def main(argv):
     if not rounds:
         raise SystemExit("no complete round")
 
+    wa, wb = max(11, len(a) + 4), max(11, len(b) + 4)
+
     def row(name, ra, rb):
         return (
-            f"| {name:>6} | {ra['rps']:>11.0f} | {ra['p50']:>8.2f} | {ra['p99']:>8.2f} "
-            f"| {rb['rps']:>11.0f} | {rb['p50']:>8.2f} | {rb['p99']:>8.2f} |"
+            f"| {name:>6} | {ra['rps']:>{wa}.0f} | {ra['p50']:>8.2f} | {ra['p99']:>8.2f} "
+            f"| {rb['rps']:>{wb}.0f} | {rb['p50']:>8.2f} | {rb['p99']:>8.2f} "
+            f"| {ra['cpu']:>7.1f} | {rb['cpu']:>7.1f} |"
         )
 
     print(
-        f"| {'round':>6} | {a + ' RPS':>11} | {'p50 ms':>8} | {'p99 ms':>8} "
-        f"| {b + ' RPS':>11} | {'p50 ms':>8} | {'p99 ms':>8} |"
+        f"| {'round':>6} | {a + ' RPS':>{wa}} | {'p50 ms':>8} | {'p99 ms':>8} "
+        f"| {b + ' RPS':>{wb}} | {'p50 ms':>8} | {'p99 ms':>8} | {'A µs/rq':>7} | {'B µs/rq':>7} |"
     )
-    print(f"|{'-' * 8}|{'-' * 13}|{'-' * 10}|{'-' * 10}|{'-' * 13}|{'-' * 10}|{'-' * 10}|")
+    print(f"|{'-' * 8}|{'-' * (wa + 2)}|{'-' * 10}|{'-' * 10}|{'-' * (wb + 2)}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 9}|")
     for r in rounds:
         print(row(str(r), runs[a][r], runs[b][r]))
     med = {
-        k: {f: statistics.median(runs[k][r][f] for r in rounds) for f in ("rps", "p50", "p99")}
+        k: {f: statistics.median(runs[k][r][f] for r in rounds) for f in ("rps", "p50", "p99", "cpu")}
         for k in (a, b)
     }
     print(row("median", med[a], med[b]))
@@ -84,9 +96,13 @@ def main(argv):
     rps_ratio = med[a]["rps"] / med[b]["rps"]
     p99_ratio = med[a]["p99"] / med[b]["p99"]
     p50_ratio = med[a]["p50"] / med[b]["p50"]
-    print(f"RPS {a}/{b}: {rps_ratio:.2f}x   (goal >= 1.00, higher is better)")
+    print(f"RPS {a}/{b}: {rps_ratio:.2f}x   (goal >= {goal:.2f}, higher is better)")
     print(f"p99 {a}/{b}: {p99_ratio:.2f}x   (goal <= 1.00, lower is better)")
     print(f"p50 {a}/{b}: {p50_ratio:.2f}x")
+    print(
+        f"CPU per request (the proxy process{'es' if True else ''} only, user+sys, median): "
+        f"{a} {med[a]['cpu']:.1f} µs, {b} {med[b]['cpu']:.1f} µs, ratio {med[a]['cpu'] / med[b]['cpu']:.2f}x"
+    )
 
     bad = [
         f"{k} round {r}: {', '.join(runs[k][r]['problems'])}"
