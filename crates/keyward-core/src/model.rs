@@ -246,3 +246,96 @@ pub struct UsageRow {
     pub outcome: String,
     pub count: u64,
 }
+
+/// How an OAuth client authenticates at the token endpoint (RFC 6749 §2.3, RFC 7523).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+impl ClientAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ClientAuthMethod> {
+        match s {
+            "client_secret_basic" => Some(ClientAuthMethod::ClientSecretBasic),
+            "client_secret_post" => Some(ClientAuthMethod::ClientSecretPost),
+            "private_key_jwt" => Some(ClientAuthMethod::PrivateKeyJwt),
+            _ => None,
+        }
+    }
+
+    pub fn uses_secret(self) -> bool {
+        matches!(self, ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost)
+    }
+}
+
+/// Per-client options that later features add to without a schema change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientOptions {
+    /// Tokens must be DPoP-bound (RFC 9449 `dpop_bound_access_tokens`).
+    pub dpop_bound_access_tokens: bool,
+}
+
+/// An OAuth 2.0 client (client credentials grant). Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The `client_id`.
+    pub id: String,
+    pub app_id: String,
+    pub app_name: String,
+    pub name: Option<String>,
+    /// The scopes this client may be granted.
+    pub scopes: Vec<Scope>,
+    pub auth_method: ClientAuthMethod,
+    /// Public keys for `private_key_jwt` (a JWK Set, public members only).
+    pub jwks: Option<serde_json::Value>,
+    /// Lifetime of the access tokens issued to this client, in seconds.
+    pub token_ttl: u32,
+    #[serde(default)]
+    pub options: ClientOptions,
+    /// Limits applied to requests made with this client's tokens.
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub disabled_at: Option<OffsetDateTime>,
+}
+
+/// One stored client secret (digest only), with its own validity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSecretInfo {
+    pub hint: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Set on the previous secret when a rotation gives it a grace period.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A token signing key as stored: public JWK, sealed private part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub alg: String,
+    pub public_jwk: serde_json::Value,
+    /// PKCS#8, encrypted with the key-encryption key (AAD = kid).
+    pub private_sealed: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    /// When it starts signing (it is published in the JWKS from `created_at`).
+    pub active_at: OffsetDateTime,
+    pub retired_at: Option<OffsetDateTime>,
+    /// When it leaves the JWKS (every token it signed has expired by then).
+    pub remove_after: Option<OffsetDateTime>,
+}

@@ -5,7 +5,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_core::model::{AuditEvent, AuditFilter, KeyUpdate, Lifecycle, Severity, UsageRow};
+use keyward_core::model::{
+    AuditEvent, AuditFilter, ClientAuthMethod, ClientRecord, ClientSecretInfo, KeyUpdate, Lifecycle, Severity,
+    SigningKeyRow, UsageRow,
+};
 use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -142,6 +145,57 @@ fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
         },
         digest,
     ))
+}
+
+const CLIENT_COLUMNS: &str = "c.id, c.app_id, a.name AS app_name, c.name, c.scopes, c.auth_method, c.jwks, \
+     c.token_ttl, c.options, c.policy, c.created_at, c.disabled_at";
+
+fn client_from_row(row: &SqliteRow) -> Result<ClientRecord, StoreError> {
+    let g = |e| StoreError::from_sqlx(e);
+    let scopes: String = row.try_get("scopes").map_err(g)?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&scopes).map_err(|_| StoreError::Corrupt("client scopes are not a JSON array".into()))?;
+    let scopes = scopes
+        .iter()
+        .map(|s| Scope::new(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| StoreError::Corrupt("a stored client scope is invalid".into()))?;
+    let method: String = row.try_get("auth_method").map_err(g)?;
+    let jwks: Option<String> = row.try_get("jwks").map_err(g)?;
+    let options: String = row.try_get("options").map_err(g)?;
+    let policy: String = row.try_get("policy").map_err(g)?;
+    Ok(ClientRecord {
+        id: row.try_get("id").map_err(g)?,
+        app_id: row.try_get("app_id").map_err(g)?,
+        app_name: row.try_get("app_name").map_err(g)?,
+        name: row.try_get("name").map_err(g)?,
+        scopes,
+        auth_method: ClientAuthMethod::parse(&method).ok_or_else(|| StoreError::Corrupt("unknown client auth method".into()))?,
+        jwks: jwks
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("client jwks are not JSON".into()))?,
+        token_ttl: u32::try_from(row.try_get::<i64, _>("token_ttl").map_err(g)?).unwrap_or(300),
+        options: serde_json::from_str(&options).map_err(|_| StoreError::Corrupt("client options".into()))?,
+        policy: policy_from(&policy)?,
+        created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
+        disabled_at: opt_ts(row.try_get("disabled_at").map_err(g)?)?,
+    })
+}
+
+fn signing_key_from_row(row: &SqliteRow) -> Result<SigningKeyRow, StoreError> {
+    let g = |e| StoreError::from_sqlx(e);
+    let jwk: String = row.try_get("public_jwk").map_err(g)?;
+    Ok(SigningKeyRow {
+        kid: row.try_get("kid").map_err(g)?,
+        alg: row.try_get("alg").map_err(g)?,
+        public_jwk: serde_json::from_str(&jwk).map_err(|_| StoreError::Corrupt("public JWK is not JSON".into()))?,
+        private_sealed: row.try_get("private_sealed").map_err(g)?,
+        created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
+        active_at: from_ts(row.try_get("active_at").map_err(g)?)?,
+        retired_at: opt_ts(row.try_get("retired_at").map_err(g)?)?,
+        remove_after: opt_ts(row.try_get("remove_after").map_err(g)?)?,
+    })
 }
 
 fn scopes_json(scopes: &[Scope]) -> String {
@@ -548,5 +602,255 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_client(&self, c: &ClientRecord, secret: Option<(&Digest, &str)>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query(
+            "INSERT INTO clients (id, app_id, name, scopes, auth_method, jwks, token_ttl, options, policy, created_at, \
+             disabled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.id)
+        .bind(&c.app_id)
+        .bind(&c.name)
+        .bind(scopes_json(&c.scopes))
+        .bind(c.auth_method.as_str())
+        .bind(c.jwks.as_ref().map(|j| j.to_string()))
+        .bind(i64::from(c.token_ttl))
+        .bind(serde_json::to_string(&c.options).unwrap_or_else(|_| "{}".into()))
+        .bind(policy_json(&c.policy))
+        .bind(ts(c.created_at))
+        .bind(c.disabled_at.map(ts))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from_sqlx(e) {
+            StoreError::NotFound(_) => StoreError::NotFound("app"),
+            other => other,
+        })?;
+        if let Some((digest, hint)) = secret {
+            sqlx::query("INSERT INTO client_secrets (client_id, digest, hint, created_at, expires_at) VALUES (?, ?, ?, ?, NULL)")
+                .bind(&c.id)
+                .bind(&digest.as_bytes()[..])
+                .bind(hint)
+                .bind(ts(c.created_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients c JOIN apps a ON a.id = c.app_id WHERE c.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        row.as_ref().map(client_from_row).transpose()
+    }
+
+    async fn list_clients(&self, app_id: Option<&str>) -> Result<Vec<ClientRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients c JOIN apps a ON a.id = c.app_id \
+             WHERE (?1 IS NULL OR c.app_id = ?1) ORDER BY c.created_at, c.id"
+        ))
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(client_from_row).collect()
+    }
+
+    async fn update_client(&self, c: &ClientRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE clients SET name = ?, scopes = ?, jwks = ?, token_ttl = ?, options = ?, policy = ?, disabled_at = ? \
+             WHERE id = ?",
+        )
+        .bind(&c.name)
+        .bind(scopes_json(&c.scopes))
+        .bind(c.jwks.as_ref().map(|j| j.to_string()))
+        .bind(i64::from(c.token_ttl))
+        .bind(serde_json::to_string(&c.options).unwrap_or_else(|_| "{}".into()))
+        .bind(policy_json(&c.policy))
+        .bind(c.disabled_at.map(ts))
+        .bind(&c.id)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query("DELETE FROM client_secrets WHERE client_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let done = sqlx::query("DELETE FROM clients WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn client_secrets(&self, id: &str, now: OffsetDateTime) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT digest, hint, created_at, expires_at FROM client_secrets \
+             WHERE client_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at",
+        )
+        .bind(id)
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                let g = |e| StoreError::from_sqlx(e);
+                let d: Vec<u8> = r.try_get("digest").map_err(g)?;
+                Ok((
+                    Digest::from_slice(&d).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))?,
+                    ClientSecretInfo {
+                        hint: r.try_get("hint").map_err(g)?,
+                        created_at: from_ts(r.try_get("created_at").map_err(g)?)?,
+                        expires_at: opt_ts(r.try_get("expires_at").map_err(g)?)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        id: &str,
+        digest: &Digest,
+        hint: &str,
+        now: OffsetDateTime,
+        old_until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let exists = sqlx::query("SELECT 1 FROM clients WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM client_secrets WHERE client_id = ? AND expires_at IS NOT NULL AND expires_at <= ?")
+            .bind(id)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        sqlx::query(
+            "UPDATE client_secrets SET expires_at = MIN(COALESCE(expires_at, ?1), ?1) WHERE client_id = ?2",
+        )
+        .bind(ts(old_until))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        sqlx::query("INSERT INTO client_secrets (client_id, digest, hint, created_at, expires_at) VALUES (?, ?, ?, ?, NULL)")
+            .bind(id)
+            .bind(&digest.as_bytes()[..])
+            .bind(hint)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(true)
+    }
+
+    async fn add_signing_key(&self, k: &SigningKeyRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, public_jwk, private_sealed, created_at, active_at, retired_at, remove_after) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.kid)
+        .bind(&k.alg)
+        .bind(k.public_jwk.to_string())
+        .bind(&k.private_sealed)
+        .bind(ts(k.created_at))
+        .bind(ts(k.active_at))
+        .bind(k.retired_at.map(ts))
+        .bind(k.remove_after.map(ts))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, public_jwk, private_sealed, created_at, active_at, retired_at, remove_after FROM signing_keys \
+             WHERE remove_after IS NULL OR remove_after > ? ORDER BY created_at, kid",
+        )
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(signing_key_from_row).collect()
+    }
+
+    async fn retire_signing_key(&self, kid: &str, at: OffsetDateTime, remove_after: OffsetDateTime) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET retired_at = COALESCE(retired_at, ?), remove_after = COALESCE(remove_after, ?) WHERE kid = ?",
+        )
+        .bind(ts(at))
+        .bind(ts(remove_after))
+        .bind(kid)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(ts(expires_at))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
+        let rows = sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > ?")
+            .bind(ts(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                let g = |e| StoreError::from_sqlx(e);
+                Ok((r.try_get("jti").map_err(g)?, from_ts(r.try_get("expires_at").map_err(g)?)?))
+            })
+            .collect()
+    }
+
+    async fn remember_jti(&self, scope: &str, jti: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query("DELETE FROM seen_jtis WHERE scope = ? AND jti = ? AND expires_at <= ?")
+            .bind(scope)
+            .bind(jti)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let done = sqlx::query("INSERT INTO seen_jtis (scope, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(scope)
+            .bind(jti)
+            .bind(ts(expires_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use keyward_core::model::{AuditEvent, AuditFilter, KeyUpdate, Severity, UsageRow};
+use keyward_core::model::{
+    AuditEvent, AuditFilter, ClientAuthMethod, ClientRecord, KeyUpdate, Severity, SigningKeyRow, UsageRow,
+};
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use keyward_store::{CacheConfig, KeyCache, Lookup, SqliteStore, Store, StoreError};
@@ -390,12 +392,88 @@ async fn cache_suite(store: Arc<dyn Store>) {
     assert!(s.negative_hits.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
+/// OAuth 2.0 objects: clients and their secrets, signing keys, revoked tokens, one-time jtis.
+async fn oauth_suite(store: Arc<dyn Store>) {
+    let a = app("app_o", "oauth", 0);
+    store.create_app(&a).await.unwrap();
+    let client = ClientRecord {
+        id: "cl_1".into(),
+        app_id: a.id.clone(),
+        app_name: a.name.clone(),
+        name: Some("batch job".into()),
+        scopes: vec![Scope::new("facts:read").unwrap()],
+        auth_method: ClientAuthMethod::ClientSecretBasic,
+        jwks: None,
+        token_ttl: 300,
+        options: Default::default(),
+        policy: Default::default(),
+        created_at: t(0),
+        disabled_at: None,
+    };
+    store.create_client(&client, Some((&digest(70), "cs_ab…yz"))).await.unwrap();
+    assert!(matches!(store.create_client(&client, None).await, Err(StoreError::Conflict(_))));
+    let mut ghost = client.clone();
+    ghost.id = "cl_ghost".into();
+    ghost.app_id = "app_none".into();
+    assert!(matches!(store.create_client(&ghost, None).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.get_client("cl_1").await.unwrap(), Some(client.clone()));
+    assert_eq!(store.get_client("cl_2").await.unwrap(), None);
+    assert_eq!(store.list_clients(Some("app_o")).await.unwrap(), vec![client.clone()]);
+    let mut changed = client.clone();
+    changed.token_ttl = 60;
+    changed.options.dpop_bound_access_tokens = true;
+    changed.jwks = Some(serde_json::json!({"keys": []}));
+    changed.disabled_at = Some(t(5));
+    assert!(store.update_client(&changed).await.unwrap());
+    assert_eq!(store.get_client("cl_1").await.unwrap(), Some(changed));
+    // Secrets: rotation keeps the old one until the grace ends.
+    assert_eq!(store.client_secrets("cl_1", t(10)).await.unwrap().len(), 1);
+    assert!(store.rotate_client_secret("cl_1", &digest(71), "new", t(10), t(100)).await.unwrap());
+    let secrets = store.client_secrets("cl_1", t(50)).await.unwrap();
+    assert_eq!(secrets.iter().map(|(d, _)| *d).collect::<Vec<_>>(), vec![digest(70), digest(71)]);
+    assert_eq!(secrets[0].1.expires_at, Some(t(100)));
+    assert_eq!(store.client_secrets("cl_1", t(100)).await.unwrap().len(), 1, "the old secret expired");
+    assert!(!store.rotate_client_secret("cl_x", &digest(72), "x", t(10), t(10)).await.unwrap());
+    // Signing keys.
+    let key = |kid: &str, at: i64| SigningKeyRow {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        public_jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": kid}),
+        private_sealed: vec![1, 2, 3],
+        created_at: t(at),
+        active_at: t(at + 60),
+        retired_at: None,
+        remove_after: None,
+    };
+    store.add_signing_key(&key("k1", 0)).await.unwrap();
+    store.add_signing_key(&key("k2", 10)).await.unwrap();
+    assert_eq!(store.signing_keys(t(20)).await.unwrap(), vec![key("k1", 0), key("k2", 10)]);
+    assert!(store.retire_signing_key("k1", t(30), t(400)).await.unwrap());
+    assert!(!store.retire_signing_key("k9", t(30), t(400)).await.unwrap());
+    assert_eq!(store.signing_keys(t(399)).await.unwrap()[0].retired_at, Some(t(30)));
+    assert_eq!(store.signing_keys(t(400)).await.unwrap().len(), 1, "gone after remove_after");
+    // Revoked tokens and one-time jtis.
+    store.revoke_token("jti-1", t(100)).await.unwrap();
+    store.revoke_token("jti-1", t(100)).await.unwrap();
+    assert_eq!(store.revoked_tokens(t(50)).await.unwrap(), vec![("jti-1".to_owned(), t(100))]);
+    assert!(store.revoked_tokens(t(100)).await.unwrap().is_empty());
+    assert!(store.remember_jti("assertion", "j", t(60), t(0)).await.unwrap());
+    assert!(!store.remember_jti("assertion", "j", t(60), t(1)).await.unwrap(), "a replay");
+    assert!(store.remember_jti("dpop", "j", t(60), t(1)).await.unwrap(), "scopes are separate");
+    assert!(store.remember_jti("assertion", "j", t(120), t(61)).await.unwrap(), "expired entries are forgotten");
+    // Deleting a client deletes its secrets.
+    assert!(store.delete_client("cl_1").await.unwrap());
+    assert!(!store.delete_client("cl_1").await.unwrap());
+    assert!(store.client_secrets("cl_1", t(0)).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn sqlite_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("sub/dir/k.db")).await.unwrap());
     suite(store.clone()).await;
-    cache_suite(store).await;
+    cache_suite(store.clone()).await;
+    oauth_suite(store).await;
 }
 
 #[tokio::test]
