@@ -13,6 +13,7 @@ pub mod admin;
 mod clock;
 mod error;
 pub mod leaks;
+pub mod oauth;
 pub mod security;
 pub mod usage;
 pub mod webhook;

@@ -50,6 +50,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage OAuth 2.0 clients (client credentials grant).
+    #[command(subcommand)]
+    Client(ClientCommand),
     /// Usage of a key or an app: requests by outcome over time.
     Usage {
         /// A key id.
@@ -275,6 +278,72 @@ pub enum KeyCommand {
         /// The successor never expires (drops the old key's expiry policy).
         #[arg(long)]
         no_expiry: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create a client; a client secret is printed once.
+    Create {
+        /// Application (name or id).
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// A scope the client may be granted (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// How the client authenticates at the token endpoint.
+        #[arg(long = "auth", value_parser = ["client_secret_basic", "client_secret_post", "private_key_jwt"], default_value = "client_secret_basic")]
+        auth: String,
+        /// The client's public keys (a JWK Set file) for private_key_jwt.
+        #[arg(long, value_name = "FILE")]
+        jwks_file: Option<std::path::PathBuf>,
+        /// Access-token lifetime (1s to 24h).
+        #[arg(long, default_value = "5m")]
+        token_ttl: String,
+        /// Every token of this client must be DPoP-bound.
+        #[arg(long)]
+        dpop_bound: bool,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List clients.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show a client (never its secret).
+    Show {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Stop issuing tokens to a client.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Issue tokens to a disabled client again.
+    Enable {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Delete a client and its secrets.
+    Delete { id: String },
+    /// Give a client a new secret; the previous one keeps working for the grace period.
+    RotateSecret {
+        id: String,
+        #[arg(long, default_value = "24h", allow_hyphen_values = true)]
+        grace: String,
         #[command(flatten)]
         out: JsonFlag,
     },

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{AppCommand, ClearFlags, Cli, Command, KeyCommand, LimitFlags};
+use crate::cli::{AppCommand, ClearFlags, Cli, ClientCommand, Command, KeyCommand, LimitFlags};
 use crate::client::{print_table, seg, AdminClient};
 use crate::config::{write_secret_file, Config};
 use crate::error::{CliError, Result};
@@ -42,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::CatFacts { listen } => cat_facts(*listen).await,
         Command::App(cmd) => app(&cli, cmd).await,
         Command::Key(cmd) => key(&cli, cmd).await,
+        Command::Client(cmd) => client(&cli, cmd).await,
         Command::Usage { key, app, since, out } => {
             crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
         }
@@ -667,6 +668,172 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                 );
                 println!();
                 println!("    {}", s(&v, "key"));
+                println!();
+                println!("Store it now: keyward keeps only a digest and will never show it again.");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_client(v: &Value) {
+    for k in [
+        "client_id",
+        "app_name",
+        "app_id",
+        "name",
+        "auth_method",
+        "state",
+        "token_ttl",
+        "created_at",
+        "disabled_at",
+    ] {
+        println!("{k:<12} {}", s(v, k));
+    }
+    println!("{:<12} {}", "scopes", scopes(v));
+    println!("{:<12} {}", "limits", policy_text(v));
+    if let Some(secrets) = v.get("secrets").and_then(Value::as_array) {
+        for sec in secrets {
+            println!(
+                "{:<12} {} (expires: {})",
+                "secret",
+                s(sec, "hint"),
+                s(sec, "expires_at")
+            );
+        }
+    }
+}
+
+async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Create {
+            app,
+            name,
+            scopes: sc,
+            auth,
+            jwks_file,
+            token_ttl,
+            dpop_bound,
+            limits,
+            out,
+        } => {
+            for scope in sc {
+                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+            }
+            let mut body = json!({"app": app, "scopes": sc, "auth_method": auth, "token_ttl": token_ttl,
+                                  "dpop_bound_access_tokens": dpop_bound});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            match (auth.as_str(), jwks_file) {
+                ("private_key_jwt", None) => {
+                    return Err(CliError::Usage("--auth private_key_jwt needs --jwks-file".into()));
+                }
+                ("private_key_jwt", Some(f)) => {
+                    let text = std::fs::read_to_string(f)
+                        .map_err(|e| CliError::Usage(format!("--jwks-file {}: {e}", f.display())))?;
+                    let jwks: Value = serde_json::from_str(&text)
+                        .map_err(|e| CliError::Usage(format!("--jwks-file {}: not JSON: {e}", f.display())))?;
+                    keyward_engine::oauth::validate_jwks(&jwks)
+                        .map_err(|e| CliError::Usage(format!("--jwks-file: {e}")))?;
+                    body["jwks"] = jwks;
+                }
+                (_, Some(_)) => {
+                    return Err(CliError::Usage(
+                        "--jwks-file only goes with --auth private_key_jwt".into(),
+                    ))
+                }
+                (_, None) => {}
+            }
+            limits_into(&mut body, limits, None)?;
+            let c = admin_client(cli)?;
+            let v = c.call(Method::POST, "/v1/clients", Some(body)).await?;
+            if out.json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "created client {} for app {} ({})",
+                    s(&v, "client_id"),
+                    s(&v, "app_name"),
+                    s(&v, "auth_method")
+                );
+                if let Some(secret) = v.get("client_secret").and_then(Value::as_str) {
+                    println!();
+                    println!("    client_id:     {}", s(&v, "client_id"));
+                    println!("    client_secret: {secret}");
+                    println!();
+                    println!("Store the secret now: keyward keeps only a digest and will never show it again.");
+                }
+            }
+        }
+        ClientCommand::List { app, out } => {
+            let c = admin_client(cli)?;
+            let path = match app {
+                Some(a) => format!("/v1/clients?app={}", seg(a)),
+                None => "/v1/clients".into(),
+            };
+            let v = c.call(Method::GET, &path, None).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = items(&v)
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            s(k, "client_id"),
+                            s(k, "app_name"),
+                            s(k, "name"),
+                            s(k, "auth_method"),
+                            scopes(k),
+                            s(k, "state"),
+                        ]
+                    })
+                    .collect();
+                print_table(&["CLIENT_ID", "APP", "NAME", "AUTH", "SCOPES", "STATE"], &rows);
+            }
+        }
+        ClientCommand::Show { id, out } | ClientCommand::Disable { id, out } | ClientCommand::Enable { id, out } => {
+            let c = admin_client(cli)?;
+            let (method, path) = match cmd {
+                ClientCommand::Disable { .. } => (Method::POST, format!("/v1/clients/{}/disable", seg(id))),
+                ClientCommand::Enable { .. } => (Method::POST, format!("/v1/clients/{}/enable", seg(id))),
+                _ => (Method::GET, format!("/v1/clients/{}", seg(id))),
+            };
+            let v = c.call(method, &path, None).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                print_client(&v);
+            }
+        }
+        ClientCommand::Delete { id } => {
+            let c = admin_client(cli)?;
+            c.call(Method::DELETE, &format!("/v1/clients/{}", seg(id)), None)
+                .await?;
+            println!("deleted client {id}");
+        }
+        ClientCommand::RotateSecret { id, grace, out } => {
+            let g = grace.trim();
+            if g.starts_with('-') {
+                return Err(CliError::Usage("--grace: the grace period cannot be negative".into()));
+            }
+            let c = admin_client(cli)?;
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/clients/{}/rotate-secret", seg(id)),
+                    Some(json!({"grace": g})),
+                )
+                .await?;
+            if out.json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "new secret for client {} (the previous one keeps working for {g}):",
+                    s(&v, "client_id")
+                );
+                println!();
+                println!("    client_secret: {}", s(&v, "client_secret"));
                 println!();
                 println!("Store it now: keyward keeps only a digest and will never show it again.");
             }

@@ -70,7 +70,7 @@ pub(crate) struct UpdatePolicyFields {
     quota: Option<Option<QuotaSpec>>,
 }
 
-fn scopes_of(items: &[String]) -> Result<Vec<Scope>, Problem> {
+pub(crate) fn scopes_of(items: &[String]) -> Result<Vec<Scope>, Problem> {
     if items.len() > 256 {
         return Err(invalid("scopes", "at most 256 scopes per key"));
     }
@@ -254,7 +254,7 @@ pub(crate) struct RevokeBody {
 }
 
 /// An optional JSON body: empty is fine; otherwise it must be valid.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Problem> {
+pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Problem> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -330,7 +330,7 @@ pub(crate) struct Rotated {
 }
 
 /// Parses a grace period: a duration, where `0`/`0s` means "no grace".
-fn parse_grace(s: &str) -> Result<time::Duration, Problem> {
+pub(crate) fn parse_grace(s: &str) -> Result<time::Duration, Problem> {
     let t = s.trim();
     if t.starts_with('-') {
         return Err(invalid("grace", "the grace period cannot be negative"));

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::problem::{self, Problem};
 
 mod audit;
+mod clients;
 mod keys;
 
 use keys::*;
@@ -59,6 +60,14 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/keys/{id}/disable", post(disable_key))
         .route("/v1/keys/{id}/enable", post(enable_key))
+        .route("/v1/clients", post(clients::create_client).get(clients::list_clients))
+        .route(
+            "/v1/clients/{id}",
+            get(clients::show_client).delete(clients::delete_client),
+        )
+        .route("/v1/clients/{id}/disable", post(clients::disable_client))
+        .route("/v1/clients/{id}/enable", post(clients::enable_client))
+        .route("/v1/clients/{id}/rotate-secret", post(clients::rotate_secret))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/usage", get(audit::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))

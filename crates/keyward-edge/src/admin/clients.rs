@@ -1,0 +1,229 @@
+//! OAuth clients: create (secret shown once), list, show, disable/enable, delete, rotate secret.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyward_core::model::{ClientAuthMethod, ClientRecord, ClientSecretInfo};
+use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
+use keyward_core::when::parse_duration;
+use keyward_engine::oauth::{NewClient, DEFAULT_TOKEN_TTL};
+use serde::{Deserialize, Serialize};
+
+use super::keys::optional_body;
+use super::{allowlist, engine_err, invalid, AdminState, List, StrictJson, ACTOR};
+use crate::problem::Problem;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateClient {
+    app: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
+    #[serde(default)]
+    auth_method: Option<String>,
+    /// Public keys for `private_key_jwt`.
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    /// Access-token lifetime: a duration (`5m`) — default 5 minutes, at most 24 hours.
+    #[serde(default)]
+    token_ttl: Option<String>,
+    #[serde(default)]
+    dpop_bound_access_tokens: bool,
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    rate: Option<RateSpec>,
+    #[serde(default)]
+    quota: Option<QuotaSpec>,
+}
+
+/// A client as the admin API shows it.
+#[derive(Serialize)]
+pub(crate) struct ClientView {
+    client_id: String,
+    #[serde(flatten)]
+    record: ClientRecord,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct CreatedClient {
+    #[serde(flatten)]
+    view: ClientView,
+    /// Shown this once, for secret methods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ClientDetail {
+    #[serde(flatten)]
+    view: ClientView,
+    /// Hints of the current secrets (the previous one during a rotation grace period).
+    secrets: Vec<ClientSecretInfo>,
+}
+
+fn view(record: ClientRecord) -> ClientView {
+    let state = if record.disabled_at.is_some() {
+        "disabled"
+    } else {
+        "active"
+    };
+    ClientView {
+        client_id: record.id.clone(),
+        record,
+        state,
+    }
+}
+
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Parses a token lifetime: a duration, 1 s to 24 h.
+pub(crate) fn parse_ttl(s: &str) -> Result<u32, Problem> {
+    let d = parse_duration(s).map_err(|e| invalid("token_ttl", e))?;
+    let secs = d.whole_seconds();
+    if !(1..=86_400).contains(&secs) {
+        return Err(invalid("token_ttl", "from 1s to 24h"));
+    }
+    u32::try_from(secs).map_err(|_| invalid("token_ttl", "from 1s to 24h"))
+}
+
+pub(crate) async fn create_client(
+    State(st): State<Arc<AdminState>>,
+    StrictJson(body): StrictJson<CreateClient>,
+) -> Result<Response, Problem> {
+    let auth_method = match body.auth_method.as_deref() {
+        None => ClientAuthMethod::ClientSecretBasic,
+        Some(m) => ClientAuthMethod::parse(m).ok_or_else(|| {
+            invalid(
+                "auth_method",
+                "one of client_secret_basic, client_secret_post, private_key_jwt",
+            )
+        })?,
+    };
+    let token_ttl = match body.token_ttl.as_deref() {
+        Some(t) => parse_ttl(t)?,
+        None => DEFAULT_TOKEN_TTL,
+    };
+    let new = NewClient {
+        app: body.app,
+        name: body.name,
+        scopes: super::keys::scopes_of(&body.scopes)?,
+        auth_method,
+        jwks: body.jwks,
+        token_ttl,
+        dpop_bound_access_tokens: body.dpop_bound_access_tokens,
+        policy: Policy {
+            ips: allowlist(&body.ips)?,
+            rate: body.rate,
+            quota: body.quota,
+        },
+    };
+    let (client, secret) = st.engine.create_client(ACTOR, new).await.map_err(engine_err)?;
+    tracing::info!(client_id = %client.id, "client created");
+    let out = CreatedClient {
+        view: view(client),
+        client_secret: secret.map(|s| s.expose().to_owned()),
+    };
+    Ok(no_store((StatusCode::CREATED, Json(out)).into_response()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientFilter {
+    #[serde(default)]
+    app: Option<String>,
+}
+
+pub(crate) async fn list_clients(
+    State(st): State<Arc<AdminState>>,
+    q: Result<Query<ClientFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<List<ClientView>>, Problem> {
+    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let clients = st.engine.list_clients(q.app.as_deref()).await.map_err(engine_err)?;
+    Ok(Json(List {
+        items: clients.into_iter().map(view).collect(),
+    }))
+}
+
+pub(crate) async fn show_client(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ClientDetail>, Problem> {
+    let c = st.engine.get_client(&id).await.map_err(engine_err)?;
+    let secrets = st.engine.client_secret_info(&id).await.map_err(engine_err)?;
+    Ok(Json(ClientDetail { view: view(c), secrets }))
+}
+
+pub(crate) async fn disable_client(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ClientView>, Problem> {
+    Ok(Json(view(
+        st.engine
+            .set_client_disabled(ACTOR, &id, true)
+            .await
+            .map_err(engine_err)?,
+    )))
+}
+
+pub(crate) async fn enable_client(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ClientView>, Problem> {
+    Ok(Json(view(
+        st.engine
+            .set_client_disabled(ACTOR, &id, false)
+            .await
+            .map_err(engine_err)?,
+    )))
+}
+
+pub(crate) async fn delete_client(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    st.engine.delete_client(ACTOR, &id).await.map_err(engine_err)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateSecret {
+    /// How long the previous secret keeps working (default 24h; `0s` for not at all).
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+pub(crate) async fn rotate_secret(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let body: RotateSecret = optional_body(&body)?;
+    let grace = match body.grace.as_deref() {
+        None => time::Duration::hours(24),
+        Some(g) => super::keys::parse_grace(g)?,
+    };
+    let (client, secret) = st
+        .engine
+        .rotate_client_secret(ACTOR, &id, grace)
+        .await
+        .map_err(engine_err)?;
+    let out = CreatedClient {
+        view: view(client),
+        client_secret: Some(secret.expose().to_owned()),
+    };
+    Ok(no_store((StatusCode::OK, Json(out)).into_response()))
+}

@@ -1,0 +1,280 @@
+//! OAuth 2.0 clients (client credentials): management and client authentication.
+//!
+//! Client secrets are 256-bit random strings shown once and stored only as
+//! HMAC-SHA256(pepper, secret): with that much entropy a slow hash adds latency, not safety
+//! (see ARCHITECTURE.md).
+
+use keyward_core::model::{validate_name, AuditEvent, ClientAuthMethod, ClientRecord, ClientSecretInfo, Severity};
+use keyward_core::policy::Policy;
+use keyward_core::secret::{new_id, random_base62, SecretString};
+use keyward_core::Scope;
+use serde_json::json;
+use time::Duration;
+
+use crate::{Engine, EngineError};
+
+/// Longest access-token lifetime a client may ask for (24 hours).
+pub const MAX_TOKEN_TTL: u32 = 86_400;
+/// Default access-token lifetime (5 minutes).
+pub const DEFAULT_TOKEN_TTL: u32 = 300;
+
+/// What it takes to create a client.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub app: String,
+    pub name: Option<String>,
+    pub scopes: Vec<Scope>,
+    pub auth_method: ClientAuthMethod,
+    pub jwks: Option<serde_json::Value>,
+    pub token_ttl: u32,
+    pub dpop_bound_access_tokens: bool,
+    pub policy: Policy,
+}
+
+/// Checks a client's JWK Set: an object with a non-empty `keys` array of public JWKs.
+pub fn validate_jwks(jwks: &serde_json::Value) -> Result<(), EngineError> {
+    let keys = jwks
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| EngineError::invalid("jwks", "expected a JWK Set: {\"keys\": [...]}".into()))?;
+    if keys.is_empty() || keys.len() > 16 {
+        return Err(EngineError::invalid("jwks", "a JWK Set holds 1 to 16 keys".into()));
+    }
+    for k in keys {
+        let obj = k
+            .as_object()
+            .ok_or_else(|| EngineError::invalid("jwks", "every key must be an object".into()))?;
+        if !matches!(
+            obj.get("kty").and_then(serde_json::Value::as_str),
+            Some("OKP" | "EC" | "RSA")
+        ) {
+            return Err(EngineError::invalid("jwks", "kty must be OKP, EC or RSA".into()));
+        }
+        for private in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {
+            if obj.contains_key(private) {
+                return Err(EngineError::invalid(
+                    "jwks",
+                    "a JWK Set for a client must hold public keys only".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn secret_hint(s: &str) -> String {
+    format!("{}…{}", &s[..s.len().min(9)], &s[s.len().saturating_sub(4)..])
+}
+
+impl Engine {
+    fn new_client_secret(&self) -> Result<SecretString, EngineError> {
+        Ok(SecretString::new(format!(
+            "{}cs_{}",
+            self.format.prefix(),
+            random_base62(43)?
+        )))
+    }
+
+    async fn audit_client(&self, actor: &str, kind: &str, id: &str, details: serde_json::Value) {
+        let event = AuditEvent {
+            seq: 0,
+            at: self.now(),
+            actor: actor.to_owned(),
+            kind: kind.to_owned(),
+            severity: Severity::Info,
+            target: Some(id.to_owned()),
+            source_ip: None,
+            details,
+        };
+        if let Err(e) = self.audit(event).await {
+            tracing::error!(error = %e, kind, "could not append to the audit log");
+        }
+    }
+
+    /// Creates a client; for secret methods, returns the secret (shown once).
+    pub async fn create_client(
+        &self,
+        actor: &str,
+        new: NewClient,
+    ) -> Result<(ClientRecord, Option<SecretString>), EngineError> {
+        if let Some(n) = &new.name {
+            validate_name(n).map_err(|e| EngineError::invalid("name", e.to_string()))?;
+        }
+        if !(1..=MAX_TOKEN_TTL).contains(&new.token_ttl) {
+            return Err(EngineError::invalid(
+                "token_ttl",
+                format!("from 1 second to {MAX_TOKEN_TTL} seconds"),
+            ));
+        }
+        match (new.auth_method, &new.jwks) {
+            (ClientAuthMethod::PrivateKeyJwt, None) => {
+                return Err(EngineError::invalid(
+                    "jwks",
+                    "private_key_jwt needs the client's public keys".into(),
+                ))
+            }
+            (ClientAuthMethod::PrivateKeyJwt, Some(j)) => validate_jwks(j)?,
+            (_, Some(_)) => {
+                return Err(EngineError::invalid(
+                    "jwks",
+                    "only private_key_jwt clients have keys".into(),
+                ))
+            }
+            (_, None) => {}
+        }
+        let app = self.get_app(&new.app).await?;
+        let mut scopes = new.scopes;
+        scopes.sort();
+        scopes.dedup();
+        let client = ClientRecord {
+            id: new_id("cl")?,
+            app_id: app.id,
+            app_name: app.name,
+            name: new.name,
+            scopes,
+            auth_method: new.auth_method,
+            jwks: new.jwks,
+            token_ttl: new.token_ttl,
+            options: keyward_core::model::ClientOptions {
+                dpop_bound_access_tokens: new.dpop_bound_access_tokens,
+            },
+            policy: new.policy,
+            created_at: self.now(),
+            disabled_at: None,
+        };
+        let secret = if client.auth_method.uses_secret() {
+            Some(self.new_client_secret()?)
+        } else {
+            None
+        };
+        let stored = secret
+            .as_ref()
+            .map(|s| (self.pepper.digest(s.expose().as_bytes()), secret_hint(s.expose())));
+        self.store
+            .create_client(&client, stored.as_ref().map(|(d, h)| (d, h.as_str())))
+            .await?;
+        self.audit_client(actor, "client.created", &client.id, json!({"after": client}))
+            .await;
+        Ok((client, secret))
+    }
+
+    pub async fn get_client(&self, id: &str) -> Result<ClientRecord, EngineError> {
+        self.store.get_client(id).await?.ok_or(EngineError::NotFound("client"))
+    }
+
+    /// A client and the hints of its current secrets.
+    pub async fn client_secret_info(&self, id: &str) -> Result<Vec<ClientSecretInfo>, EngineError> {
+        Ok(self
+            .store
+            .client_secrets(id, self.now())
+            .await?
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect())
+    }
+
+    pub async fn list_clients(&self, app: Option<&str>) -> Result<Vec<ClientRecord>, EngineError> {
+        let app_id = match app {
+            Some(a) => Some(self.get_app(a).await?.id),
+            None => None,
+        };
+        Ok(self.store.list_clients(app_id.as_deref()).await?)
+    }
+
+    /// Disables or enables a client; takes effect on its next token request.
+    pub async fn set_client_disabled(
+        &self,
+        actor: &str,
+        id: &str,
+        disabled: bool,
+    ) -> Result<ClientRecord, EngineError> {
+        let before = self.get_client(id).await?;
+        let mut after = before.clone();
+        after.disabled_at = if disabled {
+            before.disabled_at.or(Some(self.now()))
+        } else {
+            None
+        };
+        if !self.store.update_client(&after).await? {
+            return Err(EngineError::NotFound("client"));
+        }
+        let kind = if disabled { "client.disabled" } else { "client.enabled" };
+        self.audit_client(actor, kind, id, json!({"before": before, "after": after}))
+            .await;
+        Ok(after)
+    }
+
+    pub async fn delete_client(&self, actor: &str, id: &str) -> Result<(), EngineError> {
+        let before = self.get_client(id).await?;
+        if !self.store.delete_client(id).await? {
+            return Err(EngineError::NotFound("client"));
+        }
+        self.audit_client(actor, "client.deleted", id, json!({"before": before}))
+            .await;
+        Ok(())
+    }
+
+    /// A new secret; the current ones keep working for `grace`.
+    pub async fn rotate_client_secret(
+        &self,
+        actor: &str,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(ClientRecord, SecretString), EngineError> {
+        if grace.is_negative() || grace > Duration::days(365) {
+            return Err(EngineError::invalid("grace", "from 0 to 365 days".into()));
+        }
+        let client = self.get_client(id).await?;
+        if !client.auth_method.uses_secret() {
+            return Err(EngineError::Conflict(format!(
+                "the client authenticates with {}",
+                client.auth_method.as_str()
+            )));
+        }
+        let secret = self.new_client_secret()?;
+        let digest = self.pepper.digest(secret.expose().as_bytes());
+        let now = self.now();
+        if !self
+            .store
+            .rotate_client_secret(id, &digest, &secret_hint(secret.expose()), now, now + grace)
+            .await?
+        {
+            return Err(EngineError::NotFound("client"));
+        }
+        self.audit_client(
+            actor,
+            "client.secret_rotated",
+            id,
+            json!({"grace_seconds": grace.whole_seconds()}),
+        )
+        .await;
+        Ok((client, secret))
+    }
+
+    /// Checks a client secret in constant time against every current secret of the client.
+    /// `Ok(None)` when the client is unknown, disabled, does not use this method, or the
+    /// secret does not match — callers answer `invalid_client` without telling which.
+    pub async fn authenticate_client_secret(
+        &self,
+        client_id: &str,
+        secret: &str,
+        method: ClientAuthMethod,
+    ) -> Result<Option<ClientRecord>, EngineError> {
+        if client_id.is_empty() || client_id.len() > 64 || secret.len() > 256 {
+            return Ok(None);
+        }
+        let presented = self.pepper.digest(secret.as_bytes());
+        let Some(client) = self.store.get_client(client_id).await? else {
+            return Ok(None);
+        };
+        let secrets = self.store.client_secrets(client_id, self.now()).await?;
+        let mut ok = false;
+        for (d, _) in &secrets {
+            ok |= d.ct_eq(&presented);
+        }
+        if !ok || client.disabled_at.is_some() || client.auth_method != method {
+            return Ok(None);
+        }
+        Ok(Some(client))
+    }
+}
