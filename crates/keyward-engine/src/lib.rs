@@ -15,6 +15,7 @@ mod error;
 pub mod leaks;
 pub mod oauth;
 pub mod security;
+pub mod token;
 pub mod usage;
 pub mod webhook;
 
@@ -114,6 +115,8 @@ pub struct Engine {
     /// Set while legacy (imported, unformatted) keys exist: only then are credentials that
     /// fail the format check looked up at all.
     legacy_present: std::sync::atomic::AtomicBool,
+    /// The OAuth 2.0 token service, once enabled.
+    pub(crate) oauth: std::sync::OnceLock<token::TokenService>,
 }
 
 impl Engine {
@@ -154,6 +157,7 @@ impl Engine {
             security: security::Security::new(options.failed_auth_burst),
             options,
             legacy_present: std::sync::atomic::AtomicBool::new(false),
+            oauth: std::sync::OnceLock::new(),
         }
     }
 
