@@ -199,7 +199,10 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn header_str<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 async fn handle(State(st): State<Arc<LeakReports>>, req: Request<Body>) -> Response {
@@ -252,9 +255,13 @@ async fn handle(State(st): State<Arc<LeakReports>>, req: Request<Body>) -> Respo
     let reports: Vec<Reported> = match serde_json::from_value(value) {
         Ok(r) => r,
         Err(e) => {
-            return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_report", "Unprocessable Content")
-                .detail(format!("expected an array of {{token, type, url, source}}: {e}"))
-                .into_response();
+            return Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_report",
+                "Unprocessable Content",
+            )
+            .detail(format!("expected an array of {{token, type, url, source}}: {e}"))
+            .into_response();
         }
     };
     let mut out = Vec::with_capacity(reports.len());
@@ -293,7 +300,11 @@ async fn handle(State(st): State<Arc<LeakReports>>, req: Request<Body>) -> Respo
             label,
         });
     }
-    tracing::info!(tokens = out.len(), true_positives, "GitHub secret-scanning report handled");
+    tracing::info!(
+        tokens = out.len(),
+        true_positives,
+        "GitHub secret-scanning report handled"
+    );
     (StatusCode::OK, Json(out)).into_response()
 }
 

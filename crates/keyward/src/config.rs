@@ -377,7 +377,10 @@ impl Config {
             if w.max_attempts == 0 {
                 return Err(ConfigError::Invalid(format!("{at}: max_attempts must be at least 1")));
             }
-            if w.events.as_ref().is_some_and(|e| e.is_empty() || e.iter().any(|k| k.is_empty())) {
+            if w.events
+                .as_ref()
+                .is_some_and(|e| e.is_empty() || e.iter().any(|k| k.is_empty()))
+            {
                 return Err(ConfigError::Invalid(format!(
                     "{at}: events must name at least one kind (or leave it out for the default)"
                 )));
@@ -429,8 +432,10 @@ impl Config {
         let Some(path) = &self.leak_reports.github_keys_file else {
             return Ok(None);
         };
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         keyward_edge::leaks::GithubKeys::parse(&text)
             .map(Some)
             .map_err(|e| ConfigError::Invalid(format!("leak_reports.github_keys_file {}: {e}", path.display())))

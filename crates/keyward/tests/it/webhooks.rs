@@ -60,7 +60,11 @@ impl Receiver {
             if let Some(d) = self.of_kind(kind).into_iter().next() {
                 return d;
             }
-            assert!(Instant::now() < deadline, "no {kind} delivery; got {:?}", self.deliveries());
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} delivery; got {:?}",
+                self.deliveries()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -128,7 +132,7 @@ pub fn verify_signature(d: &Delivery, secret: &str) {
     // A tampered body must not verify.
     let mut bad = msg.clone();
     bad.push(b' ');
-    assert!(aws_lc_rs::hmac::verify(&key, &bad, &tag.as_ref().to_vec()).is_err());
+    assert!(aws_lc_rs::hmac::verify(&key, &bad, tag.as_ref()).is_err());
 }
 
 /// Asserts the body is the documented shape and carries none of the secrets.
@@ -140,10 +144,7 @@ pub fn check_body(d: &Delivery, secrets: &[&str]) {
     let v = d.json();
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
     keys.sort();
-    assert_eq!(
-        keys,
-        ["at", "details", "id", "kind", "severity", "source_ip", "target"]
-    );
+    assert_eq!(keys, ["at", "details", "id", "kind", "severity", "source_ip", "target"]);
     assert_eq!(v["id"], d.header("x-keyward-delivery"));
     assert_eq!(v["kind"], d.header("x-keyward-event"));
 }
