@@ -275,7 +275,10 @@ impl ClientAuthMethod {
     }
 
     pub fn uses_secret(self) -> bool {
-        matches!(self, ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost)
+        matches!(
+            self,
+            ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost
+        )
     }
 }
 

@@ -68,6 +68,12 @@ pub struct Route {
     pub scope_mode: ScopeMode,
     /// The route's own rate limit and the quota cost of one request.
     pub limits: RouteLimits,
+    /// Accept keyward access tokens (`Authorization: Bearer <jwt>`).
+    pub tokens: bool,
+    /// Accept API keys.
+    pub api_keys: bool,
+    /// The audience tokens must carry here.
+    pub audience: String,
 }
 
 impl Route {
@@ -143,7 +149,31 @@ impl GatewayState {
 
 /// The gateway's router: every request goes through [`handle`].
 pub fn gateway_router(state: Arc<GatewayState>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    let base = Router::new().fallback(handle).with_state(state.clone());
+    if state.engine.token_service().is_ok() {
+        crate::oauth::routes(state).merge(base)
+    } else {
+        base
+    }
+}
+
+impl GatewayState {
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn trusted_proxies(&self) -> &[IpNet] {
+        &self.cfg.trusted_proxies
+    }
+
+    /// Every scope some route requires (for the metadata's `scopes_supported`).
+    pub fn route_scopes(&self) -> Vec<String> {
+        self.cfg
+            .routes
+            .iter()
+            .flat_map(|r| r.scopes.iter().map(|s| s.to_string()))
+            .collect()
+    }
 }
 
 /// A credential found in the request.
@@ -292,6 +322,76 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
     client
 }
 
+/// A `Bearer` value that is not shaped like an API key: an access token.
+fn bearer_jwt(headers: &HeaderMap, looks_like_key: impl Fn(&str) -> bool) -> Option<&str> {
+    let mut found = None;
+    for v in headers.get_all(header::AUTHORIZATION) {
+        let s = v.to_str().ok()?;
+        let (scheme, rest) = s.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            continue;
+        }
+        let t = rest.trim();
+        if t.is_empty() || looks_like_key(t) {
+            return None;
+        }
+        if found.is_some() {
+            return None;
+        }
+        found = Some(t);
+    }
+    found
+}
+
+/// Verifies an access token for `route` and turns it into the record the rest of the
+/// pipeline uses: the client (or exchanged key) as subject, its scopes, its app and limits.
+async fn token_principal(
+    st: &GatewayState,
+    route: &Route,
+    token: &str,
+    client: IpAddr,
+) -> Result<Arc<KeyRecord>, Rejection> {
+    let p = st
+        .engine
+        .verify_access_token(token, &route.audience)
+        .await
+        .map_err(|e| Rejection::InvalidToken { reason: e.code() })?;
+    let facts = RequestFacts {
+        required_scopes: &route.scopes,
+        scope_mode: route.scope_mode,
+        client_ip: Some(client),
+    };
+    if let keyward_core::Decision::Deny(keyward_core::Denial::InsufficientScope { missing }) =
+        keyward_core::decision::check_scopes(&p.scopes, &facts)
+    {
+        return Err(Rejection::InsufficientScope {
+            key_id: p.claims.client_id.clone(),
+            missing,
+        });
+    }
+    if !p.policy.ips.allows(client) {
+        return Err(Rejection::IpNotAllowed {
+            key_id: p.claims.client_id.clone(),
+        });
+    }
+    let at = |t: i64| time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    Ok(Arc::new(KeyRecord {
+        id: p.claims.client_id.clone(),
+        app_id: p.app_id.clone(),
+        app_name: p.app_name.clone(),
+        name: None,
+        hint: String::new(),
+        env: keyward_core::KeyEnv::Live,
+        scopes: p.scopes.clone(),
+        expires_at: None,
+        created_at: at(p.claims.iat),
+        revoked_at: None,
+        policy: p.policy.clone(),
+        app_policy: Default::default(),
+        lifecycle: Default::default(),
+    }))
+}
+
 fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'r Route, Problem> {
     let best_len = routes
         .iter()
@@ -333,32 +433,57 @@ async fn handle(
     };
     let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
     let format = st.engine.format();
-    let (record, bearer) = match extract(req.headers(), &st.cfg.credential_headers, |t| format.looks_like_key(t)) {
-        Extracted::None => return reject(&st, &Rejection::Missing, false, route),
-        Extracted::Multiple => return reject(&st, &Rejection::Multiple, false, route),
-        Extracted::Malformed { bearer } => {
-            return reject(
-                &st,
-                &Rejection::Malformed(keyward_core::error::KeyFormatError::Alphabet),
-                bearer,
-                route,
-            )
+    let jwt = if route.tokens {
+        bearer_jwt(req.headers(), |t| format.looks_like_key(t))
+    } else {
+        None
+    };
+    let mut token_client: Option<String> = None;
+    let (record, bearer) = if let Some(token) = jwt {
+        let has_key = st
+            .cfg
+            .credential_headers
+            .iter()
+            .any(|h| req.headers().get(h).is_some_and(|v| !v.is_empty()));
+        if has_key {
+            return reject(&st, &Rejection::Multiple, true, route);
         }
-        Extracted::One(c) => {
-            let facts = RequestFacts {
-                required_scopes: &route.scopes,
-                scope_mode: route.scope_mode,
-                client_ip: Some(client),
-            };
-            let meta = RequestMeta {
-                ip: Some(client),
-                method: req.method().as_str(),
-                path: req.uri().path(),
-                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
-            };
-            match st.engine.verify_key(c.value, &facts, &meta).await {
-                Ok(rec) => (rec, c.bearer),
-                Err(r) => return reject(&st, &r, c.bearer, route),
+        match token_principal(&st, route, token, client).await {
+            Ok(rec) => {
+                token_client = Some(rec.id.clone());
+                (rec, true)
+            }
+            Err(r) => return reject(&st, &r, true, route),
+        }
+    } else {
+        match extract(req.headers(), &st.cfg.credential_headers, |t| format.looks_like_key(t)) {
+            Extracted::None => return reject(&st, &Rejection::Missing, false, route),
+            Extracted::One(_) if !route.api_keys => return reject(&st, &Rejection::Missing, false, route),
+            Extracted::Multiple => return reject(&st, &Rejection::Multiple, false, route),
+            Extracted::Malformed { bearer } => {
+                return reject(
+                    &st,
+                    &Rejection::Malformed(keyward_core::error::KeyFormatError::Alphabet),
+                    bearer,
+                    route,
+                )
+            }
+            Extracted::One(c) => {
+                let facts = RequestFacts {
+                    required_scopes: &route.scopes,
+                    scope_mode: route.scope_mode,
+                    client_ip: Some(client),
+                };
+                let meta = RequestMeta {
+                    ip: Some(client),
+                    method: req.method().as_str(),
+                    path: req.uri().path(),
+                    user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+                };
+                match st.engine.verify_key(c.value, &facts, &meta).await {
+                    Ok(rec) => (rec, c.bearer),
+                    Err(r) => return reject(&st, &r, c.bearer, route),
+                }
             }
         }
     };
@@ -399,7 +524,17 @@ async fn handle(
     };
     tracing::debug!(route = %route.name, key_id = %record.id, app_id = %record.app_id, "allowed");
     let lifecycle = lifecycle_headers(&record, st.engine.now(), st.cfg.expiry_warning);
-    let mut resp = proxy(&st, route, record, bearer, peer.ip(), client, req).await;
+    let mut resp = proxy(
+        &st,
+        route,
+        record,
+        token_client.as_deref(),
+        bearer,
+        peer.ip(),
+        client,
+        req,
+    )
+    .await;
     for (name, value) in problem::ratelimit_fields(&states).into_iter().chain(lifecycle) {
         resp.headers_mut().insert(name, value);
     }
@@ -497,10 +632,12 @@ fn header_text(s: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     st: &GatewayState,
     route: &Route,
     record: Arc<KeyRecord>,
+    token_client: Option<&str>,
     bearer: bool,
     peer: IpAddr,
     client: IpAddr,
@@ -566,7 +703,10 @@ async fn proxy(
     );
     h.insert(HeaderName::from_static("x-keyward-app"), header_text(&record.app_name));
     h.insert(HeaderName::from_static("x-keyward-app-id"), header_text(&record.app_id));
-    h.insert(HeaderName::from_static("x-keyward-key-id"), header_text(&record.id));
+    match token_client {
+        Some(c) => h.insert(HeaderName::from_static("x-keyward-client-id"), header_text(c)),
+        None => h.insert(HeaderName::from_static("x-keyward-key-id"), header_text(&record.id)),
+    };
     let scopes = record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
     h.insert(HeaderName::from_static("x-keyward-scopes"), header_text(&scopes));
     parts.uri = uri;
@@ -599,6 +739,9 @@ mod tests {
             scopes: vec![],
             scope_mode: ScopeMode::AllOf,
             limits: RouteLimits::default(),
+            tokens: false,
+            api_keys: true,
+            audience: "keyward".into(),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod gateway;
 pub mod leaks;
+pub mod oauth;
 pub mod oauth_form;
 pub mod problem;
 

@@ -149,6 +149,11 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "Credential Expired",
             "the credential has expired".into(),
         ),
+        Rejection::InvalidToken { reason } => (
+            StatusCode::UNAUTHORIZED,
+            "Invalid Token",
+            format!("the access token is not valid ({reason})"),
+        ),
         Rejection::Disabled { .. } => (
             style.invalid_status,
             "Credential Disabled",

@@ -376,9 +376,16 @@ impl Engine {
     pub async fn maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut sweep = tokio::time::interval(Duration::from_secs(10));
         let mut flush = tokio::time::interval(self.options.usage_flush_interval);
+        let mut keys = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = sweep.tick() => { self.limiter.sweep(self.now_ns()); }
+                _ = keys.tick() => {
+                    self.prune_revoked_tokens();
+                    if let Err(e) = self.signing_key_maintenance().await {
+                        tracing::warn!(error = %e, "signing key maintenance failed");
+                    }
+                }
                 _ = flush.tick() => {
                     if let Err(e) = self.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counters kept for the next try");

@@ -9,7 +9,9 @@ mod error;
 mod sqlite;
 
 use async_trait::async_trait;
-use keyward_core::model::{AuditEvent, AuditFilter, ClientRecord, ClientSecretInfo, KeyUpdate, SigningKeyRow, UsageRow};
+use keyward_core::model::{
+    AuditEvent, AuditFilter, ClientRecord, ClientSecretInfo, KeyUpdate, SigningKeyRow, UsageRow,
+};
 use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyRecord};
 use time::OffsetDateTime;
@@ -99,7 +101,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a client and its secrets. `false` if no such client.
     async fn delete_client(&self, id: &str) -> Result<bool, StoreError>;
     /// The client's secrets (digests) that have not expired at `now`.
-    async fn client_secrets(&self, id: &str, now: OffsetDateTime) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError>;
+    async fn client_secrets(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError>;
     /// Adds a new secret; every current secret stays valid until `old_until` (or its own
     /// earlier expiry); expired secrets are deleted. `false` if no such client.
     async fn rotate_client_secret(
@@ -115,7 +121,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every signing key not yet past `remove_after`, oldest first.
     async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRow>, StoreError>;
     /// Marks a key retired at `at`; it stays published until `remove_after`.
-    async fn retire_signing_key(&self, kid: &str, at: OffsetDateTime, remove_after: OffsetDateTime) -> Result<bool, StoreError>;
+    async fn retire_signing_key(
+        &self,
+        kid: &str,
+        at: OffsetDateTime,
+        remove_after: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
 
     /// Adds a token to the denylist until it would have expired.
     async fn revoke_token(&self, jti: &str, expires_at: OffsetDateTime) -> Result<(), StoreError>;
@@ -123,5 +134,11 @@ pub trait Store: Send + Sync + 'static {
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError>;
     /// Remembers a one-time `jti` in `scope` until `expires_at`. `false` when it was already
     /// seen and has not expired (a replay).
-    async fn remember_jti(&self, scope: &str, jti: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<bool, StoreError>;
+    async fn remember_jti(
+        &self,
+        scope: &str,
+        jti: &str,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
 }

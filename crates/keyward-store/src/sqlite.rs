@@ -170,7 +170,8 @@ fn client_from_row(row: &SqliteRow) -> Result<ClientRecord, StoreError> {
         app_name: row.try_get("app_name").map_err(g)?,
         name: row.try_get("name").map_err(g)?,
         scopes,
-        auth_method: ClientAuthMethod::parse(&method).ok_or_else(|| StoreError::Corrupt("unknown client auth method".into()))?,
+        auth_method: ClientAuthMethod::parse(&method)
+            .ok_or_else(|| StoreError::Corrupt("unknown client auth method".into()))?,
         jwks: jwks
             .map(|j| serde_json::from_str(&j))
             .transpose()
@@ -642,11 +643,13 @@ impl Store for SqliteStore {
     }
 
     async fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients c JOIN apps a ON a.id = c.app_id WHERE c.id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients c JOIN apps a ON a.id = c.app_id WHERE c.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
         row.as_ref().map(client_from_row).transpose()
     }
 
@@ -697,7 +700,11 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn client_secrets(&self, id: &str, now: OffsetDateTime) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError> {
+    async fn client_secrets(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError> {
         let rows = sqlx::query(
             "SELECT digest, hint, created_at, expires_at FROM client_secrets \
              WHERE client_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at",
@@ -746,22 +753,22 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
-        sqlx::query(
-            "UPDATE client_secrets SET expires_at = MIN(COALESCE(expires_at, ?1), ?1) WHERE client_id = ?2",
-        )
-        .bind(ts(old_until))
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        sqlx::query("INSERT INTO client_secrets (client_id, digest, hint, created_at, expires_at) VALUES (?, ?, ?, ?, NULL)")
+        sqlx::query("UPDATE client_secrets SET expires_at = MIN(COALESCE(expires_at, ?1), ?1) WHERE client_id = ?2")
+            .bind(ts(old_until))
             .bind(id)
-            .bind(&digest.as_bytes()[..])
-            .bind(hint)
-            .bind(ts(now))
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
+        sqlx::query(
+            "INSERT INTO client_secrets (client_id, digest, hint, created_at, expires_at) VALUES (?, ?, ?, ?, NULL)",
+        )
+        .bind(id)
+        .bind(&digest.as_bytes()[..])
+        .bind(hint)
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(true)
     }
@@ -797,7 +804,12 @@ impl Store for SqliteStore {
         rows.iter().map(signing_key_from_row).collect()
     }
 
-    async fn retire_signing_key(&self, kid: &str, at: OffsetDateTime, remove_after: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn retire_signing_key(
+        &self,
+        kid: &str,
+        at: OffsetDateTime,
+        remove_after: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE signing_keys SET retired_at = COALESCE(retired_at, ?), remove_after = COALESCE(remove_after, ?) WHERE kid = ?",
         )
@@ -829,12 +841,21 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| {
                 let g = |e| StoreError::from_sqlx(e);
-                Ok((r.try_get("jti").map_err(g)?, from_ts(r.try_get("expires_at").map_err(g)?)?))
+                Ok((
+                    r.try_get("jti").map_err(g)?,
+                    from_ts(r.try_get("expires_at").map_err(g)?)?,
+                ))
             })
             .collect()
     }
 
-    async fn remember_jti(&self, scope: &str, jti: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn remember_jti(
+        &self,
+        scope: &str,
+        jti: &str,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
         sqlx::query("DELETE FROM seen_jtis WHERE scope = ? AND jti = ? AND expires_at <= ?")
             .bind(scope)
@@ -843,13 +864,14 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let done = sqlx::query("INSERT INTO seen_jtis (scope, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(scope)
-            .bind(jti)
-            .bind(ts(expires_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let done =
+            sqlx::query("INSERT INTO seen_jtis (scope, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(scope)
+                .bind(jti)
+                .bind(ts(expires_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(done.rows_affected() == 1)
     }

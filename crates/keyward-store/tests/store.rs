@@ -410,12 +410,21 @@ async fn oauth_suite(store: Arc<dyn Store>) {
         created_at: t(0),
         disabled_at: None,
     };
-    store.create_client(&client, Some((&digest(70), "cs_ab…yz"))).await.unwrap();
-    assert!(matches!(store.create_client(&client, None).await, Err(StoreError::Conflict(_))));
+    store
+        .create_client(&client, Some((&digest(70), "cs_ab…yz")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_client(&client, None).await,
+        Err(StoreError::Conflict(_))
+    ));
     let mut ghost = client.clone();
     ghost.id = "cl_ghost".into();
     ghost.app_id = "app_none".into();
-    assert!(matches!(store.create_client(&ghost, None).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.create_client(&ghost, None).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(store.get_client("cl_1").await.unwrap(), Some(client.clone()));
     assert_eq!(store.get_client("cl_2").await.unwrap(), None);
     assert_eq!(store.list_clients(Some("app_o")).await.unwrap(), vec![client.clone()]);
@@ -428,12 +437,25 @@ async fn oauth_suite(store: Arc<dyn Store>) {
     assert_eq!(store.get_client("cl_1").await.unwrap(), Some(changed));
     // Secrets: rotation keeps the old one until the grace ends.
     assert_eq!(store.client_secrets("cl_1", t(10)).await.unwrap().len(), 1);
-    assert!(store.rotate_client_secret("cl_1", &digest(71), "new", t(10), t(100)).await.unwrap());
+    assert!(store
+        .rotate_client_secret("cl_1", &digest(71), "new", t(10), t(100))
+        .await
+        .unwrap());
     let secrets = store.client_secrets("cl_1", t(50)).await.unwrap();
-    assert_eq!(secrets.iter().map(|(d, _)| *d).collect::<Vec<_>>(), vec![digest(70), digest(71)]);
+    assert_eq!(
+        secrets.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        vec![digest(70), digest(71)]
+    );
     assert_eq!(secrets[0].1.expires_at, Some(t(100)));
-    assert_eq!(store.client_secrets("cl_1", t(100)).await.unwrap().len(), 1, "the old secret expired");
-    assert!(!store.rotate_client_secret("cl_x", &digest(72), "x", t(10), t(10)).await.unwrap());
+    assert_eq!(
+        store.client_secrets("cl_1", t(100)).await.unwrap().len(),
+        1,
+        "the old secret expired"
+    );
+    assert!(!store
+        .rotate_client_secret("cl_x", &digest(72), "x", t(10), t(10))
+        .await
+        .unwrap());
     // Signing keys.
     let key = |kid: &str, at: i64| SigningKeyRow {
         kid: kid.into(),
@@ -447,20 +469,39 @@ async fn oauth_suite(store: Arc<dyn Store>) {
     };
     store.add_signing_key(&key("k1", 0)).await.unwrap();
     store.add_signing_key(&key("k2", 10)).await.unwrap();
-    assert_eq!(store.signing_keys(t(20)).await.unwrap(), vec![key("k1", 0), key("k2", 10)]);
+    assert_eq!(
+        store.signing_keys(t(20)).await.unwrap(),
+        vec![key("k1", 0), key("k2", 10)]
+    );
     assert!(store.retire_signing_key("k1", t(30), t(400)).await.unwrap());
     assert!(!store.retire_signing_key("k9", t(30), t(400)).await.unwrap());
     assert_eq!(store.signing_keys(t(399)).await.unwrap()[0].retired_at, Some(t(30)));
-    assert_eq!(store.signing_keys(t(400)).await.unwrap().len(), 1, "gone after remove_after");
+    assert_eq!(
+        store.signing_keys(t(400)).await.unwrap().len(),
+        1,
+        "gone after remove_after"
+    );
     // Revoked tokens and one-time jtis.
     store.revoke_token("jti-1", t(100)).await.unwrap();
     store.revoke_token("jti-1", t(100)).await.unwrap();
-    assert_eq!(store.revoked_tokens(t(50)).await.unwrap(), vec![("jti-1".to_owned(), t(100))]);
+    assert_eq!(
+        store.revoked_tokens(t(50)).await.unwrap(),
+        vec![("jti-1".to_owned(), t(100))]
+    );
     assert!(store.revoked_tokens(t(100)).await.unwrap().is_empty());
     assert!(store.remember_jti("assertion", "j", t(60), t(0)).await.unwrap());
-    assert!(!store.remember_jti("assertion", "j", t(60), t(1)).await.unwrap(), "a replay");
-    assert!(store.remember_jti("dpop", "j", t(60), t(1)).await.unwrap(), "scopes are separate");
-    assert!(store.remember_jti("assertion", "j", t(120), t(61)).await.unwrap(), "expired entries are forgotten");
+    assert!(
+        !store.remember_jti("assertion", "j", t(60), t(1)).await.unwrap(),
+        "a replay"
+    );
+    assert!(
+        store.remember_jti("dpop", "j", t(60), t(1)).await.unwrap(),
+        "scopes are separate"
+    );
+    assert!(
+        store.remember_jti("assertion", "j", t(120), t(61)).await.unwrap(),
+        "expired entries are forgotten"
+    );
     // Deleting a client deletes its secrets.
     assert!(store.delete_client("cl_1").await.unwrap());
     assert!(!store.delete_client("cl_1").await.unwrap());

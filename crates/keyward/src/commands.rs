@@ -176,6 +176,7 @@ async fn serve(cli: &Cli) -> Result<()> {
     let secrets = Secrets {
         pepper: cfg.pepper(&env)?,
         admin_token: cfg.admin_token(&env)?,
+        kek: if cfg.oauth.enabled { Some(cfg.kek(&env)?) } else { None },
     };
     let running = server::start(&cfg, secrets).await?;
     eprintln!(

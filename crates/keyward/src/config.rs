@@ -20,7 +20,15 @@ use keyward_store::CacheConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Environment variables with a `KEYWARD_` prefix that are not configuration overrides.
-pub const RESERVED_ENV: &[&str] = &["PEPPER", "ADMIN_TOKEN", "ADMIN_URL", "CONFIG", "LOG", "LOG_FORMAT"];
+pub const RESERVED_ENV: &[&str] = &[
+    "PEPPER",
+    "ADMIN_TOKEN",
+    "ADMIN_URL",
+    "CONFIG",
+    "LOG",
+    "LOG_FORMAT",
+    "KEK",
+];
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +47,8 @@ pub struct Config {
     pub admin: AdminSection,
     #[serde(default)]
     pub cache: CacheSection,
+    #[serde(default)]
+    pub oauth: OAuthSection,
     #[serde(default)]
     pub usage: UsageSection,
     #[serde(default)]
@@ -86,6 +96,9 @@ pub struct SecretsSection {
     pub pepper_file: Option<PathBuf>,
     /// File holding the admin token (mode 0600). `KEYWARD_ADMIN_TOKEN` takes precedence.
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the key-encryption key of the token signing keys (mode 0600).
+    /// `KEYWARD_KEK` takes precedence.
+    pub kek_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -258,6 +271,42 @@ impl Default for LeakReportsSection {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthSection {
+    /// Run the token service (token, introspection, revocation, discovery, JWKS endpoints on
+    /// the gateway listener). Needs a key-encryption key: `KEYWARD_KEK` or `secrets.kek_file`.
+    pub enabled: bool,
+    /// `iss` of the tokens; default `http://<gateway.listen>`.
+    pub issuer: Option<String>,
+    /// Audience of tokens that ask for none.
+    pub audience: String,
+    /// Algorithm of generated signing keys: EdDSA (default), ES256 or RS256.
+    pub signing_alg: String,
+    /// Clock skew tolerated for `exp`/`nbf` and client assertions.
+    #[serde(with = "dur")]
+    pub leeway: Duration,
+    /// How long a new signing key is published in the JWKS before it signs.
+    #[serde(with = "dur")]
+    pub publish_delay: Duration,
+    /// Rotate the signing key on this schedule (e.g. "30d"); none by default.
+    pub rotate_every: Option<String>,
+}
+
+impl Default for OAuthSection {
+    fn default() -> Self {
+        OAuthSection {
+            enabled: false,
+            issuer: None,
+            audience: "keyward".into(),
+            signing_alg: "EdDSA".into(),
+            leeway: Duration::from_secs(30),
+            publish_delay: Duration::from_secs(300),
+            rotate_every: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub name: String,
@@ -279,6 +328,19 @@ pub struct RouteSection {
     /// Quota units one request costs (default 1).
     #[serde(default)]
     pub cost: Option<u64>,
+    /// Accept access tokens (`Authorization: Bearer <jwt>`) issued by keyward's token service.
+    #[serde(default)]
+    pub tokens: bool,
+    /// Accept API keys (default true).
+    #[serde(default = "yes")]
+    pub api_keys: bool,
+    /// The audience tokens must carry on this route (default `oauth.audience`).
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Durations as human strings (`2s`, `500ms`, `1m`).
@@ -340,6 +402,9 @@ impl Config {
             abs(p);
         }
         if let Some(p) = self.secrets.admin_token_file.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.secrets.kek_file.as_mut() {
             abs(p);
         }
         for w in &mut self.webhooks {
@@ -526,6 +591,12 @@ impl Config {
                 Some(c) => c,
                 None => 1,
             };
+            if !r.tokens && !r.api_keys {
+                return Err(invalid(format!("{at}: accepts neither API keys nor tokens")));
+            }
+            if r.tokens && !self.oauth.enabled {
+                return Err(invalid(format!("{at}: tokens = true needs [oauth] enabled = true")));
+            }
             routes.push(Route {
                 name: r.name.clone(),
                 path_prefix: r.path_prefix.clone(),
@@ -539,6 +610,9 @@ impl Config {
                     rate_by: r.rate_by,
                     cost,
                 },
+                tokens: r.tokens,
+                api_keys: r.api_keys,
+                audience: r.audience.clone().unwrap_or_else(|| self.oauth.audience.clone()),
             });
         }
         let trusted_proxies = g
@@ -569,6 +643,70 @@ impl Config {
             "secrets.pepper_file",
         )?;
         Pepper::from_text(text.expose()).map_err(|e| ConfigError::Secret(e.to_string()))
+    }
+
+    /// Reads the key-encryption key: `KEYWARD_KEK`, else `secrets.kek_file`.
+    pub fn kek(&self, env: &[(String, String)]) -> Result<keyward_token::Kek, ConfigError> {
+        let t = secret_from(env, "KEYWARD_KEK", self.secrets.kek_file.as_deref(), "secrets.kek_file")?;
+        keyward_token::Kek::parse(t.expose()).map_err(|e| ConfigError::Secret(format!("key-encryption key: {e}")))
+    }
+
+    /// The token service's settings, validated.
+    pub fn oauth_config(&self) -> Result<keyward_engine::token::OAuthConfig, ConfigError> {
+        let o = &self.oauth;
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let issuer = match &o.issuer {
+            Some(i) => {
+                let i = i.trim_end_matches('/').to_owned();
+                if !(i.starts_with("https://") || i.starts_with("http://")) || i.contains('?') || i.contains('#') {
+                    return Err(invalid("oauth.issuer: an http(s) URL without query or fragment".into()));
+                }
+                i
+            }
+            None => format!("http://{}", self.gateway.listen),
+        };
+        let signing_alg = keyward_token::Algorithm::from_name(&o.signing_alg)
+            .filter(|a| {
+                matches!(
+                    a,
+                    keyward_token::Algorithm::EdDSA | keyward_token::Algorithm::ES256 | keyward_token::Algorithm::RS256
+                )
+            })
+            .ok_or_else(|| invalid("oauth.signing_alg: EdDSA, ES256 or RS256".into()))?;
+        let check_aud = |a: &str| -> Result<String, ConfigError> {
+            if a.is_empty() || a.len() > 256 || a.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(invalid(format!("audience {a:?}: 1 to 256 characters without spaces")));
+            }
+            Ok(a.to_owned())
+        };
+        let default_audience = check_aud(&o.audience)?;
+        let mut audiences = vec![default_audience.clone()];
+        for r in &self.routes {
+            if let Some(a) = &r.audience {
+                let a = check_aud(a)?;
+                if !audiences.contains(&a) {
+                    audiences.push(a);
+                }
+            }
+        }
+        let rotate_every = match &o.rotate_every {
+            Some(r) => Some(
+                humantime::parse_duration(r)
+                    .ok()
+                    .filter(|d| d.as_secs() >= 3600)
+                    .ok_or_else(|| invalid("oauth.rotate_every: a duration of at least 1h".into()))?,
+            ),
+            None => None,
+        };
+        Ok(keyward_engine::token::OAuthConfig {
+            issuer,
+            default_audience,
+            audiences,
+            signing_alg,
+            leeway: o.leeway,
+            publish_delay: o.publish_delay,
+            rotate_every,
+        })
     }
 
     /// Reads the admin token: `KEYWARD_ADMIN_TOKEN`, else `secrets.admin_token_file`.

@@ -30,6 +30,9 @@ pub fn demo_routes(upstream: &str) -> Vec<RouteSection> {
         burst: None,
         rate_by: Default::default(),
         cost: None,
+        tokens: true,
+        api_keys: true,
+        audience: None,
     };
     vec![
         r("fact", "/fact", "GET", "facts:read"),
@@ -67,11 +70,14 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
     let mut cfg = Config::default();
     cfg.store.url = dir.path().join("keyward.db").display().to_string();
     cfg.routes = demo_routes(&format!("http://{upstream_addr}"));
+    cfg.oauth.enabled = true;
+    cfg.oauth.issuer = Some(format!("http://{}", gateway.local_addr().map_err(io)?));
     let pepper_text = Pepper::generate_text().map_err(io)?;
     let admin_token = keyward_core::secret::random_base62(43).map_err(io)?;
     let secrets = Secrets {
         pepper: Pepper::from_text(pepper_text.expose()).map_err(io)?,
         admin_token: keyward_core::secret::SecretString::new(admin_token.clone()),
+        kek: Some(keyward_token::Kek::generate().map_err(io)?.0),
     };
     let running = start_on(&cfg, secrets, gateway, admin, Arc::new(SystemClock)).await?;
 
@@ -147,6 +153,40 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
         println!(
             "  curl -i -H 'x-api-key: {}' -H 'content-type: application/json' -d '{{\"fact\":\"Cats purr at 25 Hz.\"}}' {gw}/facts",
             write.expose()
+        );
+        println!();
+        // The way past static keys: a client that trades its credentials for a 5-minute token.
+        let (client, secret) = engine
+            .create_client(
+                "demo",
+                keyward_engine::oauth::NewClient {
+                    app: app.id.clone(),
+                    name: Some("batch-job".into()),
+                    scopes: vec![scope("facts:read")?],
+                    auth_method: keyward_core::model::ClientAuthMethod::ClientSecretBasic,
+                    jwks: None,
+                    token_ttl: keyward_engine::oauth::DEFAULT_TOKEN_TTL,
+                    dpop_bound_access_tokens: false,
+                    policy: Default::default(),
+                },
+            )
+            .await
+            .map_err(io)?;
+        let secret = secret.map(|s| s.expose().to_owned()).unwrap_or_default();
+        println!("Short-lived tokens instead of a static key (OAuth 2.0 client credentials):");
+        println!();
+        println!("  curl -s {gw}/.well-known/oauth-authorization-server");
+        println!(
+            "  TOKEN=$(curl -s -u '{}:{secret}' -d grant_type=client_credentials {gw}/oauth/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')",
+            client.id
+        );
+        println!("  curl -i -H \"Authorization: Bearer $TOKEN\" {gw}/fact");
+        println!("  # or trade the read key for a token (RFC 8693 token exchange):");
+        println!(
+            "  curl -s -d grant_type={} -d subject_token_type={} -d subject_token={} {gw}/oauth/token",
+            keyward_engine::token::TOKEN_EXCHANGE,
+            keyward_engine::token::API_KEY_TOKEN_TYPE,
+            read.expose()
         );
         println!();
         println!("Manage it:");

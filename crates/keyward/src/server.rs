@@ -21,6 +21,8 @@ use crate::error::{CliError, Result};
 pub struct Secrets {
     pub pepper: Pepper,
     pub admin_token: SecretString,
+    /// The key-encryption key of the token signing keys; `Some` turns the token service on.
+    pub kek: Option<keyward_token::Kek>,
 }
 
 /// A running keyward: its bound addresses and a way to stop it.
@@ -93,6 +95,13 @@ pub async fn start_on(
         .load_legacy_flag()
         .await
         .map_err(|e| CliError::startup(format!("store: {e}")))?;
+    if let Some(kek) = secrets.kek {
+        let oauth = cfg.oauth_config().map_err(|e| CliError::startup(e.to_string()))?;
+        engine
+            .enable_oauth(oauth, kek)
+            .await
+            .map_err(|e| CliError::startup(format!("token service: {e}")))?;
+    }
     // Webhooks (security events, signed) and GitHub secret-scanning reports.
     let env: Vec<(String, String)> = std::env::vars().collect();
     for w in cfg

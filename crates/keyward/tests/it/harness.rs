@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub const PEPPER: &str = "test-pepper-0123456789abcdef0123456789abcdef";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const KEK: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// What the upstream saw of the last request.
 pub type Headers = HashMap<String, Vec<String>>;
@@ -175,6 +176,9 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
         burst: None,
         rate_by: Default::default(),
         cost: None,
+        tokens: false,
+        api_keys: true,
+        audience: None,
     };
     vec![
         r("fact", "/fact", &["GET"], &["facts:read"]),
@@ -194,6 +198,9 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
             burst: None,
             rate_by: Default::default(),
             cost: None,
+            tokens: false,
+            api_keys: true,
+            audience: None,
         },
     ]
 }
@@ -212,6 +219,11 @@ pub async fn boot_with(tweak: impl FnOnce(&mut Config)) -> Kw {
     let secrets = Secrets {
         pepper: Pepper::from_text(PEPPER).unwrap(),
         admin_token: SecretString::new(ADMIN_TOKEN.into()),
+        kek: if cfg.oauth.enabled {
+            Some(keyward_token::Kek::parse(KEK).unwrap())
+        } else {
+            None
+        },
     };
     let g = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = TcpListener::bind("127.0.0.1:0").await.unwrap();

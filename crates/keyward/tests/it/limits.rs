@@ -31,6 +31,9 @@ fn route(name: &str, prefix: &str, upstream: &str) -> keyward::config::RouteSect
         burst: None,
         rate_by: Default::default(),
         cost: None,
+        tokens: false,
+        api_keys: true,
+        audience: None,
     }
 }
 

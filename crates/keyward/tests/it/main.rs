@@ -11,5 +11,5 @@ mod hostile;
 mod leaks;
 mod lifecycle;
 mod limits;
-mod webhooks;
 mod scan;
+mod webhooks;

@@ -1,0 +1,252 @@
+//! The OAuth 2.0 endpoints on the gateway listener: token (RFC 6749 §4.4, RFC 8693),
+//! introspection (RFC 7662), revocation (RFC 7009), authorization server metadata
+//! (RFC 8414) and the JWKS. Errors use OAuth's JSON error format (RFC 6749 §5.2), and every
+//! answer carries `Cache-Control: no-store` and `Pragma: no-cache`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keyward_engine::token::{ClientAuth, OAuthError, TokenRequest, API_KEY_TOKEN_TYPE, TOKEN_EXCHANGE};
+use keyward_engine::RequestMeta;
+use serde_json::json;
+
+use crate::gateway::{client_ip, GatewayState};
+use crate::oauth_form::{client_credentials, is_form, ClientCredentials, Form, FormError, MAX_FORM};
+
+/// Paths served before the route table.
+pub const TOKEN_PATH: &str = "/oauth/token";
+pub const INTROSPECT_PATH: &str = "/oauth/introspect";
+pub const REVOKE_PATH: &str = "/oauth/revoke";
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// The OAuth routes (only when the token service is enabled).
+pub fn routes(state: Arc<GatewayState>) -> Router {
+    Router::new()
+        .route(TOKEN_PATH, post(token))
+        .route(INTROSPECT_PATH, post(introspect))
+        .route(REVOKE_PATH, post(revoke))
+        .route(JWKS_PATH, get(jwks))
+        .route(METADATA_PATH, get(metadata))
+        .method_not_allowed_fallback(|| async {
+            oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST")
+        })
+        .with_state(state)
+}
+
+fn no_store(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
+    no_store((status, Json(json!({"error": code, "error_description": description}))).into_response())
+}
+
+fn from_oauth(e: &OAuthError) -> Response {
+    let status = match e {
+        OAuthError::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+        OAuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut r = oauth_error(status, e.code(), &e.to_string());
+    if let OAuthError::InvalidClient { basic: true } = e {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"keyward\""),
+        );
+    }
+    r
+}
+
+fn bad_request(e: FormError) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e.0)
+}
+
+/// The content type, size and strict-form checks shared by the three POST endpoints.
+fn read_form(headers: &HeaderMap, body: &Bytes) -> Result<Form, Response> {
+    if body.len() > MAX_FORM {
+        return Err(oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "the request body is too large",
+        ));
+    }
+    if !is_form(headers) {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send the parameters as application/x-www-form-urlencoded",
+        ));
+    }
+    Form::parse(body).map_err(bad_request)
+}
+
+fn auth_of(c: &ClientCredentials) -> ClientAuth<'_> {
+    match c {
+        ClientCredentials::None | ClientCredentials::IdOnly { .. } => ClientAuth::None,
+        ClientCredentials::Basic { client_id, secret } => ClientAuth::Basic { client_id, secret },
+        ClientCredentials::Post { client_id, secret } => ClientAuth::Post { client_id, secret },
+        ClientCredentials::Assertion { assertion, client_id } => ClientAuth::Assertion {
+            assertion,
+            client_id: client_id.as_deref(),
+        },
+    }
+}
+
+async fn token(
+    State(st): State<Arc<GatewayState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let creds = match client_credentials(&headers, &form) {
+        Ok(c) => c,
+        Err(e) => return bad_request(e),
+    };
+    let Some(grant_type) = form.get("grant_type") else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required");
+    };
+    if let ClientCredentials::IdOnly { .. } = creds {
+        if grant_type == "client_credentials" {
+            return from_oauth(&OAuthError::InvalidClient { basic: false });
+        }
+    }
+    let ip = client_ip(peer.ip(), &headers, st.trusted_proxies());
+    let meta = RequestMeta {
+        ip: Some(ip),
+        method: "POST",
+        path: TOKEN_PATH,
+        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+    };
+    let req = TokenRequest {
+        grant_type,
+        scope: form.get("scope"),
+        audience: form.get("audience").or(form.get("resource")),
+        auth: auth_of(&creds),
+        subject_token: form.get("subject_token"),
+        subject_token_type: form.get("subject_token_type"),
+        requested_token_type: form.get("requested_token_type"),
+    };
+    match st.engine().issue_token(&req, &meta).await {
+        Ok(t) => no_store((StatusCode::OK, Json(t)).into_response()),
+        Err(e) => from_oauth(&e),
+    }
+}
+
+/// Introspection and revocation need an authenticated client.
+async fn authenticated(st: &GatewayState, headers: &HeaderMap, form: &Form) -> Result<String, Response> {
+    let creds = client_credentials(headers, form).map_err(bad_request)?;
+    match st.engine().authenticate_client(&auth_of(&creds)).await {
+        Ok(Some(c)) => Ok(c.id),
+        Ok(None) => Err(from_oauth(&OAuthError::InvalidClient { basic: false })),
+        Err(e) => Err(from_oauth(&e)),
+    }
+}
+
+async fn introspect(State(st): State<Arc<GatewayState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = authenticated(&st, &headers, &form).await {
+        return r;
+    }
+    let Some(token) = form.get("token") else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
+    };
+    let body = match st.engine().introspect(token).await {
+        Some(c) => json!({
+            "active": true,
+            "scope": c.scope,
+            "client_id": c.client_id,
+            "sub": c.sub,
+            "aud": c.aud,
+            "iss": c.iss,
+            "exp": c.exp,
+            "iat": c.iat,
+            "jti": c.jti,
+            "token_type": if c.cnf.as_ref().is_some_and(|x| x.jkt.is_some()) { "DPoP" } else { "Bearer" },
+        }),
+        None => json!({"active": false}),
+    };
+    no_store((StatusCode::OK, Json(body)).into_response())
+}
+
+async fn revoke(State(st): State<Arc<GatewayState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let client_id = match authenticated(&st, &headers, &form).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(token) = form.get("token") else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
+    };
+    if let Some(hint) = form.get("token_type_hint") {
+        if hint != "access_token" && hint != "refresh_token" {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_token_type",
+                "only access tokens are issued here",
+            );
+        }
+    }
+    match st.engine().revoke_token(token, &client_id).await {
+        // 200 for unknown, invalid or foreign tokens as well (RFC 7009 §2.2).
+        Ok(_) => no_store(StatusCode::OK.into_response()),
+        Err(_) => oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again"),
+    }
+}
+
+async fn jwks(State(st): State<Arc<GatewayState>>) -> Response {
+    match st.engine().token_service() {
+        Ok(svc) => {
+            let mut r = Json(svc.jwks()).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+            r
+        }
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
+    let Ok(svc) = st.engine().token_service() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let iss = &svc.config().issuer;
+    let mut scopes: Vec<String> = st.route_scopes();
+    scopes.sort();
+    scopes.dedup();
+    Json(json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}{TOKEN_PATH}"),
+        "jwks_uri": format!("{iss}{JWKS_PATH}"),
+        "introspection_endpoint": format!("{iss}{INTROSPECT_PATH}"),
+        "revocation_endpoint": format!("{iss}{REVOKE_PATH}"),
+        "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
+        "response_types_supported": ["token"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "scopes_supported": scopes,
+        "keyward_api_key_token_type": API_KEY_TOKEN_TYPE,
+    }))
+    .into_response()
+}
