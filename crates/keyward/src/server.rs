@@ -96,7 +96,14 @@ pub async fn start_on(
         .await
         .map_err(|e| CliError::startup(format!("store: {e}")))?;
     if let Some(kek) = secrets.kek {
-        let oauth = cfg.oauth_config().map_err(|e| CliError::startup(e.to_string()))?;
+        let mut oauth = cfg.oauth_config().map_err(|e| CliError::startup(e.to_string()))?;
+        if cfg.oauth.issuer.is_none() {
+            // Default issuer: the address the gateway really listens on.
+            let addr = gateway_listener
+                .local_addr()
+                .map_err(|e| CliError::startup(e.to_string()))?;
+            oauth.issuer = format!("http://{addr}");
+        }
         engine
             .enable_oauth(oauth, kek)
             .await

@@ -11,5 +11,6 @@ mod hostile;
 mod leaks;
 mod lifecycle;
 mod limits;
+mod oauth;
 mod scan;
 mod webhooks;
