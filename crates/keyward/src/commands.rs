@@ -100,6 +100,8 @@ prefix = "kw"
 # Mode 0600 files. KEYWARD_PEPPER and KEYWARD_ADMIN_TOKEN take precedence.
 pepper_file = "keyward.pepper"
 admin_token_file = "admin.token"
+# Seals the token signing keys (AES-256-GCM). KEYWARD_KEK takes precedence.
+kek_file = "keyward.kek"
 
 [gateway]
 listen = "127.0.0.1:8080"
@@ -112,6 +114,13 @@ upstream_timeout = "30s"
 [admin]
 listen = "127.0.0.1:8081"
 
+# The OAuth 2.0 token service on the gateway listener: /oauth/token, /oauth/introspect,
+# /oauth/revoke, /.well-known/oauth-authorization-server, /.well-known/jwks.json.
+[oauth]
+enabled = true
+audience = "keyward"
+signing_alg = "EdDSA"
+
 # Routes: the longest matching path_prefix wins, then the method.
 # `keyward cat-facts --listen 127.0.0.1:9000` runs the example upstream.
 [[routes]]
@@ -120,6 +129,7 @@ path_prefix = "/fact"
 methods = ["GET"]
 upstream = "http://127.0.0.1:9000"
 scopes = ["facts:read"]
+tokens = true
 
 [[routes]]
 name = "facts-read"
@@ -127,6 +137,7 @@ path_prefix = "/facts"
 methods = ["GET"]
 upstream = "http://127.0.0.1:9000"
 scopes = ["facts:read"]
+tokens = true
 
 [[routes]]
 name = "facts-write"
@@ -134,6 +145,7 @@ path_prefix = "/facts"
 methods = ["POST"]
 upstream = "http://127.0.0.1:9000"
 scopes = ["facts:write"]
+tokens = true
 "#;
 
 fn init(dir: &Path) -> Result<()> {
@@ -141,7 +153,8 @@ fn init(dir: &Path) -> Result<()> {
     let cfg = dir.join("keyward.toml");
     let pepper = dir.join("keyward.pepper");
     let token = dir.join("admin.token");
-    for p in [&cfg, &pepper, &token] {
+    let kek = dir.join("keyward.kek");
+    for p in [&cfg, &pepper, &token, &kek] {
         if p.exists() {
             return Err(CliError::Usage(format!(
                 "{} already exists; refusing to overwrite it",
@@ -154,6 +167,8 @@ fn init(dir: &Path) -> Result<()> {
     let io = |p: &Path, e: std::io::Error| CliError::Io(format!("cannot write {}: {e}", p.display()));
     write_secret_file(&pepper, pepper_text.expose()).map_err(|e| io(&pepper, e))?;
     write_secret_file(&token, &token_text).map_err(|e| io(&token, e))?;
+    let (_, kek_text) = keyward_token::Kek::generate().map_err(|e| CliError::Io(e.to_string()))?;
+    write_secret_file(&kek, &kek_text).map_err(|e| io(&kek, e))?;
     std::fs::write(&cfg, CONFIG_TEMPLATE).map_err(|e| io(&cfg, e))?;
     println!("wrote {} (configuration)", cfg.display());
     println!(
@@ -161,6 +176,10 @@ fn init(dir: &Path) -> Result<()> {
         pepper.display()
     );
     println!("wrote {} (admin token, mode 0600)", token.display());
+    println!(
+        "wrote {} (key-encryption key of the token signing keys, mode 0600: back it up)",
+        kek.display()
+    );
     println!();
     println!("next:");
     println!("  keyward cat-facts --listen 127.0.0.1:9000 &   # the example upstream");
