@@ -119,6 +119,7 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     {
         assert_eq!(mode(&dir.path().join("keyward.pepper")), 0o600);
         assert_eq!(mode(&dir.path().join("admin.token")), 0o600);
+        assert_eq!(mode(&dir.path().join("keyward.kek")), 0o600);
     }
     let (code, _, err) = keyward(&["init", "--dir", d], &[]);
     assert_ne!(code, 0);
@@ -128,6 +129,10 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
         .trim()
         .to_owned();
     let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let kek = std::fs::read_to_string(dir.path().join("keyward.kek"))
         .unwrap()
         .trim()
         .to_owned();
@@ -440,7 +445,7 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
         "trace logs were captured: {logs}"
     );
     assert!(logs.lines().filter(|l| l.starts_with('{')).count() > 3, "JSON logs");
-    for secret in [&key, &key[8..51].to_owned(), &pepper, &token] {
+    for secret in [&key, &key[8..51].to_owned(), &pepper, &token, &kek] {
         assert!(!logs.contains(secret.as_str()), "a secret is in the logs");
     }
     drop(upstream);
