@@ -241,6 +241,22 @@ pub(crate) fn admin_client(cli: &Cli) -> Result<AdminClient> {
     AdminClient::new(&url, &token)
 }
 
+/// Checks `--scope` values locally (a clear error and exit status 2, no request).
+fn check_scope_flags(scopes: &[String]) -> Result<()> {
+    for scope in scopes {
+        keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+    }
+    Ok(())
+}
+
+/// An expiry flag (`90d` or RFC 3339, in the future) as an RFC 3339 instant.
+fn instant_flag(flag: &str, value: &str) -> Result<String> {
+    let at = keyward_core::when::parse_expiry(value, time::OffsetDateTime::now_utc())
+        .map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
+    at.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| CliError::Usage(format!("{flag}: {e}")))
+}
+
 /// Reads a secret from standard input: one line, trailing newline removed.
 fn read_secret_stdin() -> Result<String> {
     use std::io::{IsTerminal, Read};
@@ -468,9 +484,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             out,
         } => {
             // Check what can be checked locally first: no request for a bad flag.
-            for scope in sc {
-                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
-            }
+            check_scope_flags(sc)?;
             let mut body = json!({"app": app, "scopes": sc, "env": env, "canary": canary});
             limits_into(&mut body, limits, None)?;
             if let Some(n) = name {
@@ -514,9 +528,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             clear,
             out,
         } => {
-            for scope in sc {
-                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
-            }
+            check_scope_flags(sc)?;
             let mut body = json!({});
             if !sc.is_empty() || *no_scopes {
                 body["scopes"] = json!(sc);
@@ -545,9 +557,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             limits,
             out,
         } => {
-            for scope in sc {
-                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
-            }
+            check_scope_flags(sc)?;
             let mut body = json!({"app": app, "scopes": sc});
             if let Some(n) = name {
                 body["name"] = json!(n);
@@ -555,11 +565,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             if sunset == "never" {
                 body["expires_in"] = json!("never");
             } else {
-                let at = keyward_core::when::parse_expiry(sunset, time::OffsetDateTime::now_utc())
-                    .map_err(|e| CliError::Usage(format!("--sunset: {e}")))?;
-                let at = at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(|e| CliError::Usage(format!("--sunset: {e}")))?;
+                let at = instant_flag("--sunset", sunset)?;
                 body["expires_at"] = json!(at);
             }
             limits_into(&mut body, limits, None)?;
@@ -661,11 +667,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             }
             let mut body = json!({"grace": g, "no_expiry": no_expiry});
             if let Some(x) = expires {
-                let at = keyward_core::when::parse_expiry(x, time::OffsetDateTime::now_utc())
-                    .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
-                let at = at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+                let at = instant_flag("--expires", x)?;
                 body["expires_at"] = json!(at);
             }
             let c = admin_client(cli)?;
@@ -737,9 +739,7 @@ async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
             limits,
             out,
         } => {
-            for scope in sc {
-                keyward_core::Scope::new(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
-            }
+            check_scope_flags(sc)?;
             let mut body = json!({"app": app, "scopes": sc, "auth_method": auth, "token_ttl": token_ttl,
                                   "dpop_bound_access_tokens": dpop_bound});
             if let Some(n) = name {
