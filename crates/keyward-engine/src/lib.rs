@@ -117,6 +117,8 @@ pub struct Engine {
     legacy_present: std::sync::atomic::AtomicBool,
     /// The OAuth 2.0 token service, once enabled.
     pub(crate) oauth: std::sync::OnceLock<token::TokenService>,
+    /// Clients and their secret digests, by client_id (dropped on every change).
+    pub(crate) clients: oauth::ClientCache,
 }
 
 impl Engine {
@@ -158,6 +160,7 @@ impl Engine {
             options,
             legacy_present: std::sync::atomic::AtomicBool::new(false),
             oauth: std::sync::OnceLock::new(),
+            clients: oauth::ClientCache::new(),
         }
     }
 

@@ -13,6 +13,31 @@ use time::Duration;
 
 use crate::{Engine, EngineError};
 
+/// A client and its current secrets (digest, expiry), cached for the token endpoint.
+pub(crate) struct CachedClient {
+    record: ClientRecord,
+    secrets: Vec<(keyward_core::Digest, Option<time::OffsetDateTime>)>,
+}
+
+/// Read-through cache of clients by id; entries live 30 s at most and are dropped on every
+/// change made through this engine.
+pub(crate) struct ClientCache(moka::sync::Cache<String, std::sync::Arc<CachedClient>>);
+
+impl ClientCache {
+    pub(crate) fn new() -> ClientCache {
+        ClientCache(
+            moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(30))
+                .build(),
+        )
+    }
+
+    pub(crate) fn invalidate(&self, id: &str) {
+        self.0.invalidate(id);
+    }
+}
+
 /// Longest access-token lifetime a client may ask for (24 hours).
 pub const MAX_TOKEN_TTL: u32 = 86_400;
 /// Default access-token lifetime (5 minutes).
@@ -198,6 +223,7 @@ impl Engine {
         if !self.store.update_client(&after).await? {
             return Err(EngineError::NotFound("client"));
         }
+        self.clients.invalidate(id);
         let kind = if disabled { "client.disabled" } else { "client.enabled" };
         self.audit_client(actor, kind, id, json!({"before": before, "after": after}))
             .await;
@@ -209,6 +235,7 @@ impl Engine {
         if !self.store.delete_client(id).await? {
             return Err(EngineError::NotFound("client"));
         }
+        self.clients.invalidate(id);
         self.audit_client(actor, "client.deleted", id, json!({"before": before}))
             .await;
         Ok(())
@@ -241,6 +268,7 @@ impl Engine {
         {
             return Err(EngineError::NotFound("client"));
         }
+        self.clients.invalidate(id);
         self.audit_client(
             actor,
             "client.secret_rotated",
@@ -264,17 +292,32 @@ impl Engine {
             return Ok(None);
         }
         let presented = self.pepper.digest(secret.as_bytes());
-        let Some(client) = self.store.get_client(client_id).await? else {
-            return Ok(None);
+        let now = self.now();
+        let cached = match self.clients.0.get(client_id) {
+            Some(c) => c,
+            None => {
+                let Some(record) = self.store.get_client(client_id).await? else {
+                    return Ok(None);
+                };
+                let secrets = self
+                    .store
+                    .client_secrets(client_id, now)
+                    .await?
+                    .into_iter()
+                    .map(|(d, i)| (d, i.expires_at))
+                    .collect();
+                let c = std::sync::Arc::new(CachedClient { record, secrets });
+                self.clients.0.insert(client_id.to_owned(), c.clone());
+                c
+            }
         };
-        let secrets = self.store.client_secrets(client_id, self.now()).await?;
         let mut ok = false;
-        for (d, _) in &secrets {
-            ok |= d.ct_eq(&presented);
+        for (d, expires) in &cached.secrets {
+            ok |= d.ct_eq(&presented) & expires.is_none_or(|t| t > now);
         }
-        if !ok || client.disabled_at.is_some() || client.auth_method != method {
+        if !ok || cached.record.disabled_at.is_some() || cached.record.auth_method != method {
             return Ok(None);
         }
-        Ok(Some(client))
+        Ok(Some(cached.record.clone()))
     }
 }

@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod gateway;
 mod hostile;
+mod independent;
 mod leaks;
 mod lifecycle;
 mod limits;
