@@ -53,6 +53,9 @@ pub enum Command {
     /// Manage OAuth 2.0 clients (client credentials grant).
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Manage the token signing keys.
+    #[command(subcommand, name = "signing-key")]
+    SigningKey(SigningKeyCommand),
     /// Usage of a key or an app: requests by outcome over time.
     Usage {
         /// A key id.
@@ -347,4 +350,24 @@ pub enum ClientCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCommand {
+    /// The signing keys in the JWKS (public parts only) and their state.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// A new signing key: published now, signing after `oauth.publish_delay`; the current one
+    /// is then retired.
+    Rotate {
+        /// EdDSA, ES256 or RS256 (default: `oauth.signing_alg`).
+        #[arg(long, value_parser = ["EdDSA", "ES256", "RS256"])]
+        alg: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Stop signing with a key; it stays in the JWKS until its last token has expired.
+    Retire { kid: String },
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{AppCommand, ClearFlags, Cli, ClientCommand, Command, KeyCommand, LimitFlags};
+use crate::cli::{AppCommand, ClearFlags, Cli, ClientCommand, Command, KeyCommand, LimitFlags, SigningKeyCommand};
 use crate::client::{print_table, seg, AdminClient};
 use crate::config::{write_secret_file, Config};
 use crate::error::{CliError, Result};
@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::App(cmd) => app(&cli, cmd).await,
         Command::Key(cmd) => key(&cli, cmd).await,
         Command::Client(cmd) => client(&cli, cmd).await,
+        Command::SigningKey(cmd) => signing_key(&cli, cmd).await,
         Command::Usage { key, app, since, out } => {
             crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
         }
@@ -857,6 +858,52 @@ async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
                 println!();
                 println!("Store it now: keyward keeps only a digest and will never show it again.");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn signing_key(cli: &Cli, cmd: &SigningKeyCommand) -> Result<()> {
+    let c = admin_client(cli)?;
+    match cmd {
+        SigningKeyCommand::List { out } => {
+            let v = c.call(Method::GET, "/v1/signing-keys", None).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = items(&v)
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            s(k, "kid"),
+                            s(k, "alg"),
+                            s(k, "state"),
+                            s(k, "active_at"),
+                            s(k, "remove_after"),
+                        ]
+                    })
+                    .collect();
+                print_table(&["KID", "ALG", "STATE", "SIGNS FROM", "LEAVES JWKS"], &rows);
+            }
+        }
+        SigningKeyCommand::Rotate { alg, out } => {
+            let body = alg.as_ref().map(|a| json!({"alg": a}));
+            let v = c.call(Method::POST, "/v1/signing-keys/rotate", body).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "new signing key {} ({}), published now, signing from {}",
+                    s(&v, "kid"),
+                    s(&v, "alg"),
+                    s(&v, "active_at")
+                );
+            }
+        }
+        SigningKeyCommand::Retire { kid } => {
+            c.call(Method::POST, &format!("/v1/signing-keys/{}/retire", seg(kid)), None)
+                .await?;
+            println!("retired signing key {kid}; it stays in the JWKS until its last token has expired");
         }
     }
     Ok(())

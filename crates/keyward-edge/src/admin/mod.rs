@@ -20,6 +20,7 @@ use crate::problem::{self, Problem};
 mod audit;
 mod clients;
 mod keys;
+mod signing;
 
 use keys::*;
 
@@ -68,6 +69,9 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/clients/{id}/disable", post(clients::disable_client))
         .route("/v1/clients/{id}/enable", post(clients::enable_client))
         .route("/v1/clients/{id}/rotate-secret", post(clients::rotate_secret))
+        .route("/v1/signing-keys", get(signing::list))
+        .route("/v1/signing-keys/rotate", post(signing::rotate))
+        .route("/v1/signing-keys/{kid}/retire", post(signing::retire))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/usage", get(audit::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))

@@ -610,3 +610,181 @@ async fn discovery_and_jwks() {
         "the public key is stored"
     );
 }
+
+#[tokio::test]
+async fn signing_keys_are_published_before_they_sign_and_kept_after() {
+    let kw = boot_oauth().await;
+    let c = client(&kw, json!({})).await;
+    let (id, secret) = (
+        c["client_id"].as_str().unwrap().to_owned(),
+        c["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let token = |kw: &Kw| {
+        let (id, secret) = (id.clone(), secret.clone());
+        let http = kw.http.clone();
+        let url = format!("{}/oauth/token", kw.gw);
+        async move {
+            let r = http
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials")
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (_, list) = kw.admin(Method::GET, "/v1/signing-keys", None).await;
+    let first = list["items"][0]["kid"].as_str().unwrap().to_owned();
+    assert_eq!(list["items"][0]["state"], "active");
+    assert!(list.to_string().find("\"d\"").is_none(), "no private part");
+    let old_token = token(&kw).await;
+    assert_eq!(header_of(&old_token)["kid"], first.as_str());
+    // Rotate: the new key is in the JWKS at once, but does not sign yet.
+    let (s, v) = kw
+        .admin(Method::POST, "/v1/signing-keys/rotate", Some(json!({"alg": "ES256"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let second = v["kid"].as_str().unwrap().to_owned();
+    assert_eq!(v["state"], "pending");
+    let jwks: Value = kw
+        .http
+        .get(format!("{}/.well-known/jwks.json", kw.gw))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(kids.contains(&first.as_str()) && kids.contains(&second.as_str()));
+    assert_eq!(header_of(&token(&kw).await)["kid"], first.as_str());
+    // After the publish delay the new key signs, the old one is retired but still verifies.
+    kw.clock.advance(time::Duration::seconds(301));
+    kw.running
+        .as_ref()
+        .unwrap()
+        .engine
+        .signing_key_maintenance()
+        .await
+        .unwrap();
+    let new_token = token(&kw).await;
+    assert_eq!(header_of(&new_token)["kid"], second.as_str());
+    assert_eq!(header_of(&new_token)["alg"], "ES256");
+    let (_, list) = kw.admin(Method::GET, "/v1/signing-keys", None).await;
+    let states: Vec<(String, String)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_owned(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(states.contains(&(first.clone(), "retired".into())) && states.contains(&(second.clone(), "active".into())));
+    for t in [&old_token, &new_token] {
+        assert_eq!(
+            kw.get("/echo", &[("authorization", &format!("Bearer {t}"))])
+                .await
+                .status(),
+            200
+        );
+    }
+    // Retiring the only active key puts a fresh one in its place.
+    let (s, _) = kw
+        .admin(Method::POST, &format!("/v1/signing-keys/{second}/retire"), None)
+        .await;
+    assert_eq!(s, 204);
+    let third = header_of(&token(&kw).await)["kid"].as_str().unwrap().to_owned();
+    assert!(third != first && third != second);
+    let (s, _) = kw.admin(Method::POST, "/v1/signing-keys/nope/retire", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = kw
+        .admin(Method::POST, "/v1/signing-keys/rotate", Some(json!({"alg": "HS256"})))
+        .await;
+    assert_eq!(s, 422);
+}
+
+#[tokio::test]
+async fn private_key_jwt_assertions() {
+    use keyward_token::{Algorithm, SigningKey};
+    let kw = boot_oauth().await;
+    let key = SigningKey::generate(Algorithm::ES256, None).unwrap();
+    let jwks = json!({"keys": [serde_json::to_value(key.public_jwk()).unwrap()]});
+    let c = client(&kw, json!({"auth_method": "private_key_jwt", "jwks": jwks})).await;
+    assert!(c.get("client_secret").is_none());
+    let id = c["client_id"].as_str().unwrap().to_owned();
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let endpoint = format!("{}/oauth/token", kw.gw);
+    let assertion = |claims: Value, signer: &SigningKey| {
+        let h = b64(json!({"alg": "ES256", "kid": signer.kid(), "typ": "JWT"})
+            .to_string()
+            .as_bytes());
+        let p = b64(claims.to_string().as_bytes());
+        let sig = signer.sign(format!("{h}.{p}").as_bytes()).unwrap();
+        format!("{h}.{p}.{}", b64(&sig))
+    };
+    let good = |jti: &str| json!({"iss": id, "sub": id, "aud": endpoint, "exp": now + 60, "iat": now, "jti": jti});
+    let form = |a: &str| {
+        format!("grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}")
+    };
+    let a1 = assertion(good("one"), &key);
+    let r = post_form(&kw, "/oauth/token", None, &form(&a1)).await;
+    assert_eq!(r.status(), 200);
+    // The same assertion again: a replay.
+    oauth_error(
+        post_form(&kw, "/oauth/token", None, &form(&a1)).await,
+        401,
+        "invalid_client",
+    )
+    .await;
+    // Wrong audience, expired, far-future expiry, iss != sub, another key, no jti.
+    let mut bad = Vec::new();
+    let mut v = good("a");
+    v["aud"] = json!("https://elsewhere.example/token");
+    bad.push(assertion(v, &key));
+    let mut v = good("b");
+    v["exp"] = json!(now - 120);
+    bad.push(assertion(v, &key));
+    let mut v = good("c");
+    v["exp"] = json!(now + 86_400);
+    bad.push(assertion(v, &key));
+    let mut v = good("d");
+    v["sub"] = json!("someone-else");
+    bad.push(assertion(v, &key));
+    let other = SigningKey::generate(Algorithm::ES256, Some(key.kid())).unwrap();
+    bad.push(assertion(good("e"), &other));
+    let mut v = good("f");
+    v.as_object_mut().unwrap().remove("jti");
+    bad.push(assertion(v, &key));
+    bad.push("not.a.jwt".into());
+    for a in bad {
+        oauth_error(
+            post_form(&kw, "/oauth/token", None, &form(&a)).await,
+            401,
+            "invalid_client",
+        )
+        .await;
+    }
+    // A client with a private key in its JWKS is refused at creation.
+    let (s, _) = kw
+        .admin(
+            Method::POST,
+            "/v1/clients",
+            Some(json!({"app": "cats", "auth_method": "private_key_jwt", "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b", "d": "c"}]}})),
+        )
+        .await;
+    assert_eq!(s, 422);
+}
