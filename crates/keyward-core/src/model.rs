@@ -115,6 +115,9 @@ pub struct Lifecycle {
     /// Imported from a legacy static secret (no keyward format, no checksum).
     #[serde(default)]
     pub legacy: bool,
+    /// Works only at the token endpoint (exchanged for a short-lived token), never on a route.
+    #[serde(default)]
+    pub exchange_only: bool,
     /// The key this one replaced.
     #[serde(default)]
     pub rotated_from: Option<String>,

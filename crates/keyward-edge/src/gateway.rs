@@ -481,7 +481,17 @@ async fn handle(
                     user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
                 };
                 match st.engine.verify_key(c.value, &facts, &meta).await {
-                    Ok(rec) => (rec, c.bearer),
+                    Ok(rec) => {
+                        if rec.lifecycle.exchange_only {
+                            return reject(
+                                &st,
+                                &Rejection::ExchangeOnly { key_id: rec.id.clone() },
+                                c.bearer,
+                                route,
+                            );
+                        }
+                        (rec, c.bearer)
+                    }
                     Err(r) => return reject(&st, &r, c.bearer, route),
                 }
             }

@@ -154,6 +154,11 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "Invalid Token",
             format!("the access token is not valid ({reason})"),
         ),
+        Rejection::ExchangeOnly { .. } => (
+            StatusCode::FORBIDDEN,
+            "Exchange-Only Key",
+            "this key only works at the token endpoint: exchange it for an access token (RFC 8693)".into(),
+        ),
         Rejection::Disabled { .. } => (
             style.invalid_status,
             "Credential Disabled",

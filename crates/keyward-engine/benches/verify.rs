@@ -69,6 +69,7 @@ fn fixture() -> Fixture {
                     env: KeyEnv::Live,
                     policy: Default::default(),
                     canary: false,
+                    exchange_only: false,
                 },
             )
             .await

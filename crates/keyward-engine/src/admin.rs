@@ -111,6 +111,7 @@ impl Engine {
             app_policy: app.policy,
             lifecycle: Lifecycle {
                 canary: new.canary,
+                exchange_only: new.exchange_only,
                 ..Default::default()
             },
         };
@@ -315,6 +316,7 @@ impl Engine {
             revoked_at: None,
             lifecycle: Lifecycle {
                 rotated_from: Some(old.id.clone()),
+                exchange_only: old.lifecycle.exchange_only,
                 ..Default::default()
             },
             ..old.clone()

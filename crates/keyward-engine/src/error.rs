@@ -21,6 +21,9 @@ pub enum Rejection {
     Expired { key_id: String },
     #[error("the credential is disabled")]
     Disabled { key_id: String },
+    /// An exchange-only key presented on an API route.
+    #[error("the key only works at the token endpoint")]
+    ExchangeOnly { key_id: String },
     /// An access token failed verification (`reason` is the token layer's stable code).
     #[error("the access token is not valid: {reason}")]
     InvalidToken { reason: &'static str },
@@ -64,6 +67,7 @@ impl Rejection {
             Rejection::Revoked { .. } => "revoked_credential",
             Rejection::Expired { .. } => "expired_credential",
             Rejection::Disabled { .. } => "disabled_credential",
+            Rejection::ExchangeOnly { .. } => "exchange_only_credential",
             Rejection::InvalidToken { .. } => "invalid_token",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::IpNotAllowed { .. } => "ip_not_allowed",

@@ -47,6 +47,8 @@ pub struct NewKey {
     pub policy: Policy,
     /// A canary key: refused like an unknown key, and any use raises a security event.
     pub canary: bool,
+    /// Only exchangeable for tokens at the token endpoint; refused on API routes.
+    pub exchange_only: bool,
 }
 
 /// Who shares a route's rate limit.

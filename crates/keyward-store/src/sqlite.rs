@@ -27,7 +27,7 @@ pub struct SqliteStore {
 
 const KEY_COLUMNS: &str = "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
      k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy, \
-     k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at";
+     k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at, k.exchange_only";
 const APP_COLUMNS: &str = "id, name, created_at, policy";
 
 impl SqliteStore {
@@ -137,6 +137,7 @@ fn key_from_row(row: &SqliteRow) -> Result<(KeyRecord, Digest), StoreError> {
                 disabled_at: opt_ts(row.try_get("disabled_at").map_err(g)?)?,
                 canary: row.try_get::<i64, _>("canary").map_err(g)? != 0,
                 legacy: row.try_get::<i64, _>("legacy").map_err(g)? != 0,
+                exchange_only: row.try_get::<i64, _>("exchange_only").map_err(g)? != 0,
                 rotated_from: row.try_get("rotated_from").map_err(g)?,
                 rotated_to: row.try_get("rotated_to").map_err(g)?,
                 rotated_at: opt_ts(row.try_get("rotated_at").map_err(g)?)?,
@@ -256,7 +257,7 @@ impl Store for SqliteStore {
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
-             disabled_at, canary, legacy, rotated_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             disabled_at, canary, legacy, rotated_from, exchange_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.app_id)
@@ -273,6 +274,7 @@ impl Store for SqliteStore {
         .bind(i64::from(key.lifecycle.canary))
         .bind(i64::from(key.lifecycle.legacy))
         .bind(&key.lifecycle.rotated_from)
+        .bind(i64::from(key.lifecycle.exchange_only))
         .execute(&self.pool)
         .await
         .map_err(|e| match StoreError::from_sqlx(e) {
@@ -449,7 +451,7 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
-             disabled_at, canary, legacy, rotated_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0, 0, ?)",
+             disabled_at, canary, legacy, rotated_from, exchange_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0, 0, ?, ?)",
         )
         .bind(&successor.id)
         .bind(&successor.app_id)
@@ -462,6 +464,7 @@ impl Store for SqliteStore {
         .bind(ts(successor.created_at))
         .bind(policy_json(&successor.policy))
         .bind(old_id)
+        .bind(i64::from(successor.lifecycle.exchange_only))
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;

@@ -189,6 +189,9 @@ pub enum KeyCommand {
         /// A canary: refused like an unknown key; any use raises a high-severity security event.
         #[arg(long)]
         canary: bool,
+        /// The key only works at the token endpoint (exchanged for short-lived tokens), never on an API route.
+        #[arg(long, conflicts_with = "canary")]
+        exchange_only: bool,
         #[command(flatten)]
         limits: LimitFlags,
         #[command(flatten)]

@@ -481,12 +481,14 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             expires,
             env,
             canary,
+            exchange_only,
             limits,
             out,
         } => {
             // Check what can be checked locally first: no request for a bad flag.
             check_scope_flags(sc)?;
-            let mut body = json!({"app": app, "scopes": sc, "env": env, "canary": canary});
+            let mut body =
+                json!({"app": app, "scopes": sc, "env": env, "canary": canary, "exchange_only": exchange_only});
             limits_into(&mut body, limits, None)?;
             if let Some(n) = name {
                 body["name"] = json!(n);

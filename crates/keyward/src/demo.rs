@@ -98,6 +98,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
                 env: KeyEnv::Test,
                 policy: Default::default(),
                 canary: false,
+                exchange_only: false,
             },
         )
         .await
@@ -113,6 +114,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
                 env: KeyEnv::Test,
                 policy: Default::default(),
                 canary: false,
+                exchange_only: false,
             },
         )
         .await

@@ -44,6 +44,9 @@ pub(crate) struct CreateKey {
     /// A canary: refused like an unknown key; any use raises a security event.
     #[serde(default)]
     canary: bool,
+    /// Only exchangeable for tokens at the token endpoint.
+    #[serde(default)]
+    exchange_only: bool,
 }
 
 /// A change to a key; absent fields stay, `null` clears.
@@ -177,6 +180,7 @@ pub(crate) async fn create_key(
                 env: body.env.unwrap_or(KeyEnv::Live),
                 policy,
                 canary: body.canary,
+                exchange_only: body.exchange_only,
             },
         )
         .await

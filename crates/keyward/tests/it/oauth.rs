@@ -788,3 +788,60 @@ async fn private_key_jwt_assertions() {
         .await;
     assert_eq!(s, 422);
 }
+
+#[tokio::test]
+async fn exchange_only_keys_work_only_at_the_token_endpoint() {
+    let kw = boot_oauth().await;
+    let (id, key) = kw.key("cats", &["facts:read"], json!({"exchange_only": true})).await;
+    let v = problem(
+        kw.get("/fact", &[("x-api-key", &key)]).await,
+        403,
+        "exchange_only_credential",
+    )
+    .await;
+    assert!(v["detail"].as_str().unwrap().contains("token endpoint"));
+    problem(
+        kw.get("/fact", &[("authorization", &format!("Bearer {key}"))]).await,
+        403,
+        "exchange_only_credential",
+    )
+    .await;
+    let form = format!(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Akeyward%3Aparams%3Aoauth%3Atoken-type%3Aapi-key&subject_token={key}"
+    );
+    let r = post_form(&kw, "/oauth/token", None, &form).await;
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(claims(&token)["sub"], id.as_str());
+    assert_eq!(
+        kw.get("/fact", &[("authorization", &format!("Bearer {token}"))])
+            .await
+            .status(),
+        200
+    );
+    // Rotation keeps the restriction.
+    let (s, v) = kw
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(json!({"grace": "0s"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(v["exchange_only"], true);
+    let successor = v["key"].as_str().unwrap().to_owned();
+    problem(
+        kw.get("/fact", &[("x-api-key", &successor)]).await,
+        403,
+        "exchange_only_credential",
+    )
+    .await;
+    // A revoked exchange-only key cannot be exchanged.
+    let (sid, _) = (v["id"].as_str().unwrap().to_owned(), ());
+    kw.admin(Method::POST, &format!("/v1/keys/{sid}/revoke"), None).await;
+    let form = form.replace(&key, &successor);
+    oauth_error(post_form(&kw, "/oauth/token", None, &form).await, 400, "invalid_grant").await;
+}
