@@ -390,6 +390,73 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     let (code, _, _) = keyward(&["audit", "--limit", "0"], &env);
     assert_eq!(code, 2);
 
+    // OAuth clients and signing keys from the command line (issue 5).
+    let (code, out, err) = keyward(
+        &[
+            "client",
+            "create",
+            "--app",
+            "cats",
+            "--scope",
+            "facts:read",
+            "--token-ttl",
+            "10m",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let cl: Value = serde_json::from_str(out.trim()).unwrap();
+    let cid = cl["client_id"].as_str().unwrap().to_owned();
+    let csecret = cl["client_secret"].as_str().unwrap().to_owned();
+    assert_eq!(cl["token_ttl"], 600);
+    let (code, out, _) = keyward(&["client", "show", &cid], &env);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&cid) && !out.contains(&csecret) && out.contains("secret"),
+        "{out}"
+    );
+    let (code, out, _) = keyward(&["client", "list", "--app", "cats"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains(&cid) && out.contains("client_secret_basic"), "{out}");
+    let (code, out, err) = keyward(&["client", "rotate-secret", &cid, "--grace", "1h", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let rotated_secret: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_ne!(rotated_secret["client_secret"], csecret.as_str());
+    for (args, why) in [
+        (
+            vec!["client", "create", "--app", "cats", "--token-ttl", "48h"],
+            "token_ttl",
+        ),
+        (
+            vec!["client", "create", "--app", "cats", "--auth", "private_key_jwt"],
+            "--jwks-file",
+        ),
+        (vec!["client", "create", "--app", "cats", "--auth", "none"], "auth"),
+        (
+            vec!["client", "create", "--app", "cats", "--jwks-file", "/nonexistent"],
+            "--jwks-file",
+        ),
+        (vec!["client", "rotate-secret", &cid, "--grace", "-1h"], "--grace"),
+    ] {
+        let (code, _, err) = keyward(&args, &env);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    let (code, out, _) = keyward(&["signing-key", "list"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("EdDSA") && out.contains("active"), "{out}");
+    let (code, out, err) = keyward(&["signing-key", "rotate", "--alg", "RS256"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("RS256"), "{out}");
+    let (code, _, _) = keyward(&["signing-key", "rotate", "--alg", "HS256"], &env);
+    assert_eq!(code, 2);
+    let (code, _, _) = keyward(&["client", "delete", &cid], &env);
+    assert_eq!(code, 0);
+    let (code, _, err) = keyward(&["client", "show", &cid], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+
     // Import reads the secret from standard input only.
     let (code, _, err) = keyward(&["key", "import", "--app", "cats", "--secret", "abc"], &env);
     assert_eq!(code, 2, "{err}");
@@ -445,7 +512,7 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
         "trace logs were captured: {logs}"
     );
     assert!(logs.lines().filter(|l| l.starts_with('{')).count() > 3, "JSON logs");
-    for secret in [&key, &key[8..51].to_owned(), &pepper, &token, &kek] {
+    for secret in [&key, &key[8..51].to_owned(), &pepper, &token, &kek, &csecret] {
         assert!(!logs.contains(secret.as_str()), "a secret is in the logs");
     }
     drop(upstream);

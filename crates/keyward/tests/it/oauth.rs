@@ -845,3 +845,42 @@ async fn exchange_only_keys_work_only_at_the_token_endpoint() {
     let form = form.replace(&key, &successor);
     oauth_error(post_form(&kw, "/oauth/token", None, &form).await, 400, "invalid_grant").await;
 }
+
+#[tokio::test]
+async fn rs256_and_es256_signing_keys_issue_working_tokens() {
+    for alg in ["RS256", "ES256"] {
+        let kw = boot_with(|c| {
+            c.oauth.enabled = true;
+            c.oauth.signing_alg = alg.into();
+            for r in c.routes.iter_mut() {
+                r.tokens = true;
+            }
+        })
+        .await;
+        let c = client(&kw, json!({})).await;
+        let (id, secret) = (c["client_id"].as_str().unwrap(), c["client_secret"].as_str().unwrap());
+        let r = post_form(&kw, "/oauth/token", Some((id, secret)), "grant_type=client_credentials").await;
+        let token = r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(header_of(&token)["alg"], alg);
+        assert_eq!(
+            kw.get("/fact", &[("authorization", &format!("Bearer {token}"))])
+                .await
+                .status(),
+            200,
+            "{alg}"
+        );
+        let jwks: Value = kw
+            .http
+            .get(format!("{}/.well-known/jwks.json", kw.gw))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(jwks["keys"][0]["alg"], alg);
+    }
+}
