@@ -374,22 +374,7 @@ async fn token_principal(
             key_id: p.claims.client_id.clone(),
         });
     }
-    let at = |t: i64| time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    Ok(Arc::new(KeyRecord {
-        id: p.claims.client_id.clone(),
-        app_id: p.app_id.clone(),
-        app_name: p.app_name.clone(),
-        name: None,
-        hint: String::new(),
-        env: keyward_core::KeyEnv::Live,
-        scopes: p.scopes.clone(),
-        expires_at: None,
-        created_at: at(p.claims.iat),
-        revoked_at: None,
-        policy: p.policy.clone(),
-        app_policy: Default::default(),
-        lifecycle: Default::default(),
-    }))
+    Ok(p.record.clone())
 }
 
 fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'r Route, Problem> {

@@ -149,6 +149,9 @@ pub struct TokenPrincipal {
     pub app_id: String,
     pub app_name: String,
     pub policy: keyward_core::policy::Policy,
+    /// The token's subject as the rest of the pipeline (limits, usage, identity headers) sees
+    /// it: the client id as `id`, its scopes, app and limits. Built once per verified token.
+    pub record: Arc<keyward_core::KeyRecord>,
 }
 
 struct Keys {
@@ -677,7 +680,7 @@ impl Engine {
                     allowed_algs: &[Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256],
                 };
                 let claims = verify(token, &|kid| svc.verify_key(kid), &expected)?;
-                let scopes = claims.scopes().filter_map(|s| Scope::new(s).ok()).collect();
+                let scopes: Vec<Scope> = claims.scopes().filter_map(|s| Scope::new(s).ok()).collect();
                 // App and limits come from the client, or from the exchanged key.
                 let (app_id, app_name, policy) = match self.store.get_client(&claims.client_id).await {
                     Ok(Some(c)) => (c.app_id, c.app_name, c.policy),
@@ -686,12 +689,28 @@ impl Engine {
                         _ => return Err(TokenError::UnknownKid),
                     },
                 };
+                let record = Arc::new(keyward_core::KeyRecord {
+                    id: claims.client_id.clone(),
+                    app_id: app_id.clone(),
+                    app_name: app_name.clone(),
+                    name: None,
+                    hint: String::new(),
+                    env: keyward_core::KeyEnv::Live,
+                    scopes: scopes.clone(),
+                    expires_at: None,
+                    created_at: OffsetDateTime::from_unix_timestamp(claims.iat).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    revoked_at: None,
+                    policy: policy.clone(),
+                    app_policy: Default::default(),
+                    lifecycle: Default::default(),
+                });
                 let p = Arc::new(TokenPrincipal {
                     claims,
                     scopes,
                     app_id,
                     app_name,
                     policy,
+                    record,
                 });
                 svc.verified.insert(digest, p.clone());
                 p
