@@ -184,7 +184,16 @@ async fn python_clients() {
     .await;
     let root = workspace_root();
     let mut cmd = tokio::process::Command::new(&python);
-    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/python"])
+    let args = [
+        "-m",
+        "pytest",
+        "-q",
+        "--tb=short",
+        "-p",
+        "no:cacheprovider",
+        "tests/python",
+    ];
+    cmd.args(args)
         .current_dir(&root)
         .env("KEYWARD_GATEWAY", &kw.gw)
         .env("KEYWARD_CLIENT_ID", &id)
