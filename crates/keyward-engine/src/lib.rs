@@ -11,6 +11,7 @@
 
 pub mod admin;
 mod clock;
+pub mod dpop;
 mod error;
 pub mod leaks;
 pub mod oauth;

@@ -1,0 +1,328 @@
+//! DPoP proofs (RFC 9449): verification at the token endpoint and at the gateway, the replay
+//! store and server nonces.
+//!
+//! A proof is a JWS with `typ: dpop+jwt`, an asymmetric `alg` (ES256, EdDSA, RS256, PS256) and
+//! the public `jwk` in its header (private members are refused when the JWK is parsed); its
+//! claims bind it to one request: `htm`, `htu` (compared without query and fragment,
+//! normalised), a fresh `iat`, a one-time `jti`, and at a resource server `ath` (the SHA-256 of
+//! the access token). The proof's key thumbprint (RFC 7638) is what a bound token's `cnf.jkt`
+//! names.
+
+use std::time::Duration as StdDuration;
+
+use base64::Engine as _;
+use keyward_token::{thumbprint, verify_jws, Algorithm, Jwk};
+use moka::sync::Cache;
+
+/// Algorithms accepted in proofs (asymmetric only).
+pub const DPOP_ALGS: [Algorithm; 4] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256];
+/// Longest proof accepted.
+pub const MAX_PROOF_LEN: usize = 8 * 1024;
+
+/// Why a proof is refused. `code()` is the OAuth error; `reason()` says which check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DpopError {
+    #[error("invalid DPoP proof: {0}")]
+    Invalid(&'static str),
+    /// The server requires a nonce (or a fresher one): answer `use_dpop_nonce` with a
+    /// `DPoP-Nonce` header.
+    #[error("a DPoP nonce is required")]
+    UseNonce,
+}
+
+impl DpopError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DpopError::Invalid(_) => "invalid_dpop_proof",
+            DpopError::UseNonce => "use_dpop_nonce",
+        }
+    }
+}
+
+/// Settings of DPoP checking.
+#[derive(Debug, Clone)]
+pub struct DpopConfig {
+    /// How far `iat` may be from now, either way.
+    pub iat_window: StdDuration,
+    /// Require server nonces.
+    pub require_nonce: bool,
+    /// How long a nonce stays valid.
+    pub nonce_lifetime: StdDuration,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            iat_window: StdDuration::from_secs(60),
+            require_nonce: false,
+            nonce_lifetime: StdDuration::from_secs(300),
+        }
+    }
+}
+
+/// What a verified proof establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopProof {
+    /// RFC 7638 thumbprint of the proof's key.
+    pub jkt: String,
+}
+
+/// The replay store and nonce issuer.
+pub struct Dpop {
+    pub cfg: DpopConfig,
+    seen: Cache<String, ()>,
+    nonce_key: aws_lc_rs::hmac::Key,
+}
+
+fn b64url(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// `base64url(SHA-256(token))`, the `ath` claim.
+pub fn ath(access_token: &str) -> String {
+    b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes()).as_ref())
+}
+
+/// Normalises an `htu` for comparison: scheme and host lowercased, default port dropped, no
+/// query or fragment. `None` for anything that is not an absolute http(s) URL.
+pub fn normalize_htu(u: &str) -> Option<String> {
+    let u = u.split(['#', '?']).next()?;
+    let (scheme, rest) = u.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return None;
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let mut authority = authority.to_ascii_lowercase();
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    if let Some(stripped) = authority.strip_suffix(default) {
+        authority = stripped.to_owned();
+    }
+    Some(format!("{scheme}://{authority}{path}"))
+}
+
+impl Dpop {
+    pub fn new(cfg: DpopConfig) -> Result<Dpop, crate::EngineError> {
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).map_err(|_| crate::EngineError::Core(keyward_core::CoreError::Random))?;
+        let window = cfg.iat_window.saturating_mul(2) + StdDuration::from_secs(5);
+        Ok(Dpop {
+            seen: Cache::builder().max_capacity(1_000_000).time_to_live(window).build(),
+            nonce_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
+            cfg,
+        })
+    }
+
+    fn nonce_for(&self, bucket: i64) -> String {
+        let tag = aws_lc_rs::hmac::sign(&self.nonce_key, &bucket.to_be_bytes());
+        format!("{bucket:x}.{}", b64url(&tag.as_ref()[..16]))
+    }
+
+    /// The nonce to hand out now (`DPoP-Nonce`).
+    pub fn current_nonce(&self, now: i64) -> String {
+        let len = i64::try_from(self.cfg.nonce_lifetime.as_secs().max(1)).unwrap_or(300);
+        self.nonce_for(now.div_euclid(len))
+    }
+
+    fn nonce_valid(&self, nonce: &str, now: i64) -> bool {
+        let len = i64::try_from(self.cfg.nonce_lifetime.as_secs().max(1)).unwrap_or(300);
+        let b = now.div_euclid(len);
+        let ok = |bucket: i64| keyward_core::secret::ct_eq(self.nonce_for(bucket).as_bytes(), nonce.as_bytes());
+        ok(b) | ok(b - 1)
+    }
+
+    /// Verifies a proof for a request to `htu` with method `htm` at `now` (Unix seconds).
+    /// `access_token` is given at a resource server (then `ath` must match).
+    pub fn verify(
+        &self,
+        proof: &str,
+        htm: &str,
+        htu: &str,
+        access_token: Option<&str>,
+        now: i64,
+    ) -> Result<DpopProof, DpopError> {
+        if proof.len() > MAX_PROOF_LEN {
+            return Err(DpopError::Invalid("the proof is too large"));
+        }
+        let header_b64 = proof.split('.').next().unwrap_or_default();
+        let header: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header_b64)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(DpopError::Invalid("the proof header is not JSON"))?;
+        if header.get("typ").and_then(serde_json::Value::as_str) != Some("dpop+jwt") {
+            return Err(DpopError::Invalid("typ must be dpop+jwt"));
+        }
+        let alg = header
+            .get("alg")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        if !DPOP_ALGS.iter().any(|a| a.as_str() == alg) {
+            return Err(DpopError::Invalid("alg must be one of ES256, EdDSA, RS256, PS256"));
+        }
+        let jwk: Jwk = header
+            .get("jwk")
+            .cloned()
+            .and_then(|j| serde_json::from_value(j).ok())
+            .ok_or(DpopError::Invalid("jwk must be a public key"))?;
+        let (_, claims) = verify_jws(proof, &jwk, &DPOP_ALGS).map_err(|_| DpopError::Invalid("bad signature"))?;
+        let s = |k: &str| claims.get(k).and_then(serde_json::Value::as_str);
+        if s("htm") != Some(htm) {
+            return Err(DpopError::Invalid("htm does not match the request method"));
+        }
+        let claimed = s("htu")
+            .and_then(normalize_htu)
+            .ok_or(DpopError::Invalid("htu is missing or malformed"))?;
+        if Some(claimed) != normalize_htu(htu) {
+            return Err(DpopError::Invalid("htu does not match the request URL"));
+        }
+        let iat = claims
+            .get("iat")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or(DpopError::Invalid("iat is missing"))?;
+        let window = i64::try_from(self.cfg.iat_window.as_secs()).unwrap_or(60);
+        if iat < now - window {
+            return Err(DpopError::Invalid("iat is too old"));
+        }
+        if iat > now + window {
+            return Err(DpopError::Invalid("iat is in the future"));
+        }
+        let jti = s("jti")
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or(DpopError::Invalid("jti is missing"))?;
+        match (access_token, s("ath")) {
+            (Some(t), Some(a)) if keyward_core::secret::ct_eq(ath(t).as_bytes(), a.as_bytes()) => {}
+            (Some(_), _) => return Err(DpopError::Invalid("ath does not match the access token")),
+            (None, _) => {}
+        }
+        if self.cfg.require_nonce {
+            match s("nonce") {
+                Some(n) if self.nonce_valid(n, now) => {}
+                _ => return Err(DpopError::UseNonce),
+            }
+        }
+        let jkt = thumbprint(&jwk);
+        // One use per jti and key, within the window (checked last: a refused proof is not
+        // remembered, so it cannot be used to burn someone else's jti).
+        let entry = format!("{jkt}:{jti}");
+        let fresh = self.seen.entry(entry).or_insert_with(|| ()).is_fresh();
+        if !fresh {
+            return Err(DpopError::Invalid("the proof was used before"));
+        }
+        Ok(DpopProof { jkt })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn htu_normalisation() {
+        assert_eq!(
+            normalize_htu("https://Server.Example.com:443/token?x=1#f").unwrap(),
+            "https://server.example.com/token"
+        );
+        assert_eq!(normalize_htu("http://a:80").unwrap(), "http://a/");
+        assert_eq!(normalize_htu("http://a:8080/p").unwrap(), "http://a:8080/p");
+        for bad in ["ftp://a/", "a/b", "https:///x", "https://u@h/x"] {
+            assert!(normalize_htu(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ath_of_the_rfc_9449_example_token() {
+        // RFC 9449 §7.1 example access token and its ath.
+        let token = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
+        assert_eq!(ath(token), "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo");
+    }
+
+    /// RFC 9449 §4.1: the example proof verifies with a frozen clock, its key's thumbprint is
+    /// the `jkt` of §6.1, and it cannot be replayed.
+    #[test]
+    fn rfc_9449_example_proof() {
+        let proof = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eSI6IkVDIiwieCI6Imw4dEZyaHgtMzR0VjNoUklDUkRZOXpDa0RscEJoRjQyVVFVZldWQVdCRnMiLCJ5IjoiOVZFNGpmX09rX282NHpiVFRsY3VOSmFqSG10NnY5VERWclUwQ2R2R1JEQSIsImNydiI6IlAtMjU2In19.eyJqdGkiOiItQndDM0VTYzZhY2MybFRjIiwiaHRtIjoiUE9TVCIsImh0dSI6Imh0dHBzOi8vc2VydmVyLmV4YW1wbGUuY29tL3Rva2VuIiwiaWF0IjoxNTYyMjYyNjE2fQ.2-GxA6T8lP4vfrg8v-FdWP0A0zdrj8igiMLvqRMUvwnQg4PtFLbdLXiOSsX0x7NVY-FNyJK70nfbV37xRZT3Lg";
+        let d = Dpop::new(DpopConfig::default()).unwrap();
+        let ok = d
+            .verify(proof, "POST", "https://server.example.com/token", None, 1_562_262_616)
+            .unwrap();
+        assert_eq!(ok.jkt, "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+        assert_eq!(
+            d.verify(proof, "POST", "https://server.example.com/token", None, 1_562_262_616),
+            Err(DpopError::Invalid("the proof was used before"))
+        );
+        let fresh = Dpop::new(DpopConfig::default()).unwrap();
+        assert!(fresh
+            .verify(proof, "GET", "https://server.example.com/token", None, 1_562_262_616)
+            .is_err());
+        assert!(fresh
+            .verify(proof, "POST", "https://server.example.com/other", None, 1_562_262_616)
+            .is_err());
+        assert!(fresh
+            .verify(
+                proof,
+                "POST",
+                "https://server.example.com/token",
+                None,
+                1_562_262_616 + 61
+            )
+            .is_err());
+        assert!(fresh
+            .verify(
+                proof,
+                "POST",
+                "https://server.example.com/token",
+                None,
+                1_562_262_616 - 61
+            )
+            .is_err());
+        assert!(fresh
+            .verify(
+                proof,
+                "POST",
+                "https://server.example.com/token",
+                Some("token"),
+                1_562_262_616
+            )
+            .is_err());
+        // Query and fragment of the request URL are ignored.
+        assert!(fresh
+            .verify(
+                proof,
+                "POST",
+                "https://SERVER.example.com:443/token?x#y",
+                None,
+                1_562_262_616
+            )
+            .is_ok());
+        let nonce = Dpop::new(DpopConfig {
+            require_nonce: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            nonce.verify(proof, "POST", "https://server.example.com/token", None, 1_562_262_616),
+            Err(DpopError::UseNonce)
+        );
+    }
+
+    #[test]
+    fn nonces_rotate_and_expire() {
+        let d = Dpop::new(DpopConfig {
+            require_nonce: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let n = d.current_nonce(1_000);
+        assert!(d.nonce_valid(&n, 1_000));
+        assert!(d.nonce_valid(&n, 1_000 + 300), "the previous bucket is still accepted");
+        assert!(!d.nonce_valid(&n, 1_000 + 900));
+        assert!(!d.nonce_valid("garbage", 1_000));
+    }
+}
