@@ -58,11 +58,19 @@ fn from_oauth(e: &OAuthError) -> Response {
         _ => StatusCode::BAD_REQUEST,
     };
     let mut r = oauth_error(status, e.code(), &e.to_string());
-    if let OAuthError::InvalidClient { basic: true } = e {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"keyward\""),
-        );
+    match e {
+        OAuthError::InvalidClient { basic: true } => {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keyward\""),
+            );
+        }
+        OAuthError::UseDpopNonce(nonce) => {
+            if let Ok(v) = HeaderValue::from_str(nonce) {
+                r.headers_mut().insert(header::HeaderName::from_static("dpop-nonce"), v);
+            }
+        }
+        _ => {}
     }
     r
 }
@@ -131,7 +139,27 @@ async fn token(
         path: TOKEN_PATH,
         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
     };
+    let proofs: Vec<_> = headers.get_all("dpop").iter().collect();
+    if proofs.len() > 1 {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_dpop_proof",
+            "send exactly one DPoP header",
+        );
+    }
+    let dpop_proof = match proofs.first().map(|v| v.to_str()) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_dpop_proof",
+                "the DPoP header is not ASCII",
+            )
+        }
+        None => None,
+    };
     let req = TokenRequest {
+        dpop_proof,
         grant_type,
         scope: form.get("scope"),
         audience: form.get("audience").or(form.get("resource")),
@@ -197,15 +225,7 @@ async fn revoke(State(st): State<Arc<GatewayState>>, headers: HeaderMap, body: B
     let Some(token) = form.get("token") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
     };
-    if let Some(hint) = form.get("token_type_hint") {
-        if hint != "access_token" && hint != "refresh_token" {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_token_type",
-                "only access tokens are issued here",
-            );
-        }
-    }
+    // RFC 7009 §2.1: an unknown or wrong token_type_hint is ignored.
     match st.engine().revoke_token(token, &client_id).await {
         // 200 for unknown, invalid or foreign tokens as well (RFC 7009 §2.2).
         Ok(_) => no_store(StatusCode::OK.into_response()),
@@ -240,13 +260,16 @@ async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
         "introspection_endpoint": format!("{iss}{INTROSPECT_PATH}"),
         "revocation_endpoint": format!("{iss}{REVOKE_PATH}"),
         "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
-        "response_types_supported": ["token"],
+        "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "scopes_supported": scopes,
         "keyward_api_key_token_type": API_KEY_TOKEN_TYPE,
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "introspection_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "revocation_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
     }))
     .into_response()
 }

@@ -47,6 +47,8 @@ pub struct OAuthConfig {
     pub publish_delay: StdDuration,
     /// Rotate the signing key this often (none: only on command).
     pub rotate_every: Option<StdDuration>,
+    /// DPoP proof checking (RFC 9449).
+    pub dpop: crate::dpop::DpopConfig,
 }
 
 impl OAuthConfig {
@@ -73,6 +75,11 @@ pub enum OAuthError {
     InvalidScope(String),
     #[error("{0}")]
     InvalidTarget(String),
+    #[error("{0}")]
+    InvalidDpopProof(String),
+    /// A DPoP nonce is required: answer with this nonce in `DPoP-Nonce`.
+    #[error("use the DPoP-Nonce header's value as the proof's nonce")]
+    UseDpopNonce(String),
     #[error("the token service is unavailable")]
     Unavailable,
 }
@@ -87,6 +94,8 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::InvalidTarget(_) => "invalid_target",
+            OAuthError::InvalidDpopProof(_) => "invalid_dpop_proof",
+            OAuthError::UseDpopNonce(_) => "use_dpop_nonce",
             OAuthError::Unavailable => "temporarily_unavailable",
         }
     }
@@ -127,6 +136,8 @@ pub struct TokenRequest<'a> {
     pub subject_token: Option<&'a str>,
     pub subject_token_type: Option<&'a str>,
     pub requested_token_type: Option<&'a str>,
+    /// The `DPoP` header (already checked to occur at most once).
+    pub dpop_proof: Option<&'a str>,
 }
 
 /// What the token endpoint answers.
@@ -172,6 +183,8 @@ pub struct TokenService {
     verified: Cache<[u8; 32], Arc<TokenPrincipal>>,
     /// Revoked `jti`s until the tokens would have expired.
     revoked: RwLock<HashMap<String, i64>>,
+    /// DPoP replay store and nonces.
+    pub dpop: crate::dpop::Dpop,
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -224,6 +237,7 @@ impl Engine {
     /// Turns the token service on: loads (or, on first start, creates) the signing keys,
     /// opening their private parts with the key-encryption key, and the token denylist.
     pub async fn enable_oauth(&self, cfg: OAuthConfig, kek: Kek) -> Result<(), EngineError> {
+        let cfg_dpop = cfg.dpop.clone();
         let svc = TokenService {
             cfg,
             kek,
@@ -237,6 +251,7 @@ impl Engine {
                 .time_to_live(StdDuration::from_secs(86_400))
                 .build(),
             revoked: RwLock::new(HashMap::new()),
+            dpop: crate::dpop::Dpop::new(cfg_dpop)?,
         };
         if self.oauth.set(svc).is_err() {
             return Err(EngineError::Conflict("the token service is already enabled".into()));
@@ -562,6 +577,7 @@ impl Engine {
         aud: &str,
         scopes: &[Scope],
         ttl: u32,
+        jkt: Option<&str>,
     ) -> Result<(String, String), OAuthError> {
         let key = read(&svc.keys).active.clone().ok_or(OAuthError::Unavailable)?;
         let now = self.now().unix_timestamp();
@@ -577,7 +593,7 @@ impl Engine {
             nbf: None,
             jti: jti.clone(),
             scope: if scope.is_empty() { None } else { Some(scope.clone()) },
-            cnf: None,
+            cnf: jkt.map(keyward_token::Confirmation::jkt),
         };
         let token = mint(&key, &claims).map_err(|_| OAuthError::Unavailable)?;
         Ok((token, scope))
@@ -587,15 +603,45 @@ impl Engine {
     pub async fn issue_token(&self, req: &TokenRequest<'_>, meta: &RequestMeta<'_>) -> Result<IssuedToken, OAuthError> {
         let svc = self.token_service().map_err(|_| OAuthError::Unavailable)?;
         let client = self.authenticate_client(&req.auth).await?;
+        // A DPoP proof binds the token to the proof's key (RFC 9449 §5).
+        let jkt = match req.dpop_proof {
+            Some(proof) => {
+                let now = self.now().unix_timestamp();
+                match svc.dpop.verify(proof, "POST", &svc.cfg.token_endpoint(), None, now) {
+                    Ok(p) => Some(p.jkt),
+                    Err(crate::dpop::DpopError::UseNonce) => {
+                        return Err(OAuthError::UseDpopNonce(svc.dpop.current_nonce(now)))
+                    }
+                    Err(e) => return Err(OAuthError::InvalidDpopProof(e.to_string())),
+                }
+            }
+            None => {
+                if client.as_ref().is_some_and(|c| c.options.dpop_bound_access_tokens) {
+                    return Err(OAuthError::InvalidDpopProof(
+                        "this client must present a DPoP proof".into(),
+                    ));
+                }
+                None
+            }
+        };
+        let token_type = if jkt.is_some() { "DPoP" } else { "Bearer" };
         match req.grant_type {
             "client_credentials" => {
                 let client = client.ok_or(OAuthError::InvalidClient { basic: false })?;
                 let scopes = Self::narrow_scopes(req.scope, &client.scopes)?;
                 let aud = Self::pick_audience(svc, req.audience)?;
-                let (token, scope) = self.sign(svc, &client.id, &client.id, aud, &scopes, client.token_ttl)?;
+                let (token, scope) = self.sign(
+                    svc,
+                    &client.id,
+                    &client.id,
+                    aud,
+                    &scopes,
+                    client.token_ttl,
+                    jkt.as_deref(),
+                )?;
                 Ok(IssuedToken {
                     access_token: token,
-                    token_type: "Bearer",
+                    token_type,
                     expires_in: client.token_ttl,
                     scope: if scope.is_empty() { None } else { Some(scope) },
                     issued_token_type: None,
@@ -638,10 +684,10 @@ impl Engine {
                     ttl = ttl.min(u32::try_from(left.max(1)).unwrap_or(1));
                 }
                 let client_id = client.as_ref().map(|c| c.id.clone()).unwrap_or_else(|| key.id.clone());
-                let (token, scope) = self.sign(svc, &key.id, &client_id, aud, &scopes, ttl)?;
+                let (token, scope) = self.sign(svc, &key.id, &client_id, aud, &scopes, ttl, jkt.as_deref())?;
                 Ok(IssuedToken {
                     access_token: token,
-                    token_type: "Bearer",
+                    token_type,
                     expires_in: ttl,
                     scope: if scope.is_empty() { None } else { Some(scope) },
                     issued_token_type: Some(ACCESS_TOKEN_TYPE),

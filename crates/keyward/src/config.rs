@@ -290,6 +290,14 @@ pub struct OAuthSection {
     pub publish_delay: Duration,
     /// Rotate the signing key on this schedule (e.g. "30d"); none by default.
     pub rotate_every: Option<String>,
+    /// DPoP (RFC 9449): how far a proof's `iat` may be from now, either way.
+    #[serde(with = "dur")]
+    pub dpop_iat_window: Duration,
+    /// DPoP: require server nonces (`use_dpop_nonce` + `DPoP-Nonce`).
+    pub dpop_require_nonce: bool,
+    /// DPoP: how long a server nonce stays valid.
+    #[serde(with = "dur")]
+    pub dpop_nonce_lifetime: Duration,
 }
 
 impl Default for OAuthSection {
@@ -302,6 +310,9 @@ impl Default for OAuthSection {
             leeway: Duration::from_secs(30),
             publish_delay: Duration::from_secs(300),
             rotate_every: None,
+            dpop_iat_window: Duration::from_secs(60),
+            dpop_require_nonce: false,
+            dpop_nonce_lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -706,6 +717,11 @@ impl Config {
             leeway: o.leeway,
             publish_delay: o.publish_delay,
             rotate_every,
+            dpop: keyward_engine::dpop::DpopConfig {
+                iat_window: o.dpop_iat_window,
+                require_nonce: o.dpop_require_nonce,
+                nonce_lifetime: o.dpop_nonce_lifetime,
+            },
         })
     }
 
