@@ -128,6 +128,9 @@ impl GatewayState {
             .pool_max_idle_per_host(512)
             .build(connector);
         let mut challenges = vec![HeaderValue::from_static("Bearer realm=\"keyward\"")];
+        if cfg.routes.iter().any(|r| r.tokens) {
+            challenges.push(HeaderValue::from_static("DPoP algs=\"ES256 EdDSA RS256 PS256\""));
+        }
         for h in &cfg.credential_headers {
             if let Ok(v) = HeaderValue::from_str(&format!("ApiKey realm=\"keyward\", header=\"{}\"", h.as_str())) {
                 challenges.push(v);
@@ -323,12 +326,13 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
 }
 
 /// A `Bearer` value that is not shaped like an API key: an access token.
-fn bearer_jwt(headers: &HeaderMap, looks_like_key: impl Fn(&str) -> bool) -> Option<&str> {
+fn bearer_jwt(headers: &HeaderMap, looks_like_key: impl Fn(&str) -> bool) -> Option<(&str, bool)> {
     let mut found = None;
     for v in headers.get_all(header::AUTHORIZATION) {
         let s = v.to_str().ok()?;
         let (scheme, rest) = s.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
+        let dpop = scheme.eq_ignore_ascii_case("dpop");
+        if !dpop && !scheme.eq_ignore_ascii_case("bearer") {
             continue;
         }
         let t = rest.trim();
@@ -338,24 +342,98 @@ fn bearer_jwt(headers: &HeaderMap, looks_like_key: impl Fn(&str) -> bool) -> Opt
         if found.is_some() {
             return None;
         }
-        found = Some(t);
+        found = Some((t, dpop));
     }
     found
 }
 
 /// Verifies an access token for `route` and turns it into the record the rest of the
 /// pipeline uses: the client (or exchanged key) as subject, its scopes, its app and limits.
+/// What a DPoP check needs from the request.
+struct ProofInput<'a> {
+    /// The token came with the `DPoP` scheme.
+    dpop: bool,
+    headers: &'a HeaderMap,
+    method: &'a str,
+    path: &'a str,
+}
+
 async fn token_principal(
     st: &GatewayState,
     route: &Route,
     token: &str,
     client: IpAddr,
+    proof: &ProofInput<'_>,
 ) -> Result<Arc<KeyRecord>, Rejection> {
     let p = st
         .engine
         .verify_access_token(token, &route.audience)
         .await
         .map_err(|e| Rejection::InvalidToken { reason: e.code() })?;
+    // Sender constraint (RFC 9449 §7): a DPoP-bound token needs the DPoP scheme and a proof
+    // by the bound key; a plain token must not pretend to be bound.
+    let bound = p.claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
+    match (proof.dpop, bound) {
+        (false, Some(_)) => {
+            return Err(Rejection::InvalidToken {
+                reason: "dpop_bound_token_sent_as_bearer",
+            })
+        }
+        (true, None) => {
+            return Err(Rejection::InvalidToken {
+                reason: "token_not_dpop_bound",
+            })
+        }
+        (false, None) => {}
+        (true, Some(jkt)) => {
+            let svc = st
+                .engine
+                .token_service()
+                .map_err(|_| Rejection::InvalidToken { reason: "unknown_kid" })?;
+            let proofs: Vec<_> = proof.headers.get_all("dpop").iter().collect();
+            let value = match proofs.as_slice() {
+                [one] => one.to_str().map_err(|_| Rejection::InvalidDpop {
+                    reason: "the DPoP header is not ASCII".into(),
+                    nonce: None,
+                })?,
+                [] => {
+                    return Err(Rejection::InvalidDpop {
+                        reason: "a DPoP proof is required".into(),
+                        nonce: None,
+                    })
+                }
+                _ => {
+                    return Err(Rejection::InvalidDpop {
+                        reason: "send exactly one DPoP header".into(),
+                        nonce: None,
+                    })
+                }
+            };
+            let htu = format!("{}{}", svc.config().issuer, proof.path);
+            let now = st.engine.now().unix_timestamp();
+            match svc.dpop.verify(value, proof.method, &htu, Some(token), now) {
+                Ok(v) if keyward_core::secret::ct_eq(v.jkt.as_bytes(), jkt.as_bytes()) => {}
+                Ok(_) => {
+                    return Err(Rejection::InvalidDpop {
+                        reason: "the proof is signed by another key".into(),
+                        nonce: None,
+                    })
+                }
+                Err(keyward_engine::dpop::DpopError::UseNonce) => {
+                    return Err(Rejection::InvalidDpop {
+                        reason: "a DPoP nonce is required".into(),
+                        nonce: Some(svc.dpop.current_nonce(now)),
+                    })
+                }
+                Err(e) => {
+                    return Err(Rejection::InvalidDpop {
+                        reason: e.to_string(),
+                        nonce: None,
+                    })
+                }
+            }
+        }
+    }
     let facts = RequestFacts {
         required_scopes: &route.scopes,
         scope_mode: route.scope_mode,
@@ -424,7 +502,7 @@ async fn handle(
         None
     };
     let mut token_client: Option<String> = None;
-    let (record, bearer) = if let Some(token) = jwt {
+    let (record, bearer) = if let Some((token, dpop)) = jwt {
         let has_key = st
             .cfg
             .credential_headers
@@ -433,7 +511,13 @@ async fn handle(
         if has_key {
             return reject(&st, &Rejection::Multiple, true, route);
         }
-        match token_principal(&st, route, token, client).await {
+        let proof = ProofInput {
+            dpop,
+            headers: req.headers(),
+            method: req.method().as_str(),
+            path: req.uri().path(),
+        };
+        match token_principal(&st, route, token, client, &proof).await {
             Ok(rec) => {
                 token_client = Some(rec.id.clone());
                 (rec, true)
@@ -655,6 +739,7 @@ async fn proxy(
     if bearer {
         h.remove(header::AUTHORIZATION);
     }
+    h.remove("dpop");
     let spoofed: Vec<HeaderName> = h
         .keys()
         .filter(|k| k.as_str().starts_with("x-keyward-"))

@@ -149,6 +149,26 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "Credential Expired",
             "the credential has expired".into(),
         ),
+        Rejection::InvalidDpop { reason, nonce } => {
+            let code = if nonce.is_some() {
+                "use_dpop_nonce"
+            } else {
+                "invalid_dpop_proof"
+            };
+            let mut p = Problem::new(StatusCode::UNAUTHORIZED, r.code(), "Invalid DPoP Proof")
+                .detail(format!("the DPoP proof is not valid: {reason}"));
+            let challenge = format!(
+                "DPoP algs=\"ES256 EdDSA RS256 PS256\", error=\"{code}\", error_description=\"{}\"",
+                reason.replace(['"', '\\'], "'")
+            );
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                p = p.header(header::WWW_AUTHENTICATE, v);
+            }
+            if let Some(n) = nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+                p = p.header(header::HeaderName::from_static("dpop-nonce"), n);
+            }
+            return p;
+        }
         Rejection::InvalidToken { reason } => (
             StatusCode::UNAUTHORIZED,
             "Invalid Token",
@@ -201,7 +221,7 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
         };
         for c in &style.challenges {
             let v = match (error, style.bearer, c.to_str()) {
-                (Some(err), true, Ok(s)) if s.starts_with("Bearer") => {
+                (Some(err), true, Ok(s)) if s.starts_with("Bearer") || s.starts_with("DPoP") => {
                     HeaderValue::from_str(&format!("{s}, error=\"{err}\"")).unwrap_or_else(|_| c.clone())
                 }
                 _ => c.clone(),

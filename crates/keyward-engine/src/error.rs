@@ -24,6 +24,9 @@ pub enum Rejection {
     /// An exchange-only key presented on an API route.
     #[error("the key only works at the token endpoint")]
     ExchangeOnly { key_id: String },
+    /// A DPoP proof failed (RFC 9449); `nonce` is set when a (fresh) server nonce is needed.
+    #[error("invalid DPoP proof: {reason}")]
+    InvalidDpop { reason: String, nonce: Option<String> },
     /// An access token failed verification (`reason` is the token layer's stable code).
     #[error("the access token is not valid: {reason}")]
     InvalidToken { reason: &'static str },
@@ -69,6 +72,8 @@ impl Rejection {
             Rejection::Disabled { .. } => "disabled_credential",
             Rejection::ExchangeOnly { .. } => "exchange_only_credential",
             Rejection::InvalidToken { .. } => "invalid_token",
+            Rejection::InvalidDpop { nonce: None, .. } => "invalid_dpop_proof",
+            Rejection::InvalidDpop { nonce: Some(_), .. } => "use_dpop_nonce",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::IpNotAllowed { .. } => "ip_not_allowed",
             Rejection::RateLimited { .. } => "rate_limited",

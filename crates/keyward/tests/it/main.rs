@@ -6,6 +6,7 @@ mod harness;
 
 mod admin;
 mod cli;
+mod dpop;
 mod gateway;
 mod hostile;
 mod independent;
