@@ -569,6 +569,7 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sign(
         &self,
         svc: &TokenService,
