@@ -884,3 +884,68 @@ async fn rs256_and_es256_signing_keys_issue_working_tokens() {
         assert_eq!(jwks["keys"][0]["alg"], alg);
     }
 }
+
+#[tokio::test]
+async fn client_limits_expiry_and_scheduled_rotation() {
+    let kw = boot_with(|c| {
+        c.oauth.enabled = true;
+        c.oauth.rotate_every = Some("1h".into());
+        c.oauth.publish_delay = std::time::Duration::from_secs(60);
+        for r in c.routes.iter_mut() {
+            r.tokens = true;
+        }
+    })
+    .await;
+    // Limits of the client apply to its tokens.
+    let c = client(&kw, json!({"rate": {"limit": "2/min", "burst": 2}, "token_ttl": "2m"})).await;
+    let (id, secret) = (c["client_id"].as_str().unwrap(), c["client_secret"].as_str().unwrap());
+    let token = post_form(&kw, "/oauth/token", Some((id, secret)), "grant_type=client_credentials")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = format!("Bearer {token}");
+    assert_eq!(kw.get("/echo", &[("authorization", &auth)]).await.status(), 200);
+    let r = kw.get("/echo", &[("authorization", &auth)]).await;
+    assert_eq!(
+        r.headers().get("ratelimit").unwrap().to_str().unwrap(),
+        "\"key\";r=0;t=60"
+    );
+    problem(kw.get("/echo", &[("authorization", &auth)]).await, 429, "rate_limited").await;
+    // Introspection says inactive once the token has expired.
+    kw.clock.advance(time::Duration::seconds(121));
+    let v: Value = post_form(&kw, "/oauth/introspect", Some((id, secret)), &format!("token={token}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"active": false}));
+    // Scheduled rotation: after `rotate_every`, maintenance publishes a new key, which signs
+    // once the publish delay has passed.
+    let engine = kw.running.as_ref().unwrap().engine.clone();
+    let (_, before) = kw.admin(Method::GET, "/v1/signing-keys", None).await;
+    assert_eq!(before["items"].as_array().unwrap().len(), 1);
+    kw.clock.advance(time::Duration::minutes(61));
+    engine.signing_key_maintenance().await.unwrap();
+    let (_, during) = kw.admin(Method::GET, "/v1/signing-keys", None).await;
+    let states: Vec<&str> = during["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["active", "pending"]);
+    kw.clock.advance(time::Duration::seconds(61));
+    engine.signing_key_maintenance().await.unwrap();
+    let (_, after) = kw.admin(Method::GET, "/v1/signing-keys", None).await;
+    let states: Vec<&str> = after["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["retired", "active"]);
+}
