@@ -235,7 +235,11 @@ impl LocalLimiter {
                     reset_secs: reset,
                 });
             }
-            let cell = QuotaCell { period, used: u32::try_from(after).unwrap_or(u32::MAX), end: to_u32(end) };
+            let cell = QuotaCell {
+                period,
+                used: u32::try_from(after).unwrap_or(u32::MAX),
+                end: to_u32(end),
+            };
             new_quotas.push((g, q.key, cell));
         }
 
