@@ -10,6 +10,7 @@ pub mod leaks;
 pub mod oauth;
 pub mod oauth_form;
 pub mod problem;
+pub mod tls;
 
 pub use admin::{admin_router, AdminState, AdminToken};
 pub use gateway::{gateway_router, GatewayConfig, GatewayState, Route};

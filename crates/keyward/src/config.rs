@@ -125,6 +125,22 @@ pub struct GatewaySection {
     /// Keys expiring within this window get `Deprecation` and `Sunset` response headers.
     #[serde(with = "dur")]
     pub expiry_warning: Duration,
+    /// PEM certificate chain (leaf first): with `tls_key_file`, the listener speaks TLS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// `none` (default), `optional` or `required` client certificates.
+    pub tls_client_auth: keyward_edge::tls::ClientAuth,
+    /// PEM revocation lists checked for client certificates.
+    pub tls_crl_files: Vec<PathBuf>,
+    /// How often the certificate and key files are checked for changes (reloaded without restart).
+    #[serde(with = "dur")]
+    pub tls_reload_interval: Duration,
+    /// How long a client has to complete the TLS handshake.
+    #[serde(with = "dur")]
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for GatewaySection {
@@ -137,6 +153,13 @@ impl Default for GatewaySection {
             upstream_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             expiry_warning: Duration::from_secs(7 * 86_400),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_client_auth: Default::default(),
+            tls_crl_files: Vec::new(),
+            tls_reload_interval: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -426,6 +449,16 @@ impl Config {
         if let Some(p) = self.leak_reports.github_keys_file.as_mut() {
             abs(p);
         }
+        let g = &mut self.gateway;
+        for p in [&mut g.tls_cert_file, &mut g.tls_key_file, &mut g.tls_client_ca_file]
+            .into_iter()
+            .flatten()
+        {
+            abs(p);
+        }
+        for p in &mut g.tls_crl_files {
+            abs(p);
+        }
         if !self.store.url.contains("://") && !self.store.url.starts_with("sqlite:") {
             let mut p = PathBuf::from(&self.store.url);
             abs(&mut p);
@@ -433,10 +466,12 @@ impl Config {
         }
     }
 
-    /// Everything that can be checked without touching the network or the disk.
+    /// Everything that can be checked without touching the network (and, but for the TLS
+    /// files being readable, the disk).
     pub fn validate(&self) -> Result<(), ConfigError> {
         KeyFormat::new(&self.keys.prefix).map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))?;
         self.gateway_config()?;
+        self.tls_settings()?;
         self.validate_webhooks()?;
         Ok(())
     }
@@ -469,6 +504,66 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The gateway listener's TLS settings: `None` for plain HTTP. Checks that the certificate
+    /// and key come together, that client certificates have a CA bundle, and that every file
+    /// named can be read.
+    pub fn tls_settings(&self) -> Result<Option<keyward_edge::tls::TlsSettings>, ConfigError> {
+        use keyward_edge::tls::{ClientAuth, TlsSettings};
+        let g = &self.gateway;
+        let invalid = |m: &str| ConfigError::Invalid(format!("gateway.{m}"));
+        let (cert_file, key_file) = match (&g.tls_cert_file, &g.tls_key_file) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            (None, None) => {
+                if g.tls_client_ca_file.is_some()
+                    || g.tls_client_auth != ClientAuth::None
+                    || !g.tls_crl_files.is_empty()
+                {
+                    return Err(invalid(
+                        "tls_client_ca_file, tls_client_auth and tls_crl_files need tls_cert_file and tls_key_file",
+                    ));
+                }
+                return Ok(None);
+            }
+            _ => return Err(invalid("tls_cert_file and tls_key_file: set both or neither")),
+        };
+        match (g.tls_client_auth, &g.tls_client_ca_file) {
+            (ClientAuth::None, Some(_)) => {
+                return Err(invalid(
+                    "tls_client_ca_file: set tls_client_auth = \"optional\" or \"required\" to use it",
+                ))
+            }
+            (ClientAuth::None, None) if !g.tls_crl_files.is_empty() => {
+                return Err(invalid("tls_crl_files: client certificates are off (tls_client_auth)"))
+            }
+            (ClientAuth::Optional | ClientAuth::Required, None) => {
+                return Err(invalid("tls_client_auth: client certificates need tls_client_ca_file"))
+            }
+            _ => {}
+        }
+        let readable = |key: &str, p: &Path| {
+            std::fs::File::open(p)
+                .map(drop)
+                .map_err(|e| ConfigError::Invalid(format!("gateway.{key}: cannot read {}: {e}", p.display())))
+        };
+        readable("tls_cert_file", &cert_file)?;
+        readable("tls_key_file", &key_file)?;
+        if let Some(p) = &g.tls_client_ca_file {
+            readable("tls_client_ca_file", p)?;
+        }
+        for p in &g.tls_crl_files {
+            readable("tls_crl_files", p)?;
+        }
+        Ok(Some(TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file: g.tls_client_ca_file.clone(),
+            client_auth: g.tls_client_auth,
+            crl_files: g.tls_crl_files.clone(),
+            reload_interval: g.tls_reload_interval,
+            handshake_timeout: g.tls_handshake_timeout,
+        }))
     }
 
     /// The webhooks with their secrets (`secret_env` read from `env`, or the 0600 file).
@@ -952,6 +1047,56 @@ mod tests {
             ("KEYWARD_GATEWAY__LISTEN", "nowhere"),
         ] {
             assert!(Config::load(None, &env(&[(k, v)])).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        let missing = dir.path().join("nope.pem").display().to_string();
+        let ok = Config::load(
+            None,
+            &env(&[
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", &c),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", &k),
+            ]),
+        )
+        .unwrap();
+        let t = ok.tls_settings().unwrap().unwrap();
+        assert_eq!(t.reload_interval, Duration::from_secs(30));
+        assert_eq!(t.client_auth, keyward_edge::tls::ClientAuth::None);
+        assert!(Config::default().tls_settings().unwrap().is_none());
+        for pairs in [
+            vec![("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str())],
+            vec![("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str())],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", missing.as_str()),
+            ],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str()),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "required"),
+            ],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str()),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "sometimes"),
+            ],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str()),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "optional"),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_CA_FILE", missing.as_str()),
+            ],
+            vec![("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "optional")],
+        ] {
+            assert!(Config::load(None, &env(&pairs)).is_err(), "{pairs:?}");
         }
     }
 

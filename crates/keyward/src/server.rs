@@ -102,7 +102,12 @@ pub async fn start_on(
             let addr = gateway_listener
                 .local_addr()
                 .map_err(|e| CliError::startup(e.to_string()))?;
-            oauth.issuer = format!("http://{addr}");
+            let scheme = if cfg.gateway.tls_cert_file.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            oauth.issuer = format!("{scheme}://{addr}");
         }
         engine
             .enable_oauth(oauth, kek)
@@ -163,7 +168,41 @@ pub async fn start_on(
             Ok(())
         });
     }
-    for (listener, router) in [(gateway_listener, gateway), (admin_listener, admin)] {
+    // The gateway speaks TLS when a certificate is configured; the certificate is re-read when
+    // its files change.
+    let tls = match cfg.tls_settings().map_err(|e| CliError::startup(e.to_string()))? {
+        Some(t) => {
+            let cert = Arc::new(
+                keyward_edge::tls::ReloadingCert::load(&t.cert_file, &t.key_file)
+                    .map_err(|e| CliError::startup(format!("gateway TLS: {e}")))?,
+            );
+            let config = keyward_edge::tls::server_config(&t, cert.clone())
+                .map_err(|e| CliError::startup(format!("gateway TLS: {e}")))?;
+            let rx = rx.clone();
+            let every = t.reload_interval;
+            tasks.spawn(async move {
+                cert.reload_loop(every, rx).await;
+                Ok(())
+            });
+            Some((config, t.handshake_timeout))
+        }
+        None => None,
+    };
+    let mut plain = vec![(admin_listener, admin)];
+    match tls {
+        Some((config, handshake_timeout)) => {
+            let rx = rx.clone();
+            tasks.spawn(keyward_edge::tls::serve(
+                gateway_listener,
+                gateway,
+                config,
+                handshake_timeout,
+                rx,
+            ));
+        }
+        None => plain.insert(0, (gateway_listener, gateway)),
+    }
+    for (listener, router) in plain {
         let mut rx = rx.clone();
         // TCP_NODELAY on every accepted connection: responses (and streamed body chunks) go out
         // as soon as hyper writes them, never held back by Nagle waiting for the client's ACK.

@@ -15,4 +15,5 @@ mod lifecycle;
 mod limits;
 mod oauth;
 mod scan;
+mod tls;
 mod webhooks;
