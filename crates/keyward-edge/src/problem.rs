@@ -315,22 +315,23 @@ pub fn upstream_timeout() -> Problem {
 /// `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers, -08 and
 /// later): `"key";q=20;w=12` and `"key";r=19;t=1`, one list member per limit.
 pub fn ratelimit_fields(states: &[keyward_engine::LimitState]) -> Vec<(header::HeaderName, HeaderValue)> {
+    use std::fmt::Write as _;
     if states.is_empty() {
         return Vec::new();
     }
-    let policy: Vec<String> = states
-        .iter()
-        .map(|s| format!("\"{}\";q={};w={}", s.name, s.limit, s.window_secs))
-        .collect();
-    let current: Vec<String> = states
-        .iter()
-        .map(|s| format!("\"{}\";r={};t={}", s.name, s.remaining, s.reset_secs))
-        .collect();
+    // Two strings written in place: this runs on every response of a limited key.
+    let mut policy = String::with_capacity(32 * states.len());
+    let mut current = String::with_capacity(32 * states.len());
+    for (i, s) in states.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(policy, "{sep}\"{}\";q={};w={}", s.name, s.limit, s.window_secs);
+        let _ = write!(current, "{sep}\"{}\";r={};t={}", s.name, s.remaining, s.reset_secs);
+    }
     let mut out = Vec::with_capacity(2);
-    if let Ok(v) = HeaderValue::from_str(&policy.join(", ")) {
+    if let Ok(v) = HeaderValue::try_from(policy) {
         out.push((header::HeaderName::from_static("ratelimit-policy"), v));
     }
-    if let Ok(v) = HeaderValue::from_str(&current.join(", ")) {
+    if let Ok(v) = HeaderValue::try_from(current) {
         out.push((header::HeaderName::from_static("ratelimit"), v));
     }
     out
