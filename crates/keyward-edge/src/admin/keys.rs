@@ -145,23 +145,41 @@ fn view(st: &AdminState, record: KeyRecord) -> KeyView {
     KeyView { record, state }
 }
 
+/// `expires_at` (RFC 3339) or `expires_in` (a duration), never both; `expires_in = "never"`
+/// is accepted only where `allow_never`; `default` applies when both are absent.
+fn expiry_fields(
+    at: Option<&str>,
+    within: Option<&str>,
+    now: time::OffsetDateTime,
+    allow_never: bool,
+    default: Option<time::OffsetDateTime>,
+) -> Result<Option<time::OffsetDateTime>, Problem> {
+    match (at, within) {
+        (Some(_), Some(_)) => Err(invalid("expires_at", "give expires_at or expires_in, not both")),
+        (Some(at), None) => {
+            let at = parse_instant(at).map_err(|e| invalid("expires_at", e))?;
+            Ok(Some(check_expiry(at, now).map_err(|e| invalid("expires_at", e))?))
+        }
+        (None, Some("never")) if allow_never => Ok(None),
+        (None, Some(d)) => Ok(Some(now + parse_duration(d).map_err(|e| invalid("expires_in", e))?)),
+        (None, None) => Ok(default),
+    }
+}
+
+/// A 201 with `Cache-Control: no-store` (the body holds a secret shown once).
+fn created_once(body: impl Serialize) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
 pub(crate) async fn create_key(
     State(st): State<Arc<AdminState>>,
     StrictJson(body): StrictJson<CreateKey>,
 ) -> Result<Response, Problem> {
     let now = st.engine.now();
-    let expires_at = match (body.expires_at.as_deref(), body.expires_in.as_deref()) {
-        (Some(_), Some(_)) => return Err(invalid("expires_at", "give expires_at or expires_in, not both")),
-        (Some(at), None) => {
-            let at = parse_instant(at).map_err(|e| invalid("expires_at", e))?;
-            Some(check_expiry(at, now).map_err(|e| invalid("expires_at", e))?)
-        }
-        (None, Some(d)) => {
-            let d = parse_duration(d).map_err(|e| invalid("expires_in", e))?;
-            Some(now + d)
-        }
-        (None, None) => None,
-    };
+    let expires_at = expiry_fields(body.expires_at.as_deref(), body.expires_in.as_deref(), now, false, None)?;
     let scopes = scopes_of(&body.scopes)?;
     let policy = Policy {
         ips: allowlist(&body.ips)?,
@@ -190,10 +208,7 @@ pub(crate) async fn create_key(
         key: secret.expose().to_owned(),
         view: view(&st, record),
     };
-    let mut resp = (StatusCode::CREATED, Json(created)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(created_once(created))
 }
 
 #[derive(Deserialize)]
@@ -382,10 +397,7 @@ pub(crate) async fn rotate_key(
         successor: view(&st, successor),
         previous: view(&st, old),
     };
-    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(created_once(body))
 }
 
 #[derive(Deserialize)]
@@ -451,16 +463,14 @@ pub(crate) async fn import_key(
     StrictJson(body): StrictJson<ImportBody>,
 ) -> Result<Response, Problem> {
     let now = st.engine.now();
-    let expires_at = match (body.expires_at.as_deref(), body.expires_in.as_deref()) {
-        (Some(_), Some(_)) => return Err(invalid("expires_at", "give expires_at or expires_in, not both")),
-        (Some(at), None) => {
-            let at = parse_instant(at).map_err(|e| invalid("expires_at", e))?;
-            Some(check_expiry(at, now).map_err(|e| invalid("expires_at", e))?)
-        }
-        (None, Some("never")) => None,
-        (None, Some(d)) => Some(now + parse_duration(d).map_err(|e| invalid("expires_in", e))?),
-        (None, None) => Some(now + time::Duration::days(90)),
-    };
+    let default_sunset = Some(now + time::Duration::days(90));
+    let expires_at = expiry_fields(
+        body.expires_at.as_deref(),
+        body.expires_in.as_deref(),
+        now,
+        true,
+        default_sunset,
+    )?;
     let import = keyward_engine::admin::ImportKey {
         app: body.app,
         name: body.name,
