@@ -356,6 +356,8 @@ struct ProofInput<'a> {
     headers: &'a HeaderMap,
     method: &'a str,
     path: &'a str,
+    /// The client certificate (DER) of the TLS connection, if any.
+    peer_cert: Option<&'a [u8]>,
 }
 
 async fn token_principal(
@@ -370,6 +372,16 @@ async fn token_principal(
         .verify_access_token(token, &route.audience)
         .await
         .map_err(|e| Rejection::InvalidToken { reason: e.code() })?;
+    // Certificate binding (RFC 8705 §3): the connection must carry the certificate the token
+    // was issued to.
+    if let Some(x5t) = p.claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref()) {
+        let presented = proof.peer_cert.map(keyward_engine::token::cert_thumbprint);
+        if !presented.is_some_and(|t| keyward_core::secret::ct_eq(t.as_bytes(), x5t.as_bytes())) {
+            return Err(Rejection::InvalidToken {
+                reason: "certificate_binding_mismatch",
+            });
+        }
+    }
     // Sender constraint (RFC 9449 §7): a DPoP-bound token needs the DPoP scheme and a proof
     // by the bound key; a plain token must not pretend to be bound.
     let bound = p.claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
@@ -511,11 +523,17 @@ async fn handle(
         if has_key {
             return reject(&st, &Rejection::Multiple, true, route);
         }
+        let peer_cert = req
+            .extensions()
+            .get::<crate::tls::PeerCertificates>()
+            .and_then(|c| c.0.first())
+            .map(|c| c.as_ref());
         let proof = ProofInput {
             dpop,
             headers: req.headers(),
             method: req.method().as_str(),
             path: req.uri().path(),
+            peer_cert,
         };
         match token_principal(&st, route, token, client, &proof).await {
             Ok(rec) => {

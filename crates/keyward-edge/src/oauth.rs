@@ -113,6 +113,7 @@ fn auth_of(c: &ClientCredentials) -> ClientAuth<'_> {
 async fn token(
     State(st): State<Arc<GatewayState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer_certs: Option<axum::Extension<crate::tls::PeerCertificates>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -158,7 +159,9 @@ async fn token(
         }
         None => None,
     };
+    let client_cert = peer_certs.as_ref().and_then(|c| c.0 .0.first()).map(|c| c.as_ref());
     let req = TokenRequest {
+        client_cert,
         dpop_proof,
         grant_type,
         scope: form.get("scope"),
@@ -268,6 +271,7 @@ async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
         "scopes_supported": scopes,
         "keyward_api_key_token_type": API_KEY_TOKEN_TYPE,
         "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "tls_client_certificate_bound_access_tokens": true,
         "introspection_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
         "revocation_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
     }))

@@ -138,6 +138,14 @@ pub struct TokenRequest<'a> {
     pub requested_token_type: Option<&'a str>,
     /// The `DPoP` header (already checked to occur at most once).
     pub dpop_proof: Option<&'a str>,
+    /// The DER of the client certificate of the TLS connection, if any (RFC 8705).
+    pub client_cert: Option<&'a [u8]>,
+}
+
+/// RFC 8705 §3.1: `x5t#S256`, the base64url SHA-256 of a certificate's DER.
+pub fn cert_thumbprint(der: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(der))
 }
 
 /// What the token endpoint answers.
@@ -578,7 +586,7 @@ impl Engine {
         aud: &str,
         scopes: &[Scope],
         ttl: u32,
-        jkt: Option<&str>,
+        cnf: Option<keyward_token::Confirmation>,
     ) -> Result<(String, String), OAuthError> {
         let key = read(&svc.keys).active.clone().ok_or(OAuthError::Unavailable)?;
         let now = self.now().unix_timestamp();
@@ -594,7 +602,7 @@ impl Engine {
             nbf: None,
             jti: jti.clone(),
             scope: if scope.is_empty() { None } else { Some(scope.clone()) },
-            cnf: jkt.map(keyward_token::Confirmation::jkt),
+            cnf,
         };
         let token = mint(&key, &claims).map_err(|_| OAuthError::Unavailable)?;
         Ok((token, scope))
@@ -626,20 +634,20 @@ impl Engine {
             }
         };
         let token_type = if jkt.is_some() { "DPoP" } else { "Bearer" };
+        // A DPoP proof binds to its key; otherwise a client certificate on the connection binds
+        // the token to that certificate (RFC 8705 §3).
+        let cnf = match (&jkt, req.client_cert) {
+            (Some(j), _) => Some(keyward_token::Confirmation::jkt(j.clone())),
+            (None, Some(der)) => Some(keyward_token::Confirmation::x5t_s256(cert_thumbprint(der))),
+            (None, None) => None,
+        };
         match req.grant_type {
             "client_credentials" => {
                 let client = client.ok_or(OAuthError::InvalidClient { basic: false })?;
                 let scopes = Self::narrow_scopes(req.scope, &client.scopes)?;
                 let aud = Self::pick_audience(svc, req.audience)?;
-                let (token, scope) = self.sign(
-                    svc,
-                    &client.id,
-                    &client.id,
-                    aud,
-                    &scopes,
-                    client.token_ttl,
-                    jkt.as_deref(),
-                )?;
+                let (token, scope) =
+                    self.sign(svc, &client.id, &client.id, aud, &scopes, client.token_ttl, cnf.clone())?;
                 Ok(IssuedToken {
                     access_token: token,
                     token_type,
@@ -685,7 +693,7 @@ impl Engine {
                     ttl = ttl.min(u32::try_from(left.max(1)).unwrap_or(1));
                 }
                 let client_id = client.as_ref().map(|c| c.id.clone()).unwrap_or_else(|| key.id.clone());
-                let (token, scope) = self.sign(svc, &key.id, &client_id, aud, &scopes, ttl, jkt.as_deref())?;
+                let (token, scope) = self.sign(svc, &key.id, &client_id, aud, &scopes, ttl, cnf.clone())?;
                 Ok(IssuedToken {
                     access_token: token,
                     token_type,

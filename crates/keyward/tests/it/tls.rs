@@ -381,3 +381,120 @@ async fn revoked_client_certificates_are_refused() {
         "revoked: {r:?}"
     );
 }
+
+/// Any request over a fresh HTTP/1.1 TLS connection; the status and the body.
+async fn send(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    client: Option<&Leaf>,
+    req: hyper::Request<http_body_util::Full<Bytes>>,
+) -> (u16, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let tls = connect(addr, root, client, b"http/1.1").await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, body)
+}
+
+/// RFC 8705 §3: a token requested over a connection with a client certificate is bound to it
+/// (`cnf.x5t#S256`); the gateway then wants that certificate on the connection.
+#[tokio::test]
+async fn certificate_bound_access_tokens() {
+    use base64::Engine as _;
+    let pki = Pki::new();
+    let p = pki.path.clone();
+    let kw = boot_with(move |cfg| {
+        cfg.gateway.tls_cert_file = Some(p.join("cert.pem"));
+        cfg.gateway.tls_key_file = Some(p.join("key.pem"));
+        cfg.gateway.tls_client_auth = ClientAuth::Optional;
+        cfg.gateway.tls_client_ca_file = Some(p.join("clients.pem"));
+        cfg.oauth.enabled = true;
+        for r in cfg.routes.iter_mut() {
+            r.tokens = true;
+        }
+    })
+    .await;
+    let addr = gw_addr(&kw);
+    let root = pki.server_ca.der.clone();
+    let alice = leaf(&pki.client_ca, 10, false, false);
+    let mallory = leaf(&pki.client_ca, 11, false, false);
+    let (_, _) = kw
+        .admin(reqwest::Method::POST, "/v1/apps", Some(json!({"name": "cats"})))
+        .await;
+    let (s, c) = kw
+        .admin(
+            reqwest::Method::POST,
+            "/v1/clients",
+            Some(json!({"app": "cats", "scopes": ["facts:read"]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        c["client_id"].as_str().unwrap(),
+        c["client_secret"].as_str().unwrap()
+    ));
+    let token_req = || {
+        hyper::Request::post("https://localhost/oauth/token")
+            .header("host", "localhost")
+            .header("authorization", format!("Basic {basic}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(Bytes::from_static(
+                b"grant_type=client_credentials",
+            )))
+            .unwrap()
+    };
+    let fact = |token: &str| {
+        hyper::Request::get("https://localhost/fact")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let token_of = |body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let cnf_of = |token: &str| {
+        let part = token.split('.').nth(1).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap();
+        v["cnf"].clone()
+    };
+    // Over a connection with Alice's certificate: bound to it.
+    let (s, body) = send(addr, &root, Some(&alice), token_req()).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let bound = token_of(&body);
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, alice.der.as_ref()).as_ref());
+    assert_eq!(cnf_of(&bound)["x5t#S256"], x5t.as_str());
+    assert_eq!(send(addr, &root, Some(&alice), fact(&bound)).await.0, 200);
+    let (s, body) = send(addr, &root, Some(&mallory), fact(&bound)).await;
+    assert_eq!(s, 401, "another certificate");
+    assert!(String::from_utf8_lossy(&body).contains("invalid_token"));
+    assert_eq!(send(addr, &root, None, fact(&bound)).await.0, 401, "no certificate");
+    // Without a certificate the token is not bound and works without one.
+    let (s, body) = send(addr, &root, None, token_req()).await;
+    assert_eq!(s, 200);
+    let plain = token_of(&body);
+    assert!(cnf_of(&plain).is_null());
+    assert_eq!(send(addr, &root, None, fact(&plain)).await.0, 200);
+    let (_, meta) = send(
+        addr,
+        &root,
+        None,
+        hyper::Request::get("https://localhost/.well-known/oauth-authorization-server")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
+    assert!(meta["issuer"].as_str().unwrap().starts_with("https://"));
+}
