@@ -6,6 +6,7 @@
 #   WORKERS=2 ROUNDS=5 DURATION=20s bench/gateway.sh
 #   GATEWAY_BIN_B=/tmp/keyward-old bench/gateway.sh   # a second keyward binary in the same rotation
 #   COMPARE=limits bench/gateway.sh       # one gateway, a key with limits on vs one without
+#   TLS=1 bench/gateway.sh                # both proxies terminate TLS (wrk over https)
 #
 # Environment (all optional):
 #   WORKERS      nginx worker_processes and keyward [server] worker_threads (default 1)
@@ -27,6 +28,10 @@
 #                limits: no nginx; one gateway measured with the plain key (`unlimited`) and
 #                with a key that has a generous key rate, key quota and IP allowlist and whose
 #                app has a generous rate (`limited`; never tripped). bench/limits.sh does this.
+#   TLS          1: a throw-away CA and an ECDSA P-256 server certificate for 127.0.0.1 are made
+#                with openssl; keyward serves them (gateway.tls_cert_file / tls_key_file) and
+#                nginx `listen ... ssl` with the same certificate; wrk and curl use https.
+#                Upstreams stay plain HTTP on loopback for both.
 #
 # Only loopback addresses are used. Every process started here is stopped on exit, also on
 # failure or Ctrl-C.
@@ -45,6 +50,9 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 GATEWAY_BIN_B=${GATEWAY_BIN_B:-}
 COMPARE=${COMPARE:-nginx}
+TLS=${TLS:-0}
+SCHEME=http
+CURL_TLS=()
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
@@ -147,7 +155,7 @@ wait_http() { # URL EXPECTED_STATUS WHAT PID
     local url=$1 want=$2 what=$3 pid=$4 got
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || die "$what exited during start-up"
-        got=$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)
+        got=$(curl -s "${CURL_TLS[@]}" -o /dev/null -w '%{http_code}' "$url" || true)
         if [[ "$got" == "$want" ]]; then return 0; fi
         sleep 0.1
     done
@@ -157,7 +165,7 @@ wait_http() { # URL EXPECTED_STATUS WHAT PID
 expect_status() { # WHAT WANT URL [curl args...]
     local what=$1 want=$2 url=$3 got
     shift 3
-    got=$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url")
+    got=$(curl -s "${CURL_TLS[@]}" -o /dev/null -w '%{http_code}' "$@" "$url")
     [[ "$got" == "$want" ]] || die "$what: $url answered $got, expected $want"
 }
 
@@ -184,6 +192,28 @@ mapfile -t PORTS < <(free_ports 6)
 UP_PORT=${PORTS[0]} GW_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]} NGINX_PORT=${PORTS[3]}
 GW_B_PORT=${PORTS[4]} ADMIN_B_PORT=${PORTS[5]}
 
+if [[ "$TLS" == 1 ]]; then
+    command -v openssl >/dev/null || die "TLS=1 needs openssl"
+    log "TLS: throw-away CA and ECDSA P-256 server certificate for 127.0.0.1 in $TMP/tls"
+    mkdir -p "$TMP/tls"
+    (
+        cd "$TMP/tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj /CN=keyward-bench-ca -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >ext.cnf
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile ext.cnf -out server.crt 2>/dev/null
+        # PKCS#8 key for both servers.
+        openssl pkcs8 -topk8 -nocrypt -in server.key -out server-pk8.key
+    ) || die "openssl could not make the test certificates"
+    SCHEME=https
+    CURL_TLS=(--cacert "$TMP/tls/ca.pem")
+elif [[ "$TLS" != 0 ]]; then
+    die "TLS must be 0 or 1"
+fi
+
 # Stray KEYWARD_* variables would be read as configuration overrides: start clean.
 for name in $(compgen -e); do
     if [[ $name == KEYWARD_* ]]; then unset "$name"; fi
@@ -192,7 +222,10 @@ done
 log "upstream: keyward cat-facts on 127.0.0.1:$UP_PORT"
 "${UPSTREAM_BIN:-$KEYWARD}" cat-facts --listen "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!)
+CURL_TLS_SAVED=("${CURL_TLS[@]}")
+CURL_TLS=()
 wait_http "http://127.0.0.1:$UP_PORT/fact" 200 "upstream" "${PIDS[-1]}"
+CURL_TLS=("${CURL_TLS_SAVED[@]}")
 
 write_config() { # FILE GATEWAY_PORT ADMIN_PORT
     cat >"$1" <<EOF
@@ -211,6 +244,7 @@ credential_headers = ["x-api-key"]
 invalid_credential_status = 403
 connect_timeout = "2s"
 upstream_timeout = "30s"
+$(if [[ "$TLS" == 1 ]]; then printf 'tls_cert_file = "%s"\ntls_key_file = "%s"\n' "$TMP/tls/server.crt" "$TMP/tls/server-pk8.key"; fi)
 
 [admin]
 listen = "127.0.0.1:$3"
@@ -265,6 +299,8 @@ if [[ "$COMPARE" == nginx ]]; then
     mkdir -p "$TMP/nginx"
     sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PREFIX@|$TMP/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" \
         -e "s|@UPSTREAM_PORT@|$UP_PORT|g" -e "s|@KEY@|$KEY|g" \
+        -e "s|@LISTEN_SSL@|$([[ "$TLS" == 1 ]] && echo ' ssl')|g" \
+        -e "s|@TLS_DIRECTIVES@|$([[ "$TLS" == 1 ]] && echo "ssl_certificate $TMP/tls/server.crt; ssl_certificate_key $TMP/tls/server-pk8.key;")|g" \
         "$BENCH_DIR/nginx-static-key.conf.template" >"$TMP/nginx/nginx.conf"
     "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -t -q ||
         die "nginx rejected the generated configuration"
@@ -272,14 +308,14 @@ if [[ "$COMPARE" == nginx ]]; then
         -g 'daemon off;' >"$TMP/nginx/stdout.log" 2>&1 &
     PIDS+=($!)
     NGINX_PID=$!
-    wait_http "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" 401 "nginx" "${PIDS[-1]}"
+    wait_http "$SCHEME://127.0.0.1:$NGINX_PORT$BENCH_PATH" 401 "nginx" "${PIDS[-1]}"
 fi
 
 # All answer the same way: 200 with the key, 401 without, 403 with a wrong one.
 WRONG="kw_live_$(printf 'x%.0s' $(seq 49))"
-CHECK=("keyward http://127.0.0.1:$GW_PORT")
-[[ -z "$GATEWAY_BIN_B" ]] || CHECK+=("keyward_b http://127.0.0.1:$GW_B_PORT")
-[[ "$COMPARE" != nginx ]] || CHECK+=("nginx http://127.0.0.1:$NGINX_PORT")
+CHECK=("keyward $SCHEME://127.0.0.1:$GW_PORT")
+[[ -z "$GATEWAY_BIN_B" ]] || CHECK+=("keyward_b $SCHEME://127.0.0.1:$GW_B_PORT")
+[[ "$COMPARE" != nginx ]] || CHECK+=("nginx $SCHEME://127.0.0.1:$NGINX_PORT")
 for target in "${CHECK[@]}"; do
     read -r name base <<<"$target"
     expect_status "$name" 200 "$base$BENCH_PATH" -H "x-api-key: $KEY"
@@ -287,22 +323,22 @@ for target in "${CHECK[@]}"; do
     expect_status "$name" 403 "$base$BENCH_PATH" -H "x-api-key: $WRONG"
 done
 if [[ "$COMPARE" == limits ]]; then
-    expect_status "keyward (limited key)" 200 "http://127.0.0.1:$GW_PORT$BENCH_PATH" -H "x-api-key: $LKEY"
+    expect_status "keyward (limited key)" 200 "$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH" -H "x-api-key: $LKEY"
     # The limits are really applied to the limited key, and only to it.
-    hdrs=$(curl -s -o /dev/null -D - -H "x-api-key: $LKEY" "http://127.0.0.1:$GW_PORT$BENCH_PATH")
+    hdrs=$(curl -s "${CURL_TLS[@]}" -o /dev/null -D - -H "x-api-key: $LKEY" "$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH")
     [[ "${hdrs,,}" == *ratelimit-policy:* ]] || die "the limited key's response carries no RateLimit-Policy"
-    hdrs=$(curl -s -o /dev/null -D - -H "x-api-key: $KEY" "http://127.0.0.1:$GW_PORT$BENCH_PATH")
+    hdrs=$(curl -s "${CURL_TLS[@]}" -o /dev/null -D - -H "x-api-key: $KEY" "$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH")
     [[ "${hdrs,,}" != *ratelimit-policy:* ]] || die "the unlimited key's response carries a RateLimit-Policy"
 fi
 
 # ---- measurement -------------------------------------------------------------------------
 
 declare -A URL=(
-    [keyward]="http://127.0.0.1:$GW_PORT$BENCH_PATH"
-    [keyward_b]="http://127.0.0.1:$GW_B_PORT$BENCH_PATH"
-    [nginx]="http://127.0.0.1:$NGINX_PORT$BENCH_PATH"
-    [unlimited]="http://127.0.0.1:$GW_PORT$BENCH_PATH"
-    [limited]="http://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [keyward]="$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [keyward_b]="$SCHEME://127.0.0.1:$GW_B_PORT$BENCH_PATH"
+    [nginx]="$SCHEME://127.0.0.1:$NGINX_PORT$BENCH_PATH"
+    [unlimited]="$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [limited]="$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH"
 )
 declare -A KEY_OF=([keyward]="$KEY" [keyward_b]="$KEY" [nginx]="$KEY" [unlimited]="$KEY" [limited]="$LKEY")
 if [[ "$COMPARE" == limits ]]; then
@@ -355,7 +391,7 @@ echo
 if [[ "$COMPARE" == limits ]]; then
     echo "keyward, limited vs unlimited key on one gateway: $WORKERS worker(s), wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 else
-    echo "keyward vs nginx static key: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'): $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 fi
 if REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
     [[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || REV="$REV+dirty"

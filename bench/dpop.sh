@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Load test (issue 6, point 7): a DPoP-bound token route vs the same route with a plain Bearer
+# token, one keyward gateway, measured in turn A B A B ... with the closed-loop load generator
+# crates/keyward/examples/dpop_load.rs (wrk cannot make a fresh DPoP proof per request).
+#
+#   bench/dpop.sh
+#   WORKERS=1 ROUNDS=3 DURATION=10 CONNECTIONS=32 bench/dpop.sh
+#
+# Modes measured: bearer (Bearer token), dpop (DPoP token + a fresh ES256 proof per request),
+# bearer-proofs (Bearer request, but the client signs a proof per request and throws it away:
+# the client-side cost of proofs, on the same cores, without the server's cost).
+# The keyward process's CPU seconds per run are recorded: CPU per request is the fairer
+# server-side comparison on a 2-core machine where the client shares the CPUs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+MODES=${MODES:-"bearer dpop bearer-proofs"}
+SKIP_BUILD=${SKIP_BUILD:-0}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+KEYWARD=$TARGET/release/keyward
+LOAD=$TARGET/release/examples/dpop_load
+
+log() { printf '[dpop-bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+PIDS=()
+TMP=""
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ $rc -ne 0 && -n "$TMP" ]]; then tail -n 20 "$TMP"/*.log >&2 || true; fi
+    [[ -z "$TMP" ]] || rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ "$SKIP_BUILD" != 1 ]]; then
+    (cd "$ROOT" && cargo build --release -p keyward --bin keyward --example dpop_load)
+fi
+[[ -x "$KEYWARD" && -x "$LOAD" ]] || die "build keyward and the dpop_load example first"
+
+for name in $(compgen -e); do [[ $name != KEYWARD_* ]] || unset "$name"; done
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/keyward-dpop.XXXXXX")
+mapfile -t PORTS < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(3)]
+for x in s: x.bind(("127.0.0.1", 0))
+for x in s: print(x.getsockname()[1])')
+UP_PORT=${PORTS[0]} GW_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]}
+GW=http://127.0.0.1:$GW_PORT
+
+wait_http() { # URL PID
+    for _ in $(seq 100); do
+        kill -0 "$2" 2>/dev/null || die "process for $1 exited"
+        [[ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" == 200 ]] && return 0
+        sleep 0.1
+    done
+    die "$1 not ready"
+}
+
+"$KEYWARD" cat-facts --listen "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$UP_PORT/fact" "${PIDS[-1]}"
+
+cat >"$TMP/keyward.toml" <<CONF
+[store]
+url = "$TMP/keyward.db"
+
+[keys]
+prefix = "kw"
+
+[server]
+worker_threads = $WORKERS
+
+[gateway]
+listen = "127.0.0.1:$GW_PORT"
+credential_headers = ["x-api-key"]
+connect_timeout = "2s"
+upstream_timeout = "30s"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[oauth]
+enabled = true
+signing_alg = "EdDSA"
+issuer = "$GW"
+
+[[routes]]
+name = "fact"
+path_prefix = "/fact"
+methods = ["GET"]
+upstream = "http://127.0.0.1:$UP_PORT"
+scopes = ["facts:read"]
+tokens = true
+CONF
+rand_hex() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
+KEYWARD_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+export KEYWARD_ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
+KEYWARD_PEPPER=$(rand_hex) KEYWARD_KEK=$(rand_hex) KEYWARD_LOG=warn \
+    "$KEYWARD" serve --config "$TMP/keyward.toml" >"$TMP/keyward.log" 2>&1 &
+PIDS+=($!)
+KEYWARD_PID=$!
+wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$KEYWARD_PID"
+
+"$KEYWARD" app create bench --json >/dev/null
+"$KEYWARD" client create --app bench --scope facts:read --token-ttl 24h --json >"$TMP/client.json"
+CID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["client_id"])' "$TMP/client.json")
+CSECRET=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["client_secret"])' "$TMP/client.json")
+
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { local f; f=$(sed 's/.*) //' "/proc/$1/stat"); read -r -a fs <<<"$f"; echo $((fs[11] + fs[12])); }
+run() { # MODE SECONDS OUT
+    local before after
+    before=$(cpu_ticks "$KEYWARD_PID")
+    "$LOAD" --base "$GW" --issuer "$GW" --path /fact --client-id "$CID" --client-secret "$CSECRET" \
+        --mode "$1" --connections "$CONNECTIONS" --duration "$2" >"$3"
+    after=$(cpu_ticks "$KEYWARD_PID")
+    echo "server_cpu_s: $(python3 -c "print(($after - $before) / $CLK_TCK)")" >>"$3"
+}
+mkdir -p "$TMP/results"
+for m in $MODES; do log "warm-up $m"; run "$m" 3 "$TMP/results/warmup-$m.out"; done
+for r in $(seq "$ROUNDS"); do
+    for m in $MODES; do
+        log "round $r/$ROUNDS: $m"
+        run "$m" "$DURATION" "$TMP/results/$m-$r.txt"
+    done
+done
+echo "keyward DPoP vs Bearer on one token route: $WORKERS worker(s), dpop_load -c$CONNECTIONS ${DURATION}s, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD)"
+python3 - "$TMP/results" $MODES <<'PY'
+import glob, statistics, sys
+d, modes = sys.argv[1], sys.argv[2:]
+def load(f):
+    return {k.strip(): v.strip() for k, v in (l.split(":", 1) for l in open(f) if ":" in l)}
+rows = {}
+print("| mode | runs req/s | median req/s | p50 ms | p99 ms | errors | server CPU µs/req |")
+print("|---|---|---|---|---|---|---|")
+for m in modes:
+    runs = [load(f) for f in sorted(glob.glob(f"{d}/{m}-[0-9]*.txt"))]
+    rps = [float(r["rps"]) for r in runs]
+    cpu = [float(r["server_cpu_s"]) / int(r["ok"]) * 1e6 for r in runs]
+    rows[m] = (statistics.median(rps), statistics.median(cpu))
+    print(f"| {m} | {', '.join(f'{x:.0f}' for x in rps)} | {statistics.median(rps):.0f} | "
+          f"{statistics.median(float(r['p50_ms']) for r in runs):.2f} | "
+          f"{statistics.median(float(r['p99_ms']) for r in runs):.2f} | "
+          f"{sum(int(r['errors']) for r in runs)} | {statistics.median(cpu):.1f} |")
+if "bearer" in rows and "dpop" in rows:
+    b, p = rows["bearer"], rows["dpop"]
+    print(f"\nDPoP/Bearer req/s: {p[0] / b[0]:.2f} (goal >= 0.70); "
+          f"server CPU per request DPoP/Bearer: {p[1] / b[1]:.2f} (i.e. DPoP req/s per server CPU-second relative to Bearer: {b[1] / p[1]:.2f})")
+    if "bearer-proofs" in rows:
+        print(f"DPoP / bearer-proofs req/s (client proof cost removed from the comparison): {p[0] / rows['bearer-proofs'][0]:.2f}")
+PY

@@ -1,0 +1,241 @@
+//! Closed-loop load generator for the gateway's token routes (issue 6, point 7): DPoP vs Bearer.
+//!
+//! A DPoP request needs a fresh, single-use proof, so wrk cannot make it. This tool runs
+//! `--connections` tasks, each on its own keep-alive HTTP/1.1 connection, for `--duration`
+//! seconds, sending `GET <url>` and counting 200s; it prints requests/s and latency percentiles.
+//!
+//! It fetches its own access token (client_credentials, client_secret_basic) from
+//! `<base>/oauth/token`: with a DPoP proof in modes `dpop`, without one in `bearer` and
+//! `bearer-proofs`.
+//!
+//! Modes:
+//! * `bearer`: `Authorization: Bearer <token>`.
+//! * `dpop`: `Authorization: DPoP <token>` + `DPoP: <fresh ES256 proof>` per request.
+//! * `bearer-proofs`: builds and signs a proof per request exactly like `dpop`, but sends it
+//!   nowhere (Bearer request): separates the client's proof cost from the server's.
+//!
+//! ```text
+//! cargo run --release -p keyward --example dpop_load -- \
+//!     --base http://127.0.0.1:8080 --issuer http://127.0.0.1:8080 --path /fact \
+//!     --client-id ID --client-secret SECRET --mode dpop --connections 32 --duration 10
+//! ```
+//! Output: one `key: value` line per figure (parsed by bench/dpop.sh).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use keyward_token::{Algorithm, SigningKey};
+use serde_json::{json, Value};
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Per-process prefix + counter: unique jtis without a random draw per request.
+static JTI: AtomicU64 = AtomicU64::new(0);
+
+struct Prover {
+    key: SigningKey,
+    header_b64: String,
+    prefix: String,
+}
+
+impl Prover {
+    fn new() -> Self {
+        let key = SigningKey::generate(Algorithm::ES256, None).unwrap();
+        let header = json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": serde_json::to_value(key.public_jwk()).unwrap()});
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Self {
+            key,
+            header_b64: b64(header.to_string().as_bytes()),
+            prefix: format!("{nanos:x}"),
+        }
+    }
+
+    fn proof(&self, htm: &str, htu: &str, ath: Option<&str>) -> String {
+        let jti = format!("{}-{}", self.prefix, JTI.fetch_add(1, Ordering::Relaxed));
+        let mut c = json!({"jti": jti, "htm": htm, "htu": htu, "iat": now()});
+        if let Some(a) = ath {
+            c["ath"] = json!(a);
+        }
+        let p = b64(c.to_string().as_bytes());
+        let signing_input = format!("{}.{p}", self.header_b64);
+        let sig = self.key.sign(signing_input.as_bytes()).unwrap();
+        format!("{signing_input}.{}", b64(&sig))
+    }
+}
+
+fn arg(args: &[String], name: &str, default: Option<&str>) -> String {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).cloned().expect("flag value"),
+        None => default.unwrap_or_else(|| panic!("missing {name}")).to_owned(),
+    }
+}
+
+async fn connect(addr: &str) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let base = arg(&args, "--base", None);
+    let issuer = arg(&args, "--issuer", Some(&base));
+    let path = arg(&args, "--path", Some("/fact"));
+    let id = arg(&args, "--client-id", None);
+    let secret = arg(&args, "--client-secret", None);
+    let mode = arg(&args, "--mode", Some("bearer"));
+    let conns: usize = arg(&args, "--connections", Some("32")).parse().unwrap();
+    let secs: f64 = arg(&args, "--duration", Some("10")).parse().unwrap();
+    assert!(
+        matches!(mode.as_str(), "bearer" | "dpop" | "bearer-proofs"),
+        "--mode bearer|dpop|bearer-proofs"
+    );
+    let addr = base
+        .strip_prefix("http://")
+        .expect("--base http://HOST:PORT (plain HTTP)")
+        .trim_end_matches('/')
+        .to_owned();
+    let dpop = mode == "dpop";
+    let prover = Arc::new(Prover::new());
+
+    // The access token.
+    let mut send = connect(&addr).await;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let mut req = hyper::Request::post("/oauth/token")
+        .header("host", &addr)
+        .header("authorization", format!("Basic {basic}"))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if dpop {
+        req = req.header("dpop", prover.proof("POST", &format!("{issuer}/oauth/token"), None));
+    }
+    let resp = send
+        .send_request(
+            req.body(Full::new(Bytes::from_static(b"grant_type=client_credentials")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200, "token request: {}", String::from_utf8_lossy(&body));
+    let t: Value = serde_json::from_slice(&body).unwrap();
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(t["token_type"], if dpop { "DPoP" } else { "Bearer" });
+    let ath = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
+    let htu = format!("{issuer}{path}");
+    let auth = if dpop {
+        format!("DPoP {token}")
+    } else {
+        format!("Bearer {token}")
+    };
+    drop(send);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (addr, path, auth, htu, ath, mode) = (
+            addr.clone(),
+            path.clone(),
+            auth.clone(),
+            htu.clone(),
+            ath.clone(),
+            mode.clone(),
+        );
+        let (prover, stop, errors) = (prover.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut send = connect(&addr).await;
+            let mut lat = Vec::with_capacity(1 << 16);
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let mut req = hyper::Request::get(path.as_str())
+                    .header("host", addr.as_str())
+                    .header("authorization", auth.as_str());
+                match mode.as_str() {
+                    "dpop" => req = req.header("dpop", prover.proof("GET", &htu, Some(&ath))),
+                    "bearer-proofs" => {
+                        std::hint::black_box(prover.proof("GET", &htu, Some(&ath)));
+                    }
+                    _ => {}
+                }
+                let req = req.body(Full::new(Bytes::new())).unwrap();
+                if send.ready().await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    send = connect(&addr).await;
+                    continue;
+                }
+                match send.send_request(req).await {
+                    Ok(r) => {
+                        let ok = r.status() == 200;
+                        let _ = r.into_body().collect().await;
+                        if ok {
+                            lat.push(t0.elapsed());
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        send = connect(&addr).await;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if all.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((all.len() as f64 * q).ceil() as usize).clamp(1, all.len()) - 1;
+        all[i].as_secs_f64() * 1e3
+    };
+    println!("mode: {mode}");
+    println!("connections: {conns}");
+    println!("duration_s: {elapsed:.3}");
+    println!("ok: {}", all.len());
+    println!("errors: {}", errors.load(Ordering::Relaxed));
+    println!("rps: {:.1}", all.len() as f64 / elapsed);
+    println!("p50_ms: {:.3}", pct(0.50));
+    println!("p90_ms: {:.3}", pct(0.90));
+    println!("p99_ms: {:.3}", pct(0.99));
+}
