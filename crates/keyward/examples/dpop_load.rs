@@ -93,16 +93,61 @@ fn arg(args: &[String], name: &str, default: Option<&str>) -> String {
     }
 }
 
-async fn connect(addr: &str) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+type Tls = Option<Arc<rustls::ClientConfig>>;
+
+async fn connect(addr: &str, tls: &Tls) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
+    match tls {
+        None => {
+            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            send
+        }
+        Some(cfg) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, stream)
+                .await
+                .unwrap();
+            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            send
+        }
+    }
+}
+
+/// TLS client configuration: trust `ca`, present `cert`/`key` when given.
+fn tls_config(ca: &str, cert: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match cert {
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(c).unwrap().map(|c| c.unwrap()).collect(),
+                PrivateKeyDer::from_pem_file(k).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
 }
 
 #[tokio::main]
@@ -120,16 +165,33 @@ async fn main() {
         matches!(mode.as_str(), "bearer" | "dpop" | "bearer-proofs"),
         "--mode bearer|dpop|bearer-proofs"
     );
-    let addr = base
-        .strip_prefix("http://")
-        .expect("--base http://HOST:PORT (plain HTTP)")
-        .trim_end_matches('/')
-        .to_owned();
+    // https: --ca FILE (required), --cert FILE --key FILE (client certificate on the load
+    // connections), --token-cert yes|no (whether the token request presents it: yes binds the
+    // token to the certificate, cnf.x5t#S256).
+    let (addr, tls, token_tls): (String, Tls, Tls) = if let Some(a) = base.strip_prefix("https://") {
+        let ca = arg(&args, "--ca", None);
+        let cert = args
+            .iter()
+            .any(|a| a == "--cert")
+            .then(|| (arg(&args, "--cert", None), arg(&args, "--key", None)));
+        let load = tls_config(&ca, cert.as_ref().map(|(c, k)| (c.as_str(), k.as_str())));
+        let token = if arg(&args, "--token-cert", Some("yes")) == "yes" {
+            load.clone()
+        } else {
+            tls_config(&ca, None)
+        };
+        (a.trim_end_matches('/').to_owned(), Some(load), Some(token))
+    } else {
+        let a = base
+            .strip_prefix("http://")
+            .expect("--base http://HOST:PORT or https://HOST:PORT");
+        (a.trim_end_matches('/').to_owned(), None, None)
+    };
     let dpop = mode == "dpop";
     let prover = Arc::new(Prover::new());
 
     // The access token.
-    let mut send = connect(&addr).await;
+    let mut send = connect(&addr, &token_tls).await;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
     let mut req = hyper::Request::post("/oauth/token")
         .header("host", &addr)
@@ -149,6 +211,19 @@ async fn main() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(status, 200, "token request: {}", String::from_utf8_lossy(&body));
     let t: Value = serde_json::from_slice(&body).unwrap();
+    let bound = {
+        let payload = t["access_token"].as_str().unwrap().split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims
+            .get("cnf")
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "none".into())
+    };
     let token = t["access_token"].as_str().unwrap().to_owned();
     assert_eq!(t["token_type"], if dpop { "DPoP" } else { "Bearer" });
     let ath = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
@@ -173,9 +248,9 @@ async fn main() {
             ath.clone(),
             mode.clone(),
         );
-        let (prover, stop, errors) = (prover.clone(), stop.clone(), errors.clone());
+        let (prover, stop, errors, tls) = (prover.clone(), stop.clone(), errors.clone(), tls.clone());
         tasks.push(tokio::spawn(async move {
-            let mut send = connect(&addr).await;
+            let mut send = connect(&addr, &tls).await;
             let mut lat = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
@@ -192,7 +267,7 @@ async fn main() {
                 let req = req.body(Full::new(Bytes::new())).unwrap();
                 if send.ready().await.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    send = connect(&addr).await;
+                    send = connect(&addr, &tls).await;
                     continue;
                 }
                 match send.send_request(req).await {
@@ -207,7 +282,7 @@ async fn main() {
                     }
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
-                        send = connect(&addr).await;
+                        send = connect(&addr, &tls).await;
                     }
                 }
             }
@@ -230,6 +305,7 @@ async fn main() {
         all[i].as_secs_f64() * 1e3
     };
     println!("mode: {mode}");
+    println!("token_cnf: {bound}");
     println!("connections: {conns}");
     println!("duration_s: {elapsed:.3}");
     println!("ok: {}", all.len());
