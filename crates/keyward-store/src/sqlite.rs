@@ -200,6 +200,17 @@ fn signing_key_from_row(row: &SqliteRow) -> Result<SigningKeyRow, StoreError> {
     })
 }
 
+/// The key row with this id (and its app's policy), from a pool or inside a transaction.
+async fn key_row_by_id<'e, E: sqlx::SqliteExecutor<'e>>(ex: E, id: &str) -> Result<Option<SqliteRow>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(ex)
+    .await
+    .map_err(StoreError::from_sqlx)
+}
+
 fn scopes_json(scopes: &[Scope]) -> String {
     let v: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
     serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
@@ -297,13 +308,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        let row = key_row_by_id(&self.pool, id).await?;
         Ok(row.as_ref().map(key_from_row).transpose()?.map(|(k, _)| k))
     }
 
@@ -326,13 +331,7 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        let row = key_row_by_id(&self.pool, id).await?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -370,13 +369,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(StoreError::from_sqlx)?;
         }
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        let row = key_row_by_id(&mut *tx, id).await?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         row.as_ref().map(key_from_row).transpose()
     }
@@ -468,13 +461,9 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = ?"
-        ))
-        .bind(old_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        let row = key_row_by_id(&mut *tx, old_id)
+            .await?
+            .ok_or(StoreError::NotFound("key"))?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         key_from_row(&row)
     }
