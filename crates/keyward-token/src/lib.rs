@@ -5,18 +5,21 @@
 //!   [`VerifyKey`]s whose algorithm is fixed by the key, never by a token;
 //! - [`kek`]: the key-encryption key (AES-256-GCM) that seals signing keys at rest;
 //! - [`jwt`]: RFC 9068 access tokens (mint, verify) and a general compact-JWS verifier;
-//! - [`jwks`]: the JWK Set document served at the JWKS endpoint.
+//! - [`jwks`]: the JWK Set document served at the JWKS endpoint;
+//! - [`cert`]: client certificates (RFC 8705): thumbprint, subject DN, SANs, public key.
 //!
 //! All cryptography comes from aws-lc-rs, the one crypto provider of the workspace.
 #![forbid(unsafe_code)]
 
 mod b64;
+pub mod cert;
 pub mod jwk;
 pub mod jwks;
 pub mod jwt;
 pub mod kek;
 pub mod signing;
 
+pub use cert::{cert_thumbprint, CertError, ClientCert, DistinguishedName};
 pub use jwk::{thumbprint, Jwk, JwkError, KeyType};
 pub use jwks::JwkSet;
 pub use jwt::{
