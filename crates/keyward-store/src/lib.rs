@@ -6,6 +6,7 @@
 
 mod cache;
 mod error;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -18,7 +19,60 @@ use time::OffsetDateTime;
 
 pub use cache::{CacheConfig, CacheStats, KeyCache, Lookup};
 pub use error::StoreError;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
+
+/// A change made by some node, as announced to every node sharing the store (PostgreSQL
+/// `LISTEN`/`NOTIFY`). Announcements name objects by id only, never by key material or digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An existing key changed (revoked, updated, disabled, enabled, rotated away).
+    Key(String),
+    /// A key was created (`*` for a bulk load); `legacy` when it is an imported legacy secret.
+    KeyCreated { id: String, legacy: bool },
+    /// An app's policy changed (it is embedded in the cached records of its keys).
+    App(String),
+    /// An OAuth client or its secrets changed.
+    Client(String),
+    /// A signing key was added or retired.
+    SigningKeys,
+    /// An access token was revoked (the denylist must be re-read).
+    TokenRevoked,
+    /// Announcements may have been missed (the channel was lost and is back): drop every cache.
+    Resync,
+}
+
+impl Change {
+    /// The wire form (the `NOTIFY` payload).
+    pub fn encode(&self) -> String {
+        match self {
+            Change::Key(id) => format!("key:{id}"),
+            Change::KeyCreated { id, legacy: false } => format!("key+:{id}"),
+            Change::KeyCreated { id, legacy: true } => format!("key+legacy:{id}"),
+            Change::App(id) => format!("app:{id}"),
+            Change::Client(id) => format!("client:{id}"),
+            Change::SigningKeys => "signing_keys:".into(),
+            Change::TokenRevoked => "token_revoked:".into(),
+            Change::Resync => "resync:".into(),
+        }
+    }
+
+    /// Parses a payload; unknown kinds become `Resync` (the safe reading).
+    pub fn decode(payload: &str) -> Change {
+        let (kind, id) = payload.split_once(':').unwrap_or((payload, ""));
+        let id = id.to_owned();
+        match kind {
+            "key" => Change::Key(id),
+            "key+" => Change::KeyCreated { id, legacy: false },
+            "key+legacy" => Change::KeyCreated { id, legacy: true },
+            "app" => Change::App(id),
+            "client" => Change::Client(id),
+            "signing_keys" => Change::SigningKeys,
+            "token_revoked" => Change::TokenRevoked,
+            _ => Change::Resync,
+        }
+    }
+}
 
 /// The persistence interface. Every backend passes the same test suite.
 #[async_trait]
@@ -28,6 +82,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Changes made by other nodes sharing this store, for cache invalidation. `None` for
+    /// backends that only one process uses (SQLite). The first call starts the listener.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+
+    /// Whether the change channel is connected right now (`None`: the backend has none).
+    fn changes_connected(&self) -> Option<bool> {
+        None
+    }
+
+    /// Stores many new keys at once (seeding, imports), in batched transactions. Same rules as
+    /// [`Store::create_key`]; a failing batch is rolled back whole.
+    async fn create_keys_bulk(&self, keys: &[(KeyRecord, Digest)]) -> Result<(), StoreError> {
+        for (k, d) in keys {
+            self.create_key(k, d).await?;
+        }
+        Ok(())
+    }
 
     /// Creates an app. `Conflict` when the name is taken.
     async fn create_app(&self, app: &AppRecord) -> Result<(), StoreError>;

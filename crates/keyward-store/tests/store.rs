@@ -1,6 +1,8 @@
-//! The store's test suite. Every backend must pass all of it; today it runs against a real
-//! SQLite file.
-#![allow(clippy::unwrap_used, clippy::panic)]
+//! The store's test suite. Every backend must pass all of it: it runs against a real SQLite
+//! file, and against PostgreSQL when `KEYWARD_TEST_POSTGRES_URL` is set (each test in its own
+//! schema, dropped at the end; unset: those tests print a line and pass, set but unreachable:
+//! they fail).
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used, clippy::needless_update)]
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use keyward_core::model::{
 };
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
-use keyward_store::{CacheConfig, KeyCache, Lookup, SqliteStore, Store, StoreError};
+use keyward_store::{CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, SqliteStore, Store, StoreError};
 use time::OffsetDateTime;
 
 fn t(secs: i64) -> OffsetDateTime {
@@ -41,6 +43,7 @@ fn key(id: &str, app: &AppRecord, at: i64) -> KeyRecord {
             ips: IpAllowlist::parse(&["10.0.0.0/8"]).unwrap(),
             rate: Some(RateSpec::parse("100/min", Some(20)).unwrap()),
             quota: Some(QuotaSpec::parse("1000/day").unwrap()),
+            ..Policy::default()
         },
         app_policy: app.policy.clone(),
         lifecycle: Default::default(),
@@ -579,4 +582,279 @@ async fn unopenable_paths_fail_clearly() {
     assert_eq!(e.code(), "store_open_failed");
     let e = SqliteStore::open_url("postgres://x").await.unwrap_err();
     assert_eq!(e.code(), "store_open_failed");
+}
+
+// ---- PostgreSQL ---------------------------------------------------------------------------
+
+/// A schema of its own for one test, dropped by [`PgSchema::drop_now`].
+struct PgSchema {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl PgSchema {
+    /// `None` (with a printed line) when `KEYWARD_TEST_POSTGRES_URL` is unset.
+    async fn new(test: &str) -> Option<PgSchema> {
+        let Ok(base) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
+            println!("skipped {test}: KEYWARD_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("KEYWARD_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "kw_test_{}_{}_{nanos}",
+            test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            std::process::id()
+        );
+        sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{name}");
+        Some(PgSchema { admin, name, url })
+    }
+
+    async fn open(&self) -> PgStore {
+        PgStore::open(&self.url, PgOptions::default()).await.unwrap()
+    }
+
+    async fn drop_now(self) {
+        sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn postgres_passes_the_suite() {
+    let Some(schema) = PgSchema::new("suite").await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(schema.open().await);
+    assert_eq!(store.backend(), "postgres");
+    suite(store.clone()).await;
+    cache_suite(store.clone()).await;
+    oauth_suite(store).await;
+    // Opening again re-runs the migrations as a no-op and keeps the data.
+    let again = schema.open().await;
+    assert_eq!(again.list_apps().await.unwrap().len(), 5);
+    assert!(again.migrate().await.unwrap().is_empty());
+    schema.drop_now().await;
+}
+
+#[tokio::test]
+async fn postgres_audit_log_is_append_only() {
+    let Some(schema) = PgSchema::new("audit").await else {
+        return;
+    };
+    let store = schema.open().await;
+    let ev = AuditEvent {
+        seq: 0,
+        at: t(0),
+        actor: "admin".into(),
+        kind: "key.created".into(),
+        severity: Severity::Info,
+        target: None,
+        source_ip: None,
+        details: serde_json::json!({}),
+    };
+    store.append_audit(&ev).await.unwrap();
+    for sql in ["UPDATE audit SET kind = 'x'", "DELETE FROM audit", "TRUNCATE audit"] {
+        let e = sqlx::query(sql).execute(store.pool()).await.unwrap_err().to_string();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    schema.drop_now().await;
+}
+
+#[tokio::test]
+async fn postgres_concurrent_rotations_of_one_key_exactly_one_wins() {
+    let Some(schema) = PgSchema::new("rotate_race").await else {
+        return;
+    };
+    let store = Arc::new(schema.open().await);
+    let a = app("app_r", "race", 0);
+    store.create_app(&a).await.unwrap();
+    for round in 0..5u8 {
+        let old = format!("key_old_{round}");
+        store.create_key(&key(&old, &a, 0), &digest(100 + round)).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8u8 {
+            let store = store.clone();
+            let (old, a) = (old.clone(), a.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut succ = key(&format!("key_s_{round}_{i}"), &a, 1);
+                succ.lifecycle.rotated_from = Some(old.clone());
+                let mut d = [0u8; 32];
+                d[0] = round;
+                d[1] = i;
+                d[2] = 0xee;
+                store.rotate_key(&old, &succ, &Digest(d), t(100), t(1)).await
+            }));
+        }
+        let mut wins = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}: exactly one rotation wins");
+        let successors = store
+            .list_keys(Some("app_r"))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.lifecycle.rotated_from.as_deref() == Some(old.as_str()))
+            .count();
+        assert_eq!(successors, 1, "losers stored nothing");
+    }
+    schema.drop_now().await;
+}
+
+#[tokio::test]
+async fn postgres_remember_jti_race_has_one_winner() {
+    let Some(schema) = PgSchema::new("jti_race").await else {
+        return;
+    };
+    let store = Arc::new(schema.open().await);
+    for round in 0..10 {
+        let jti = format!("jti-{round}");
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, jti) = (store.clone(), jti.clone());
+            tasks.push(tokio::spawn(async move {
+                store.remember_jti("dpop", &jti, t(60), t(0)).await
+            }));
+        }
+        let mut firsts = 0;
+        for task in tasks {
+            if task.await.unwrap().unwrap() {
+                firsts += 1;
+            }
+        }
+        assert_eq!(firsts, 1, "round {round}: one caller sees the jti first");
+    }
+    // Once expired, exactly one concurrent caller takes the entry over.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.remember_jti("dpop", "jti-0", t(200), t(100)).await
+        }));
+    }
+    let mut firsts = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() {
+            firsts += 1;
+        }
+    }
+    assert_eq!(firsts, 1);
+    schema.drop_now().await;
+}
+
+async fn next_change(rx: &mut tokio::sync::broadcast::Receiver<Change>) -> Change {
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a change within 5 s")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn postgres_changes_reach_every_store_handle_by_id_only() {
+    let Some(schema) = PgSchema::new("notify").await else {
+        return;
+    };
+    let node_a = schema.open().await;
+    let node_b = schema.open().await;
+    let mut rx = node_b.changes().unwrap();
+    // Wait for the listener to be up.
+    for _ in 0..100 {
+        if node_b.changes_connected() == Some(true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(node_b.changes_connected(), Some(true));
+    let a = app("app_n", "notify", 0);
+    node_a.create_app(&a).await.unwrap();
+    assert_eq!(next_change(&mut rx).await, Change::App("app_n".into()));
+    node_a.create_key(&key("key_n", &a, 0), &digest(60)).await.unwrap();
+    assert_eq!(
+        next_change(&mut rx).await,
+        Change::KeyCreated {
+            id: "key_n".into(),
+            legacy: false
+        }
+    );
+    node_a.revoke_key("key_n", t(5)).await.unwrap();
+    assert_eq!(next_change(&mut rx).await, Change::Key("key_n".into()));
+    // A failed write announces nothing: the next announcement is the next real change.
+    assert!(node_a.create_key(&key("key_m", &a, 0), &digest(60)).await.is_err());
+    node_a.revoke_token("jti-x", t(100)).await.unwrap();
+    assert_eq!(next_change(&mut rx).await, Change::TokenRevoked);
+    node_a.update_app_policy("app_n", &Policy::default()).await.unwrap();
+    assert_eq!(next_change(&mut rx).await, Change::App("app_n".into()));
+    // The listener's connection is cut: it comes back and says so with a Resync.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'keyward' AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .execute(&schema.admin)
+    .await
+    .unwrap();
+    assert_eq!(next_change(&mut rx).await, Change::Resync);
+    node_a.revoke_key("key_n", t(9)).await.unwrap(); // idempotent: still announced
+    assert_eq!(next_change(&mut rx).await, Change::Key("key_n".into()));
+    schema.drop_now().await;
+}
+
+#[tokio::test]
+async fn postgres_bulk_load_and_unreachable_server() {
+    let Some(schema) = PgSchema::new("bulk").await else {
+        return;
+    };
+    let store = schema.open().await;
+    let a = app("app_b", "bulk", 0);
+    store.create_app(&a).await.unwrap();
+    let keys: Vec<(KeyRecord, Digest)> = (0..12_000u32)
+        .map(|i| {
+            let mut d = [7u8; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            (key(&format!("key_b{i:06}"), &a, 0), Digest(d))
+        })
+        .collect();
+    store.create_keys_bulk(&keys).await.unwrap();
+    assert_eq!(store.list_keys(Some("app_b")).await.unwrap().len(), 12_000);
+    let (k, d) = &keys[11_999];
+    assert_eq!(store.key_by_digest(d).await.unwrap(), Some((k.clone(), *d)));
+    // A batch with a duplicate is refused whole.
+    let dup = vec![keys[0].clone()];
+    assert!(matches!(
+        store.create_keys_bulk(&dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    schema.drop_now().await;
+
+    // Nothing listens on port 1: opening fails clearly and fast.
+    let started = std::time::Instant::now();
+    let e = PgStore::open(
+        "postgres://postgres@127.0.0.1:1/test",
+        PgOptions {
+            max_connections: 2,
+            connect_timeout: std::time::Duration::from_millis(500),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "store_open_failed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
