@@ -5,7 +5,16 @@
 //! refuses, none of them is consumed. State lives in sharded maps keyed by a 64-bit hash of the
 //! limit's identity; idle state (a GCRA cell whose bucket is full again, a quota whose period
 //! has ended) is dropped by [`LocalLimiter::sweep`].
+//!
+//! [`redis::RedisLimiter`] keeps the same state in Redis for a cluster of nodes (one Lua
+//! script, Redis `TIME` as the clock), behind a timeout and a [`breaker::Breaker`];
+//! [`Limiter`] is what the engine holds: local, or Redis with a per-route failure mode.
 #![forbid(unsafe_code)]
+
+pub mod breaker;
+pub mod redis;
+
+pub use redis::{Limiter, LimiterUnavailable, OnLimiterFailure, RedisConfig, RedisLimiter, RedisStats};
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -20,6 +29,37 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// The identity of one limit's state (a hash of what it limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LimitKey(u64);
+
+impl LimitKey {
+    /// A key that every node computes alike (for state shared through Redis): FNV-1a over
+    /// the length-prefixed parts, then a SplitMix64 finaliser. Not keyed: the parts are ids
+    /// that keyward generates and route names from the configuration, which no client
+    /// chooses.
+    pub fn stable(parts: &[&str]) -> LimitKey {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: u8| {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        for p in parts {
+            for b in (p.len() as u64).to_le_bytes() {
+                eat(b);
+            }
+            for b in p.bytes() {
+                eat(b);
+            }
+        }
+        let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        LimitKey(z ^ (z >> 31))
+    }
+
+    /// The 64-bit value (hex in Redis key names).
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
 
 /// One rate limit that applies to a request.
 #[derive(Debug, Clone)]

@@ -1,0 +1,162 @@
+-- keyward: every limit of one request, decided all or nothing (GCRA rates and quotas).
+--
+-- KEYS: the rate keys, then the quota keys.
+-- ARGV[1]: "" to use Redis TIME as the clock, else the time in microseconds (tests only).
+-- ARGV[2], ARGV[3]: number of rates, number of quotas.
+-- Then per rate: emission interval (µs, may be fractional), burst, cost;
+-- then per quota: refill ("d" day, "m" month, "e" every N seconds), N, limit, cost.
+--
+-- State: a rate key holds the theoretical arrival time (µs since the Unix epoch, "%.3f"),
+-- expiring when the bucket is full again; a quota key is a hash {p = period index, u = used},
+-- expiring when its period ends.
+--
+-- Returns {kind, index, retry_us, remaining_1, reset_secs_1, ...}: kind 0 allowed, 1 a rate
+-- refused (index among the rates), 2 a quota refused (index among the quotas); then one pair
+-- per rate and per quota, in order.
+
+local now
+-- With a test clock, state must outlive the test's real duration: a minute more of TTL.
+local slack = 0
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+  slack = 60000
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local nr = tonumber(ARGV[2])
+local nq = tonumber(ARGV[3])
+local secs = math.floor(now / 1000000)
+-- Float arithmetic on microseconds near 1.8e15 is exact to 0.25 µs: allow one µs of slack.
+local EPS = 1
+
+local function ceil_secs(us)
+  if us <= 0 then return 0 end
+  return math.ceil(us / 1000000 - 1e-9)
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m > 2) and (m - 3) or (m + 9)
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function month_of(s)
+  local z = math.floor(s / 86400) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = (mp < 10) and (mp + 3) or (mp - 9)
+  if m <= 2 then y = y + 1 end
+  local ny, nm = y, m + 1
+  if m == 12 then ny, nm = y + 1, 1 end
+  return y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400
+end
+
+local out = {0, 0, 0}
+local rate_wait, rate_idx = -1, 0
+local quota_reset, quota_idx = -1, 0
+local new_tats = {}
+local a = 4
+for i = 1, nr do
+  local t = tonumber(ARGV[a])
+  local burst = tonumber(ARGV[a + 1])
+  local cost = tonumber(ARGV[a + 2])
+  a = a + 3
+  local cap = t * burst
+  local tat = now
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local stored = tonumber(v)
+    if stored and stored > now then tat = stored end
+  end
+  local new_tat = tat + t * cost
+  local ahead = new_tat - now
+  if ahead > cap + EPS then
+    local wait = ahead - cap
+    if wait > rate_wait then
+      rate_wait = wait
+      rate_idx = i
+    end
+    local rem = math.floor((cap - (tat - now)) / t + 1e-9)
+    if rem < 0 then rem = 0 end
+    out[#out + 1] = rem
+    out[#out + 1] = ceil_secs(tat - now)
+  else
+    local rem = math.floor((cap - ahead) / t + 1e-9)
+    if rem < 0 then rem = 0 end
+    out[#out + 1] = rem
+    out[#out + 1] = ceil_secs(ahead)
+  end
+  new_tats[i] = new_tat
+end
+
+local new_quotas = {}
+for j = 1, nq do
+  local kind = ARGV[a]
+  local len = tonumber(ARGV[a + 1])
+  local limit = tonumber(ARGV[a + 2])
+  local cost = tonumber(ARGV[a + 3])
+  a = a + 4
+  local period, finish
+  if kind == 'd' then
+    period = math.floor(secs / 86400)
+    finish = (period + 1) * 86400
+  elseif kind == 'm' then
+    period, finish = month_of(secs)
+  else
+    period = math.floor(secs / len)
+    finish = (period + 1) * len
+  end
+  local used = 0
+  local cell = redis.call('HMGET', KEYS[nr + j], 'p', 'u')
+  if cell[1] and tonumber(cell[1]) == period then
+    used = tonumber(cell[2]) or 0
+  end
+  local reset = finish - secs
+  if reset < 0 then reset = 0 end
+  local after = used + cost
+  if after > limit then
+    if reset > quota_reset then
+      quota_reset = reset
+      quota_idx = j
+    end
+    local rem = limit - used
+    if rem < 0 then rem = 0 end
+    out[#out + 1] = rem
+  else
+    out[#out + 1] = limit - after
+  end
+  out[#out + 1] = reset
+  new_quotas[j] = {period, after, reset}
+end
+
+if quota_idx > 0 then
+  out[1] = 2
+  out[2] = quota_idx
+  out[3] = quota_reset * 1000000
+  return out
+end
+if rate_idx > 0 then
+  out[1] = 1
+  out[2] = rate_idx
+  out[3] = math.ceil(rate_wait - 1e-9)
+  return out
+end
+for i = 1, nr do
+  local ttl = math.ceil((new_tats[i] - now) / 1000) + 1 + slack
+  redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', ttl)
+end
+for j = 1, nq do
+  local q = new_quotas[j]
+  redis.call('HSET', KEYS[nr + j], 'p', string.format('%d', q[1]), 'u', string.format('%d', q[2]))
+  redis.call('EXPIRE', KEYS[nr + j], q[3] + 1 + slack / 1000)
+end
+return out

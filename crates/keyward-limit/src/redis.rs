@@ -1,0 +1,604 @@
+//! Limits shared by a cluster of nodes through Redis, and what happens when Redis fails.
+//!
+//! [`RedisLimiter::check`] runs one Lua script (`gcra.lua`, sent with EVALSHA and loaded on
+//! `NOSCRIPT`) that reads every limit of the request, decides them all with Redis `TIME` as the
+//! clock, and writes only when all allow: the same semantics as [`LocalLimiter::check`]
+//! (all-or-nothing, quotas set and never stacked at refill, costs), with microsecond resolution.
+//! Rate keys expire when their bucket is full again, quota keys when their period ends.
+//!
+//! Keys are `kw:{<prefix>}:r:<hex>` (rates), `kw:{<prefix>}:q:<hex>` (quotas),
+//! `kw:{<prefix>}:j:<jkt>:<jti>` (DPoP replay) and `kw:{<prefix>}:d:<jti>` (revoked tokens);
+//! the denylist fans out on the channel `kw:{<prefix>}:deny`. The braces are a Redis Cluster
+//! hash tag: every key of one deployment lives in one slot, so the multi-key script is valid
+//! under Cluster too (at the price of one shard holding all limit state).
+//!
+//! Every call is bounded by `timeout` and goes through a [`Breaker`]; [`Limiter::check`] applies
+//! the route's [`OnLimiterFailure`] when a call fails or the breaker is open.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{AsyncCommands, RedisResult};
+use keyward_core::policy::{QuotaSpec, RateSpec, Refill};
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::{ceil_secs, LimitKey, LimitState, LocalLimiter, Outcome, QuotaCheck, RateCheck};
+
+const SCRIPT: &str = include_str!("gcra.lua");
+
+/// Settings of the Redis backend (`[redis]`).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db` (no TLS: put stunnel or a private network in
+    /// between).
+    pub url: String,
+    /// Namespace of this deployment's keys (the hash tag).
+    pub prefix: String,
+    /// Bound on every Redis call, connection included.
+    pub timeout: Duration,
+    pub breaker: BreakerConfig,
+    /// Number of gateway nodes: with `on_limiter_failure = "local"` each node enforces
+    /// limit / `nodes_hint` on its own while Redis is unavailable.
+    pub nodes_hint: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/".into(),
+            prefix: "keyward".into(),
+            timeout: Duration::from_millis(50),
+            breaker: BreakerConfig::default(),
+            nodes_hint: 1,
+        }
+    }
+}
+
+/// What a route does when the shared limiter cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnLimiterFailure {
+    /// Admit without limits (never a 5xx).
+    FailOpen,
+    /// Refuse with 503 `limiter_unavailable` and `Retry-After`.
+    FailClosed,
+    /// Enforce limit / `nodes_hint` on this node alone (the default).
+    #[default]
+    Local,
+}
+
+impl OnLimiterFailure {
+    pub fn parse(s: &str) -> Option<OnLimiterFailure> {
+        match s {
+            "fail_open" => Some(OnLimiterFailure::FailOpen),
+            "fail_closed" => Some(OnLimiterFailure::FailClosed),
+            "local" => Some(OnLimiterFailure::Local),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnLimiterFailure::FailOpen => "fail_open",
+            OnLimiterFailure::FailClosed => "fail_closed",
+            OnLimiterFailure::Local => "local",
+        }
+    }
+}
+
+/// The limiter could not decide and the route fails closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterUnavailable {
+    pub retry_after: Duration,
+}
+
+/// Why a Redis call failed.
+#[derive(Debug)]
+pub enum RedisCallError {
+    Timeout,
+    BreakerOpen,
+    Redis(::redis::RedisError),
+    /// The script answered something else than expected.
+    Protocol,
+}
+
+impl std::error::Error for RedisCallError {}
+
+impl std::fmt::Display for RedisCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisCallError::Timeout => f.write_str("redis call timed out"),
+            RedisCallError::BreakerOpen => f.write_str("redis circuit breaker is open"),
+            RedisCallError::Redis(e) => write!(f, "redis error: {}", e.kind_str()),
+            RedisCallError::Protocol => f.write_str("unexpected answer from redis"),
+        }
+    }
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl KindStr for ::redis::RedisError {
+    /// The error's kind only: a Redis error message may quote a key or the URL.
+    fn kind_str(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+/// Counters of the Redis backend (read by metrics and health endpoints).
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Calls that reached Redis (or tried to).
+    pub calls: AtomicU64,
+    /// Calls that failed with an error.
+    pub errors: AtomicU64,
+    /// Calls that ran out of time.
+    pub timeouts: AtomicU64,
+    /// Calls not made because the breaker was open.
+    pub short_circuits: AtomicU64,
+    /// Decisions taken by each failure mode.
+    pub fail_open: AtomicU64,
+    pub fail_closed: AtomicU64,
+    pub local_fallback: AtomicU64,
+    /// Denylist entries received from other nodes.
+    pub deny_received: AtomicU64,
+}
+
+impl RedisStats {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The Redis backend.
+pub struct RedisLimiter {
+    client: ::redis::Client,
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    script: ::redis::Script,
+    cfg: RedisConfig,
+    breaker: Breaker,
+    stats: RedisStats,
+    /// Per-node limits while Redis is unavailable (`on_limiter_failure = "local"`).
+    fallback: LocalLimiter,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("prefix", &self.cfg.prefix)
+            .field("timeout", &self.cfg.timeout)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+fn rate_interval_us(spec: &RateSpec) -> f64 {
+    spec.period.as_nanos() as f64 / 1000.0 / spec.count.max(1) as f64
+}
+
+impl RedisLimiter {
+    /// Parses the URL; connects lazily (on the first call), so that keyward starts while Redis
+    /// is down and follows its failure modes until it comes up.
+    pub fn new(cfg: RedisConfig) -> Result<RedisLimiter, String> {
+        let client = ::redis::Client::open(cfg.url.as_str()).map_err(|e| format!("redis.url: {}", e.kind_str()))?;
+        if cfg.prefix.is_empty() || cfg.prefix.contains(['{', '}']) {
+            return Err("redis.prefix must be non-empty and free of braces".into());
+        }
+        Ok(RedisLimiter {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            script: ::redis::Script::new(SCRIPT),
+            breaker: Breaker::new(cfg.breaker),
+            stats: RedisStats::default(),
+            fallback: LocalLimiter::new(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &RedisStats {
+        &self.stats
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    fn key_name(&self, kind: char, key: &LimitKey) -> String {
+        format!("kw:{{{}}}:{kind}:{:016x}", self.cfg.prefix, key.value())
+    }
+
+    async fn connection(&self) -> RedisResult<ConnectionManager> {
+        let timeout = self.cfg.timeout.max(Duration::from_millis(10));
+        self.conn
+            .get_or_try_init(|| {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout.max(Duration::from_millis(200)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(200);
+                ConnectionManager::new_with_config(self.client.clone(), cfg)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs `op` on a connection, bounded by the timeout and behind the breaker.
+    async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        if !self.breaker.allow() {
+            RedisStats::bump(&self.stats.short_circuits);
+            return Err(RedisCallError::BreakerOpen);
+        }
+        RedisStats::bump(&self.stats.calls);
+        let r = tokio::time::timeout(self.cfg.timeout, async {
+            let c = self.connection().await?;
+            op(c).await
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => {
+                self.breaker.success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                RedisStats::bump(&self.stats.errors);
+                self.breaker.failure();
+                tracing::debug!(error = %e.kind_str(), "redis call failed");
+                Err(RedisCallError::Redis(e))
+            }
+            Err(_) => {
+                RedisStats::bump(&self.stats.timeouts);
+                self.breaker.failure();
+                Err(RedisCallError::Timeout)
+            }
+        }
+    }
+
+    /// Decides every limit of one request with Redis `TIME` as the clock.
+    pub async fn check(&self, rates: &[RateCheck], quotas: &[QuotaCheck]) -> Result<Outcome, RedisCallError> {
+        self.check_at(rates, quotas, None).await
+    }
+
+    /// As [`RedisLimiter::check`], at `now_us` (µs since the Unix epoch) instead of Redis
+    /// `TIME` when given (tests).
+    pub async fn check_at(
+        &self,
+        rates: &[RateCheck],
+        quotas: &[QuotaCheck],
+        now_us: Option<u64>,
+    ) -> Result<Outcome, RedisCallError> {
+        if rates.is_empty() && quotas.is_empty() {
+            return Ok(Outcome::Allowed { states: Vec::new() });
+        }
+        let mut inv = self.script.prepare_invoke();
+        for r in rates {
+            inv.key(self.key_name('r', &r.key));
+        }
+        for q in quotas {
+            inv.key(self.key_name('q', &q.key));
+        }
+        inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
+        inv.arg(rates.len()).arg(quotas.len());
+        for r in rates {
+            inv.arg(format!("{:.6}", rate_interval_us(&r.spec)))
+                .arg(r.spec.burst)
+                .arg(r.cost);
+        }
+        for q in quotas {
+            let (kind, len) = match q.spec.refill {
+                Refill::Day => ("d", 86_400),
+                Refill::Month => ("m", 0),
+                Refill::Every(d) => ("e", d.as_secs().max(1)),
+            };
+            inv.arg(kind).arg(len).arg(q.spec.limit).arg(q.cost);
+        }
+        let inv = &inv;
+        let raw: Vec<i64> = self
+            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        decode(&raw, rates, quotas).ok_or(RedisCallError::Protocol)
+    }
+
+    /// Records the first use of a DPoP proof (`jkt:jti`) for `ttl`: true when it was new.
+    pub async fn first_use(&self, entry: &str, ttl: Duration) -> Result<bool, RedisCallError> {
+        let key = format!("kw:{{{}}}:j:{entry}", self.cfg.prefix);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .guarded(|mut c| async move {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    fn deny_channel(&self) -> String {
+        format!("kw:{{{}}}:deny", self.cfg.prefix)
+    }
+
+    /// Puts a revoked token's `jti` on the shared denylist until `exp` (Unix seconds) and
+    /// tells every node at once.
+    pub async fn deny(&self, jti: &str, exp: i64, now: i64) -> Result<(), RedisCallError> {
+        if exp <= now {
+            return Ok(());
+        }
+        let key = format!("kw:{{{}}}:d:{jti}", self.cfg.prefix);
+        let channel = self.deny_channel();
+        let msg = format!("{exp}:{jti}");
+        self.guarded(|mut c| async move {
+            ::redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(exp)
+                .arg("EXAT")
+                .arg(exp)
+                .ignore()
+                .publish(&channel, &msg)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Reads the whole shared denylist (on every (re)subscription).
+    async fn load_denylist(&self) -> RedisResult<Vec<(String, i64)>> {
+        let mut c = self.connection().await?;
+        let pattern = format!("kw:{{{}}}:d:*", self.cfg.prefix);
+        let strip = format!("kw:{{{}}}:d:", self.cfg.prefix);
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await?;
+            if !keys.is_empty() {
+                let values: Vec<Option<i64>> = c.mget(&keys).await?;
+                for (k, v) in keys.iter().zip(values) {
+                    if let (Some(jti), Some(exp)) = (k.strip_prefix(&strip), v) {
+                        out.push((jti.to_owned(), exp));
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Keeps the local denylist in step with every node's revocations: subscribes to the
+    /// channel, loads the whole list on every (re)subscription, then applies each message.
+    /// Runs until `stop` turns true; reconnects after a second when the channel breaks.
+    pub async fn follow_denylist(
+        self: Arc<Self>,
+        sink: Arc<dyn Fn(String, i64) + Send + Sync>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use futures_util::StreamExt;
+        loop {
+            let round = async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(self.deny_channel()).await?;
+                for (jti, exp) in self.load_denylist().await? {
+                    sink(jti, exp);
+                }
+                let mut stream = ps.on_message();
+                while let Some(msg) = stream.next().await {
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Some((exp, jti)) = payload.split_once(':') {
+                        if let Ok(exp) = exp.parse::<i64>() {
+                            RedisStats::bump(&self.stats.deny_received);
+                            sink(jti.to_owned(), exp);
+                        }
+                    }
+                }
+                RedisResult::Ok(())
+            };
+            tokio::select! {
+                r = round => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e.kind_str(), "redis denylist channel lost; retrying");
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Per-node limits while Redis is unavailable: every rate and quota divided by
+    /// `nodes_hint` (at least 1).
+    fn check_fallback(&self, rates: &[RateCheck], quotas: &[QuotaCheck], now_ns: u64) -> Outcome {
+        let n = self.cfg.nodes_hint.max(1);
+        if n == 1 {
+            return self.fallback.check(rates, quotas, now_ns);
+        }
+        let rates: Vec<RateCheck> = rates
+            .iter()
+            .map(|r| RateCheck {
+                spec: RateSpec {
+                    count: (r.spec.count / n).max(1),
+                    period: r.spec.period,
+                    burst: (r.spec.burst / n).max(1),
+                },
+                ..r.clone()
+            })
+            .collect();
+        let quotas: Vec<QuotaCheck> = quotas
+            .iter()
+            .map(|q| QuotaCheck {
+                spec: QuotaSpec {
+                    limit: (q.spec.limit / n).max(1),
+                    refill: q.spec.refill,
+                },
+                ..q.clone()
+            })
+            .collect();
+        self.fallback.check(&rates, &quotas, now_ns)
+    }
+}
+
+/// Turns the script's answer into an [`Outcome`].
+fn decode(raw: &[i64], rates: &[RateCheck], quotas: &[QuotaCheck]) -> Option<Outcome> {
+    let (&kind, rest) = raw.split_first()?;
+    let (&index, rest) = rest.split_first()?;
+    let (&retry_us, rest) = rest.split_first()?;
+    if rest.len() != 2 * (rates.len() + quotas.len()) {
+        return None;
+    }
+    let u = |v: i64| u64::try_from(v).unwrap_or(0);
+    let mut states = Vec::with_capacity(rates.len() + quotas.len());
+    let mut pairs = rest.chunks_exact(2);
+    for r in rates {
+        let p = pairs.next()?;
+        let capacity = r.spec.emission_interval_ns().saturating_mul(r.spec.burst);
+        states.push(LimitState {
+            name: r.name,
+            limit: r.spec.burst,
+            window_secs: ceil_secs(capacity),
+            remaining: u(p[0]),
+            reset_secs: u(p[1]),
+        });
+    }
+    for q in quotas {
+        let p = pairs.next()?;
+        states.push(LimitState {
+            name: q.name,
+            limit: q.spec.limit,
+            window_secs: q.spec.window_secs(),
+            remaining: u(p[0]),
+            reset_secs: u(p[1]),
+        });
+    }
+    let idx = usize::try_from(index).ok()?.checked_sub(1);
+    Some(match kind {
+        0 => Outcome::Allowed { states },
+        1 => Outcome::RateLimited {
+            policy: rates.get(idx?)?.name,
+            retry_after: Duration::from_micros(u(retry_us)),
+            states,
+        },
+        2 => Outcome::QuotaExhausted {
+            policy: quotas.get(idx?)?.name,
+            retry_after: Duration::from_secs((u(retry_us) / 1_000_000).max(1)),
+            states,
+        },
+        _ => return None,
+    })
+}
+
+/// What the engine holds: limits in process, or shared through Redis.
+#[derive(Debug)]
+pub enum Limiter {
+    Local(LocalLimiter),
+    Redis(Arc<RedisLimiter>),
+}
+
+impl std::fmt::Debug for LocalLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalLimiter").finish_non_exhaustive()
+    }
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter::Local(LocalLimiter::new())
+    }
+}
+
+impl Limiter {
+    /// The key of a limit on `parts`: per-process keyed locally, the same on every node with
+    /// Redis.
+    pub fn key(&self, parts: &[&str]) -> LimitKey {
+        match self {
+            Limiter::Local(l) => l.key(parts),
+            Limiter::Redis(_) => LimitKey::stable(parts),
+        }
+    }
+
+    pub fn redis(&self) -> Option<&Arc<RedisLimiter>> {
+        match self {
+            Limiter::Local(_) => None,
+            Limiter::Redis(r) => Some(r),
+        }
+    }
+
+    /// Decides every limit of one request, all or nothing. With Redis, a failed call (error,
+    /// timeout, open breaker) is answered by `on_failure`: admitted (`fail_open`), refused
+    /// (`fail_closed`, the `Err`), or decided by this node at limit / `nodes_hint` (`local`).
+    pub async fn check(
+        &self,
+        rates: &[RateCheck],
+        quotas: &[QuotaCheck],
+        now_ns: u64,
+        on_failure: OnLimiterFailure,
+    ) -> Result<Outcome, LimiterUnavailable> {
+        let r = match self {
+            Limiter::Local(l) => return Ok(l.check(rates, quotas, now_ns)),
+            Limiter::Redis(r) => r,
+        };
+        match r.check(rates, quotas).await {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                tracing::debug!(error = %e, mode = on_failure.as_str(), "shared limiter unavailable");
+                match on_failure {
+                    OnLimiterFailure::FailOpen => {
+                        RedisStats::bump(&r.stats.fail_open);
+                        Ok(Outcome::Allowed { states: Vec::new() })
+                    }
+                    OnLimiterFailure::FailClosed => {
+                        RedisStats::bump(&r.stats.fail_closed);
+                        Err(LimiterUnavailable {
+                            retry_after: r.cfg.breaker.cooldown.max(Duration::from_secs(1)),
+                        })
+                    }
+                    OnLimiterFailure::Local => {
+                        RedisStats::bump(&r.stats.local_fallback);
+                        Ok(r.check_fallback(rates, quotas, now_ns))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops idle local state (Redis expires its own).
+    pub fn sweep(&self, now_ns: u64) -> usize {
+        match self {
+            Limiter::Local(l) => l.sweep(now_ns),
+            Limiter::Redis(r) => r.fallback.sweep(now_ns),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "redis_tests.rs"]
+mod tests;

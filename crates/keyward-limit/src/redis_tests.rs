@@ -1,0 +1,472 @@
+//! Against a real Redis: `KEYWARD_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`). Unset:
+//! each test prints a line and passes; set but unreachable: the tests fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use std::sync::atomic::AtomicUsize;
+
+const SEC_US: u64 = 1_000_000;
+/// 2027-01-01T00:00:00Z in µs.
+const T0: u64 = 1_798_761_600 * SEC_US;
+
+fn url() -> Option<String> {
+    match std::env::var("KEYWARD_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            println!("skipped: KEYWARD_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+fn prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+fn limiter_at(url: &str, cfg: impl FnOnce(&mut RedisConfig)) -> RedisLimiter {
+    let mut c = RedisConfig {
+        url: url.into(),
+        prefix: prefix(),
+        // Generous for debug builds on a loaded machine; the failure tests set their own.
+        timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    cfg(&mut c);
+    RedisLimiter::new(c).unwrap()
+}
+
+fn rate(id: &str, spec: &str, burst: Option<u64>) -> RateCheck {
+    RateCheck {
+        name: "key",
+        key: LimitKey::stable(&["rate", id]),
+        spec: RateSpec::parse(spec, burst).unwrap(),
+        cost: 1,
+    }
+}
+
+fn quota(id: &str, spec: &str, cost: u64) -> QuotaCheck {
+    QuotaCheck {
+        name: "quota",
+        key: LimitKey::stable(&["quota", id]),
+        spec: QuotaSpec::parse(spec).unwrap(),
+        cost,
+    }
+}
+
+fn allowed(o: &Outcome) -> bool {
+    matches!(o, Outcome::Allowed { .. })
+}
+
+async fn at(l: &RedisLimiter, r: &[RateCheck], q: &[QuotaCheck], now: u64) -> Outcome {
+    l.check_at(r, q, Some(now)).await.unwrap()
+}
+
+#[tokio::test]
+async fn burst_then_steady_rate() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let r = [rate("k", "10/s", Some(5))];
+    for i in 0..5 {
+        let Outcome::Allowed { states } = at(&l, &r, &[], T0).await else {
+            panic!("request {i} refused")
+        };
+        assert_eq!(states[0].remaining, 4 - i);
+        assert_eq!(states[0].limit, 5);
+        assert_eq!(states[0].window_secs, 1);
+    }
+    let Outcome::RateLimited {
+        retry_after, policy, ..
+    } = at(&l, &r, &[], T0).await
+    else {
+        panic!("the sixth request at once was admitted")
+    };
+    assert_eq!(policy, "key");
+    assert_eq!(retry_after, Duration::from_millis(100));
+    assert!(allowed(&at(&l, &r, &[], T0 + SEC_US / 10).await));
+    assert!(!allowed(&at(&l, &r, &[], T0 + SEC_US / 10).await));
+}
+
+#[tokio::test]
+async fn a_refused_request_consumes_from_no_limit() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let wide = RateCheck {
+        name: "app",
+        ..rate("app", "1000/s", Some(1000))
+    };
+    let narrow = rate("key", "1/min", Some(1));
+    let q = [quota("key", "100/day", 1)];
+    let all = [wide.clone(), narrow];
+    assert!(allowed(&at(&l, &all, &q, T0).await));
+    for _ in 0..20 {
+        let o = at(&l, &all, &q, T0).await;
+        assert!(matches!(o, Outcome::RateLimited { policy: "key", .. }), "{o:?}");
+    }
+    let Outcome::Allowed { states } = at(&l, std::slice::from_ref(&wide), &q, T0).await else {
+        panic!()
+    };
+    assert_eq!(states[0].remaining, 1000 - 2);
+    assert_eq!(states[1].remaining, 100 - 2);
+    let tiny = [quota("tiny", "1/day", 5)];
+    let o = at(&l, std::slice::from_ref(&wide), &tiny, T0).await;
+    assert!(matches!(o, Outcome::QuotaExhausted { .. }), "{o:?}");
+    let Outcome::Allowed { states } = at(&l, std::slice::from_ref(&wide), &[], T0).await else {
+        panic!()
+    };
+    assert_eq!(states[0].remaining, 1000 - 3);
+}
+
+#[tokio::test]
+async fn accuracy_at_twice_the_limit() {
+    let Some(u) = url() else { return };
+    for (spec, burst) in [("100/s", 10u64), ("50/s", 50), ("30/min", 5)] {
+        let l = limiter_at(&u, |_| {});
+        let r = [rate("k", spec, Some(burst))];
+        let per_sec = r[0].spec.count as f64 / r[0].spec.period.as_secs_f64();
+        let duration = if r[0].spec.period.as_secs() >= 60 { 600.0 } else { 10.0 };
+        let offered = (per_sec * 2.0 * duration) as u64;
+        let step = (duration * SEC_US as f64 / offered as f64) as u64;
+        let mut admitted = 0u64;
+        for i in 0..offered {
+            if allowed(&at(&l, &r, &[], T0 + i * step).await) {
+                admitted += 1;
+            }
+        }
+        let expected = burst as f64 + per_sec * duration;
+        let err = (admitted as f64 - expected).abs() / expected;
+        assert!(
+            err <= 0.01,
+            "{spec} burst {burst}: admitted {admitted}, GCRA allows {expected}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn quota_refill_sets_the_balance_and_never_stacks() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let q = [quota("k", "3/day", 1)];
+    let noon = T0 + 12 * 3600 * SEC_US;
+    for _ in 0..3 {
+        assert!(allowed(&at(&l, &[], &q, noon).await));
+    }
+    let Outcome::QuotaExhausted {
+        retry_after, states, ..
+    } = at(&l, &[], &q, noon).await
+    else {
+        panic!()
+    };
+    assert_eq!(retry_after, Duration::from_secs(12 * 3600));
+    assert_eq!(states[0].remaining, 0);
+    let midnight = T0 + 24 * 3600 * SEC_US;
+    assert!(!allowed(&at(&l, &[], &q, midnight - SEC_US).await));
+    for _ in 0..3 {
+        assert!(allowed(&at(&l, &[], &q, midnight).await));
+    }
+    assert!(!allowed(&at(&l, &[], &q, midnight).await));
+    let later = midnight + 2 * 24 * 3600 * SEC_US;
+    let mut n = 0;
+    while allowed(&at(&l, &[], &q, later).await) {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn monthly_and_interval_quotas_refill_at_their_boundaries() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let m = [quota("m", "2/month", 1)];
+    let jan31 = 1_801_436_400 * SEC_US;
+    let feb1 = 1_801_440_000 * SEC_US;
+    assert!(allowed(&at(&l, &[], &m, jan31).await));
+    assert!(allowed(&at(&l, &[], &m, jan31).await));
+    let Outcome::QuotaExhausted { retry_after, .. } = at(&l, &[], &m, jan31).await else {
+        panic!()
+    };
+    assert_eq!(retry_after, Duration::from_secs(3600));
+    assert!(allowed(&at(&l, &[], &m, feb1).await));
+    // December → January crosses a year; February of a leap year ends on the 29th.
+    let dec31 = 1_830_297_599 * SEC_US; // 2027-12-31T23:59:59Z
+    let Outcome::Allowed { states } = at(&l, &[], &[quota("d", "5/month", 1)], dec31).await else {
+        panic!()
+    };
+    assert_eq!(states[0].reset_secs, 1);
+    let feb2028 = 1_832_976_000 * SEC_US; // 2028-02-01T00:00:00Z
+    let Outcome::Allowed { states } = at(&l, &[], &[quota("f", "5/month", 1)], feb2028).await else {
+        panic!()
+    };
+    assert_eq!(states[0].reset_secs, 29 * 86_400);
+
+    let i = [quota("i", "1/12h", 1)];
+    assert!(allowed(&at(&l, &[], &i, T0).await));
+    assert!(!allowed(&at(&l, &[], &i, T0 + 12 * 3600 * SEC_US - 1).await));
+    assert!(allowed(&at(&l, &[], &i, T0 + 12 * 3600 * SEC_US).await));
+}
+
+#[tokio::test]
+async fn costs_are_charged() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let q = quota("k", "10/day", 4);
+    assert!(allowed(&at(&l, &[], std::slice::from_ref(&q), T0).await));
+    assert!(allowed(&at(&l, &[], std::slice::from_ref(&q), T0).await));
+    assert!(!allowed(&at(&l, &[], std::slice::from_ref(&q), T0).await));
+    let two = QuotaCheck { cost: 2, ..q.clone() };
+    assert!(allowed(&at(&l, &[], &[two], T0).await));
+    let mut r = rate("r", "10/s", Some(10));
+    r.cost = 6;
+    assert!(allowed(&at(&l, std::slice::from_ref(&r), &[], T0).await));
+    assert!(!allowed(&at(&l, std::slice::from_ref(&r), &[], T0).await));
+}
+
+/// Many concurrent tasks against one quota and one rate (Redis `TIME` as the clock) admit
+/// exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_under_concurrency_with_the_redis_clock() {
+    let Some(u) = url() else { return };
+    let l = Arc::new(limiter_at(&u, |_| {}));
+    for (rates, quotas, expect) in [
+        (vec![], vec![quota("q", "237/day", 1)], 237u64),
+        // 150 per hour with a burst of 150: in the few seconds of the test, exactly 150.
+        (vec![rate("r", "150/hour", Some(150))], vec![], 150),
+    ] {
+        let admitted = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (l, r, q, admitted) = (l.clone(), rates.clone(), quotas.clone(), admitted.clone());
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        if allowed(&l.check(&r, &q).await.unwrap()) {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(admitted.load(Ordering::Relaxed), expect);
+    }
+}
+
+/// Idle state expires by itself: rate keys when the bucket is full again, quota keys when
+/// the period ends.
+#[tokio::test]
+async fn keys_carry_ttls() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let r = rate("ttl", "10/s", Some(10));
+    let q = quota("ttl", "10/day", 1);
+    assert!(allowed(
+        &l.check(std::slice::from_ref(&r), std::slice::from_ref(&q))
+            .await
+            .unwrap()
+    ));
+    let mut c = l.connection().await.unwrap();
+    let rk = l.key_name('r', &r.key);
+    let qk = l.key_name('q', &q.key);
+    assert!(rk.starts_with(&format!("kw:{{{}}}:r:", l.cfg.prefix)));
+    let pttl: i64 = c.pttl(&rk).await.unwrap();
+    assert!((1..=102).contains(&pttl), "rate key PTTL {pttl}");
+    let ttl: i64 = c.ttl(&qk).await.unwrap();
+    assert!((1..=86_401).contains(&ttl), "quota key TTL {ttl}");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let exists: bool = c.exists(&rk).await.unwrap();
+    assert!(!exists, "a full bucket leaves no state");
+}
+
+#[tokio::test]
+async fn dpop_replay_and_denylist_are_shared() {
+    let Some(u) = url() else { return };
+    let a = Arc::new(limiter_at(&u, |_| {}));
+    let prefix = a.cfg.prefix.clone();
+    let b = Arc::new(limiter_at(&u, |c| c.prefix = prefix));
+    assert!(a.first_use("jkt:jti-1", Duration::from_secs(10)).await.unwrap());
+    assert!(!b.first_use("jkt:jti-1", Duration::from_secs(10)).await.unwrap());
+    assert!(b.first_use("jkt:jti-2", Duration::from_secs(10)).await.unwrap());
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // An entry made before B follows the list is loaded on subscription; one made after
+    // arrives by message.
+    a.deny("early", now + 60, now).await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let sink = {
+        let seen = seen.clone();
+        Arc::new(move |j: String, e: i64| seen.lock().unwrap().push((j, e))) as Arc<dyn Fn(String, i64) + Send + Sync>
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(b.clone().follow_denylist(sink, stop));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !seen.lock().unwrap().iter().any(|(j, _)| j == "early") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the existing denylist was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.deny("late", now + 60, now).await.unwrap();
+    while !seen.lock().unwrap().iter().any(|(j, _)| j == "late") {
+        assert!(tokio::time::Instant::now() < deadline, "the revocation did not arrive");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(seen.lock().unwrap().contains(&("late".into(), now + 60)));
+    stop_tx.send(true).unwrap();
+    follower.await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server of our own that a test may stop and start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let mut r = OwnRedis { port, child: None };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        let bin = std::env::var("KEYWARD_TEST_REDIS_SERVER").unwrap_or_else(|_| "/usr/bin/redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (install redis-server): {e}"));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Redis unreachable: every mode answers at once (bounded by the timeout, then by the open
+/// breaker), and when Redis comes back the breaker closes and shared limits resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_modes_and_recovery() {
+    let Some(_) = url() else { return };
+    let port = free_port();
+    let mut own = OwnRedis::start(port);
+    let l = Arc::new(limiter_at(&format!("redis://127.0.0.1:{port}/"), |c| {
+        c.timeout = Duration::from_millis(50);
+        c.breaker = BreakerConfig {
+            failures: 3,
+            cooldown: Duration::from_millis(300),
+        };
+        c.nodes_hint = 2;
+    }));
+    let lim = Limiter::Redis(l.clone());
+    let q = [quota("q", "10/day", 1)];
+    let now_ns = T0 * 1000;
+    let check = |mode| {
+        let lim = &lim;
+        let q = &q;
+        async move { lim.check(&[], q, now_ns, mode).await }
+    };
+    for _ in 0..4 {
+        assert!(allowed(&check(OnLimiterFailure::FailClosed).await.unwrap()));
+    }
+    own.stop();
+    // Errors or timeouts, then the breaker opens: no call takes much longer than the timeout.
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let o = check(OnLimiterFailure::FailClosed).await;
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "a call took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            o,
+            Err(LimiterUnavailable {
+                retry_after: Duration::from_secs(1)
+            })
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(l.breaker_state(), BreakerState::Open);
+    assert!(l.stats().short_circuits.load(Ordering::Relaxed) > 0);
+    // fail_open admits without limits.
+    for _ in 0..50 {
+        assert_eq!(
+            check(OnLimiterFailure::FailOpen).await,
+            Ok(Outcome::Allowed { states: Vec::new() })
+        );
+    }
+    // local: this node enforces 10 / 2 = 5.
+    let mut n = 0;
+    while allowed(&check(OnLimiterFailure::Local).await.unwrap()) {
+        n += 1;
+        assert!(n <= 5);
+    }
+    assert_eq!(n, 5);
+    // Redis comes back (empty: no persistence); after the cooldown a probe closes the breaker.
+    own.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(o) = l.check(&[], &q).await {
+            assert!(allowed(&o));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shared limiter did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(l.breaker_state(), BreakerState::Closed);
+    // Shared limits again: the fresh Redis counts from 1.
+    let mut n = 1;
+    while allowed(&check(OnLimiterFailure::FailClosed).await.unwrap()) {
+        n += 1;
+    }
+    assert_eq!(n, 10);
+}
