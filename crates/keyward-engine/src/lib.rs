@@ -16,6 +16,7 @@ mod error;
 pub mod leaks;
 pub mod oauth;
 pub mod security;
+pub mod sync;
 pub mod token;
 pub mod usage;
 pub mod webhook;

@@ -836,6 +836,15 @@ impl Engine {
         Ok(true)
     }
 
+    /// Re-reads the token denylist from the store (a token was revoked through another node
+    /// sharing the store, or announcements may have been missed).
+    pub async fn reload_revoked_tokens(&self) -> Result<(), EngineError> {
+        let svc = self.token_service()?;
+        let revoked = self.store.revoked_tokens(self.now()).await?;
+        *write(&svc.revoked) = revoked.into_iter().map(|(j, t)| (j, t.unix_timestamp())).collect();
+        Ok(())
+    }
+
     /// Drops denylist entries of tokens that have expired anyway.
     pub fn prune_revoked_tokens(&self) {
         if let Ok(svc) = self.token_service() {

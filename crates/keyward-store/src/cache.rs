@@ -2,10 +2,16 @@
 //!
 //! Invalidation is race-free against concurrent fills: a fill that read the store before an
 //! invalidation can never leave its stale record behind (see [`KeyCache::lookup`]).
+//!
+//! Known records are fresh for `ttl`; after that they are read again. When that read fails
+//! because the store is unavailable (not when it answers "unknown"), the record keeps being
+//! served for up to `stale_ttl` more — revoked, disabled or expired records included, so a
+//! known revocation keeps being refused. Entries can also be dropped by key id or by app id
+//! (cross-node invalidation announces ids, never digests): a side index maps ids to digests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyward_core::{Digest, KeyRecord};
 use moka::sync::Cache;
@@ -21,6 +27,8 @@ pub struct CacheConfig {
     /// How long an unknown digest is remembered as unknown.
     pub negative_ttl: Duration,
     pub negative_max_entries: u64,
+    /// How long past `ttl` a known record is still served while the store is unavailable.
+    pub stale_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -30,6 +38,7 @@ impl Default for CacheConfig {
             max_entries: 100_000,
             negative_ttl: Duration::from_secs(30),
             negative_max_entries: 100_000,
+            stale_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -47,31 +56,73 @@ pub struct CacheStats {
     pub hits: AtomicU64,
     pub negative_hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Records served past their `ttl` because the store was unavailable.
+    pub stale_hits: AtomicU64,
 }
+
+#[derive(Clone)]
+struct Entry {
+    record: Arc<KeyRecord>,
+    filled: Instant,
+}
+
+/// After a store failure, stale records are served without asking the store again for this
+/// long (so that an unreachable database costs the hot path nothing but the first timeout).
+const STORE_DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct KeyCache {
     store: Arc<dyn Store>,
-    positive: Cache<Digest, Arc<KeyRecord>>,
+    positive: Cache<Digest, Entry>,
     negative: Cache<Digest, ()>,
+    /// Key id → digest of the cached record (for invalidation by id).
+    ids: Cache<String, Digest>,
     generation: AtomicU64,
     stats: CacheStats,
+    ttl: Duration,
+    epoch: Instant,
+    /// Milliseconds since `epoch` until which the store is considered down.
+    down_until_ms: AtomicU64,
 }
 
 impl KeyCache {
     pub fn new(store: Arc<dyn Store>, cfg: CacheConfig) -> KeyCache {
+        let keep = cfg.ttl.saturating_add(cfg.stale_ttl);
         KeyCache {
             store,
             positive: Cache::builder()
                 .max_capacity(cfg.max_entries)
-                .time_to_live(cfg.ttl)
+                .time_to_live(keep)
                 .build(),
             negative: Cache::builder()
                 .max_capacity(cfg.negative_max_entries)
                 .time_to_live(cfg.negative_ttl)
                 .build(),
+            ids: Cache::builder()
+                .max_capacity(cfg.max_entries)
+                .time_to_live(keep)
+                .build(),
             generation: AtomicU64::new(0),
             stats: CacheStats::default(),
+            ttl: cfg.ttl,
+            epoch: Instant::now(),
+            down_until_ms: AtomicU64::new(0),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a store failure was seen within the last second.
+    pub fn store_recently_down(&self) -> bool {
+        self.now_ms() < self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn mark_down(&self) {
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(STORE_DOWN_BACKOFF.as_millis()).unwrap_or(1000));
+        self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> &CacheStats {
@@ -83,24 +134,54 @@ impl KeyCache {
     /// The stored digest is compared with the presented one in constant time, so that the
     /// final decision never depends on a short-circuiting comparison.
     pub async fn lookup(&self, digest: &Digest) -> Result<Lookup, StoreError> {
-        if let Some(rec) = self.positive.get(digest) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Lookup::Found(rec));
-        }
-        if self.negative.contains_key(digest) {
+        let stale = match self.positive.get(digest) {
+            Some(e) if e.filled.elapsed() < self.ttl => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lookup::Found(e.record));
+            }
+            Some(e) if self.store_recently_down() => {
+                self.stats.stale_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lookup::Found(e.record));
+            }
+            other => other,
+        };
+        if stale.is_none() && self.negative.contains_key(digest) {
             self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Lookup::Unknown);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let before = self.generation.load(Ordering::Acquire);
-        let found = self.store.key_by_digest(digest).await?;
+        let found = match self.store.key_by_digest(digest).await {
+            Ok(found) => found,
+            Err(StoreError::Unavailable(msg)) => {
+                self.mark_down();
+                // Known before the store went away: keep serving it (within `stale_ttl`,
+                // the entry's lifetime), unless it was invalidated meanwhile.
+                return match stale {
+                    Some(e) if self.positive.contains_key(digest) => {
+                        self.stats.stale_hits.fetch_add(1, Ordering::Relaxed);
+                        Ok(Lookup::Found(e.record))
+                    }
+                    _ => Err(StoreError::Unavailable(msg)),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let result = match found {
             Some((rec, stored)) if stored.ct_eq(digest) => {
                 let rec = Arc::new(rec);
-                self.positive.insert(*digest, rec.clone());
+                self.ids.insert(rec.id.clone(), *digest);
+                self.positive.insert(
+                    *digest,
+                    Entry {
+                        record: rec.clone(),
+                        filled: Instant::now(),
+                    },
+                );
                 Lookup::Found(rec)
             }
             _ => {
+                self.positive.invalidate(digest);
                 self.negative.insert(*digest, ());
                 Lookup::Unknown
             }
@@ -121,10 +202,36 @@ impl KeyCache {
         self.negative.invalidate(digest);
     }
 
+    /// Forgets the record of the key with this id, if cached (a change announced by id).
+    pub fn invalidate_key_id(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(digest) = self.ids.remove(id) {
+            self.positive.invalidate(&digest);
+            self.negative.invalidate(&digest);
+        }
+    }
+
+    /// Forgets the records of every key of this app (their records embed the app's policy).
+    pub fn invalidate_app(&self, app_id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for (digest, entry) in self.positive.iter() {
+            if entry.record.app_id == app_id {
+                self.positive.invalidate(&*digest);
+            }
+        }
+    }
+
+    /// Forgets every unknown digest (a key was created somewhere: its digest may be one).
+    pub fn clear_negative(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.negative.invalidate_all();
+    }
+
     /// Forgets everything (e.g. after losing the invalidation channel).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.positive.invalidate_all();
         self.negative.invalidate_all();
+        self.ids.invalidate_all();
     }
 }

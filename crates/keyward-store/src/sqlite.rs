@@ -296,6 +296,45 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn create_keys_bulk(&self, keys: &[(KeyRecord, Digest)]) -> Result<(), StoreError> {
+        // One transaction per 5,000 keys: SQLite inserts are cheap, commits are not.
+        for chunk in keys.chunks(5_000) {
+            let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+            for (key, digest) in chunk {
+                sqlx::query(
+                    "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, \
+                     policy, disabled_at, canary, legacy, rotated_from, exchange_only) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&key.id)
+                .bind(&key.app_id)
+                .bind(&key.name)
+                .bind(&digest.as_bytes()[..])
+                .bind(&key.hint)
+                .bind(key.env.as_str())
+                .bind(scopes_json(&key.scopes))
+                .bind(key.expires_at.map(ts))
+                .bind(ts(key.created_at))
+                .bind(key.revoked_at.map(ts))
+                .bind(policy_json(&key.policy))
+                .bind(key.lifecycle.disabled_at.map(ts))
+                .bind(i64::from(key.lifecycle.canary))
+                .bind(i64::from(key.lifecycle.legacy))
+                .bind(&key.lifecycle.rotated_from)
+                .bind(i64::from(key.lifecycle.exchange_only))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match StoreError::from_sqlx(e) {
+                    StoreError::NotFound(_) => StoreError::NotFound("app"),
+                    StoreError::Conflict(_) => StoreError::Conflict("a key with the same id or digest exists".into()),
+                    other => other,
+                })?;
+            }
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+        }
+        Ok(())
+    }
+
     async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.digest = ?"
