@@ -64,14 +64,47 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// `sqlite://PATH`, or a plain path to a SQLite file (relative to the config file).
+    /// `sqlite://PATH`, or a plain path to a SQLite file (relative to the config file), or
+    /// `postgres://user@host:port/db` (cluster mode; `?options=-csearch_path%3Dschema` picks a
+    /// schema).
     pub url: String,
+    /// PostgreSQL: connections in the pool.
+    pub max_connections: u32,
+    /// PostgreSQL: bound on connecting and on waiting for a pooled connection.
+    #[serde(with = "dur")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: longest time a cached key record is trusted without re-reading it (the
+    /// bound on a lost change announcement); signing keys and the denylist are re-read as often.
+    #[serde(with = "dur")]
+    pub revalidate_interval: Duration,
+    /// How long past its freshness a known key record is still served while the store is
+    /// unreachable (revoked ones keep being refused).
+    #[serde(with = "dur")]
+    pub stale_ttl: Duration,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             url: "keyward.db".into(),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(2),
+            revalidate_interval: Duration::from_secs(30),
+            stale_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl StoreSection {
+    /// Whether the store is PostgreSQL (cluster mode).
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+
+    pub fn pg_options(&self) -> keyward_store::PgOptions {
+        keyward_store::PgOptions {
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout,
         }
     }
 }
@@ -617,11 +650,19 @@ impl Config {
     }
 
     pub fn cache_config(&self) -> CacheConfig {
+        // Shared store: other nodes change it, so a record is trusted at most
+        // `store.revalidate_interval` (announcements make it immediate; this is the backstop).
+        let ttl = if self.store.is_postgres() {
+            self.cache.ttl.min(self.store.revalidate_interval)
+        } else {
+            self.cache.ttl
+        };
         CacheConfig {
-            ttl: self.cache.ttl,
+            ttl,
             max_entries: self.cache.max_entries,
             negative_ttl: self.cache.negative_ttl,
             negative_max_entries: self.cache.negative_max_entries,
+            stale_ttl: self.store.stale_ttl,
         }
     }
 

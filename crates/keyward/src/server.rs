@@ -46,12 +46,15 @@ impl Running {
     }
 }
 
-/// Opens the store named by `url`: `sqlite://PATH`, `sqlite:PATH` or a plain file path.
-pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(CliError::startup(
-            "PostgreSQL stores are not supported by this build yet; use a SQLite file",
-        ));
+/// Opens (and migrates) the store named by `store.url`: `postgres://…` (cluster mode),
+/// `sqlite://PATH`, `sqlite:PATH` or a plain file path.
+pub async fn open_store(section: &crate::config::StoreSection) -> Result<Arc<dyn Store>> {
+    let url = section.url.as_str();
+    if section.is_postgres() {
+        let store = keyward_store::PgStore::open(url, section.pg_options())
+            .await
+            .map_err(|e| CliError::startup(format!("store: {e}")))?;
+        return Ok(Arc::new(store));
     }
     let store = if url.starts_with("sqlite:") {
         SqliteStore::open_url(url).await
@@ -83,7 +86,7 @@ pub async fn start_on(
 ) -> Result<Running> {
     let gw_cfg = cfg.gateway_config().map_err(|e| CliError::startup(e.to_string()))?;
     let format = cfg.key_format().map_err(|e| CliError::startup(e.to_string()))?;
-    let store = open_store(&cfg.store.url).await?;
+    let store = open_store(&cfg.store).await?;
     let engine = Arc::new(Engine::with_options(
         store,
         secrets.pepper,
@@ -155,6 +158,16 @@ pub async fn start_on(
         let rx = rx.clone();
         tasks.spawn(async move {
             engine.maintenance(rx).await;
+            Ok(())
+        });
+    }
+    // Shared store (PostgreSQL): changes made by other nodes reach this node's caches.
+    {
+        let engine = engine.clone();
+        let rx = rx.clone();
+        let every = cfg.store.revalidate_interval;
+        tasks.spawn(async move {
+            keyward_engine::sync::run(engine, every, rx).await;
             Ok(())
         });
     }
