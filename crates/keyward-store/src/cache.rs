@@ -9,7 +9,7 @@
 //! known revocation keeps being refused. Entries can also be dropped by key id or by app id
 //! (cross-node invalidation announces ids, never digests): a side index maps ids to digests.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,15 @@ struct Entry {
 /// long (so that an unreachable database costs the hot path nothing but the first timeout).
 const STORE_DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Clears the probing flag however the probe ends (also when the request is dropped).
+struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 pub struct KeyCache {
     store: Arc<dyn Store>,
     positive: Cache<Digest, Entry>,
@@ -80,8 +89,11 @@ pub struct KeyCache {
     stats: CacheStats,
     ttl: Duration,
     epoch: Instant,
-    /// Milliseconds since `epoch` until which the store is considered down.
+    /// Milliseconds since `epoch` until which the store is considered down; 0 once it answers.
     down_until_ms: AtomicU64,
+    /// While the store is (or was last seen) down, one lookup at a time probes it; the others
+    /// serve what they know.
+    probing: AtomicBool,
 }
 
 impl KeyCache {
@@ -106,6 +118,7 @@ impl KeyCache {
             ttl: cfg.ttl,
             epoch: Instant::now(),
             down_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
         }
     }
 
@@ -118,10 +131,22 @@ impl KeyCache {
         self.now_ms() < self.down_until_ms.load(Ordering::Relaxed)
     }
 
+    /// Whether the last store access failed and no later one succeeded.
+    pub fn store_down(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Serve a known (stale) record without asking the store: it failed within the last
+    /// second, or it is down and another lookup is probing it right now.
+    fn skip_store(&self) -> bool {
+        self.store_down() && (self.store_recently_down() || self.probing.load(Ordering::Acquire))
+    }
+
     fn mark_down(&self) {
         let until = self
             .now_ms()
-            .saturating_add(u64::try_from(STORE_DOWN_BACKOFF.as_millis()).unwrap_or(1000));
+            .saturating_add(u64::try_from(STORE_DOWN_BACKOFF.as_millis()).unwrap_or(1000))
+            .max(1);
         self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
@@ -139,7 +164,7 @@ impl KeyCache {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Lookup::Found(e.record));
             }
-            Some(e) if self.store_recently_down() => {
+            Some(e) if self.skip_store() => {
                 self.stats.stale_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Lookup::Found(e.record));
             }
@@ -151,8 +176,15 @@ impl KeyCache {
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let before = self.generation.load(Ordering::Acquire);
-        let found = match self.store.key_by_digest(digest).await {
-            Ok(found) => found,
+        let probe =
+            (self.store_down() && !self.probing.swap(true, Ordering::AcqRel)).then_some(ProbeGuard(&self.probing));
+        let answer = self.store.key_by_digest(digest).await;
+        drop(probe);
+        let found = match answer {
+            Ok(found) => {
+                self.down_until_ms.store(0, Ordering::Relaxed);
+                found
+            }
             Err(StoreError::Unavailable(msg)) => {
                 self.mark_down();
                 // Known before the store went away: keep serving it (within `stale_ttl`,

@@ -94,6 +94,34 @@ pub enum Command {
         #[command(flatten)]
         args: crate::scan::ScanArgs,
     },
+    /// Apply the store's pending migrations (SQLite or PostgreSQL; `serve` also applies them).
+    Migrate,
+    /// Development and benchmarking tools.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Load many real keys (digests under the configured pepper) straight into the store, in
+    /// batched transactions, with a progress bar. Prints no secret.
+    Seed {
+        /// How many keys.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// The app that gets them (created when missing).
+        #[arg(long, default_value = "seed")]
+        app: String,
+        /// Write the plaintext of one seeded key to this file (mode 0600), for benchmarks.
+        #[arg(long, value_name = "FILE")]
+        sample_out: Option<PathBuf>,
+        /// Keys per transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Args)]

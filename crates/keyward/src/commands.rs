@@ -65,6 +65,34 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Scan { args } => crate::scan::run(&cli, args).await,
+        Command::Migrate => crate::seed::migrate(&load_config(&cli)?).await,
+        Command::Dev(crate::cli::DevCommand::Seed {
+            keys,
+            app,
+            sample_out,
+            batch,
+            quiet,
+        }) => {
+            let cfg = load_config(&cli)?;
+            let pepper = cfg.pepper(&env_vars())?;
+            let opts = crate::seed::SeedOptions {
+                keys: *keys,
+                app: app.clone(),
+                sample_out: sample_out.clone(),
+                batch: *batch,
+                progress: !*quiet,
+            };
+            let r = crate::seed::seed(&cfg, pepper, &opts).await?;
+            let secs = r.elapsed.as_secs_f64();
+            println!(
+                "seeded {} keys into app {} ({}) in {secs:.1} s ({:.0} keys/s)",
+                r.keys,
+                r.app_id,
+                r.backend,
+                r.keys as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
     }
 }
 

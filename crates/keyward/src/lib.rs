@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod report;
 pub mod scan;
+pub mod seed;
 pub mod server;
 
 pub use commands::run;
