@@ -6,6 +6,7 @@ mod harness;
 
 mod admin;
 mod cli;
+mod cluster_store;
 mod dpop;
 mod gateway;
 mod hostile;

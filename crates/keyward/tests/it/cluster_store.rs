@@ -1,0 +1,281 @@
+//! Cluster mode on a shared PostgreSQL store: a change made through one node reaches the
+//! other's cache (LISTEN/NOTIFY), and a node whose database goes away keeps serving what it
+//! knows, refuses admin writes with 503 and recovers by itself.
+//!
+//! Needs `KEYWARD_TEST_POSTGRES_URL` (skipped with a printed line when unset, failing when set
+//! and unreachable). Each test works in a schema of its own, dropped at the end.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::{boot_with, problem, Kw};
+
+struct Schema {
+    admin: sqlx::PgPool,
+    name: String,
+    base: String,
+}
+
+impl Schema {
+    async fn new(test: &str) -> Option<Schema> {
+        let Ok(base) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
+            println!("skipped {test}: KEYWARD_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("KEYWARD_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("kw_it_{test}_{}_{nanos}", std::process::id());
+        sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+            .execute(&admin)
+            .await
+            .unwrap();
+        Some(Schema { admin, name, base })
+    }
+
+    /// The store URL for this schema, optionally through another host:port.
+    fn url(&self, via: Option<std::net::SocketAddr>) -> String {
+        let mut base = self.base.clone();
+        if let Some(addr) = via {
+            // postgres://user@host:port/db → same with host:port replaced.
+            let at = base.find('@').map(|i| i + 1).unwrap_or("postgres://".len());
+            let slash = base[at..].find('/').map(|i| at + i).unwrap_or(base.len());
+            base.replace_range(at..slash, &addr.to_string());
+        }
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}options=-csearch_path%3D{}", self.name)
+    }
+
+    async fn drop_now(self) {
+        sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
+}
+
+async fn node(url: String, tweak: impl FnOnce(&mut keyward::config::Config)) -> Kw {
+    boot_with(move |c| {
+        c.store.url = url;
+        c.store.connect_timeout = Duration::from_millis(500);
+        tweak(c);
+    })
+    .await
+}
+
+async fn status_with(kw: &Kw, key: &str) -> u16 {
+    kw.get("/fact", &[("x-api-key", key)]).await.status().as_u16()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::test]
+async fn a_key_created_and_revoked_on_one_node_is_seen_by_the_other() {
+    let Some(schema) = Schema::new("propagation").await else {
+        return;
+    };
+    let mut a = node(schema.url(None), |_| {}).await;
+    let mut b = node(schema.url(None), |_| {}).await;
+    // Both listeners up before the measurement.
+    for kw in [&a, &b] {
+        let engine = &kw.running.as_ref().unwrap().engine;
+        for _ in 0..200 {
+            if engine.store().changes_connected() == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(engine.store().changes_connected(), Some(true));
+    }
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let (id, key) = a.key("cats", &["facts:read"], json!({})).await;
+        assert_eq!(status_with(&b, &key).await, 200, "round {i}: created on A, works on B");
+        assert_eq!(status_with(&b, &key).await, 200, "round {i}: now cached on B");
+        let (s, _) = a
+            .admin(Method::POST, &format!("/v1/keys/{id}/revoke"), Some(json!({})))
+            .await;
+        assert_eq!(s, 200);
+        let revoked = Instant::now();
+        loop {
+            let st = status_with(&b, &key).await;
+            if st == 401 {
+                times.push(revoked.elapsed());
+                break;
+            }
+            assert_eq!(st, 200);
+            assert!(
+                revoked.elapsed() < Duration::from_secs(5),
+                "round {i}: B still admits a key revoked on A after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // App policy changes reach B's cached records too.
+    let (_, key) = a.key("dogs", &["facts:read"], json!({})).await;
+    assert_eq!(status_with(&b, &key).await, 200);
+    let (s, _) = a
+        .admin(Method::PATCH, "/v1/apps/dogs", Some(json!({"ips": ["10.99.0.0/16"]})))
+        .await;
+    assert_eq!(s, 200);
+    let changed = Instant::now();
+    while status_with(&b, &key).await != 403 {
+        assert!(changed.elapsed() < Duration::from_secs(5), "app change not seen on B");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    times.sort();
+    println!(
+        "revocation propagation A→B over {} rounds (includes B's request round trip): p50 {:?}, p99 {:?}, max {:?}",
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+    assert!(percentile(&times, 0.99) < Duration::from_millis(500));
+    a.stop().await;
+    b.stop().await;
+    schema.drop_now().await;
+}
+
+/// A TCP proxy to PostgreSQL that the test can cut (closing every connection and refusing
+/// new ones) and restore.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: Arc<AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
+        let c = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = l.accept().await else { return };
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut stop = gen_rx.clone();
+                let born = *stop.borrow();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = stop.wait_for(|g| *g != born) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut, generation }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn with_the_database_gone_known_keys_keep_working_and_writes_get_503() {
+    let Some(schema) = Schema::new("outage").await else {
+        return;
+    };
+    // The PostgreSQL address behind KEYWARD_TEST_POSTGRES_URL.
+    let host_port = {
+        let b = &schema.base;
+        let at = b.find('@').map(|i| i + 1).unwrap_or("postgres://".len());
+        let end = b[at..].find(['/', '?']).map(|i| at + i).unwrap_or(b.len());
+        b[at..end].to_owned()
+    };
+    let target = tokio::net::lookup_host(if host_port.contains(':') {
+        host_port.clone()
+    } else {
+        format!("{host_port}:5432")
+    })
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = Proxy::start(target).await;
+    let mut kw = node(schema.url(Some(proxy.addr)), |c| {
+        c.cache.ttl = Duration::from_millis(300);
+        c.store.stale_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let (_, good) = kw.key("cats", &["facts:read"], json!({})).await;
+    let (bad_id, bad) = kw.key("cats", &["facts:read"], json!({})).await;
+    let (s, _) = kw
+        .admin(Method::POST, &format!("/v1/keys/{bad_id}/revoke"), Some(json!({})))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(status_with(&kw, &good).await, 200);
+    assert_eq!(status_with(&kw, &bad).await, 401);
+
+    proxy.cut();
+    // Past the cache's freshness: every lookup now has to fall back on what it knows.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(status_with(&kw, &good).await, 200, "a known key keeps working");
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(
+            status_with(&kw, &bad).await,
+            401,
+            "a known revocation keeps being refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = kw
+        .http
+        .post(format!("{}/v1/apps", kw.admin))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .json(&json!({"name": "during-outage"}))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 503, "store_unavailable").await;
+    println!("database cut: known key served from cache, slowest request {slowest:?}; admin write 503");
+
+    proxy.restore();
+    let back = Instant::now();
+    loop {
+        let (s, _) = kw
+            .admin(Method::POST, "/v1/apps", Some(json!({"name": "after-outage"})))
+            .await;
+        if s == 201 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(15), "no recovery: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("database restored: admin writes back after {:?}", back.elapsed());
+    let (_, fresh) = kw.key("cats", &["facts:read"], json!({})).await;
+    assert_eq!(status_with(&kw, &fresh).await, 200);
+    assert_eq!(status_with(&kw, &good).await, 200);
+    assert_eq!(status_with(&kw, &bad).await, 401);
+    kw.stop().await;
+    schema.drop_now().await;
+}
