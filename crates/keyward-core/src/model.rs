@@ -257,6 +257,11 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
     PrivateKeyJwt,
+    /// RFC 8705 §2.1: a client certificate chaining to the configured CA, with the registered
+    /// subject DN or SAN.
+    TlsClientAuth,
+    /// RFC 8705 §2.2: a (self-signed) client certificate registered in the client's JWK Set.
+    SelfSignedTlsClientAuth,
 }
 
 impl ClientAuthMethod {
@@ -265,6 +270,8 @@ impl ClientAuthMethod {
             ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
             ClientAuthMethod::ClientSecretPost => "client_secret_post",
             ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+            ClientAuthMethod::TlsClientAuth => "tls_client_auth",
+            ClientAuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
     }
 
@@ -273,8 +280,18 @@ impl ClientAuthMethod {
             "client_secret_basic" => Some(ClientAuthMethod::ClientSecretBasic),
             "client_secret_post" => Some(ClientAuthMethod::ClientSecretPost),
             "private_key_jwt" => Some(ClientAuthMethod::PrivateKeyJwt),
+            "tls_client_auth" => Some(ClientAuthMethod::TlsClientAuth),
+            "self_signed_tls_client_auth" => Some(ClientAuthMethod::SelfSignedTlsClientAuth),
             _ => None,
         }
+    }
+
+    /// Authenticates with the TLS client certificate (RFC 8705).
+    pub fn uses_certificate(self) -> bool {
+        matches!(
+            self,
+            ClientAuthMethod::TlsClientAuth | ClientAuthMethod::SelfSignedTlsClientAuth
+        )
     }
 
     pub fn uses_secret(self) -> bool {
@@ -291,6 +308,33 @@ impl ClientAuthMethod {
 pub struct ClientOptions {
     /// Tokens must be DPoP-bound (RFC 9449 `dpop_bound_access_tokens`).
     pub dpop_bound_access_tokens: bool,
+    /// `tls_client_auth` (RFC 8705 §2.1.2): exactly one of these names the certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth_subject_dn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth_san_dns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth_san_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth_san_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth_san_email: Option<String>,
+}
+
+impl ClientOptions {
+    /// The `tls_client_auth` registrations that are set, as (metadata name, value).
+    pub fn tls_subjects(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("tls_client_auth_subject_dn", &self.tls_client_auth_subject_dn),
+            ("tls_client_auth_san_dns", &self.tls_client_auth_san_dns),
+            ("tls_client_auth_san_uri", &self.tls_client_auth_san_uri),
+            ("tls_client_auth_san_ip", &self.tls_client_auth_san_ip),
+            ("tls_client_auth_san_email", &self.tls_client_auth_san_email),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
 }
 
 /// An OAuth 2.0 client (client credentials grant). Never holds a secret.

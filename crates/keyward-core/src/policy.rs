@@ -280,11 +280,15 @@ pub struct Policy {
     pub rate: Option<RateSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaSpec>,
+    /// The credential only works over a TLS connection whose client certificate is registered
+    /// to the credential's app (RFC 8705 certificate of one of the app's clients).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_mtls: bool,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.ips.is_empty() && self.rate.is_none() && self.quota.is_none()
+        self.ips.is_empty() && self.rate.is_none() && self.quota.is_none() && !self.require_mtls
     }
 }
 

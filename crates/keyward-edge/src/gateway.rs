@@ -29,6 +29,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// No upstream at all: the routes the verify API makes up for requests that match no
+    /// configured route are never proxied.
+    pub(crate) fn unused() -> Upstream {
+        Upstream {
+            scheme: "http".into(),
+            authority: "0.0.0.0:0".into(),
+            base_path: String::new(),
+        }
+    }
+
     /// Parses `http://host:port[/base]`. Only plain HTTP upstreams for now.
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let uri: Uri = url.parse().map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
@@ -72,6 +82,8 @@ pub struct Route {
     pub tokens: bool,
     /// Accept API keys.
     pub api_keys: bool,
+    /// Accept callers by a registered TLS client certificate alone (RFC 8705 clients).
+    pub client_certificates: bool,
     /// The audience tokens must carry here.
     pub audience: String,
 }
@@ -107,6 +119,9 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Keys expiring within this window get `Deprecation` and `Sunset` headers.
     pub expiry_warning: Duration,
+    /// The listener asks clients for TLS certificates (RFC 8705 client authentication and
+    /// certificate-bound tokens are on).
+    pub client_certificates: bool,
 }
 
 /// Shared state of the gateway listener.
@@ -167,6 +182,17 @@ impl GatewayState {
 
     pub fn trusted_proxies(&self) -> &[IpNet] {
         &self.cfg.trusted_proxies
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    /// The problem the gateway answers for a rejection (status, challenges, limit headers).
+    pub(crate) fn rejection_problem(&self, r: &Rejection, bearer: bool) -> Problem {
+        let mut style = self.style.clone();
+        style.bearer = bearer;
+        problem::rejection(r, &style)
     }
 
     /// Every scope some route requires (for the metadata's `scopes_supported`).
@@ -240,7 +266,7 @@ fn extract<'a>(headers: &'a HeaderMap, names: &[HeaderName], looks_like_key: imp
 
 /// Rejects paths with dot segments (raw or percent-encoded) or encoded slashes: the upstream
 /// might normalise them into a path that the route table did not authorize.
-fn suspicious_path(path: &str) -> bool {
+pub(crate) fn suspicious_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') || lower.contains("%25") {
         return true;
@@ -251,7 +277,7 @@ fn suspicious_path(path: &str) -> bool {
     })
 }
 
-fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+pub(crate) fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     let ip = ip.to_canonical();
     proxies.iter().any(|n| n.contains(&ip))
 }
@@ -356,6 +382,8 @@ struct ProofInput<'a> {
     headers: &'a HeaderMap,
     method: &'a str,
     path: &'a str,
+    /// Overrides `oauth.issuer` + `path` as the `htu` the proof must name.
+    htu: Option<&'a str>,
     /// The client certificate (DER) of the TLS connection, if any.
     peer_cert: Option<&'a [u8]>,
 }
@@ -421,9 +449,16 @@ async fn token_principal(
                     })
                 }
             };
-            let htu = format!("{}{}", svc.config().issuer, proof.path);
+            let htu = match proof.htu {
+                Some(u) => u.to_owned(),
+                None => format!("{}{}", svc.config().issuer, proof.path),
+            };
             let now = st.engine.now().unix_timestamp();
-            match svc.dpop.verify(value, proof.method, &htu, Some(token), now) {
+            match svc
+                .dpop
+                .verify_shared(value, proof.method, &htu, Some(token), now)
+                .await
+            {
                 Ok(v) if keyward_core::secret::ct_eq(v.jkt.as_bytes(), jkt.as_bytes()) => {}
                 Ok(_) => {
                     return Err(Rejection::InvalidDpop {
@@ -467,7 +502,7 @@ async fn token_principal(
     Ok(p.record.clone())
 }
 
-fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'r Route, Problem> {
+pub(crate) fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'r Route, Problem> {
     let best_len = routes
         .iter()
         .filter(|r| r.matches_path(path))
@@ -491,6 +526,175 @@ fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'
     Err(Problem::method_not_allowed(&allow.join(", ")))
 }
 
+/// What the decision phases need to know about a request: the gateway's own request, or one
+/// described to the verify API or the forward-auth endpoint.
+pub(crate) struct RequestView<'a> {
+    /// Headers that may carry the credential (and the DPoP proof).
+    pub headers: &'a HeaderMap,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub client: IpAddr,
+    /// The client certificate of the TLS connection, if any.
+    pub peer_cert: Option<keyward_engine::mtls::PresentedCert<'a>>,
+    /// The `htu` a DPoP proof must name, when it is not `oauth.issuer` + `path`.
+    pub htu: Option<&'a str>,
+}
+
+/// A request that passed authentication, authorization and the limits.
+pub(crate) struct Admitted {
+    pub record: Arc<KeyRecord>,
+    /// The OAuth client, when an access token stood in for a key.
+    pub token_client: Option<String>,
+    /// The credential came in `Authorization`.
+    pub bearer: bool,
+    /// Limit states after this request (for `RateLimit` fields).
+    pub states: Vec<keyward_engine::LimitState>,
+}
+
+/// A refused request: the reason, and whether the credential came in `Authorization`.
+pub(crate) struct Refused {
+    pub rejection: Rejection,
+    pub bearer: bool,
+}
+
+fn refused(rejection: Rejection, bearer: bool) -> Refused {
+    Refused { rejection, bearer }
+}
+
+/// The decision phases of the pipeline, shared by the gateway, the verify API and
+/// forward-auth: extract credential → authenticate → authorize → limit (and account, which
+/// `verify_key` and `admit` do). Whatever calls this consumes limits and records usage exactly
+/// as a proxied request does.
+pub(crate) async fn decide(st: &GatewayState, route: &Route, req: &RequestView<'_>) -> Result<Admitted, Refused> {
+    let client = req.client;
+    let format = st.engine.format();
+    let jwt = if route.tokens {
+        bearer_jwt(req.headers, |t| format.looks_like_key(t))
+    } else {
+        None
+    };
+    let mut token_client: Option<String> = None;
+    let (record, bearer) = if let Some((token, dpop)) = jwt {
+        let has_key = st
+            .cfg
+            .credential_headers
+            .iter()
+            .any(|h| req.headers.get(h).is_some_and(|v| !v.is_empty()));
+        if has_key {
+            return Err(refused(Rejection::Multiple, true));
+        }
+        let proof = ProofInput {
+            dpop,
+            headers: req.headers,
+            method: req.method.as_str(),
+            path: req.path,
+            htu: req.htu,
+            peer_cert: req.peer_cert.map(|c| c.der),
+        };
+        match token_principal(st, route, token, client, &proof).await {
+            Ok(rec) => {
+                token_client = Some(rec.id.clone());
+                (rec, true)
+            }
+            Err(r) => return Err(refused(r, true)),
+        }
+    } else {
+        match extract(req.headers, &st.cfg.credential_headers, |t| format.looks_like_key(t)) {
+            // A certificate-only route: the registered client certificate is the credential.
+            Extracted::None if route.client_certificates && req.peer_cert.is_some() => {
+                let facts = RequestFacts {
+                    required_scopes: &route.scopes,
+                    scope_mode: route.scope_mode,
+                    client_ip: Some(client),
+                };
+                match st.engine.certificate_principal(req.peer_cert, &facts).await {
+                    Ok(rec) => {
+                        token_client = Some(rec.id.clone());
+                        (Arc::new(rec), false)
+                    }
+                    Err(r) => return Err(refused(r, false)),
+                }
+            }
+            Extracted::None if route.client_certificates => return Err(refused(Rejection::CertificateRequired, false)),
+            Extracted::None => return Err(refused(Rejection::Missing, false)),
+            Extracted::One(_) if !route.api_keys => return Err(refused(Rejection::Missing, false)),
+            Extracted::Multiple => return Err(refused(Rejection::Multiple, false)),
+            Extracted::Malformed { bearer } => {
+                return Err(refused(
+                    Rejection::Malformed(keyward_core::error::KeyFormatError::Alphabet),
+                    bearer,
+                ))
+            }
+            Extracted::One(c) => {
+                let facts = RequestFacts {
+                    required_scopes: &route.scopes,
+                    scope_mode: route.scope_mode,
+                    client_ip: Some(client),
+                };
+                let meta = RequestMeta {
+                    ip: Some(client),
+                    method: req.method.as_str(),
+                    path: req.path,
+                    user_agent: req.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+                };
+                match st.engine.verify_key(c.value, &facts, &meta).await {
+                    Ok(rec) => {
+                        if rec.lifecycle.exchange_only {
+                            return Err(refused(Rejection::ExchangeOnly { key_id: rec.id.clone() }, c.bearer));
+                        }
+                        if let Err(r) = st.engine.check_mtls_requirement(&rec, req.peer_cert).await {
+                            return Err(refused(r, c.bearer));
+                        }
+                        (rec, c.bearer)
+                    }
+                    Err(r) => return Err(refused(r, c.bearer)),
+                }
+            }
+        }
+    };
+    let outcome = match st.engine.admit(&record, &route.limits).await {
+        Ok(o) => o,
+        Err(r) => return Err(refused(r, bearer)),
+    };
+    let states = match outcome {
+        Outcome::Allowed { states } => states,
+        Outcome::RateLimited {
+            policy,
+            retry_after,
+            states,
+        } => {
+            return Err(refused(
+                Rejection::RateLimited {
+                    policy,
+                    retry_after,
+                    states,
+                },
+                bearer,
+            ))
+        }
+        Outcome::QuotaExhausted {
+            policy,
+            retry_after,
+            states,
+        } => {
+            return Err(refused(
+                Rejection::QuotaExhausted {
+                    policy,
+                    retry_after,
+                    states,
+                },
+                bearer,
+            ))
+        }
+    };
+    Ok(Admitted {
+        record,
+        token_client,
+        bearer,
+        states,
+    })
+}
+
 /// The per-request pipeline.
 async fn handle(
     State(st): State<Arc<GatewayState>>,
@@ -507,117 +711,26 @@ async fn handle(
         Err(p) => return p.into_response(),
     };
     let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
-    let format = st.engine.format();
-    let jwt = if route.tokens {
-        bearer_jwt(req.headers(), |t| format.looks_like_key(t))
-    } else {
-        None
+    let peer_cert = req
+        .extensions()
+        .get::<crate::tls::PeerCertificates>()
+        .and_then(crate::tls::PeerCertificates::presented);
+    let view = RequestView {
+        headers: req.headers(),
+        method: req.method(),
+        path,
+        client,
+        peer_cert,
+        htu: None,
     };
-    let mut token_client: Option<String> = None;
-    let (record, bearer) = if let Some((token, dpop)) = jwt {
-        let has_key = st
-            .cfg
-            .credential_headers
-            .iter()
-            .any(|h| req.headers().get(h).is_some_and(|v| !v.is_empty()));
-        if has_key {
-            return reject(&st, &Rejection::Multiple, true, route);
-        }
-        let peer_cert = req
-            .extensions()
-            .get::<crate::tls::PeerCertificates>()
-            .and_then(|c| c.0.first())
-            .map(|c| c.as_ref());
-        let proof = ProofInput {
-            dpop,
-            headers: req.headers(),
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            peer_cert,
-        };
-        match token_principal(&st, route, token, client, &proof).await {
-            Ok(rec) => {
-                token_client = Some(rec.id.clone());
-                (rec, true)
-            }
-            Err(r) => return reject(&st, &r, true, route),
-        }
-    } else {
-        match extract(req.headers(), &st.cfg.credential_headers, |t| format.looks_like_key(t)) {
-            Extracted::None => return reject(&st, &Rejection::Missing, false, route),
-            Extracted::One(_) if !route.api_keys => return reject(&st, &Rejection::Missing, false, route),
-            Extracted::Multiple => return reject(&st, &Rejection::Multiple, false, route),
-            Extracted::Malformed { bearer } => {
-                return reject(
-                    &st,
-                    &Rejection::Malformed(keyward_core::error::KeyFormatError::Alphabet),
-                    bearer,
-                    route,
-                )
-            }
-            Extracted::One(c) => {
-                let facts = RequestFacts {
-                    required_scopes: &route.scopes,
-                    scope_mode: route.scope_mode,
-                    client_ip: Some(client),
-                };
-                let meta = RequestMeta {
-                    ip: Some(client),
-                    method: req.method().as_str(),
-                    path: req.uri().path(),
-                    user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
-                };
-                match st.engine.verify_key(c.value, &facts, &meta).await {
-                    Ok(rec) => {
-                        if rec.lifecycle.exchange_only {
-                            return reject(
-                                &st,
-                                &Rejection::ExchangeOnly { key_id: rec.id.clone() },
-                                c.bearer,
-                                route,
-                            );
-                        }
-                        (rec, c.bearer)
-                    }
-                    Err(r) => return reject(&st, &r, c.bearer, route),
-                }
-            }
-        }
-    };
-    let states = match st.engine.admit(&record, &route.limits) {
-        Outcome::Allowed { states } => states,
-        Outcome::RateLimited {
-            policy,
-            retry_after,
-            states,
-        } => {
-            return reject(
-                &st,
-                &Rejection::RateLimited {
-                    policy,
-                    retry_after,
-                    states,
-                },
-                bearer,
-                route,
-            )
-        }
-        Outcome::QuotaExhausted {
-            policy,
-            retry_after,
-            states,
-        } => {
-            return reject(
-                &st,
-                &Rejection::QuotaExhausted {
-                    policy,
-                    retry_after,
-                    states,
-                },
-                bearer,
-                route,
-            )
-        }
+    let Admitted {
+        record,
+        token_client,
+        bearer,
+        states,
+    } = match decide(&st, route, &view).await {
+        Ok(a) => a,
+        Err(r) => return reject(&st, &r.rejection, r.bearer, route),
     };
     tracing::debug!(route = %route.name, key_id = %record.id, app_id = %record.app_id, "allowed");
     let lifecycle = lifecycle_headers(&record, st.engine.now(), st.cfg.expiry_warning);
@@ -717,7 +830,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Header-safe text: visible ASCII kept, everything else percent-encoded.
-fn header_text(s: &str) -> HeaderValue {
+pub(crate) fn header_text(s: &str) -> HeaderValue {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if (0x20..0x7f).contains(&b) && b != b'%' {
@@ -839,6 +952,7 @@ mod tests {
             limits: RouteLimits::default(),
             tokens: false,
             api_keys: true,
+            client_certificates: false,
             audience: "keyward".into(),
         }
     }

@@ -11,6 +11,7 @@ pub mod oauth;
 pub mod oauth_form;
 pub mod problem;
 pub mod tls;
+pub mod verify;
 
 pub use admin::{admin_router, AdminState, AdminToken};
 pub use gateway::{gateway_router, GatewayConfig, GatewayState, Route};

@@ -98,9 +98,17 @@ fn read_form(headers: &HeaderMap, body: &Bytes) -> Result<Form, Response> {
     Form::parse(body).map_err(bad_request)
 }
 
-fn auth_of(c: &ClientCredentials) -> ClientAuth<'_> {
+fn auth_of<'a>(c: &'a ClientCredentials, cert: Option<&'a crate::tls::PeerCertificates>) -> ClientAuth<'a> {
     match c {
-        ClientCredentials::None | ClientCredentials::IdOnly { .. } => ClientAuth::None,
+        ClientCredentials::None => ClientAuth::None,
+        // RFC 8705 §2: `client_id` alone, with a client certificate on the connection.
+        ClientCredentials::IdOnly { client_id } => match cert.and_then(crate::tls::PeerCertificates::presented) {
+            Some(cert) => ClientAuth::Certificate {
+                client_id,
+                cert: Some(cert),
+            },
+            None => ClientAuth::None,
+        },
         ClientCredentials::Basic { client_id, secret } => ClientAuth::Basic { client_id, secret },
         ClientCredentials::Post { client_id, secret } => ClientAuth::Post { client_id, secret },
         ClientCredentials::Assertion { assertion, client_id } => ClientAuth::Assertion {
@@ -128,7 +136,8 @@ async fn token(
     let Some(grant_type) = form.get("grant_type") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required");
     };
-    if let ClientCredentials::IdOnly { .. } = creds {
+    let certs = peer_certs.as_ref().map(|c| &c.0);
+    if let (ClientCredentials::IdOnly { .. }, None) = (&creds, certs) {
         if grant_type == "client_credentials" {
             return from_oauth(&OAuthError::InvalidClient { basic: false });
         }
@@ -159,14 +168,14 @@ async fn token(
         }
         None => None,
     };
-    let client_cert = peer_certs.as_ref().and_then(|c| c.0 .0.first()).map(|c| c.as_ref());
+    let client_cert = certs.and_then(crate::tls::PeerCertificates::presented);
     let req = TokenRequest {
         client_cert,
         dpop_proof,
         grant_type,
         scope: form.get("scope"),
         audience: form.get("audience").or(form.get("resource")),
-        auth: auth_of(&creds),
+        auth: auth_of(&creds, certs),
         subject_token: form.get("subject_token"),
         subject_token_type: form.get("subject_token_type"),
         requested_token_type: form.get("requested_token_type"),
@@ -178,21 +187,31 @@ async fn token(
 }
 
 /// Introspection and revocation need an authenticated client.
-async fn authenticated(st: &GatewayState, headers: &HeaderMap, form: &Form) -> Result<String, Response> {
+async fn authenticated(
+    st: &GatewayState,
+    headers: &HeaderMap,
+    form: &Form,
+    cert: Option<&crate::tls::PeerCertificates>,
+) -> Result<String, Response> {
     let creds = client_credentials(headers, form).map_err(bad_request)?;
-    match st.engine().authenticate_client(&auth_of(&creds)).await {
+    match st.engine().authenticate_client(&auth_of(&creds, cert)).await {
         Ok(Some(c)) => Ok(c.id),
         Ok(None) => Err(from_oauth(&OAuthError::InvalidClient { basic: false })),
         Err(e) => Err(from_oauth(&e)),
     }
 }
 
-async fn introspect(State(st): State<Arc<GatewayState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn introspect(
+    State(st): State<Arc<GatewayState>>,
+    peer_certs: Option<axum::Extension<crate::tls::PeerCertificates>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = match read_form(&headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = authenticated(&st, &headers, &form).await {
+    if let Err(r) = authenticated(&st, &headers, &form, peer_certs.as_ref().map(|c| &c.0)).await {
         return r;
     }
     let Some(token) = form.get("token") else {
@@ -216,12 +235,17 @@ async fn introspect(State(st): State<Arc<GatewayState>>, headers: HeaderMap, bod
     no_store((StatusCode::OK, Json(body)).into_response())
 }
 
-async fn revoke(State(st): State<Arc<GatewayState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn revoke(
+    State(st): State<Arc<GatewayState>>,
+    peer_certs: Option<axum::Extension<crate::tls::PeerCertificates>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = match read_form(&headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let client_id = match authenticated(&st, &headers, &form).await {
+    let client_id = match authenticated(&st, &headers, &form, peer_certs.as_ref().map(|c| &c.0)).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -256,7 +280,12 @@ async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
     let mut scopes: Vec<String> = st.route_scopes();
     scopes.sort();
     scopes.dedup();
-    Json(json!({
+    let mtls = st.config().client_certificates;
+    let mut methods = vec!["client_secret_basic", "client_secret_post", "private_key_jwt"];
+    if mtls {
+        methods.extend(["tls_client_auth", "self_signed_tls_client_auth"]);
+    }
+    let mut doc = json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}{TOKEN_PATH}"),
         "jwks_uri": format!("{iss}{JWKS_PATH}"),
@@ -264,16 +293,28 @@ async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
         "revocation_endpoint": format!("{iss}{REVOKE_PATH}"),
         "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "introspection_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_methods_supported": methods,
         "scopes_supported": scopes,
         "keyward_api_key_token_type": API_KEY_TOKEN_TYPE,
         "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
-        "tls_client_certificate_bound_access_tokens": true,
+        // Tokens are bound to the client certificate of the token request's connection.
+        "tls_client_certificate_bound_access_tokens": mtls,
         "introspection_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
         "revocation_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
-    }))
-    .into_response()
+    });
+    // RFC 8705 §5: where clients doing mTLS send their requests. keyward serves mTLS on the
+    // same listener, so the aliases are the endpoints themselves (`oauth.mtls_base_url`
+    // overrides the base when mTLS is terminated under another name).
+    if mtls {
+        let base = svc.config().mtls_base_url.as_deref().unwrap_or(iss);
+        doc["mtls_endpoint_aliases"] = json!({
+            "token_endpoint": format!("{base}{TOKEN_PATH}"),
+            "introspection_endpoint": format!("{base}{INTROSPECT_PATH}"),
+            "revocation_endpoint": format!("{base}{REVOKE_PATH}"),
+        });
+    }
+    Json(doc).into_response()
 }

@@ -198,6 +198,17 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "Address Not Allowed",
             "the credential may not be used from this client address".into(),
         ),
+        Rejection::MtlsRequired { .. } => (
+            StatusCode::FORBIDDEN,
+            "Mutual TLS Required",
+            "this credential only works over a TLS connection with a client certificate registered to its app"
+                .into(),
+        ),
+        Rejection::CertificateRequired => (
+            StatusCode::UNAUTHORIZED,
+            "Client Certificate Required",
+            "this route authenticates callers by a registered TLS client certificate".into(),
+        ),
         Rejection::RateLimited { policy, .. } => (
             StatusCode::TOO_MANY_REQUESTS,
             "Rate Limited",
@@ -207,6 +218,12 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             StatusCode::TOO_MANY_REQUESTS,
             "Quota Exhausted",
             format!("the {policy} is used up until its next refill (see Retry-After)"),
+        ),
+        Rejection::LimiterUnavailable { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Limiter Unavailable",
+            "the shared rate limiter cannot be reached and this route fails closed; retry after the time in Retry-After"
+                .into(),
         ),
         Rejection::Store(e) => return store(e),
     };
@@ -244,6 +261,10 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
         for (name, value) in ratelimit_fields(states) {
             p = p.header(name, value);
         }
+    }
+    if let Rejection::LimiterUnavailable { retry_after } = r {
+        let secs = retry_after.as_secs().max(1);
+        p = p.header(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if let (Rejection::InsufficientScope { missing, .. }, true) = (r, style.bearer) {
         let scope = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
@@ -335,4 +356,32 @@ pub fn ratelimit_fields(states: &[keyward_engine::LimitState]) -> Vec<(header::H
         out.push((header::HeaderName::from_static("ratelimit"), v));
     }
     out
+}
+
+/// A verify or forward-auth call without the right service token.
+pub fn verify_unauthorized(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, "verify_unauthorized", "Unauthorized")
+        .detail(detail.to_owned())
+        .header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"keyward-verify\""),
+        )
+}
+
+/// A forward-auth call from a peer outside `verify.forward_auth_peers`.
+pub fn forward_auth_forbidden() -> Problem {
+    Problem::new(StatusCode::FORBIDDEN, "forward_auth_forbidden", "Forbidden")
+        .detail("forward-auth answers only the proxies listed in verify.forward_auth_peers")
+}
+
+/// A verify call (or a forward-auth call) that does not describe a request keyward can decide
+/// on: both a key and a token, an absurd method or path, missing forwarded headers.
+pub fn invalid_verify_request(detail: impl Into<String>) -> Problem {
+    Problem::bad_request("invalid_verify_request", detail)
+}
+
+/// The verify API is off: no service token is configured.
+pub fn verify_disabled() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")
+        .detail("the verify API needs a service token: KEYWARD_VERIFY_TOKEN or verify.token_file")
 }

@@ -71,6 +71,10 @@ pub struct DpopProof {
 pub struct Dpop {
     pub cfg: DpopConfig,
     seen: Cache<String, ()>,
+    /// How long a `jti` is remembered.
+    window: StdDuration,
+    /// The replay store shared by every node (Redis), when configured.
+    shared: Option<std::sync::Arc<keyward_limit::RedisLimiter>>,
     nonce_key: aws_lc_rs::hmac::Key,
 }
 
@@ -114,6 +118,8 @@ impl Dpop {
         let window = cfg.iat_window.saturating_mul(2) + StdDuration::from_secs(5);
         Ok(Dpop {
             seen: Cache::builder().max_capacity(1_000_000).time_to_live(window).build(),
+            window,
+            shared: None,
             nonce_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
             cfg,
         })
@@ -137,8 +143,18 @@ impl Dpop {
         ok(b) | ok(b - 1)
     }
 
+    /// Shares the `jti` replay store through Redis: a proof used on one node is refused by
+    /// every other. While Redis is unavailable each node falls back to its own store (which
+    /// always records what the node saw), so replays across nodes are caught again as soon as
+    /// Redis answers.
+    pub fn with_shared_replay(mut self, shared: Option<std::sync::Arc<keyward_limit::RedisLimiter>>) -> Dpop {
+        self.shared = shared;
+        self
+    }
+
     /// Verifies a proof for a request to `htu` with method `htm` at `now` (Unix seconds).
-    /// `access_token` is given at a resource server (then `ath` must match).
+    /// `access_token` is given at a resource server (then `ath` must match). The replay check
+    /// uses this node's store only; see [`Dpop::verify_shared`].
     pub fn verify(
         &self,
         proof: &str,
@@ -147,6 +163,54 @@ impl Dpop {
         access_token: Option<&str>,
         now: i64,
     ) -> Result<DpopProof, DpopError> {
+        let (p, entry) = self.check_proof(proof, htm, htu, access_token, now)?;
+        self.first_use_here(entry)?;
+        Ok(p)
+    }
+
+    /// As [`Dpop::verify`], with the replay check shared by every node when Redis is
+    /// configured (one `SET NX PX` per proof).
+    pub async fn verify_shared(
+        &self,
+        proof: &str,
+        htm: &str,
+        htu: &str,
+        access_token: Option<&str>,
+        now: i64,
+    ) -> Result<DpopProof, DpopError> {
+        let (p, entry) = self.check_proof(proof, htm, htu, access_token, now)?;
+        let Some(shared) = &self.shared else {
+            self.first_use_here(entry)?;
+            return Ok(p);
+        };
+        let here = self.first_use_here(entry.clone());
+        match shared.first_use(&entry, self.window).await {
+            Ok(true) => here.map(|_| p),
+            Ok(false) => Err(DpopError::Invalid("the proof was used before")),
+            Err(e) => {
+                tracing::debug!(error = %e, "shared DPoP replay store unavailable; this node's store decides");
+                here.map(|_| p)
+            }
+        }
+    }
+
+    fn first_use_here(&self, entry: String) -> Result<(), DpopError> {
+        if self.seen.entry(entry).or_insert_with(|| ()).is_fresh() {
+            Ok(())
+        } else {
+            Err(DpopError::Invalid("the proof was used before"))
+        }
+    }
+
+    /// Every check but the replay check; returns the replay-store entry (`jkt:jti`).
+    fn check_proof(
+        &self,
+        proof: &str,
+        htm: &str,
+        htu: &str,
+        access_token: Option<&str>,
+        now: i64,
+    ) -> Result<(DpopProof, String), DpopError> {
         if proof.len() > MAX_PROOF_LEN {
             return Err(DpopError::Invalid("the proof is too large"));
         }
@@ -211,11 +275,7 @@ impl Dpop {
         // One use per jti and key, within the window (checked last: a refused proof is not
         // remembered, so it cannot be used to burn someone else's jti).
         let entry = format!("{jkt}:{jti}");
-        let fresh = self.seen.entry(entry).or_insert_with(|| ()).is_fresh();
-        if !fresh {
-            return Err(DpopError::Invalid("the proof was used before"));
-        }
-        Ok(DpopProof { jkt })
+        Ok((DpopProof { jkt }, entry))
     }
 }
 

@@ -32,6 +32,14 @@ pub enum Rejection {
     InvalidToken { reason: &'static str },
     #[error("the client address is not allowed for this credential")]
     IpNotAllowed { key_id: String },
+    /// The key (or its app) requires mutual TLS with a certificate registered to its app, and
+    /// the connection has none or another one.
+    #[error("the credential only works over mutual TLS with the app's certificate")]
+    MtlsRequired { key_id: String },
+    /// A certificate-only route, and the connection's client certificate is absent or is not
+    /// registered to any client.
+    #[error("no registered client certificate was presented")]
+    CertificateRequired,
     #[error("a rate limit is exhausted")]
     RateLimited {
         policy: &'static str,
@@ -44,6 +52,9 @@ pub enum Rejection {
         retry_after: std::time::Duration,
         states: Vec<keyward_limit::LimitState>,
     },
+    /// The shared limiter (Redis) cannot answer and the route fails closed.
+    #[error("the limiter is unavailable")]
+    LimiterUnavailable { retry_after: std::time::Duration },
     #[error("the credential lacks a required scope")]
     InsufficientScope { key_id: String, missing: Vec<Scope> },
     #[error("the credential store is unavailable")]
@@ -76,8 +87,11 @@ impl Rejection {
             Rejection::InvalidDpop { nonce: Some(_), .. } => "use_dpop_nonce",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::IpNotAllowed { .. } => "ip_not_allowed",
+            Rejection::MtlsRequired { .. } => "mtls_required",
+            Rejection::CertificateRequired => "client_certificate_required",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::QuotaExhausted { .. } => "quota_exhausted",
+            Rejection::LimiterUnavailable { .. } => "limiter_unavailable",
             Rejection::Store(_) => "store_unavailable",
         }
     }

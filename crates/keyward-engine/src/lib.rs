@@ -14,6 +14,7 @@ mod clock;
 pub mod dpop;
 mod error;
 pub mod leaks;
+pub mod mtls;
 pub mod oauth;
 pub mod security;
 pub mod sync;
@@ -28,13 +29,15 @@ use std::time::Duration;
 use keyward_core::model::{AuditEvent, AuditFilter, Severity};
 use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
 use keyward_core::{authorize, Decision, Denial, KeyEnv, KeyFormat, KeyRecord, Pepper, RequestFacts, Scope};
-use keyward_limit::{LocalLimiter, QuotaCheck, RateCheck};
+use keyward_limit::{Limiter, QuotaCheck, RateCheck};
 use keyward_store::{CacheConfig, KeyCache, Lookup, Store};
 use time::OffsetDateTime;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineError, Rejection};
-pub use keyward_limit::{LimitState, Outcome};
+/// The limit crate (Redis backend, breaker), for the wiring.
+pub use keyward_limit as limit;
+pub use keyward_limit::{LimitState, OnLimiterFailure, Outcome};
 pub use security::EventSink;
 
 /// What it takes to create a key.
@@ -112,7 +115,7 @@ pub struct Engine {
     pepper: Pepper,
     format: KeyFormat,
     clock: Arc<dyn Clock>,
-    limiter: LocalLimiter,
+    limiter: Limiter,
     usage: usage::UsageRecorder,
     security: security::Security,
     options: EngineOptions,
@@ -158,7 +161,7 @@ impl Engine {
             pepper,
             format,
             clock,
-            limiter: LocalLimiter::new(),
+            limiter: Limiter::default(),
             usage: usage::UsageRecorder::default(),
             security: security::Security::new(options.failed_auth_burst),
             options,
@@ -195,8 +198,15 @@ impl Engine {
         &self.pepper
     }
 
-    pub fn limiter(&self) -> &LocalLimiter {
+    pub fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    /// Replaces the (local) limiter, e.g. by limits shared through Redis. Call before the
+    /// engine serves.
+    pub fn with_limiter(mut self, limiter: Limiter) -> Engine {
+        self.limiter = limiter;
+        self
     }
 
     pub fn usage_recorder(&self) -> &usage::UsageRecorder {
@@ -308,8 +318,10 @@ impl Engine {
 
     /// Consumes from every limit that applies to this request, all or nothing: the key's and
     /// its app's rate and quota, and the route's rate. A refused request consumes nothing.
-    /// Records the request's outcome in the usage counters.
-    pub fn admit(&self, record: &KeyRecord, route: &RouteLimits) -> Outcome {
+    /// Records the request's outcome in the usage counters. With Redis limits, a failure of
+    /// Redis is answered by the route's `on_limiter_failure` (see [`Limiter::on_failure`]);
+    /// `fail_closed` is the `Err`.
+    pub async fn admit(&self, record: &KeyRecord, route: &RouteLimits) -> Result<Outcome, Rejection> {
         let l = &self.limiter;
         let mut rates = Vec::with_capacity(3);
         let mut quotas = Vec::with_capacity(2);
@@ -350,14 +362,19 @@ impl Engine {
         if let Some(spec) = record.app_policy.quota {
             quotas.push(quota("app-quota", l.key(&["app-quota", &record.app_id]), spec));
         }
-        let outcome = l.check(&rates, &quotas, self.now_ns());
+        let outcome = l
+            .check(&rates, &quotas, self.now_ns(), l.on_failure(&route.route))
+            .await;
         let code = match &outcome {
-            Outcome::Allowed { .. } => "allowed",
-            Outcome::RateLimited { .. } => "limited:rate",
-            Outcome::QuotaExhausted { .. } => "limited:quota",
+            Ok(Outcome::Allowed { .. }) => "allowed",
+            Ok(Outcome::RateLimited { .. }) => "limited:rate",
+            Ok(Outcome::QuotaExhausted { .. }) => "limited:quota",
+            Err(_) => "limited:unavailable",
         };
         self.usage.record(record, code, self.now());
-        outcome
+        outcome.map_err(|u| Rejection::LimiterUnavailable {
+            retry_after: u.retry_after,
+        })
     }
 
     /// Appends an event to the audit log and passes security events to the sinks.
@@ -384,6 +401,16 @@ impl Engine {
         let mut sweep = tokio::time::interval(Duration::from_secs(10));
         let mut flush = tokio::time::interval(self.options.usage_flush_interval);
         let mut keys = tokio::time::interval(Duration::from_secs(60));
+        if let (Some(redis), Ok(_)) = (self.limiter.redis(), self.token_service()) {
+            // Revocations made on other nodes, into this node's denylist as they happen.
+            let engine = Arc::downgrade(&self);
+            let sink = Arc::new(move |jti: String, exp: i64| {
+                if let Some(e) = engine.upgrade() {
+                    e.deny_locally(jti, exp);
+                }
+            });
+            tokio::spawn(redis.clone().follow_denylist(sink, stop.clone()));
+        }
         loop {
             tokio::select! {
                 _ = sweep.tick() => { self.limiter.sweep(self.now_ns()); }

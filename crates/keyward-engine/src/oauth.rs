@@ -20,21 +20,45 @@ pub(crate) struct CachedClient {
 }
 
 /// Read-through cache of clients by id; entries live 30 s at most and are dropped on every
-/// change made through this engine.
-pub(crate) struct ClientCache(moka::sync::Cache<String, std::sync::Arc<CachedClient>>);
+/// change made through this engine. `by_cert` maps a certificate (thumbprint and chain status)
+/// to the client it is registered to (RFC 8705); any client change empties it.
+pub(crate) struct ClientCache {
+    pub(crate) by_id: moka::sync::Cache<String, std::sync::Arc<CachedClient>>,
+    pub(crate) by_cert: moka::sync::Cache<String, Option<std::sync::Arc<ClientRecord>>>,
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl ClientCache {
     pub(crate) fn new() -> ClientCache {
-        ClientCache(
-            moka::sync::Cache::builder()
+        let ttl = std::time::Duration::from_secs(30);
+        ClientCache {
+            by_id: moka::sync::Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(std::time::Duration::from_secs(30))
+                .time_to_live(ttl)
                 .build(),
-        )
+            by_cert: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     pub(crate) fn invalidate(&self, id: &str) {
-        self.0.invalidate(id);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.by_id.invalidate(id);
+        self.by_cert.invalidate_all();
+    }
+
+    /// Drops everything (a lost change notification, a resync).
+    pub(crate) fn invalidate_all(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.by_id.invalidate_all();
+        self.by_cert.invalidate_all();
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -53,7 +77,38 @@ pub struct NewClient {
     pub jwks: Option<serde_json::Value>,
     pub token_ttl: u32,
     pub dpop_bound_access_tokens: bool,
+    /// For `tls_client_auth`: the one registration naming the certificate, as (RFC 8705
+    /// metadata name, value), e.g. `("tls_client_auth_subject_dn", "CN=svc,O=Example")`.
+    pub tls_subject: Option<(String, String)>,
     pub policy: Policy,
+}
+
+/// Checks a `tls_client_auth` registration and puts it into the client's options.
+fn tls_options(name: &str, value: &str, opts: &mut keyward_core::model::ClientOptions) -> Result<(), EngineError> {
+    let bad = |m: &str| Err(EngineError::invalid("tls_client_auth", m.to_owned()));
+    if value.is_empty() || value.len() > 1024 || value.chars().any(char::is_control) {
+        return bad("the certificate name must be 1 to 1024 printable characters");
+    }
+    let slot = match name {
+        "tls_client_auth_subject_dn" => {
+            if let Err(e) = keyward_token::DistinguishedName::parse(value) {
+                return bad(&e.to_string());
+            }
+            &mut opts.tls_client_auth_subject_dn
+        }
+        "tls_client_auth_san_dns" => &mut opts.tls_client_auth_san_dns,
+        "tls_client_auth_san_uri" => &mut opts.tls_client_auth_san_uri,
+        "tls_client_auth_san_email" => &mut opts.tls_client_auth_san_email,
+        "tls_client_auth_san_ip" => {
+            if value.parse::<std::net::IpAddr>().is_err() {
+                return bad("tls_client_auth_san_ip must be an IP address");
+            }
+            &mut opts.tls_client_auth_san_ip
+        }
+        _ => return bad("unknown certificate name kind"),
+    };
+    *slot = Some(value.to_owned());
+    Ok(())
 }
 
 /// Checks a client's JWK Set: an object with a non-empty `keys` array of public JWKs.
@@ -132,17 +187,39 @@ impl Engine {
             ));
         }
         match (new.auth_method, &new.jwks) {
-            (ClientAuthMethod::PrivateKeyJwt, None) => {
+            (ClientAuthMethod::PrivateKeyJwt | ClientAuthMethod::SelfSignedTlsClientAuth, None) => {
                 return Err(EngineError::invalid(
                     "jwks",
-                    "private_key_jwt needs the client's public keys".into(),
+                    format!("{} needs the client's public keys", new.auth_method.as_str()),
                 ))
             }
-            (ClientAuthMethod::PrivateKeyJwt, Some(j)) => validate_jwks(j)?,
+            (ClientAuthMethod::PrivateKeyJwt | ClientAuthMethod::SelfSignedTlsClientAuth, Some(j)) => validate_jwks(j)?,
             (_, Some(_)) => {
                 return Err(EngineError::invalid(
                     "jwks",
-                    "only private_key_jwt clients have keys".into(),
+                    "only private_key_jwt and self_signed_tls_client_auth clients have keys".into(),
+                ))
+            }
+            (_, None) => {}
+        }
+        let mut options = keyward_core::model::ClientOptions {
+            dpop_bound_access_tokens: new.dpop_bound_access_tokens,
+            ..Default::default()
+        };
+        match (new.auth_method, &new.tls_subject) {
+            (ClientAuthMethod::TlsClientAuth, Some((name, value))) => tls_options(name, value, &mut options)?,
+            (ClientAuthMethod::TlsClientAuth, None) => {
+                return Err(EngineError::invalid(
+                    "tls_client_auth",
+                    "tls_client_auth needs one of tls_client_auth_subject_dn, tls_client_auth_san_dns, \
+                     tls_client_auth_san_uri, tls_client_auth_san_ip, tls_client_auth_san_email"
+                        .into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(EngineError::invalid(
+                    "tls_client_auth",
+                    "only tls_client_auth clients register a certificate name".into(),
                 ))
             }
             (_, None) => {}
@@ -160,9 +237,7 @@ impl Engine {
             auth_method: new.auth_method,
             jwks: new.jwks,
             token_ttl: new.token_ttl,
-            options: keyward_core::model::ClientOptions {
-                dpop_bound_access_tokens: new.dpop_bound_access_tokens,
-            },
+            options,
             policy: new.policy,
             created_at: self.now(),
             disabled_at: None,
@@ -178,9 +253,17 @@ impl Engine {
         self.store
             .create_client(&client, stored.as_ref().map(|(d, h)| (d, h.as_str())))
             .await?;
+        // A cached "no client for this certificate" must not outlive a new registration.
+        self.clients.invalidate(&client.id);
         self.audit_client(actor, "client.created", &client.id, json!({"after": client}))
             .await;
         Ok((client, secret))
+    }
+
+    /// Drops every cached client and certificate registration (a change made elsewhere, e.g.
+    /// by another node, or a lost change notification).
+    pub fn forget_clients(&self) {
+        self.clients.invalidate_all();
     }
 
     pub async fn get_client(&self, id: &str) -> Result<ClientRecord, EngineError> {
@@ -293,7 +376,7 @@ impl Engine {
         }
         let presented = self.pepper.digest(secret.as_bytes());
         let now = self.now();
-        let cached = match self.clients.0.get(client_id) {
+        let cached = match self.clients.by_id.get(client_id) {
             Some(c) => c,
             None => {
                 let Some(record) = self.store.get_client(client_id).await? else {
@@ -307,7 +390,7 @@ impl Engine {
                     .map(|(d, i)| (d, i.expires_at))
                     .collect();
                 let c = std::sync::Arc::new(CachedClient { record, secrets });
-                self.clients.0.insert(client_id.to_owned(), c.clone());
+                self.clients.by_id.insert(client_id.to_owned(), c.clone());
                 c
             }
         };

@@ -49,6 +49,8 @@ pub struct OAuthConfig {
     pub rotate_every: Option<StdDuration>,
     /// DPoP proof checking (RFC 9449).
     pub dpop: crate::dpop::DpopConfig,
+    /// Base URL of the RFC 8705 `mtls_endpoint_aliases` when it is not the issuer.
+    pub mtls_base_url: Option<String>,
 }
 
 impl OAuthConfig {
@@ -124,6 +126,11 @@ pub enum ClientAuth<'a> {
         assertion: &'a str,
         client_id: Option<&'a str>,
     },
+    /// RFC 8705 §2: `client_id` alone, authenticated by the TLS client certificate.
+    Certificate {
+        client_id: &'a str,
+        cert: Option<crate::mtls::PresentedCert<'a>>,
+    },
 }
 
 /// A token request, already strictly parsed.
@@ -138,15 +145,12 @@ pub struct TokenRequest<'a> {
     pub requested_token_type: Option<&'a str>,
     /// The `DPoP` header (already checked to occur at most once).
     pub dpop_proof: Option<&'a str>,
-    /// The DER of the client certificate of the TLS connection, if any (RFC 8705).
-    pub client_cert: Option<&'a [u8]>,
+    /// The client certificate of the TLS connection, if any (RFC 8705).
+    pub client_cert: Option<crate::mtls::PresentedCert<'a>>,
 }
 
 /// RFC 8705 §3.1: `x5t#S256`, the base64url SHA-256 of a certificate's DER.
-pub fn cert_thumbprint(der: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(der))
-}
+pub use keyward_token::cert_thumbprint;
 
 /// What the token endpoint answers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -259,7 +263,7 @@ impl Engine {
                 .time_to_live(StdDuration::from_secs(86_400))
                 .build(),
             revoked: RwLock::new(HashMap::new()),
-            dpop: crate::dpop::Dpop::new(cfg_dpop)?,
+            dpop: crate::dpop::Dpop::new(cfg_dpop)?.with_shared_replay(self.limiter().redis().cloned()),
         };
         if self.oauth.set(svc).is_err() {
             return Err(EngineError::Conflict("the token service is already enabled".into()));
@@ -460,6 +464,11 @@ impl Engine {
             ClientAuth::Assertion { assertion, client_id } => {
                 self.authenticate_assertion(svc, assertion, *client_id).await.map(Some)
             }
+            ClientAuth::Certificate { client_id, cert } => self
+                .authenticate_client_certificate(client_id, *cert)
+                .await?
+                .map(Some)
+                .ok_or(OAuthError::InvalidClient { basic: false }),
         }
     }
 
@@ -616,7 +625,11 @@ impl Engine {
         let jkt = match req.dpop_proof {
             Some(proof) => {
                 let now = self.now().unix_timestamp();
-                match svc.dpop.verify(proof, "POST", &svc.cfg.token_endpoint(), None, now) {
+                match svc
+                    .dpop
+                    .verify_shared(proof, "POST", &svc.cfg.token_endpoint(), None, now)
+                    .await
+                {
                     Ok(p) => Some(p.jkt),
                     Err(crate::dpop::DpopError::UseNonce) => {
                         return Err(OAuthError::UseDpopNonce(svc.dpop.current_nonce(now)))
@@ -638,7 +651,7 @@ impl Engine {
         // the token to that certificate (RFC 8705 §3).
         let cnf = match (&jkt, req.client_cert) {
             (Some(j), _) => Some(keyward_token::Confirmation::jkt(j.clone())),
-            (None, Some(der)) => Some(keyward_token::Confirmation::x5t_s256(cert_thumbprint(der))),
+            (None, Some(c)) => Some(keyward_token::Confirmation::x5t_s256(cert_thumbprint(c.der))),
             (None, None) => None,
         };
         match req.grant_type {
@@ -826,6 +839,13 @@ impl Engine {
         let exp = OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         self.store.revoke_token(&claims.jti, exp).await?;
         write(&svc.revoked).insert(claims.jti.clone(), claims.exp);
+        // Every other node, at once: the shared denylist in Redis and its channel (each node
+        // keeps a local copy, so verification never waits for Redis).
+        if let Some(r) = self.limiter().redis() {
+            if let Err(e) = r.deny(&claims.jti, claims.exp, self.now().unix_timestamp()).await {
+                tracing::warn!(error = %e, "the revocation was not shared through redis");
+            }
+        }
         self.audit_token_event(
             client_id,
             "token.revoked",
@@ -843,6 +863,13 @@ impl Engine {
         let revoked = self.store.revoked_tokens(self.now()).await?;
         *write(&svc.revoked) = revoked.into_iter().map(|(j, t)| (j, t.unix_timestamp())).collect();
         Ok(())
+    }
+
+    /// Adds a revocation made on another node (from the Redis channel) to this node's denylist.
+    pub(crate) fn deny_locally(&self, jti: String, exp: i64) {
+        if let Ok(svc) = self.token_service() {
+            write(&svc.revoked).insert(jti, exp);
+        }
     }
 
     /// Drops denylist entries of tokens that have expired anyway.

@@ -42,6 +42,10 @@ pub struct RedisConfig {
     /// Number of gateway nodes: with `on_limiter_failure = "local"` each node enforces
     /// limit / `nodes_hint` on its own while Redis is unavailable.
     pub nodes_hint: u64,
+    /// `on_limiter_failure` of routes that set one, by route name.
+    pub route_modes: std::collections::HashMap<String, OnLimiterFailure>,
+    /// For every other route (and the verify API).
+    pub default_mode: OnLimiterFailure,
 }
 
 impl Default for RedisConfig {
@@ -52,6 +56,8 @@ impl Default for RedisConfig {
             timeout: Duration::from_millis(50),
             breaker: BreakerConfig::default(),
             nodes_hint: 1,
+            route_modes: std::collections::HashMap::new(),
+            default_mode: OnLimiterFailure::default(),
         }
     }
 }
@@ -542,6 +548,14 @@ impl Limiter {
         match self {
             Limiter::Local(l) => l.key(parts),
             Limiter::Redis(_) => LimitKey::stable(parts),
+        }
+    }
+
+    /// The failure mode of the route named `route` (irrelevant to local limits).
+    pub fn on_failure(&self, route: &str) -> OnLimiterFailure {
+        match self {
+            Limiter::Local(_) => OnLimiterFailure::default(),
+            Limiter::Redis(r) => r.cfg.route_modes.get(route).copied().unwrap_or(r.cfg.default_mode),
         }
     }
 

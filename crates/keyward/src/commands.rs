@@ -225,6 +225,7 @@ async fn serve(cli: &Cli) -> Result<()> {
         pepper: cfg.pepper(&env)?,
         admin_token: cfg.admin_token(&env)?,
         kek: if cfg.oauth.enabled { Some(cfg.kek(&env)?) } else { None },
+        verify_token: cfg.verify_token(&env)?,
     };
     let running = server::start(&cfg, secrets).await?;
     eprintln!(

@@ -28,6 +28,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "LOG",
     "LOG_FORMAT",
     "KEK",
+    "VERIFY_TOKEN",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -59,6 +60,97 @@ pub struct Config {
     pub webhooks: Vec<WebhookSection>,
     #[serde(default)]
     pub leak_reports: LeakReportsSection,
+    #[serde(default)]
+    pub verify: VerifySection,
+    /// Limits, the DPoP replay store and the token denylist shared through Redis (absent:
+    /// everything per node).
+    #[serde(default)]
+    pub redis: Option<RedisSection>,
+}
+
+/// What a route does when the shared limiter (Redis) cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimiterFailure {
+    /// Admit without limits; never a 5xx.
+    FailOpen,
+    /// 503 `limiter_unavailable` with `Retry-After`.
+    FailClosed,
+    /// Per-node limits at limit / `redis.nodes_hint`.
+    #[default]
+    Local,
+}
+
+impl From<LimiterFailure> for keyward_engine::OnLimiterFailure {
+    fn from(m: LimiterFailure) -> Self {
+        match m {
+            LimiterFailure::FailOpen => keyward_engine::OnLimiterFailure::FailOpen,
+            LimiterFailure::FailClosed => keyward_engine::OnLimiterFailure::FailClosed,
+            LimiterFailure::Local => keyward_engine::OnLimiterFailure::Local,
+        }
+    }
+}
+
+/// `[redis]`: cluster mode.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// Namespace of this deployment's keys (every node of one cluster uses the same).
+    pub prefix: String,
+    /// Bound on every Redis call.
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe.
+    #[serde(with = "dur")]
+    pub breaker_cooldown: Duration,
+    /// Number of gateway nodes (for `on_limiter_failure = "local"`: limit / nodes_hint each).
+    pub nodes_hint: u64,
+    /// Failure mode of routes that do not set `on_limiter_failure`.
+    pub on_limiter_failure: LimiterFailure,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: String::new(),
+            prefix: "keyward".into(),
+            timeout: Duration::from_millis(50),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            nodes_hint: 1,
+            on_limiter_failure: LimiterFailure::Local,
+        }
+    }
+}
+
+/// The verify API and forward-auth (keyward deciding for another proxy).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifySection {
+    /// A dedicated listener for `POST /v1/verify` and forward-auth (none: the verify API is
+    /// served by the admin listener and forward-auth is off).
+    pub listen: Option<SocketAddr>,
+    /// File holding the service token (mode 0600). `KEYWARD_VERIFY_TOKEN` takes precedence.
+    pub token_file: Option<PathBuf>,
+    /// Direct peers allowed to call forward-auth.
+    pub forward_auth_peers: Vec<String>,
+    /// Forward-auth calls must also carry the service token in `x-keyward-verify-token`.
+    pub forward_auth_require_token: bool,
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        VerifySection {
+            listen: None,
+            token_file: None,
+            forward_auth_peers: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            forward_auth_require_token: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -168,6 +260,9 @@ pub struct GatewaySection {
     pub tls_client_auth: keyward_edge::tls::ClientAuth,
     /// PEM revocation lists checked for client certificates.
     pub tls_crl_files: Vec<PathBuf>,
+    /// Also accept client certificates that do not chain to `tls_client_ca_file` (self-signed
+    /// ones, RFC 8705 `self_signed_tls_client_auth`); possession of the key is still proven.
+    pub tls_accept_self_signed: bool,
     /// How often the certificate and key files are checked for changes (reloaded without restart).
     #[serde(with = "dur")]
     pub tls_reload_interval: Duration,
@@ -191,6 +286,7 @@ impl Default for GatewaySection {
             tls_client_ca_file: None,
             tls_client_auth: Default::default(),
             tls_crl_files: Vec::new(),
+            tls_accept_self_signed: false,
             tls_reload_interval: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
         }
@@ -354,6 +450,9 @@ pub struct OAuthSection {
     /// DPoP: how long a server nonce stays valid.
     #[serde(with = "dur")]
     pub dpop_nonce_lifetime: Duration,
+    /// RFC 8705 `mtls_endpoint_aliases`: the base URL clients doing mutual TLS use, when it is
+    /// not the issuer (e.g. a separate host name where a load balancer passes TLS through).
+    pub mtls_base_url: Option<String>,
 }
 
 impl Default for OAuthSection {
@@ -369,6 +468,7 @@ impl Default for OAuthSection {
             dpop_iat_window: Duration::from_secs(60),
             dpop_require_nonce: false,
             dpop_nonce_lifetime: Duration::from_secs(300),
+            mtls_base_url: None,
         }
     }
 }
@@ -404,6 +504,15 @@ pub struct RouteSection {
     /// The audience tokens must carry on this route (default `oauth.audience`).
     #[serde(default)]
     pub audience: Option<String>,
+    /// Accept callers by TLS client certificate alone: the certificate registered to a
+    /// `tls_client_auth` or `self_signed_tls_client_auth` client makes the caller that client
+    /// (its scopes, app and limits), like Kong's mtls-auth. Needs `gateway.tls_client_auth`.
+    #[serde(default)]
+    pub client_certificates: bool,
+    /// With `[redis]`: what this route does when Redis cannot answer (default
+    /// `redis.on_limiter_failure`, itself `local`).
+    #[serde(default)]
+    pub on_limiter_failure: Option<LimiterFailure>,
 }
 
 fn yes() -> bool {
@@ -474,6 +583,9 @@ impl Config {
         if let Some(p) = self.secrets.kek_file.as_mut() {
             abs(p);
         }
+        if let Some(p) = self.verify.token_file.as_mut() {
+            abs(p);
+        }
         for w in &mut self.webhooks {
             if let Some(p) = w.secret_file.as_mut() {
                 abs(p);
@@ -506,7 +618,48 @@ impl Config {
         self.gateway_config()?;
         self.tls_settings()?;
         self.validate_webhooks()?;
+        self.forward_auth_config()?;
         Ok(())
+    }
+
+    /// Who may call forward-auth, validated.
+    pub fn forward_auth_config(&self) -> Result<keyward_edge::verify::ForwardAuthConfig, ConfigError> {
+        let peers = self
+            .verify
+            .forward_auth_peers
+            .iter()
+            .map(|c| parse_cidr(c).map_err(|e| ConfigError::Invalid(format!("verify.forward_auth_peers: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keyward_edge::verify::ForwardAuthConfig {
+            peers,
+            require_token: self.verify.forward_auth_require_token,
+        })
+    }
+
+    /// Reads the verify service token: `KEYWARD_VERIFY_TOKEN`, else `verify.token_file`, else
+    /// none (the verify API is then off). It must differ from the admin token.
+    pub fn verify_token(&self, env: &[(String, String)]) -> Result<Option<SecretString>, ConfigError> {
+        let present = env.iter().any(|(k, _)| k == "KEYWARD_VERIFY_TOKEN");
+        if !present && self.verify.token_file.is_none() {
+            if self.verify.forward_auth_require_token {
+                return Err(ConfigError::Secret(
+                    "verify.forward_auth_require_token needs KEYWARD_VERIFY_TOKEN or verify.token_file".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let t = secret_from(
+            env,
+            "KEYWARD_VERIFY_TOKEN",
+            self.verify.token_file.as_deref(),
+            "verify.token_file",
+        )?;
+        if t.expose().len() < 16 {
+            return Err(ConfigError::Secret(
+                "the verify token must be at least 16 characters".into(),
+            ));
+        }
+        Ok(Some(t))
     }
 
     fn validate_webhooks(&self) -> Result<(), ConfigError> {
@@ -552,9 +705,11 @@ impl Config {
                 if g.tls_client_ca_file.is_some()
                     || g.tls_client_auth != ClientAuth::None
                     || !g.tls_crl_files.is_empty()
+                    || g.tls_accept_self_signed
                 {
                     return Err(invalid(
-                        "tls_client_ca_file, tls_client_auth and tls_crl_files need tls_cert_file and tls_key_file",
+                        "tls_client_ca_file, tls_client_auth, tls_crl_files and tls_accept_self_signed need \
+                         tls_cert_file and tls_key_file",
                     ));
                 }
                 return Ok(None);
@@ -570,8 +725,18 @@ impl Config {
             (ClientAuth::None, None) if !g.tls_crl_files.is_empty() => {
                 return Err(invalid("tls_crl_files: client certificates are off (tls_client_auth)"))
             }
-            (ClientAuth::Optional | ClientAuth::Required, None) => {
-                return Err(invalid("tls_client_auth: client certificates need tls_client_ca_file"))
+            (ClientAuth::None, None) if g.tls_accept_self_signed => {
+                return Err(invalid(
+                    "tls_accept_self_signed: client certificates are off (tls_client_auth)",
+                ))
+            }
+            (ClientAuth::Optional | ClientAuth::Required, None) if !g.tls_accept_self_signed => {
+                return Err(invalid(
+                    "tls_client_auth: client certificates need tls_client_ca_file (or tls_accept_self_signed = true)",
+                ))
+            }
+            (_, None) if !g.tls_crl_files.is_empty() => {
+                return Err(invalid("tls_crl_files: revocation lists need tls_client_ca_file"))
             }
             _ => {}
         }
@@ -594,6 +759,7 @@ impl Config {
             client_ca_file: g.tls_client_ca_file.clone(),
             client_auth: g.tls_client_auth,
             crl_files: g.tls_crl_files.clone(),
+            accept_self_signed: g.tls_accept_self_signed,
             reload_interval: g.tls_reload_interval,
             handshake_timeout: g.tls_handshake_timeout,
         }))
@@ -664,6 +830,43 @@ impl Config {
             negative_max_entries: self.cache.negative_max_entries,
             stale_ttl: self.store.stale_ttl,
         }
+    }
+
+    /// The limiter: per node, or shared through Redis when `[redis]` is present.
+    pub fn limiter(&self) -> Result<keyward_engine::limit::Limiter, ConfigError> {
+        use keyward_engine::limit::{breaker::BreakerConfig, Limiter, RedisConfig, RedisLimiter};
+        let invalid = ConfigError::Invalid;
+        let Some(r) = &self.redis else {
+            return Ok(Limiter::default());
+        };
+        if r.url.is_empty() {
+            return Err(invalid("redis.url is required when [redis] is present".into()));
+        }
+        if r.breaker_failures == 0 {
+            return Err(invalid("redis.breaker_failures must be at least 1".into()));
+        }
+        if r.nodes_hint == 0 {
+            return Err(invalid("redis.nodes_hint must be at least 1".into()));
+        }
+        let cfg = RedisConfig {
+            url: r.url.clone(),
+            prefix: r.prefix.clone(),
+            timeout: r.timeout,
+            breaker: BreakerConfig {
+                failures: r.breaker_failures,
+                cooldown: r.breaker_cooldown,
+            },
+            nodes_hint: r.nodes_hint,
+            route_modes: self
+                .routes
+                .iter()
+                .filter_map(|rt| rt.on_limiter_failure.map(|m| (rt.name.clone(), m.into())))
+                .collect(),
+            default_mode: r.on_limiter_failure.into(),
+        };
+        RedisLimiter::new(cfg)
+            .map(|l| Limiter::Redis(std::sync::Arc::new(l)))
+            .map_err(invalid)
     }
 
     pub fn engine_options(&self) -> keyward_engine::EngineOptions {
@@ -738,8 +941,10 @@ impl Config {
                 Some(c) => c,
                 None => 1,
             };
-            if !r.tokens && !r.api_keys {
-                return Err(invalid(format!("{at}: accepts neither API keys nor tokens")));
+            if !r.tokens && !r.api_keys && !r.client_certificates {
+                return Err(invalid(format!(
+                    "{at}: accepts neither API keys, tokens nor client certificates"
+                )));
             }
             if r.tokens && !self.oauth.enabled {
                 return Err(invalid(format!("{at}: tokens = true needs [oauth] enabled = true")));
@@ -759,6 +964,7 @@ impl Config {
                 },
                 tokens: r.tokens,
                 api_keys: r.api_keys,
+                client_certificates: r.client_certificates,
                 audience: r.audience.clone().unwrap_or_else(|| self.oauth.audience.clone()),
             });
         }
@@ -770,7 +976,17 @@ impl Config {
         if self.security.failed_auth_burst == 0 {
             return Err(invalid("security.failed_auth_burst: must be at least 1".into()));
         }
+        let client_certificates = g.tls_client_auth != keyward_edge::tls::ClientAuth::None;
+        if let Some(r) = self.routes.iter().find(|r| r.client_certificates) {
+            if !client_certificates {
+                return Err(ConfigError::Invalid(format!(
+                    "route {:?}: client_certificates = true needs gateway.tls_client_auth = \"optional\" or \"required\"",
+                    r.name
+                )));
+            }
+        }
         Ok(GatewayConfig {
+            client_certificates,
             expiry_warning: g.expiry_warning,
             trusted_proxies,
             routes,
@@ -853,6 +1069,17 @@ impl Config {
             leeway: o.leeway,
             publish_delay: o.publish_delay,
             rotate_every,
+            mtls_base_url: match &o.mtls_base_url {
+                None => None,
+                Some(u) if (u.starts_with("https://") || u.starts_with("http://")) && !u.ends_with('/') => {
+                    Some(u.clone())
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        "oauth.mtls_base_url: an http(s) URL without a trailing slash".into(),
+                    ))
+                }
+            },
             dpop: keyward_engine::dpop::DpopConfig {
                 iat_window: o.dpop_iat_window,
                 require_nonce: o.dpop_require_nonce,

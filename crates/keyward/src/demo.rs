@@ -32,7 +32,9 @@ pub fn demo_routes(upstream: &str) -> Vec<RouteSection> {
         cost: None,
         tokens: true,
         api_keys: true,
+        client_certificates: false,
         audience: None,
+        on_limiter_failure: None,
     };
     vec![
         r("fact", "/fact", "GET", "facts:read"),
@@ -78,6 +80,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
         pepper: Pepper::from_text(pepper_text.expose()).map_err(io)?,
         admin_token: keyward_core::secret::SecretString::new(admin_token.clone()),
         kek: Some(keyward_token::Kek::generate().map_err(io)?.0),
+        verify_token: None,
     };
     let running = start_on(&cfg, secrets, gateway, admin, Arc::new(SystemClock)).await?;
 
@@ -169,6 +172,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
                     jwks: None,
                     token_ttl: keyward_engine::oauth::DEFAULT_TOKEN_TTL,
                     dpop_bound_access_tokens: false,
+                    tls_subject: None,
                     policy: Default::default(),
                 },
             )

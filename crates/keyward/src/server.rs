@@ -23,12 +23,17 @@ pub struct Secrets {
     pub admin_token: SecretString,
     /// The key-encryption key of the token signing keys; `Some` turns the token service on.
     pub kek: Option<keyward_token::Kek>,
+    /// The verify API's service token (`KEYWARD_VERIFY_TOKEN` or `verify.token_file`); `None`
+    /// turns `POST /v1/verify` off.
+    pub verify_token: Option<SecretString>,
 }
 
 /// A running keyward: its bound addresses and a way to stop it.
 pub struct Running {
     pub gateway: SocketAddr,
     pub admin: SocketAddr,
+    /// The dedicated verify / forward-auth listener (`verify.listen`), if any.
+    pub verify: Option<SocketAddr>,
     pub engine: Arc<Engine>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<std::io::Result<()>>,
@@ -87,13 +92,10 @@ pub async fn start_on(
     let gw_cfg = cfg.gateway_config().map_err(|e| CliError::startup(e.to_string()))?;
     let format = cfg.key_format().map_err(|e| CliError::startup(e.to_string()))?;
     let store = open_store(&cfg.store).await?;
-    let engine = Arc::new(Engine::with_options(
-        store,
-        secrets.pepper,
-        format,
-        cfg.engine_options(),
-        clock,
-    ));
+    let limiter = cfg.limiter().map_err(|e| CliError::startup(e.to_string()))?;
+    let engine = Arc::new(
+        Engine::with_options(store, secrets.pepper, format, cfg.engine_options(), clock).with_limiter(limiter),
+    );
     engine
         .load_legacy_flag()
         .await
@@ -135,7 +137,30 @@ pub async fn start_on(
             let state = keyward_edge::leaks::LeakReports::new(engine.clone(), keys, cfg.leak_reports.action);
             keyward_edge::leaks::router(&cfg.leak_reports.path, Arc::new(state))
         });
-    let gateway = gateway_router(Arc::new(GatewayState::new(engine.clone(), gw_cfg)));
+    let gateway_state = Arc::new(GatewayState::new(engine.clone(), gw_cfg));
+    // The verify API and forward-auth run the gateway's own decision phases.
+    if let Some(t) = &secrets.verify_token {
+        if keyward_core::secret::ct_eq(t.expose().as_bytes(), secrets.admin_token.expose().as_bytes()) {
+            return Err(CliError::startup(
+                "the verify token must differ from the admin token (it can only verify)",
+            ));
+        }
+    }
+    let verify_state = Arc::new(keyward_edge::verify::VerifyState::new(
+        gateway_state.clone(),
+        secrets.verify_token.map(keyward_edge::verify::ServiceToken::new),
+        cfg.forward_auth_config()
+            .map_err(|e| CliError::startup(e.to_string()))?,
+    ));
+    let verify_listener = match cfg.verify.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::startup(format!("cannot listen on {addr} (verify.listen): {e}")))?,
+        ),
+        None => None,
+    };
+    let gateway = gateway_router(gateway_state);
     let gateway = match leaks {
         Some(l) => l.merge(gateway),
         None => gateway,
@@ -143,7 +168,8 @@ pub async fn start_on(
     let admin = admin_router(Arc::new(AdminState {
         engine: engine.clone(),
         token: AdminToken::new(secrets.admin_token),
-    }));
+    }))
+    .merge(keyward_edge::verify::verify_api(verify_state.clone()));
     let gateway_addr = gateway_listener
         .local_addr()
         .map_err(|e| CliError::startup(e.to_string()))?;
@@ -181,37 +207,32 @@ pub async fn start_on(
             Ok(())
         });
     }
-    // The gateway speaks TLS when a certificate is configured; the certificate is re-read when
-    // its files change.
+    // The gateway speaks TLS when a certificate is configured; the certificate, the client CA
+    // bundle and the CRLs are re-read when their files change.
     let tls = match cfg.tls_settings().map_err(|e| CliError::startup(e.to_string()))? {
         Some(t) => {
-            let cert = Arc::new(
-                keyward_edge::tls::ReloadingCert::load(&t.cert_file, &t.key_file)
-                    .map_err(|e| CliError::startup(format!("gateway TLS: {e}")))?,
-            );
-            let config = keyward_edge::tls::server_config(&t, cert.clone())
-                .map_err(|e| CliError::startup(format!("gateway TLS: {e}")))?;
+            let server =
+                keyward_edge::tls::TlsServer::load(&t).map_err(|e| CliError::startup(format!("gateway TLS: {e}")))?;
             let rx = rx.clone();
-            let every = t.reload_interval;
+            let reloader = server.clone();
             tasks.spawn(async move {
-                cert.reload_loop(every, rx).await;
+                reloader.reload_loop(rx).await;
                 Ok(())
             });
-            Some((config, t.handshake_timeout))
+            Some(server)
         }
         None => None,
     };
     let mut plain = vec![(admin_listener, admin)];
+    let mut verify_addr = None;
+    if let Some(l) = verify_listener {
+        verify_addr = Some(l.local_addr().map_err(|e| CliError::startup(e.to_string()))?);
+        plain.push((l, keyward_edge::verify::verify_listener(verify_state)));
+    }
     match tls {
-        Some((config, handshake_timeout)) => {
+        Some(server) => {
             let rx = rx.clone();
-            tasks.spawn(keyward_edge::tls::serve(
-                gateway_listener,
-                gateway,
-                config,
-                handshake_timeout,
-                rx,
-            ));
+            tasks.spawn(server.serve(gateway_listener, gateway, rx));
         }
         None => plain.insert(0, (gateway_listener, gateway)),
     }
@@ -236,6 +257,7 @@ pub async fn start_on(
     Ok(Running {
         gateway: gateway_addr,
         admin: admin_addr,
+        verify: verify_addr,
         engine,
         shutdown: tx,
         tasks,

@@ -36,6 +36,17 @@ pub(crate) struct CreateClient {
     token_ttl: Option<String>,
     #[serde(default)]
     dpop_bound_access_tokens: bool,
+    /// `tls_client_auth` (RFC 8705 §2.1.2): exactly one of the following names the certificate.
+    #[serde(default)]
+    tls_client_auth_subject_dn: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_dns: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_uri: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_ip: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_email: Option<String>,
     #[serde(default)]
     ips: Vec<String>,
     #[serde(default)]
@@ -108,7 +119,8 @@ pub(crate) async fn create_client(
         Some(m) => ClientAuthMethod::parse(m).ok_or_else(|| {
             invalid(
                 "auth_method",
-                "one of client_secret_basic, client_secret_post, private_key_jwt",
+                "one of client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth, \
+                 self_signed_tls_client_auth",
             )
         })?,
     };
@@ -116,7 +128,24 @@ pub(crate) async fn create_client(
         Some(t) => parse_ttl(t)?,
         None => DEFAULT_TOKEN_TTL,
     };
+    let names: Vec<(String, String)> = [
+        ("tls_client_auth_subject_dn", body.tls_client_auth_subject_dn),
+        ("tls_client_auth_san_dns", body.tls_client_auth_san_dns),
+        ("tls_client_auth_san_uri", body.tls_client_auth_san_uri),
+        ("tls_client_auth_san_ip", body.tls_client_auth_san_ip),
+        ("tls_client_auth_san_email", body.tls_client_auth_san_email),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+    .collect();
+    if names.len() > 1 {
+        return Err(invalid(
+            "tls_client_auth",
+            "give exactly one of the tls_client_auth_* names (RFC 8705 §2.1.2)",
+        ));
+    }
     let new = NewClient {
+        tls_subject: names.into_iter().next(),
         app: body.app,
         name: body.name,
         scopes: super::keys::scopes_of(&body.scopes)?,
@@ -128,6 +157,7 @@ pub(crate) async fn create_client(
             ips: allowlist(&body.ips)?,
             rate: body.rate,
             quota: body.quota,
+            require_mtls: false,
         },
     };
     let (client, secret) = st.engine.create_client(ACTOR, new).await.map_err(engine_err)?;

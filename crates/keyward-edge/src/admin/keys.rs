@@ -47,6 +47,9 @@ pub(crate) struct CreateKey {
     /// Only exchangeable for tokens at the token endpoint.
     #[serde(default)]
     exchange_only: bool,
+    /// Only usable over a TLS connection with a client certificate registered to the app.
+    #[serde(default)]
+    require_mtls: bool,
 }
 
 /// A change to a key; absent fields stay, `null` clears.
@@ -71,6 +74,8 @@ pub(crate) struct UpdatePolicyFields {
     rate: Option<Option<RateSpec>>,
     #[serde(default, deserialize_with = "double")]
     quota: Option<Option<QuotaSpec>>,
+    #[serde(default)]
+    require_mtls: Option<bool>,
 }
 
 pub(crate) fn scopes_of(items: &[String]) -> Result<Vec<Scope>, Problem> {
@@ -93,12 +98,12 @@ pub(crate) async fn update_key(
     if let Some(obj) = body.as_object() {
         if let Some(k) = obj
             .keys()
-            .find(|k| !["name", "scopes", "ips", "rate", "quota"].contains(&k.as_str()))
+            .find(|k| !["name", "scopes", "ips", "rate", "quota", "require_mtls"].contains(&k.as_str()))
         {
             let k: String = k.chars().take(64).collect();
             return Err(
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "Invalid Request Body").detail(format!(
-                    "unknown field `{k}`, expected one of name, scopes, ips, rate, quota"
+                    "unknown field `{k}`, expected one of name, scopes, ips, rate, quota, require_mtls"
                 )),
             );
         }
@@ -112,6 +117,7 @@ pub(crate) async fn update_key(
         ips: body.policy.ips,
         rate: body.policy.rate,
         quota: body.policy.quota,
+        require_mtls: body.policy.require_mtls,
     };
     let update = KeyUpdate {
         name: body.name,
@@ -185,6 +191,7 @@ pub(crate) async fn create_key(
         ips: allowlist(&body.ips)?,
         rate: body.rate,
         quota: body.quota,
+        require_mtls: body.require_mtls,
     };
     let (record, secret) = st
         .engine
@@ -480,6 +487,7 @@ pub(crate) async fn import_key(
             ips: allowlist(&body.ips)?,
             rate: body.rate,
             quota: body.quota,
+            require_mtls: false,
         },
     };
     let k = st

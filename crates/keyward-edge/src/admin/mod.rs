@@ -208,6 +208,9 @@ struct CreateApp {
     rate: Option<RateSpec>,
     #[serde(default)]
     quota: Option<QuotaSpec>,
+    /// Every key of the app only works over mTLS with a certificate registered to the app.
+    #[serde(default)]
+    require_mtls: bool,
 }
 
 async fn create_app(
@@ -218,6 +221,7 @@ async fn create_app(
         ips: allowlist(&body.ips)?,
         rate: body.rate,
         quota: body.quota,
+        require_mtls: body.require_mtls,
     };
     let app = st
         .engine
@@ -253,6 +257,8 @@ pub(crate) struct UpdatePolicy {
     pub(crate) rate: Option<Option<RateSpec>>,
     #[serde(default, deserialize_with = "double")]
     pub(crate) quota: Option<Option<QuotaSpec>>,
+    #[serde(default)]
+    pub(crate) require_mtls: Option<bool>,
 }
 
 impl UpdatePolicy {
@@ -265,6 +271,9 @@ impl UpdatePolicy {
         }
         if let Some(q) = self.quota {
             p.quota = q;
+        }
+        if let Some(m) = self.require_mtls {
+            p.require_mtls = m;
         }
         Ok(p)
     }

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub const PEPPER: &str = "test-pepper-0123456789abcdef0123456789abcdef";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const VERIFY_TOKEN: &str = "test-verify-token-0123456789";
 pub const KEK: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// What the upstream saw of the last request.
@@ -103,6 +104,8 @@ pub struct Kw {
     pub running: Option<Running>,
     pub gw: String,
     pub admin: String,
+    /// The dedicated verify listener (`verify.listen`), when configured.
+    pub verify: Option<String>,
     pub up: Upstream,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
@@ -179,6 +182,8 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
         tokens: false,
         api_keys: true,
         audience: None,
+        on_limiter_failure: None,
+        client_certificates: false,
     };
     vec![
         r("fact", "/fact", &["GET"], &["facts:read"]),
@@ -201,6 +206,8 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
             tokens: false,
             api_keys: true,
             audience: None,
+            on_limiter_failure: None,
+            client_certificates: false,
         },
     ]
 }
@@ -224,16 +231,19 @@ pub async fn boot_with(tweak: impl FnOnce(&mut Config)) -> Kw {
         } else {
             None
         },
+        verify_token: Some(SecretString::new(VERIFY_TOKEN.into())),
     };
     let g = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = start_on(&cfg, secrets, g, a, clock.clone()).await.unwrap();
     let gw = format!("http://{}", running.gateway);
     let admin = format!("http://{}", running.admin);
+    let verify = running.verify.map(|a| format!("http://{a}"));
     Kw {
         running: Some(running),
         gw,
         admin,
+        verify,
         up,
         clock,
         dir,

@@ -34,6 +34,8 @@ fn route(name: &str, prefix: &str, upstream: &str) -> keyward::config::RouteSect
         tokens: false,
         api_keys: true,
         audience: None,
+        on_limiter_failure: None,
+        client_certificates: false,
     }
 }
 

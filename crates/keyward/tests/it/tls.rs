@@ -23,13 +23,13 @@ use tokio_rustls::TlsConnector;
 
 use crate::harness::{boot_with, raw, Kw};
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-    pem: String,
+pub(crate) struct Ca {
+    pub(crate) issuer: Issuer<'static, KeyPair>,
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) pem: String,
 }
 
-fn ca(name: &str) -> Ca {
+pub(crate) fn ca(name: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,10 +48,10 @@ fn ca(name: &str) -> Ca {
 }
 
 /// A certificate and its key (PEM), signed by `ca`.
-struct Leaf {
-    der: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
+pub(crate) struct Leaf {
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
 impl Leaf {
@@ -63,7 +63,7 @@ impl Leaf {
     }
 }
 
-fn leaf(ca: &Ca, serial: u64, server: bool, expired: bool) -> Leaf {
+pub(crate) fn leaf(ca: &Ca, serial: u64, server: bool, expired: bool) -> Leaf {
     let sans: Vec<String> = if server {
         vec!["localhost".into(), "127.0.0.1".into()]
     } else {
@@ -96,16 +96,16 @@ fn leaf(ca: &Ca, serial: u64, server: bool, expired: bool) -> Leaf {
 }
 
 /// Certificates on disk: the server's (`cert.pem`, `key.pem`) and the client CA's (`clients.pem`).
-struct Pki {
+pub(crate) struct Pki {
     _dir: tempfile::TempDir,
-    path: PathBuf,
-    server_ca: Ca,
-    client_ca: Ca,
-    server: Leaf,
+    pub(crate) path: PathBuf,
+    pub(crate) server_ca: Ca,
+    pub(crate) client_ca: Ca,
+    pub(crate) server: Leaf,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
         let server_ca = ca("keyward test server CA");
@@ -123,7 +123,7 @@ impl Pki {
     }
 }
 
-fn write_pair(dir: &Path, l: &Leaf) {
+pub(crate) fn write_pair(dir: &Path, l: &Leaf) {
     std::fs::write(dir.join("cert.pem"), &l.cert_pem).unwrap();
     std::fs::write(dir.join("key.pem"), &l.key_pem).unwrap();
 }
@@ -142,11 +142,11 @@ async fn boot_tls(pki: &Pki, auth: ClientAuth, reload: Duration) -> Kw {
     .await
 }
 
-fn gw_addr(kw: &Kw) -> SocketAddr {
+pub(crate) fn gw_addr(kw: &Kw) -> SocketAddr {
     kw.running.as_ref().unwrap().gateway
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     root: &CertificateDer<'static>,
     client: Option<&Leaf>,
@@ -383,7 +383,7 @@ async fn revoked_client_certificates_are_refused() {
 }
 
 /// Any request over a fresh HTTP/1.1 TLS connection; the status and the body.
-async fn send(
+pub(crate) async fn send(
     addr: SocketAddr,
     root: &CertificateDer<'static>,
     client: Option<&Leaf>,

@@ -1,0 +1,825 @@
+//! The decision without the proxying, for users who keep their own proxy:
+//!
+//! - `POST /v1/verify`: a JSON description of a request in, a JSON decision out (always 200
+//!   for a decision, valid or not), behind a service token that can do nothing else;
+//! - forward-auth (`/v1/forward-auth`, any method) in the conventions of nginx `auth_request`,
+//!   Traefik `forwardAuth` and Envoy `ext_authz` in HTTP mode (`/v1/forward-auth/envoy` as the
+//!   path prefix): the proxy forwards the original request's headers, keyward answers 200 with
+//!   identity headers or the gateway's own 401/403/429 problem.
+//!
+//! Both run [`crate::gateway::decide`], the gateway's own authenticate → authorize → limit
+//! phases: limits and usage are consumed exactly as by a proxied request.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::request::Parts;
+use axum::http::uri::PathAndQuery;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use ipnet::IpNet;
+use keyward_core::decision::ScopeMode;
+use keyward_core::secret::{ct_eq, SecretString};
+use keyward_core::Scope;
+use keyward_engine::{LimitState, RateBy, Rejection, RouteLimits};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::{StrictJson, MAX_BODY};
+use crate::gateway::{self, Admitted, GatewayState, RequestView, Route, Upstream};
+use crate::problem::{self, Problem};
+
+/// Header that carries the service token on forward-auth calls (where `Authorization`
+/// belongs to the client) when `verify.forward_auth_require_token` is on.
+pub const SERVICE_TOKEN_HEADER: &str = "x-keyward-verify-token";
+/// Path of the forward-auth endpoint; `<this>/envoy` is Envoy's `path_prefix`.
+pub const FORWARD_AUTH_PATH: &str = "/v1/forward-auth";
+const ENVOY_PREFIX: &str = "/v1/forward-auth/envoy";
+/// Longest request target a verify or forward-auth call may describe.
+pub const MAX_PATH: usize = 8 * 1024;
+/// Longest method name.
+pub const MAX_METHOD: usize = 32;
+/// Most scopes a verify call may require.
+pub const MAX_SCOPES: usize = 64;
+
+/// The service token: it can verify, nothing else (the admin token is not accepted here).
+#[derive(Clone)]
+pub struct ServiceToken(SecretString);
+
+impl ServiceToken {
+    pub fn new(token: SecretString) -> ServiceToken {
+        ServiceToken(token)
+    }
+    fn matches(&self, presented: &str) -> bool {
+        ct_eq(self.0.expose().as_bytes(), presented.as_bytes())
+    }
+}
+
+/// Who may call forward-auth.
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    /// Direct peers (the proxies) allowed to call forward-auth; default loopback only.
+    pub peers: Vec<IpNet>,
+    /// Also require the service token in `x-keyward-verify-token`.
+    pub require_token: bool,
+}
+
+impl Default for ForwardAuthConfig {
+    fn default() -> Self {
+        ForwardAuthConfig {
+            peers: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            require_token: false,
+        }
+    }
+}
+
+pub struct VerifyState {
+    gateway: Arc<GatewayState>,
+    token: Option<ServiceToken>,
+    forward: ForwardAuthConfig,
+}
+
+impl VerifyState {
+    pub fn new(gateway: Arc<GatewayState>, token: Option<ServiceToken>, forward: ForwardAuthConfig) -> VerifyState {
+        VerifyState {
+            gateway,
+            token,
+            forward,
+        }
+    }
+}
+
+/// `POST /v1/verify` alone, to merge into the admin listener's router.
+pub fn verify_api(state: Arc<VerifyState>) -> Router {
+    Router::new()
+        .route("/v1/verify", post(verify).fallback(method_not_allowed))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_service_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// The dedicated verify listener (`verify.listen`): `POST /v1/verify`, forward-auth and
+/// `GET /healthz`.
+pub fn verify_listener(state: Arc<VerifyState>) -> Router {
+    let fwd = Router::new().fallback(forward_auth).with_state(state.clone());
+    verify_api(state)
+        .route("/healthz", axum::routing::get(healthz))
+        .merge(fwd)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method Not Allowed",
+    )
+    .detail("this endpoint does not accept this method")
+    .header(header::ALLOW, HeaderValue::from_static("POST"))
+}
+
+fn bearer_value(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+}
+
+async fn require_service_token(State(st): State<Arc<VerifyState>>, req: Request, next: Next) -> Response {
+    let Some(token) = &st.token else {
+        return problem::verify_disabled().into_response();
+    };
+    match bearer_value(req.headers()) {
+        Some(t) if token.matches(t) => next.run(req).await,
+        Some(_) => problem::verify_unauthorized("the service token is not valid").into_response(),
+        None => problem::verify_unauthorized("a service token is required: Authorization: Bearer <verify token>")
+            .into_response(),
+    }
+}
+
+// ---- the verify API ----------------------------------------------------------------------
+
+/// A request to decide on. Exactly one of `key` and `token` (neither: `missing_credential`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// An API key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// An access token (`Bearer`, or `DPoP` with `dpop`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The DPoP proof that came with the token.
+    #[serde(default)]
+    pub dpop: Option<String>,
+    /// The request's method (default `GET`).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The request target: path and optional query.
+    pub path: String,
+    /// The full URL the DPoP proof must name (`htu`), default `oauth.issuer` + path.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The client's address as the proxy resolved it.
+    pub client_ip: String,
+    /// Scopes required when no configured route matches.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Quota cost when no configured route matches (default 1).
+    #[serde(default)]
+    pub cost: Option<u64>,
+    /// Decide as this configured route (by name) instead of matching the path.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// For security events (canary use).
+    #[serde(default)]
+    pub user_agent: Option<String>,
+}
+
+/// One limit's state after the request (the `RateLimit` fields, as numbers).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LimitView {
+    pub name: &'static str,
+    /// Units of the policy (`q`).
+    pub limit: u64,
+    /// Window in seconds (`w`).
+    pub window: u64,
+    /// Units left (`r`).
+    pub remaining: u64,
+    /// Seconds until the limit is fully available again (`t`).
+    pub reset: u64,
+}
+
+impl From<&LimitState> for LimitView {
+    fn from(s: &LimitState) -> Self {
+        LimitView {
+            name: s.name,
+            limit: s.limit,
+            window: s.window_secs,
+            remaining: s.remaining,
+            reset: s.reset_secs,
+        }
+    }
+}
+
+/// Non-secret facts about the credential.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Metadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// The key's display hint (`kw_live_AbCd…9xYz`), never the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// The decision. `status` and `headers` are what a gateway should answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    /// `valid`, or the gateway's problem code (`missing_credential`, `invalid_credential`, ...).
+    pub code: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The configured route the request matched, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_scopes: Option<Vec<String>>,
+    pub metadata: Metadata,
+    pub limits: Vec<LimitView>,
+    /// Response headers for the client (several values of one field joined with `, `).
+    pub headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A request target checked for sanity: method, path (without query) and target.
+struct Target {
+    method: Method,
+    path_and_query: PathAndQuery,
+}
+
+impl Target {
+    fn path(&self) -> &str {
+        self.path_and_query.path()
+    }
+}
+
+fn parse_method(m: &str) -> Result<Method, Problem> {
+    if m.is_empty() || m.len() > MAX_METHOD {
+        return Err(problem::invalid_verify_request(format!(
+            "the method must be 1 to {MAX_METHOD} characters"
+        )));
+    }
+    if !m
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(problem::invalid_verify_request("the method is not an HTTP token"));
+    }
+    Method::from_bytes(m.as_bytes()).map_err(|_| problem::invalid_verify_request("the method is not an HTTP token"))
+}
+
+fn parse_target(method: &str, target: &str) -> Result<Target, Problem> {
+    let method = parse_method(method)?;
+    if target.len() > MAX_PATH {
+        return Err(problem::invalid_verify_request(format!(
+            "the path must be at most {MAX_PATH} bytes"
+        )));
+    }
+    if !target.starts_with('/') {
+        return Err(problem::invalid_verify_request("the path must start with '/'"));
+    }
+    let path_and_query = PathAndQuery::try_from(target)
+        .map_err(|_| problem::invalid_verify_request("the path is not a valid request target"))?;
+    Ok(Target { method, path_and_query })
+}
+
+fn bad(detail: impl Into<String>) -> Problem {
+    problem::invalid_verify_request(detail)
+}
+
+/// The route to decide as: a named route, the matching configured route, or (no route
+/// matches) one made of the caller's scopes and cost.
+enum Chosen<'a> {
+    Configured(&'a Route),
+    Adhoc(Box<Route>),
+}
+
+impl Chosen<'_> {
+    fn route(&self) -> &Route {
+        match self {
+            Chosen::Configured(r) => r,
+            Chosen::Adhoc(r) => r,
+        }
+    }
+}
+
+impl VerifyState {
+    fn adhoc_route(&self, scopes: Vec<Scope>, cost: u64) -> Route {
+        let svc = self.gateway.engine().token_service().ok();
+        Route {
+            name: "verify".into(),
+            path_prefix: "/".into(),
+            methods: Vec::new(),
+            upstream: Upstream::unused(),
+            scopes,
+            scope_mode: ScopeMode::AllOf,
+            limits: RouteLimits {
+                route: "verify".into(),
+                rate: None,
+                rate_by: RateBy::Key,
+                cost,
+            },
+            tokens: svc.is_some(),
+            api_keys: true,
+            client_certificates: false,
+            audience: svc
+                .map(|s| s.config().default_audience.clone())
+                .unwrap_or_else(|| "keyward".into()),
+        }
+    }
+
+    /// Picks the route; a refusal (`invalid_path`, `method_not_allowed`) is a decision too.
+    fn choose(
+        &self,
+        target: &Target,
+        named: Option<&str>,
+        scopes: Vec<Scope>,
+        cost: u64,
+    ) -> Result<Result<Chosen<'_>, Problem>, Problem> {
+        let routes = &self.gateway.config().routes;
+        if let Some(name) = named {
+            return match routes.iter().find(|r| r.name == name) {
+                Some(r) => Ok(Ok(Chosen::Configured(r))),
+                None => Err(bad("no configured route has this name")),
+            };
+        }
+        if gateway::suspicious_path(target.path()) {
+            return Ok(Err(Problem::bad_request(
+                "invalid_path",
+                "the path contains dot segments or encoded separators",
+            )));
+        }
+        match gateway::find_route(routes, &target.method, target.path()) {
+            Ok(r) => Ok(Ok(Chosen::Configured(r))),
+            Err(p) if p.status == 404 => Ok(Ok(Chosen::Adhoc(Box::new(self.adhoc_route(scopes, cost))))),
+            Err(p) => Ok(Err(p)),
+        }
+    }
+}
+
+/// The decision on a verify call; `Err` only for a bad call (or an unavailable store).
+async fn verify(
+    State(st): State<Arc<VerifyState>>,
+    StrictJson(body): StrictJson<VerifyRequest>,
+) -> Result<Json<VerifyResponse>, Problem> {
+    Ok(Json(decide_verify(&st, body).await?))
+}
+
+/// Runs a verify call (also what the in-process benchmark measures).
+pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<VerifyResponse, Problem> {
+    if body.key.is_some() && body.token.is_some() {
+        return Err(bad("send either key or token, not both"));
+    }
+    if body.dpop.is_some() && body.token.is_none() {
+        return Err(bad("dpop needs a token"));
+    }
+    let target = parse_target(body.method.as_deref().unwrap_or("GET"), &body.path)?;
+    let client: IpAddr = body
+        .client_ip
+        .trim()
+        .parse::<IpAddr>()
+        .map_err(|_| bad("client_ip is not an IP address"))?
+        .to_canonical();
+    if body.scopes.len() > MAX_SCOPES {
+        return Err(bad(format!("at most {MAX_SCOPES} scopes")));
+    }
+    let scopes = body
+        .scopes
+        .iter()
+        .map(|s| Scope::new(s).map_err(|e| bad(format!("scopes: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cost = match body.cost {
+        None => 1,
+        Some(c) if (1..=keyward_core::policy::MAX_COUNT).contains(&c) => c,
+        Some(_) => return Err(bad("cost must be between 1 and 1,000,000,000")),
+    };
+    let htu = match &body.url {
+        None => None,
+        Some(u) => Some(parse_htu(u)?),
+    };
+    let user_agent = match &body.user_agent {
+        Some(ua) if ua.len() <= 1024 => HeaderValue::from_str(ua).ok(),
+        _ => None,
+    };
+    let chosen = match st.choose(&target, body.route.as_deref(), scopes, cost)? {
+        Ok(c) => c,
+        Err(p) => return Ok(refusal_response(p, None, None)),
+    };
+    let route = chosen.route();
+    // The credential goes where the gateway would have found it.
+    let mut headers = HeaderMap::new();
+    if let Some(ua) = user_agent {
+        headers.insert(header::USER_AGENT, ua);
+    }
+    let gw = st.gateway.config();
+    let malformed = || Rejection::Malformed(keyward_core::error::KeyFormatError::Alphabet);
+    if let Some(key) = &body.key {
+        match (gw.credential_headers.first(), HeaderValue::from_str(key)) {
+            (Some(name), Ok(v)) => {
+                headers.insert(name.clone(), v);
+            }
+            _ => return Ok(rejection_response(st, route, &malformed(), false)),
+        }
+    }
+    if let Some(token) = &body.token {
+        let scheme = if body.dpop.is_some() { "DPoP" } else { "Bearer" };
+        match HeaderValue::from_str(&format!("{scheme} {token}")) {
+            Ok(v) => {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            Err(_) => return Ok(rejection_response(st, route, &malformed(), true)),
+        }
+        if let Some(proof) = &body.dpop {
+            match HeaderValue::from_str(proof) {
+                Ok(v) => {
+                    headers.insert(HeaderName::from_static("dpop"), v);
+                }
+                Err(_) => {
+                    let r = Rejection::InvalidDpop {
+                        reason: "the DPoP proof is not ASCII".into(),
+                        nonce: None,
+                    };
+                    return Ok(rejection_response(st, route, &r, true));
+                }
+            }
+        }
+    }
+    let view = RequestView {
+        headers: &headers,
+        method: &target.method,
+        path: target.path(),
+        client,
+        peer_cert: None,
+        htu: htu.as_deref(),
+    };
+    let route_name = match &chosen {
+        Chosen::Configured(r) => Some(r.name.clone()),
+        Chosen::Adhoc(_) => None,
+    };
+    match gateway::decide(&st.gateway, route, &view).await {
+        Ok(a) => Ok(allowed_response(st, a, route_name)),
+        Err(r) => {
+            if let Rejection::Store(_) = r.rejection {
+                return Err(st.gateway.rejection_problem(&r.rejection, r.bearer));
+            }
+            let mut resp = rejection_response(st, route, &r.rejection, r.bearer);
+            resp.route = route_name;
+            Ok(resp)
+        }
+    }
+}
+
+/// `htu` (RFC 9449): the URL without query and fragment.
+fn parse_htu(u: &str) -> Result<String, Problem> {
+    if u.len() > MAX_PATH {
+        return Err(bad(format!("url must be at most {MAX_PATH} bytes")));
+    }
+    let uri: Uri = u.parse().map_err(|_| bad("url is not an absolute URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(s @ ("http" | "https")), Some(a)) => Ok(format!("{s}://{a}{}", uri.path())),
+        _ => Err(bad("url must be an absolute http or https URL")),
+    }
+}
+
+fn rejection_response(st: &VerifyState, _route: &Route, r: &Rejection, bearer: bool) -> VerifyResponse {
+    let p = st.gateway.rejection_problem(r, bearer);
+    let key_id = match r {
+        Rejection::Revoked { key_id }
+        | Rejection::Expired { key_id }
+        | Rejection::Disabled { key_id }
+        | Rejection::ExchangeOnly { key_id }
+        | Rejection::IpNotAllowed { key_id }
+        | Rejection::InsufficientScope { key_id, .. } => Some(key_id.clone()),
+        _ => None,
+    };
+    let states = match r {
+        Rejection::RateLimited { states, .. } | Rejection::QuotaExhausted { states, .. } => Some(states.as_slice()),
+        _ => None,
+    };
+    refusal_response(p, key_id, states)
+}
+
+fn refusal_response(p: Problem, key_id: Option<String>, states: Option<&[LimitState]>) -> VerifyResponse {
+    VerifyResponse {
+        valid: false,
+        code: p.code,
+        status: p.status,
+        detail: p.detail.clone(),
+        route: None,
+        app_id: None,
+        key_id,
+        client_id: None,
+        scopes: Vec::new(),
+        missing_scopes: p.missing_scopes.clone(),
+        metadata: Metadata::default(),
+        limits: states.unwrap_or_default().iter().map(LimitView::from).collect(),
+        headers: header_map(&p.headers),
+        expires_at: None,
+    }
+}
+
+fn header_map(pairs: &[(HeaderName, HeaderValue)]) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in pairs {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.entry(name.as_str().to_owned())
+            .and_modify(|cur| {
+                cur.push_str(", ");
+                cur.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    out
+}
+
+fn success_headers(st: &VerifyState, a: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
+    let window = st.gateway.config().expiry_warning;
+    let lifecycle = gateway::lifecycle_headers(&a.record, st.gateway.engine().now(), window);
+    problem::ratelimit_fields(&a.states)
+        .into_iter()
+        .chain(lifecycle)
+        .collect()
+}
+
+fn allowed_response(st: &VerifyState, a: Admitted, route: Option<String>) -> VerifyResponse {
+    let headers = header_map(&success_headers(st, &a));
+    let r = &a.record;
+    let (key_id, client_id) = match &a.token_client {
+        Some(c) => (None, Some(c.clone())),
+        None => (Some(r.id.clone()), None),
+    };
+    let expires_at = r
+        .expires_at
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+    VerifyResponse {
+        valid: true,
+        code: "valid",
+        status: 200,
+        detail: None,
+        route,
+        app_id: Some(r.app_id.clone()),
+        key_id,
+        client_id,
+        scopes: r.scopes.iter().map(|s| s.to_string()).collect(),
+        missing_scopes: None,
+        metadata: Metadata {
+            app_name: Some(r.app_name.clone()),
+            key_name: if a.token_client.is_some() { None } else { r.name.clone() },
+            env: if a.token_client.is_some() {
+                None
+            } else {
+                Some(r.env.as_str().to_owned())
+            },
+            hint: if a.token_client.is_some() {
+                None
+            } else {
+                Some(r.hint.clone())
+            },
+        },
+        limits: a.states.iter().map(LimitView::from).collect(),
+        headers,
+        expires_at,
+    }
+}
+
+// ---- forward-auth ------------------------------------------------------------------------
+
+/// One value of a header the proxy sets; several values are ambiguous.
+fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Problem> {
+    let mut it = h.get_all(name).iter();
+    let Some(first) = it.next() else {
+        return Ok(None);
+    };
+    if it.next().is_some() {
+        return Err(bad(format!("{name} is present more than once")));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| bad(format!("{name} is not visible ASCII")))
+}
+
+/// The original request a forward-auth call asks about: the method and target from
+/// `X-Original-Method`/`X-Original-URI` (nginx), `X-Forwarded-Method`/`X-Forwarded-Uri`
+/// (Traefik), or, under `/v1/forward-auth/envoy`, the call's own method and the path after
+/// the prefix (Envoy `ext_authz`).
+fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
+    let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Some(rest) = pq.strip_prefix(ENVOY_PREFIX) {
+        if rest.is_empty() || rest.starts_with('?') {
+            return parse_target(req.method.as_str(), &format!("/{rest}")).map(|t| (t, true));
+        }
+        if rest.starts_with('/') {
+            return parse_target(req.method.as_str(), rest).map(|t| (t, true));
+        }
+    }
+    let h = &req.headers;
+    let method = match single(h, "x-original-method")? {
+        Some(m) => Some(m),
+        None => single(h, "x-forwarded-method")?,
+    };
+    let uri = match single(h, "x-original-uri")? {
+        Some(u) => Some(u),
+        None => single(h, "x-forwarded-uri")?,
+    };
+    match (method, uri) {
+        (Some(m), Some(u)) => parse_target(m, u).map(|t| (t, false)),
+        _ => Err(bad(
+            "forward-auth needs the original method and URI: X-Original-Method and X-Original-URI \
+             (nginx), X-Forwarded-Method and X-Forwarded-Uri (Traefik), or the Envoy path prefix \
+             /v1/forward-auth/envoy",
+        )),
+    }
+}
+
+/// `scope` (repeatable), `cost` and `route` from the forward-auth URL's own query: set in the
+/// proxy's configuration, out of the client's reach.
+fn call_options(query: Option<&str>) -> Result<(Vec<Scope>, u64, Option<String>), Problem> {
+    let mut scopes = Vec::new();
+    let mut cost = 1;
+    let mut route = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "scope" => {
+                for s in v.split(' ').filter(|s| !s.is_empty()) {
+                    scopes.push(Scope::new(s).map_err(|e| bad(format!("scope: {e}")))?);
+                }
+            }
+            "cost" => {
+                cost = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|c| (1..=keyward_core::policy::MAX_COUNT).contains(c))
+                    .ok_or_else(|| bad("cost must be between 1 and 1,000,000,000"))?;
+            }
+            "route" => route = Some(v.into_owned()),
+            _ => return Err(bad("the forward-auth URL takes only scope, cost and route")),
+        }
+    }
+    if scopes.len() > MAX_SCOPES {
+        return Err(bad(format!("at most {MAX_SCOPES} scopes")));
+    }
+    Ok((scopes, cost, route))
+}
+
+async fn forward_auth(
+    State(st): State<Arc<VerifyState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    let path = req.uri().path();
+    if path != FORWARD_AUTH_PATH && !path.starts_with("/v1/forward-auth/") {
+        return Problem::not_found().detail("no such endpoint").into_response();
+    }
+    if !gateway::trusted(peer.ip(), &st.forward.peers) {
+        tracing::debug!(peer = %peer.ip(), "forward-auth call from a peer that is not allowed");
+        return problem::forward_auth_forbidden().into_response();
+    }
+    if st.forward.require_token {
+        let ok = match (
+            &st.token,
+            req.headers().get(SERVICE_TOKEN_HEADER).and_then(|v| v.to_str().ok()),
+        ) {
+            (Some(t), Some(p)) => t.matches(p.trim()),
+            _ => false,
+        };
+        if !ok {
+            return problem::verify_unauthorized("forward-auth needs the service token in x-keyward-verify-token")
+                .into_response();
+        }
+    }
+    let (parts, _body) = req.into_parts();
+    match forward_decision(&st, peer, &parts).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// A forward-auth refusal: the problem, plus its code in `x-keyward-code` for proxies that
+/// keep headers but not bodies (nginx `auth_request`).
+fn coded(p: Problem) -> Response {
+    match HeaderValue::from_str(p.code) {
+        Ok(code) => p
+            .header(HeaderName::from_static("x-keyward-code"), code)
+            .into_response(),
+        Err(_) => p.into_response(),
+    }
+}
+
+async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Result<Response, Response> {
+    let (target, envoy) = original_request(req).map_err(coded)?;
+    let (scopes, cost, named) = if envoy {
+        (Vec::new(), 1, None)
+    } else {
+        call_options(req.uri.query()).map_err(coded)?
+    };
+    let chosen = match st.choose(&target, named.as_deref(), scopes, cost) {
+        Err(p) | Ok(Err(p)) => return Err(coded(p)),
+        Ok(Ok(c)) => c,
+    };
+    let route = chosen.route();
+    let client = gateway::client_ip(peer.ip(), &req.headers, st.gateway.trusted_proxies());
+    let view = RequestView {
+        headers: &req.headers,
+        method: &target.method,
+        path: target.path(),
+        client,
+        peer_cert: None,
+        htu: None,
+    };
+    let a = match gateway::decide(&st.gateway, route, &view).await {
+        Ok(a) => a,
+        Err(r) => {
+            tracing::debug!(route = %route.name, code = r.rejection.code(), "forward-auth refused");
+            return Err(coded(st.gateway.rejection_problem(&r.rejection, r.bearer)));
+        }
+    };
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    let r = &a.record;
+    h.insert(
+        HeaderName::from_static("x-keyward-app"),
+        gateway::header_text(&r.app_name),
+    );
+    h.insert(
+        HeaderName::from_static("x-keyward-app-id"),
+        gateway::header_text(&r.app_id),
+    );
+    match &a.token_client {
+        Some(c) => h.insert(HeaderName::from_static("x-keyward-client-id"), gateway::header_text(c)),
+        None => h.insert(HeaderName::from_static("x-keyward-key-id"), gateway::header_text(&r.id)),
+    };
+    let scopes = r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    h.insert(
+        HeaderName::from_static("x-keyward-scopes"),
+        gateway::header_text(&scopes),
+    );
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        h.insert(HeaderName::from_static("x-keyward-client-ip"), v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in success_headers(st, &a) {
+        h.insert(name, value);
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_checked() {
+        assert!(parse_target("GET", "/facts?limit=2").is_ok());
+        assert_eq!(parse_target("GET", "/facts?limit=2").unwrap().path(), "/facts");
+        for (m, p) in [
+            ("", "/"),
+            ("G ET", "/"),
+            ("GET\0", "/"),
+            (&"X".repeat(33) as &str, "/"),
+            ("GET", "facts"),
+            ("GET", ""),
+            ("GET", "/a b"),
+            ("GET", "/a\0b"),
+            ("GET", &format!("/{}", "a".repeat(MAX_PATH))),
+        ] {
+            assert!(parse_target(m, p).is_err(), "{m:?} {p:?}");
+        }
+    }
+
+    #[test]
+    fn call_options_parse() {
+        let (s, c, r) = call_options(Some("scope=facts:read&scope=a+b&cost=3&route=x")).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(c, 3);
+        assert_eq!(r.as_deref(), Some("x"));
+        assert!(call_options(Some("cost=0")).is_err());
+        assert!(call_options(Some("other=1")).is_err());
+        assert_eq!(call_options(None).unwrap().1, 1);
+    }
+
+    #[test]
+    fn htu_drops_query() {
+        assert_eq!(
+            parse_htu("https://api.example/facts?x=1").unwrap(),
+            "https://api.example/facts"
+        );
+        assert!(parse_htu("/facts").is_err());
+        assert!(parse_htu("ftp://x/y").is_err());
+    }
+}

@@ -1,0 +1,307 @@
+//! Issue 7, point 5 (b) and (c): three keyward nodes sharing one SQLite file (WAL) and one
+//! Redis; limits hold cluster-wide, and each failure mode does what it says when Redis stops.
+//!
+//! Needs `KEYWARD_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`): unset, each test prints a
+//! line and passes; set but unreachable, they fail. The "Redis stops" test starts its own
+//! `redis-server` (`/usr/bin/redis-server`, or `KEYWARD_TEST_REDIS_SERVER`) on a free port.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keyward::config::{LimiterFailure, RedisSection};
+use keyward_engine::limit::breaker::BreakerState;
+use serde_json::json;
+
+use super::harness::*;
+
+fn redis_url() -> Option<String> {
+    match std::env::var("KEYWARD_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            println!("skipped: KEYWARD_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+fn prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "it-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn section(url: &str, prefix: &str) -> RedisSection {
+    RedisSection {
+        url: url.into(),
+        prefix: prefix.into(),
+        // Debug builds on a loaded 2-core machine: generous, but still bounded.
+        timeout: Duration::from_millis(200),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_millis(300),
+        nodes_hint: 3,
+        ..RedisSection::default()
+    }
+}
+
+/// Three nodes: the first creates the SQLite file, the other two open the same one.
+async fn cluster(redis: RedisSection, tweak: impl Fn(&mut keyward::config::Config)) -> Vec<Kw> {
+    let a = boot_with(|c| {
+        c.redis = Some(redis.clone());
+        tweak(c);
+    })
+    .await;
+    let db = a.db_path().display().to_string();
+    let mut nodes = vec![a];
+    for _ in 0..2 {
+        nodes.push(
+            boot_with(|c| {
+                c.store.url = db.clone();
+                c.redis = Some(redis.clone());
+                tweak(c);
+            })
+            .await,
+        );
+    }
+    nodes
+}
+
+async fn status(node: &Kw, path: &str, key: &str) -> u16 {
+    node.get(path, &[("x-api-key", key)]).await.status().as_u16()
+}
+
+/// (b) A quota of 200 under 2× offered load (400 requests, 8 at a time, round-robin over the
+/// three nodes) admits exactly 200; a rate of 20/s with a burst of 20 under 40/s for 10 s admits
+/// within 1% of what GCRA allows over the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_wide_limit_holds_across_three_nodes() {
+    let Some(url) = redis_url() else { return };
+    let nodes = std::sync::Arc::new(cluster(section(&url, &prefix()), |_| {}).await);
+    let (_, quota_key) = nodes[0].key("cats", &[], json!({"quota": "200/day"})).await;
+
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (nodes, next, k) = (nodes.clone(), next.clone(), quota_key.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut limited) = (0u32, 0u32);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= 400 {
+                    return (ok, limited);
+                }
+                match status(&nodes[i % 3], "/echo", &k).await {
+                    200 => ok += 1,
+                    429 => limited += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for w in workers {
+        let (o, l) = w.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    println!("cluster quota 200/day, 400 offered over 3 nodes: admitted {ok}, refused {limited}");
+    assert_eq!((ok, limited), (200, 200));
+
+    // Rate: 40 requests a second for 10 s against 20/s (burst 20), round-robin.
+    let (_, rate_key) = nodes[0]
+        .key("cats", &[], json!({"rate": {"limit": "20/s", "burst": 20}}))
+        .await;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    let mut pending = Vec::new();
+    for i in 0..400usize {
+        tick.tick().await;
+        let (nodes, k) = (nodes.clone(), rate_key.clone());
+        pending.push(tokio::spawn(async move { status(&nodes[i % 3], "/echo", &k).await }));
+    }
+    let mut admitted = 0u32;
+    for p in pending {
+        match p.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let span = start.elapsed().as_secs_f64();
+    // GCRA: the burst, then one every 50 ms over the span of the arrivals.
+    let allowed = 20.0 + (span * 20.0).floor();
+    let err = (f64::from(admitted) - allowed) / allowed;
+    println!(
+        "cluster rate 20/s burst 20, 40/s offered for {span:.2} s over 3 nodes: admitted {admitted}, \
+         GCRA allows {allowed}, error {:+.2}%",
+        err * 100.0
+    );
+    assert!(err <= 0.01, "over-admission {:.2}%", err * 100.0);
+    assert!(err >= -0.02, "under-admission {:.2}%", err * 100.0);
+}
+
+/// A redis-server of our own, to stop and start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = OwnRedis { port, child: None };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        let bin = std::env::var("KEYWARD_TEST_REDIS_SERVER").unwrap_or_else(|_| "/usr/bin/redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (install redis-server): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// (c) Redis stopped mid-run: `fail_open` admits and never answers 5xx, `fail_closed` answers
+/// 503 `limiter_unavailable` with `Retry-After`, `local` enforces limit / 3 on each node; when
+/// Redis comes back the breakers close and the cluster-wide limit applies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
+    let Some(_) = redis_url() else { return };
+    let mut redis = OwnRedis::start();
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let nodes = cluster(section(&url, &prefix()), |c| {
+        let echo = c.routes.iter().find(|r| r.name == "echo").unwrap().clone();
+        for (name, mode) in [
+            ("open", LimiterFailure::FailOpen),
+            ("closed", LimiterFailure::FailClosed),
+            ("local", LimiterFailure::Local),
+        ] {
+            let mut r = echo.clone();
+            r.name = name.into();
+            r.path_prefix = format!("/{name}");
+            r.on_limiter_failure = Some(mode);
+            c.routes.insert(0, r);
+        }
+    })
+    .await;
+    let (_, k_open) = nodes[0].key("cats", &[], json!({"quota": "30/day"})).await;
+    let (_, k_closed) = nodes[0].key("cats", &[], json!({"quota": "30/day"})).await;
+    let (_, k_local) = nodes[0].key("cats", &[], json!({"quota": "30/day"})).await;
+    // Shared limits while Redis runs: one request per key through each node.
+    for n in &nodes {
+        assert_eq!(status(n, "/open", &k_open).await, 200);
+        assert_eq!(status(n, "/closed", &k_closed).await, 200);
+    }
+
+    redis.stop();
+    let stopped = Instant::now();
+    // fail_open: 90 requests over the three nodes, every one admitted (30 − 3 left in Redis:
+    // limits are off, not merely generous).
+    for i in 0..90 {
+        let s = status(&nodes[i % 3], "/open", &k_open).await;
+        assert_eq!(s, 200, "fail_open answered {s}");
+    }
+    // fail_closed: 503 limiter_unavailable with Retry-After, on every node.
+    for n in &nodes {
+        let r = n.get("/closed", &[("x-api-key", &k_closed)]).await;
+        assert!(r.headers().get("retry-after").is_some());
+        problem(r, 503, "limiter_unavailable").await;
+    }
+    // local: each node admits 30 / 3 = 10 on its own.
+    let mut per_node = Vec::new();
+    for n in &nodes {
+        let mut ok = 0;
+        loop {
+            match status(n, "/local", &k_local).await {
+                200 => ok += 1,
+                429 => break,
+                other => panic!("local fallback answered {other}"),
+            }
+            assert!(ok <= 10);
+        }
+        per_node.push(ok);
+    }
+    println!(
+        "redis down {:.1} s: fail_open 90/90 admitted, fail_closed 503, local per node {per_node:?}",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(per_node, vec![10, 10, 10]);
+    for n in &nodes {
+        let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
+        assert_ne!(r.breaker_state(), BreakerState::Closed);
+        assert!(r.stats().short_circuits.load(Ordering::Relaxed) > 0);
+    }
+
+    // Redis comes back (empty: it kept nothing). Within a cooldown or two every node's
+    // breaker closes and the quota is cluster-wide again: 30 in all, not 10 per node.
+    redis.restart();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(15);
+    for n in &nodes {
+        loop {
+            let s = status(n, "/closed", &k_closed).await;
+            if s == 200 {
+                break;
+            }
+            assert_eq!(s, 503);
+            assert!(Instant::now() < deadline, "a node did not recover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "recovered on all nodes {:.2} s after redis restarted",
+        back.elapsed().as_secs_f64()
+    );
+    let mut admitted = 0;
+    for i in 0..60 {
+        if status(&nodes[i % 3], "/local", &k_local).await == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 30, "the quota is cluster-wide again");
+    for n in &nodes {
+        let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
+        assert_eq!(r.breaker_state(), BreakerState::Closed);
+    }
+}
