@@ -14,6 +14,11 @@ use crate::EngineError;
 
 type Counts = HashMap<(String, String, i64, &'static str), u64>;
 
+/// Buffered rows above which counts kept through failed flushes (the store unreachable) are
+/// folded from per-minute into per-hour rows: totals stay exact, memory stays bounded by the
+/// number of active keys rather than by the length of the outage.
+const MAX_PENDING_ROWS: usize = 200_000;
+
 #[derive(Default)]
 struct Pending {
     counts: Counts,
@@ -92,6 +97,20 @@ impl UsageRecorder {
                 };
                 for (k, v) in taken.counts {
                     *p.counts.entry(k).or_insert(0) += v;
+                }
+                if p.counts.len() > MAX_PENDING_ROWS {
+                    let before = p.counts.len();
+                    let counts = std::mem::take(&mut p.counts);
+                    for ((key, app, minute, outcome), v) in counts {
+                        *p.counts
+                            .entry((key, app, minute - minute.rem_euclid(60), outcome))
+                            .or_insert(0) += v;
+                    }
+                    tracing::warn!(
+                        before,
+                        after = p.counts.len(),
+                        "usage flushes keep failing: pending counts folded into hourly rows"
+                    );
                 }
                 for (k, t) in taken.last_used {
                     let e = p.last_used.entry(k).or_insert(t);

@@ -98,8 +98,20 @@ async fn method_not_allowed() -> Problem {
 }
 
 async fn healthz(State(st): State<Arc<AdminState>>) -> Response {
-    match st.engine.store().ping().await {
-        Ok(()) => Json(serde_json::json!({"status": "ok", "store": st.engine.store().backend()})).into_response(),
+    let store = st.engine.store();
+    match store.ping().await {
+        Ok(()) => {
+            let mut body = serde_json::json!({"status": "ok", "store": store.backend()});
+            // Shared store: without its change channel this node learns of other nodes'
+            // changes only by revalidation (`store.revalidate_interval`).
+            if let Some(up) = store.changes_connected() {
+                body["store_changes"] = serde_json::json!(if up { "connected" } else { "reconnecting" });
+                if !up {
+                    body["status"] = serde_json::json!("degraded");
+                }
+            }
+            Json(body).into_response()
+        }
         Err(e) => problem::store(&e).into_response(),
     }
 }
