@@ -148,6 +148,18 @@ pub struct LimitFlags {
     pub quota: Option<String>,
 }
 
+/// Mutual TLS for a key or an app (RFC 8705 certificates registered to the app's clients).
+#[derive(Debug, Args, Default)]
+pub struct MtlsFlags {
+    /// Only accept the key (every key of the app) over a TLS connection whose client
+    /// certificate is registered to one of the app's clients (`client create --auth tls_client_auth`).
+    #[arg(long)]
+    pub require_mtls: bool,
+    /// Lift --require-mtls.
+    #[arg(long, conflicts_with = "require_mtls")]
+    pub no_require_mtls: bool,
+}
+
 /// Clearing limits on update.
 #[derive(Debug, Args, Default)]
 pub struct ClearFlags {
@@ -170,6 +182,8 @@ pub enum AppCommand {
         #[command(flatten)]
         limits: LimitFlags,
         #[command(flatten)]
+        mtls: MtlsFlags,
+        #[command(flatten)]
         out: JsonFlag,
     },
     /// Change an application's limits (shared by all of its keys); applies to the next request.
@@ -177,6 +191,8 @@ pub enum AppCommand {
         app: String,
         #[command(flatten)]
         limits: LimitFlags,
+        #[command(flatten)]
+        mtls: MtlsFlags,
         #[command(flatten)]
         clear: ClearFlags,
         #[command(flatten)]
@@ -223,6 +239,8 @@ pub enum KeyCommand {
         #[command(flatten)]
         limits: LimitFlags,
         #[command(flatten)]
+        mtls: MtlsFlags,
+        #[command(flatten)]
         out: JsonFlag,
     },
     /// Change a key's scopes or limits; applies to the next request.
@@ -236,6 +254,8 @@ pub enum KeyCommand {
         no_scopes: bool,
         #[command(flatten)]
         limits: LimitFlags,
+        #[command(flatten)]
+        mtls: MtlsFlags,
         #[command(flatten)]
         clear: ClearFlags,
         #[command(flatten)]
@@ -330,11 +350,30 @@ pub enum ClientCommand {
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
         /// How the client authenticates at the token endpoint.
-        #[arg(long = "auth", value_parser = ["client_secret_basic", "client_secret_post", "private_key_jwt"], default_value = "client_secret_basic")]
+        #[arg(long = "auth", value_parser = ["client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth"], default_value = "client_secret_basic")]
         auth: String,
-        /// The client's public keys (a JWK Set file) for private_key_jwt.
+        /// The client's public keys (a JWK Set file) for private_key_jwt or
+        /// self_signed_tls_client_auth.
         #[arg(long, value_name = "FILE")]
         jwks_file: Option<std::path::PathBuf>,
+        /// self_signed_tls_client_auth: the client's certificate (PEM); registered as a JWK with `x5c`.
+        #[arg(long, value_name = "PEM", conflicts_with = "jwks_file")]
+        cert_file: Option<std::path::PathBuf>,
+        /// tls_client_auth: the certificate's subject DN (RFC 4514, e.g. "CN=billing,O=Example").
+        #[arg(long, value_name = "DN", group = "tls_name")]
+        tls_subject_dn: Option<String>,
+        /// tls_client_auth: a DNS name in the certificate's subject alternative names.
+        #[arg(long, value_name = "NAME", group = "tls_name")]
+        tls_san_dns: Option<String>,
+        /// tls_client_auth: a URI in the certificate's SANs (e.g. a SPIFFE id).
+        #[arg(long, value_name = "URI", group = "tls_name")]
+        tls_san_uri: Option<String>,
+        /// tls_client_auth: an IP address in the certificate's SANs.
+        #[arg(long, value_name = "IP", group = "tls_name")]
+        tls_san_ip: Option<String>,
+        /// tls_client_auth: an e-mail address in the certificate's SANs.
+        #[arg(long, value_name = "EMAIL", group = "tls_name")]
+        tls_san_email: Option<String>,
         /// Access-token lifetime (1s to 24h).
         #[arg(long, default_value = "5m")]
         token_ttl: String,

@@ -352,6 +352,14 @@ fn limits_into(body: &mut Value, l: &LimitFlags, clear: Option<&ClearFlags>) -> 
     Ok(())
 }
 
+fn mtls_into(body: &mut Value, m: &crate::cli::MtlsFlags) {
+    if m.require_mtls {
+        body["require_mtls"] = json!(true);
+    } else if m.no_require_mtls {
+        body["require_mtls"] = json!(false);
+    }
+}
+
 fn policy_text(v: &Value) -> String {
     let p = v.get("policy").cloned().unwrap_or(Value::Null);
     let mut parts = Vec::new();
@@ -404,9 +412,15 @@ fn items(v: &Value) -> Vec<Value> {
 async fn app(cli: &Cli, cmd: &AppCommand) -> Result<()> {
     let c = admin_client(cli)?;
     match cmd {
-        AppCommand::Create { name, limits, out } => {
+        AppCommand::Create {
+            name,
+            limits,
+            mtls,
+            out,
+        } => {
             let mut body = json!({"name": name});
             limits_into(&mut body, limits, None)?;
+            mtls_into(&mut body, mtls);
             let v = c.call(Method::POST, "/v1/apps", Some(body)).await?;
             if out.json {
                 print_json(&v);
@@ -422,11 +436,13 @@ async fn app(cli: &Cli, cmd: &AppCommand) -> Result<()> {
         AppCommand::Update {
             app,
             limits,
+            mtls,
             clear,
             out,
         } => {
             let mut body = json!({});
             limits_into(&mut body, limits, Some(clear))?;
+            mtls_into(&mut body, mtls);
             let v = c
                 .call(Method::PATCH, &format!("/v1/apps/{}", seg(app)), Some(body))
                 .await?;
@@ -512,6 +528,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             canary,
             exchange_only,
             limits,
+            mtls,
             out,
         } => {
             // Check what can be checked locally first: no request for a bad flag.
@@ -519,6 +536,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             let mut body =
                 json!({"app": app, "scopes": sc, "env": env, "canary": canary, "exchange_only": exchange_only});
             limits_into(&mut body, limits, None)?;
+            mtls_into(&mut body, mtls);
             if let Some(n) = name {
                 body["name"] = json!(n);
             }
@@ -557,6 +575,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             scopes: sc,
             no_scopes,
             limits,
+            mtls,
             clear,
             out,
         } => {
@@ -566,6 +585,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                 body["scopes"] = json!(sc);
             }
             limits_into(&mut body, limits, Some(clear))?;
+            mtls_into(&mut body, mtls);
             let c = admin_client(cli)?;
             let v = c
                 .call(Method::PATCH, &format!("/v1/keys/{}", seg(id)), Some(body))
@@ -758,6 +778,22 @@ fn print_client(v: &Value) {
     }
 }
 
+/// A JWK Set holding the public key of a PEM certificate, with the certificate as `x5c`
+/// (RFC 8705 §2.2: self-signed client certificates are registered in the client's JWKS).
+fn jwks_of_certificate(f: &std::path::Path) -> Result<Value> {
+    use base64::Engine as _;
+    use rustls_pki_types::pem::PemObject;
+    let bad = |m: String| CliError::Usage(format!("--cert-file {}: {m}", f.display()));
+    let der = rustls_pki_types::CertificateDer::from_pem_file(f).map_err(|e| bad(e.to_string()))?;
+    let cert = keyward_token::ClientCert::parse(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+    let jwk = cert
+        .public_key
+        .ok_or_else(|| bad("the certificate's key type is not one JOSE knows (EC, Ed25519, RSA)".into()))?;
+    let mut jwk = serde_json::to_value(jwk).map_err(|e| bad(e.to_string()))?;
+    jwk["x5c"] = json!([base64::engine::general_purpose::STANDARD.encode(der.as_ref())]);
+    Ok(json!({"keys": [jwk]}))
+}
+
 async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
     match cmd {
         ClientCommand::Create {
@@ -766,6 +802,12 @@ async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
             scopes: sc,
             auth,
             jwks_file,
+            cert_file,
+            tls_subject_dn,
+            tls_san_dns,
+            tls_san_uri,
+            tls_san_ip,
+            tls_san_email,
             token_ttl,
             dpop_bound,
             limits,
@@ -777,11 +819,9 @@ async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
             if let Some(n) = name {
                 body["name"] = json!(n);
             }
-            match (auth.as_str(), jwks_file) {
-                ("private_key_jwt", None) => {
-                    return Err(CliError::Usage("--auth private_key_jwt needs --jwks-file".into()));
-                }
-                ("private_key_jwt", Some(f)) => {
+            let keyed = matches!(auth.as_str(), "private_key_jwt" | "self_signed_tls_client_auth");
+            match (keyed, jwks_file, cert_file) {
+                (true, Some(f), _) => {
                     let text = std::fs::read_to_string(f)
                         .map_err(|e| CliError::Usage(format!("--jwks-file {}: {e}", f.display())))?;
                     let jwks: Value = serde_json::from_str(&text)
@@ -790,12 +830,51 @@ async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
                         .map_err(|e| CliError::Usage(format!("--jwks-file: {e}")))?;
                     body["jwks"] = jwks;
                 }
-                (_, Some(_)) => {
+                (true, None, Some(f)) if auth == "self_signed_tls_client_auth" => {
+                    body["jwks"] = jwks_of_certificate(f)?;
+                }
+                (true, None, _) => {
+                    return Err(CliError::Usage(format!(
+                        "--auth {auth} needs --jwks-file{}",
+                        if auth == "self_signed_tls_client_auth" {
+                            " or --cert-file"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                (false, Some(_), _) | (false, _, Some(_)) => {
                     return Err(CliError::Usage(
-                        "--jwks-file only goes with --auth private_key_jwt".into(),
+                        "--jwks-file goes with --auth private_key_jwt or self_signed_tls_client_auth, \
+                         --cert-file with self_signed_tls_client_auth"
+                            .into(),
                     ))
                 }
-                (_, None) => {}
+                (false, None, None) => {}
+            }
+            let names = [
+                ("tls_client_auth_subject_dn", tls_subject_dn),
+                ("tls_client_auth_san_dns", tls_san_dns),
+                ("tls_client_auth_san_uri", tls_san_uri),
+                ("tls_client_auth_san_ip", tls_san_ip),
+                ("tls_client_auth_san_email", tls_san_email),
+            ];
+            let given: Vec<_> = names.iter().filter_map(|(k, v)| v.as_ref().map(|v| (*k, v))).collect();
+            match (auth.as_str(), given.as_slice()) {
+                ("tls_client_auth", [(k, v)]) => body[*k] = json!(v),
+                ("tls_client_auth", _) => {
+                    return Err(CliError::Usage(
+                        "--auth tls_client_auth needs one of --tls-subject-dn, --tls-san-dns, --tls-san-uri, \
+                         --tls-san-ip, --tls-san-email"
+                            .into(),
+                    ))
+                }
+                (_, []) => {}
+                (_, _) => {
+                    return Err(CliError::Usage(
+                        "--tls-subject-dn and --tls-san-* go with --auth tls_client_auth".into(),
+                    ))
+                }
             }
             limits_into(&mut body, limits, None)?;
             let c = admin_client(cli)?;

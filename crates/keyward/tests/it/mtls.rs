@@ -495,3 +495,137 @@ async fn metadata_announces_mtls_and_the_client_ca_is_reloaded() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(send(addr, &root, Some(&new_client), fact()).await.0, 200);
 }
+
+/// The CLI flags of issue 6: `key create --require-mtls`, `app update --require-mtls`,
+/// `client create --auth tls_client_auth --tls-subject-dn …`, `--auth self_signed_tls_client_auth
+/// --cert-file …`, and their usage errors (exit 2, nothing created).
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_flags_for_mtls() {
+    let pki = Pki::new();
+    let kw = boot_mtls(&pki, true, Duration::from_secs(30)).await;
+    let admin = kw.admin.clone();
+    let run = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(args)
+            .env("KEYWARD_ADMIN_URL", &admin)
+            .env("KEYWARD_ADMIN_TOKEN", crate::harness::ADMIN_TOKEN)
+            .env_remove("KEYWARD_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let json_out = |out: &str| -> Value { serde_json::from_str(out.trim()).unwrap() };
+    let (code, _, err) = run(&["app", "create", "fleet"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["key", "create", "--app", "fleet", "--require-mtls", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let key = json_out(&out);
+    assert_eq!(key["policy"]["require_mtls"], true, "{key}");
+    let id = key["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = run(&["key", "update", &id, "--no-require-mtls", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(json_out(&out)["policy"].get("require_mtls").is_none(), "{out}");
+    let (code, out, err) = run(&["app", "update", "fleet", "--require-mtls", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_out(&out)["policy"]["require_mtls"], true, "{out}");
+    let (code, _, err) = run(&["key", "update", &id, "--require-mtls", "--no-require-mtls"]);
+    assert_eq!(code, 2, "{err}");
+
+    let (code, out, err) = run(&[
+        "client",
+        "create",
+        "--app",
+        "fleet",
+        "--auth",
+        "tls_client_auth",
+        "--tls-subject-dn",
+        "CN=truck-7,O=Fleet",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let c = json_out(&out);
+    assert_eq!(c["options"]["tls_client_auth_subject_dn"], "CN=truck-7,O=Fleet", "{c}");
+    assert!(c.get("client_secret").is_none());
+
+    // A self-signed certificate registered from its PEM file; the token endpoint then
+    // authenticates a connection that presents it.
+    let device = client_cert(None, "device-9", "Fleet", vec![], false);
+    let pem = pki.path.join("device.pem");
+    std::fs::write(&pem, &device.cert_pem).unwrap();
+    let (code, out, err) = run(&[
+        "client",
+        "create",
+        "--app",
+        "fleet",
+        "--auth",
+        "self_signed_tls_client_auth",
+        "--cert-file",
+        pem.to_str().unwrap(),
+        "--scope",
+        "facts:read",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let c = json_out(&out);
+    let cid = c["client_id"].as_str().unwrap().to_owned();
+    assert!(c["jwks"]["keys"][0]["x5c"][0].is_string(), "{c}");
+    let addr = gw_addr(&kw);
+    let (s, body) = send(addr, &pki.server_ca.der, Some(&device), token_req(&cid)).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+
+    // Usage errors: exit 2, a message naming the flag, nothing created.
+    let garbage = pki.path.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for args in [
+        vec!["client", "create", "--app", "fleet", "--auth", "tls_client_auth"],
+        vec![
+            "client",
+            "create",
+            "--app",
+            "fleet",
+            "--auth",
+            "tls_client_auth",
+            "--tls-san-dns",
+            "a",
+            "--tls-san-uri",
+            "b",
+        ],
+        vec!["client", "create", "--app", "fleet", "--tls-san-dns", "a.example"],
+        vec![
+            "client",
+            "create",
+            "--app",
+            "fleet",
+            "--auth",
+            "self_signed_tls_client_auth",
+        ],
+        vec![
+            "client",
+            "create",
+            "--app",
+            "fleet",
+            "--auth",
+            "self_signed_tls_client_auth",
+            "--cert-file",
+            garbage.to_str().unwrap(),
+        ],
+        vec![
+            "client",
+            "create",
+            "--app",
+            "fleet",
+            "--cert-file",
+            pem.to_str().unwrap(),
+        ],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("--"), "{args:?}: {err}");
+    }
+    let (_, out, _) = run(&["client", "list", "--app", "fleet", "--json"]);
+    assert_eq!(out.matches("client_id").count(), 2, "{out}");
+}
