@@ -100,7 +100,7 @@ async fn a_key_created_and_revoked_on_one_node_is_seen_by_the_other() {
         assert_eq!(engine.store().changes_connected(), Some(true));
     }
     let mut times = Vec::new();
-    for i in 0..20 {
+    for i in 0..50 {
         let (id, key) = a.key("cats", &["facts:read"], json!({})).await;
         assert_eq!(status_with(&b, &key).await, 200, "round {i}: created on A, works on B");
         assert_eq!(status_with(&b, &key).await, 200, "round {i}: now cached on B");
