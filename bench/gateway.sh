@@ -7,6 +7,7 @@
 #   GATEWAY_BIN_B=/tmp/keyward-old bench/gateway.sh   # a second keyward binary in the same rotation
 #   COMPARE=limits bench/gateway.sh       # one gateway, a key with limits on vs one without
 #   TLS=1 bench/gateway.sh                # both proxies terminate TLS (wrk over https)
+#   COMPARE=redis bench/gateway.sh        # the same limited key through local limits vs Redis limits
 #
 # Environment (all optional):
 #   WORKERS      nginx worker_processes and keyward [server] worker_threads (default 1)
@@ -28,6 +29,10 @@
 #                limits: no nginx; one gateway measured with the plain key (`unlimited`) and
 #                with a key that has a generous key rate, key quota and IP allowlist and whose
 #                app has a generous rate (`limited`; never tripped). bench/limits.sh does this.
+#                redis: no nginx; the `limited` key of COMPARE=limits through two gateways on
+#                one store: `local` (limits in process) and `redis` (the same limits in Redis,
+#                [redis] url = REDIS_URL, default redis://127.0.0.1:6379/; one Lua script per
+#                request). Redis's own CPU is not in the proxy CPU column. bench/redis.sh.
 #   TLS          1: a throw-away CA and an ECDSA P-256 server certificate for 127.0.0.1 are made
 #                with openssl; keyward serves them (gateway.tls_cert_file / tls_key_file) and
 #                nginx `listen ... ssl` with the same certificate; wrk and curl use https.
@@ -176,7 +181,13 @@ NGINX=$(find_nginx)
 [[ -n "$NGINX" ]] || die "nginx not found after installation"
 command -v wrk >/dev/null || die "wrk not found after installation"
 command -v curl >/dev/null || die "curl is needed"
-[[ "$COMPARE" == nginx || "$COMPARE" == limits ]] || die "COMPARE must be nginx or limits"
+[[ "$COMPARE" == nginx || "$COMPARE" == limits || "$COMPARE" == redis ]] || die "COMPARE must be nginx, limits or redis"
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/}
+if [[ "$COMPARE" == redis ]]; then
+    [[ -z "$GATEWAY_BIN_B" ]] || die "COMPARE=redis uses the second gateway's ports: no GATEWAY_BIN_B"
+    command -v redis-cli >/dev/null || die "COMPARE=redis needs redis-cli (and a Redis at $REDIS_URL)"
+    redis-cli -u "$REDIS_URL" ping >/dev/null || die "no Redis answers at $REDIS_URL"
+fi
 
 KEYWARD="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward}"
 if [[ "$SKIP_BUILD" != 1 && -z "${GATEWAY_BIN:-}" ]]; then
@@ -275,7 +286,7 @@ KEY=$("$KEYWARD" key create --app bench --scope facts:read --json | json_key)
 [[ "$KEY" =~ ^[A-Za-z0-9_]+$ ]] || die "unexpected key format from keyward key create"
 
 LKEY=""
-if [[ "$COMPARE" == limits ]]; then
+if [[ "$COMPARE" == limits || "$COMPARE" == redis ]]; then
     # Limits on, never tripped: key rate + key quota + IP allowlist, and an app rate.
     "$KEYWARD" app create limited --json >/dev/null
     "$KEYWARD" app update limited --rate 10000000/s --json >/dev/null
@@ -292,6 +303,18 @@ if [[ -n "$GATEWAY_BIN_B" ]]; then
     PIDS+=($!)
     KEYWARD_B_PID=$!
     wait_http "http://127.0.0.1:$ADMIN_B_PORT/healthz" 200 "keyward_b admin API" "${PIDS[-1]}"
+fi
+
+if [[ "$COMPARE" == redis ]]; then
+    REDIS_PREFIX="bench-$$-$RANDOM"
+    write_config "$TMP/keyward-redis.toml" "$GW_B_PORT" "$ADMIN_B_PORT"
+    printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$REDIS_PREFIX" >>"$TMP/keyward-redis.toml"
+    log "keyward with [redis] ($REDIS_URL, prefix $REDIS_PREFIX): gateway 127.0.0.1:$GW_B_PORT, same store"
+    KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=warn \
+        "$KEYWARD" serve --config "$TMP/keyward-redis.toml" >"$TMP/keyward-redis.log" 2>&1 &
+    PIDS+=($!)
+    KEYWARD_R_PID=$!
+    wait_http "http://127.0.0.1:$ADMIN_B_PORT/healthz" 200 "keyward (redis) admin API" "${PIDS[-1]}"
 fi
 
 if [[ "$COMPARE" == nginx ]]; then
@@ -330,6 +353,13 @@ if [[ "$COMPARE" == limits ]]; then
     hdrs=$(curl -s "${CURL_TLS[@]}" -o /dev/null -D - -H "x-api-key: $KEY" "$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH")
     [[ "${hdrs,,}" != *ratelimit-policy:* ]] || die "the unlimited key's response carries a RateLimit-Policy"
 fi
+if [[ "$COMPARE" == redis ]]; then
+    hdrs=$(curl -s "${CURL_TLS[@]}" -o /dev/null -D - -H "x-api-key: $LKEY" "$SCHEME://127.0.0.1:$GW_B_PORT$BENCH_PATH")
+    [[ "${hdrs,,}" == *ratelimit-policy:* ]] || die "the redis gateway's response carries no RateLimit-Policy"
+    # The limits really live in Redis.
+    [[ -n "$(redis-cli -u "$REDIS_URL" --scan --pattern "kw:{$REDIS_PREFIX}:*" | head -1)" ]] ||
+        die "no limit state under kw:{$REDIS_PREFIX}: in Redis"
+fi
 
 # ---- measurement -------------------------------------------------------------------------
 
@@ -339,17 +369,22 @@ declare -A URL=(
     [nginx]="$SCHEME://127.0.0.1:$NGINX_PORT$BENCH_PATH"
     [unlimited]="$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH"
     [limited]="$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [local]="$SCHEME://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [redis]="$SCHEME://127.0.0.1:$GW_B_PORT$BENCH_PATH"
 )
-declare -A KEY_OF=([keyward]="$KEY" [keyward_b]="$KEY" [nginx]="$KEY" [unlimited]="$KEY" [limited]="$LKEY")
+declare -A KEY_OF=([keyward]="$KEY" [keyward_b]="$KEY" [nginx]="$KEY" [unlimited]="$KEY" [limited]="$LKEY"
+    [local]="$LKEY" [redis]="$LKEY")
 if [[ "$COMPARE" == limits ]]; then
     TARGETS=(unlimited limited)
+elif [[ "$COMPARE" == redis ]]; then
+    TARGETS=(local redis)
 else
     TARGETS=(keyward)
     [[ -z "$GATEWAY_BIN_B" ]] || TARGETS+=(keyward_b)
     TARGETS+=(nginx)
 fi
 declare -A PID_OF=([keyward]="$KEYWARD_PID" [keyward_b]="${KEYWARD_B_PID:-}" [nginx]="${NGINX_PID:-}"
-    [unlimited]="$KEYWARD_PID" [limited]="$KEYWARD_PID")
+    [unlimited]="$KEYWARD_PID" [limited]="$KEYWARD_PID" [local]="$KEYWARD_PID" [redis]="${KEYWARD_R_PID:-}")
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { # PID -> utime+stime of the process and its children processes (nginx workers)
     local total=0 p f
@@ -388,7 +423,9 @@ for pid in "${PIDS[@]}"; do
 done
 
 echo
-if [[ "$COMPARE" == limits ]]; then
+if [[ "$COMPARE" == redis ]]; then
+    echo "keyward, the limited key with Redis limits ($REDIS_URL) vs local limits: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+elif [[ "$COMPARE" == limits ]]; then
     echo "keyward, limited vs unlimited key on one gateway: $WORKERS worker(s), wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 else
     echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'): $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -408,6 +445,8 @@ set +e
 report_rc=0
 if [[ "$COMPARE" == limits ]]; then
     report limited unlimited 0.90 || report_rc=$?
+elif [[ "$COMPARE" == redis ]]; then
+    report redis local || report_rc=$?
 else
     report keyward nginx || report_rc=$?
     if [[ -n "$GATEWAY_BIN_B" ]]; then
