@@ -629,3 +629,56 @@ async fn cli_flags_for_mtls() {
     let (_, out, _) = run(&["client", "list", "--app", "fleet", "--json"]);
     assert_eq!(out.matches("client_id").count(), 2, "{out}");
 }
+
+/// An independent mTLS client (httpx over Python's ssl) against the TLS gateway: token by
+/// `tls_client_auth`, certificate-bound token used and refused over another certificate, a
+/// certificate-only route. Runs when `KEYWARD_TEST_PYTHON` is set (.ci/run sets it).
+#[tokio::test]
+async fn python_mtls_client() {
+    let Some(python) = std::env::var_os("KEYWARD_TEST_PYTHON").filter(|p| !p.is_empty()) else {
+        eprintln!("mtls::python_mtls_client skipped: set KEYWARD_TEST_PYTHON (.ci/run does)");
+        return;
+    };
+    let pki = Pki::new();
+    let kw = boot_mtls(&pki, false, Duration::from_secs(30)).await;
+    app(&kw, "py").await;
+    let id = client(
+        &kw,
+        json!({"app": "py", "scopes": ["facts:read", "internal:read"], "auth_method": "tls_client_auth",
+               "tls_client_auth_subject_dn": "CN=py-client,O=Example"}),
+    )
+    .await;
+    let mine = client_cert(Some(&pki.client_ca), "py-client", "Example", vec![], false);
+    let other = client_cert(Some(&pki.client_ca), "py-other", "Example", vec![], false);
+    let dir = &pki.path;
+    std::fs::write(dir.join("server-ca.pem"), &pki.server_ca.pem).unwrap();
+    for (name, leaf) in [("mine", &mine), ("other", &other)] {
+        std::fs::write(dir.join(format!("{name}.crt")), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
+    }
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut cmd = tokio::process::Command::new(&python);
+    cmd.arg("tests/python/mtls_interop.py")
+        .current_dir(&root)
+        .env("KEYWARD_GATEWAY", format!("https://{}", gw_addr(&kw)))
+        .env("KEYWARD_CA", dir.join("server-ca.pem"))
+        .env("KEYWARD_CERT", dir.join("mine.crt"))
+        .env("KEYWARD_KEY", dir.join("mine.key"))
+        .env("KEYWARD_OTHER_CERT", dir.join("other.crt"))
+        .env("KEYWARD_OTHER_KEY", dir.join("other.key"))
+        .env("KEYWARD_CLIENT_ID", &id)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the Python mTLS client took longer than 120 s")
+        .unwrap_or_else(|e| panic!("cannot run KEYWARD_TEST_PYTHON={python:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "mtls_interop.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}\n{stderr}");
+}
