@@ -630,16 +630,25 @@ fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
         }
     }
     let h = &req.headers;
-    let method = match single(h, "x-original-method")? {
-        Some(m) => Some(m),
-        None => single(h, "x-forwarded-method")?,
+    // Both conventions may arrive: a proxy sets its own, and passes on whatever the client
+    // sent under the other's names (Traefik forwards a client's X-Original-URI untouched). A
+    // value that disagrees with the other convention's is refused, so a client can never pick
+    // the method or target its request is judged by.
+    let agree = |nginx: Option<&'_ str>, traefik: Option<&'_ str>, what: &str| match (nginx, traefik) {
+        (Some(a), Some(b)) if a != b => Err(bad(format!(
+            "X-Original-{what} and X-Forwarded-{what} disagree; the proxy must set one and remove the other"
+        ))),
+        (Some(a), _) => Ok(Some(a.to_owned())),
+        (None, b) => Ok(b.map(str::to_owned)),
     };
-    let uri = match single(h, "x-original-uri")? {
-        Some(u) => Some(u),
-        None => single(h, "x-forwarded-uri")?,
-    };
+    let method = agree(
+        single(h, "x-original-method")?,
+        single(h, "x-forwarded-method")?,
+        "Method",
+    )?;
+    let uri = agree(single(h, "x-original-uri")?, single(h, "x-forwarded-uri")?, "URI")?;
     match (method, uri) {
-        (Some(m), Some(u)) => parse_target(m, u).map(|t| (t, false)),
+        (Some(m), Some(u)) => parse_target(&m, &u).map(|t| (t, false)),
         _ => Err(bad(
             "forward-auth needs the original method and URI: X-Original-Method and X-Original-URI \
              (nginx), X-Forwarded-Method and X-Forwarded-Uri (Traefik), or the Envoy path prefix \

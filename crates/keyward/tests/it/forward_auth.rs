@@ -298,6 +298,25 @@ async fn hostile_forward_auth_input_is_4xx_never_5xx() {
             405,
             "method_not_allowed",
         ),
+        // A client behind Traefik forging nginx's headers (or the reverse) is refused.
+        (
+            vec![
+                ("x-original-method", "GET"),
+                ("x-forwarded-method", "POST"),
+                ("x-forwarded-uri", "/facts"),
+            ],
+            400,
+            "invalid_verify_request",
+        ),
+        (
+            vec![
+                ("x-original-uri", "/fact"),
+                ("x-forwarded-method", "POST"),
+                ("x-forwarded-uri", "/facts"),
+            ],
+            400,
+            "invalid_verify_request",
+        ),
         (
             vec![
                 ("x-original-method", "GET"),
