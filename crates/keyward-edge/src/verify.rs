@@ -657,6 +657,21 @@ fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
     }
 }
 
+/// The client address of a forward-auth call: `X-Forwarded-For` when the proxy is trusted,
+/// never `Forwarded` (RFC 7239) or `X-Real-IP`. nginx, Traefik and Envoy maintain
+/// `X-Forwarded-For`, but pass a client's `Forwarded` header on untouched, and the gateway's
+/// rule (`Forwarded` wins) would then let the client choose its address.
+fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !headers.contains_key(header::FORWARDED) {
+        return gateway::client_ip(peer, headers, trusted);
+    }
+    let mut only_xff = HeaderMap::new();
+    for v in headers.get_all("x-forwarded-for") {
+        only_xff.append(HeaderName::from_static("x-forwarded-for"), v.clone());
+    }
+    gateway::client_ip(peer, &only_xff, trusted)
+}
+
 /// `scope` (repeatable), `cost` and `route` from the forward-auth URL's own query: set in the
 /// proxy's configuration, out of the client's reach.
 fn call_options(query: Option<&str>) -> Result<(Vec<Scope>, u64, Option<String>), Problem> {
@@ -742,7 +757,7 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
         Ok(Ok(c)) => c,
     };
     let route = chosen.route();
-    let client = gateway::client_ip(peer.ip(), &req.headers, st.gateway.trusted_proxies());
+    let client = forwarded_client(peer.ip(), &req.headers, st.gateway.trusted_proxies());
     let view = RequestView {
         headers: &req.headers,
         method: &target.method,

@@ -191,6 +191,22 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     .await;
     assert_eq!(r.status(), 200);
     assert_eq!(h(&r, "x-keyward-client-ip").as_deref(), Some("203.0.113.9"));
+    // A client's own Forwarded header (which proxies pass on untouched) is never read.
+    let r = fa(
+        &kw2,
+        "GET",
+        "/v1/forward-auth",
+        &[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/echo"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.4"),
+            ("x-api-key", &there),
+        ],
+    )
+    .await;
+    assert_eq!(h(&r, "x-keyward-client-ip").as_deref(), None);
+    problem(r, 403, "ip_not_allowed").await;
 }
 
 #[tokio::test]
@@ -517,6 +533,8 @@ async fn real_nginx_auth_request() {
             ("x-api-key", read.clone()),
             ("x-keyward-app", "spoofed".into()),
             ("x-keyward-client-id", "spoofed".into()),
+            ("forwarded", "for=203.0.113.9".into()),
+            ("x-forwarded-for", "203.0.113.9".into()),
         ],
     )
     .await
