@@ -63,6 +63,7 @@ impl Engine {
             Change::TokenRevoked => self.reload_revoked_tokens_logged().await,
             Change::Resync => {
                 self.cache.clear();
+                self.clients.invalidate_all();
                 if let Err(e) = self.load_legacy_flag().await {
                     tracing::warn!(error = %e, "resync: cannot read the legacy-key flag");
                 }

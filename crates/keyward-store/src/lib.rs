@@ -153,9 +153,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds a batch of usage counts and advances `last_used_at`, in one transaction.
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;
-    /// Usage rows since a Unix minute, for a key or an app (or everything).
     /// How many legacy (imported, unformatted) keys exist, revoked or not.
     async fn count_legacy_keys(&self) -> Result<u64, StoreError>;
+    /// Usage rows since a Unix minute, for a key or an app (or everything).
     async fn usage(
         &self,
         key_id: Option<&str>,

@@ -393,6 +393,47 @@ async fn cache_suite(store: Arc<dyn Store>) {
     let s = cache.stats();
     assert!(s.hits.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     assert!(s.negative_hits.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+
+    // Invalidation by key id (announced changes carry ids, never digests).
+    store.create_key(&key("key_c2", &a, 0), &digest(51)).await.unwrap();
+    assert!(matches!(cache.lookup(&digest(51)).await.unwrap(), Lookup::Found(_)));
+    store.revoke_key("key_c2", t(6)).await.unwrap();
+    cache.invalidate_key_id("key_unknown");
+    let Lookup::Found(r) = cache.lookup(&digest(51)).await.unwrap() else {
+        panic!("not found")
+    };
+    assert_eq!(r.revoked_at, None, "another id leaves it cached");
+    cache.invalidate_key_id("key_c2");
+    let Lookup::Found(r) = cache.lookup(&digest(51)).await.unwrap() else {
+        panic!("not found")
+    };
+    assert_eq!(r.revoked_at, Some(t(6)));
+    // Invalidation by app: every cached record of the app's keys.
+    let p = Policy {
+        quota: Some(QuotaSpec::parse("7/day").unwrap()),
+        ..Default::default()
+    };
+    store.update_app_policy("app_c", &p).await.unwrap();
+    assert_ne!(
+        match cache.lookup(&digest(51)).await.unwrap() {
+            Lookup::Found(r) => r.app_policy.clone(),
+            Lookup::Unknown => panic!("not found"),
+        },
+        p
+    );
+    cache.invalidate_app("app_other");
+    cache.invalidate_app("app_c");
+    for d in [digest(50), digest(51)] {
+        let Lookup::Found(r) = cache.lookup(&d).await.unwrap() else {
+            panic!("not found")
+        };
+        assert_eq!(r.app_policy, p);
+    }
+    // A key created elsewhere: its digest may be in the negative cache.
+    assert!(matches!(cache.lookup(&digest(52)).await.unwrap(), Lookup::Unknown));
+    store.create_key(&key("key_c3", &a, 0), &digest(52)).await.unwrap();
+    cache.clear_negative();
+    assert!(matches!(cache.lookup(&digest(52)).await.unwrap(), Lookup::Found(_)));
 }
 
 /// OAuth 2.0 objects: clients and their secrets, signing keys, revoked tokens, one-time jtis.
@@ -857,4 +898,214 @@ async fn postgres_bulk_load_and_unreachable_server() {
     .unwrap_err();
     assert_eq!(e.code(), "store_open_failed");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// A store whose key lookups fail with `Unavailable` (or answer "unknown") on demand.
+struct Flaky {
+    inner: Arc<dyn Store>,
+    down: std::sync::atomic::AtomicBool,
+    forget: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn create_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        self.inner.create_app(app).await
+    }
+    async fn get_app(&self, id_or_name: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.inner.get_app(id_or_name).await
+    }
+    async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        self.inner.list_apps().await
+    }
+    async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError> {
+        self.inner.create_key(key, digest).await
+    }
+    async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        if self.down.load(SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        if self.forget.load(SeqCst) {
+            return Ok(None);
+        }
+        self.inner.key_by_digest(digest).await
+    }
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get_key(id).await
+    }
+    async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list_keys(app_id).await
+    }
+    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+        self.inner.revoke_key(id, at).await
+    }
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+        self.inner.update_key(id, update).await
+    }
+    async fn update_app_policy(
+        &self,
+        id: &str,
+        policy: &Policy,
+    ) -> Result<Option<(AppRecord, Vec<Digest>)>, StoreError> {
+        self.inner.update_app_policy(id, policy).await
+    }
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        successor: &KeyRecord,
+        digest: &Digest,
+        old_expires_at: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<(KeyRecord, Digest), StoreError> {
+        self.inner
+            .rotate_key(old_id, successor, digest, old_expires_at, at)
+            .await
+    }
+    async fn append_audit(&self, event: &AuditEvent) -> Result<i64, StoreError> {
+        self.inner.append_audit(event).await
+    }
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.list_audit(filter).await
+    }
+    async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
+        self.inner.record_usage(rows, last_used).await
+    }
+    async fn count_legacy_keys(&self) -> Result<u64, StoreError> {
+        self.inner.count_legacy_keys().await
+    }
+    async fn usage(&self, key_id: Option<&str>, app_id: Option<&str>, since: i64) -> Result<Vec<UsageRow>, StoreError> {
+        self.inner.usage(key_id, app_id, since).await
+    }
+    async fn create_client(&self, c: &ClientRecord, secret: Option<(&Digest, &str)>) -> Result<(), StoreError> {
+        self.inner.create_client(c, secret).await
+    }
+    async fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.inner.get_client(id).await
+    }
+    async fn list_clients(&self, app_id: Option<&str>) -> Result<Vec<ClientRecord>, StoreError> {
+        self.inner.list_clients(app_id).await
+    }
+    async fn update_client(&self, c: &ClientRecord) -> Result<bool, StoreError> {
+        self.inner.update_client(c).await
+    }
+    async fn delete_client(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_client(id).await
+    }
+    async fn client_secrets(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(Digest, keyward_core::model::ClientSecretInfo)>, StoreError> {
+        self.inner.client_secrets(id, now).await
+    }
+    async fn rotate_client_secret(
+        &self,
+        id: &str,
+        digest: &Digest,
+        hint: &str,
+        now: OffsetDateTime,
+        old_until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.rotate_client_secret(id, digest, hint, now, old_until).await
+    }
+    async fn add_signing_key(&self, k: &SigningKeyRow) -> Result<(), StoreError> {
+        self.inner.add_signing_key(k).await
+    }
+    async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRow>, StoreError> {
+        self.inner.signing_keys(now).await
+    }
+    async fn retire_signing_key(
+        &self,
+        kid: &str,
+        at: OffsetDateTime,
+        remove_after: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.retire_signing_key(kid, at, remove_after).await
+    }
+    async fn revoke_token(&self, jti: &str, expires_at: OffsetDateTime) -> Result<(), StoreError> {
+        self.inner.revoke_token(jti, expires_at).await
+    }
+    async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
+        self.inner.revoked_tokens(now).await
+    }
+    async fn remember_jti(
+        &self,
+        scope: &str,
+        jti: &str,
+        e: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.remember_jti(scope, jti, e, now).await
+    }
+}
+
+#[tokio::test]
+async fn the_cache_serves_known_records_while_the_store_is_unavailable_only() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
+    let flaky = Arc::new(Flaky {
+        inner,
+        down: Default::default(),
+        forget: Default::default(),
+        calls: Default::default(),
+    });
+    let a = app("app_s", "stale", 0);
+    flaky.create_app(&a).await.unwrap();
+    flaky.create_key(&key("key_ok", &a, 0), &digest(80)).await.unwrap();
+    flaky.create_key(&key("key_rv", &a, 0), &digest(81)).await.unwrap();
+    flaky.revoke_key("key_rv", t(1)).await.unwrap();
+    let cfg = CacheConfig {
+        ttl: Duration::from_millis(100),
+        stale_ttl: Duration::from_millis(1500),
+        ..CacheConfig::default()
+    };
+    let cache = KeyCache::new(flaky.clone(), cfg);
+    let found = |l: Lookup| match l {
+        Lookup::Found(r) => r,
+        Lookup::Unknown => panic!("unknown"),
+    };
+    assert_eq!(found(cache.lookup(&digest(80)).await.unwrap()).revoked_at, None);
+    assert_eq!(found(cache.lookup(&digest(81)).await.unwrap()).revoked_at, Some(t(1)));
+
+    flaky.down.store(true, SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Past freshness, store down: known records (revoked ones too) are served.
+    assert_eq!(found(cache.lookup(&digest(80)).await.unwrap()).revoked_at, None);
+    assert_eq!(found(cache.lookup(&digest(81)).await.unwrap()).revoked_at, Some(t(1)));
+    assert!(cache.store_down());
+    // Within a second of the failure, the store is not asked again.
+    let before = flaky.calls.load(SeqCst);
+    for _ in 0..50 {
+        found(cache.lookup(&digest(80)).await.unwrap());
+    }
+    assert_eq!(flaky.calls.load(SeqCst), before);
+    assert!(cache.stats().stale_hits.load(SeqCst) >= 50);
+    // Unknown digests: the error, not a guess.
+    assert_eq!(cache.lookup(&digest(89)).await.unwrap_err().code(), "store_unavailable");
+    // An invalidated record is not served stale.
+    cache.invalidate(&digest(81));
+    assert!(cache.lookup(&digest(81)).await.is_err());
+    // Past ttl + stale_ttl, nothing is served.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(cache.lookup(&digest(80)).await.is_err());
+
+    // Back: fresh reads; and a store that answers "unknown" is believed at once.
+    flaky.down.store(false, SeqCst);
+    assert_eq!(found(cache.lookup(&digest(80)).await.unwrap()).id, "key_ok");
+    assert!(!cache.store_down());
+    flaky.forget.store(true, SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(matches!(cache.lookup(&digest(80)).await.unwrap(), Lookup::Unknown));
 }
