@@ -112,9 +112,12 @@ pub enum DevCommand {
         /// The app that gets them (created when missing).
         #[arg(long, default_value = "seed")]
         app: String,
-        /// Write the plaintext of one seeded key to this file (mode 0600), for benchmarks.
+        /// Write the plaintext of seeded keys to this file (mode 0600), for benchmarks.
         #[arg(long, value_name = "FILE")]
         sample_out: Option<PathBuf>,
+        /// How many keys `--sample-out` writes (one per line; at most one batch).
+        #[arg(long, default_value_t = 1, requires = "sample_out")]
+        samples: usize,
         /// Keys per transaction.
         #[arg(long, default_value_t = 5000)]
         batch: usize,

@@ -70,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             keys,
             app,
             sample_out,
+            samples,
             batch,
             quiet,
         }) => {
@@ -79,6 +80,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 keys: *keys,
                 app: app.clone(),
                 sample_out: sample_out.clone(),
+                samples: *samples,
                 batch: *batch,
                 progress: !*quiet,
             };

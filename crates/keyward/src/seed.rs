@@ -43,8 +43,10 @@ pub async fn migrate(cfg: &Config) -> Result<()> {
 pub struct SeedOptions {
     pub keys: u64,
     pub app: String,
-    /// Write the plaintext of one seeded key here (mode 0600), for benchmarks.
+    /// Write the plaintexts of `samples` seeded keys here (mode 0600, one per line), for
+    /// benchmarks.
     pub sample_out: Option<std::path::PathBuf>,
+    pub samples: usize,
     pub batch: usize,
     pub progress: bool,
 }
@@ -85,27 +87,33 @@ pub async fn seed(cfg: &Config, pepper: Pepper, opts: &SeedOptions) -> Result<Se
     let mut left = opts.keys;
     let batch = opts.batch.max(1) as u64;
     // Generation (CPU) of the next batch overlaps the insert (IO) of the current one.
-    let make = |n: u64, want_sample: bool| {
+    let make = |n: u64, want_samples: usize| {
         let format = format.clone();
         let pepper = pepper.clone();
         let app = app.clone();
-        tokio::task::spawn_blocking(move || make_batch(&format, &pepper, &app, n, now, want_sample))
+        tokio::task::spawn_blocking(move || make_batch(&format, &pepper, &app, n, now, want_samples))
     };
     let first = left.min(batch);
     left -= first;
-    let mut next = Some(make(first, opts.sample_out.is_some()));
+    let wanted = if opts.sample_out.is_some() {
+        opts.samples.max(1)
+    } else {
+        0
+    };
+    let mut next = Some(make(first, wanted));
     let mut inserted = 0u64;
     while let Some(job) = next.take() {
-        let (rows, sample) = job
+        let (rows, samples) = job
             .await
             .map_err(|e| CliError::startup(format!("key generation failed: {e}")))??;
         if left > 0 {
             let n = left.min(batch);
             left -= n;
-            next = Some(make(n, false));
+            next = Some(make(n, 0));
         }
-        if let (Some(path), Some(sample)) = (&opts.sample_out, sample) {
-            write_secret_file(path, sample.expose())?;
+        if let (Some(path), false) = (&opts.sample_out, samples.is_empty()) {
+            let lines: Vec<&str> = samples.iter().map(|s| s.expose()).collect();
+            write_secret_file(path, &(lines.join("\n") + "\n"))?;
         }
         store.create_keys_bulk(&rows).await.map_err(store_err)?;
         inserted += rows.len() as u64;
@@ -141,7 +149,7 @@ pub struct SeedReport {
     pub backend: &'static str,
 }
 
-type Batch = (Vec<(KeyRecord, Digest)>, Option<keyward_core::secret::SecretString>);
+type Batch = (Vec<(KeyRecord, Digest)>, Vec<keyward_core::secret::SecretString>);
 
 fn make_batch(
     format: &keyward_core::KeyFormat,
@@ -149,11 +157,11 @@ fn make_batch(
     app: &AppRecord,
     n: u64,
     now: OffsetDateTime,
-    want_sample: bool,
+    want_samples: usize,
 ) -> Result<Batch> {
     let mut rows = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    let mut sample = None;
-    for i in 0..n {
+    let mut samples = Vec::new();
+    for _ in 0..n {
         let secret = format
             .generate(KeyEnv::Live)
             .map_err(|e| CliError::startup(e.to_string()))?;
@@ -174,11 +182,11 @@ fn make_batch(
             lifecycle: Lifecycle::default(),
         };
         rows.push((record, digest));
-        if want_sample && i == 0 {
-            sample = Some(secret);
+        if samples.len() < want_samples {
+            samples.push(secret);
         }
     }
-    Ok((rows, sample))
+    Ok((rows, samples))
 }
 
 fn now() -> OffsetDateTime {
