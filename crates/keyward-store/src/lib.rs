@@ -74,6 +74,25 @@ impl Change {
     }
 }
 
+/// A scoped admin token (besides the bootstrap token of the configuration). The token itself
+/// is stored only as `HMAC-SHA256(pepper, token)`; `hint` is its prefix and last 4 characters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AdminTokenRecord {
+    pub id: String,
+    pub name: String,
+    /// `read` (GET only) or `write` (everything but managing admin tokens).
+    pub role: String,
+    pub hint: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// The actor that created it (`admin` for the bootstrap token, `cli`).
+    pub created_by: String,
+}
+
 /// The persistence interface. Every backend passes the same test suite.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -162,6 +181,23 @@ pub trait Store: Send + Sync + 'static {
         app_id: Option<&str>,
         since_minute: i64,
     ) -> Result<Vec<UsageRow>, StoreError>;
+
+    // ---- scoped admin tokens -------------------------------------------------------------
+
+    /// Stores a new admin token by digest. `Conflict` when the name (or digest) is taken.
+    async fn create_admin_token(&self, token: &AdminTokenRecord, digest: &Digest) -> Result<(), StoreError>;
+    /// The admin token whose digest this is, with the digest as stored (for a constant-time
+    /// re-check); revoked and expired tokens are returned too (the caller decides).
+    async fn admin_token_by_digest(&self, digest: &Digest) -> Result<Option<(AdminTokenRecord, Digest)>, StoreError>;
+    /// Every admin token, oldest first.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError>;
+    /// Revokes an admin token by id or name (idempotent: the first revocation time stays).
+    /// `None` if no such token.
+    async fn revoke_admin_token(
+        &self,
+        id_or_name: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<AdminTokenRecord>, StoreError>;
 
     // ---- OAuth 2.0 ----------------------------------------------------------------------
 

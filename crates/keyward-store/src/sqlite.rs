@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 
-use crate::{Store, StoreError};
+use crate::{AdminTokenRecord, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -73,6 +73,28 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 }
+
+fn admin_token_from_row(row: &SqliteRow) -> Result<(AdminTokenRecord, Digest), StoreError> {
+    let g = |e| StoreError::from_sqlx(e);
+    let digest: Vec<u8> = row.try_get("digest").map_err(g)?;
+    let digest =
+        Digest::from_slice(&digest).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))?;
+    Ok((
+        AdminTokenRecord {
+            id: row.try_get("id").map_err(g)?,
+            name: row.try_get("name").map_err(g)?,
+            role: row.try_get("role").map_err(g)?,
+            hint: row.try_get("hint").map_err(g)?,
+            created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
+            expires_at: opt_ts(row.try_get("expires_at").map_err(g)?)?,
+            revoked_at: opt_ts(row.try_get("revoked_at").map_err(g)?)?,
+            created_by: row.try_get("created_by").map_err(g)?,
+        },
+        digest,
+    ))
+}
+
+const ADMIN_TOKEN_COLUMNS: &str = "id, name, role, digest, hint, created_at, expires_at, revoked_at, created_by";
 
 fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
@@ -878,6 +900,71 @@ impl Store for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn create_admin_token(&self, t: &AdminTokenRecord, digest: &Digest) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO admin_tokens (id, name, role, digest, hint, created_at, expires_at, revoked_at, created_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(&t.role)
+        .bind(&digest.as_bytes()[..])
+        .bind(&t.hint)
+        .bind(ts(t.created_at))
+        .bind(t.expires_at.map(ts))
+        .bind(t.revoked_at.map(ts))
+        .bind(&t.created_by)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match StoreError::from_sqlx(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("an admin token with this name already exists".into()),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn admin_token_by_digest(&self, digest: &Digest) -> Result<Option<(AdminTokenRecord, Digest)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE digest = ?1"
+        ))
+        .bind(&digest.as_bytes()[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        row.as_ref().map(admin_token_from_row).transpose()
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(|r| admin_token_from_row(r).map(|(t, _)| t)).collect()
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        id_or_name: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        sqlx::query("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2 OR name = ?2")
+            .bind(ts(at))
+            .bind(id_or_name)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(&format!(
+            "SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE id = ?1 OR name = ?1 ORDER BY id LIMIT 1"
+        ))
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(row.as_ref().map(admin_token_from_row).transpose()?.map(|(t, _)| t))
     }
 
     async fn remember_jti(

@@ -11,7 +11,9 @@ use keyward_core::model::{
 };
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
-use keyward_store::{CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, SqliteStore, Store, StoreError};
+use keyward_store::{
+    AdminTokenRecord, CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, SqliteStore, Store, StoreError,
+};
 use time::OffsetDateTime;
 
 fn t(secs: i64) -> OffsetDateTime {
@@ -552,12 +554,61 @@ async fn oauth_suite(store: Arc<dyn Store>) {
     assert!(store.client_secrets("cl_1", t(0)).await.unwrap().is_empty());
 }
 
+/// Scoped admin tokens: by digest, by name, listing, idempotent revocation.
+async fn admin_token_suite(store: Arc<dyn Store>) {
+    let tok = |id: &str, name: &str, role: &str, at: i64| AdminTokenRecord {
+        id: id.into(),
+        name: name.into(),
+        role: role.into(),
+        hint: "kwadm_AbCd…wxyz".into(),
+        created_at: t(at),
+        expires_at: Some(t(at + 3600)),
+        revoked_at: None,
+        created_by: "cli".into(),
+    };
+    store
+        .create_admin_token(&tok("adm_1", "ci", "read", 10), &digest(201))
+        .await
+        .unwrap();
+    store
+        .create_admin_token(&tok("adm_2", "ops", "write", 20), &digest(202))
+        .await
+        .unwrap();
+    // Names and digests are unique.
+    let dup = store
+        .create_admin_token(&tok("adm_3", "ci", "read", 30), &digest(203))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    let dup = store
+        .create_admin_token(&tok("adm_4", "other", "read", 30), &digest(201))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    let (found, d) = store.admin_token_by_digest(&digest(202)).await.unwrap().unwrap();
+    assert_eq!(found, tok("adm_2", "ops", "write", 20));
+    assert_eq!(d, digest(202));
+    assert!(store.admin_token_by_digest(&digest(209)).await.unwrap().is_none());
+    let all = store.list_admin_tokens().await.unwrap();
+    assert_eq!(
+        all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["adm_1", "adm_2"]
+    );
+    // Revocation by name or id, idempotent (the first time stays).
+    let r = store.revoke_admin_token("ci", t(50)).await.unwrap().unwrap();
+    assert_eq!(r.revoked_at, Some(t(50)));
+    let r = store.revoke_admin_token("adm_1", t(60)).await.unwrap().unwrap();
+    assert_eq!(r.revoked_at, Some(t(50)));
+    let (found, _) = store.admin_token_by_digest(&digest(201)).await.unwrap().unwrap();
+    assert_eq!(found.revoked_at, Some(t(50)));
+    assert!(store.revoke_admin_token("nope", t(60)).await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn sqlite_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("sub/dir/k.db")).await.unwrap());
     suite(store.clone()).await;
     cache_suite(store.clone()).await;
+    admin_token_suite(store.clone()).await;
     oauth_suite(store).await;
 }
 
@@ -683,6 +734,7 @@ async fn postgres_passes_the_suite() {
     assert_eq!(store.backend(), "postgres");
     suite(store.clone()).await;
     cache_suite(store.clone()).await;
+    admin_token_suite(store.clone()).await;
     oauth_suite(store).await;
     // Opening again re-runs the migrations as a no-op and keeps the data.
     let again = schema.open().await;
@@ -1046,6 +1098,18 @@ impl Store for Flaky {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         self.inner.remember_jti(scope, jti, e, now).await
+    }
+    async fn create_admin_token(&self, t: &AdminTokenRecord, d: &Digest) -> Result<(), StoreError> {
+        self.inner.create_admin_token(t, d).await
+    }
+    async fn admin_token_by_digest(&self, d: &Digest) -> Result<Option<(AdminTokenRecord, Digest)>, StoreError> {
+        self.inner.admin_token_by_digest(d).await
+    }
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.inner.list_admin_tokens().await
+    }
+    async fn revoke_admin_token(&self, id: &str, at: OffsetDateTime) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.inner.revoke_admin_token(id, at).await
     }
 }
 
