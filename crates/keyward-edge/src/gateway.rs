@@ -62,6 +62,11 @@ impl Upstream {
             base_path,
         })
     }
+
+    /// The upstream as a URL (`http://host:port/base`), for the admin API's route list.
+    pub fn url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
 }
 
 /// One entry of the route table.

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_tokens;
 mod clock;
 pub mod dpop;
 mod error;

@@ -56,6 +56,9 @@ pub enum Command {
     /// Manage the token signing keys.
     #[command(subcommand, name = "signing-key")]
     SigningKey(SigningKeyCommand),
+    /// Manage scoped admin tokens (read-only or read-write); needs the bootstrap admin token.
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(AdminTokenCommand),
     /// Usage of a key or an app: requests by outcome over time.
     Usage {
         /// A key id.
@@ -443,4 +446,29 @@ pub enum SigningKeyCommand {
     },
     /// Stop signing with a key; it stays in the JWKS until its last token has expired.
     Retire { kid: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// A new admin token, printed once (only its digest is stored).
+    Create {
+        /// A unique name; the audit log records its changes as `admin:<name>`.
+        #[arg(long)]
+        name: String,
+        /// `read`: GET only; `write`: everything except managing admin tokens.
+        #[arg(long, value_parser = ["read", "write"])]
+        role: String,
+        /// Lifetime (`90d`); default: no expiry.
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// The admin tokens (hints only) and their state.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke an admin token (by id or name); its next request is refused.
+    Revoke { id: String },
 }

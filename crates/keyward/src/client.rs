@@ -30,7 +30,41 @@ impl AdminClient {
         })
     }
 
+    /// One call; a paginated list (`GET` answering `next_cursor`, without an explicit `limit`;
+    /// the audit log pages on its own) is followed to its end and returned as one `items` array.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let get = method == Method::GET && !path.contains("limit=") && !path.starts_with("/v1/audit");
+        let mut v = self.call_once(method, path, body).await?;
+        if !get {
+            return Ok(v);
+        }
+        let mut pages = 0;
+        while let Some(cursor) = v.get("next_cursor").and_then(Value::as_str).map(str::to_owned) {
+            pages += 1;
+            if pages > 10_000 {
+                break;
+            }
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let next = self
+                .call_once(
+                    Method::GET,
+                    &format!("{path}{sep}limit=500&cursor={}", seg(&cursor)),
+                    None,
+                )
+                .await?;
+            let more = next.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
+                items.extend(more);
+            }
+            v["next_cursor"] = next.get("next_cursor").cloned().unwrap_or(Value::Null);
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("next_cursor");
+        }
+        Ok(v)
+    }
+
+    async fn call_once(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{AppCommand, ClearFlags, Cli, ClientCommand, Command, KeyCommand, LimitFlags, SigningKeyCommand};
+use crate::cli::{
+    AdminTokenCommand, AppCommand, ClearFlags, Cli, ClientCommand, Command, KeyCommand, LimitFlags, SigningKeyCommand,
+};
 use crate::client::{print_table, seg, AdminClient};
 use crate::config::{write_secret_file, Config};
 use crate::error::{CliError, Result};
@@ -44,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Key(cmd) => key(&cli, cmd).await,
         Command::Client(cmd) => client(&cli, cmd).await,
         Command::SigningKey(cmd) => signing_key(&cli, cmd).await,
+        Command::AdminToken(cmd) => admin_token(&cli, cmd).await,
         Command::Usage { key, app, since, out } => {
             crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
         }
@@ -1016,6 +1019,63 @@ async fn signing_key(cli: &Cli, cmd: &SigningKeyCommand) -> Result<()> {
             c.call(Method::POST, &format!("/v1/signing-keys/{}/retire", seg(kid)), None)
                 .await?;
             println!("retired signing key {kid}; it stays in the JWKS until its last token has expired");
+        }
+    }
+    Ok(())
+}
+
+async fn admin_token(cli: &Cli, cmd: &AdminTokenCommand) -> Result<()> {
+    let c = admin_client(cli)?;
+    match cmd {
+        AdminTokenCommand::Create {
+            name,
+            role,
+            expires,
+            out,
+        } => {
+            let mut body = json!({"name": name, "role": role});
+            if let Some(e) = expires {
+                body["expires_in"] = json!(e);
+            }
+            let v = c.call(Method::POST, "/v1/admin-tokens", Some(body)).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "token"));
+                eprintln!(
+                    "admin token {} ({}, role {}): shown once, store it now",
+                    s(&v, "id"),
+                    s(&v, "name"),
+                    s(&v, "role")
+                );
+            }
+        }
+        AdminTokenCommand::List { out } => {
+            let v = c.call(Method::GET, "/v1/admin-tokens", None).await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = items(&v)
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            s(t, "id"),
+                            s(t, "name"),
+                            s(t, "role"),
+                            s(t, "hint"),
+                            s(t, "state"),
+                            s(t, "expires_at"),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "NAME", "ROLE", "HINT", "STATE", "EXPIRES"], &rows);
+            }
+        }
+        AdminTokenCommand::Revoke { id } => {
+            let v = c
+                .call(Method::POST, &format!("/v1/admin-tokens/{}/revoke", seg(id)), None)
+                .await?;
+            println!("revoked admin token {} ({})", s(&v, "id"), s(&v, "name"));
         }
     }
     Ok(())

@@ -137,6 +137,7 @@ pub async fn start_on(
             let state = keyward_edge::leaks::LeakReports::new(engine.clone(), keys, cfg.leak_reports.action);
             keyward_edge::leaks::router(&cfg.leak_reports.path, Arc::new(state))
         });
+    let admin_routes = gw_cfg.routes.clone();
     let gateway_state = Arc::new(GatewayState::new(engine.clone(), gw_cfg));
     // The verify API and forward-auth run the gateway's own decision phases.
     if let Some(t) = &secrets.verify_token {
@@ -165,10 +166,9 @@ pub async fn start_on(
         Some(l) => l.merge(gateway),
         None => gateway,
     };
-    let admin = admin_router(Arc::new(AdminState {
-        engine: engine.clone(),
-        token: AdminToken::new(secrets.admin_token),
-    }))
+    let admin = admin_router(Arc::new(
+        AdminState::new(engine.clone(), AdminToken::new(secrets.admin_token)).with_routes(admin_routes),
+    ))
     .merge(keyward_edge::verify::verify_api(verify_state.clone()));
     let gateway_addr = gateway_listener
         .local_addr()

@@ -20,20 +20,27 @@ fn parse_since(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Problem> 
         return parse_instant(t).map_err(|e| Problem::bad_request("invalid_query", format!("since: {e}")));
     }
     let d = parse_duration(t).map_err(|e| Problem::bad_request("invalid_query", format!("since: {e}")))?;
-    Ok(now - d)
+    now.checked_sub(d)
+        .ok_or_else(|| Problem::bad_request("invalid_query", "since: too far back"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
+    /// A duration back from now (`24h`) or an RFC 3339 instant.
     since: Option<String>,
-    /// The object concerned (a key or app id).
+    /// The object concerned (a key, app, client or admin token id).
     key: Option<String>,
+    /// Same as `key`.
     target: Option<String>,
     /// Exact kind (`key.revoked`) or a prefix ending in `.` (`security.`).
     kind: Option<String>,
     /// Only events older than this sequence number (paging).
     before: Option<i64>,
+    /// `next_cursor` of the previous page (same as `before`).
+    cursor: Option<String>,
+    /// Page size: 1 to 1000, default 100.
     limit: Option<u32>,
 }
 
@@ -43,6 +50,9 @@ pub(crate) struct AuditPage {
     /// Pass as `before` to get the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_before: Option<i64>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 pub(crate) async fn list_audit(
@@ -71,7 +81,17 @@ pub(crate) async fn list_audit(
         since,
         target: q.key.or(q.target),
         kind: q.kind,
-        before_seq: q.before,
+        before_seq: match (&q.before, q.cursor.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(Problem::bad_request("invalid_query", "give before or cursor, not both"));
+            }
+            (Some(b), None) => Some(*b),
+            (None, Some(c)) => Some(
+                c.parse::<i64>()
+                    .map_err(|_| Problem::bad_request("invalid_query", "cursor: not a cursor returned by this API"))?,
+            ),
+            (None, None) => None,
+        },
         limit,
     };
     let items = st.engine.list_audit(&filter).await.map_err(engine_err)?;
@@ -80,28 +100,49 @@ pub(crate) async fn list_audit(
     } else {
         None
     };
-    Ok(Json(AuditPage { items, next_before }))
+    Ok(Json(AuditPage {
+        items,
+        next_before,
+        next_cursor: next_before.map(|b| b.to_string()),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct UsageQuery {
+    /// Only this key (id).
     key: Option<String>,
+    /// Only the keys of this app (id or name).
     app: Option<String>,
-    /// Default `24h`.
+    /// A duration back from now (`24h`, the default) or an RFC 3339 instant.
     since: Option<String>,
+    /// Width of the `series` buckets: `minute` (default) or `hour`.
+    bucket: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct UsageReport {
     since: String,
     /// Totals per outcome over the whole period.
     totals: BTreeMap<String, u64>,
     /// Per-minute rows (key, minute start, outcome, count).
     items: Vec<UsageItem>,
+    /// `minute` or `hour`.
+    #[schema(value_type = String)]
+    bucket: &'static str,
+    /// Counts by outcome per bucket (oldest first; buckets without requests are absent).
+    series: Vec<UsagePoint>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct UsagePoint {
+    /// Start of the bucket (RFC 3339).
+    start: String,
+    counts: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct UsageItem {
     key_id: String,
     app_id: String,
@@ -121,6 +162,11 @@ pub(crate) async fn usage(
     q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<UsageReport>, Problem> {
     let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let (bucket, width) = match q.bucket.as_deref() {
+        None | Some("minute") => ("minute", 1),
+        Some("hour") => ("hour", 60),
+        Some(_) => return Err(Problem::bad_request("invalid_query", "bucket: minute or hour")),
+    };
     let now = st.engine.now();
     let since = parse_since(q.since.as_deref().unwrap_or("24h"), now)?;
     let app_id = match &q.app {
@@ -143,9 +189,24 @@ pub(crate) async fn usage(
         .await
         .map_err(|e| crate::problem::store(&e))?;
     let mut totals = BTreeMap::new();
+    let mut buckets: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
     for r in &rows {
         *totals.entry(r.outcome.clone()).or_insert(0) += r.count;
+        *buckets
+            .entry(r.minute.div_euclid(width) * width)
+            .or_default()
+            .entry(r.outcome.clone())
+            .or_insert(0) += r.count;
     }
+    let series = buckets
+        .into_iter()
+        .map(|(m, counts)| UsagePoint {
+            start: OffsetDateTime::from_unix_timestamp(m.saturating_mul(60))
+                .map(rfc3339)
+                .unwrap_or_default(),
+            counts,
+        })
+        .collect();
     let items = rows
         .into_iter()
         .map(|r| UsageItem {
@@ -162,5 +223,7 @@ pub(crate) async fn usage(
         since: rfc3339(since),
         totals,
         items,
+        bucket,
+        series,
     }))
 }

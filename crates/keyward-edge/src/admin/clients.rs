@@ -14,7 +14,7 @@ use keyward_engine::oauth::{NewClient, DEFAULT_TOKEN_TTL};
 use serde::{Deserialize, Serialize};
 
 use super::keys::optional_body;
-use super::{allowlist, engine_err, invalid, AdminState, List, StrictJson, ACTOR};
+use super::{actor, allowlist, engine_err, invalid, AdminState, StrictJson};
 use crate::problem::Problem;
 
 #[derive(Deserialize)]
@@ -160,7 +160,7 @@ pub(crate) async fn create_client(
             require_mtls: false,
         },
     };
-    let (client, secret) = st.engine.create_client(ACTOR, new).await.map_err(engine_err)?;
+    let (client, secret) = st.engine.create_client(&actor(), new).await.map_err(engine_err)?;
     tracing::info!(client_id = %client.id, "client created");
     let out = CreatedClient {
         view: view(client),
@@ -169,22 +169,53 @@ pub(crate) async fn create_client(
     Ok(no_store((StatusCode::CREATED, Json(out)).into_response()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ClientFilter {
+    /// Only the clients of this app (id or name).
     #[serde(default)]
     app: Option<String>,
+    /// `active` or `disabled`.
+    #[serde(default)]
+    state: Option<String>,
+    /// Case-insensitive search in the client id and name.
+    #[serde(default)]
+    q: Option<String>,
+    /// Page size: 1 to 500, default 50.
+    #[serde(default)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 pub(crate) async fn list_clients(
     State(st): State<Arc<AdminState>>,
     q: Result<Query<ClientFilter>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<List<ClientView>>, Problem> {
+) -> Result<Json<super::Page<ClientView>>, Problem> {
     let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    if let Some(s) = q.state.as_deref() {
+        if s != "active" && s != "disabled" {
+            return Err(super::page::bad_query("state: active or disabled"));
+        }
+    }
+    let text = super::query_text(q.q.as_deref())?;
     let clients = st.engine.list_clients(q.app.as_deref()).await.map_err(engine_err)?;
-    Ok(Json(List {
-        items: clients.into_iter().map(view).collect(),
-    }))
+    let items: Vec<ClientView> = clients
+        .into_iter()
+        .map(view)
+        .filter(|v| {
+            q.state.as_deref().is_none_or(|s| v.state == s)
+                && super::matches(&text, &[Some(&v.record.id), v.record.name.as_deref()])
+        })
+        .collect();
+    Ok(Json(super::paginate(
+        items,
+        |v| (v.record.created_at.unix_timestamp(), v.record.id.clone()),
+        q.limit,
+        q.cursor.as_deref(),
+    )?))
 }
 
 pub(crate) async fn show_client(
@@ -202,7 +233,7 @@ pub(crate) async fn disable_client(
 ) -> Result<Json<ClientView>, Problem> {
     Ok(Json(view(
         st.engine
-            .set_client_disabled(ACTOR, &id, true)
+            .set_client_disabled(&actor(), &id, true)
             .await
             .map_err(engine_err)?,
     )))
@@ -214,7 +245,7 @@ pub(crate) async fn enable_client(
 ) -> Result<Json<ClientView>, Problem> {
     Ok(Json(view(
         st.engine
-            .set_client_disabled(ACTOR, &id, false)
+            .set_client_disabled(&actor(), &id, false)
             .await
             .map_err(engine_err)?,
     )))
@@ -224,7 +255,7 @@ pub(crate) async fn delete_client(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    st.engine.delete_client(ACTOR, &id).await.map_err(engine_err)?;
+    st.engine.delete_client(&actor(), &id).await.map_err(engine_err)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -248,7 +279,7 @@ pub(crate) async fn rotate_secret(
     };
     let (client, secret) = st
         .engine
-        .rotate_client_secret(ACTOR, &id, grace)
+        .rotate_client_secret(&actor(), &id, grace)
         .await
         .map_err(engine_err)?;
     let out = CreatedClient {

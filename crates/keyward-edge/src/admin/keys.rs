@@ -15,7 +15,7 @@ use keyward_engine::admin::SuccessorExpiry;
 use keyward_engine::NewKey;
 use serde::{Deserialize, Serialize};
 
-use super::{allowlist, double, engine_err, invalid, AdminState, List, StrictJson, UpdatePolicy, ACTOR};
+use super::{actor, allowlist, double, engine_err, invalid, AdminState, List, StrictJson, UpdatePolicy};
 use crate::problem::Problem;
 
 #[derive(Deserialize)]
@@ -125,7 +125,7 @@ pub(crate) async fn update_key(
         policy: Some(p.apply(current.policy)?),
         disabled_at: None,
     };
-    let k = st.engine.update_key(ACTOR, &id, update).await.map_err(engine_err)?;
+    let k = st.engine.update_key(&actor(), &id, update).await.map_err(engine_err)?;
     tracing::info!(key_id = %k.id, "key changed");
     Ok(Json(view(&st, k)))
 }
@@ -196,7 +196,7 @@ pub(crate) async fn create_key(
     let (record, secret) = st
         .engine
         .create_key(
-            ACTOR,
+            &actor(),
             NewKey {
                 app: body.app,
                 name: body.name,
@@ -218,22 +218,76 @@ pub(crate) async fn create_key(
     Ok(created_once(created))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct KeyFilter {
+    /// Only the keys of this app (id or name).
     #[serde(default)]
     app: Option<String>,
+    /// `active`, `disabled`, `expired` or `revoked`.
+    #[serde(default)]
+    state: Option<String>,
+    /// `live` or `test`.
+    #[serde(default)]
+    env: Option<String>,
+    /// Case-insensitive search in the id, name and hint.
+    #[serde(default)]
+    q: Option<String>,
+    /// Page size: 1 to 500, default 50.
+    #[serde(default)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 pub(crate) async fn list_keys(
     State(st): State<Arc<AdminState>>,
     q: Result<Query<KeyFilter>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<List<KeyView>>, Problem> {
+) -> Result<Json<super::Page<KeyView>>, Problem> {
     let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s @ ("active" | "disabled" | "expired" | "revoked")) => Some(s.to_owned()),
+        Some(_) => return Err(super::page::bad_query("state: active, disabled, expired or revoked")),
+    };
+    if let Some(e) = q.env.as_deref() {
+        if e != "live" && e != "test" {
+            return Err(super::page::bad_query("env: live or test"));
+        }
+    }
+    let text = super::query_text(q.q.as_deref())?;
     let keys = st.engine.list_keys(q.app.as_deref()).await.map_err(engine_err)?;
-    Ok(Json(List {
-        items: keys.into_iter().map(|k| view(&st, k)).collect(),
-    }))
+    let items: Vec<KeyView> = keys
+        .into_iter()
+        .map(|k| view(&st, k))
+        .filter(|v| {
+            let env_ok = q.env.as_deref().is_none_or(|e| v.record.env.as_str() == e);
+            let state_ok = state.as_deref().is_none_or(|s| key_state_name(v.state) == s);
+            env_ok
+                && state_ok
+                && super::matches(
+                    &text,
+                    &[Some(&v.record.id), v.record.name.as_deref(), Some(&v.record.hint)],
+                )
+        })
+        .collect();
+    Ok(Json(super::paginate(
+        items,
+        |v| (v.record.created_at.unix_timestamp(), v.record.id.clone()),
+        q.limit,
+        q.cursor.as_deref(),
+    )?))
+}
+
+pub(crate) fn key_state_name(s: KeyState) -> &'static str {
+    match s {
+        KeyState::Active => "active",
+        KeyState::Disabled => "disabled",
+        KeyState::Expired => "expired",
+        KeyState::Revoked => "revoked",
+    }
 }
 
 #[derive(Serialize)]
@@ -303,7 +357,7 @@ pub(crate) async fn revoke_key(
     }
     let k = st
         .engine
-        .revoke_key(ACTOR, &id, body.reason.as_deref())
+        .revoke_key(&actor(), &id, body.reason.as_deref())
         .await
         .map_err(engine_err)?;
     tracing::info!(key_id = %k.id, "key revoked");
@@ -314,7 +368,7 @@ pub(crate) async fn disable_key(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, Problem> {
-    let k = st.engine.disable_key(ACTOR, &id).await.map_err(engine_err)?;
+    let k = st.engine.disable_key(&actor(), &id).await.map_err(engine_err)?;
     tracing::info!(key_id = %k.id, "key disabled");
     Ok(Json(view(&st, k)))
 }
@@ -323,7 +377,7 @@ pub(crate) async fn enable_key(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, Problem> {
-    let k = st.engine.enable_key(ACTOR, &id).await.map_err(engine_err)?;
+    let k = st.engine.enable_key(&actor(), &id).await.map_err(engine_err)?;
     tracing::info!(key_id = %k.id, "key enabled");
     Ok(Json(view(&st, k)))
 }
@@ -395,7 +449,7 @@ pub(crate) async fn rotate_key(
     };
     let (old, successor, secret) = st
         .engine
-        .rotate_key(ACTOR, &id, grace, expiry)
+        .rotate_key(&actor(), &id, grace, expiry)
         .await
         .map_err(engine_err)?;
     tracing::info!(key_id = %old.id, successor = %successor.id, "key rotated");
@@ -492,7 +546,7 @@ pub(crate) async fn import_key(
     };
     let k = st
         .engine
-        .import_key(ACTOR, &body.secret, import)
+        .import_key(&actor(), &body.secret, import)
         .await
         .map_err(engine_err)?;
     tracing::info!(key_id = %k.id, "legacy key imported");

@@ -1,9 +1,14 @@
-//! The admin API: apps and keys, behind an admin bearer token compared in constant time.
+//! The admin API: apps, keys, clients, signing keys, audit, usage, routes and scoped admin
+//! tokens, behind an admin bearer token; its OpenAPI document and the web console.
+//!
+//! Authentication: the bootstrap token of the configuration (compared in constant time) has
+//! every right; scoped tokens (`kwadm_…`, stored as digests) have the role `read` (GET only)
+//! or `write` (everything but managing admin tokens). The audit log names the token's actor.
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,21 +16,49 @@ use axum::{Json, Router};
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::secret::{ct_eq, SecretString};
 use keyward_core::AppRecord;
+use keyward_engine::admin_tokens::AdminRole;
 use keyward_engine::Engine;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::gateway::Route;
 use crate::problem::{self, Problem};
 
 mod audit;
 mod clients;
+mod console;
 mod keys;
+pub mod openapi;
+mod page;
 mod signing;
+mod tokens;
 
 use keys::*;
+use page::{matches, paginate, query_text, Page};
 
-/// The actor recorded in the audit log for changes made with the root admin token.
+/// The actor recorded in the audit log for changes made with the bootstrap admin token.
 pub(crate) const ACTOR: &str = "admin";
+
+tokio::task_local! {
+    /// Who is making the current admin request (set by the authentication middleware).
+    static PRINCIPAL: Principal;
+}
+
+/// The authenticated caller of an admin request.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    /// As written to the audit log: `admin` (bootstrap token) or `admin:<token name>`.
+    pub(crate) actor: String,
+    /// `None`: the bootstrap token (every right).
+    pub(crate) role: Option<AdminRole>,
+}
+
+/// The actor of the current admin request, for the audit log.
+pub(crate) fn actor() -> String {
+    PRINCIPAL
+        .try_with(|p| p.actor.clone())
+        .unwrap_or_else(|_| ACTOR.to_owned())
+}
 
 /// Largest admin request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -46,6 +79,24 @@ impl AdminToken {
 pub struct AdminState {
     pub engine: Arc<Engine>,
     pub token: AdminToken,
+    /// The gateway's routes, shown read-only by `GET /v1/routes`.
+    pub routes: Vec<Route>,
+}
+
+impl AdminState {
+    pub fn new(engine: Arc<Engine>, token: AdminToken) -> AdminState {
+        AdminState {
+            engine,
+            token,
+            routes: Vec::new(),
+        }
+    }
+
+    /// The gateway routes that `GET /v1/routes` lists.
+    pub fn with_routes(mut self, routes: Vec<Route>) -> AdminState {
+        self.routes = routes;
+        self
+    }
 }
 
 /// Routes of the admin listener.
@@ -53,6 +104,9 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/v1/apps", post(create_app).get(list_apps))
         .route("/v1/apps/{app}", get(show_app).patch(update_app))
+        .route("/v1/routes", get(list_routes))
+        .route("/v1/admin-tokens", post(tokens::create_token).get(tokens::list_tokens))
+        .route("/v1/admin-tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{id}", get(show_key).patch(update_key))
         .route("/v1/keys/check", post(check_keys))
@@ -78,6 +132,8 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::serve))
+        .merge(console::router())
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -110,6 +166,22 @@ async fn healthz(State(st): State<Arc<AdminState>>) -> Response {
                     body["status"] = serde_json::json!("degraded");
                 }
             }
+            // Shared limits: while the breaker is not closed, routes run their
+            // `on_limiter_failure` mode.
+            if let Some(r) = st.engine.limiter().redis() {
+                let breaker = r.breaker_state();
+                let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                let s = r.stats();
+                body["redis"] = serde_json::json!({
+                    "breaker": breaker.as_str(),
+                    "errors": n(&s.errors),
+                    "timeouts": n(&s.timeouts),
+                    "short_circuits": n(&s.short_circuits),
+                });
+                if breaker != keyward_engine::limit::breaker::BreakerState::Closed {
+                    body["status"] = serde_json::json!("degraded");
+                }
+            }
             Json(body).into_response()
         }
         Err(e) => problem::store(&e).into_response(),
@@ -124,11 +196,43 @@ async fn require_admin(State(st): State<Arc<AdminState>>, req: Request, next: Ne
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
-    match presented {
-        Some(t) if st.token.matches(t) => next.run(req).await,
-        Some(_) => unauthorized("the admin token is not valid"),
-        None => unauthorized("an admin token is required: Authorization: Bearer <token>"),
+    let principal = match presented {
+        None => return unauthorized("an admin token is required: Authorization: Bearer <token>"),
+        Some(t) if st.token.matches(t) => Principal {
+            actor: ACTOR.to_owned(),
+            role: None,
+        },
+        Some(t) => match st.engine.authenticate_admin_token(t).await {
+            Ok(Some((record, role))) => Principal {
+                actor: format!("admin:{}", record.name),
+                role: Some(role),
+            },
+            Ok(None) => return unauthorized("the admin token is not valid"),
+            Err(e) => return engine_err(e).into_response(),
+        },
+    };
+    if let Err(p) = authorize(&principal, req.method(), req.uri().path()) {
+        return p.into_response();
     }
+    PRINCIPAL.scope(principal, next.run(req)).await
+}
+
+/// What each role may do: `read` only reads (and checks keys, which changes nothing);
+/// `write` everything except managing admin tokens, which only the bootstrap token does.
+fn authorize(p: &Principal, method: &Method, path: &str) -> Result<(), Problem> {
+    let Some(role) = p.role else {
+        return Ok(());
+    };
+    let forbidden =
+        |detail: &str| Problem::new(StatusCode::FORBIDDEN, "insufficient_role", "Forbidden").detail(detail.to_owned());
+    if path == "/v1/admin-tokens" || path.starts_with("/v1/admin-tokens/") {
+        return Err(forbidden("only the bootstrap admin token manages admin tokens"));
+    }
+    let reads = method == Method::GET || method == Method::HEAD || path == "/v1/keys/check";
+    if role == AdminRole::Read && !reads {
+        return Err(forbidden("this admin token has the role read: it can only read"));
+    }
+    Ok(())
 }
 
 fn unauthorized(detail: &str) -> Response {
@@ -237,7 +341,7 @@ async fn create_app(
     };
     let app = st
         .engine
-        .create_app(ACTOR, &body.name, policy)
+        .create_app(&actor(), &body.name, policy)
         .await
         .map_err(engine_err)?;
     tracing::info!(app_id = %app.id, "app created");
@@ -249,10 +353,41 @@ pub(crate) struct List<T> {
     pub(crate) items: Vec<T>,
 }
 
-async fn list_apps(State(st): State<Arc<AdminState>>) -> Result<Json<List<AppRecord>>, Problem> {
-    Ok(Json(List {
-        items: st.engine.list_apps().await.map_err(engine_err)?,
-    }))
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AppFilter {
+    /// Case-insensitive search in the id and name.
+    #[serde(default)]
+    q: Option<String>,
+    /// Page size: 1 to 500, default 50.
+    #[serde(default)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn list_apps(
+    State(st): State<Arc<AdminState>>,
+    q: Result<Query<AppFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<AppRecord>>, Problem> {
+    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let text = query_text(q.q.as_deref())?;
+    let apps: Vec<AppRecord> = st
+        .engine
+        .list_apps()
+        .await
+        .map_err(engine_err)?
+        .into_iter()
+        .filter(|a| matches(&text, &[Some(&a.id), Some(&a.name)]))
+        .collect();
+    Ok(Json(paginate(
+        apps,
+        |a| (a.created_at.unix_timestamp(), a.id.clone()),
+        q.limit,
+        q.cursor.as_deref(),
+    )?))
 }
 
 async fn show_app(State(st): State<Arc<AdminState>>, Path(app): Path<String>) -> Result<Json<AppRecord>, Problem> {
@@ -300,9 +435,85 @@ async fn update_app(
     let policy = body.apply(current.policy)?;
     let app = st
         .engine
-        .update_app_policy(ACTOR, &current.id, policy)
+        .update_app_policy(&actor(), &current.id, policy)
         .await
         .map_err(engine_err)?;
     tracing::info!(app_id = %app.id, "app limits changed");
     Ok(Json(app))
+}
+
+// ---- routes (read-only) -----------------------------------------------------------------
+
+/// A gateway route as configured (read-only; change it in the configuration file).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RouteView {
+    name: String,
+    path_prefix: String,
+    /// Allowed methods; empty means any.
+    methods: Vec<String>,
+    upstream: String,
+    /// Scopes a credential needs here.
+    scopes: Vec<String>,
+    /// `all_of` or `any_of`.
+    scope_mode: String,
+    api_keys: bool,
+    tokens: bool,
+    client_certificates: bool,
+    audience: String,
+    /// The route's own rate limit (`100/s`), if any.
+    rate: Option<String>,
+    /// Quota units one request costs.
+    cost: u64,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Page size: 1 to 500, default 50.
+    #[serde(default)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn list_routes(
+    State(st): State<Arc<AdminState>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<RouteView>>, Problem> {
+    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let items: Vec<RouteView> = st
+        .routes
+        .iter()
+        .map(|r| RouteView {
+            name: r.name.clone(),
+            path_prefix: r.path_prefix.clone(),
+            methods: r.methods.iter().map(|m| m.as_str().to_owned()).collect(),
+            upstream: r.upstream.url(),
+            scopes: r.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            scope_mode: match r.scope_mode {
+                keyward_core::decision::ScopeMode::AllOf => "all_of".into(),
+                keyward_core::decision::ScopeMode::AnyOf => "any_of".into(),
+            },
+            api_keys: r.api_keys,
+            tokens: r.tokens,
+            client_certificates: r.client_certificates,
+            audience: r.audience.clone(),
+            rate: r.limits.rate.map(|r| r.to_string()),
+            cost: r.limits.cost,
+        })
+        .collect();
+    // Routes keep their configured order; the cursor is the position.
+    let numbered: Vec<(usize, RouteView)> = items.into_iter().enumerate().collect();
+    let page = paginate(
+        numbered,
+        |(i, _)| (i64::try_from(*i).unwrap_or(i64::MAX), String::new()),
+        q.limit,
+        q.cursor.as_deref(),
+    )?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(|(_, r)| r).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }

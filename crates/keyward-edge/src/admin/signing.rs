@@ -11,7 +11,7 @@ use keyward_core::model::SigningKeyRow;
 use serde::{Deserialize, Serialize};
 
 use super::keys::optional_body;
-use super::{engine_err, invalid, AdminState, List, ACTOR};
+use super::{actor, engine_err, invalid, AdminState, List};
 use crate::problem::Problem;
 
 /// A signing key as the admin API shows it: never its private part.
@@ -95,12 +95,12 @@ pub(crate) async fn rotate(State(st): State<Arc<AdminState>>, body: Bytes) -> Re
                 .ok_or_else(|| invalid("alg", "EdDSA, ES256 or RS256"))?,
         ),
     };
-    let row = st.engine.rotate_signing_key(ACTOR, alg).await.map_err(engine_err)?;
+    let row = st.engine.rotate_signing_key(&actor(), alg).await.map_err(engine_err)?;
     Ok((StatusCode::CREATED, Json(view(row, st.engine.now()))).into_response())
 }
 
 pub(crate) async fn retire(State(st): State<Arc<AdminState>>, Path(kid): Path<String>) -> Result<StatusCode, Problem> {
     require_oauth(&st)?;
-    st.engine.retire_signing_key(ACTOR, &kid).await.map_err(engine_err)?;
+    st.engine.retire_signing_key(&actor(), &kid).await.map_err(engine_err)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod admin;
+mod admin_api;
 mod cli;
 mod cluster_limits;
 mod cluster_store;
