@@ -1,6 +1,9 @@
-//! The key format: `<prefix>_<env>_<random><checksum>`.
+//! The key format: `<prefix>_<env>_<random><checksum>` for secret keys and
+//! `<prefix>_pk_<env>_<random><checksum>` for publishable keys.
 //!
 //! - `prefix`: configurable, 1–16 lowercase ASCII letters or digits (default `kw`);
+//! - `pk`: marks a publishable key, safe to embed in a web page (origin-bound, public-safe
+//!   routes only); the checksum covers it, so a secret key cannot be turned into one;
 //! - `env`: `live` or `test`;
 //! - `random`: 43 base62 symbols drawn uniformly (43 × log2 62 = 256.03 bits of entropy);
 //! - `checksum`: CRC32 (IEEE) of everything before it, base62, fixed width 6.
@@ -48,10 +51,42 @@ impl std::str::FromStr for KeyEnv {
     }
 }
 
+/// Secret keys stay on servers; publishable keys may sit in client code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    #[default]
+    Secret,
+    Publishable,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Secret => "secret",
+            KeyKind::Publishable => "publishable",
+        }
+    }
+
+    /// The kind of a stored key, from its display hint (`kw_pk_live_…` is publishable). The
+    /// prefix holds no `_`, so the second `_`-separated part is the kind marker or the env.
+    pub fn of_hint(hint: &str) -> KeyKind {
+        if hint.split('_').nth(1) == Some(PK) {
+            KeyKind::Publishable
+        } else {
+            KeyKind::Secret
+        }
+    }
+}
+
+/// The marker of publishable keys.
+const PK: &str = "pk";
+
 /// What the parser learned from a well-formed key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParsedKey {
     pub env: KeyEnv,
+    pub kind: KeyKind,
 }
 
 /// The key format of one deployment (its prefix).
@@ -85,13 +120,26 @@ impl KeyFormat {
         &self.prefix
     }
 
-    /// Length of every key of this format.
+    /// Length of every secret key of this format.
     pub fn key_len(&self) -> usize {
         self.prefix.len() + 1 + ENV_LEN + 1 + RANDOM_LEN + CHECKSUM_LEN
     }
 
-    /// Generates a fresh key from the operating system's CSPRNG.
+    /// Length of every key of `kind`.
+    pub fn key_len_of(&self, kind: KeyKind) -> usize {
+        match kind {
+            KeyKind::Secret => self.key_len(),
+            KeyKind::Publishable => self.key_len() + PK.len() + 1,
+        }
+    }
+
+    /// Generates a fresh secret key from the operating system's CSPRNG.
     pub fn generate(&self, env: KeyEnv) -> Result<SecretString, CoreError> {
+        self.generate_kind(KeyKind::Secret, env)
+    }
+
+    /// Generates a fresh key of `kind` from the operating system's CSPRNG.
+    pub fn generate_kind(&self, kind: KeyKind, env: KeyEnv) -> Result<SecretString, CoreError> {
         let mut random = String::with_capacity(RANDOM_LEN);
         let mut buf = [0u8; 64];
         while random.len() < RANDOM_LEN {
@@ -104,15 +152,24 @@ impl KeyFormat {
                 random.push(char::from(base62::ALPHABET[usize::from(b % 62)]));
             }
         }
-        Ok(self.assemble(env, &random))
+        Ok(self.assemble_kind(kind, env, &random))
     }
 
     /// Builds `<prefix>_<env>_<random><checksum>` around a given random part.
     /// Exposed so that tests and tools can build keys of a known body.
     pub fn assemble(&self, env: KeyEnv, random: &str) -> SecretString {
-        let mut key = String::with_capacity(self.key_len());
+        self.assemble_kind(KeyKind::Secret, env, random)
+    }
+
+    /// [`KeyFormat::assemble`] for either kind (`<prefix>_pk_<env>_…` for publishable keys).
+    pub fn assemble_kind(&self, kind: KeyKind, env: KeyEnv, random: &str) -> SecretString {
+        let mut key = String::with_capacity(self.key_len_of(kind));
         key.push_str(&self.prefix);
         key.push('_');
+        if kind == KeyKind::Publishable {
+            key.push_str(PK);
+            key.push('_');
+        }
         key.push_str(env.as_str());
         key.push('_');
         key.push_str(random);
@@ -126,12 +183,22 @@ impl KeyFormat {
     /// Checks a candidate key. Cheap and allocation-free; runs before any lookup.
     pub fn parse(&self, candidate: &str) -> Result<ParsedKey, KeyFormatError> {
         let bytes = candidate.as_bytes();
-        if bytes.len() != self.key_len() {
+        let kind = if bytes.len() == self.key_len() {
+            KeyKind::Secret
+        } else if bytes.len() == self.key_len_of(KeyKind::Publishable) {
+            KeyKind::Publishable
+        } else {
             return Err(KeyFormatError::Length);
-        }
-        let p = self.prefix.len();
+        };
+        let mut p = self.prefix.len();
         if &bytes[..p] != self.prefix.as_bytes() || bytes[p] != b'_' {
             return Err(KeyFormatError::Prefix);
+        }
+        if kind == KeyKind::Publishable {
+            if &bytes[p + 1..p + 1 + PK.len()] != PK.as_bytes() || bytes[p + 1 + PK.len()] != b'_' {
+                return Err(KeyFormatError::Prefix);
+            }
+            p += PK.len() + 1;
         }
         let env = match &bytes[p + 1..p + 1 + ENV_LEN] {
             b"live" => KeyEnv::Live,
@@ -152,13 +219,13 @@ impl KeyFormat {
         if expected != actual {
             return Err(KeyFormatError::Checksum);
         }
-        Ok(ParsedKey { env })
+        Ok(ParsedKey { env, kind })
     }
 
     /// Whether `candidate` looks like a key of this format (length and prefix), whatever its
     /// checksum: used to decide whether an `Authorization: Bearer` value is meant as a key.
     pub fn looks_like_key(&self, candidate: &str) -> bool {
-        candidate.len() == self.key_len()
+        (candidate.len() == self.key_len() || candidate.len() == self.key_len_of(KeyKind::Publishable))
             && candidate.as_bytes().starts_with(self.prefix.as_bytes())
             && candidate.as_bytes().get(self.prefix.len()) == Some(&b'_')
     }
@@ -187,9 +254,38 @@ mod tests {
         let k = k.expose();
         assert_eq!(k.len(), 57);
         assert!(k.starts_with("kw_live_"));
-        assert_eq!(f.parse(k), Ok(ParsedKey { env: KeyEnv::Live }));
+        assert_eq!(
+            f.parse(k),
+            Ok(ParsedKey {
+                env: KeyEnv::Live,
+                kind: KeyKind::Secret
+            })
+        );
         let t = f.generate(KeyEnv::Test).unwrap();
         assert_eq!(f.parse(t.expose()).unwrap().env, KeyEnv::Test);
+    }
+
+    #[test]
+    fn publishable_keys_are_their_own_kind() {
+        let f = KeyFormat::default();
+        let pk = f.generate_kind(KeyKind::Publishable, KeyEnv::Live).unwrap();
+        let pk = pk.expose();
+        assert!(pk.starts_with("kw_pk_live_"), "{pk}");
+        assert_eq!(pk.len(), f.key_len() + 3);
+        assert_eq!(f.parse(pk).unwrap().kind, KeyKind::Publishable);
+        assert!(f.looks_like_key(pk));
+        assert_eq!(KeyKind::of_hint(&display_hint(pk)), KeyKind::Publishable);
+        let sk = f.generate(KeyEnv::Test).unwrap();
+        assert_eq!(KeyKind::of_hint(&display_hint(sk.expose())), KeyKind::Secret);
+        // The checksum covers the kind: a secret key's body with `pk_` put in is refused, and
+        // so is a publishable key with the marker taken out.
+        let forged = sk.expose().replacen("kw_", "kw_pk_", 1);
+        assert_eq!(f.parse(&forged), Err(KeyFormatError::Checksum));
+        let stripped = pk.replacen("pk_", "", 1);
+        assert_eq!(f.parse(&stripped), Err(KeyFormatError::Checksum));
+        // Another marker of the same length is not a kind.
+        let other = pk.replacen("_pk_", "_sk_", 1);
+        assert_eq!(f.parse(&other), Err(KeyFormatError::Prefix));
     }
 
     #[test]

@@ -17,6 +17,6 @@ pub mod when;
 
 pub use decision::{authorize, Decision, Denial, RequestFacts};
 pub use error::CoreError;
-pub use key::{KeyEnv, KeyFormat, ParsedKey};
+pub use key::{KeyEnv, KeyFormat, KeyKind, ParsedKey};
 pub use model::{AppRecord, KeyRecord, Scope};
 pub use secret::{Digest, Pepper};

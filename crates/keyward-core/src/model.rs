@@ -152,6 +152,15 @@ pub enum KeyState {
 }
 
 impl KeyRecord {
+    /// Secret or publishable (legacy imported keys are secret).
+    pub fn kind(&self) -> crate::key::KeyKind {
+        if self.lifecycle.legacy {
+            crate::key::KeyKind::Secret
+        } else {
+            crate::key::KeyKind::of_hint(&self.hint)
+        }
+    }
+
     pub fn state(&self, now: OffsetDateTime) -> KeyState {
         if self.revoked_at.is_some_and(|t| t <= now) {
             KeyState::Revoked

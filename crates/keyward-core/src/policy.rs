@@ -284,11 +284,157 @@ pub struct Policy {
     /// to the credential's app (RFC 8705 certificate of one of the app's clients).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_mtls: bool,
+    /// Publishable keys: the exact web origins (`https://shop.example`) whose pages may use the
+    /// key; a request without a matching `Origin` is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<Origin>,
+    /// On an app: the rules its keys must follow (lifetime, expiry, kinds).
+    #[serde(default, skip_serializing_if = "KeyRules::is_default")]
+    pub key_rules: KeyRules,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.ips.is_empty() && self.rate.is_none() && self.quota.is_none() && !self.require_mtls
+        self.ips.is_empty()
+            && self.rate.is_none()
+            && self.quota.is_none()
+            && !self.require_mtls
+            && self.origins.is_empty()
+            && self.key_rules.is_default()
+    }
+}
+
+/// Most origins on one publishable key.
+pub const MAX_ORIGINS: usize = 64;
+
+/// A web origin as browsers send it in `Origin`: `scheme://host[:port]`, scheme `http` or
+/// `https`, host lower-case, the scheme's default port left out; no path, query, fragment,
+/// user info or wildcard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin(String);
+
+impl Origin {
+    pub fn parse(s: &str) -> Result<Origin, CoreError> {
+        let bad = |why: &str| bad("origin", s, why);
+        if s.len() > 255 {
+            return Err(bad("longer than 255 characters"));
+        }
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| bad("expected scheme://host[:port]"))?;
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "https" => "443",
+            "http" => "80",
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        if rest.is_empty() {
+            return Err(bad("the host is missing"));
+        }
+        if rest.contains(['/', '?', '#', '@', '*', ' ', '\\']) || rest.chars().any(|c| c.is_control()) {
+            return Err(bad(
+                "an origin is scheme://host[:port] only: no path, query, user, wildcard",
+            ));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']').ok_or_else(|| bad("an unclosed IPv6 bracket"))?;
+            addr.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad("not an IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(|| bad("junk after the IPv6 address"))?),
+            };
+            (format!("[{}]", addr.to_ascii_lowercase()), port)
+        } else {
+            let (h, p) = match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            };
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                });
+            if !ok {
+                return Err(bad("the host must be a DNS name or an IP address"));
+            }
+            (h.to_ascii_lowercase(), p)
+        };
+        let port = match port {
+            None => None,
+            Some(p) => {
+                let n: u16 = p.parse().map_err(|_| bad("the port must be 1 to 65535"))?;
+                if n == 0 {
+                    return Err(bad("the port must be 1 to 65535"));
+                }
+                (p != default_port).then(|| n.to_string())
+            }
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        Ok(Origin(match port {
+            Some(p) => format!("{scheme}://{host}:{p}"),
+            None => format!("{scheme}://{host}"),
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether a request's `Origin` header value is this origin (exactly, after the same
+    /// normalisation; `null` and garbage never match).
+    pub fn matches(&self, header: &str) -> bool {
+        Origin::parse(header).is_ok_and(|o| o == *self)
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Origin {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        Origin::parse(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An app's rules for its keys, so that "rotate regularly" is enforced rather than hoped for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRules {
+    /// Longest lifetime of a new key, in seconds: keys created without an expiry or beyond it
+    /// get `now + max` (capped, not refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_secs: Option<u64>,
+    /// Secret keys must be created with an expiry (refused otherwise, unless a maximum
+    /// lifetime supplies one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_expiry: bool,
+    /// The kinds of key the app may have; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_kinds: Vec<crate::key::KeyKind>,
+}
+
+impl KeyRules {
+    pub fn is_default(&self) -> bool {
+        *self == KeyRules::default()
+    }
+
+    /// Whether a key of `kind` may be created.
+    pub fn allows(&self, kind: crate::key::KeyKind) -> bool {
+        self.allowed_kinds.is_empty() || self.allowed_kinds.contains(&kind)
     }
 }
 
@@ -450,5 +596,52 @@ mod tests {
         assert_eq!(serde_json::from_str::<Policy>(&back).unwrap(), p);
         assert!(serde_json::from_str::<Policy>(r#"{"rate":{"limit":"0/min"}}"#).is_err());
         assert!(serde_json::from_str::<Policy>(r#"{"other":1}"#).is_err());
+    }
+
+    #[test]
+    fn origins_are_exact_and_normalised() {
+        let o = Origin::parse("https://Shop.Example").unwrap();
+        assert_eq!(o.as_str(), "https://shop.example");
+        assert_eq!(Origin::parse("https://shop.example:443").unwrap(), o);
+        assert_eq!(
+            Origin::parse("http://127.0.0.1:8080").unwrap().as_str(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            Origin::parse("http://[::1]:3000").unwrap().as_str(),
+            "http://[::1]:3000"
+        );
+        assert!(o.matches("https://shop.example"));
+        assert!(o.matches("HTTPS://SHOP.EXAMPLE:443"));
+        for other in [
+            "https://shop.example.evil",
+            "https://evil-shop.example",
+            "http://shop.example",
+            "https://shop.example:8443",
+            "null",
+            "",
+            "https://shop.example/",
+        ] {
+            assert!(!o.matches(other), "{other:?}");
+        }
+        for bad in [
+            "*",
+            "https://*.shop.example",
+            "https://shop.example/path",
+            "https://user@shop.example",
+            "ftp://shop.example",
+            "https://",
+            "shop.example",
+            "https://shop.example:0",
+            "https://shop.example:99999",
+            "https://sh op.example",
+            "https://shop..example",
+            "https://[::1",
+            "https://shop.example?x",
+            "https://-shop.example",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Origin::parse(&format!("https://{}.example", "a".repeat(300))).is_err());
     }
 }

@@ -89,6 +89,10 @@ pub struct Route {
     pub api_keys: bool,
     /// Accept callers by a registered TLS client certificate alone (RFC 8705 clients).
     pub client_certificates: bool,
+    /// Public-safe: publishable keys are accepted here (from their allowed origins).
+    pub publishable: bool,
+    /// CORS policy: preflights answered here, headers on every response of the route.
+    pub cors: Option<crate::cors::Cors>,
     /// The audience tokens must carry here.
     pub audience: String,
 }
@@ -650,6 +654,10 @@ pub(crate) async fn decide(st: &GatewayState, route: &Route, req: &RequestView<'
                         if let Err(r) = st.engine.check_mtls_requirement(&rec, req.peer_cert).await {
                             return Err(refused(r, c.bearer));
                         }
+                        let origin = req.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+                        if let Err(r) = st.engine.check_publishable(&rec, route.publishable, origin) {
+                            return Err(refused(r, c.bearer));
+                        }
                         (rec, c.bearer)
                     }
                     Err(r) => return Err(refused(r, c.bearer)),
@@ -657,7 +665,7 @@ pub(crate) async fn decide(st: &GatewayState, route: &Route, req: &RequestView<'
             }
         }
     };
-    let outcome = match st.engine.admit(&record, &route.limits).await {
+    let outcome = match st.engine.admit_from(&record, &route.limits, Some(client)).await {
         Ok(o) => o,
         Err(r) => return Err(refused(r, bearer)),
     };
@@ -706,15 +714,54 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response {
-    let path = req.uri().path();
+    let path = req.uri().path().to_owned();
+    let path = path.as_str();
     if suspicious_path(path) {
         return Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators")
             .into_response();
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // A CORS preflight is answered here, for the route the actual request would take; the
+    // upstream never sees it.
+    if crate::cors::is_preflight(req.method(), req.headers()) {
+        let wanted = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
+        // The route the actual request would take; failing that (a method the route does not
+        // have), the longest CORS route for the path, whose policy then refuses the method.
+        let route = match wanted.map(|m| find_route(&st.cfg.routes, &m, path)) {
+            Some(Ok(r)) => Some(r),
+            _ => st
+                .cfg
+                .routes
+                .iter()
+                .filter(|r| r.cors.is_some() && r.matches_path(path))
+                .max_by_key(|r| r.path_prefix.len()),
+        };
+        if let Some(cors) = route.and_then(|r| r.cors.as_ref()) {
+            return cors.preflight(req.headers());
+        }
     }
     let route = match find_route(&st.cfg.routes, req.method(), path) {
         Ok(r) => r,
         Err(p) => return p.into_response(),
     };
+    let mut resp = handle_route(&st, peer, route, req).await;
+    if let Some(cors) = &route.cors {
+        cors.decorate(origin.as_deref(), resp.headers_mut());
+    }
+    resp
+}
+
+/// The pipeline for a request that matched `route`.
+async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, req: Request<Body>) -> Response {
+    let st = st.clone();
+    let path = req.uri().path();
     let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
     let peer_cert = req
         .extensions()
@@ -958,6 +1005,8 @@ mod tests {
             tokens: false,
             api_keys: true,
             client_certificates: false,
+            publishable: false,
+            cors: None,
             audience: "keyward".into(),
         }
     }

@@ -204,6 +204,16 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "this credential only works over a TLS connection with a client certificate registered to its app"
                 .into(),
         ),
+        Rejection::PublishableNotAllowed { .. } => (
+            StatusCode::FORBIDDEN,
+            "Publishable Key Not Allowed",
+            "publishable keys only work on routes marked public-safe; use a secret key from a server".into(),
+        ),
+        Rejection::OriginNotAllowed { .. } => (
+            StatusCode::FORBIDDEN,
+            "Origin Not Allowed",
+            "this publishable key only works from the web origins it was created for".into(),
+        ),
         Rejection::CertificateRequired => (
             StatusCode::UNAUTHORIZED,
             "Client Certificate Required",

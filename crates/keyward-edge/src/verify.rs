@@ -338,6 +338,8 @@ impl VerifyState {
             tokens: svc.is_some(),
             api_keys: true,
             client_certificates: false,
+            publishable: false,
+            cors: None,
             audience: svc
                 .map(|s| s.config().default_audience.clone())
                 .unwrap_or_else(|| "keyward".into()),

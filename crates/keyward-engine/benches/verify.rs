@@ -70,6 +70,7 @@ fn fixture() -> Fixture {
                     policy: Default::default(),
                     canary: false,
                     exchange_only: false,
+                    kind: Default::default(),
                 },
             )
             .await

@@ -6,7 +6,7 @@ use keyward_core::model::{validate_name, AuditEvent, KeyUpdate, Lifecycle, Sever
 use keyward_core::policy::Policy;
 use keyward_core::secret::{new_id, SecretString};
 use keyward_core::when::MAX_LIFETIME;
-use keyward_core::{AppRecord, KeyRecord};
+use keyward_core::{AppRecord, KeyKind, KeyRecord};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
@@ -94,7 +94,9 @@ impl Engine {
         let mut scopes = new.scopes;
         scopes.sort();
         scopes.dedup();
-        let secret = self.format.generate(new.env)?;
+        self.check_kind(new.kind, &scopes, &new.policy, new.exchange_only)?;
+        let expires_at = apply_key_rules(&app.policy.key_rules, new.kind, new.expires_at, now)?;
+        let secret = self.format.generate_kind(new.kind, new.env)?;
         let digest = self.pepper.digest(secret.expose().as_bytes());
         let record = KeyRecord {
             id: new_id("key")?,
@@ -104,7 +106,7 @@ impl Engine {
             hint: display_hint(secret.expose()),
             env: new.env,
             scopes,
-            expires_at: new.expires_at,
+            expires_at,
             created_at: now,
             revoked_at: None,
             policy: new.policy,
@@ -122,6 +124,64 @@ impl Engine {
         self.audit_change(actor, "key.created", &record.id, None::<&KeyRecord>, Some(&record))
             .await;
         Ok((record, secret))
+    }
+
+    /// What a key of `kind` may carry. Publishable keys sit in web pages: they need at least one
+    /// allowed origin, may only carry public-safe scopes (those of routes marked
+    /// `publishable = true`) and never anything that reads as a write, and are never
+    /// exchange-only; secret keys have no origins.
+    fn check_kind(
+        &self,
+        kind: KeyKind,
+        scopes: &[keyward_core::Scope],
+        policy: &keyward_core::policy::Policy,
+        exchange_only: bool,
+    ) -> Result<(), EngineError> {
+        match kind {
+            KeyKind::Secret => {
+                if !policy.origins.is_empty() {
+                    return Err(EngineError::invalid(
+                        "origins",
+                        "only publishable keys are bound to web origins".into(),
+                    ));
+                }
+            }
+            KeyKind::Publishable => {
+                if policy.origins.is_empty() {
+                    return Err(EngineError::invalid(
+                        "origins",
+                        "a publishable key needs at least one allowed origin (https://your.site)".into(),
+                    ));
+                }
+                if exchange_only {
+                    return Err(EngineError::invalid(
+                        "exchange_only",
+                        "publishable keys are never accepted at the token endpoint".into(),
+                    ));
+                }
+                for s in scopes {
+                    let w = s.as_str().to_ascii_lowercase();
+                    let writeish = ["write", "admin", "delete", "manage", "create", "update"]
+                        .iter()
+                        .any(|v| w.split([':', '.', '/', '-', '_']).any(|part| part == *v));
+                    if writeish {
+                        return Err(EngineError::invalid(
+                            "scopes",
+                            format!("publishable keys are read-only: {s} reads as a write scope"),
+                        ));
+                    }
+                    if let Some(public) = &self.options.publishable_scopes {
+                        if !public.contains(s) {
+                            return Err(EngineError::invalid(
+                                "scopes",
+                                format!("{s} is not a scope of any route marked publishable"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn get_key(&self, id: &str) -> Result<KeyRecord, EngineError> {
@@ -301,12 +361,15 @@ impl Engine {
                 .expires_at
                 .map(|exp| now + (exp - old.created_at).max(Duration::SECOND)),
         };
+        // The app's rules apply to the successor as to any new key.
+        let app = self.get_app(&old.app_id).await?;
+        let successor_expiry = apply_key_rules(&app.policy.key_rules, old.kind(), successor_expiry, now)?;
         let end_of_grace = now + grace;
         let old_expires_at = match old.expires_at {
             Some(t) if t < end_of_grace => t,
             _ => end_of_grace,
         };
-        let secret = self.format.generate(old.env)?;
+        let secret = self.format.generate_kind(old.kind(), old.env)?;
         let digest = self.pepper.digest(secret.expose().as_bytes());
         let successor = KeyRecord {
             id: new_id("key")?,
@@ -489,4 +552,36 @@ impl Engine {
             .await;
         Ok(record)
     }
+}
+
+/// An app's key rules applied to a new key's expiry: refuses kinds the app does not allow
+/// (checked by the caller through `allows`) and secret keys without expiry when one is
+/// required; caps the lifetime at the maximum (a key without expiry gets the maximum).
+fn apply_key_rules(
+    rules: &keyward_core::policy::KeyRules,
+    kind: KeyKind,
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, EngineError> {
+    if !rules.allows(kind) {
+        return Err(EngineError::invalid(
+            "kind",
+            format!("the app does not allow {} keys", kind.as_str()),
+        ));
+    }
+    if let Some(max) = rules.max_lifetime_secs {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let latest = now + Duration::seconds(max);
+        return Ok(Some(match expires_at {
+            Some(t) if t <= latest => t,
+            _ => latest,
+        }));
+    }
+    if rules.require_expiry && kind == KeyKind::Secret && expires_at.is_none() {
+        return Err(EngineError::invalid(
+            "expires_at",
+            "the app requires an expiry on secret keys (expires_at or expires_in)".into(),
+        ));
+    }
+    Ok(expires_at)
 }

@@ -40,6 +40,12 @@ pub enum Rejection {
     /// registered to any client.
     #[error("no registered client certificate was presented")]
     CertificateRequired,
+    /// A publishable key on a route that does not take them.
+    #[error("publishable keys are not accepted on this route")]
+    PublishableNotAllowed { key_id: String },
+    /// A publishable key without one of its allowed origins.
+    #[error("the request's origin is not allowed for this key")]
+    OriginNotAllowed { key_id: String },
     #[error("a rate limit is exhausted")]
     RateLimited {
         policy: &'static str,
@@ -89,6 +95,8 @@ impl Rejection {
             Rejection::IpNotAllowed { .. } => "ip_not_allowed",
             Rejection::MtlsRequired { .. } => "mtls_required",
             Rejection::CertificateRequired => "client_certificate_required",
+            Rejection::PublishableNotAllowed { .. } => "publishable_key_not_allowed",
+            Rejection::OriginNotAllowed { .. } => "origin_not_allowed",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::QuotaExhausted { .. } => "quota_exhausted",
             Rejection::LimiterUnavailable { .. } => "limiter_unavailable",

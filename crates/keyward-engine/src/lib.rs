@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use keyward_core::model::{AuditEvent, AuditFilter, Severity};
 use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
-use keyward_core::{authorize, Decision, Denial, KeyEnv, KeyFormat, KeyRecord, Pepper, RequestFacts, Scope};
+use keyward_core::{authorize, Decision, Denial, KeyEnv, KeyFormat, KeyKind, KeyRecord, Pepper, RequestFacts, Scope};
 use keyward_limit::{Limiter, QuotaCheck, RateCheck};
 use keyward_store::{CacheConfig, KeyCache, Lookup, Store};
 use time::OffsetDateTime;
@@ -55,6 +55,8 @@ pub struct NewKey {
     pub canary: bool,
     /// Only exchangeable for tokens at the token endpoint; refused on API routes.
     pub exchange_only: bool,
+    /// Secret (default) or publishable.
+    pub kind: KeyKind,
 }
 
 /// Who shares a route's rate limit.
@@ -97,6 +99,11 @@ pub struct EngineOptions {
     pub failed_auth_burst: u32,
     /// How often usage counters are written to the store.
     pub usage_flush_interval: Duration,
+    /// The rate every client address gets with a publishable key (on top of the key's own).
+    pub publishable_rate: Option<RateSpec>,
+    /// The public-safe scopes (those of routes that take publishable keys); `None`: any scope
+    /// that does not read as a write.
+    pub publishable_scopes: Option<Vec<Scope>>,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +112,8 @@ impl Default for EngineOptions {
             cache: CacheConfig::default(),
             failed_auth_burst: 20,
             usage_flush_interval: Duration::from_secs(5),
+            publishable_rate: RateSpec::parse("60/min", None).ok(),
+            publishable_scopes: None,
         }
     }
 }
@@ -323,9 +332,28 @@ impl Engine {
     /// Redis is answered by the route's `on_limiter_failure` (see [`Limiter::on_failure`]);
     /// `fail_closed` is the `Err`.
     pub async fn admit(&self, record: &KeyRecord, route: &RouteLimits) -> Result<Outcome, Rejection> {
+        self.admit_from(record, route, None).await
+    }
+
+    /// [`Engine::admit`] for a request from `client`: a publishable key also gets the
+    /// per-address rate (`EngineOptions::publishable_rate`), decided with the other limits.
+    pub async fn admit_from(
+        &self,
+        record: &KeyRecord,
+        route: &RouteLimits,
+        client: Option<IpAddr>,
+    ) -> Result<Outcome, Rejection> {
         let l = &self.limiter;
-        let mut rates = Vec::with_capacity(3);
+        let mut rates = Vec::with_capacity(4);
         let mut quotas = Vec::with_capacity(2);
+        if let (Some(spec), Some(ip), KeyKind::Publishable) = (self.options.publishable_rate, client, record.kind()) {
+            rates.push(RateCheck {
+                name: "client",
+                key: l.key(&["pk-client-rate", &record.id, &ip.to_string()]),
+                spec,
+                cost: 1,
+            });
+        }
         if let Some(spec) = record.policy.rate {
             rates.push(RateCheck {
                 name: "key",
@@ -376,6 +404,31 @@ impl Engine {
         outcome.map_err(|u| Rejection::LimiterUnavailable {
             retry_after: u.retry_after,
         })
+    }
+
+    /// Publishable keys (issue 11): only on routes marked `publishable`, and only from one of
+    /// the key's origins (the browser's `Origin` header, which page scripts cannot set).
+    pub fn check_publishable(
+        &self,
+        record: &KeyRecord,
+        route_takes_publishable: bool,
+        origin: Option<&str>,
+    ) -> Result<(), Rejection> {
+        if record.kind() != KeyKind::Publishable {
+            return Ok(());
+        }
+        if !route_takes_publishable {
+            return Err(Rejection::PublishableNotAllowed {
+                key_id: record.id.clone(),
+            });
+        }
+        let allowed = origin.is_some_and(|o| record.policy.origins.iter().any(|a| a.matches(o)));
+        if !allowed {
+            return Err(Rejection::OriginNotAllowed {
+                key_id: record.id.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Appends an event to the audit log and passes security events to the sinks.

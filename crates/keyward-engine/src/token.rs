@@ -698,6 +698,11 @@ impl Engine {
                     .verify_key(subject, &facts, meta)
                     .await
                     .map_err(|_| OAuthError::InvalidGrant("the subject token is not a valid API key".into()))?;
+                if key.kind() == keyward_core::KeyKind::Publishable {
+                    return Err(OAuthError::InvalidGrant(
+                        "publishable keys are never exchanged for tokens".into(),
+                    ));
+                }
                 let scopes = Self::narrow_scopes(req.scope, &key.scopes)?;
                 let aud = Self::pick_audience(svc, req.audience)?;
                 let mut ttl = EXCHANGE_TTL;

@@ -166,6 +166,24 @@ pub struct MtlsFlags {
     pub no_require_mtls: bool,
 }
 
+/// An app's rules for its keys.
+#[derive(Debug, Args, Default)]
+pub struct KeyRuleFlags {
+    /// Longest lifetime of a new key (e.g. 90d): keys without an expiry or beyond it are
+    /// capped to it ("none" lifts it on update).
+    #[arg(long, value_name = "DURATION")]
+    pub max_key_lifetime: Option<String>,
+    /// Secret keys must be created with an expiry.
+    #[arg(long)]
+    pub require_expiry: bool,
+    /// Lift --require-expiry.
+    #[arg(long, conflicts_with = "require_expiry")]
+    pub no_require_expiry: bool,
+    /// A kind of key the app may have (repeatable): secret, publishable.
+    #[arg(long = "allowed-kind", value_name = "KIND", value_parser = ["secret", "publishable"])]
+    pub allowed_kinds: Vec<String>,
+}
+
 /// Clearing limits on update.
 #[derive(Debug, Args, Default)]
 pub struct ClearFlags {
@@ -190,6 +208,8 @@ pub enum AppCommand {
         #[command(flatten)]
         mtls: MtlsFlags,
         #[command(flatten)]
+        rules: KeyRuleFlags,
+        #[command(flatten)]
         out: JsonFlag,
     },
     /// Change an application's limits (shared by all of its keys); applies to the next request.
@@ -199,6 +219,8 @@ pub enum AppCommand {
         limits: LimitFlags,
         #[command(flatten)]
         mtls: MtlsFlags,
+        #[command(flatten)]
+        rules: KeyRuleFlags,
         #[command(flatten)]
         clear: ClearFlags,
         #[command(flatten)]
@@ -242,6 +264,13 @@ pub enum KeyCommand {
         /// The key only works at the token endpoint (exchanged for short-lived tokens), never on an API route.
         #[arg(long, conflicts_with = "canary")]
         exchange_only: bool,
+        /// A publishable key (`<prefix>_pk_…`): safe in web pages, only on routes marked
+        /// publishable, only from the --origin pages.
+        #[arg(long, conflicts_with_all = ["canary", "exchange_only"], requires = "origins")]
+        publishable: bool,
+        /// An exact web origin allowed to use a publishable key (repeatable), e.g. https://shop.example.
+        #[arg(long = "origin", value_name = "URL", requires = "publishable")]
+        origins: Vec<String>,
         #[command(flatten)]
         limits: LimitFlags,
         #[command(flatten)]

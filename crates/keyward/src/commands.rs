@@ -357,6 +357,26 @@ fn limits_into(body: &mut Value, l: &LimitFlags, clear: Option<&ClearFlags>) -> 
     Ok(())
 }
 
+fn rules_into(body: &mut Value, r: &crate::cli::KeyRuleFlags, update: bool) -> Result<()> {
+    match r.max_key_lifetime.as_deref() {
+        None => {}
+        Some("none") if update => body["max_key_lifetime"] = Value::Null,
+        Some(d) => {
+            keyward_core::when::parse_duration(d).map_err(|e| CliError::Usage(format!("--max-key-lifetime: {e}")))?;
+            body["max_key_lifetime"] = json!(d);
+        }
+    }
+    if r.require_expiry {
+        body["require_expiry"] = json!(true);
+    } else if r.no_require_expiry {
+        body["require_expiry"] = json!(false);
+    }
+    if !r.allowed_kinds.is_empty() {
+        body["allowed_kinds"] = json!(r.allowed_kinds);
+    }
+    Ok(())
+}
+
 fn mtls_into(body: &mut Value, m: &crate::cli::MtlsFlags) {
     if m.require_mtls {
         body["require_mtls"] = json!(true);
@@ -421,11 +441,13 @@ async fn app(cli: &Cli, cmd: &AppCommand) -> Result<()> {
             name,
             limits,
             mtls,
+            rules,
             out,
         } => {
             let mut body = json!({"name": name});
             limits_into(&mut body, limits, None)?;
             mtls_into(&mut body, mtls);
+            rules_into(&mut body, rules, false)?;
             let v = c.call(Method::POST, "/v1/apps", Some(body)).await?;
             if out.json {
                 print_json(&v);
@@ -442,12 +464,14 @@ async fn app(cli: &Cli, cmd: &AppCommand) -> Result<()> {
             app,
             limits,
             mtls,
+            rules,
             clear,
             out,
         } => {
             let mut body = json!({});
             limits_into(&mut body, limits, Some(clear))?;
             mtls_into(&mut body, mtls);
+            rules_into(&mut body, rules, true)?;
             let v = c
                 .call(Method::PATCH, &format!("/v1/apps/{}", seg(app)), Some(body))
                 .await?;
@@ -532,14 +556,23 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             env,
             canary,
             exchange_only,
+            publishable,
+            origins,
             limits,
             mtls,
             out,
         } => {
             // Check what can be checked locally first: no request for a bad flag.
             check_scope_flags(sc)?;
+            for o in origins {
+                keyward_core::policy::Origin::parse(o).map_err(|e| CliError::Usage(format!("--origin: {e}")))?;
+            }
             let mut body =
                 json!({"app": app, "scopes": sc, "env": env, "canary": canary, "exchange_only": exchange_only});
+            if *publishable {
+                body["kind"] = json!("publishable");
+                body["origins"] = json!(origins);
+            }
             limits_into(&mut body, limits, None)?;
             mtls_into(&mut body, mtls);
             if let Some(n) = name {

@@ -250,6 +250,8 @@ pub struct GatewaySection {
     /// Keys expiring within this window get `Deprecation` and `Sunset` response headers.
     #[serde(with = "dur")]
     pub expiry_warning: Duration,
+    /// The rate each client address gets with a publishable key (`none` turns it off).
+    pub publishable_rate: String,
     /// PEM certificate chain (leaf first): with `tls_key_file`, the listener speaks TLS only.
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
@@ -281,6 +283,7 @@ impl Default for GatewaySection {
             upstream_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             expiry_warning: Duration::from_secs(7 * 86_400),
+            publishable_rate: "60/min".into(),
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -473,7 +476,9 @@ impl Default for OAuthSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One `[[routes]]` entry. `Default` is for code that builds routes (demo, tests): set at least
+/// `name`, `path_prefix`, `upstream` and `api_keys`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub name: String,
@@ -513,6 +518,49 @@ pub struct RouteSection {
     /// `redis.on_limiter_failure`, itself `local`).
     #[serde(default)]
     pub on_limiter_failure: Option<LimiterFailure>,
+    /// Public-safe: publishable keys are accepted here (from their allowed origins); their
+    /// scopes must be among this route's.
+    #[serde(default)]
+    pub publishable: bool,
+    /// CORS for browsers calling this route from other origins.
+    #[serde(default)]
+    pub cors: Option<CorsSection>,
+}
+
+/// `[[routes]] cors = { … }`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Exact origins (`https://shop.example`), or `["*"]` (never with credentials).
+    pub allowed_origins: Vec<String>,
+    /// Default: the route's methods (GET when the route takes any).
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+    /// Request headers pages may send, e.g. `["x-api-key", "authorization"]`.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    /// Response headers pages may read (keyward's RateLimit, Retry-After… always are).
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight (default 10m, at most 24h).
+    #[serde(default, with = "opt_dur")]
+    pub max_age: Option<Duration>,
+}
+
+/// Optional durations as human strings.
+mod opt_dur {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Some(super::dur::deserialize(d)?))
+    }
 }
 
 fn yes() -> bool {
@@ -870,10 +918,21 @@ impl Config {
     }
 
     pub fn engine_options(&self) -> keyward_engine::EngineOptions {
+        let mut public: Vec<keyward_core::Scope> = self
+            .routes
+            .iter()
+            .filter(|r| r.publishable)
+            .flat_map(|r| r.scopes.iter().filter_map(|s| keyward_core::Scope::new(s).ok()))
+            .collect();
+        public.sort();
+        public.dedup();
         keyward_engine::EngineOptions {
             cache: self.cache_config(),
             failed_auth_burst: self.security.failed_auth_burst,
             usage_flush_interval: self.usage.flush_interval,
+            // Validated by `gateway_config`; "none" turns the per-address rate off.
+            publishable_rate: keyward_core::policy::RateSpec::parse(&self.gateway.publishable_rate, None).ok(),
+            publishable_scopes: Some(public),
         }
     }
 
@@ -892,6 +951,10 @@ impl Config {
         };
         if g.credential_headers.is_empty() {
             return Err(invalid("gateway.credential_headers: name at least one header".into()));
+        }
+        if g.publishable_rate != "none" {
+            keyward_core::policy::RateSpec::parse(&g.publishable_rate, None)
+                .map_err(|e| invalid(format!("gateway.publishable_rate: {e} (or \"none\")")))?;
         }
         let mut credential_headers = Vec::new();
         for h in &g.credential_headers {
@@ -965,6 +1028,33 @@ impl Config {
                 tokens: r.tokens,
                 api_keys: r.api_keys,
                 client_certificates: r.client_certificates,
+                publishable: r.publishable,
+                cors: match &r.cors {
+                    None => None,
+                    Some(c) => {
+                        let methods = if c.allowed_methods.is_empty() {
+                            if r.methods.is_empty() {
+                                vec!["GET".to_owned()]
+                            } else {
+                                r.methods.clone()
+                            }
+                        } else {
+                            c.allowed_methods.clone()
+                        };
+                        let max_age = c.max_age.unwrap_or(Duration::from_secs(600)).as_secs();
+                        Some(
+                            keyward_edge::cors::Cors::new(
+                                &c.allowed_origins,
+                                &methods,
+                                &c.allowed_headers,
+                                &c.expose_headers,
+                                c.allow_credentials,
+                                u32::try_from(max_age).unwrap_or(u32::MAX),
+                            )
+                            .map_err(|e| invalid(format!("{at}: {e}")))?,
+                        )
+                    }
+                },
                 audience: r.audience.clone().unwrap_or_else(|| self.oauth.audience.clone()),
             });
         }

@@ -35,6 +35,7 @@ pub fn demo_routes(upstream: &str) -> Vec<RouteSection> {
         client_certificates: false,
         audience: None,
         on_limiter_failure: None,
+        ..Default::default()
     };
     vec![
         r("fact", "/fact", "GET", "facts:read"),
@@ -102,6 +103,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
                 policy: Default::default(),
                 canary: false,
                 exchange_only: false,
+                kind: Default::default(),
             },
         )
         .await
@@ -118,6 +120,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
                 policy: Default::default(),
                 canary: false,
                 exchange_only: false,
+                kind: Default::default(),
             },
         )
         .await

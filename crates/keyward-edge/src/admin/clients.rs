@@ -157,7 +157,7 @@ pub(crate) async fn create_client(
             ips: allowlist(&body.ips)?,
             rate: body.rate,
             quota: body.quota,
-            require_mtls: false,
+            ..Default::default()
         },
     };
     let (client, secret) = st.engine.create_client(&actor(), new).await.map_err(engine_err)?;

@@ -10,7 +10,7 @@ use axum::Json;
 use keyward_core::model::{KeyState, KeyUpdate};
 use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
 use keyward_core::when::{check_expiry, parse_duration, parse_instant};
-use keyward_core::{KeyEnv, KeyRecord, Scope};
+use keyward_core::{KeyEnv, KeyKind, KeyRecord, Scope};
 use keyward_engine::admin::SuccessorExpiry;
 use keyward_engine::NewKey;
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,12 @@ pub(crate) struct CreateKey {
     /// Only usable over a TLS connection with a client certificate registered to the app.
     #[serde(default)]
     require_mtls: bool,
+    /// `secret` (default) or `publishable` (embeddable in web pages; needs `origins`).
+    #[serde(default)]
+    kind: KeyKind,
+    /// Publishable keys: the exact web origins allowed to use the key.
+    #[serde(default)]
+    origins: Vec<String>,
 }
 
 /// A change to a key; absent fields stay, `null` clears.
@@ -76,6 +82,20 @@ pub(crate) struct UpdatePolicyFields {
     quota: Option<Option<QuotaSpec>>,
     #[serde(default)]
     require_mtls: Option<bool>,
+    #[serde(default)]
+    origins: Option<Vec<String>>,
+}
+
+/// Parses a list of web origins (publishable keys).
+pub(crate) fn origins_of(items: &[String]) -> Result<Vec<keyward_core::policy::Origin>, Problem> {
+    if items.len() > keyward_core::policy::MAX_ORIGINS {
+        return Err(invalid("origins", "at most 64 origins per key"));
+    }
+    items
+        .iter()
+        .map(|o| keyward_core::policy::Origin::parse(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("origins", e))
 }
 
 pub(crate) fn scopes_of(items: &[String]) -> Result<Vec<Scope>, Problem> {
@@ -98,12 +118,12 @@ pub(crate) async fn update_key(
     if let Some(obj) = body.as_object() {
         if let Some(k) = obj
             .keys()
-            .find(|k| !["name", "scopes", "ips", "rate", "quota", "require_mtls"].contains(&k.as_str()))
+            .find(|k| !["name", "scopes", "ips", "rate", "quota", "require_mtls", "origins"].contains(&k.as_str()))
         {
             let k: String = k.chars().take(64).collect();
             return Err(
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "Invalid Request Body").detail(format!(
-                    "unknown field `{k}`, expected one of name, scopes, ips, rate, quota, require_mtls"
+                    "unknown field `{k}`, expected one of name, scopes, ips, rate, quota, require_mtls, origins"
                 )),
             );
         }
@@ -113,16 +133,35 @@ pub(crate) async fn update_key(
             .detail(e.to_string().chars().take(200).collect::<String>())
     })?;
     let current = st.engine.get_key(&id).await.map_err(engine_err)?;
+    if let Some(o) = &body.policy.origins {
+        if current.kind() != KeyKind::Publishable {
+            return Err(invalid("origins", "only publishable keys are bound to web origins"));
+        }
+        if o.is_empty() {
+            return Err(invalid(
+                "origins",
+                "a publishable key needs at least one allowed origin",
+            ));
+        }
+    }
+    let origins = body.policy.origins.as_deref().map(origins_of).transpose()?;
     let p = UpdatePolicy {
         ips: body.policy.ips,
         rate: body.policy.rate,
         quota: body.policy.quota,
         require_mtls: body.policy.require_mtls,
+        max_key_lifetime: None,
+        require_expiry: None,
+        allowed_kinds: None,
     };
+    let mut policy = p.apply(current.policy)?;
+    if let Some(o) = origins {
+        policy.origins = o;
+    }
     let update = KeyUpdate {
         name: body.name,
         scopes: body.scopes.as_deref().map(scopes_of).transpose()?,
-        policy: Some(p.apply(current.policy)?),
+        policy: Some(policy),
         disabled_at: None,
     };
     let k = st.engine.update_key(&actor(), &id, update).await.map_err(engine_err)?;
@@ -136,6 +175,8 @@ pub struct KeyView {
     #[serde(flatten)]
     record: KeyRecord,
     state: KeyState,
+    /// `secret` or `publishable`.
+    kind: KeyKind,
 }
 
 #[derive(Serialize)]
@@ -148,7 +189,8 @@ pub(crate) struct CreatedKey {
 
 fn view(st: &AdminState, record: KeyRecord) -> KeyView {
     let state = record.state(st.engine.now());
-    KeyView { record, state }
+    let kind = record.kind();
+    KeyView { record, state, kind }
 }
 
 /// `expires_at` (RFC 3339) or `expires_in` (a duration), never both; `expires_in = "never"`
@@ -192,6 +234,8 @@ pub(crate) async fn create_key(
         rate: body.rate,
         quota: body.quota,
         require_mtls: body.require_mtls,
+        origins: origins_of(&body.origins)?,
+        ..Default::default()
     };
     let (record, secret) = st
         .engine
@@ -206,6 +250,7 @@ pub(crate) async fn create_key(
                 policy,
                 canary: body.canary,
                 exchange_only: body.exchange_only,
+                kind: body.kind,
             },
         )
         .await
@@ -541,7 +586,7 @@ pub(crate) async fn import_key(
             ips: allowlist(&body.ips)?,
             rate: body.rate,
             quota: body.quota,
-            require_mtls: false,
+            ..Default::default()
         },
     };
     let k = st

@@ -184,6 +184,7 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
         audience: None,
         on_limiter_failure: None,
         client_certificates: false,
+        ..Default::default()
     };
     vec![
         r("fact", "/fact", &["GET"], &["facts:read"]),
@@ -208,6 +209,7 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
             audience: None,
             on_limiter_failure: None,
             client_certificates: false,
+            ..Default::default()
         },
     ]
 }

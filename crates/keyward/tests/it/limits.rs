@@ -36,6 +36,7 @@ fn route(name: &str, prefix: &str, upstream: &str) -> keyward::config::RouteSect
         audience: None,
         on_limiter_failure: None,
         client_certificates: false,
+        ..Default::default()
     }
 }
 

@@ -11,6 +11,7 @@ mod cluster_limits;
 mod cluster_store;
 mod dpop;
 mod forward_auth;
+mod frontend;
 mod gateway;
 mod hostile;
 mod independent;

@@ -64,6 +64,7 @@ fn cert_route(upstream: &str) -> RouteSection {
         client_certificates: true,
         audience: None,
         on_limiter_failure: None,
+        ..Default::default()
     }
 }
 
