@@ -444,3 +444,109 @@ async fn app_key_rules_cap_lifetimes_and_restrict_kinds() {
         assert!(s == 422 || s == 400, "{body}: {s} {v}");
     }
 }
+
+/// The CLI flags: `key create --publishable --origin`, `app create|update --max-key-lifetime
+/// --require-expiry --allowed-kind`, and their usage errors (exit 2, nothing created).
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_flags_for_publishable_keys_and_key_rules() {
+    let kw = boot_front(|_| {}).await;
+    let admin = kw.admin.clone();
+    let run = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(args)
+            .env("KEYWARD_ADMIN_URL", &admin)
+            .env("KEYWARD_ADMIN_TOKEN", crate::harness::ADMIN_TOKEN)
+            .env_remove("KEYWARD_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[
+        "app",
+        "create",
+        "shop",
+        "--max-key-lifetime",
+        "30d",
+        "--allowed-kind",
+        "publishable",
+        "--allowed-kind",
+        "secret",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let app: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(app["policy"]["key_rules"]["max_lifetime_secs"], 30 * 86_400, "{app}");
+    let (code, out, err) = run(&[
+        "key",
+        "create",
+        "--app",
+        "shop",
+        "--publishable",
+        "--origin",
+        SITE,
+        "--scope",
+        "facts:read",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let k: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(k["kind"], "publishable");
+    assert!(k["key"].as_str().unwrap().starts_with("kw_pk_live_"));
+    assert!(k["expires_at"].is_string(), "capped by the app's rule: {k}");
+    let pk = k["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(&kw, "/public/fact", &[("x-api-key", &pk), ("origin", SITE)])
+            .await
+            .status(),
+        200
+    );
+    let (code, out, err) = run(&[
+        "app",
+        "update",
+        "shop",
+        "--max-key-lifetime",
+        "none",
+        "--require-expiry",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let app: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(app["policy"]["key_rules"].get("max_lifetime_secs").is_none(), "{app}");
+    assert_eq!(app["policy"]["key_rules"]["require_expiry"], true, "{app}");
+    let (code, _, err) = run(&["key", "create", "--app", "shop"]);
+    assert_ne!(code, 0, "a secret key without expiry is refused: {err}");
+    assert!(err.contains("expir"), "{err}");
+    for args in [
+        vec!["key", "create", "--app", "shop", "--publishable"],
+        vec!["key", "create", "--app", "shop", "--origin", SITE],
+        vec![
+            "key",
+            "create",
+            "--app",
+            "shop",
+            "--publishable",
+            "--origin",
+            "https://*.x.example",
+        ],
+        vec![
+            "key",
+            "create",
+            "--app",
+            "shop",
+            "--publishable",
+            "--origin",
+            SITE,
+            "--canary",
+        ],
+        vec!["app", "update", "shop", "--allowed-kind", "root"],
+        vec!["app", "update", "shop", "--max-key-lifetime", "soon"],
+        vec!["app", "update", "shop", "--require-expiry", "--no-require-expiry"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
