@@ -9,6 +9,7 @@ mod admin_api;
 mod cli;
 mod cluster_limits;
 mod cluster_store;
+mod console;
 mod dpop;
 mod forward_auth;
 mod frontend;

@@ -1,0 +1,85 @@
+//! The web console (issue 8): served by the admin listener with strict headers, and driven
+//! end to end in headless Chromium by tests/console/run.mjs when `KEYWARD_TEST_CHROMIUM=1`
+//! (tests/console/setup.sh installs Debian's chromium and playwright-core).
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn console_is_embedded_with_strict_headers() {
+    let kw = boot().await;
+    let resp = kw.http.get(format!("{}/console/", kw.admin)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = resp.text().await.unwrap();
+    // No inline script, nothing loaded from elsewhere.
+    assert!(html.contains(r#"<script src="/console/app.js" defer></script>"#));
+    assert!(!html.contains("<script>") && !html.contains("http://") && !html.contains("https://"));
+    for (path, ct) in [("/console/app.js", "text/javascript"), ("/console/app.css", "text/css")] {
+        let resp = kw.http.get(format!("{}{path}", kw.admin)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with(ct));
+        let body = resp.text().await.unwrap();
+        assert!(
+            !body.contains("http://") && !body.contains("https://") || path.ends_with(".js"),
+            "{path}"
+        );
+    }
+    // The console itself needs no token; the API it calls does.
+    let resp = kw.http.get(format!("{}/console", kw.admin)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "redirected to /console/");
+    let (s, _) = (
+        kw.http
+            .get(format!("{}/v1/apps", kw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        (),
+    );
+    assert_eq!(s, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_end_to_end() {
+    if std::env::var("KEYWARD_TEST_CHROMIUM").as_deref() != Ok("1") {
+        println!("skipped: set KEYWARD_TEST_CHROMIUM=1 (after tests/console/setup.sh) to run the console in Chromium");
+        return;
+    }
+    let kw = boot().await;
+    // Traffic for the usage chart of one app: allowed and denied requests.
+    let (_, key) = kw.key("traffic", &["facts:read"], json!({})).await;
+    for _ in 0..5 {
+        assert_eq!(kw.get("/fact", &[("x-api-key", &key)]).await.status(), 200);
+    }
+    assert_eq!(kw.get("/facts", &[("x-api-key", &key)]).await.status(), 200);
+    let (s, _) = kw.admin(Method::GET, "/v1/usage?app=traffic", None).await;
+    assert_eq!(s, 200);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shots = root.join("target/console-screenshots");
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/console/run.mjs"))
+        .arg(&kw.admin)
+        .arg(ADMIN_TOKEN)
+        .arg(&shots)
+        .env("USAGE_APP", "traffic")
+        .output()
+        .await
+        .expect("node (tests/console/setup.sh installs what the harness needs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}\nscreenshots: {}", shots.display());
+    assert!(out.status.success(), "the console end-to-end run failed (see above)");
+    assert!(stdout.contains("0 failed"));
+}
