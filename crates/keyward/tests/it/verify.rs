@@ -352,3 +352,83 @@ async fn access_tokens_verify_like_keys() {
         "{v}"
     );
 }
+
+#[test]
+fn verify_configuration_and_its_secret() {
+    use keyward::config::Config;
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyward.toml");
+    std::fs::write(
+        &file,
+        "[verify]\nlisten = \"127.0.0.1:0\"\nforward_auth_peers = [\"10.0.0.0/8\"]\ntoken_file = \"verify.token\"\n",
+    )
+    .unwrap();
+    let cfg = Config::load(
+        Some(&file),
+        &env(&[("KEYWARD_VERIFY__FORWARD_AUTH_REQUIRE_TOKEN", "true")]),
+    )
+    .unwrap();
+    assert_eq!(cfg.verify.listen, Some("127.0.0.1:0".parse().unwrap()));
+    assert!(cfg.verify.forward_auth_require_token);
+    assert_eq!(
+        cfg.verify.token_file.as_deref(),
+        Some(dir.path().join("verify.token").as_path())
+    );
+    assert_eq!(cfg.forward_auth_config().unwrap().peers.len(), 1);
+    // The secret: the environment first, then the 0600 file; never group- or world-readable.
+    let token = "a-verify-token-of-some-length";
+    assert_eq!(
+        cfg.verify_token(&env(&[("KEYWARD_VERIFY_TOKEN", token)]))
+            .unwrap()
+            .unwrap()
+            .expose(),
+        token
+    );
+    assert!(cfg.verify_token(&env(&[("KEYWARD_VERIFY_TOKEN", "short")])).is_err());
+    assert!(cfg.verify_token(&env(&[])).is_err(), "the file does not exist");
+    let path = dir.path().join("verify.token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        cfg.verify_token(&env(&[])).is_err(),
+        "world-readable secret file refused"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(cfg.verify_token(&env(&[])).unwrap().unwrap().expose(), token);
+    // No token configured: the verify API is off, unless forward-auth requires the token.
+    let mut none = Config::default();
+    assert!(none.verify_token(&env(&[])).unwrap().is_none());
+    none.verify.forward_auth_require_token = true;
+    assert!(none.verify_token(&env(&[])).is_err());
+    // Unknown keys and bad CIDRs are refused.
+    std::fs::write(&file, "[verify]\nlisten_on = \"127.0.0.1:1\"\n").unwrap();
+    assert!(Config::load(Some(&file), &[]).is_err());
+    std::fs::write(&file, "[verify]\nforward_auth_peers = [\"nonsense\"]\n").unwrap();
+    assert!(Config::load(Some(&file), &[]).is_err());
+}
+
+#[tokio::test]
+async fn the_verify_token_cannot_be_the_admin_token() {
+    use keyward::server::{start_on, Secrets};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = keyward::config::Config::default();
+    cfg.store.url = dir.path().join("keyward.db").display().to_string();
+    let secrets = Secrets {
+        pepper: keyward_core::Pepper::from_text(PEPPER).unwrap(),
+        admin_token: keyward_core::secret::SecretString::new(ADMIN_TOKEN.into()),
+        kek: None,
+        verify_token: Some(keyward_core::secret::SecretString::new(ADMIN_TOKEN.into())),
+    };
+    let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clock = std::sync::Arc::new(keyward_engine::SystemClock);
+    let err = match start_on(&cfg, secrets, g, a, clock).await {
+        Ok(_) => panic!("started with the admin token as the verify token"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("verify token must differ"), "{err}");
+}
