@@ -19,6 +19,7 @@
 #   ROUNDS, DURATION, CONNECTIONS, WRK_THREADS, WARMUP   as in bench/gateway.sh
 #   WORKERS      keyward [server] worker_threads (default 1)
 #   SKIP_BUILD   1 to use the existing target/release/keyward
+#   GATEWAY_BIN  use this keyward binary (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +34,9 @@ CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 WARMUP=${WARMUP:-3s}
 WORKERS=${WORKERS:-1}
-BIN=${CARGO_TARGET_DIR:-target}/release/keyward
+BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/release/keyward}
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
+if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${GATEWAY_BIN:-}" ]; then
   cargo build --release -p keyward
 fi
 
@@ -85,19 +86,21 @@ up_port=$(free_port)
 "$BIN" cat-facts --listen "127.0.0.1:$up_port" 2>"$tmp/upstream.log" &
 pids+=($!)
 
-start_gateway() { # name ttl -> prints port
-  local name=$1 ttl=$2 gw ad
-  gw=$(free_port); ad=$(free_port)
-  KEYWARD_STORE__URL=$(url_of "$name") KEYWARD_GATEWAY__LISTEN="127.0.0.1:$gw" \
+start_gateway() { # name ttl -> sets $port
+  local name=$1 ttl=$2 ad
+  port=$(free_port); ad=$(free_port)
+  KEYWARD_STORE__URL=$(url_of "$name") KEYWARD_GATEWAY__LISTEN="127.0.0.1:$port" \
     KEYWARD_ADMIN__LISTEN="127.0.0.1:$ad" KEYWARD_CACHE__TTL="$ttl" KEYWARD_SERVER__WORKER_THREADS="$WORKERS" \
     KEYWARD_ROUTES="[{name=\"fact\", path_prefix=\"/fact\", upstream=\"http://127.0.0.1:$up_port\"}]" \
-    KEYWARD_LOG=warn "$BIN" serve --config "$tmp/keyward.toml" 2>"$tmp/gw-$name-$ttl.log" &
+    KEYWARD_OAUTH__ENABLED=false KEYWARD_LOG=warn "$BIN" serve --config "$tmp/keyward.toml" >"$tmp/gw-$name-$ttl.out" 2>"$tmp/gw-$name-$ttl.log" &
   pids+=($!)
   for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$gw/" && break
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
     sleep 0.1
   done
-  echo "$gw"
+  echo "gateway $name did not start:" >&2
+  cat "$tmp/gw-$name-$ttl.log" >&2
+  exit 1
 }
 
 run_wrk() { # port keys duration
@@ -106,8 +109,8 @@ run_wrk() { # port keys duration
 
 printf '\n| cache.ttl | keys in store | runs req/s | median req/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|---|---|\n' >"$tmp/report.md"
 for ttl in $TTLS; do
-  small_port=$(start_gateway kw_bench_small "$ttl")
-  large_port=$(start_gateway kw_bench_large "$ttl")
+  start_gateway kw_bench_small "$ttl"; small_port=$port; small_pid=${pids[-1]}
+  start_gateway kw_bench_large "$ttl"; large_port=$port; large_pid=${pids[-1]}
   run_wrk "$small_port" "$tmp/kw_bench_small.keys" "$WARMUP" >/dev/null
   run_wrk "$large_port" "$tmp/kw_bench_large.keys" "$WARMUP" >/dev/null
   declare -A rps=() p50=() p99=() bad=()
@@ -119,7 +122,7 @@ for ttl in $TTLS; do
       p50[$s]="${p50[$s]:-} $(awk '$1=="50%" {print $2}' <<<"$out")"
       p99[$s]="${p99[$s]:-} $(awk '$1=="99%" {print $2}' <<<"$out")"
       bad[$s]="${bad[$s]:-} $(awk '/Non-2xx/ {print $5}' <<<"$out")"
-      echo "ttl $ttl round $r $s: $(awk '/Requests\/sec/ {print $2}' <<<"$out") req/s"
+      echo "ttl $ttl round $r $s: $(awk '/Requests\/sec/ {print $2}' <<<"$out") req/s $(grep -h 'Socket errors' <<<"$out" || true)"
     done
   done
   for s in small large; do
@@ -140,5 +143,7 @@ print(f"| {ttl} | {int(n):,} | {', '.join(map(str, r))} | {statistics.median(r):
 PY
   done
   unset rps p50 p99 bad
+  kill "$small_pid" "$large_pid" 2>/dev/null || true
+  wait "$small_pid" "$large_pid" 2>/dev/null || true
 done
 cat "$tmp/report.md"
