@@ -436,7 +436,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
             (Some(name), Ok(v)) => {
                 headers.insert(name.clone(), v);
             }
-            _ => return Ok(rejection_response(st, route, &malformed(), false)),
+            _ => return Ok(rejection_response(st, &malformed(), false)),
         }
     }
     if let Some(token) = &body.token {
@@ -445,7 +445,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
             Ok(v) => {
                 headers.insert(header::AUTHORIZATION, v);
             }
-            Err(_) => return Ok(rejection_response(st, route, &malformed(), true)),
+            Err(_) => return Ok(rejection_response(st, &malformed(), true)),
         }
         if let Some(proof) = &body.dpop {
             match HeaderValue::from_str(proof) {
@@ -457,7 +457,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
                         reason: "the DPoP proof is not ASCII".into(),
                         nonce: None,
                     };
-                    return Ok(rejection_response(st, route, &r, true));
+                    return Ok(rejection_response(st, &r, true));
                 }
             }
         }
@@ -480,7 +480,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
             if let Rejection::Store(_) = r.rejection {
                 return Err(st.gateway.rejection_problem(&r.rejection, r.bearer));
             }
-            let mut resp = rejection_response(st, route, &r.rejection, r.bearer);
+            let mut resp = rejection_response(st, &r.rejection, r.bearer);
             resp.route = route_name;
             Ok(resp)
         }
@@ -499,7 +499,7 @@ fn parse_htu(u: &str) -> Result<String, Problem> {
     }
 }
 
-fn rejection_response(st: &VerifyState, _route: &Route, r: &Rejection, bearer: bool) -> VerifyResponse {
+fn rejection_response(st: &VerifyState, r: &Rejection, bearer: bool) -> VerifyResponse {
     let p = st.gateway.rejection_problem(r, bearer);
     let key_id = match r {
         Rejection::Revoked { key_id }
