@@ -5,10 +5,18 @@
 //! - The walk honours `.gitignore`, `.ignore` and hidden-file rules like ripgrep (the `ignore`
 //!   crate), also outside a Git checkout; binary files (a NUL byte in the first 8 KiB) and files
 //!   over the size cap are skipped.
-//! - A finding is a string that parses as a key with a valid CRC32 checksum, on token boundaries
-//!   (the bytes around it are not `[A-Za-z0-9_]`), where an escape such as `\n`, `\u0022`,
-//!   `\x22` or `%22` right before a key counts as a boundary (JSON strings, source maps).
-//! - Only masked hints are printed, never a key.
+//! - A finding is a string that parses as a key with a valid CRC32 checksum (secret and
+//!   publishable keys) or has the shape of a client secret, on token boundaries (the bytes
+//!   around it are not `[A-Za-z0-9_]`), where an escape such as `\n`, `\u0022`, `\x22` or `%22`
+//!   right before a key counts as a boundary (JSON strings, source maps).
+//! - Escapes that stand for word characters (`\u005f`, `\u{5f}`, `\x5f`, `%5F`, also behind more
+//!   backslashes) are decoded first, in one linear pass that records only the escapes it decoded,
+//!   so positions are reported in the file as written.
+//! - The strings of a `sourcesContent` array (source maps, also inline base64 ones in a
+//!   `sourceMappingURL=data:` comment) are JSON-decoded and scanned as the source text they are:
+//!   findings carry `sources[i]` and the line and column in that source.
+//! - Publishable keys are information (they are meant for client code); secret keys and client
+//!   secrets fail the run. Only masked hints are printed, never a key.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
