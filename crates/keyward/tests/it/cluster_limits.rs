@@ -271,6 +271,9 @@ async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
         let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
         assert_ne!(r.breaker_state(), BreakerState::Closed);
         assert!(r.stats().short_circuits.load(Ordering::Relaxed) > 0);
+        let health = health(n).await;
+        assert_eq!(health["status"], "degraded", "{health}");
+        assert_ne!(health["redis"]["breaker"], "closed", "{health}");
     }
 
     // Redis comes back (empty: it kept nothing). Within a cooldown or two every node's
@@ -303,5 +306,19 @@ async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
     for n in &nodes {
         let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
         assert_eq!(r.breaker_state(), BreakerState::Closed);
+        let health = health(n).await;
+        assert_eq!(health["status"], "ok", "{health}");
+        assert_eq!(health["redis"]["breaker"], "closed", "{health}");
     }
+}
+
+async fn health(node: &Kw) -> serde_json::Value {
+    node.http
+        .get(format!("{}/healthz", node.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
