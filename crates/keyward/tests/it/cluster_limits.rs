@@ -322,3 +322,79 @@ async fn health(node: &Kw) -> serde_json::Value {
         .await
         .unwrap()
 }
+
+/// A token revoked through node A is refused by B and C at once: the revocation travels by
+/// Redis pub/sub into every node's in-memory denylist (SQLite here, so Redis is the only way
+/// it can travel), and verifying a token never waits for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_node_is_refused_by_the_others_at_once() {
+    let Some(url) = redis_url() else { return };
+    let nodes = cluster(section(&url, &prefix()), |c| {
+        c.oauth.enabled = true;
+        c.oauth.issuer = Some("http://keyward.cluster.test".into());
+        for r in c.routes.iter_mut() {
+            r.tokens = true;
+        }
+    })
+    .await;
+    let a = &nodes[0];
+    a.admin(reqwest::Method::POST, "/v1/apps", Some(json!({"name": "cats"})))
+        .await;
+    let (s, client) = a
+        .admin(
+            reqwest::Method::POST,
+            "/v1/clients",
+            Some(json!({"app": "cats", "name": "c", "scopes": ["facts:read"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{client}");
+    let (id, secret) = (
+        client["client_id"].as_str().unwrap(),
+        client["client_secret"].as_str().unwrap(),
+    );
+    let form = |path: &str, body: String| {
+        a.http
+            .post(format!("{}{path}", a.gw))
+            .basic_auth(id, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let v: serde_json::Value = form("/oauth/token", "grant_type=client_credentials".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    for n in &nodes {
+        assert_eq!(n.get("/echo", &[("authorization", &bearer)]).await.status(), 200);
+    }
+    assert_eq!(
+        form("/oauth/revoke", format!("token={token}")).await.unwrap().status(),
+        200
+    );
+    let revoked = Instant::now();
+    let mut took = Vec::new();
+    for n in &nodes[1..] {
+        loop {
+            let s = n.get("/echo", &[("authorization", &bearer)]).await.status().as_u16();
+            if s == 401 {
+                took.push(revoked.elapsed());
+                break;
+            }
+            assert_eq!(s, 200);
+            assert!(
+                revoked.elapsed() < Duration::from_secs(2),
+                "the revocation did not reach a node"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    println!(
+        "token revoked on A: refused by B after {:?}, by C after {:?}",
+        took[0], took[1]
+    );
+    assert_eq!(a.get("/echo", &[("authorization", &bearer)]).await.status(), 401);
+}
