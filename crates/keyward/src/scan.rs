@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use keyward_core::base62;
 use keyward_core::key::display_hint;
 use keyward_core::secret::SecretString;
 use keyward_core::KeyFormat;
@@ -135,48 +134,6 @@ fn all_hex(b: &[u8]) -> bool {
     b.iter().all(u8::is_ascii_hexdigit)
 }
 
-/// CRC32 (IEEE 802.3, reflected, as `crc32fast`), the checksum of keyward keys.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    let mut c = !0u32;
-    for &b in bytes {
-        c = TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
-}
-
-/// Checks a publishable key `<prefix>_pk_<env>_<43 base62><6 base62 CRC32>`, the CRC32 covering
-/// everything before it. Done here rather than with `KeyFormat::parse` so that the scanner does
-/// not depend on the key service's version of the format; the caller checked the length and
-/// the `<prefix>_pk_<env>_` head.
-fn parse_publishable(candidate: &[u8]) -> bool {
-    use keyward_core::key::CHECKSUM_LEN;
-    let Some(split) = candidate.len().checked_sub(CHECKSUM_LEN) else {
-        return false;
-    };
-    let Some(body_start) = split.checked_sub(keyward_core::key::RANDOM_LEN) else {
-        return false;
-    };
-    if !candidate[body_start..].iter().all(|&b| base62::value(b).is_some()) {
-        return false;
-    }
-    base62::decode(&candidate[split..]) == Some(u64::from(crc32(&candidate[..split])))
-}
-
 impl Matcher {
     pub fn new(format: KeyFormat) -> Matcher {
         let needle = format!("{}_", format.prefix());
@@ -232,13 +189,15 @@ impl Matcher {
         if hay.get(end).is_some_and(|&b| is_word(b)) {
             return None;
         }
-        let ok = match kind {
-            KeyKind::Secret => std::str::from_utf8(candidate)
-                .ok()
-                .is_some_and(|c| self.format.parse(c).is_ok()),
-            KeyKind::Publishable => parse_publishable(candidate),
-            KeyKind::ClientSecret => false,
-        };
+        // The key format's own parser: length, prefix, kind marker, alphabet and checksum.
+        let parsed = std::str::from_utf8(candidate)
+            .ok()
+            .and_then(|c| self.format.parse(c).ok());
+        let ok = matches!(
+            (kind, parsed.map(|p| p.kind)),
+            (KeyKind::Secret, Some(keyward_core::KeyKind::Secret))
+                | (KeyKind::Publishable, Some(keyward_core::KeyKind::Publishable))
+        );
         ok.then_some(Match { offset: i, len, kind })
     }
 
@@ -1350,12 +1309,14 @@ mod tests {
         }
     }
 
-    /// `<prefix>_pk_<env>_<random><crc>` built independently of `KeyFormat`.
+    /// A publishable key `<prefix>_pk_<env>_<random><crc>` with the body of [`key`].
     fn publishable(env: &str) -> String {
         let body = &key()[8..8 + RANDOM_LEN];
-        let head = format!("kw_pk_{env}_{body}");
-        let crc = base62::encode_fixed(u64::from(crc32(head.as_bytes())), CHECKSUM_LEN).unwrap();
-        format!("{head}{crc}")
+        let env = if env == "live" { KeyEnv::Live } else { KeyEnv::Test };
+        KeyFormat::default()
+            .assemble_kind(keyward_core::KeyKind::Publishable, env, body)
+            .expose()
+            .to_owned()
     }
 
     fn hits(hay: &str) -> Vec<(usize, KeyKind, String, Option<SourcePos>, bool)> {
@@ -1364,16 +1325,6 @@ mod tests {
             .into_iter()
             .map(|f| (f.line, f.kind, f.key.expose().to_owned(), f.source, f.inline_source_map))
             .collect()
-    }
-
-    #[test]
-    fn crc32_is_ieee() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b""), 0);
-        // The same checksum as secret keys carry.
-        let k = key();
-        let (head, sum) = k.split_at(k.len() - CHECKSUM_LEN);
-        assert_eq!(base62::decode(sum.as_bytes()), Some(u64::from(crc32(head.as_bytes()))));
     }
 
     #[test]

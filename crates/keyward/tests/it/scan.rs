@@ -350,7 +350,7 @@ fn secret_key() -> String {
 fn publishable_key(env: &str) -> String {
     let random = &secret_key()[8..51];
     let head = format!("kw_pk_{env}_{random}");
-    let crc = keyward::scan::crc32(head.as_bytes());
+    let crc = crc32fast::hash(head.as_bytes());
     format!(
         "{head}{}",
         keyward_core::base62::encode_fixed(u64::from(crc), 6).unwrap()
