@@ -189,7 +189,7 @@ pub struct VerifyRequest {
 }
 
 /// One limit's state after the request (the `RateLimit` fields, as numbers).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LimitView {
     pub name: &'static str,
     /// Units of the policy (`q`).
@@ -215,7 +215,7 @@ impl From<&LimitState> for LimitView {
 }
 
 /// Non-secret facts about the credential.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, utoipa::ToSchema)]
 pub struct Metadata {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_name: Option<String>,
@@ -229,7 +229,8 @@ pub struct Metadata {
 }
 
 /// The decision. `status` and `headers` are what a gateway should answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = VerifyDecision)]
 pub struct VerifyResponse {
     pub valid: bool,
     /// `valid`, or the gateway's problem code (`missing_credential`, `invalid_credential`, ...).

@@ -41,6 +41,7 @@ pub(crate) struct AuditQuery {
     /// `next_cursor` of the previous page (same as `before`).
     cursor: Option<String>,
     /// Page size: 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 

@@ -481,7 +481,7 @@ fn revoke_admin_token() {}
 
 #[utoipa::path(post, path = "/v1/verify", tag = "verify", request_body = VerifyRequest,
     security(("verify_token" = [])),
-    responses((status = 200, description = "The decision (see docs/FORWARD-AUTH.md)", body = serde_json::Value)))]
+    responses((status = 200, description = "The decision (see docs/FORWARD-AUTH.md)", body = crate::verify::VerifyResponse)))]
 fn verify() {}
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "The store (and Redis) answer", body = serde_json::Value)))]

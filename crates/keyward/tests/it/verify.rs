@@ -432,3 +432,50 @@ async fn the_verify_token_cannot_be_the_admin_token() {
     };
     assert!(err.contains("verify token must differ"), "{err}");
 }
+
+#[tokio::test]
+async fn the_decision_is_described_in_the_openapi_document() {
+    let kw = boot().await;
+    let doc: Value = kw
+        .http
+        .get(format!("{}/openapi.json", kw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let op = &doc["paths"]["/v1/verify"]["post"];
+    assert_eq!(
+        op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/VerifyDecision",
+        "{op}"
+    );
+    let schema = &doc["components"]["schemas"]["VerifyDecision"];
+    let props = schema["properties"].as_object().unwrap();
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for k in ["valid", "code", "status", "scopes", "metadata", "limits", "headers"] {
+        assert!(required.contains(&k), "{k} required: {schema}");
+    }
+    let (_, key) = kw
+        .key(
+            "cats",
+            &["facts:read"],
+            json!({"rate": {"limit": "5/min"}, "expires_in": "30d"}),
+        )
+        .await;
+    for body in [
+        req(&key, "GET", "/fact"),
+        req(&key, "POST", "/facts"),
+        json!({"path": "/fact", "client_ip": "127.0.0.1"}),
+    ] {
+        let v = verify(&kw, body).await;
+        for k in v.as_object().unwrap().keys() {
+            assert!(props.contains_key(k), "{k} is not in the schema: {schema}");
+        }
+    }
+}
