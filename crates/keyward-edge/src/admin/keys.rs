@@ -281,6 +281,7 @@ pub(crate) struct KeyFilter {
     q: Option<String>,
     /// Page size: 1 to 500, default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     #[serde(default)]
