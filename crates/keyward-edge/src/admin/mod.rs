@@ -327,6 +327,25 @@ struct CreateApp {
     /// Every key of the app only works over mTLS with a certificate registered to the app.
     #[serde(default)]
     require_mtls: bool,
+    /// Key rules: the longest lifetime of a new key (a duration such as `90d`).
+    #[serde(default)]
+    max_key_lifetime: Option<String>,
+    /// Key rules: secret keys must have an expiry.
+    #[serde(default)]
+    require_expiry: bool,
+    /// Key rules: the kinds of key the app may have (`secret`, `publishable`).
+    #[serde(default)]
+    allowed_kinds: Vec<keyward_core::KeyKind>,
+}
+
+/// Parses `max_key_lifetime` (1 second to 100 years).
+fn lifetime_of(s: &str) -> Result<u64, Problem> {
+    let d = keyward_core::when::parse_duration(s).map_err(|e| invalid("max_key_lifetime", e))?;
+    let secs = d.whole_seconds();
+    if secs < 1 || d > keyward_core::when::MAX_LIFETIME {
+        return Err(invalid("max_key_lifetime", "from 1s to 100 years"));
+    }
+    u64::try_from(secs).map_err(|_| invalid("max_key_lifetime", "from 1s to 100 years"))
 }
 
 async fn create_app(
@@ -338,6 +357,12 @@ async fn create_app(
         rate: body.rate,
         quota: body.quota,
         require_mtls: body.require_mtls,
+        key_rules: keyward_core::policy::KeyRules {
+            max_lifetime_secs: body.max_key_lifetime.as_deref().map(lifetime_of).transpose()?,
+            require_expiry: body.require_expiry,
+            allowed_kinds: body.allowed_kinds,
+        },
+        ..Default::default()
     };
     let app = st
         .engine
@@ -407,6 +432,13 @@ pub(crate) struct UpdatePolicy {
     pub(crate) quota: Option<Option<QuotaSpec>>,
     #[serde(default)]
     pub(crate) require_mtls: Option<bool>,
+    /// Apps only: key rules (absent fields stay; `max_key_lifetime: null` clears it).
+    #[serde(default, deserialize_with = "double")]
+    pub(crate) max_key_lifetime: Option<Option<String>>,
+    #[serde(default)]
+    pub(crate) require_expiry: Option<bool>,
+    #[serde(default)]
+    pub(crate) allowed_kinds: Option<Vec<keyward_core::KeyKind>>,
 }
 
 impl UpdatePolicy {
@@ -422,6 +454,15 @@ impl UpdatePolicy {
         }
         if let Some(m) = self.require_mtls {
             p.require_mtls = m;
+        }
+        if let Some(l) = &self.max_key_lifetime {
+            p.key_rules.max_lifetime_secs = l.as_deref().map(lifetime_of).transpose()?;
+        }
+        if let Some(r) = self.require_expiry {
+            p.key_rules.require_expiry = r;
+        }
+        if let Some(k) = &self.allowed_kinds {
+            p.key_rules.allowed_kinds = k.clone();
         }
         Ok(p)
     }
