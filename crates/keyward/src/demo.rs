@@ -1,4 +1,8 @@
-//! `keyward demo`: the whole product on loopback, on a temporary SQLite store.
+//! `keyward demo`: the whole product on loopback, on a temporary SQLite store, plus the
+//! cat-facts web page on its own origin ([`site`]): a publishable key bound to that origin,
+//! and the backend-for-frontend that trades a server-held key for short-lived tokens.
+
+pub mod site;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +13,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::commands::shutdown_signal;
-use crate::config::{Config, RouteSection};
+use crate::config::{Config, CorsSection, RouteSection};
 use crate::error::{CliError, Result};
 use crate::server::{start_on, Secrets};
 
@@ -17,8 +21,10 @@ fn io(e: impl std::fmt::Display) -> CliError {
     CliError::startup(e.to_string())
 }
 
-/// The demo's route table in front of the cat-facts upstream at `upstream`.
-pub fn demo_routes(upstream: &str) -> Vec<RouteSection> {
+/// The demo's route table in front of the cat-facts upstream at `upstream`; `GET /fact` is
+/// public-safe (publishable keys) and callable from the pages of `site_origins` (CORS, with
+/// `x-api-key` or `Authorization: Bearer <token>`).
+pub fn demo_routes(upstream: &str, site_origins: &[String]) -> Vec<RouteSection> {
     let r = |name: &str, prefix: &str, method: &str, scope: &str| RouteSection {
         name: name.into(),
         path_prefix: prefix.into(),
@@ -37,8 +43,18 @@ pub fn demo_routes(upstream: &str) -> Vec<RouteSection> {
         on_limiter_failure: None,
         ..Default::default()
     };
+    let mut fact = r("fact", "/fact", "GET", "facts:read");
+    if !site_origins.is_empty() {
+        fact.publishable = true;
+        fact.cors = Some(CorsSection {
+            allowed_origins: site_origins.to_vec(),
+            allowed_methods: vec!["GET".into()],
+            allowed_headers: vec!["x-api-key".into(), "authorization".into()],
+            ..Default::default()
+        });
+    }
     vec![
-        r("fact", "/fact", "GET", "facts:read"),
+        fact,
         r("facts-read", "/facts", "GET", "facts:read"),
         r("facts-write", "/facts", "POST", "facts:write"),
     ]
@@ -70,9 +86,14 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
 
     let gateway = bind_gateway(listen).await?;
     let admin = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+    // The cat-facts web site and a foreign site, each on its own origin.
+    let site_listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+    let foreign_listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+    let site_origin = format!("http://{}", site_listener.local_addr().map_err(io)?);
+    let foreign_origin = format!("http://{}", foreign_listener.local_addr().map_err(io)?);
     let mut cfg = Config::default();
     cfg.store.url = dir.path().join("keyward.db").display().to_string();
-    cfg.routes = demo_routes(&format!("http://{upstream_addr}"));
+    cfg.routes = demo_routes(&format!("http://{upstream_addr}"), std::slice::from_ref(&site_origin));
     cfg.oauth.enabled = true;
     cfg.oauth.issuer = Some(format!("http://{}", gateway.local_addr().map_err(io)?));
     let pepper_text = Pepper::generate_text().map_err(io)?;
@@ -126,14 +147,81 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
         .await
         .map_err(io)?;
 
+    // The web page's keys: a publishable key bound to the site's origin (it sits in the page),
+    // and the site backend's secret key, good only for token exchange (it stays in the backend).
+    let web = engine
+        .create_app("demo", "cat-facts-web", Default::default())
+        .await
+        .map_err(io)?;
+    let (_, publishable) = engine
+        .create_key(
+            "demo",
+            NewKey {
+                app: web.id.clone(),
+                name: Some("web-page".into()),
+                scopes: vec![scope("facts:read")?],
+                expires_at: None,
+                env: KeyEnv::Test,
+                policy: keyward_core::policy::Policy {
+                    origins: vec![keyward_core::policy::Origin::parse(&site_origin).map_err(io)?],
+                    ..Default::default()
+                },
+                canary: false,
+                exchange_only: false,
+                kind: keyward_core::KeyKind::Publishable,
+            },
+        )
+        .await
+        .map_err(io)?;
+    let (_, backend_key) = engine
+        .create_key(
+            "demo",
+            NewKey {
+                app: web.id.clone(),
+                name: Some("web-backend".into()),
+                scopes: vec![scope(site::BFF_SCOPE)?],
+                expires_at: None,
+                env: KeyEnv::Test,
+                policy: Default::default(),
+                canary: false,
+                exchange_only: true,
+                kind: Default::default(),
+            },
+        )
+        .await
+        .map_err(io)?;
+
     let gw = format!("http://{}", running.gateway);
     let admin_url = format!("http://{}", running.admin);
+    let site_cfg = Arc::new(site::SiteConfig {
+        gateway: gw.clone(),
+        token_url: format!("{gw}/oauth/token"),
+        publishable_key: publishable.expose().to_owned(),
+        exchange_key: keyward_core::secret::SecretString::new(backend_key.expose().to_owned()),
+        site_origin: site_origin.clone(),
+    });
+    drop(backend_key);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let site_task = tokio::spawn(site::serve(
+        site_listener,
+        site::site_router(site_cfg.clone()),
+        stopped(stop_tx.subscribe()),
+    ));
+    let foreign_task = tokio::spawn(site::serve(
+        foreign_listener,
+        site::foreign_router(site_cfg),
+        stopped(stop_tx.subscribe()),
+    ));
     if json_out {
         let line = json!({
             "gateway": gw,
             "admin": admin_url,
             "admin_token": admin_token,
-            "keys": {"read": read.expose(), "write": write.expose()},
+            "keys": {"read": read.expose(), "write": write.expose(), "publishable": publishable.expose()},
+            "site": format!("{site_origin}/"),
+            "foreign_site": format!("{foreign_origin}/"),
         });
         println!("{line}");
     } else {
@@ -143,6 +231,10 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
         println!("  gateway    {gw}");
         println!("  admin API  {admin_url}   (token: {admin_token})");
         println!("  upstream   http://{upstream_addr}   (the cat-facts API, reachable only through the gateway in real life)");
+        println!("  web page   {site_origin}/   (open it in a browser: a publishable key, and short-lived tokens from its backend)");
+        println!(
+            "  foreign    {foreign_origin}/   (another origin with a copy of the page's publishable key: refused)"
+        );
         println!();
         println!("Try it:");
         println!();
@@ -198,6 +290,19 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
             read.expose()
         );
         println!();
+        println!("The web page's publishable key works only from its origin (docs/FRONTEND.md):");
+        println!();
+        println!("  # from the page's origin: 200");
+        println!(
+            "  curl -i -H 'x-api-key: {}' -H 'Origin: {site_origin}' {gw}/fact",
+            publishable.expose()
+        );
+        println!("  # from any other origin, or without one: 403 origin_not_allowed");
+        println!(
+            "  curl -i -H 'x-api-key: {}' -H 'Origin: {foreign_origin}' {gw}/fact",
+            publishable.expose()
+        );
+        println!();
         println!("Manage it:");
         println!();
         println!("  export KEYWARD_ADMIN_URL={admin_url} KEYWARD_ADMIN_TOKEN={admin_token}");
@@ -210,6 +315,8 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
     running.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = upstream_task.await;
+    let _ = site_task.await;
+    let _ = foreign_task.await;
     drop(dir);
     Ok(())
 }

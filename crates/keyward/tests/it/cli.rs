@@ -571,7 +571,10 @@ fn demo_json_runs_the_five_scenarios() {
     let obj = v.as_object().unwrap();
     let mut keys: Vec<&String> = obj.keys().collect();
     keys.sort();
-    assert_eq!(keys, ["admin", "admin_token", "gateway", "keys"]);
+    assert_eq!(
+        keys,
+        ["admin", "admin_token", "foreign_site", "gateway", "keys", "site"]
+    );
     let gw = v["gateway"].as_str().unwrap();
     let read = v["keys"]["read"].as_str().unwrap();
     let write = v["keys"]["write"].as_str().unwrap();

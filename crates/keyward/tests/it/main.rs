@@ -10,6 +10,7 @@ mod cli;
 mod cluster_limits;
 mod cluster_store;
 mod console;
+mod demo_page;
 mod dpop;
 mod forward_auth;
 mod frontend;
