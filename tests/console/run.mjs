@@ -134,6 +134,14 @@ try {
     await tid('key-filter-state').selectOption('');
   });
 
+  await step('disable and enable the app', async () => {
+    await tid('nav-apps').click();
+    await page.locator(`tr[data-app="${app}"] [data-testid=app-disable]`).click();
+    await page.waitForFunction(() => /1 key\(s\) and 0 client\(s\) disabled/.test(document.querySelector('#status').textContent));
+    await page.locator(`tr[data-app="${app}"] [data-testid=app-enable]`).click();
+    await page.waitForFunction(() => /1 key\(s\) and 0 client\(s\) enabled/.test(document.querySelector('#status').textContent));
+  });
+
   await step('usage per key', async () => {
     await tid('nav-keys').click();
     await page.locator(`tr[data-key="${keyId}"] [data-testid=usage]`).click();

@@ -129,8 +129,18 @@ const loadApps = pager('#apps-body', '#apps-more', (cursor) => {
   el('td', {}, a.name), el('td', {}, el('code', {}, a.id)), el('td', {}, short(a.created_at)),
   el('td', { class: 'actions' },
     el('button', { onclick: () => { $('#key-search').app.value = a.name; show('keys'); } }, 'Keys'),
-    el('button', { onclick: () => { usageFor({ app: a.name }); } }, 'Usage'))));
+    el('button', { onclick: () => { usageFor({ app: a.name }); } }, 'Usage'),
+    el('button', { 'data-testid': 'app-disable', onclick: () => switchApp(a, 'disable') }, 'Disable'),
+    el('button', { 'data-testid': 'app-enable', onclick: () => switchApp(a, 'enable') }, 'Enable'))));
 loaders.apps = () => loadApps(true).catch(() => {});
+
+// Disables (or enables) every current key and client of an app.
+async function switchApp(a, what) {
+  try {
+    const r = await api('POST', `/v1/apps/${encodeURIComponent(a.id)}/${what}`);
+    status(`${a.name}: ${r.keys.length} key(s) and ${r.clients.length} client(s) ${what}d.`, 'info');
+  } catch (e) { /* shown */ }
+}
 
 // ---- keys --------------------------------------------------------------------------------
 

@@ -104,6 +104,8 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/v1/apps", post(create_app).get(list_apps))
         .route("/v1/apps/{app}", get(show_app).patch(update_app))
+        .route("/v1/apps/{app}/disable", post(disable_app))
+        .route("/v1/apps/{app}/enable", post(enable_app))
         .route("/v1/routes", get(list_routes))
         .route("/v1/admin-tokens", post(tokens::create_token).get(tokens::list_tokens))
         .route("/v1/admin-tokens/{id}/revoke", post(tokens::revoke_token))
@@ -559,4 +561,78 @@ async fn list_routes(
         items: page.items.into_iter().map(|(_, r)| r).collect(),
         next_cursor: page.next_cursor,
     }))
+}
+
+// ---- app switch-off ------------------------------------------------------------------------
+
+/// What disabling or enabling an app changed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AppSwitch {
+    app_id: String,
+    /// Keys disabled (or enabled) by this call.
+    keys: Vec<String>,
+    /// OAuth clients disabled (or enabled) by this call.
+    clients: Vec<String>,
+}
+
+/// `POST /v1/apps/{app}/disable`: disables every active key and every client of the app (each
+/// change audited, plus one `app.disabled` event); the next request with any of them is refused.
+/// Keys created afterwards are not affected.
+async fn disable_app(State(st): State<Arc<AdminState>>, Path(app): Path<String>) -> Result<Json<AppSwitch>, Problem> {
+    switch_app(&st, &app, true).await.map(Json)
+}
+
+/// `POST /v1/apps/{app}/enable`: enables every disabled (not revoked) key and client of the app.
+async fn enable_app(State(st): State<Arc<AdminState>>, Path(app): Path<String>) -> Result<Json<AppSwitch>, Problem> {
+    switch_app(&st, &app, false).await.map(Json)
+}
+
+async fn switch_app(st: &AdminState, app: &str, disable: bool) -> Result<AppSwitch, Problem> {
+    let app = st.engine.get_app(app).await.map_err(engine_err)?;
+    let who = actor();
+    let now = st.engine.now();
+    let mut keys = vec![];
+    for k in st.engine.list_keys(Some(&app.id)).await.map_err(engine_err)? {
+        let disabled = k.lifecycle.disabled_at.is_some();
+        if k.revoked_at.is_some() || disabled == disable || k.expires_at.is_some_and(|e| e <= now) {
+            continue;
+        }
+        if disable {
+            st.engine.disable_key(&who, &k.id).await.map_err(engine_err)?;
+        } else {
+            st.engine.enable_key(&who, &k.id).await.map_err(engine_err)?;
+        }
+        keys.push(k.id);
+    }
+    let mut clients = vec![];
+    for c in st.engine.list_clients(Some(&app.id)).await.map_err(engine_err)? {
+        if c.disabled_at.is_some() == disable {
+            continue;
+        }
+        st.engine
+            .set_client_disabled(&who, &c.id, disable)
+            .await
+            .map_err(engine_err)?;
+        clients.push(c.id);
+    }
+    let kind = if disable { "app.disabled" } else { "app.enabled" };
+    let event = keyward_core::model::AuditEvent {
+        seq: 0,
+        at: now,
+        actor: who,
+        kind: kind.to_owned(),
+        severity: keyward_core::model::Severity::Info,
+        target: Some(app.id.clone()),
+        source_ip: None,
+        details: serde_json::json!({"keys": keys, "clients": clients}),
+    };
+    if let Err(e) = st.engine.audit(event).await {
+        tracing::error!(error = %e, kind, "could not append to the audit log");
+    }
+    tracing::info!(app_id = %app.id, keys = keys.len(), clients = clients.len(), "{kind}");
+    Ok(AppSwitch {
+        app_id: app.id,
+        keys,
+        clients,
+    })
 }

@@ -21,7 +21,7 @@ use super::clients::ClientFilter;
 use super::keys::KeyFilter;
 use super::page::Page;
 use super::tokens::{CreateToken, CreatedToken, TokenView};
-use super::{AppFilter, ListQuery, RouteView};
+use super::{AppFilter, AppSwitch, ListQuery, RouteView};
 
 // ---- schemas of the records --------------------------------------------------------------
 
@@ -394,6 +394,12 @@ fn show_app() {}
     params(("app" = String, Path, description = "App id or name")),
     responses((status = 200, description = "The app after the change", body = App)))]
 fn update_app() {}
+#[utoipa::path(post, path = "/v1/apps/{app}/disable", tag = "apps", params(("app" = String, Path, description = "App id or name")),
+    responses((status = 200, description = "Every active key and client of the app disabled", body = AppSwitch)))]
+fn disable_app() {}
+#[utoipa::path(post, path = "/v1/apps/{app}/enable", tag = "apps", params(("app" = String, Path, description = "App id or name")),
+    responses((status = 200, description = "Every disabled (not revoked) key and client of the app enabled", body = AppSwitch)))]
+fn enable_app() {}
 
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, description = "The key record and the key, shown once", body = CreatedKey)))]
@@ -498,7 +504,7 @@ fn healthz() {}
         license(name = "Apache-2.0")
     ),
     paths(
-        create_app, list_apps, show_app, update_app,
+        create_app, list_apps, show_app, update_app, disable_app, enable_app,
         create_key, list_keys, show_key, update_key, check_keys, import_key, revoke_key, rotate_key,
         disable_key, enable_key,
         create_client, list_clients, show_client, delete_client, disable_client, enable_client, rotate_secret,
@@ -575,6 +581,8 @@ mod tests {
         for p in [
             "/v1/apps",
             "/v1/apps/{app}",
+            "/v1/apps/{app}/disable",
+            "/v1/apps/{app}/enable",
             "/v1/keys",
             "/v1/keys/{id}",
             "/v1/keys/check",

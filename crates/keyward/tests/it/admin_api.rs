@@ -327,3 +327,45 @@ async fn schemathesis_finds_no_5xx() {
     println!("{stdout}\n{stderr}");
     assert!(out.status.success(), "schemathesis found problems (see above)");
 }
+
+#[tokio::test]
+async fn disabling_an_app_switches_off_its_keys_and_clients_until_enabled() {
+    let kw = boot().await;
+    let (id, key) = kw.key("cats", &["facts:read"], json!({})).await;
+    let (revoked, _) = kw.key("cats", &["facts:read"], json!({})).await;
+    kw.admin(Method::POST, &format!("/v1/keys/{revoked}/revoke"), None)
+        .await;
+    let (_, other) = kw.key("dogs", &["facts:read"], json!({})).await;
+    let (s, client) = kw
+        .admin(Method::POST, "/v1/clients", Some(json!({"app": "cats"})))
+        .await;
+    assert_eq!(s, 201, "{client}");
+    assert_eq!(kw.get("/fact", &[("x-api-key", &key)]).await.status(), 200);
+
+    let (s, v) = kw.admin(Method::POST, "/v1/apps/cats/disable", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["keys"], json!([id]));
+    assert_eq!(v["clients"], json!([client["client_id"]]));
+    assert_ne!(kw.get("/fact", &[("x-api-key", &key)]).await.status(), 200);
+    assert_eq!(kw.get("/fact", &[("x-api-key", &other)]).await.status(), 200);
+    let (_, c) = kw
+        .admin(
+            Method::GET,
+            &format!("/v1/clients/{}", client["client_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(c["state"], "disabled");
+    let (_, a) = kw.admin(Method::GET, "/v1/audit?kind=app.disabled", None).await;
+    assert_eq!(a["items"].as_array().unwrap().len(), 1);
+    // Idempotent: nothing left to disable.
+    let (_, v) = kw.admin(Method::POST, "/v1/apps/cats/disable", None).await;
+    assert_eq!(v["keys"], json!([]));
+
+    let (s, v) = kw.admin(Method::POST, "/v1/apps/cats/enable", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["keys"], json!([id]), "the revoked key stays revoked");
+    assert_eq!(kw.get("/fact", &[("x-api-key", &key)]).await.status(), 200);
+    let (s, _) = kw.admin(Method::POST, "/v1/apps/nope/disable", None).await;
+    assert_eq!(s, 404);
+}
