@@ -247,6 +247,9 @@ async fn with_the_database_gone_known_keys_keep_working_and_writes_get_503() {
         .admin(Method::POST, &format!("/v1/keys/{bad_id}/revoke"), Some(json!({})))
         .await;
     assert_eq!(s, 200);
+    // The node hears its own announcements too (app created, key revoked) and evicts what
+    // they name: let them arrive before filling the cache that the outage will rely on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status_with(&kw, &good).await, 200);
     assert_eq!(status_with(&kw, &bad).await, 401);
 
