@@ -30,7 +30,12 @@ async function step(name, fn) {
   process.stdout.write(`- ${name} … `);
   await fn();
   n += 1;
-  await page.screenshot({ path: join(outDir, `${String(n).padStart(2, '0')}-${name.replace(/[^a-z0-9]+/gi, '-')}.png`), fullPage: true });
+  // The show-once plaintext and the sign-in token are masked: no secret in a test artifact.
+  await page.screenshot({
+    path: join(outDir, `${String(n).padStart(2, '0')}-${name.replace(/[^a-z0-9]+/gi, '-')}.png`),
+    fullPage: true,
+    mask: [page.locator('#secret-value'), page.locator('#signin-form input')],
+  });
   console.log('ok');
 }
 function check(cond, msg) { if (!cond) throw new Error(msg); }
@@ -189,7 +194,9 @@ try {
 } catch (e) {
   console.log('FAILED');
   console.error(e && e.stack ? e.stack : e);
-  await page.screenshot({ path: join(outDir, 'failure.png'), fullPage: true }).catch(() => {});
+  await page
+    .screenshot({ path: join(outDir, 'failure.png'), fullPage: true, mask: [page.locator('#secret-value'), page.locator('#signin-form input')] })
+    .catch(() => {});
   console.error(problems.join('\n'));
   await browser.close();
   process.exit(1);
