@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -18,7 +18,18 @@ use keyward_core::decision::ScopeMode;
 use keyward_core::{KeyRecord, RequestFacts, Scope};
 use keyward_engine::{Engine, Outcome, Rejection, RequestMeta, RouteLimits};
 
+use crate::metrics::Metrics;
 use crate::problem::{self, Problem, RejectionStyle};
+
+/// What became of a gateway request, as a fixed label value for the metrics: `allowed`, a
+/// rejection's or problem's stable code, `preflight`. Put in the response's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutcomeTag(pub &'static str);
+
+fn tagged(mut resp: Response, outcome: &'static str) -> Response {
+    resp.extensions_mut().insert(OutcomeTag(outcome));
+    resp
+}
 
 /// An upstream base URL, split once at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +128,8 @@ impl Route {
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    /// The initial route table ([`GatewayState`] keeps it swappable: see
+    /// [`GatewayState::routes`] and [`GatewayState::replace_routes`]).
     pub routes: Vec<Route>,
     /// Headers that carry an API key (default `x-api-key`).
     pub credential_headers: Vec<HeaderName>,
@@ -136,13 +149,17 @@ pub struct GatewayConfig {
 /// Shared state of the gateway listener.
 pub struct GatewayState {
     engine: Arc<Engine>,
+    /// Everything but the routes (`cfg.routes` is left empty).
     cfg: GatewayConfig,
+    /// The route table: read once per request (a pointer load), replaced whole on reload.
+    routes: arc_swap::ArcSwap<Vec<Route>>,
     client: Client<HttpConnector, Body>,
     style: RejectionStyle,
+    metrics: Arc<Metrics>,
 }
 
 impl GatewayState {
-    pub fn new(engine: Arc<Engine>, cfg: GatewayConfig) -> GatewayState {
+    pub fn new(engine: Arc<Engine>, mut cfg: GatewayConfig) -> GatewayState {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
@@ -165,12 +182,33 @@ impl GatewayState {
             challenges,
             bearer: false,
         };
+        let routes = std::mem::take(&mut cfg.routes);
+        let metrics = Arc::new(Metrics::new(engine.clone()));
+        metrics.set_routes(routes.len());
         GatewayState {
             engine,
             cfg,
+            routes: arc_swap::ArcSwap::from_pointee(routes),
             client,
             style,
+            metrics,
         }
+    }
+
+    /// The current route table (held for the whole request, so a reload never changes the
+    /// route of a request in flight).
+    pub fn routes(&self) -> Arc<Vec<Route>> {
+        self.routes.load_full()
+    }
+
+    /// Swaps the route table (configuration reload): the next request uses `routes`.
+    pub fn replace_routes(&self, routes: Vec<Route>) {
+        self.metrics.set_routes(routes.len());
+        self.routes.store(Arc::new(routes));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 
@@ -206,8 +244,7 @@ impl GatewayState {
 
     /// Every scope some route requires (for the metadata's `scopes_supported`).
     pub fn route_scopes(&self) -> Vec<String> {
-        self.cfg
-            .routes
+        self.routes()
             .iter()
             .flat_map(|r| r.scopes.iter().map(|s| s.to_string()))
             .collect()
@@ -273,14 +310,23 @@ fn extract<'a>(headers: &'a HeaderMap, names: &[HeaderName], looks_like_key: imp
     }
 }
 
-/// Rejects paths with dot segments (raw or percent-encoded) or encoded slashes: the upstream
-/// might normalise them into a path that the route table did not authorize.
+/// Rejects paths with dot segments (raw or percent-encoded, also with `;` parameters), encoded
+/// slashes, backslashes, double encoding or empty segments (`//`): the upstream might normalise
+/// them into a path that the route table did not authorize (`//admin` is `/admin` to a server
+/// that merges slashes, but matched the catch-all route here).
 pub(crate) fn suspicious_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') || lower.contains("%25") {
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains('\\')
+        || lower.contains("%25")
+        || lower.contains("//")
+    {
         return true;
     }
     lower.split('/').any(|seg| {
+        // `..;x` is `..` to servlet containers (path parameters): judged without them.
+        let seg = seg.split(';').next().unwrap_or("");
         let s = seg.replace("%2e", ".");
         s == "." || s == ".."
     })
@@ -667,8 +713,18 @@ pub(crate) async fn decide(st: &GatewayState, route: &Route, req: &RequestView<'
     };
     let outcome = match st.engine.admit_from(&record, &route.limits, Some(client)).await {
         Ok(o) => o,
-        Err(r) => return Err(refused(r, bearer)),
+        Err(r) => {
+            if matches!(r, Rejection::LimiterUnavailable { .. }) {
+                st.metrics.limiter_decision("unavailable");
+            }
+            return Err(refused(r, bearer));
+        }
     };
+    st.metrics.limiter_decision(match &outcome {
+        Outcome::Allowed { .. } => "allowed",
+        Outcome::RateLimited { .. } => "rate_limited",
+        Outcome::QuotaExhausted { .. } => "quota_exhausted",
+    });
     let states = match outcome {
         Outcome::Allowed { states } => states,
         Outcome::RateLimited {
@@ -708,17 +764,38 @@ pub(crate) async fn decide(st: &GatewayState, route: &Route, req: &RequestView<'
     })
 }
 
-/// The per-request pipeline.
+/// The per-request pipeline, counted in the metrics by route name (never by path).
 async fn handle(
     State(st): State<Arc<GatewayState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response {
+    let started = Instant::now();
+    let _in_flight = st.metrics.in_flight();
+    let routes = st.routes();
+    let (route, resp) = route_request(&st, &routes, peer, req).await;
+    let outcome = resp.extensions().get::<OutcomeTag>().map_or("other", |o| o.0);
+    st.metrics.request(
+        route.map_or(crate::metrics::UNMATCHED, |r| r.name.as_str()),
+        outcome,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// Routes a request and runs it: the route it took (if any) and the response.
+async fn route_request<'r>(
+    st: &Arc<GatewayState>,
+    routes: &'r [Route],
+    peer: SocketAddr,
+    req: Request<Body>,
+) -> (Option<&'r Route>, Response) {
     let path = req.uri().path().to_owned();
     let path = path.as_str();
     if suspicious_path(path) {
-        return Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators")
-            .into_response();
+        let p = Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators");
+        return (None, tagged(p.into_response(), "invalid_path"));
     }
     let origin = req
         .headers()
@@ -734,28 +811,29 @@ async fn handle(
             .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
         // The route the actual request would take; failing that (a method the route does not
         // have), the longest CORS route for the path, whose policy then refuses the method.
-        let route = match wanted.map(|m| find_route(&st.cfg.routes, &m, path)) {
+        let route = match wanted.map(|m| find_route(routes, &m, path)) {
             Some(Ok(r)) => Some(r),
-            _ => st
-                .cfg
-                .routes
+            _ => routes
                 .iter()
                 .filter(|r| r.cors.is_some() && r.matches_path(path))
                 .max_by_key(|r| r.path_prefix.len()),
         };
-        if let Some(cors) = route.and_then(|r| r.cors.as_ref()) {
-            return cors.preflight(req.headers());
+        if let Some((r, cors)) = route.and_then(|r| r.cors.as_ref().map(|c| (r, c))) {
+            return (Some(r), tagged(cors.preflight(req.headers()), "preflight"));
         }
     }
-    let route = match find_route(&st.cfg.routes, req.method(), path) {
+    let route = match find_route(routes, req.method(), path) {
         Ok(r) => r,
-        Err(p) => return p.into_response(),
+        Err(p) => {
+            let code = p.code;
+            return (None, tagged(p.into_response(), code));
+        }
     };
-    let mut resp = handle_route(&st, peer, route, req).await;
+    let mut resp = handle_route(st, peer, route, req).await;
     if let Some(cors) = &route.cors {
         cors.decorate(origin.as_deref(), resp.headers_mut());
     }
-    resp
+    (Some(route), resp)
 }
 
 /// The pipeline for a request that matched `route`.
@@ -850,7 +928,7 @@ fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Resp
     tracing::debug!(route = %route.name, code = r.code(), "rejected");
     let mut style = st.style.clone();
     style.bearer = bearer;
-    problem::rejection(r, &style).into_response()
+    tagged(problem::rejection(r, &style).into_response(), r.code())
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -912,7 +990,8 @@ async fn proxy(
         route.upstream.scheme, route.upstream.authority, route.upstream.base_path, pq
     );
     let Ok(uri) = target.parse::<Uri>() else {
-        return Problem::bad_request("invalid_path", "the request target cannot be forwarded").into_response();
+        let p = Problem::bad_request("invalid_path", "the request target cannot be forwarded");
+        return tagged(p.into_response(), "invalid_path");
     };
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
@@ -974,17 +1053,33 @@ async fn proxy(
     h.insert(HeaderName::from_static("x-keyward-scopes"), header_text(&scopes));
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
+    // A body the client got wrong (a bad chunk, a connection cut mid-body) fails the upstream
+    // request too: that is the client's error (400), not the upstream's (502).
+    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = body_failed.clone();
+    let body = Body::new(http_body_util::BodyExt::map_err(body, move |e| {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        e
+    }));
     let upstream_req = Request::from_parts(parts, body);
-    match tokio::time::timeout(st.cfg.upstream_timeout, st.client.request(upstream_req)).await {
-        Err(_) => problem::upstream_timeout().into_response(),
+    let started = Instant::now();
+    let answer = tokio::time::timeout(st.cfg.upstream_timeout, st.client.request(upstream_req)).await;
+    st.metrics.upstream(&route.name, started.elapsed());
+    match answer {
+        Err(_) => tagged(problem::upstream_timeout().into_response(), "upstream_timeout"),
+        Ok(Err(e)) if body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+            tracing::debug!(route = %route.name, error = %e, "the client's request body failed");
+            let p = Problem::bad_request("invalid_body", "the request body could not be read");
+            tagged(p.into_response(), "invalid_body")
+        }
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, error = %e, "upstream request failed");
-            problem::upstream_unreachable().into_response()
+            tagged(problem::upstream_unreachable().into_response(), "upstream_unavailable")
         }
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
+            tagged(Response::from_parts(parts, Body::new(body)), "allowed")
         }
     }
 }
@@ -1050,10 +1145,14 @@ mod tests {
             "/a/..",
             "/a%5cb",
             "/a%252e%252e/",
+            "/a/..;/b",
+            "/a/%2e%2e;x=1/b",
+            "//a",
+            "/a//b",
         ] {
             assert!(suspicious_path(p), "{p}");
         }
-        for p in ["/fact", "/facts/1", "/a.b/c..d", "/"] {
+        for p in ["/fact", "/facts/1", "/a.b/c..d", "/", "/a/", "/a;v=1/b"] {
             assert!(!suspicious_path(p), "{p}");
         }
     }

@@ -180,9 +180,20 @@ async fn token(
         subject_token_type: form.get("subject_token_type"),
         requested_token_type: form.get("requested_token_type"),
     };
+    let grant = match grant_type {
+        "client_credentials" => "client_credentials",
+        "urn:ietf:params:oauth:grant-type:token-exchange" => "token_exchange",
+        _ => "other",
+    };
     match st.engine().issue_token(&req, &meta).await {
-        Ok(t) => no_store((StatusCode::OK, Json(t)).into_response()),
-        Err(e) => from_oauth(&e),
+        Ok(t) => {
+            st.metrics().token_request(grant, "issued");
+            no_store((StatusCode::OK, Json(t)).into_response())
+        }
+        Err(e) => {
+            st.metrics().token_request(grant, e.code());
+            from_oauth(&e)
+        }
     }
 }
 

@@ -104,6 +104,26 @@ impl IntoResponse for Problem {
     }
 }
 
+/// `503` `not_ready` (`GET /readyz`): the problem document plus `down` (what cannot be reached)
+/// and `checks` (every dependency and its state).
+pub fn not_ready(down: &[&'static str], checks: serde_json::Value) -> Response {
+    let mut p = serde_json::to_value(
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Service Unavailable")
+            .detail(format!("unreachable: {}", down.join(", "))),
+    )
+    .unwrap_or_else(|_| serde_json::json!({}));
+    p["down"] = serde_json::json!(down);
+    p["checks"] = checks;
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, p.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// How the gateway phrases a credential rejection.
 #[derive(Debug, Clone)]
 pub struct RejectionStyle {

@@ -110,13 +110,8 @@ pub fn verify_api(state: Arc<VerifyState>) -> Router {
 /// `GET /healthz`.
 pub fn verify_listener(state: Arc<VerifyState>) -> Router {
     let fwd = Router::new().fallback(forward_auth).with_state(state.clone());
-    verify_api(state)
-        .route("/healthz", axum::routing::get(healthz))
-        .merge(fwd)
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+    let probes = crate::ops::probes(state.gateway.clone());
+    verify_api(state).merge(probes).merge(fwd)
 }
 
 async fn method_not_allowed() -> Problem {
@@ -348,14 +343,14 @@ impl VerifyState {
     }
 
     /// Picks the route; a refusal (`invalid_path`, `method_not_allowed`) is a decision too.
-    fn choose(
-        &self,
+    fn choose<'a>(
+        &'a self,
+        routes: &'a [Route],
         target: &Target,
         named: Option<&str>,
         scopes: Vec<Scope>,
         cost: u64,
-    ) -> Result<Result<Chosen<'_>, Problem>, Problem> {
-        let routes = &self.gateway.config().routes;
+    ) -> Result<Result<Chosen<'a>, Problem>, Problem> {
         if let Some(name) = named {
             return match routes.iter().find(|r| r.name == name) {
                 Some(r) => Ok(Ok(Chosen::Configured(r))),
@@ -420,7 +415,8 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
         Some(ua) if ua.len() <= 1024 => HeaderValue::from_str(ua).ok(),
         _ => None,
     };
-    let chosen = match st.choose(&target, body.route.as_deref(), scopes, cost)? {
+    let routes = st.gateway.routes();
+    let chosen = match st.choose(&routes, &target, body.route.as_deref(), scopes, cost)? {
         Ok(c) => c,
         Err(p) => return Ok(refusal_response(p, None, None)),
     };
@@ -755,7 +751,8 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
     } else {
         call_options(req.uri.query()).map_err(coded)?
     };
-    let chosen = match st.choose(&target, named.as_deref(), scopes, cost) {
+    let routes = st.gateway.routes();
+    let chosen = match st.choose(&routes, &target, named.as_deref(), scopes, cost) {
         Err(p) | Ok(Err(p)) => return Err(coded(p)),
         Ok(Ok(c)) => c,
     };

@@ -317,6 +317,14 @@ impl RedisLimiter {
         decode(&raw, rates, quotas).ok_or(RedisCallError::Protocol)
     }
 
+    /// `PING`, bounded by the timeout and behind the breaker (readiness checks).
+    pub async fn ping(&self) -> Result<(), RedisCallError> {
+        let _: String = self
+            .guarded(|mut c| async move { ::redis::cmd("PING").query_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+
     /// Records the first use of a DPoP proof (`jkt:jti`) for `ttl`: true when it was new.
     pub async fn first_use(&self, entry: &str, ttl: Duration) -> Result<bool, RedisCallError> {
         let key = format!("kw:{{{}}}:j:{entry}", self.cfg.prefix);

@@ -58,6 +58,47 @@ pub struct CacheStats {
     pub misses: AtomicU64,
     /// Records served past their `ttl` because the store was unavailable.
     pub stale_hits: AtomicU64,
+    /// How long the store took to answer the lookups the cache could not (for metrics).
+    pub store_reads: LatencyHistogram,
+}
+
+/// Upper bounds (seconds) of [`LatencyHistogram`]'s buckets; the last bucket is `+Inf`.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A lock-free latency histogram with fixed buckets ([`LATENCY_BUCKETS`] and `+Inf`).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 13],
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// `(sum in seconds, count, per-bucket counts — not cumulative — with their upper bounds)`.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut count = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            count += n;
+            out.push((LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        (self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9, count, out)
+    }
 }
 
 #[derive(Clone)]
@@ -178,7 +219,9 @@ impl KeyCache {
         let before = self.generation.load(Ordering::Acquire);
         let probe =
             (self.store_down() && !self.probing.swap(true, Ordering::AcqRel)).then_some(ProbeGuard(&self.probing));
+        let started = Instant::now();
         let answer = self.store.key_by_digest(digest).await;
+        self.stats.store_reads.observe(started.elapsed());
         drop(probe);
         let found = match answer {
             Ok(found) => {

@@ -17,7 +17,7 @@ use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyRecord};
 use time::OffsetDateTime;
 
-pub use cache::{CacheConfig, CacheStats, KeyCache, Lookup};
+pub use cache::{CacheConfig, CacheStats, KeyCache, LatencyHistogram, Lookup, LATENCY_BUCKETS};
 pub use error::StoreError;
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;

@@ -28,8 +28,15 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
-    /// Run the gateway and the admin API.
+    /// Run the gateway and the admin API (SIGHUP reloads routes and limits; SIGTERM drains).
     Serve,
+    /// Check a configuration file: every problem with its line; exit 0 when valid, 2 when not.
+    #[command(name = "check-config")]
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Run a complete demo on a temporary SQLite store: cat-facts upstream, gateway, admin API.
     Demo {
         /// Gateway address (the other listeners take free ports).

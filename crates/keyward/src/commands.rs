@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Init { dir } => init(dir),
         Command::Serve => serve(&cli).await,
+        Command::CheckConfig { file } => crate::check_config::run(file, &env_vars()),
         Command::Demo { listen, json } => crate::demo::run(*listen, *json).await,
         Command::CatFacts { listen } => cat_facts(*listen).await,
         Command::App(cmd) => app(&cli, cmd).await,
@@ -237,10 +238,42 @@ async fn serve(cli: &Cli) -> Result<()> {
         "keyward: gateway on http://{}, admin API on http://{}",
         running.gateway, running.admin
     );
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
+    // SIGHUP: re-read the configuration and swap the route table (routes and their limits);
+    // a configuration that does not load or validate is logged and the current one stays.
+    let path = config_path(cli);
+    let reloads = async {
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    reload(&running, path.as_deref());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP: no configuration reload"),
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! { _ = shutdown_signal() => {}, _ = reloads => {} }
+    tracing::info!(
+        timeout = ?cfg.server.shutdown_timeout,
+        "shutting down: no new connections, draining in-flight requests"
+    );
     running.shutdown().await;
     Ok(())
+}
+
+/// One SIGHUP: load and validate the file again, then swap the routes.
+fn reload(running: &server::Running, path: Option<&Path>) {
+    match Config::load(path, &env_vars()) {
+        Ok(cfg) => match running.reload(&cfg) {
+            Ok(n) => tracing::info!(routes = n, "configuration reloaded: new route table in force"),
+            Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous configuration stays"),
+        },
+        Err(e) => {
+            running.reload_rejected();
+            tracing::error!(error = %e, "configuration reload refused; the previous configuration stays");
+        }
+    }
 }
 
 async fn cat_facts(listen: std::net::SocketAddr) -> Result<()> {

@@ -66,6 +66,10 @@ pub struct Config {
     /// everything per node).
     #[serde(default)]
     pub redis: Option<RedisSection>,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
 }
 
 /// What a route does when the shared limiter (Redis) cannot answer.
@@ -226,12 +230,56 @@ pub struct SecretsSection {
     pub kek_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads of the runtime; 0 = one per core.
     #[serde(default)]
     pub worker_threads: usize,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take to finish once the listeners
+    /// stopped accepting; connections still open then are cut.
+    #[serde(with = "dur")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            worker_threads: 0,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus `/metrics`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve `/metrics` on the admin listener without an admin token (default: a token of
+    /// any role is needed there).
+    pub public: bool,
+    /// A dedicated listener for `/metrics` (no token), `/healthz` and `/readyz`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[telemetry]`: OpenTelemetry trace export (needs a build with the `otel` feature).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// OTLP over HTTP/protobuf, e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended);
+    /// none: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        TelemetrySection {
+            otlp_endpoint: None,
+            service_name: "keyward".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -616,7 +664,7 @@ impl Config {
         Ok(cfg)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catfacts;
+pub mod check_config;
 pub mod cli;
 pub mod client;
 pub mod commands;

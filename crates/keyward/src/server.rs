@@ -34,20 +34,72 @@ pub struct Running {
     pub admin: SocketAddr,
     /// The dedicated verify / forward-auth listener (`verify.listen`), if any.
     pub verify: Option<SocketAddr>,
+    /// The dedicated metrics listener (`metrics.listen`), if any.
+    pub metrics: Option<SocketAddr>,
     pub engine: Arc<Engine>,
+    pub gateway_state: Arc<GatewayState>,
+    /// Stops the listeners (they drain their in-flight requests).
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<std::io::Result<()>>,
+    /// Stops the background tasks (the last usage flush), once the listeners are done.
+    stop_background: watch::Sender<bool>,
+    listeners: JoinSet<std::io::Result<()>>,
+    background: JoinSet<std::io::Result<()>>,
+    shutdown_timeout: std::time::Duration,
 }
 
 impl Running {
-    /// Stops accepting, drains in-flight requests and waits for the listeners to end.
+    /// Stops accepting, lets in-flight requests finish (for at most `server.shutdown_timeout`;
+    /// then it stops waiting for them), then stops the background tasks, which flush the usage
+    /// counters one last time.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        while let Some(r) = self.tasks.join_next().await {
+        let listeners = &mut self.listeners;
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while let Some(r) = listeners.join_next().await {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "listener ended with an error");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                timeout = ?self.shutdown_timeout,
+                "server.shutdown_timeout reached with requests still in flight: not waiting for them"
+            );
+            self.listeners.abort_all();
+            while self.listeners.join_next().await.is_some() {}
+        }
+        let _ = self.stop_background.send(true);
+        while let Some(r) = self.background.join_next().await {
             if let Ok(Err(e)) = r {
-                tracing::warn!(error = %e, "listener ended with an error");
+                tracing::warn!(error = %e, "background task ended with an error");
             }
         }
+        tracing::info!("stopped");
+    }
+
+    /// Applies a new configuration's routes (and so their limits) to the running gateway. The
+    /// configuration must have been loaded and validated (`Config::load`); nothing else of it
+    /// is applied (listeners, store, secrets and Redis need a restart).
+    pub fn reload(&self, cfg: &Config) -> Result<usize> {
+        match cfg.gateway_config() {
+            Ok(gw) => {
+                let n = gw.routes.len();
+                self.gateway_state.replace_routes(gw.routes);
+                self.gateway_state.metrics().reload("applied");
+                Ok(n)
+            }
+            Err(e) => {
+                self.gateway_state.metrics().reload("rejected");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Counts a reload refused before it reached [`Running::reload`] (a file that does not load).
+    pub fn reload_rejected(&self) {
+        self.gateway_state.metrics().reload("rejected");
     }
 }
 
@@ -139,6 +191,14 @@ pub async fn start_on(
         });
     let admin_routes = gw_cfg.routes.clone();
     let gateway_state = Arc::new(GatewayState::new(engine.clone(), gw_cfg));
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::startup(format!("cannot listen on {addr} (metrics.listen): {e}")))?,
+        ),
+        None => None,
+    };
     // The verify API and forward-auth run the gateway's own decision phases.
     if let Some(t) = &secrets.verify_token {
         if keyward_core::secret::ct_eq(t.expose().as_bytes(), secrets.admin_token.expose().as_bytes()) {
@@ -161,27 +221,40 @@ pub async fn start_on(
         ),
         None => None,
     };
-    let gateway = gateway_router(gateway_state);
+    let gateway = gateway_router(gateway_state.clone());
     let gateway = match leaks {
         Some(l) => l.merge(gateway),
         None => gateway,
     };
-    let admin = admin_router(Arc::new(
-        AdminState::new(engine.clone(), AdminToken::new(secrets.admin_token)).with_routes(admin_routes),
-    ))
-    .merge(keyward_edge::verify::verify_api(verify_state.clone()));
+    // Every listener: a sane incoming `x-request-id` or a new one, on the span, upstream and
+    // on every response.
+    let request_id = || axum::middleware::from_fn(keyward_edge::ops::request_id);
+    let gateway = gateway.layer(request_id());
+    let admin_state =
+        Arc::new(AdminState::new(engine.clone(), AdminToken::new(secrets.admin_token)).with_routes(admin_routes));
+    let admin = admin_router(admin_state.clone())
+        .merge(keyward_edge::verify::verify_api(verify_state.clone()))
+        .merge(keyward_edge::ops::admin_ops(
+            gateway_state.clone(),
+            admin_state,
+            cfg.metrics.public,
+        ))
+        .layer(request_id());
     let gateway_addr = gateway_listener
         .local_addr()
         .map_err(|e| CliError::startup(e.to_string()))?;
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| CliError::startup(e.to_string()))?;
+    // Two stop signals: the listeners first (they drain), the background tasks after them (so
+    // the last usage flush counts the drained requests too).
     let (tx, rx) = watch::channel(false);
+    let (stop_background, bg_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     // Limiter sweeps and batched usage writes, with a last flush on shutdown.
     {
         let engine = engine.clone();
-        let rx = rx.clone();
+        let rx = bg_rx.clone();
         tasks.spawn(async move {
             engine.maintenance(rx).await;
             Ok(())
@@ -190,7 +263,7 @@ pub async fn start_on(
     // Shared store (PostgreSQL): changes made by other nodes reach this node's caches.
     {
         let engine = engine.clone();
-        let rx = rx.clone();
+        let rx = bg_rx.clone();
         let every = cfg.store.revalidate_interval;
         tasks.spawn(async move {
             keyward_engine::sync::run(engine, every, rx).await;
@@ -200,7 +273,7 @@ pub async fn start_on(
     // One `key.expiring_soon` event per key entering the expiry-warning window.
     {
         let engine = engine.clone();
-        let rx = rx.clone();
+        let rx = bg_rx.clone();
         let every = cfg.security.expiring_check_interval;
         tasks.spawn(async move {
             engine.expiring_soon_loop(every, expiry_window, rx).await;
@@ -213,7 +286,7 @@ pub async fn start_on(
         Some(t) => {
             let server =
                 keyward_edge::tls::TlsServer::load(&t).map_err(|e| CliError::startup(format!("gateway TLS: {e}")))?;
-            let rx = rx.clone();
+            let rx = bg_rx.clone();
             let reloader = server.clone();
             tasks.spawn(async move {
                 reloader.reload_loop(rx).await;
@@ -227,12 +300,24 @@ pub async fn start_on(
     let mut verify_addr = None;
     if let Some(l) = verify_listener {
         verify_addr = Some(l.local_addr().map_err(|e| CliError::startup(e.to_string()))?);
-        plain.push((l, keyward_edge::verify::verify_listener(verify_state)));
+        plain.push((
+            l,
+            keyward_edge::verify::verify_listener(verify_state).layer(request_id()),
+        ));
     }
+    let mut metrics_addr = None;
+    if let Some(l) = metrics_listener {
+        metrics_addr = Some(l.local_addr().map_err(|e| CliError::startup(e.to_string()))?);
+        plain.push((
+            l,
+            keyward_edge::ops::metrics_listener(gateway_state.clone()).layer(request_id()),
+        ));
+    }
+    let mut listeners = JoinSet::new();
     match tls {
         Some(server) => {
             let rx = rx.clone();
-            tasks.spawn(server.serve(gateway_listener, gateway, rx));
+            listeners.spawn(server.serve(gateway_listener, gateway, rx));
         }
         None => plain.insert(0, (gateway_listener, gateway)),
     }
@@ -245,7 +330,7 @@ pub async fn start_on(
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
             }
         });
-        tasks.spawn(async move {
+        listeners.spawn(async move {
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|stop| *stop).await;
@@ -258,8 +343,13 @@ pub async fn start_on(
         gateway: gateway_addr,
         admin: admin_addr,
         verify: verify_addr,
+        metrics: metrics_addr,
         engine,
+        gateway_state,
         shutdown: tx,
-        tasks,
+        stop_background,
+        listeners,
+        background: tasks,
+        shutdown_timeout: cfg.server.shutdown_timeout,
     })
 }

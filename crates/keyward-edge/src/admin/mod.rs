@@ -133,7 +133,6 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::serve))
         .merge(console::router())
         .merge(api)
@@ -155,42 +154,7 @@ async fn method_not_allowed() -> Problem {
     .detail("this endpoint does not accept this method")
 }
 
-async fn healthz(State(st): State<Arc<AdminState>>) -> Response {
-    let store = st.engine.store();
-    match store.ping().await {
-        Ok(()) => {
-            let mut body = serde_json::json!({"status": "ok", "store": store.backend()});
-            // Shared store: without its change channel this node learns of other nodes'
-            // changes only by revalidation (`store.revalidate_interval`).
-            if let Some(up) = store.changes_connected() {
-                body["store_changes"] = serde_json::json!(if up { "connected" } else { "reconnecting" });
-                if !up {
-                    body["status"] = serde_json::json!("degraded");
-                }
-            }
-            // Shared limits: while the breaker is not closed, routes run their
-            // `on_limiter_failure` mode.
-            if let Some(r) = st.engine.limiter().redis() {
-                let breaker = r.breaker_state();
-                let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-                let s = r.stats();
-                body["redis"] = serde_json::json!({
-                    "breaker": breaker.as_str(),
-                    "errors": n(&s.errors),
-                    "timeouts": n(&s.timeouts),
-                    "short_circuits": n(&s.short_circuits),
-                });
-                if breaker != keyward_engine::limit::breaker::BreakerState::Closed {
-                    body["status"] = serde_json::json!("degraded");
-                }
-            }
-            Json(body).into_response()
-        }
-        Err(e) => problem::store(&e).into_response(),
-    }
-}
-
-async fn require_admin(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_admin(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

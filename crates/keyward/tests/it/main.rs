@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod mtls;
 mod oauth;
+mod ops;
 mod scan;
 mod tls;
 mod verify;

@@ -1,0 +1,381 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text).
+//!
+//! Cardinality is bounded by construction: label values are configured route names (or
+//! `unmatched`), HTTP status codes and fixed enums (the stable `Rejection::code()` set, grant
+//! types, decisions). Nothing the client sends — path, header, key, token — is ever a label
+//! value.
+//!
+//! Counters that live below the edge (the key cache, the Redis limiter and its breaker) are
+//! read at scrape time by a [`Collector`], so the hot path pays nothing for them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_engine::Engine;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The route label of requests that matched no configured route.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Latency buckets (seconds): 100 µs to 10 s.
+const BUCKETS: [f64; 15] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    outcome: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    grant: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+/// The gateway's metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily,
+    upstream_duration: HistogramFamily,
+    limiter: Family<DecisionLabel, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    routes: Gauge,
+    in_flight: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A registry with every series, reading the engine's own counters at scrape time.
+    pub fn new(engine: Arc<Engine>) -> Metrics {
+        let mut registry = Registry::with_prefix("keyward");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Gateway requests by configured route (or unmatched), outcome (allowed, upstream_error or the problem code) and status",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily = Family::new_with_constructor(histogram);
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Whole gateway requests, from arrival to response headers, by route",
+            request_duration.clone(),
+        );
+        let upstream_duration: HistogramFamily = Family::new_with_constructor(histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Upstream requests, until the upstream's response headers, by route",
+            upstream_duration.clone(),
+        );
+        let limiter = Family::<DecisionLabel, Counter>::default();
+        registry.register(
+            "limiter_decisions",
+            "Limit decisions (gateway, verify API and forward-auth): allowed, rate_limited, quota_exhausted, unavailable",
+            limiter.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "oauth_token_requests",
+            "Token endpoint requests by grant type and outcome (issued or the OAuth error code)",
+            tokens.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result",
+            reloads.clone(),
+        );
+        let routes = Gauge::default();
+        registry.register("routes", "Routes in the gateway's route table", routes.clone());
+        let in_flight = Gauge::default();
+        registry.register(
+            "gateway_in_flight_requests",
+            "Gateway requests being handled right now",
+            in_flight.clone(),
+        );
+        registry.register_collector(Box::new(EngineCollector { engine }));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            limiter,
+            tokens,
+            reloads,
+            routes,
+            in_flight,
+        }
+    }
+
+    /// One finished gateway request.
+    pub fn request(&self, route: &str, outcome: &'static str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                outcome,
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream(&self, route: &str, elapsed: Duration) {
+        self.upstream_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One limit decision: `allowed`, `rate_limited`, `quota_exhausted` or `unavailable`.
+    pub fn limiter_decision(&self, decision: &'static str) {
+        self.limiter.get_or_create(&DecisionLabel { decision }).inc();
+    }
+
+    /// One token request: `grant` is a fixed name (`client_credentials`, `token_exchange`,
+    /// `other`), `outcome` `issued` or an OAuth error code.
+    pub fn token_request(&self, grant: &'static str, outcome: &'static str) {
+        self.tokens.get_or_create(&TokenLabels { grant, outcome }).inc();
+    }
+
+    /// A configuration reload: `applied` or `rejected`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn set_routes(&self, n: usize) {
+        self.routes.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// The OpenMetrics text exposition of every series.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Decrements the in-flight gauge when dropped (also when the request is cancelled).
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Reads the key cache's and the Redis limiter's counters at scrape time.
+struct EngineCollector {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for EngineCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineCollector").finish_non_exhaustive()
+    }
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        let labels = [(label, *value)];
+        let metric = family.encode_family(&labels)?;
+        ConstCounter::new(*n).encode(metric)?;
+    }
+    Ok(())
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.engine.cache().stats();
+        counter_family(
+            &mut encoder,
+            "key_cache_lookups",
+            "Key cache lookups by result (hit, negative_hit, stale_hit, miss: read from the store)",
+            "result",
+            &[
+                ("hit", load(&stats.hits)),
+                ("negative_hit", load(&stats.negative_hits)),
+                ("stale_hit", load(&stats.stale_hits)),
+                ("miss", load(&stats.misses)),
+            ],
+        )?;
+        let (sum, count, buckets) = stats.store_reads.snapshot();
+        let metric = encoder.encode_descriptor(
+            "store_lookup_duration_seconds",
+            "Key lookups by digest in the store (cache misses)",
+            None,
+            MetricType::Histogram,
+        )?;
+        encode_histogram(metric, sum, count, &buckets)?;
+        if let Some(r) = self.engine.limiter().redis() {
+            let s = r.stats();
+            let c = ConstCounter::new(load(&s.calls));
+            let metric =
+                encoder.encode_descriptor("redis_calls", "Calls to Redis (or attempts)", None, c.metric_type())?;
+            c.encode(metric)?;
+            counter_family(
+                &mut encoder,
+                "redis_failures",
+                "Redis calls that failed, by kind (error, timeout, short_circuit: not made, breaker open)",
+                "kind",
+                &[
+                    ("error", load(&s.errors)),
+                    ("timeout", load(&s.timeouts)),
+                    ("short_circuit", load(&s.short_circuits)),
+                ],
+            )?;
+            counter_family(
+                &mut encoder,
+                "redis_fallback_decisions",
+                "Limit decisions taken by a failure mode while Redis could not answer",
+                "mode",
+                &[
+                    ("fail_open", load(&s.fail_open)),
+                    ("fail_closed", load(&s.fail_closed)),
+                    ("local", load(&s.local_fallback)),
+                ],
+            )?;
+            let c = ConstCounter::new(load(&s.deny_received));
+            let metric = encoder.encode_descriptor(
+                "redis_denylist_received",
+                "Token denylist entries received from other nodes",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(metric)?;
+            let state = r.breaker_state().as_str();
+            let mut family = encoder.encode_descriptor(
+                "redis_breaker_state",
+                "The Redis circuit breaker: 1 for the current state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for s in ["closed", "open", "half_open"] {
+                let labels = [("state", s)];
+                let metric = family.encode_family(&labels)?;
+                ConstGauge::new(i64::from(s == state)).encode(metric)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_histogram(
+    mut metric: prometheus_client::encoding::MetricEncoder<'_>,
+    sum: f64,
+    count: u64,
+    buckets: &[(f64, u64)],
+) -> Result<(), std::fmt::Error> {
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, buckets, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn engine(dir: &std::path::Path) -> Arc<Engine> {
+        let store = keyward_store::SqliteStore::open(&dir.join("k.db")).await.unwrap();
+        Arc::new(Engine::new(
+            Arc::new(store),
+            keyward_core::Pepper::from_text(&"ab".repeat(32)).unwrap(),
+            keyward_core::KeyFormat::new("kw").unwrap(),
+            Default::default(),
+            Arc::new(keyward_engine::SystemClock),
+        ))
+    }
+
+    #[tokio::test]
+    async fn renders_every_family_with_bounded_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(engine(dir.path()).await);
+        m.request("cats", "allowed", 200, Duration::from_millis(3));
+        m.request(UNMATCHED, "not_found", 404, Duration::from_micros(50));
+        m.upstream("cats", Duration::from_millis(2));
+        m.limiter_decision("allowed");
+        m.token_request("client_credentials", "issued");
+        m.reload("applied");
+        m.set_routes(2);
+        {
+            let _g = m.in_flight();
+        }
+        let text = m.render().unwrap();
+        for needle in [
+            "keyward_gateway_requests_total{route=\"cats\",outcome=\"allowed\",status=\"200\"} 1",
+            "keyward_gateway_requests_total{route=\"unmatched\",outcome=\"not_found\",status=\"404\"} 1",
+            "keyward_gateway_request_duration_seconds_bucket{le=\"0.005\",route=\"cats\"} 1",
+            "keyward_upstream_duration_seconds_count{route=\"cats\"} 1",
+            "keyward_limiter_decisions_total{decision=\"allowed\"} 1",
+            "keyward_oauth_token_requests_total{grant=\"client_credentials\",outcome=\"issued\"} 1",
+            "keyward_config_reloads_total{result=\"applied\"} 1",
+            "keyward_routes 2",
+            "keyward_gateway_in_flight_requests 0",
+            "keyward_key_cache_lookups_total{result=\"miss\"} 0",
+            "keyward_store_lookup_duration_seconds_count 0",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+    }
+}
