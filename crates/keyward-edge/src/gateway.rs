@@ -428,6 +428,48 @@ fn bearer_jwt(headers: &HeaderMap, looks_like_key: impl Fn(&str) -> bool) -> Opt
     found
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (re-exported by `crate::fuzz_api`); not an API.
+#[doc(hidden)]
+pub mod fuzz {
+    use super::{HeaderMap, HeaderName};
+
+    /// What the credential extraction found, with the private types spelled out.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Found<'a> {
+        None,
+        One { value: &'a str, bearer: bool },
+        Malformed { bearer: bool },
+        Multiple,
+    }
+
+    /// The gateway's credential extraction (configured header names, then `Authorization: Bearer`).
+    pub fn extract<'a>(
+        headers: &'a HeaderMap,
+        names: &[HeaderName],
+        looks_like_key: impl Fn(&str) -> bool,
+    ) -> Found<'a> {
+        match super::extract(headers, names, looks_like_key) {
+            super::Extracted::None => Found::None,
+            super::Extracted::One(c) => Found::One {
+                value: c.value,
+                bearer: c.bearer,
+            },
+            super::Extracted::Malformed { bearer } => Found::Malformed { bearer },
+            super::Extracted::Multiple => Found::Multiple,
+        }
+    }
+
+    /// The gateway's access-token extraction (`Bearer` or `DPoP` values not shaped like a key).
+    pub fn bearer_jwt(headers: &HeaderMap, looks_like_key: impl Fn(&str) -> bool) -> Option<(&str, bool)> {
+        super::bearer_jwt(headers, looks_like_key)
+    }
+
+    /// The path check run before routing.
+    pub fn suspicious_path(path: &str) -> bool {
+        super::suspicious_path(path)
+    }
+}
+
 /// Verifies an access token for `route` and turns it into the record the rest of the
 /// pipeline uses: the client (or exchanged key) as subject, its scopes, its app and limits.
 /// What a DPoP check needs from the request.

@@ -18,3 +18,6 @@ pub mod verify;
 
 pub use admin::{admin_router, AdminState, AdminToken};
 pub use gateway::{gateway_router, GatewayConfig, GatewayState, Route};
+
+#[doc(hidden)]
+pub mod fuzz_api;

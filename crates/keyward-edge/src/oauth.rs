@@ -329,3 +329,10 @@ async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
     }
     Json(doc).into_response()
 }
+
+/// The token endpoint's form reading (content type, size, strict form) for the fuzz targets in
+/// `fuzz/` (re-exported by `crate::fuzz_api`); not an API. The error is the response status.
+#[doc(hidden)]
+pub fn fuzz_read_form(headers: &HeaderMap, body: &Bytes) -> Result<Form, StatusCode> {
+    read_form(headers, body).map_err(|r| r.status())
+}
