@@ -13,6 +13,7 @@ pub mod oauth;
 pub mod oauth_form;
 pub mod ops;
 pub mod problem;
+pub mod serve;
 pub mod tls;
 pub mod verify;
 

@@ -37,7 +37,26 @@ pub fn routes(state: Arc<GatewayState>) -> Router {
         .method_not_allowed_fallback(|| async {
             oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST")
         })
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .with_state(state)
+}
+
+/// A declared `Content-Length` over [`MAX_FORM`] is refused (413) before a byte of the body is
+/// read: a client cannot make the token endpoints wait for gigabytes it announced.
+async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_FORM as u64) {
+        return oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "the request body is too large",
+        );
+    }
+    next.run(req).await
 }
 
 fn no_store(mut r: Response) -> Response {

@@ -14,10 +14,6 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -29,9 +25,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
+
+use crate::serve::HttpLimits;
 
 /// Whether clients must present a certificate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -459,16 +456,28 @@ impl TlsServer {
     /// Serves `router` over TLS on `listener` until `shutdown` turns true, then lets open
     /// connections finish their requests (graceful shutdown) before returning. Every request
     /// carries `ConnectInfo<SocketAddr>` and, when the client presented one,
-    /// [`PeerCertificates`].
+    /// [`PeerCertificates`]. At most `limits.max_connections` connections (handshakes
+    /// included) are open at once; beyond, new ones wait to be accepted (see [`crate::serve`]).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         router: Router,
+        limits: HttpLimits,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
+        let limits = Arc::new(limits);
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         // Every connection task holds a sender; `recv` returns `None` once they all have ended.
         let (alive, mut all_done) = mpsc::channel::<Infallible>(1);
         loop {
+            // A free slot first: at the cap, connections wait in the accept backlog.
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let Ok(slot) = slot else {
+                break;
+            };
             let accepted = tokio::select! {
                 r = listener.accept() => Some(r),
                 _ = shutdown.wait_for(|stop| *stop) => None,
@@ -489,8 +498,10 @@ impl TlsServer {
                 chain_check: trust.chain_check.clone(),
                 router: router.clone(),
                 handshake_timeout: self.settings.handshake_timeout,
+                limits: limits.clone(),
                 shutdown: shutdown.clone(),
                 _alive: alive.clone(),
+                _slot: slot,
             };
             tokio::spawn(task.run(tcp, peer));
         }
@@ -507,8 +518,11 @@ struct Connection {
     chain_check: Option<Arc<dyn ClientCertVerifier>>,
     router: Router,
     handshake_timeout: Duration,
+    limits: Arc<HttpLimits>,
     shutdown: watch::Receiver<bool>,
     _alive: mpsc::Sender<Infallible>,
+    /// The connection's place under `max_connections`, given back when it ends.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connection {
@@ -548,29 +562,12 @@ impl Connection {
                 chain_verified,
             })
         });
-        let service = self.router.map_request(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
+        crate::serve::connection(tls, self.router, &self.limits, self.shutdown, peer, move |ext| {
+            ext.insert(ConnectInfo(peer));
             if let Some(c) = &certs {
-                req.extensions_mut().insert(c.clone());
+                ext.insert(c.clone());
             }
-            req
-        });
-        let builder = Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(service));
-        let mut conn = std::pin::pin!(conn);
-        let done = tokio::select! {
-            r = conn.as_mut() => Some(r),
-            _ = self.shutdown.wait_for(|stop| *stop) => None,
-        };
-        let result = match done {
-            Some(r) => r,
-            None => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        }
+        })
+        .await;
     }
 }

@@ -319,6 +319,17 @@ pub struct GatewaySection {
     /// How long a client has to complete the TLS handshake.
     #[serde(with = "dur")]
     pub tls_handshake_timeout: Duration,
+    /// Open connections per listener (gateway, admin, verify) at most; beyond, new connections
+    /// wait in the accept backlog until one ends.
+    pub max_connections: usize,
+    /// How long a client has to send a complete request head; on HTTP/1.1 also how long an idle
+    /// keep-alive connection stays open. Every listener.
+    #[serde(with = "dur")]
+    pub header_read_timeout: Duration,
+    /// Header fields per request at most (more: 431). Every listener.
+    pub max_headers: usize,
+    /// Bytes of a request head at most (more: 431; at least 8192). Every listener.
+    pub max_header_bytes: usize,
 }
 
 impl Default for GatewaySection {
@@ -340,6 +351,10 @@ impl Default for GatewaySection {
             tls_accept_self_signed: false,
             tls_reload_interval: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 8192,
+            header_read_timeout: Duration::from_secs(30),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -712,10 +727,41 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         KeyFormat::new(&self.keys.prefix).map_err(|e| ConfigError::Invalid(format!("keys.prefix: {e}")))?;
         self.gateway_config()?;
+        self.http_limits()?;
         self.tls_settings()?;
         self.validate_webhooks()?;
         self.forward_auth_config()?;
         Ok(())
+    }
+
+    /// Connection limits of every listener, validated.
+    pub fn http_limits(&self) -> Result<keyward_edge::serve::HttpLimits, ConfigError> {
+        let g = &self.gateway;
+        if g.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "gateway.max_connections must be at least 1".into(),
+            ));
+        }
+        if g.header_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "gateway.header_read_timeout must be positive".into(),
+            ));
+        }
+        if g.max_headers == 0 {
+            return Err(ConfigError::Invalid("gateway.max_headers must be at least 1".into()));
+        }
+        if g.max_header_bytes < keyward_edge::serve::MIN_HEADER_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.max_header_bytes must be at least {}",
+                keyward_edge::serve::MIN_HEADER_BYTES
+            )));
+        }
+        Ok(keyward_edge::serve::HttpLimits {
+            max_connections: g.max_connections,
+            header_read_timeout: g.header_read_timeout,
+            max_headers: g.max_headers,
+            max_header_bytes: g.max_header_bytes,
+        })
     }
 
     /// Who may call forward-auth, validated.

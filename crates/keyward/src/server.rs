@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use keyward_core::secret::SecretString;
 use keyward_core::Pepper;
 use keyward_edge::{admin_router, gateway_router, AdminState, AdminToken, GatewayState};
@@ -149,6 +148,7 @@ pub async fn start_on(
             "telemetry.otlp_endpoint: this build has no OpenTelemetry export (the `otel` feature is not built)",
         ));
     }
+    let limits = cfg.http_limits().map_err(|e| CliError::startup(e.to_string()))?;
     let format = cfg.key_format().map_err(|e| CliError::startup(e.to_string()))?;
     let store = open_store(&cfg.store).await?;
     let limiter = cfg.limiter().map_err(|e| CliError::startup(e.to_string()))?;
@@ -324,26 +324,13 @@ pub async fn start_on(
     match tls {
         Some(server) => {
             let rx = rx.clone();
-            listeners.spawn(server.serve(gateway_listener, gateway, rx));
+            listeners.spawn(server.serve(gateway_listener, gateway, limits.clone(), rx));
         }
         None => plain.insert(0, (gateway_listener, gateway)),
     }
     for (listener, router) in plain {
-        let mut rx = rx.clone();
-        // TCP_NODELAY on every accepted connection: responses (and streamed body chunks) go out
-        // as soon as hyper writes them, never held back by Nagle waiting for the client's ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-            }
-        });
-        listeners.spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        // Connection cap, header deadline and header limits on every listener (crate::serve).
+        listeners.spawn(keyward_edge::serve::serve(listener, router, limits.clone(), rx.clone()));
     }
     tracing::info!(gateway = %gateway_addr, admin = %admin_addr, "keyward is serving");
     Ok(Running {

@@ -235,6 +235,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
             )
             .detail("send the body as application/json"));
         }
+        // A declared length over the limit is refused before a byte of the body is read.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
+                    .detail(format!("the body must be at most {MAX_BODY} bytes")),
+            );
+        }
         let bytes = match axum::body::Bytes::from_request(req, state).await {
             Ok(b) => b,
             Err(_) => {

@@ -16,6 +16,7 @@ mod forward_auth;
 mod frontend;
 mod gateway;
 mod hostile;
+mod hostile_http;
 mod independent;
 mod leaks;
 mod lifecycle;
