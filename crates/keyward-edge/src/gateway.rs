@@ -817,12 +817,13 @@ async fn handle(
     let routes = st.routes();
     let (route, resp) = route_request(&st, &routes, peer, req).await;
     let outcome = resp.extensions().get::<OutcomeTag>().map_or("other", |o| o.0);
-    st.metrics.request(
-        route.map_or(crate::metrics::UNMATCHED, |r| r.name.as_str()),
-        outcome,
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
+    let route_name = route.map_or(crate::metrics::UNMATCHED, |r| r.name.as_str());
+    // On the request span (crate::ops): exported with it as OpenTelemetry attributes.
+    let span = tracing::Span::current();
+    span.record("route", route_name);
+    span.record("outcome", outcome);
+    st.metrics
+        .request(route_name, outcome, resp.status().as_u16(), started.elapsed());
     resp
 }
 

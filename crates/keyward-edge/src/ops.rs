@@ -68,10 +68,15 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         "request",
         request_id = id.to_str().unwrap_or_default(),
         method = %req.method(),
+        // Filled in by the gateway (same bounded values as the metrics labels) and below.
+        route = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        status = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut resp = async move {
         let resp = next.run(req).await;
+        tracing::Span::current().record("status", resp.status().as_u16());
         tracing::debug!(
             status = resp.status().as_u16(),
             elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

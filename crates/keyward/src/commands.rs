@@ -36,6 +36,17 @@ pub fn worker_threads(cli: &Cli) -> usize {
     }
 }
 
+/// The OpenTelemetry export `serve` is configured for, read before the subscriber is installed
+/// (a configuration that does not load is reported by `serve` itself).
+pub fn telemetry_export(cli: &Cli) -> Option<crate::telemetry::Export> {
+    match cli.command {
+        Command::Serve => load_config(cli)
+            .ok()
+            .and_then(|c| crate::telemetry::Export::from_config(&c.telemetry)),
+        _ => None,
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Init { dir } => init(dir),

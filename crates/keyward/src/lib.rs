@@ -14,5 +14,6 @@ pub mod report;
 pub mod scan;
 pub mod seed;
 pub mod server;
+pub mod telemetry;
 
 pub use commands::run;

@@ -5,33 +5,58 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keyward::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 // mimalloc instead of glibc malloc: the proxy path allocates and frees many small objects
 // (header maps, body chunks, futures) per request; see docs/BENCHMARKS.md for the measurement.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logging(default: &str) {
+/// Logs on stderr (KEYWARD_LOG filter, KEYWARD_LOG_FORMAT), plus the OpenTelemetry layer when
+/// `serve` is configured to export and the `otel` feature is built (without it, `serve` refuses
+/// the configuration). Called before the runtime exists.
+fn init_logging(
+    default: &str,
+    export: Option<keyward::telemetry::Export>,
+) -> Result<Option<keyward::telemetry::Guard>, String> {
     let filter = EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = match std::env::var("KEYWARD_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = if json {
         // The request's span (`request_id`) on every line logged while handling it.
-        builder
-            .json()
+        fmt.json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init();
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.init();
+        fmt.with_filter(filter).boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otel")]
+    {
+        let (otel, guard) = match export {
+            Some(export) => {
+                let (layer, guard) = keyward::telemetry::layer(&export)?;
+                (Some(layer), Some(guard))
+            }
+            None => (None, None),
+        };
+        registry.with(otel).init();
+        Ok(guard)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = export;
+        registry.init();
+        Ok(None)
     }
 }
 
@@ -41,7 +66,13 @@ fn main() -> ExitCode {
         Command::Serve | Command::CatFacts { .. } => "info",
         _ => "warn",
     };
-    init_logging(default_level);
+    let guard = match init_logging(default_level, keyward::commands::telemetry_export(&cli)) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let threads = keyward::commands::worker_threads(&cli);
     // One worker: a current-thread runtime does the same work without the multi-thread
     // scheduler's bookkeeping (work-stealing queues, cross-thread wake-ups).
@@ -61,7 +92,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(keyward::run(cli)) {
+    let result = rt.block_on(keyward::run(cli));
+    drop(rt);
+    // Flush the spans still queued for export.
+    if let Some(guard) = guard {
+        guard.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -141,12 +141,10 @@ pub async fn start_on(
     clock: Arc<dyn Clock>,
 ) -> Result<Running> {
     let gw_cfg = cfg.gateway_config().map_err(|e| CliError::startup(e.to_string()))?;
-    if cfg.telemetry.otlp_endpoint.is_some() {
+    if !crate::telemetry::ENABLED && cfg.telemetry.otlp_endpoint.is_some() {
         // Refused rather than ignored: an operator who asked for traces must not think they
-        // are exported.
-        return Err(CliError::startup(
-            "telemetry.otlp_endpoint: this build has no OpenTelemetry export (the `otel` feature is not built)",
-        ));
+        // are exported. With the `otel` feature, main installs the exporting layer.
+        return Err(CliError::startup(crate::telemetry::NOT_BUILT));
     }
     let limits = cfg.http_limits().map_err(|e| CliError::startup(e.to_string()))?;
     let format = cfg.key_format().map_err(|e| CliError::startup(e.to_string()))?;
