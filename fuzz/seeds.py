@@ -170,3 +170,125 @@ ADMIN = [
 ]
 for sel, name, body in ADMIN:
     write("admin_body", name, bytes([sel]) + json.dumps(body).encode())
+
+# ---- client_cert (mode byte: 0 = DER certificate, 1 = RFC 4514 DN text) ------------------
+# Real certificates made by `openssl req -x509` (EC P-256 and Ed25519 with the fixed keys above,
+# RSA 2048 with a fresh key), subject with a multi-valued RDN, a comma and UTF-8, SANs of every
+# kind that ClientCert reads (DNS, URI, email, IPv4, IPv6). The `known-*` seeds (made with
+# `cryptography`, which writes any value) have subjects that hit the gaps the target excludes
+# unless KEYWARD_FUZZ_STRICT_DN=1 (see fuzz_targets/client_cert.rs).
+import subprocess, tempfile, datetime
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+def pem(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+SAN = ("subjectAltName=DNS:billing.svc.example,DNS:*.svc.example,URI:spiffe://example.org/ns/billing/sa/svc,"
+       "email:ops@example.org,IP:10.0.0.7,IP:2001:db8::7")
+with tempfile.TemporaryDirectory() as tmp:
+    keys = {"ec": pem(ES), "ed25519": pem(ED)}
+    for name, data in keys.items():
+        with open(os.path.join(tmp, name + ".pem"), "wb") as f:
+            f.write(data)
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", os.path.join(tmp, "rsa.pem")], check=True, capture_output=True)
+    certs = [
+        ("ec", "/C=DE/O=Example, Corp/OU=Billing+CN=billing-svc", ["-addext", SAN]),
+        ("rsa", "/DC=org/DC=example/O=Example\\, Corp/OU=Ops+UID=jdoe/CN=Doe\\+Partner; <ops>", ["-addext", SAN]),
+        ("ed25519", "/C=FR/ST=Île-de-France/L=Paris/O=Société Exemple/CN=Zoë \"device\" 7=x",
+         ["-utf8", "-addext", "subjectAltName=DNS:dev7.example,IP:192.0.2.1,IP:::1,email:zoe@example.fr,URI:urn:example:device:7"]),
+        ("ec", "/CN=no-sans/serialNumber=0042/emailAddress=admin@example.org/street=Main St 1", []),
+    ]
+    for i, (k, subj, extra) in enumerate(certs):
+        out = os.path.join(tmp, f"c{i}.der")
+        subprocess.run(["openssl", "req", "-x509", "-new", "-key", os.path.join(tmp, k + ".pem"), "-subj", subj,
+                        "-days", "365", "-set_serial", str(1000 + i), "-outform", "DER", "-out", out] + extra,
+                       check=True, capture_output=True)
+        write("client_cert", f"openssl-{k}-{i}", b"\x00" + open(out, "rb").read())
+
+def crypto_cert(name_attrs, alg_key=ED):
+    subject = x509.Name(name_attrs)
+    t = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(alg_key.public_key())
+         .serial_number(7).not_valid_before(t).not_valid_after(t + datetime.timedelta(days=365)))
+    return b.sign(alg_key, None).public_bytes(serialization.Encoding.DER)
+
+A = x509.NameAttribute
+write("client_cert", "known-edge-space", b"\x00" + crypto_cert([A(NameOID.ORGANIZATION_NAME, "Example"),
+                                                              A(NameOID.COMMON_NAME, " admin ")]))
+write("client_cert", "known-hash", b"\x00" + crypto_cert([A(NameOID.COMMON_NAME, "#0403")]))
+write("client_cert", "known-c1", b"\x00" + crypto_cert([A(NameOID.COMMON_NAME, "a\u0080b")]))
+write("client_cert", "known-nbsp", b"\x00" + crypto_cert([A(NameOID.COMMON_NAME, "svc\u00a0")]))
+from cryptography.x509.name import _ASN1Type
+write("client_cert", "bmp-subject", b"\x00" + crypto_cert([A(NameOID.COMMON_NAME, "bmp", _ASN1Type.BMPString)]))
+write("client_cert", "unknown-oid", b"\x00" + crypto_cert([A(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), "x"),
+                                                         A(NameOID.COMMON_NAME, "tab\there")]))
+DNS = [
+    ("plain", "CN=billing-svc,O=Example\\, Corp,C=DE"),
+    ("spaces-case", " cn = svc , o=Example Corp ,c=DE"),
+    ("multi-valued", "OU=b+CN=a,O=x"),
+    ("hex-escapes", "CN=Doe\\, John,O=a\\2Cb,L=tab\\09in"),
+    ("specials", "CN=not\\#hex \\\"q\\\" \\<t\\>\\;\\=\\+\\\\,DC=example,DC=org"),
+    ("oids", "2.5.4.3=svc+0.9.2342.19200300.100.1.1=jdoe,0.9.2342.19200300.100.1.25=example"),
+    ("all-short-names", "UID=jdoe+EMAILADDRESS=jdoe@example.org,SERIALNUMBER=42,STREET=Main St 1,L=Berlin,ST=BE,OU=x,DC=y,C=DE"),
+    ("utf8", "CN=Zoë Ünïcødé,O=例え"),
+    ("empty-value", "CN=,O=x"),
+    ("known-c1", "CN=a\u0080b"),
+]
+for name, dn in DNS:
+    write("client_cert", f"dn-{name}", b"\x01" + dn.encode())
+
+# ---- admin_query (endpoint byte, mode byte, then query or Authorization value) ------------
+# Endpoints: 0 apps, 1 keys, 2 clients, 3 audit, 4 usage, 5 routes, 6 admin-tokens,
+# 7 signing-keys, 8 keys/{id}. Mode: bit 0 = Authorization value, else query with the
+# bootstrap token (0), the scoped read token (2) or the write token (4). `$KEY`, `$READ`,
+# `$WRITE` are replaced by the target (random ids / tokens of the harness).
+CURSOR = b64(f"{NOW}:".encode())
+QUERIES = [
+    (0, 0, "apps", f"q=fuzz&limit=10"),
+    (0, 2, "apps-cursor", f"limit=1&cursor={CURSOR}"),
+    (1, 0, "keys", "app=fuzz&state=active&env=live&q=kw_&limit=2"),
+    (1, 4, "keys-filters", "env=test&state=revoked&cursor=" + CURSOR),
+    (1, 0, "keys-unknown-app", "app=nope"),
+    (2, 0, "clients", "app=fuzz&state=disabled&q=FUZZ"),
+    (3, 0, "audit", "since=24h&kind=key.&limit=5"),
+    (3, 2, "audit-instant", "since=2030-03-17T00:00:00Z&key=$KEY&before=100"),
+    (3, 0, "audit-cursor", "target=fuzz&cursor=10&kind=app.created&limit=1000"),
+    (4, 0, "usage", "app=fuzz&since=1h&bucket=hour"),
+    (4, 4, "usage-key", "key=$KEY&since=2030-03-16T17:46:40%2B00:00&bucket=minute"),
+    (5, 0, "routes", "limit=500&cursor=MDo"),
+    (6, 0, "admin-tokens", "limit=1"),
+    (6, 2, "admin-tokens-read", "limit=1"),
+    (7, 0, "signing-keys", "anything=1"),
+    (8, 0, "key", "x=y&x=z"),
+    (0, 0, "bad-limit-0", "limit=0"),
+    (0, 0, "bad-limit-text", "limit=ten"),
+    (1, 0, "bad-duplicate", "state=active&state=revoked"),
+    (2, 0, "bad-unknown", "unknown=1"),
+    (3, 0, "bad-before-cursor", "before=1&cursor=2"),
+    (3, 0, "bad-kind", "kind=Key.Revoked"),
+    (4, 0, "bad-bucket", "bucket=day&since=-1h"),
+    (0, 0, "bad-q-control", "q=%01"),
+    (0, 0, "bad-q-utf8", "q=%FF%FE&li%6Dit=+5"),
+    (1, 0, "bad-cursor", "cursor=!!&limit=501"),
+]
+for sel, mode, name, q in QUERIES:
+    write("admin_query", f"q-{name}", bytes([sel, mode]) + q.encode())
+RANDOM_ADM = "kwadm_" + b62(int.from_bytes(__import__("hashlib").sha512(b"admin").digest(), "big"), 43)
+AUTHS = [
+    (0, "bootstrap", "Bearer fuzz-admin-token-0123456789abcdef"),
+    (1, "bootstrap-blanks", "bearer   fuzz-admin-token-0123456789abcdef \t"),
+    (2, "read", "Bearer $READ"),
+    (6, "read-on-admin-tokens", "BEARER $WRITE"),
+    (3, "random-kwadm", "Bearer " + RANDOM_ADM),
+    (4, "read-suffix", "Bearer $READx"),
+    (5, "basic", "Basic Zm9vOmJhcg=="),
+    (7, "scheme-only", "Bearer"),
+    (8, "tab", "Bearer\tfuzz-admin-token-0123456789abcdef"),
+]
+for sel, name, v in AUTHS:
+    write("admin_query", f"auth-{name}", bytes([sel, 1]) + v.encode())

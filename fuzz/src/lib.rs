@@ -1,12 +1,12 @@
-//! Shared set-up of the in-process targets (`admin_body`, `client_assertion`): an engine on a
-//! temporary SQLite store with a manual clock, OAuth enabled, the admin router, and a few
-//! objects to act on.
+//! Shared set-up of the in-process targets (`admin_body`, `admin_query`, `client_assertion`): an
+//! engine on a temporary SQLite store with a manual clock, OAuth enabled, the admin router, and a
+//! few objects to act on.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::Router;
-use http::{Method, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
 use keyward_core::secret::SecretString;
 use keyward_core::{KeyFormat, Pepper};
@@ -131,6 +131,52 @@ impl Harness {
                 serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
             )
         })
+    }
+}
+
+/// The answer of [`Harness::send`]: status, headers and the body as JSON (`Null` if it is not).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Harness {
+    /// One admin request as a client would send it: any method and path + query (already
+    /// accepted by `http` as a URI), an optional `Authorization` value (sent as is, no token
+    /// added), an optional JSON body.
+    pub fn send(&self, method: Method, uri: Uri, authorization: Option<HeaderValue>, body: &[u8]) -> Answer {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(v) = authorization {
+            req = req.header("authorization", v);
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Body::from(body.to_vec())).unwrap();
+        self.rt.block_on(async {
+            let resp = self.router.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            Answer {
+                status,
+                headers,
+                body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            }
+        })
+    }
+
+    /// Creates a scoped admin token (`kwadm_...`, role `read` or `write`) with the bootstrap
+    /// token and returns its plaintext.
+    pub fn admin_token(&self, name: &str, role: &str) -> String {
+        let body = format!(r#"{{"name":"{name}","role":"{role}"}}"#);
+        let (s, v) = self.request(Method::POST, "/v1/admin-tokens", body.as_bytes());
+        assert!(s.is_success(), "set-up request failed: {s} {v}");
+        v["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token in {v}"))
+            .to_owned()
     }
 }
 
