@@ -32,35 +32,16 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 KEYWARD=$TARGET/release/keyward
 LOAD=$TARGET/release/examples/dpop_load
 
-log() { printf '[dpop-bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-PIDS=()
-TMP=""
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ $rc -ne 0 && -n "$TMP" ]]; then tail -n 20 "$TMP"/*.log >&2 || true; fi
-    [[ -z "$TMP" ]] || rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_init dpop-bench
 
 if [[ "$SKIP_BUILD" != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p keyward --bin keyward --example dpop_load)
 fi
 [[ -x "$KEYWARD" && -x "$LOAD" ]] || die "build keyward and the dpop_load example first"
 
-for name in $(compgen -e); do [[ $name != KEYWARD_* ]] || unset "$name"; done
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/keyward-dpop.XXXXXX")
-mapfile -t PORTS < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(3)]
-for x in s: x.bind(("127.0.0.1", 0))
-for x in s: print(x.getsockname()[1])')
+mapfile -t PORTS < <(free_ports 3)
 UP_PORT=${PORTS[0]} GW_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]}
 GW=http://127.0.0.1:$GW_PORT
 TLS_TOML=""
@@ -88,18 +69,7 @@ tls_client_ca_file = \"$TMP/tls/ca.pem\""
     TLS_ARGS=(--ca "$TMP/tls/ca.pem" --cert "$TMP/tls/c.crt" --key "$TMP/tls/c.pk8")
 fi
 
-wait_http() { # URL PID
-    for _ in $(seq 100); do
-        kill -0 "$2" 2>/dev/null || die "process for $1 exited"
-        [[ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$1 not ready"
-}
-
-"$KEYWARD" cat-facts --listen "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/fact" "${PIDS[-1]}"
+start_upstream "$UP_PORT"
 
 cat >"$TMP/keyward.toml" <<CONF
 [store]
@@ -134,14 +104,7 @@ upstream = "http://127.0.0.1:$UP_PORT"
 scopes = ["facts:read"]
 tokens = true
 CONF
-rand_hex() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
-KEYWARD_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
-export KEYWARD_ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
-KEYWARD_PEPPER=$(rand_hex) KEYWARD_KEK=$(rand_hex) KEYWARD_LOG=warn \
-    "$KEYWARD" serve --config "$TMP/keyward.toml" >"$TMP/keyward.log" 2>&1 &
-PIDS+=($!)
-KEYWARD_PID=$!
-wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$KEYWARD_PID"
+start_keyward "$TMP/keyward.toml" "$ADMIN_PORT"
 
 "$KEYWARD" app create bench --json >/dev/null
 "$KEYWARD" client create --app bench --scope facts:read --token-ttl 24h --json >"$TMP/client.json"
@@ -149,7 +112,6 @@ CID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["client_id
 CSECRET=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["client_secret"])' "$TMP/client.json")
 
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { local f; f=$(sed 's/.*) //' "/proc/$1/stat"); read -r -a fs <<<"$f"; echo $((fs[11] + fs[12])); }
 run() { # MODE SECONDS OUT
     local before after
     before=$(cpu_ticks "$KEYWARD_PID")

@@ -10,18 +10,11 @@
 //! - set (B): the rest is a DN in RFC 4514 text. When it parses: `parse(to_rfc4514(dn)) == dn`,
 //!   and `to_rfc4514` is a fixed point (printing the re-parsed DN gives the same text).
 //!
-//! Known gaps in `cert.rs` (reported, see docs/FUZZING.md "Findings not yet fixed"), excluded from the
-//! assertions so that the run explores past them; set `KEYWARD_FUZZ_STRICT_DN=1` to assert them
-//! too (e.g. to check a fix with the `known-*` seeds of `corpus/client_cert/`):
-//! 1. `parse` drops leading/trailing whitespace even when escaped (`CN=\ a`, `CN=a\20`), and any
-//!    Unicode whitespace (U+00A0, U+3000, ...), not only U+0020 as RFC 4514 says;
-//! 2. `parse` refuses a value starting with an escaped `\#` (the hex-value check runs after
-//!    unescaping), so values starting with `#` are refused;
-//! 3. `to_rfc4514` escapes the C1 controls U+0080..U+009F (`char::is_control`) as UTF-8 hex
-//!    pairs (`\C2\80`), which `parse` refuses ("non-ASCII hex escapes are not supported").
+//! Found by this target and fixed (regression inputs in fuzz/regressions/client_cert/, unit test
+//! `cert::tests::dn_round_trips_what_the_fuzzer_found`): `parse` dropped escaped edge spaces and
+//! trimmed any Unicode whitespace; refused values starting with an escaped `\#`; refused the
+//! multi-byte hex escapes (`\C2\80`) that `to_rfc4514` prints for C1 controls.
 #![no_main]
-
-use std::sync::OnceLock;
 
 use keyward_token::{cert_thumbprint, ClientCert, DistinguishedName};
 use libfuzzer_sys::fuzz_target;
@@ -29,38 +22,14 @@ use libfuzzer_sys::fuzz_target;
 /// `parse` refuses longer text (documented limit).
 const MAX_DN: usize = 4096;
 
-fn strict() -> bool {
-    static S: OnceLock<bool> = OnceLock::new();
-    *S.get_or_init(|| std::env::var_os("KEYWARD_FUZZ_STRICT_DN").is_some_and(|v| v == "1"))
-}
-
 /// Whether the round trip is promised for a certificate subject printed as `text`:
 /// - not for an empty subject (no RDN: `to_rfc4514` gives "", which `parse` refuses by design;
 ///   `ClientCert::parse` also gives an empty subject when an attribute value is not a string);
 /// - not beyond `MAX_DN` bytes (escapes can make the text longer than the DER);
 /// - not for attribute types that are neither short names nor dotted OIDs: `asn1-rs` prints an
-///   OID with an arc beyond u64 as hex bytes ("2a 86 ..."), which is no RFC 4514 type;
-/// - and, unless strict, not for the known gaps 1-3 of the module comment.
-fn printable(text: &str, values: &[String]) -> bool {
-    if text.is_empty() || text.len() > MAX_DN {
-        return false;
-    }
-    if !strict() && values.iter().any(|v| known_gap(v)) {
-        return false;
-    }
-    true
-}
-
-/// Values that hit a known gap (1-3 of the module comment).
-fn known_gap(v: &str) -> bool {
-    let edge_space = v.starts_with(char::is_whitespace) || v.ends_with(char::is_whitespace);
-    let hash = v.starts_with('#');
-    edge_space || hash || has_c1(v)
-}
-
-/// Gap 3: a C1 control character.
-fn has_c1(v: &str) -> bool {
-    v.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c))
+///   OID with an arc beyond u64 as hex bytes ("2a 86 ..."), which is no RFC 4514 type.
+fn printable(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_DN
 }
 
 fn types_ok(types: &[String]) -> bool {
@@ -96,8 +65,8 @@ fn certificate(der: &[u8]) {
     }
     let _ = c.valid_at(keyward_fuzz::NOW);
     let text = c.subject.to_rfc4514();
-    let (types, values) = split(&text);
-    if !types_ok(&types) || !printable(&text, &values) {
+    let (types, _) = split(&text);
+    if !types_ok(&types) || !printable(&text) {
         return;
     }
     match DistinguishedName::parse(&text) {
@@ -109,13 +78,8 @@ fn certificate(der: &[u8]) {
 fn dn_text(text: &str) {
     let Ok(dn) = DistinguishedName::parse(text) else { return };
     let printed = dn.to_rfc4514();
-    // The parsed DN has no empty RDN, no empty type and no edge blanks (gap 1 even drops
-    // escaped ones), so only the length limit and gap 3 remain.
+    // The parsed DN has no empty RDN and no empty type, so only the length limit remains.
     if printed.len() > MAX_DN {
-        return;
-    }
-    let (_, values) = split(&printed);
-    if !strict() && values.iter().any(|v| has_c1(v)) {
         return;
     }
     let back = match DistinguishedName::parse(&printed) {

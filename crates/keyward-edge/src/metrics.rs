@@ -269,6 +269,30 @@ impl Collector for EngineCollector {
             MetricType::Histogram,
         )?;
         encode_histogram(metric, sum, count, &buckets)?;
+        let (keys, unknown) = self.engine.cache().entries();
+        let (tokens, revoked, proofs) = self.engine.token_cache_entries();
+        let limits = u64::try_from(self.engine.limiter().local_entries()).unwrap_or(u64::MAX);
+        let mut family = encoder.encode_descriptor(
+            "memory_entries",
+            "Entries held in memory, by what they are (keys: cached key records, unknown_keys: \
+             the negative cache, tokens: verified access tokens, revoked_tokens: the denylist, \
+             dpop_proofs: proofs kept for replay detection, limit_states: local rate and quota state)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (what, n) in [
+            ("keys", keys),
+            ("unknown_keys", unknown),
+            ("tokens", tokens),
+            ("revoked_tokens", revoked),
+            ("dpop_proofs", proofs),
+            ("limit_states", limits),
+        ] {
+            let labels = [("cache", what)];
+            let metric = family.encode_family(&labels)?;
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(metric)?;
+        }
+        drop(family);
         if let Some(r) = self.engine.limiter().redis() {
             let s = r.stats();
             let c = ConstCounter::new(load(&s.calls));
@@ -373,6 +397,12 @@ mod tests {
             "keyward_gateway_in_flight_requests 0",
             "keyward_key_cache_lookups_total{result=\"miss\"} 0",
             "keyward_store_lookup_duration_seconds_count 0",
+            "keyward_memory_entries{cache=\"keys\"} 0",
+            "keyward_memory_entries{cache=\"unknown_keys\"} 0",
+            "keyward_memory_entries{cache=\"tokens\"} 0",
+            "keyward_memory_entries{cache=\"revoked_tokens\"} 0",
+            "keyward_memory_entries{cache=\"dpop_proofs\"} 0",
+            "keyward_memory_entries{cache=\"limit_states\"} 0",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");

@@ -191,12 +191,29 @@ pub struct TokenService {
     pub(crate) cfg: OAuthConfig,
     kek: Kek,
     keys: RwLock<Keys>,
-    /// Verified tokens by SHA-256 of the token, until they expire.
-    verified: Cache<[u8; 32], Arc<TokenPrincipal>>,
+    /// Verified tokens by SHA-256 of the token, each until its own `exp` (+ leeway): memory
+    /// follows the tokens in use, not the tokens ever seen.
+    verified: Cache<[u8; 32], CachedToken>,
     /// Revoked `jti`s until the tokens would have expired.
     revoked: RwLock<HashMap<String, i64>>,
     /// DPoP replay store and nonces.
     pub dpop: crate::dpop::Dpop,
+}
+
+/// A verified token in the cache, with how long it may stay (computed on the engine's clock).
+#[derive(Clone)]
+struct CachedToken {
+    principal: Arc<TokenPrincipal>,
+    ttl: StdDuration,
+}
+
+/// Cache expiry: each entry lives until its token expires (at most a day).
+struct UntilTokenExpiry;
+
+impl moka::Expiry<[u8; 32], CachedToken> for UntilTokenExpiry {
+    fn expire_after_create(&self, _: &[u8; 32], v: &CachedToken, _: std::time::Instant) -> Option<StdDuration> {
+        Some(v.ttl)
+    }
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -260,7 +277,7 @@ impl Engine {
             }),
             verified: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(StdDuration::from_secs(86_400))
+                .expire_after(UntilTokenExpiry)
                 .build(),
             revoked: RwLock::new(HashMap::new()),
             dpop: crate::dpop::Dpop::new(cfg_dpop)?.with_shared_replay(self.limiter().redis().cloned()),
@@ -742,8 +759,10 @@ impl Engine {
         }
         let now = self.now().unix_timestamp();
         let digest = sha256(token.as_bytes());
-        let principal = match svc.verified.get(&digest) {
-            Some(p) if p.claims.exp + i64::try_from(svc.cfg.leeway.as_secs()).unwrap_or(0) >= now => p,
+        let leeway = i64::try_from(svc.cfg.leeway.as_secs()).unwrap_or(0);
+        let principal = match svc.verified.get(&digest).map(|c| c.principal) {
+            // The same bound as a fresh verification: refused once `now >= exp + leeway`.
+            Some(p) if p.claims.exp.saturating_add(leeway) > now => p,
             _ => {
                 let expected = Expectations {
                     iss: &svc.cfg.issuer,
@@ -785,7 +804,15 @@ impl Engine {
                     policy,
                     record,
                 });
-                svc.verified.insert(digest, p.clone());
+                let left = p.claims.exp.saturating_add(leeway).saturating_sub(now).clamp(1, 86_400);
+                let ttl = StdDuration::from_secs(u64::try_from(left).unwrap_or(1));
+                svc.verified.insert(
+                    digest,
+                    CachedToken {
+                        principal: p.clone(),
+                        ttl,
+                    },
+                );
                 p
             }
         };
@@ -859,6 +886,17 @@ impl Engine {
         )
         .await;
         Ok(true)
+    }
+
+    /// What the token service holds in memory: (verified tokens cached, revoked `jti`s in the
+    /// denylist, DPoP proofs remembered for replay detection); zeros when OAuth is off.
+    pub fn token_cache_entries(&self) -> (u64, u64, u64) {
+        let Ok(svc) = self.token_service() else {
+            return (0, 0, 0);
+        };
+        svc.verified.run_pending_tasks();
+        let revoked = u64::try_from(read(&svc.revoked).len()).unwrap_or(u64::MAX);
+        (svc.verified.entry_count(), revoked, svc.dpop.replay_entries())
     }
 
     /// Re-reads the token denylist from the store (a token was revoked through another node

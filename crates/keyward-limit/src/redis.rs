@@ -612,6 +612,15 @@ impl Limiter {
         }
     }
 
+    /// Limit states held in this process (rates + quotas; with Redis: the fallback's).
+    pub fn local_entries(&self) -> usize {
+        let (r, q) = match self {
+            Limiter::Local(l) => l.len(),
+            Limiter::Redis(r) => r.fallback.len(),
+        };
+        r + q
+    }
+
     /// Drops idle local state (Redis expires its own).
     pub fn sweep(&self, now_ns: u64) -> usize {
         match self {

@@ -195,6 +195,14 @@ impl KeyCache {
         &self.stats
     }
 
+    /// Entries held now: (key records, unknown digests). Runs the caches' pending
+    /// maintenance first, so expired entries are not counted.
+    pub fn entries(&self) -> (u64, u64) {
+        self.positive.run_pending_tasks();
+        self.negative.run_pending_tasks();
+        (self.positive.entry_count(), self.negative.entry_count())
+    }
+
     /// The record for `digest`, from memory when possible, else from the store.
     ///
     /// The stored digest is compared with the presented one in constant time, so that the

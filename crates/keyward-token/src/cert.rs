@@ -99,8 +99,10 @@ fn dn_of(name: &X509Name<'_>) -> Result<DistinguishedName, CertError> {
 
 impl DistinguishedName {
     /// Parses the RFC 4514 string form (`CN=svc,O=Example Corp,C=DE`): `,` between RDNs, `+`
-    /// between the attributes of one RDN, backslash escapes (`\,` or `\2C`). Attribute types are
-    /// short names (case-insensitive) or dotted OIDs; hex-encoded (`#...`) values are refused.
+    /// between the attributes of one RDN, backslash escapes (`\,`, `\ ` or hex `\2C`, several
+    /// hex escapes in a row spelling one UTF-8 character: `\C3\A9`). Unescaped spaces around a
+    /// value are not part of it; escaped ones are. Attribute types are short names
+    /// (case-insensitive) or dotted OIDs; hex-encoded values (an unescaped leading `#`) are refused.
     pub fn parse(s: &str) -> Result<DistinguishedName, CertError> {
         if s.len() > 4096 {
             return Err(CertError::BadDn("longer than 4096 bytes"));
@@ -108,27 +110,45 @@ impl DistinguishedName {
         let mut rdns = Vec::new();
         let mut set: Vec<DnAttribute> = Vec::new();
         let mut ty = String::new();
-        let mut value = String::new();
+        // The value's characters, each with whether it was escaped.
+        let mut value: Vec<(char, bool)> = Vec::new();
+        // Bytes of consecutive hex escapes, decoded as UTF-8 when the run ends.
+        let mut hex: Vec<u8> = Vec::new();
         let mut in_value = false;
         let mut chars = s.chars().peekable();
-        let finish = |ty: &mut String, value: &mut String, set: &mut Vec<DnAttribute>| -> Result<(), CertError> {
-            let t = ty.trim().to_ascii_uppercase();
-            if t.is_empty() {
-                return Err(CertError::BadDn("an attribute type is empty"));
+        let flush_hex = |hex: &mut Vec<u8>, value: &mut Vec<(char, bool)>| -> Result<(), CertError> {
+            if hex.is_empty() {
+                return Ok(());
             }
-            let oid_like = t.chars().all(|c| c.is_ascii_digit() || c == '.');
-            if !(oid_like || t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
-                return Err(CertError::BadDn("an attribute type is not a name or an OID"));
-            }
-            let v = value.trim_start().to_owned();
-            if v.starts_with('#') {
-                return Err(CertError::BadDn("hex-encoded values are not supported"));
-            }
-            set.push((t, v));
-            ty.clear();
-            value.clear();
+            let text = std::str::from_utf8(hex).map_err(|_| CertError::BadDn("hex escapes that are not UTF-8"))?;
+            value.extend(text.chars().map(|c| (c, true)));
+            hex.clear();
             Ok(())
         };
+        let finish =
+            |ty: &mut String, value: &mut Vec<(char, bool)>, set: &mut Vec<DnAttribute>| -> Result<(), CertError> {
+                let t = ty.trim().to_ascii_uppercase();
+                if t.is_empty() {
+                    return Err(CertError::BadDn("an attribute type is empty"));
+                }
+                let oid_like = t.chars().all(|c| c.is_ascii_digit() || c == '.');
+                if !(oid_like || t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+                    return Err(CertError::BadDn("an attribute type is not a name or an OID"));
+                }
+                // Unescaped spaces around the value are not part of it (RFC 4514 §3: a value's own
+                // leading and trailing spaces are escaped).
+                let unescaped_space = |&(c, escaped): &(char, bool)| c == ' ' && !escaped;
+                let first = value.iter().position(|x| !unescaped_space(x)).unwrap_or(value.len());
+                let last = value.iter().rposition(|x| !unescaped_space(x)).map_or(first, |i| i + 1);
+                let v = &value[first..last.max(first)];
+                if v.first() == Some(&('#', false)) {
+                    return Err(CertError::BadDn("hex-encoded values are not supported"));
+                }
+                set.push((t, v.iter().map(|&(c, _)| c).collect()));
+                ty.clear();
+                value.clear();
+                Ok(())
+            };
         while let Some(c) = chars.next() {
             if !in_value {
                 match c {
@@ -138,30 +158,25 @@ impl DistinguishedName {
                 }
                 continue;
             }
-            match c {
-                '\\' => {
-                    let Some(n) = chars.next() else {
-                        return Err(CertError::BadDn("a trailing backslash"));
+            if c == '\\' {
+                let Some(n) = chars.next() else {
+                    return Err(CertError::BadDn("a trailing backslash"));
+                };
+                if n.is_ascii_hexdigit() {
+                    let Some(m) = chars.next().filter(char::is_ascii_hexdigit) else {
+                        return Err(CertError::BadDn("a bad hex escape"));
                     };
-                    if n.is_ascii_hexdigit() {
-                        let Some(m) = chars.next().filter(char::is_ascii_hexdigit) else {
-                            return Err(CertError::BadDn("a bad hex escape"));
-                        };
-                        let hex = [n, m].iter().collect::<String>();
-                        let byte = u8::from_str_radix(&hex, 16).map_err(|_| CertError::BadDn("a bad hex escape"))?;
-                        // Multi-byte UTF-8 escapes (\C3\A9) are rare in practice; only ASCII here.
-                        if !byte.is_ascii() {
-                            return Err(CertError::BadDn("non-ASCII hex escapes are not supported"));
-                        }
-                        value.push(char::from(byte));
-                    } else {
-                        value.push(n);
-                    }
+                    let pair = [n, m].iter().collect::<String>();
+                    hex.push(u8::from_str_radix(&pair, 16).map_err(|_| CertError::BadDn("a bad hex escape"))?);
+                    continue;
                 }
+                flush_hex(&mut hex, &mut value)?;
+                value.push((n, true));
+                continue;
+            }
+            flush_hex(&mut hex, &mut value)?;
+            match c {
                 ',' | '+' => {
-                    // Trailing unescaped spaces are not part of the value (RFC 4514 §3).
-                    let trimmed = value.trim_end().len();
-                    value.truncate(trimmed);
                     finish(&mut ty, &mut value, &mut set)?;
                     in_value = false;
                     if c == ',' {
@@ -169,7 +184,7 @@ impl DistinguishedName {
                         rdns.push(std::mem::take(&mut set));
                     }
                 }
-                c => value.push(c),
+                c => value.push((c, false)),
             }
         }
         if !in_value {
@@ -181,8 +196,7 @@ impl DistinguishedName {
                 },
             ));
         }
-        let trimmed = value.trim_end().len();
-        value.truncate(trimmed);
+        flush_hex(&mut hex, &mut value)?;
         finish(&mut ty, &mut value, &mut set)?;
         set.sort();
         rdns.push(set);
@@ -336,11 +350,50 @@ mod tests {
             "CN=\\4",
             "CN=#0403",
             "C N=a",
-            "CN=\\C3\\A9",
+            "CN=\\C3",
+            "CN=\\FF\\FE",
+            "CN=\\C3\\A9\\A9",
         ] {
             assert!(DistinguishedName::parse(bad).is_err(), "{bad:?}");
         }
         assert!(DistinguishedName::parse(&"CN=a,".repeat(2000)).is_err());
+    }
+
+    /// What the `client_cert` fuzz target found (fuzz/regressions/client_cert/): values that
+    /// `to_rfc4514` printed but `parse` read back differently or refused.
+    #[test]
+    fn dn_round_trips_what_the_fuzzer_found() {
+        let dn = |v: &str| DistinguishedName(vec![vec![("CN".to_owned(), v.to_owned())]]);
+        for v in [
+            " admin ",
+            "svc\u{a0}",
+            "\u{a0}x",
+            "#0403",
+            "a\u{80}b",
+            "\u{9f}",
+            "a\u{1}b",
+            "é",
+            "  ",
+            "x,+y",
+        ] {
+            let printed = dn(v).to_rfc4514();
+            assert_eq!(
+                DistinguishedName::parse(&printed),
+                Ok(dn(v)),
+                "{v:?} printed as {printed:?}"
+            );
+        }
+        // Escaped spaces are part of the value, unescaped ones around it are not.
+        assert_eq!(DistinguishedName::parse("CN=\\ admin\\ "), Ok(dn(" admin ")));
+        assert_eq!(
+            DistinguishedName::parse("CN=  admin  ,O=x").unwrap().0[1],
+            dn("admin").0[0]
+        );
+        // Only an unescaped leading '#' is the (refused) hex form.
+        assert_eq!(DistinguishedName::parse("CN=\\#0403"), Ok(dn("#0403")));
+        assert_eq!(DistinguishedName::parse("CN=\\C3\\A9"), Ok(dn("é")));
+        // U+00A0 is not a space RFC 4514 trims.
+        assert_eq!(DistinguishedName::parse("CN=svc\u{a0}"), Ok(dn("svc\u{a0}")));
     }
 
     #[test]

@@ -28,6 +28,9 @@
     clippy::print_stderr
 )]
 
+mod load_common;
+
+use load_common::{arg, ath, Prover};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,63 +38,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use keyward_token::{Algorithm, SigningKey};
-use serde_json::{json, Value};
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// Per-process prefix + counter: unique jtis without a random draw per request.
-static JTI: AtomicU64 = AtomicU64::new(0);
-
-struct Prover {
-    key: SigningKey,
-    header_b64: String,
-    prefix: String,
-}
-
-impl Prover {
-    fn new() -> Self {
-        let key = SigningKey::generate(Algorithm::ES256, None).unwrap();
-        let header = json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": serde_json::to_value(key.public_jwk()).unwrap()});
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Self {
-            key,
-            header_b64: b64(header.to_string().as_bytes()),
-            prefix: format!("{nanos:x}"),
-        }
-    }
-
-    fn proof(&self, htm: &str, htu: &str, ath: Option<&str>) -> String {
-        let jti = format!("{}-{}", self.prefix, JTI.fetch_add(1, Ordering::Relaxed));
-        let mut c = json!({"jti": jti, "htm": htm, "htu": htu, "iat": now()});
-        if let Some(a) = ath {
-            c["ath"] = json!(a);
-        }
-        let p = b64(c.to_string().as_bytes());
-        let signing_input = format!("{}.{p}", self.header_b64);
-        let sig = self.key.sign(signing_input.as_bytes()).unwrap();
-        format!("{signing_input}.{}", b64(&sig))
-    }
-}
-
-fn arg(args: &[String], name: &str, default: Option<&str>) -> String {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).cloned().expect("flag value"),
-        None => default.unwrap_or_else(|| panic!("missing {name}")).to_owned(),
-    }
-}
+use serde_json::Value;
 
 type Tls = Option<Arc<rustls::ClientConfig>>;
 
@@ -226,7 +173,7 @@ async fn main() {
     };
     let token = t["access_token"].as_str().unwrap().to_owned();
     assert_eq!(t["token_type"], if dpop { "DPoP" } else { "Bearer" });
-    let ath = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
+    let ath = ath(&token);
     let htu = format!("{issuer}{path}");
     let auth = if dpop {
         format!("DPoP {token}")

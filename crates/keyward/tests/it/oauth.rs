@@ -949,3 +949,55 @@ async fn client_limits_expiry_and_scheduled_rotation() {
         .collect();
     assert_eq!(states, vec!["retired", "active"]);
 }
+
+/// Verified tokens stay in memory until they expire, not for a day (found by the soak, issue 9):
+/// `keyward_memory_entries{cache="tokens"}` counts the cached token while it is valid and drops
+/// to 0 once it has expired.
+#[tokio::test]
+async fn verified_tokens_leave_memory_when_they_expire() {
+    let kw = boot_with(|c| {
+        c.oauth.enabled = true;
+        c.oauth.leeway = std::time::Duration::ZERO;
+        for r in c.routes.iter_mut() {
+            r.tokens = true;
+        }
+    })
+    .await;
+    let c = client(&kw, json!({"token_ttl": "2s"})).await;
+    let (id, secret) = (c["client_id"].as_str().unwrap(), c["client_secret"].as_str().unwrap());
+    let r = post_form(&kw, "/oauth/token", Some((id, secret)), "grant_type=client_credentials").await;
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    let bearer = format!("Bearer {}", t["access_token"].as_str().unwrap());
+    let gauge = |what: &'static str| {
+        let kw = &kw;
+        async move {
+            let text = kw
+                .http
+                .get(format!("{}/metrics", kw.admin))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let prefix = format!("keyward_memory_entries{{cache=\"{what}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    assert_eq!(gauge("tokens").await, 0);
+    assert_eq!(kw.get("/fact", &[("authorization", &bearer)]).await.status(), 200);
+    assert_eq!(kw.get("/fact", &[("authorization", &bearer)]).await.status(), 200);
+    assert_eq!(gauge("tokens").await, 1);
+    // The cache lets go on the wall clock (2 s after the insert), the token expires on the
+    // engine's clock (the harness's manual one): move both past `exp`.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    kw.clock.advance(time::Duration::seconds(3));
+    assert_eq!(gauge("tokens").await, 0);
+    assert_eq!(kw.get("/fact", &[("authorization", &bearer)]).await.status(), 401);
+}
