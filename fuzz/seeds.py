@@ -175,8 +175,7 @@ for sel, name, body in ADMIN:
 # Real certificates made by `openssl req -x509` (EC P-256 and Ed25519 with the fixed keys above,
 # RSA 2048 with a fresh key), subject with a multi-valued RDN, a comma and UTF-8, SANs of every
 # kind that ClientCert reads (DNS, URI, email, IPv4, IPv6). The `known-*` seeds (made with
-# `cryptography`, which writes any value) have subjects that hit the gaps the target excludes
-# unless KEYWARD_FUZZ_STRICT_DN=1 (see fuzz_targets/client_cert.rs).
+# `cryptography`, which writes any value) have subjects that once failed the DN round trip (fixed).
 import subprocess, tempfile, datetime
 from cryptography import x509
 from cryptography.x509.oid import NameOID

@@ -272,27 +272,28 @@ impl Collector for EngineCollector {
         let (keys, unknown) = self.engine.cache().entries();
         let (tokens, revoked, proofs) = self.engine.token_cache_entries();
         let limits = u64::try_from(self.engine.limiter().local_entries()).unwrap_or(u64::MAX);
-        let mut family = encoder.encode_descriptor(
-            "memory_entries",
-            "Entries held in memory, by what they are (keys: cached key records, unknown_keys: \
-             the negative cache, tokens: verified access tokens, revoked_tokens: the denylist, \
-             dpop_proofs: proofs kept for replay detection, limit_states: local rate and quota state)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (what, n) in [
-            ("keys", keys),
-            ("unknown_keys", unknown),
-            ("tokens", tokens),
-            ("revoked_tokens", revoked),
-            ("dpop_proofs", proofs),
-            ("limit_states", limits),
-        ] {
-            let labels = [("cache", what)];
-            let metric = family.encode_family(&labels)?;
-            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(metric)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "memory_entries",
+                "Entries held in memory, by what they are (keys: cached key records, unknown_keys: \
+                 the negative cache, tokens: verified access tokens, revoked_tokens: the denylist, \
+                 dpop_proofs: proofs kept for replay detection, limit_states: local rate and quota state)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (what, n) in [
+                ("keys", keys),
+                ("unknown_keys", unknown),
+                ("tokens", tokens),
+                ("revoked_tokens", revoked),
+                ("dpop_proofs", proofs),
+                ("limit_states", limits),
+            ] {
+                let labels = [("cache", what)];
+                let metric = family.encode_family(&labels)?;
+                ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(metric)?;
+            }
         }
-        drop(family);
         if let Some(r) = self.engine.limiter().redis() {
             let s = r.stats();
             let c = ConstCounter::new(load(&s.calls));

@@ -386,7 +386,7 @@ mod tests {
         // Escaped spaces are part of the value, unescaped ones around it are not.
         assert_eq!(DistinguishedName::parse("CN=\\ admin\\ "), Ok(dn(" admin ")));
         assert_eq!(
-            DistinguishedName::parse("CN=  admin  ,O=x").unwrap().0[1],
+            DistinguishedName::parse("CN=  admin  ,O=x").unwrap().0[0],
             dn("admin").0[0]
         );
         // Only an unescaped leading '#' is the (refused) hex form.

@@ -41,6 +41,7 @@ pub struct Prover {
 }
 
 impl Prover {
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let key = SigningKey::generate(Algorithm::ES256, None).unwrap();
         let header = json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": serde_json::to_value(key.public_jwk()).unwrap()});
