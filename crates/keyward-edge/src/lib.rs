@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+pub mod body;
 pub mod cors;
 pub mod gateway;
 pub mod leaks;

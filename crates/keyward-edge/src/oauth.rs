@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +17,7 @@ use keyward_engine::token::{ClientAuth, OAuthError, TokenRequest, API_KEY_TOKEN_
 use keyward_engine::RequestMeta;
 use serde_json::json;
 
+use crate::body::BodyFailure;
 use crate::gateway::{client_ip, GatewayState};
 use crate::oauth_form::{client_credentials, is_form, ClientCredentials, Form, FormError, MAX_FORM};
 
@@ -38,6 +40,8 @@ pub fn routes(state: Arc<GatewayState>) -> Router {
             oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST")
         })
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(DefaultBodyLimit::max(MAX_FORM))
+        .layer(axum::middleware::from_fn(crate::body::deadline))
         .with_state(state)
 }
 
@@ -98,6 +102,37 @@ fn bad_request(e: FormError) -> Response {
     oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e.0)
 }
 
+/// The body as read, or the OAuth error for why it could not be: over [`MAX_FORM`] (413), not
+/// complete within `gateway.body_read_timeout` (408, connection closed), broken (400).
+fn received(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    let r = match body {
+        Ok(b) => return Ok(b),
+        Err(r) => r,
+    };
+    Err(match crate::body::failure(&r) {
+        BodyFailure::TooLarge => oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "the request body is too large",
+        ),
+        BodyFailure::TimedOut => {
+            let mut resp = oauth_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "the request body did not arrive in time",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        BodyFailure::Invalid => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request body could not be read",
+        ),
+    })
+}
+
 /// The content type, size and strict-form checks shared by the three POST endpoints.
 fn read_form(headers: &HeaderMap, body: &Bytes) -> Result<Form, Response> {
     if body.len() > MAX_FORM {
@@ -142,9 +177,9 @@ async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     peer_certs: Option<axum::Extension<crate::tls::PeerCertificates>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let form = match read_form(&headers, &body) {
+    let form = match received(body).and_then(|b| read_form(&headers, &b)) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -235,9 +270,9 @@ async fn introspect(
     State(st): State<Arc<GatewayState>>,
     peer_certs: Option<axum::Extension<crate::tls::PeerCertificates>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let form = match read_form(&headers, &body) {
+    let form = match received(body).and_then(|b| read_form(&headers, &b)) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -269,9 +304,9 @@ async fn revoke(
     State(st): State<Arc<GatewayState>>,
     peer_certs: Option<axum::Extension<crate::tls::PeerCertificates>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let form = match read_form(&headers, &body) {
+    let form = match received(body).and_then(|b| read_form(&headers, &b)) {
         Ok(f) => f,
         Err(r) => return r,
     };

@@ -363,6 +363,14 @@ pub fn upstream_timeout() -> Problem {
         .detail("the upstream service did not answer in time")
 }
 
+/// A request body that did not arrive within `gateway.body_read_timeout` ([`crate::body`]); the
+/// connection is closed after the answer (RFC 9110 §15.5.9).
+pub fn body_timeout() -> Problem {
+    Problem::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "Request Timeout")
+        .detail("the request body did not arrive within the body read timeout")
+        .header(header::CONNECTION, HeaderValue::from_static("close"))
+}
+
 /// `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers, -08 and
 /// later): `"key";q=20;w=12` and `"key";r=19;t=1`, one list member per limit.
 pub fn ratelimit_fields(states: &[keyward_engine::LimitState]) -> Vec<(header::HeaderName, HeaderValue)> {

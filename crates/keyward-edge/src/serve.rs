@@ -13,6 +13,8 @@
 //!   request head, which is also the **idle keep-alive timeout**.
 //! - **Header limits**: at most `max_headers` header fields (HTTP/1.1; more: 431) and at most
 //!   `max_header_bytes` for the request head (HTTP/1.1: 431; HTTP/2: the header list size).
+//! - **A body read deadline** (`body_read_timeout`) for the bodies keyward buffers itself:
+//!   every request is stamped with it here and [`crate::body::deadline`] enforces it (408).
 //! - HTTP/2: at most 100 concurrent streams per connection, keep-alive pings every 30 s (a
 //!   peer that does not answer within 20 s is dropped).
 
@@ -49,6 +51,9 @@ pub struct HttpLimits {
     pub max_headers: usize,
     /// Bytes of a request head at most (HTTP/1.1 read buffer; HTTP/2 header list size).
     pub max_header_bytes: usize,
+    /// How long, from the arrival of its head, a request body that keyward reads itself (admin
+    /// API, token endpoints, `/v1/verify`) may take to arrive; later: 408 ([`crate::body`]).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -58,6 +63,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(30),
             max_headers: 100,
             max_header_bytes: 64 * 1024,
+            body_read_timeout: crate::body::DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 }
@@ -98,8 +104,12 @@ pub async fn connection<I, F>(
     // (hyper's HTTP/1.1 deadline starts only once it knows the protocol, and HTTP/2 has none).
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
+    let body_read_timeout = limits.body_read_timeout;
     let service = router.map_request(move |mut req: http::Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(crate::body::BodyDeadline(
+            tokio::time::Instant::now() + body_read_timeout,
+        ));
         extend(req.extensions_mut());
         req
     });

@@ -103,6 +103,7 @@ pub fn verify_api(state: Arc<VerifyState>) -> Router {
         .route("/v1/verify", post(verify).fallback(method_not_allowed))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_service_token))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(crate::body::deadline))
         .with_state(state)
 }
 

@@ -330,6 +330,10 @@ pub struct GatewaySection {
     pub max_headers: usize,
     /// Bytes of a request head at most (more: 431; at least 8192). Every listener.
     pub max_header_bytes: usize,
+    /// How long, from the arrival of its head, a request body that keyward reads itself (admin
+    /// API, token endpoints, verify API) may take to arrive (later: 408). Every listener.
+    #[serde(with = "dur")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for GatewaySection {
@@ -355,6 +359,7 @@ impl Default for GatewaySection {
             header_read_timeout: Duration::from_secs(30),
             max_headers: 100,
             max_header_bytes: 64 * 1024,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -747,6 +752,11 @@ impl Config {
                 "gateway.header_read_timeout must be positive".into(),
             ));
         }
+        if g.body_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "gateway.body_read_timeout must be positive".into(),
+            ));
+        }
         if g.max_headers == 0 {
             return Err(ConfigError::Invalid("gateway.max_headers must be at least 1".into()));
         }
@@ -761,6 +771,7 @@ impl Config {
             header_read_timeout: g.header_read_timeout,
             max_headers: g.max_headers,
             max_header_bytes: g.max_header_bytes,
+            body_read_timeout: g.body_read_timeout,
         })
     }
 

@@ -21,6 +21,7 @@ use keyward_engine::Engine;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::body::BodyFailure;
 use crate::gateway::Route;
 use crate::problem::{self, Problem};
 
@@ -138,6 +139,7 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(crate::body::deadline))
         .with_state(state)
 }
 
@@ -249,11 +251,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         }
         let bytes = match axum::body::Bytes::from_request(req, state).await {
             Ok(b) => b,
-            Err(_) => {
-                return Err(
-                    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
-                        .detail(format!("the body must be at most {MAX_BODY} bytes")),
-                )
+            Err(r) => {
+                return Err(match crate::body::failure(&r) {
+                    BodyFailure::TooLarge => {
+                        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
+                            .detail(format!("the body must be at most {MAX_BODY} bytes"))
+                    }
+                    BodyFailure::TimedOut => problem::body_timeout(),
+                    BodyFailure::Invalid => {
+                        Problem::new(StatusCode::BAD_REQUEST, "invalid_body", "Invalid Request Body")
+                            .detail("the request body could not be read")
+                    }
+                })
             }
         };
         serde_json::from_slice(&bytes).map(StrictJson).map_err(|e| {

@@ -505,3 +505,107 @@ async fn hop_by_hop_abuse_cannot_strip_or_spoof_identity() {
     assert_eq!(status_of(&resp), 401, "{resp}");
     assert_eq!(kw.up.seen.count(), 1);
 }
+
+/// Sends `head` and the first bytes of its body, then either nothing more or one byte every
+/// 100 ms (`drip`); the response and how long until keyward closed the connection.
+async fn slow_body(base: &str, head: &str, first: &[u8], drip: bool) -> (String, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr(base)).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "{base}: still open: {}",
+            String::from_utf8_lossy(&got)
+        );
+        if drip {
+            // A write can fail once keyward has answered and closed: then read what it said.
+            let _ = s.write_all(b" ").await;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
+}
+
+#[tokio::test]
+async fn slow_bodies_are_cut_off_where_keyward_reads_them() {
+    let kw = boot_with(|c| {
+        c.oauth.enabled = true;
+        c.verify.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.gateway.body_read_timeout = Duration::from_secs(1);
+        // The harness's 500 ms would cut the paused upload below: that bound is the upstream's.
+        c.gateway.upstream_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let (_, key) = kw.key("cats", &["facts:read"], json!({})).await;
+    let verify = kw.verify.clone().unwrap();
+    let json_head = |path: &str, auth: &str| {
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {auth}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n")
+    };
+    let admin_head = json_head("/v1/keys", ADMIN_TOKEN);
+    let verify_head = json_head("/v1/verify", VERIFY_TOKEN);
+    let token_head = "POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 200\r\n\r\n".to_owned();
+    let cases = [
+        (&kw.admin, &admin_head, &b"{\"app\":"[..], "body-timeout"),
+        (&verify, &verify_head, &b"{\"path\":"[..], "body-timeout"),
+        (
+            &kw.gw,
+            &token_head,
+            &b"grant_type="[..],
+            "\"error\":\"invalid_request\"",
+        ),
+    ];
+    for (base, head, first, marker) in cases {
+        // The body stops, and the body drips: one deadline for the whole body, not per byte.
+        for drip in [false, true] {
+            let (resp, took) = slow_body(base, head, first, drip).await;
+            assert_eq!(status_of(&resp), 408, "{base} drip={drip}: {resp}");
+            assert!(resp.contains(marker), "{base} drip={drip}: {resp}");
+            assert!(resp.to_ascii_lowercase().contains("connection: close"), "{resp}");
+            assert!(
+                took >= Duration::from_millis(900),
+                "{base} drip={drip}: answered after {took:?}"
+            );
+            assert!(
+                took < Duration::from_secs(5),
+                "{base} drip={drip}: answered after {took:?}"
+            );
+        }
+    }
+    // The token endpoint's answer stays an OAuth error: not cached.
+    let (resp, _) = slow_body(&kw.gw, &token_head, b"", false).await;
+    assert!(resp.to_ascii_lowercase().contains("cache-control: no-store"), "{resp}");
+    // A chunked token request over the form limit is refused while it is read, as OAuth JSON.
+    let mut chunked = "POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_owned();
+    for _ in 0..8 {
+        chunked.push_str(&format!("1000\r\n{}\r\n", "a".repeat(4096)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let resp = raw(&kw.gw, chunked.as_bytes()).await;
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    assert!(resp.contains("\"error\":\"invalid_request\""), "{resp}");
+    // A body proxied to the upstream is streamed, not cut: a pause longer than the deadline
+    // in the middle of an upload is the upstream's business.
+    let mut s = TcpStream::connect(addr(&kw.gw)).await.unwrap();
+    s.write_all(format!("POST /echo/upload HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-length: 10\r\nconnection: close\r\n\r\nfirst").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"-last").await.unwrap();
+    let (resp, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(kw.up.seen.last()[":body-len"], vec!["10".to_owned()]);
+    // Bodies that arrive in time are untouched, and keyward still serves after all this.
+    let (status, _) = kw
+        .admin(reqwest::Method::POST, "/v1/apps", Some(json!({"name": "dogs"})))
+        .await;
+    assert_eq!(status, 201);
+}
