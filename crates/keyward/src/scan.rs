@@ -29,6 +29,7 @@ use clap::Args;
 use keyward_core::key::display_hint;
 use keyward_core::secret::SecretString;
 use keyward_core::KeyFormat;
+use keyward_engine::admin_tokens::ADMIN_TOKEN_PREFIX;
 use memchr::memmem;
 use reqwest::Method;
 use serde::Serialize;
@@ -89,6 +90,8 @@ pub enum KeyKind {
     Publishable,
     /// An OAuth client secret, `<prefix>cs_<43 base62>`: belongs on servers only.
     ClientSecret,
+    /// A scoped admin token, `kwadm_<43 base62>` (whatever the key prefix): it manages keys.
+    AdminToken,
 }
 
 impl KeyKind {
@@ -97,7 +100,13 @@ impl KeyKind {
             KeyKind::Secret => "secret",
             KeyKind::Publishable => "publishable",
             KeyKind::ClientSecret => "client_secret",
+            KeyKind::AdminToken => "admin_token",
         }
+    }
+
+    /// Not an API key: the key service cannot tell its state, so it is not checked.
+    fn is_key(self) -> bool {
+        matches!(self, KeyKind::Secret | KeyKind::Publishable)
     }
 }
 
@@ -111,10 +120,12 @@ pub struct Match {
     pub kind: KeyKind,
 }
 
-/// Length of the random part of a client secret (`keyward-engine`'s `new_client_secret`).
+/// Length of the random part of a client secret (`keyward-engine`'s `new_client_secret`) and of
+/// a scoped admin token (`keyward-engine`'s `admin_tokens`).
 const CLIENT_SECRET_LEN: usize = 43;
-/// A client secret has no checksum: a run of 43 base62 symbols drawn at random holds about 31
-/// distinct symbols; fewer than this many marks a placeholder (`kwcs_xxxx…`), not a secret.
+/// Client secrets and admin tokens have no checksum: a run of 43 base62 symbols drawn at random
+/// holds about 31 distinct symbols; fewer than this many marks a placeholder (`kwcs_xxxx…`),
+/// not a secret.
 const CLIENT_SECRET_MIN_DISTINCT: usize = 16;
 
 /// Finds keys of one format in byte buffers.
@@ -122,6 +133,7 @@ pub struct Matcher {
     format: KeyFormat,
     finder: memmem::Finder<'static>,
     cs_finder: memmem::Finder<'static>,
+    adm_finder: memmem::Finder<'static>,
     prefix_len: usize,
     key_len: usize,
 }
@@ -141,6 +153,7 @@ impl Matcher {
         let cs_needle = format!("{}cs_", format.prefix());
         let cs_finder = memmem::Finder::new(cs_needle.as_bytes()).into_owned();
         Matcher {
+            adm_finder: memmem::Finder::new(ADMIN_TOKEN_PREFIX.as_bytes()).into_owned(),
             prefix_len: format.prefix().len(),
             key_len: format.key_len(),
             finder,
@@ -161,10 +174,16 @@ impl Matcher {
             .filter_map(|i| self.candidate_at(hay, i))
             .collect();
         let before = out.len();
+        let cs_len = self.prefix_len + 3;
         out.extend(
             self.cs_finder
                 .find_iter(hay)
-                .filter_map(|i| self.client_secret_at(hay, i)),
+                .filter_map(|i| random_token_at(hay, i, cs_len, KeyKind::ClientSecret)),
+        );
+        out.extend(
+            self.adm_finder
+                .find_iter(hay)
+                .filter_map(|i| random_token_at(hay, i, ADMIN_TOKEN_PREFIX.len(), KeyKind::AdminToken)),
         );
         if out.len() > before {
             out.sort_by_key(|m| m.offset);
@@ -200,29 +219,27 @@ impl Matcher {
         );
         ok.then_some(Match { offset: i, len, kind })
     }
+}
 
-    fn client_secret_at(&self, hay: &[u8], i: usize) -> Option<Match> {
-        if !boundary_before(hay, i) {
-            return None;
-        }
-        let len = self.prefix_len + 3 + CLIENT_SECRET_LEN;
-        let body = hay.get(i + self.prefix_len + 3..i + len)?;
-        if hay.get(i + len).is_some_and(|&b| is_word(b)) || !body.iter().all(u8::is_ascii_alphanumeric) {
-            return None;
-        }
-        let mut seen = [false; 128];
-        let mut distinct = 0;
-        for &b in body {
-            if !std::mem::replace(&mut seen[usize::from(b & 0x7f)], true) {
-                distinct += 1;
-            }
-        }
-        (distinct >= CLIENT_SECRET_MIN_DISTINCT).then_some(Match {
-            offset: i,
-            len,
-            kind: KeyKind::ClientSecret,
-        })
+/// A client secret or an admin token at `i`: `needle_len` bytes of prefix, then 43 base62
+/// symbols that look random, on word boundaries.
+fn random_token_at(hay: &[u8], i: usize, needle_len: usize, kind: KeyKind) -> Option<Match> {
+    if !boundary_before(hay, i) {
+        return None;
     }
+    let len = needle_len + CLIENT_SECRET_LEN;
+    let body = hay.get(i + needle_len..i + len)?;
+    if hay.get(i + len).is_some_and(|&b| is_word(b)) || !body.iter().all(u8::is_ascii_alphanumeric) {
+        return None;
+    }
+    let mut seen = [false; 128];
+    let mut distinct = 0;
+    for &b in body {
+        if !std::mem::replace(&mut seen[usize::from(b & 0x7f)], true) {
+            distinct += 1;
+        }
+    }
+    (distinct >= CLIENT_SECRET_MIN_DISTINCT).then_some(Match { offset: i, len, kind })
 }
 
 /// Whether a key may start at `i`: at the start, after a non-word byte, or right after an
@@ -864,7 +881,7 @@ fn fails_run(kind: KeyKind, status: &str, fail_on_publishable: bool) -> bool {
     let dead = matches!(status, "revoked" | "expired" | "canary");
     match kind {
         KeyKind::Secret => !dead,
-        KeyKind::ClientSecret => true,
+        KeyKind::ClientSecret | KeyKind::AdminToken => true,
         KeyKind::Publishable => fail_on_publishable && !dead,
     }
 }
@@ -877,6 +894,9 @@ fn note(kind: KeyKind) -> Option<&'static str> {
         KeyKind::ClientSecret => {
             Some("OAuth client secret: rotate it (keyward client rotate-secret) and keep it on servers")
         }
+        KeyKind::AdminToken => Some(
+            "keyward admin token: revoke it (keyward admin-token revoke) and issue a new one; it manages your keys",
+        ),
     }
 }
 
@@ -1000,8 +1020,8 @@ pub async fn run(cli: &Cli, args: &ScanArgs) -> Result<()> {
     // One status per distinct key.
     let mut distinct: Vec<&str> = Vec::new();
     let mut index_of: HashMap<&str, usize> = HashMap::new();
-    // Client secrets are not keys: the key service cannot tell anything about them.
-    for f in outcome.findings.iter().filter(|f| f.kind != KeyKind::ClientSecret) {
+    // Client secrets and admin tokens are not keys: the key service cannot tell anything about them.
+    for f in outcome.findings.iter().filter(|f| f.kind.is_key()) {
         let k = f.key.expose();
         if !index_of.contains_key(k) {
             index_of.insert(k, distinct.len());
@@ -1300,6 +1320,7 @@ mod tests {
         for s in ["active", "disabled", "unknown", "malformed", UNKNOWN_STATUS] {
             assert!(fails_run(KeyKind::Secret, s, false), "{s}");
             assert!(fails_run(KeyKind::ClientSecret, s, false), "{s}");
+            assert!(fails_run(KeyKind::AdminToken, s, false), "{s}");
             assert!(!fails_run(KeyKind::Publishable, s, false), "{s}");
             assert!(fails_run(KeyKind::Publishable, s, true), "{s}");
         }
@@ -1362,6 +1383,33 @@ mod tests {
         ] {
             assert!(hits(&near).is_empty(), "{near}");
         }
+    }
+
+    #[test]
+    fn admin_tokens_by_shape_whatever_the_key_prefix() {
+        let body = &key()[8..8 + RANDOM_LEN];
+        let adm = format!("{ADMIN_TOKEN_PREFIX}{body}");
+        let got = hits(&format!(
+            "export KEYWARD_ADMIN_TOKEN={adm}\nAuthorization: Bearer {adm}\n"
+        ));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().all(|g| g.1 == KeyKind::AdminToken && g.2 == adm));
+        assert_eq!((got[0].0, got[1].0), (1, 2));
+        // Another key prefix changes nothing: admin tokens always start with `kwadm_`.
+        let m = Matcher::new(KeyFormat::new("acme").unwrap());
+        assert_eq!(m.find_all(adm.as_bytes()).len(), 1);
+        // JSON-escaped, as in a bundle.
+        assert_eq!(hits(&format!("\"t\":\"\\u0022{adm}\\u0022\"")).len(), 1);
+        for near in [
+            format!("{ADMIN_TOKEN_PREFIX}{}", "x".repeat(43)),
+            format!("{adm}x"),
+            format!("a{adm}"),
+            adm[..adm.len() - 1].to_owned(),
+            adm.replacen('_', "-", 1),
+        ] {
+            assert!(hits(&near).is_empty(), "{near}");
+        }
+        assert!(note(KeyKind::AdminToken).is_some() && !KeyKind::AdminToken.is_key());
     }
 
     #[test]

@@ -635,6 +635,62 @@ fn client_secrets_fail_the_run() {
     );
 }
 
+/// A real scoped admin token left in a deploy script: found whatever the key prefix, never sent
+/// to the key service (the admin API is reachable here), fails the run, and is not printed.
+#[tokio::test]
+async fn admin_tokens_fail_the_run() {
+    let kw = boot().await;
+    let (s, v) = kw
+        .admin(
+            Method::POST,
+            "/v1/admin-tokens",
+            Some(json!({"name": "deploy", "role": "write"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deploy.sh"),
+        format!("#!/bin/sh\nexport KEYWARD_ADMIN_TOKEN={token}\nkeyward key list\n"),
+    )
+    .unwrap();
+    for prefix in ["kw", "acme"] {
+        let out = scan_async(
+            dir.path().to_path_buf(),
+            ["--json", "--prefix", prefix, "deploy.sh"].map(String::from).to_vec(),
+            vec![
+                ("KEYWARD_ADMIN_URL".into(), kw.admin.clone()),
+                ("KEYWARD_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            ],
+        )
+        .await;
+        out.assert_no_secret(&[&token]);
+        assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+        let f = findings(&out.json());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            (
+                f[0]["kind"].as_str(),
+                f[0]["severity"].as_str(),
+                f[0]["status"].as_str(),
+                f[0]["line"].as_u64()
+            ),
+            (Some("admin_token"), Some("error"), Some("unknown-status"), Some(2)),
+            "{f:?}"
+        );
+    }
+    // The token still works: a scan reports, it does not revoke admin tokens.
+    let r = kw
+        .http
+        .get(format!("{}/v1/apps", kw.admin))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// A 5 MB one-line bundle with keys at its start, middle and end: found where they are, in
 /// linear time (and, the file being read once and decoded at most once, memory of the order
 /// of the file).
