@@ -50,9 +50,9 @@ impl Engine {
         tracing::debug!(change = %change.encode(), "change announced");
         match change {
             Change::Key(id) => self.cache.invalidate_key_id(id),
-            Change::KeyCreated { legacy, .. } => {
+            Change::KeyCreated { id, legacy } => {
                 // The new key's digest may sit in the negative cache (tried before it existed).
-                self.cache.clear_negative();
+                self.cache.forget_created(id).await;
                 if *legacy {
                     self.set_legacy_present();
                 }

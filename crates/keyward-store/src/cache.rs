@@ -304,6 +304,23 @@ impl KeyCache {
         }
     }
 
+    /// A key was created on another node: its digest may be cached as unknown here. Forgets
+    /// that digest (read from the store by id); every unknown digest when the id is `*` (a
+    /// bulk load) or the read fails.
+    pub async fn forget_created(&self, id: &str) {
+        if id != "*" {
+            match self.store.key_with_digest(id).await {
+                Ok(Some((_, digest))) => {
+                    self.invalidate(&digest);
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read a new key's digest; forgetting every unknown key"),
+            }
+        }
+        self.clear_negative();
+    }
+
     /// Forgets every unknown digest (a key was created somewhere: its digest may be one).
     pub fn clear_negative(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);

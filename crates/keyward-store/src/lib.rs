@@ -136,6 +136,9 @@ pub trait Store: Send + Sync + 'static {
     async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
     /// A key by id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// A key by id, with its digest (a node that hears of a key created elsewhere forgets
+    /// that one digest, not its whole negative cache).
+    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
     /// Keys, oldest first, optionally only those of one app (by id).
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
     /// Revokes a key at `at` (idempotent: an already revoked key keeps its first revocation

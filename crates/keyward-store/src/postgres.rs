@@ -563,8 +563,12 @@ impl Store for PgStore {
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.key_with_digest(id).await?.map(|(k, _)| k))
+    }
+
+    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         let row = key_row_by_id(&self.pool, id).await?;
-        Ok(row.as_ref().map(key_from_row).transpose()?.map(|(k, _)| k))
+        row.as_ref().map(key_from_row).transpose()
     }
 
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {

@@ -995,6 +995,9 @@ impl Store for Flaky {
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get_key(id).await
     }
+    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+        self.inner.key_with_digest(id).await
+    }
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner.list_keys(app_id).await
     }

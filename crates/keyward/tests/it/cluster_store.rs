@@ -166,6 +166,89 @@ async fn a_key_created_and_revoked_on_one_node_is_seen_by_the_other() {
     schema.drop_now().await;
 }
 
+/// A key created on one node makes the others forget that one digest, not every unknown key:
+/// an unknown-key flood during a burst of sign-ups still stops at each node's negative cache.
+#[tokio::test]
+async fn a_key_created_elsewhere_leaves_the_negative_cache_standing() {
+    let Some(schema) = Schema::new("negative").await else {
+        return;
+    };
+    let mut a = node(schema.url(None), |_| {}).await;
+    let mut b = node(schema.url(None), |_| {}).await;
+    let b_engine = b.running.as_ref().unwrap().engine.clone();
+    for kw in [&a, &b] {
+        let engine = &kw.running.as_ref().unwrap().engine;
+        for _ in 0..200 {
+            if engine.store().changes_connected() == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(engine.store().changes_connected(), Some(true));
+    }
+    // A legacy key exists (so B looks up arbitrary strings), and B has tried a secret that
+    // does not exist yet plus a few well-formed unknown keys.
+    let import = |secret: &str, app: &str| json!({"app": app, "secret": secret, "scopes": ["facts:read"]});
+    let (s, _) = a.admin(Method::POST, "/v1/apps", Some(json!({"name": "cats"}))).await;
+    assert_eq!(s, 201);
+    let (s, v) = a
+        .admin(
+            Method::POST,
+            "/v1/keys/import",
+            Some(import("first-static-secret-0001", "cats")),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let later = "later-static-secret-0002";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_with(&b, "first-static-secret-0001").await != 200 {
+        assert!(Instant::now() < deadline, "the first import never reached B");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(status_with(&b, later).await, 401);
+    for _ in 0..3 {
+        let unknown = keyward_core::KeyFormat::default()
+            .generate(keyward_core::key::KeyEnv::Live)
+            .unwrap();
+        assert_eq!(status_with(&b, unknown.expose()).await, 401);
+    }
+    let negative_before = b_engine.cache().entries().1;
+    assert!(negative_before >= 4, "{negative_before}");
+    // A key created on A, then an app change whose effect B shows: announcements arrive in
+    // order, so once B shows the change it has applied the creation too.
+    let (_, fresh) = a.key("dogs", &["facts:read"], json!({})).await;
+    assert_eq!(status_with(&b, &fresh).await, 200);
+    let (s, _) = a
+        .admin(Method::PATCH, "/v1/apps/dogs", Some(json!({"ips": ["10.99.0.0/16"]})))
+        .await;
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_with(&b, &fresh).await != 403 {
+        assert!(Instant::now() < deadline, "app change not seen on B");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        b_engine.cache().entries().1 >= negative_before,
+        "B forgot its unknown keys when a key was created on A"
+    );
+    // The secret B had cached as unknown works on B as soon as A imports it.
+    let (s, v) = a
+        .admin(Method::POST, "/v1/keys/import", Some(import(later, "cats")))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let created = Instant::now();
+    while status_with(&b, later).await != 200 {
+        assert!(
+            created.elapsed() < Duration::from_secs(5),
+            "B still refuses a key imported on A"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+    schema.drop_now().await;
+}
+
 /// A TCP proxy to PostgreSQL that the test can cut (closing every connection and refusing
 /// new ones) and restore.
 struct Proxy {
