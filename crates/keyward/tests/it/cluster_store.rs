@@ -76,6 +76,29 @@ async fn status_with(kw: &Kw, key: &str) -> u16 {
     kw.get("/fact", &[("x-api-key", key)]).await.status().as_u16()
 }
 
+/// Waits until every node listens to the store's change announcements.
+async fn listening(nodes: &[&Kw]) {
+    for kw in nodes {
+        let engine = &kw.running.as_ref().unwrap().engine;
+        for _ in 0..200 {
+            if engine.store().changes_connected() == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(engine.store().changes_connected(), Some(true));
+    }
+}
+
+/// Asks `kw` with `key` until it answers `status`; fails with `what` after 5 s.
+async fn until_status(kw: &Kw, key: &str, status: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_with(kw, key).await != status {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -91,16 +114,7 @@ async fn a_key_created_and_revoked_on_one_node_is_seen_by_the_other() {
     let mut b = node(schema.url(None), |_| {}).await;
     let mut c = node(schema.url(None), |_| {}).await;
     // Every listener up before the measurement.
-    for kw in [&a, &b, &c] {
-        let engine = &kw.running.as_ref().unwrap().engine;
-        for _ in 0..200 {
-            if engine.store().changes_connected() == Some(true) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(engine.store().changes_connected(), Some(true));
-    }
+    listening(&[&a, &b, &c]).await;
     let mut times = Vec::new();
     for i in 0..50 {
         let (id, key) = a.key("cats", &["facts:read"], json!({})).await;
@@ -146,11 +160,7 @@ async fn a_key_created_and_revoked_on_one_node_is_seen_by_the_other() {
         .admin(Method::PATCH, "/v1/apps/dogs", Some(json!({"ips": ["10.99.0.0/16"]})))
         .await;
     assert_eq!(s, 200);
-    let changed = Instant::now();
-    while status_with(&b, &key).await != 403 {
-        assert!(changed.elapsed() < Duration::from_secs(5), "app change not seen on B");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_status(&b, &key, 403, "app change not seen on B").await;
     times.sort();
     println!(
         "revocation propagation A→B and C over {} rounds (until both refuse; includes their request round trips): p50 {:?}, p99 {:?}, max {:?}",
@@ -176,16 +186,7 @@ async fn a_key_created_elsewhere_leaves_the_negative_cache_standing() {
     let mut a = node(schema.url(None), |_| {}).await;
     let mut b = node(schema.url(None), |_| {}).await;
     let b_engine = b.running.as_ref().unwrap().engine.clone();
-    for kw in [&a, &b] {
-        let engine = &kw.running.as_ref().unwrap().engine;
-        for _ in 0..200 {
-            if engine.store().changes_connected() == Some(true) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(engine.store().changes_connected(), Some(true));
-    }
+    listening(&[&a, &b]).await;
     // A legacy key exists (so B looks up arbitrary strings), and B has tried a secret that
     // does not exist yet plus a few well-formed unknown keys.
     let import = |secret: &str, app: &str| json!({"app": app, "secret": secret, "scopes": ["facts:read"]});
@@ -200,11 +201,7 @@ async fn a_key_created_elsewhere_leaves_the_negative_cache_standing() {
         .await;
     assert_eq!(s, 201, "{v}");
     let later = "later-static-secret-0002";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status_with(&b, "first-static-secret-0001").await != 200 {
-        assert!(Instant::now() < deadline, "the first import never reached B");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_status(&b, "first-static-secret-0001", 200, "the first import never reached B").await;
     assert_eq!(status_with(&b, later).await, 401);
     for _ in 0..3 {
         let unknown = keyward_core::KeyFormat::default()
@@ -222,11 +219,7 @@ async fn a_key_created_elsewhere_leaves_the_negative_cache_standing() {
         .admin(Method::PATCH, "/v1/apps/dogs", Some(json!({"ips": ["10.99.0.0/16"]})))
         .await;
     assert_eq!(s, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status_with(&b, &fresh).await != 403 {
-        assert!(Instant::now() < deadline, "app change not seen on B");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_status(&b, &fresh, 403, "app change not seen on B").await;
     assert!(
         b_engine.cache().entries().1 >= negative_before,
         "B forgot its unknown keys when a key was created on A"
@@ -236,14 +229,7 @@ async fn a_key_created_elsewhere_leaves_the_negative_cache_standing() {
         .admin(Method::POST, "/v1/keys/import", Some(import(later, "cats")))
         .await;
     assert_eq!(s, 201, "{v}");
-    let created = Instant::now();
-    while status_with(&b, later).await != 200 {
-        assert!(
-            created.elapsed() < Duration::from_secs(5),
-            "B still refuses a key imported on A"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_status(&b, later, 200, "B still refuses a key imported on A").await;
     a.stop().await;
     b.stop().await;
     schema.drop_now().await;
