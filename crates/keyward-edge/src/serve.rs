@@ -32,8 +32,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 /// hyper's smallest read buffer: `max_header_bytes` below it is raised to it.
@@ -145,18 +145,29 @@ pub async fn connection<I, F>(
     }
 }
 
-/// Serves `router` on `listener` (plain HTTP) until `shutdown` turns true, then lets open
-/// connections finish their requests before returning. Every request carries
-/// `ConnectInfo<SocketAddr>`.
-pub async fn serve(
+/// What a connection task holds while it runs: its place under `max_connections` and its
+/// share of the listener's count of live connections ([`accept_loop`] returns once every guard
+/// is dropped).
+pub struct ConnectionGuard {
+    _slot: OwnedSemaphorePermit,
+    _alive: mpsc::Sender<Infallible>,
+}
+
+/// The accept loop of every listener (plain HTTP here, TLS in [`crate::tls`]): at most
+/// `max_connections` connections at once (beyond, new ones wait in the accept backlog), each
+/// handed to `start` with its [`ConnectionGuard`], which the connection's task must hold until
+/// it ends. When `shutdown` turns true, stops accepting and returns once every guard is gone.
+pub async fn accept_loop<F>(
     listener: TcpListener,
-    router: Router,
-    limits: HttpLimits,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let limits = Arc::new(limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    // Every connection task holds a sender; `recv` returns `None` once they all have ended.
+    mut start: F,
+) -> io::Result<()>
+where
+    F: FnMut(TcpStream, SocketAddr, ConnectionGuard),
+{
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    // Every guard holds a sender; `recv` returns `None` once they all have been dropped.
     let (alive, mut all_done) = mpsc::channel::<Infallible>(1);
     loop {
         // A free slot first: at the cap, connections wait in the accept backlog.
@@ -185,21 +196,44 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
         }
-        let router = router.clone();
-        let limits = limits.clone();
-        let shutdown = shutdown.clone();
-        let alive = alive.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _alive = alive;
-            connection(tcp, router, &limits, shutdown, peer, move |ext| {
-                ext.insert(ConnectInfo(peer));
-            })
-            .await;
-        });
+        start(
+            tcp,
+            peer,
+            ConnectionGuard {
+                _slot: slot,
+                _alive: alive.clone(),
+            },
+        );
     }
     drop(listener);
     drop(alive);
     let _ = all_done.recv().await;
     Ok(())
+}
+
+/// Serves `router` on `listener` (plain HTTP) until `shutdown` turns true, then lets open
+/// connections finish their requests before returning. Every request carries
+/// `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let limits = Arc::new(limits);
+    let max = limits.max_connections;
+    let stop = shutdown.clone();
+    accept_loop(listener, max, stop, move |tcp, peer, guard| {
+        let router = router.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            connection(tcp, router, &limits, shutdown, peer, move |ext| {
+                ext.insert(ConnectInfo(peer));
+            })
+            .await;
+        });
+    })
+    .await
 }

@@ -4,7 +4,6 @@
 //! the client CA bundle and the CRLs re-read from disk when their files change, without a
 //! restart.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::serve::HttpLimits;
@@ -463,35 +462,12 @@ impl TlsServer {
         listener: TcpListener,
         router: Router,
         limits: HttpLimits,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
         let limits = Arc::new(limits);
-        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-        // Every connection task holds a sender; `recv` returns `None` once they all have ended.
-        let (alive, mut all_done) = mpsc::channel::<Infallible>(1);
-        loop {
-            // A free slot first: at the cap, connections wait in the accept backlog.
-            let slot = tokio::select! {
-                s = slots.clone().acquire_owned() => s,
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
-            let Ok(slot) = slot else {
-                break;
-            };
-            let accepted = tokio::select! {
-                r = listener.accept() => Some(r),
-                _ = shutdown.wait_for(|stop| *stop) => None,
-            };
-            let (tcp, peer) = match accepted {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                None => break,
-            };
+        let max = limits.max_connections;
+        let stop = shutdown.clone();
+        crate::serve::accept_loop(listener, max, stop, move |tcp, peer, guard| {
             let trust = self.trust();
             let task = Connection {
                 acceptor: TlsAcceptor::from(trust.config.clone()),
@@ -500,15 +476,11 @@ impl TlsServer {
                 handshake_timeout: self.settings.handshake_timeout,
                 limits: limits.clone(),
                 shutdown: shutdown.clone(),
-                _alive: alive.clone(),
-                _slot: slot,
+                _guard: guard,
             };
             tokio::spawn(task.run(tcp, peer));
-        }
-        drop(listener);
-        drop(alive);
-        let _ = all_done.recv().await;
-        Ok(())
+        })
+        .await
     }
 }
 
@@ -520,18 +492,13 @@ struct Connection {
     handshake_timeout: Duration,
     limits: Arc<HttpLimits>,
     shutdown: watch::Receiver<bool>,
-    _alive: mpsc::Sender<Infallible>,
     /// The connection's place under `max_connections`, given back when it ends.
-    _slot: OwnedSemaphorePermit,
+    _guard: crate::serve::ConnectionGuard,
 }
 
 impl Connection {
     async fn run(mut self, tcp: TcpStream, peer: SocketAddr) {
-        // Responses go out as soon as hyper writes them, never held back by Nagle.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-        }
-        // A handshake in progress is abandoned on shutdown rather than waited for.
+        // (TCP_NODELAY is set by the accept loop.) A handshake in progress is abandoned on shutdown rather than waited for.
         let handshake = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp));
         let shaken = tokio::select! {
             r = handshake => Some(r),
