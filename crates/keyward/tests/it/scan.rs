@@ -321,6 +321,42 @@ fn the_documented_gitleaks_rule_matches_keys_and_not_near_misses() {
     let placeholder = f.assemble(KeyEnv::Live, &"a".repeat(43));
     assert!(re.is_match(placeholder.expose()));
     assert!(shannon(placeholder.expose()) < min);
+
+    // The second rule: scoped admin tokens, `kwadm_` + 43 random base62 symbols.
+    let rule = &parsed["rules"].as_array().unwrap()[1];
+    assert_eq!(rule["id"].as_str(), Some("keyward-admin-token"));
+    assert_eq!(rule["keywords"].as_array().unwrap()[0].as_str(), Some("kwadm_"));
+    let re = regex::Regex::new(rule["regex"].as_str().unwrap()).unwrap();
+    let group = rule["secretGroup"].as_integer().unwrap() as usize;
+    let min = rule["entropy"].as_float().unwrap();
+    // The random part of a generated key is drawn as an admin token's is (43 base62).
+    let token = || format!("kwadm_{}", &secret_key()[8..51]);
+    for _ in 0..2000 {
+        let t = token();
+        assert!(shannon(&t) > min, "{}", display_hint(&t));
+    }
+    let t = token();
+    for ctx in [
+        t.clone(),
+        format!("export KEYWARD_ADMIN_TOKEN={t}\n"),
+        format!("Authorization: Bearer {t}"),
+        format!("{{\"token\":\"{t}\"}}"),
+        format!("\"a\\n{t}\\n\""),
+    ] {
+        let caps = re.captures(&ctx).unwrap_or_else(|| panic!("no match in {ctx}"));
+        assert_eq!(caps.get(group).unwrap().as_str(), t, "{ctx}");
+    }
+    for near in [
+        format!("{t}x"),
+        format!("x{t}"),
+        t[..t.len() - 1].to_owned(),
+        t.replacen("kwadm_", "kwadmin_", 1),
+        t.replacen("kwadm_", "KWADM_", 1),
+    ] {
+        assert!(re.captures(&near).is_none(), "matched a near-miss {near}");
+    }
+    let placeholder = format!("kwadm_{}", "x".repeat(43));
+    assert!(re.is_match(&placeholder) && shannon(&placeholder) < min);
 }
 
 fn shannon(s: &str) -> f64 {
