@@ -6,18 +6,20 @@
 #![cfg(feature = "otel")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+#[path = "common/proc.rs"]
+mod proc;
+
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
-use serde_json::json;
 use tokio::net::TcpListener;
+
+use proc::{cats_key, url_after, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 const PEPPER: &str = "test-pepper-0123456789abcdef0123456789abcdef";
@@ -36,16 +38,6 @@ async fn traces(State(got): State<Received>, headers: HeaderMap, body: Bytes) ->
         .to_owned();
     got.lock().unwrap().push((ct, body.to_vec()));
     ""
-}
-
-/// The child `serve`, killed if the test fails before it exits.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -76,8 +68,8 @@ async fn serve_exports_request_spans_over_otlp_http_and_flushes_on_shutdown() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", cfg.to_str().unwrap()])
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config", cfg.to_str().unwrap()])
         .env("KEYWARD_PEPPER", PEPPER)
         .env("KEYWARD_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("KEYWARD_GATEWAY__LISTEN", "127.0.0.1:0")
@@ -88,61 +80,15 @@ async fn serve_exports_request_spans_over_otlp_http_and_flushes_on_shutdown() {
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("OTEL_SERVICE_NAME")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().unwrap();
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let mut serve = Serve(child);
+        .stdin(Stdio::null());
+    let mut serve = Proc::spawn(c);
 
-    let t = Instant::now();
-    let line = loop {
-        let all = stderr.lock().unwrap().clone();
-        if let Some(l) = all.lines().find(|l| l.contains("keyward: gateway on")) {
-            break l.to_owned();
-        }
-        assert!(serve.0.try_wait().unwrap().is_none(), "serve exited: {all}");
-        assert!(t.elapsed() < Duration::from_secs(30), "serve did not start: {all}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let after = |m: &str| {
-        let i = line.find(m).unwrap() + m.len();
-        line[i..].split([',', ' ']).next().unwrap().to_owned()
-    };
-    let gw = format!("http://{}", after("gateway on http://"));
-    let admin = format!("http://{}", after("admin API on http://"));
+    let line = serve.wait_for("keyward: gateway on", 0);
+    let gw = format!("http://{}", url_after(&line, "gateway on http://"));
+    let admin = format!("http://{}", url_after(&line, "admin API on http://"));
 
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{admin}/v1/apps"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "cats"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: serde_json::Value = http
-        .post(format!("{admin}/v1/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"app": "cats"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = v["key"].as_str().unwrap().to_owned();
+    let key = cats_key(&admin, ADMIN_TOKEN).await;
     let r = http
         .get(format!("{gw}/fact"))
         .header("x-api-key", &key)
@@ -157,31 +103,17 @@ async fn serve_exports_request_spans_over_otlp_http_and_flushes_on_shutdown() {
     }
 
     // SIGTERM: drain, then flush the batch exporter before exiting.
-    let ok = Command::new("kill")
-        .args(["-TERM", &serve.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let t = Instant::now();
-    let status = loop {
-        if let Some(status) = serve.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "serve did not exit: {}",
-            stderr.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}: {}", stderr.lock().unwrap());
+    // (Blocking waits off the runtime: the collector must keep answering meanwhile.)
+    let (serve, status) = tokio::task::spawn_blocking(move || {
+        let status = serve.terminate();
+        (serve, status)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}: {}", serve.stderr());
 
     let got = got.lock().unwrap().clone();
-    assert!(
-        !got.is_empty(),
-        "no POST to /v1/traces; stderr: {}",
-        stderr.lock().unwrap()
-    );
+    assert!(!got.is_empty(), "no POST to /v1/traces; stderr: {}", serve.stderr());
     assert!(
         got.iter().all(|(ct, _)| ct == "application/x-protobuf"),
         "content types: {:?}",

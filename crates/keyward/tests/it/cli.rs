@@ -3,11 +3,11 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
+
+use crate::proc::{url_after, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
@@ -28,79 +28,16 @@ fn keyward(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-/// A child process whose stderr is collected in the background.
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        c.env_remove("KEYWARD_ADMIN_TOKEN").env_remove("KEYWARD_PEPPER");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Proc { child, stderr }
+/// `keyward ARGS` as a child process (no admin or pepper from the test's environment), its
+/// stderr collected.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut c = Command::new(BIN);
+    c.args(args).stdout(Stdio::piped()).stdin(Stdio::null());
+    c.env_remove("KEYWARD_ADMIN_TOKEN").env_remove("KEYWARD_PEPPER");
+    for (k, v) in env {
+        c.env(k, v);
     }
-
-    /// Waits until stderr contains `needle`, returns the line that does.
-    fn wait_for(&self, needle: &str) -> String {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            if let Some(line) = self.stderr.lock().unwrap().lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "timed out waiting for {needle:?}; stderr: {}",
-            self.stderr.lock().unwrap()
-        );
-    }
-
-    fn terminate(&mut self) -> i32 {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s.code().unwrap_or(-1);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("the process did not stop on SIGTERM");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn url_after(line: &str, marker: &str) -> String {
-    let i = line.find(marker).unwrap() + marker.len();
-    line[i..].split([',', ' ', '"']).next().unwrap().to_owned()
+    Proc::spawn(c)
 }
 
 #[cfg(unix)]
@@ -138,13 +75,13 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
         .to_owned();
 
     // The upstream.
-    let upstream = Proc::spawn(&["cat-facts", "--listen", "127.0.0.1:0"], &[]);
-    let up = url_after(&upstream.wait_for("cat-facts API on"), "on http://");
+    let upstream = spawn(&["cat-facts", "--listen", "127.0.0.1:0"], &[]);
+    let up = url_after(&upstream.wait_for("cat-facts API on", 0), "on http://");
     let routes = format!(
         "[{{name = \"fact\", path_prefix = \"/fact\", methods = [\"GET\"], upstream = \"http://{up}\", scopes = [\"facts:read\"]}}]"
     );
     let cfg = dir.path().join("keyward.toml");
-    let mut server = Proc::spawn(
+    let mut server = spawn(
         &["serve", "--config", cfg.to_str().unwrap()],
         &[
             ("KEYWARD_GATEWAY__LISTEN", "127.0.0.1:0"),
@@ -154,7 +91,7 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
             ("KEYWARD_LOG_FORMAT", "json"),
         ],
     );
-    let line = server.wait_for("keyward: gateway on");
+    let line = server.wait_for("keyward: gateway on", 0);
     let gw = format!("http://{}", url_after(&line, "gateway on http://"));
     let admin = format!("http://{}", url_after(&line, "admin API on http://"));
     assert!(
@@ -505,8 +442,8 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
     assert_eq!(code, 0);
     assert_eq!(http(&gw, "/fact", &[("x-api-key", &key)]), 401);
 
-    assert_eq!(server.terminate(), 0, "graceful shutdown exits 0");
-    let logs = server.stderr.lock().unwrap().clone();
+    assert_eq!(server.terminate().code(), Some(0), "graceful shutdown exits 0");
+    let logs = server.stderr();
     assert!(
         logs.contains("key created") && logs.contains("key revoked"),
         "trace logs were captured: {logs}"

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
+#[path = "../common/proc.rs"]
+mod proc;
 
 mod admin;
 mod admin_api;

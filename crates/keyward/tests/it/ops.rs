@@ -2,9 +2,7 @@
 //! sent in it), request ids, `/healthz` and `/readyz`, graceful drain, `keyward check-config`
 //! and configuration reload on SIGHUP with the real binary.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -14,6 +12,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::harness::{boot, boot_with, problem, ADMIN_TOKEN, PEPPER};
+use crate::proc::{cats_key, url_after, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
@@ -405,48 +404,6 @@ rate = "lots"
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// `keyward serve` as a child process, its stderr collected.
-struct Serve {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn wait_for(&self, needle: &str, after: usize) -> String {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            let all = self.stderr.lock().unwrap().clone();
-            if let Some(line) = all[after.min(all.len())..].lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "timed out waiting for {needle:?}; stderr: {}",
-            self.stderr.lock().unwrap()
-        );
-    }
-
-    fn seen(&self) -> usize {
-        self.stderr.lock().unwrap().len()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn route_toml(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
     format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\n{extra}\n")
 }
@@ -470,49 +427,13 @@ async fn sighup_reloads_routes_and_keeps_the_old_ones_when_the_new_file_is_broke
         .env("KEYWARD_LOG_FORMAT", "json")
         .env_remove("KEYWARD_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .stdin(Stdio::null());
-    let mut child = c.spawn().unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().unwrap();
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let serve = Serve { child, stderr };
+    let mut serve = Proc::spawn(c);
     let line = serve.wait_for("keyward: gateway on", 0);
-    let after = |m: &str| {
-        let i = line.find(m).unwrap() + m.len();
-        line[i..].split([',', ' ']).next().unwrap().to_owned()
-    };
-    let gw = format!("http://{}", after("gateway on http://"));
-    let admin = format!("http://{}", after("admin API on http://"));
+    let gw = format!("http://{}", url_after(&line, "gateway on http://"));
+    let admin = format!("http://{}", url_after(&line, "admin API on http://"));
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{admin}/v1/apps"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "cats"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: serde_json::Value = http
-        .post(format!("{admin}/v1/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"app": "cats"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = v["key"].as_str().unwrap().to_owned();
+    let key = cats_key(&admin, ADMIN_TOKEN).await;
     let get = |path: &str| {
         let http = http.clone();
         let url = format!("{gw}{path}");
@@ -569,17 +490,9 @@ async fn sighup_reloads_routes_and_keeps_the_old_ones_when_the_new_file_is_broke
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "trace-me-123");
-    let mut serve = serve;
-    serve.signal("-TERM");
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(s)) = serve.child.try_wait() {
-            assert!(s.success(), "{s:?}");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let logs = serve.stderr.lock().unwrap().clone();
+    let status = serve.terminate();
+    assert!(status.success(), "{status:?}");
+    let logs = serve.stderr();
     assert!(logs.contains("\"stopped\""), "{logs}");
     assert!(
         logs.lines()
