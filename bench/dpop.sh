@@ -71,39 +71,7 @@ fi
 
 start_upstream "$UP_PORT"
 
-cat >"$TMP/keyward.toml" <<CONF
-[store]
-url = "$TMP/keyward.db"
-
-[keys]
-prefix = "kw"
-
-[server]
-worker_threads = $WORKERS
-
-[gateway]
-listen = "127.0.0.1:$GW_PORT"
-credential_headers = ["x-api-key"]
-connect_timeout = "2s"
-upstream_timeout = "30s"
-$TLS_TOML
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[oauth]
-enabled = true
-signing_alg = "EdDSA"
-issuer = "$GW"
-
-[[routes]]
-name = "fact"
-path_prefix = "/fact"
-methods = ["GET"]
-upstream = "http://127.0.0.1:$UP_PORT"
-scopes = ["facts:read"]
-tokens = true
-CONF
+bench_config "$TMP/keyward.toml" "$TMP/keyward.db" "$WORKERS" "$GW" "$TLS_TOML"
 start_keyward "$TMP/keyward.toml" "$ADMIN_PORT"
 
 "$KEYWARD" app create bench --json >/dev/null

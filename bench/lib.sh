@@ -2,8 +2,8 @@
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"; bench_init TAG
 # gives log/die, a cleanup trap that stops every pid in PIDS (and runs ON_EXIT, a command string,
 # if set), a fresh $TMP, no inherited KEYWARD_* variables, free_ports N, wait_http URL PID,
-# start_upstream PORT, start_keyward CONFIG (sets KEYWARD_PID, exports a fresh KEYWARD_ADMIN_TOKEN)
-# and cpu_ticks PID.
+# start_upstream PORT, bench_config (the benches' keyward.toml), start_keyward CONFIG (sets
+# KEYWARD_PID, exports a fresh KEYWARD_ADMIN_TOKEN) and cpu_ticks PID.
 
 bench_init() {
     BENCH_TAG=$1
@@ -53,6 +53,46 @@ start_upstream() { # PORT: `keyward cat-facts` as the upstream
     "$KEYWARD" cat-facts --listen "127.0.0.1:$1" >"$TMP/upstream.log" 2>&1 &
     PIDS+=($!)
     wait_http "http://127.0.0.1:$1/fact" "$!"
+}
+
+bench_config() { # FILE STORE_URL WORKERS ISSUER [GATEWAY_TOML] [MORE_TOML]: one gateway on
+    # $GW_PORT, admin on $ADMIN_PORT, OAuth on, and the route /fact (API keys and tokens) to the
+    # upstream on $UP_PORT. GATEWAY_TOML adds lines to [gateway] (TLS), MORE_TOML sections ([redis]).
+    cat >"$1" <<CONF
+[store]
+url = "$2"
+
+[keys]
+prefix = "kw"
+
+[server]
+worker_threads = $3
+
+[gateway]
+listen = "127.0.0.1:$GW_PORT"
+credential_headers = ["x-api-key"]
+connect_timeout = "2s"
+upstream_timeout = "30s"
+${5:-}
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[oauth]
+enabled = true
+signing_alg = "EdDSA"
+issuer = "$4"
+
+${6:-}
+
+[[routes]]
+name = "fact"
+path_prefix = "/fact"
+methods = ["GET"]
+upstream = "http://127.0.0.1:$UP_PORT"
+scopes = ["facts:read"]
+tokens = true
+CONF
 }
 
 start_keyward() { # CONFIG ADMIN_PORT: serve with a fresh pepper, KEK and admin token

@@ -72,40 +72,7 @@ url = \"$REDIS\""
     *) die "STORE is sqlite or cluster" ;;
 esac
 
-cat >"$TMP/keyward.toml" <<CONF
-[store]
-url = "$STORE_URL"
-
-[keys]
-prefix = "kw"
-
-[server]
-worker_threads = $WORKERS
-
-[gateway]
-listen = "127.0.0.1:$GW_PORT"
-credential_headers = ["x-api-key"]
-connect_timeout = "2s"
-upstream_timeout = "30s"
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[oauth]
-enabled = true
-signing_alg = "EdDSA"
-issuer = "$GW"
-
-$REDIS_TOML
-
-[[routes]]
-name = "fact"
-path_prefix = "/fact"
-methods = ["GET"]
-upstream = "http://127.0.0.1:$UP_PORT"
-scopes = ["facts:read"]
-tokens = true
-CONF
+bench_config "$TMP/keyward.toml" "$STORE_URL" "$WORKERS" "$GW" "" "$REDIS_TOML"
 start_keyward "$TMP/keyward.toml" "$ADMIN_PORT"
 
 # The sampler: t, rss_kib, fds, threads, store bytes (SQLite: the database file, and its WAL
