@@ -130,13 +130,13 @@ impl Dpop {
         format!("{bucket:x}.{}", b64url(&tag.as_ref()[..16]))
     }
 
-    /// The nonce to hand out now (`DPoP-Nonce`).
     /// Proofs remembered in this process for replay detection (until they leave the window).
     pub fn replay_entries(&self) -> u64 {
         self.seen.run_pending_tasks();
         self.seen.entry_count()
     }
 
+    /// The nonce to hand out now (`DPoP-Nonce`).
     pub fn current_nonce(&self, now: i64) -> String {
         let len = i64::try_from(self.cfg.nonce_lifetime.as_secs().max(1)).unwrap_or(300);
         self.nonce_for(now.div_euclid(len))
