@@ -30,7 +30,7 @@
 
 mod load_common;
 
-use load_common::{arg, ath, Prover};
+use load_common::{arg, ath, http1, tcp, Prover};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,31 +43,16 @@ use serde_json::Value;
 type Tls = Option<Arc<rustls::ClientConfig>>;
 
 async fn connect(addr: &str, tls: &Tls) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
+    let stream = tcp(addr).await;
     match tls {
-        None => {
-            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            send
-        }
+        None => http1(stream).await,
         Some(cfg) => {
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
             let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                 .connect(name, stream)
                 .await
                 .unwrap();
-            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            send
+            http1(tls).await
         }
     }
 }

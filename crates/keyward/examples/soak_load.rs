@@ -32,7 +32,7 @@
 
 mod load_common;
 
-use load_common::{arg, ath, Prover};
+use load_common::{arg, ath, http1, tcp, Prover};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,16 +61,8 @@ impl Conn {
     }
 
     async fn connect(&mut self) -> SendRequest<Full<Bytes>> {
-        let stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         self.connects += 1;
-        send
+        http1(tcp(&self.addr).await).await
     }
 
     fn drop_connection(&mut self) {

@@ -1,11 +1,32 @@
-//! Shared by the load generators `dpop_load` and `soak_load`: flags, base64url, and a DPoP
-//! prover (one ES256 key, a fresh proof per call).
+//! Shared by the load generators `dpop_load` and `soak_load`: flags, base64url, HTTP/1.1
+//! client connections, and a DPoP prover (one ES256 key, a fresh proof per call).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use keyward_token::{Algorithm, SigningKey};
 use serde_json::json;
+
+/// A TCP connection to `addr` with TCP_NODELAY (requests leave at once).
+pub async fn tcp(addr: &str) -> tokio::net::TcpStream {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// An HTTP/1.1 client connection over `io` (plain TCP or TLS), driven on a task of its own.
+pub async fn http1<I>(io: I) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
 
 pub fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
