@@ -11,11 +11,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -34,14 +37,23 @@ pub struct BodyTimedOut;
 /// [`serve::connection`](crate::serve::connection), as in tests).
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Middleware: the request's body fails with [`BodyTimedOut`] after its deadline.
+/// Middleware: the request's body fails with [`BodyTimedOut`] after its deadline. Whatever the
+/// handler answers then, the connection is closed after it (`Connection: close`): the rest of
+/// the body may still be on its way, and the stream would not be at a request boundary.
 pub async fn deadline(req: Request, next: Next) -> Response {
     let at = req
         .extensions()
         .get::<BodyDeadline>()
         .map(|d| d.0)
         .unwrap_or_else(|| Instant::now() + DEFAULT_BODY_READ_TIMEOUT);
-    next.run(req.map(|body| Body::new(Deadlined::new(body, at)))).await
+    let expired = Arc::new(AtomicBool::new(false));
+    let body = |body| Body::new(Deadlined::new(body, at, expired.clone()));
+    let mut resp = next.run(req.map(body)).await;
+    if expired.load(Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Whether `e`, or an error it was caused by, is [`BodyTimedOut`].
@@ -83,15 +95,16 @@ pub fn failure(r: &axum::extract::rejection::BytesRejection) -> BodyFailure {
 struct Deadlined {
     inner: Body,
     sleep: Pin<Box<Sleep>>,
-    expired: bool,
+    /// Set once the deadline has passed (read by [`deadline`] after the handler).
+    expired: Arc<AtomicBool>,
 }
 
 impl Deadlined {
-    fn new(inner: Body, at: Instant) -> Self {
+    fn new(inner: Body, at: Instant, expired: Arc<AtomicBool>) -> Self {
         Deadlined {
             inner,
             sleep: Box::pin(tokio::time::sleep_until(at)),
-            expired: false,
+            expired,
         }
     }
 }
@@ -101,7 +114,7 @@ impl HttpBody for Deadlined {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        if self.expired {
+        if self.expired.load(Ordering::Relaxed) {
             return Poll::Ready(None);
         }
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
@@ -109,7 +122,7 @@ impl HttpBody for Deadlined {
         }
         match self.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                self.expired = true;
+                self.expired.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))))
             }
             Poll::Pending => Poll::Pending,
@@ -117,7 +130,7 @@ impl HttpBody for Deadlined {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.expired || self.inner.is_end_stream()
+        self.expired.load(Ordering::Relaxed) || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -149,7 +162,7 @@ mod tests {
     }
 
     async fn read(body: Body, at: Instant) -> Result<Bytes, BodyFailure> {
-        let req = Request::new(Body::new(Deadlined::new(body, at)));
+        let req = Request::new(Body::new(Deadlined::new(body, at, Arc::default())));
         Bytes::from_request(req, &()).await.map_err(|r| failure(&r))
     }
 
@@ -200,6 +213,7 @@ mod tests {
             .insert(BodyDeadline(Instant::now() + Duration::from_millis(50)));
         *req.method_mut() = http::Method::POST;
         let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
         let text = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
         assert_eq!(&text[..], b"TimedOut");
     }

@@ -103,28 +103,20 @@ fn bad_request(e: FormError) -> Response {
 }
 
 /// The body as read, or the OAuth error for why it could not be: over [`MAX_FORM`] (413), not
-/// complete within `gateway.body_read_timeout` (408, connection closed), broken (400).
+/// complete within `gateway.body_read_timeout` (408; [`crate::body`] closes the connection),
+/// broken (400).
 fn received(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    let r = match body {
-        Ok(b) => return Ok(b),
-        Err(r) => r,
-    };
-    Err(match crate::body::failure(&r) {
+    body.map_err(|r| match crate::body::failure(&r) {
         BodyFailure::TooLarge => oauth_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request",
             "the request body is too large",
         ),
-        BodyFailure::TimedOut => {
-            let mut resp = oauth_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request",
-                "the request body did not arrive in time",
-            );
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            resp
-        }
+        BodyFailure::TimedOut => oauth_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "the request body did not arrive in time",
+        ),
         BodyFailure::Invalid => oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",

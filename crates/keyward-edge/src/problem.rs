@@ -363,12 +363,11 @@ pub fn upstream_timeout() -> Problem {
         .detail("the upstream service did not answer in time")
 }
 
-/// A request body that did not arrive within `gateway.body_read_timeout` ([`crate::body`]); the
-/// connection is closed after the answer (RFC 9110 §15.5.9).
+/// A request body that did not arrive within `gateway.body_read_timeout` ([`crate::body`],
+/// which also closes the connection after the answer).
 pub fn body_timeout() -> Problem {
     Problem::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "Request Timeout")
         .detail("the request body did not arrive within the body read timeout")
-        .header(header::CONNECTION, HeaderValue::from_static("close"))
 }
 
 /// `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers, -08 and
