@@ -10,7 +10,8 @@ use crate::{Engine, EngineError};
 /// Prefix of scoped admin tokens, so that a scanner recognises them (`kwadm_` + 43 base62).
 pub const ADMIN_TOKEN_PREFIX: &str = "kwadm_";
 /// Random symbols after the prefix (256 bits).
-const ADMIN_TOKEN_RANDOM: usize = 43;
+/// Base62 symbols after the prefix.
+pub const ADMIN_TOKEN_RANDOM: usize = 43;
 
 /// What a scoped admin token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

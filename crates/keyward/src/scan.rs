@@ -29,7 +29,7 @@ use clap::Args;
 use keyward_core::key::display_hint;
 use keyward_core::secret::SecretString;
 use keyward_core::KeyFormat;
-use keyward_engine::admin_tokens::ADMIN_TOKEN_PREFIX;
+use keyward_engine::admin_tokens::{ADMIN_TOKEN_PREFIX, ADMIN_TOKEN_RANDOM};
 use memchr::memmem;
 use reqwest::Method;
 use serde::Serialize;
@@ -120,8 +120,7 @@ pub struct Match {
     pub kind: KeyKind,
 }
 
-/// Length of the random part of a client secret (`keyward-engine`'s `new_client_secret`) and of
-/// a scoped admin token (`keyward-engine`'s `admin_tokens`).
+/// Length of the random part of a client secret (`keyward-engine`'s `new_client_secret`).
 const CLIENT_SECRET_LEN: usize = 43;
 /// Client secrets and admin tokens have no checksum: a run of 43 base62 symbols drawn at random
 /// holds about 31 distinct symbols; fewer than this many marks a placeholder (`kwcs_xxxx…`),
@@ -178,13 +177,17 @@ impl Matcher {
         out.extend(
             self.cs_finder
                 .find_iter(hay)
-                .filter_map(|i| random_token_at(hay, i, cs_len, KeyKind::ClientSecret)),
+                .filter_map(|i| random_token_at(hay, i, cs_len, CLIENT_SECRET_LEN, KeyKind::ClientSecret)),
         );
-        out.extend(
-            self.adm_finder
-                .find_iter(hay)
-                .filter_map(|i| random_token_at(hay, i, ADMIN_TOKEN_PREFIX.len(), KeyKind::AdminToken)),
-        );
+        out.extend(self.adm_finder.find_iter(hay).filter_map(|i| {
+            random_token_at(
+                hay,
+                i,
+                ADMIN_TOKEN_PREFIX.len(),
+                ADMIN_TOKEN_RANDOM,
+                KeyKind::AdminToken,
+            )
+        }));
         if out.len() > before {
             out.sort_by_key(|m| m.offset);
         }
@@ -221,13 +224,13 @@ impl Matcher {
     }
 }
 
-/// A client secret or an admin token at `i`: `needle_len` bytes of prefix, then 43 base62
-/// symbols that look random, on word boundaries.
-fn random_token_at(hay: &[u8], i: usize, needle_len: usize, kind: KeyKind) -> Option<Match> {
+/// A client secret or an admin token at `i`: `needle_len` bytes of prefix, then `random_len`
+/// base62 symbols that look random, on word boundaries.
+fn random_token_at(hay: &[u8], i: usize, needle_len: usize, random_len: usize, kind: KeyKind) -> Option<Match> {
     if !boundary_before(hay, i) {
         return None;
     }
-    let len = needle_len + CLIENT_SECRET_LEN;
+    let len = needle_len + random_len;
     let body = hay.get(i + needle_len..i + len)?;
     if hay.get(i + len).is_some_and(|&b| is_word(b)) || !body.iter().all(u8::is_ascii_alphanumeric) {
         return None;
