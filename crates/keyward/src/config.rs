@@ -1446,6 +1446,9 @@ mod tests {
         assert_eq!(c.cache.ttl, Duration::from_secs(5));
         assert_eq!(c.keys.prefix, "acme");
         assert_eq!(c.routes.len(), 1);
+        // The body read deadline reaches every listener's limits.
+        let c = Config::load(None, &env(&[("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "7s")])).unwrap();
+        assert_eq!(c.http_limits().unwrap().body_read_timeout, Duration::from_secs(7));
     }
 
     #[test]
@@ -1470,6 +1473,10 @@ mod tests {
             ("KEYWARD_GATEWAY__INVALID_CREDENTIAL_STATUS", "500"),
             ("KEYWARD_GATEWAY__CONNECT_TIMEOUT", "0s"),
             ("KEYWARD_GATEWAY__CONNECT_TIMEOUT", "soon"),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "0s"),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "-5s"),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "\"30\""),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "99999999999999999999s"),
             ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"bad header\"]"),
             ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"authorization\"]"),
             ("KEYWARD_KEYS__PREFIX", "Bad_Prefix"),
