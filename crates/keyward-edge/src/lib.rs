@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod context;
 pub mod cors;
 pub mod gateway;
 pub mod leaks;

@@ -68,10 +68,16 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         "request",
         request_id = id.to_str().unwrap_or_default(),
         method = %req.method(),
-        // Filled in by the gateway (same bounded values as the metrics labels) and below.
+        // Filled in by the gateway (route and outcome: the metrics labels' bounded values;
+        // path without the query, the client address, and who called) and below.
         route = tracing::field::Empty,
         outcome = tracing::field::Empty,
         status = tracing::field::Empty,
+        path = tracing::field::Empty,
+        client_ip = tracing::field::Empty,
+        app_id = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+        client_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut resp = async move {

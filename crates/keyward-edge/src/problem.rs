@@ -144,6 +144,11 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             "Credential Missing",
             "this route requires an API key or an access token".into(),
         ),
+        Rejection::CredentialNotAccepted { accepted } => (
+            StatusCode::UNAUTHORIZED,
+            "Credential Not Accepted",
+            format!("this route does not accept the kind of credential presented: it takes {accepted}"),
+        ),
         Rejection::Multiple => (
             StatusCode::BAD_REQUEST,
             "Multiple Credentials",
@@ -263,7 +268,8 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
     }
     if status == StatusCode::UNAUTHORIZED {
         let error = match r {
-            Rejection::Missing => None,
+            // Nothing invalid was presented: the challenges say what to send.
+            Rejection::Missing | Rejection::CredentialNotAccepted { .. } => None,
             _ => Some("invalid_token"),
         };
         for c in &style.challenges {

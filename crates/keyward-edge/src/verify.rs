@@ -31,6 +31,7 @@ use keyward_engine::{LimitState, RateBy, Rejection, RouteLimits};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{StrictJson, MAX_BODY};
+use crate::context;
 use crate::gateway::{self, Admitted, GatewayState, RequestView, Route, Upstream};
 use crate::problem::{self, Problem};
 
@@ -550,7 +551,7 @@ fn header_map(pairs: &[(HeaderName, HeaderValue)]) -> BTreeMap<String, String> {
 
 fn success_headers(st: &VerifyState, a: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
     let window = st.gateway.config().expiry_warning;
-    let lifecycle = gateway::lifecycle_headers(&a.record, st.gateway.engine().now(), window);
+    let lifecycle = context::lifecycle_headers(&a.principal, st.gateway.engine().now(), window);
     problem::ratelimit_fields(&a.states)
         .into_iter()
         .chain(lifecycle)
@@ -559,13 +560,10 @@ fn success_headers(st: &VerifyState, a: &Admitted) -> Vec<(HeaderName, HeaderVal
 
 fn allowed_response(st: &VerifyState, a: Admitted, route: Option<String>) -> VerifyResponse {
     let headers = header_map(&success_headers(st, &a));
-    let r = &a.record;
-    let (key_id, client_id) = match &a.token_client {
-        Some(c) => (None, Some(c.clone())),
-        None => (Some(r.id.clone()), None),
-    };
-    let expires_at = r
-        .expires_at
+    let p = &a.principal;
+    let key = p.key();
+    let expires_at = p
+        .expires_at()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
     VerifyResponse {
         valid: true,
@@ -573,24 +571,16 @@ fn allowed_response(st: &VerifyState, a: Admitted, route: Option<String>) -> Ver
         status: 200,
         detail: None,
         route,
-        app_id: Some(r.app_id.clone()),
-        key_id,
-        client_id,
-        scopes: r.scopes.iter().map(|s| s.to_string()).collect(),
+        app_id: Some(p.app_id().to_owned()),
+        key_id: key.map(|k| k.id.clone()),
+        client_id: p.client_id().map(str::to_owned),
+        scopes: p.scopes().iter().map(|s| s.to_string()).collect(),
         missing_scopes: None,
         metadata: Metadata {
-            app_name: Some(r.app_name.clone()),
-            key_name: if a.token_client.is_some() { None } else { r.name.clone() },
-            env: if a.token_client.is_some() {
-                None
-            } else {
-                Some(r.env.as_str().to_owned())
-            },
-            hint: if a.token_client.is_some() {
-                None
-            } else {
-                Some(r.hint.clone())
-            },
+            app_name: Some(p.app_name().to_owned()),
+            key_name: key.and_then(|k| k.name.clone()),
+            env: key.map(|k| k.env.as_str().to_owned()),
+            hint: key.map(|k| k.hint.clone()),
         },
         limits: a.states.iter().map(LimitView::from).collect(),
         headers,
@@ -663,13 +653,13 @@ fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
 /// rule (`Forwarded` wins) would then let the client choose its address.
 fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     if !headers.contains_key(header::FORWARDED) {
-        return gateway::client_ip(peer, headers, trusted);
+        return context::client_ip(peer, headers, trusted);
     }
     let mut only_xff = HeaderMap::new();
     for v in headers.get_all("x-forwarded-for") {
         only_xff.append(HeaderName::from_static("x-forwarded-for"), v.clone());
     }
-    gateway::client_ip(peer, &only_xff, trusted)
+    context::client_ip(peer, &only_xff, trusted)
 }
 
 /// `scope` (repeatable), `cost` and `route` from the forward-auth URL's own query: set in the
@@ -711,7 +701,7 @@ async fn forward_auth(
     if path != FORWARD_AUTH_PATH && !path.starts_with("/v1/forward-auth/") {
         return Problem::not_found().detail("no such endpoint").into_response();
     }
-    if !gateway::trusted(peer.ip(), &st.forward.peers) {
+    if !context::trusted(peer.ip(), &st.forward.peers) {
         tracing::debug!(peer = %peer.ip(), "forward-auth call from a peer that is not allowed");
         return problem::forward_auth_forbidden().into_response();
     }
@@ -776,26 +766,8 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
     };
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
-    let r = &a.record;
-    h.insert(
-        HeaderName::from_static("x-keyward-app"),
-        gateway::header_text(&r.app_name),
-    );
-    h.insert(
-        HeaderName::from_static("x-keyward-app-id"),
-        gateway::header_text(&r.app_id),
-    );
-    match &a.token_client {
-        Some(c) => h.insert(HeaderName::from_static("x-keyward-client-id"), gateway::header_text(c)),
-        None => h.insert(HeaderName::from_static("x-keyward-key-id"), gateway::header_text(&r.id)),
-    };
-    let scopes = r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-    h.insert(
-        HeaderName::from_static("x-keyward-scopes"),
-        gateway::header_text(&scopes),
-    );
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        h.insert(HeaderName::from_static("x-keyward-client-ip"), v);
+    for (name, value) in context::identity_headers(&a.principal, client) {
+        h.insert(name, value);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, value) in success_headers(st, &a) {

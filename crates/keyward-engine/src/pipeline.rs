@@ -1,0 +1,454 @@
+//! The request decision, without HTTP: [`Engine::authenticate`] turns a [`RequestContext`]
+//! (what the edge extracted from a request) into a [`Principal`], and [`Engine::admit`] runs
+//! the limits for it. Every denial, wherever in these two calls it is decided, is accounted
+//! here the same way: a denial of a known principal is counted in its usage by outcome, and a
+//! failure to authenticate counts towards the client address's failed-authentication burst.
+//!
+//! The edge (gateway, verify API, forward-auth, Envoy) only extracts, calls these two and
+//! renders the result; it decides nothing.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use keyward_core::decision::{check_key_use, ScopeMode};
+use keyward_core::error::KeyFormatError;
+use keyward_core::model::ClientRecord;
+use keyward_core::policy::Policy;
+use keyward_core::{authorize_client, Decision, Denial, KeyKind, KeyRecord, KeyUse, RequestFacts, Scope};
+use time::OffsetDateTime;
+
+use crate::mtls::PresentedCert;
+use crate::token::TokenPrincipal;
+use crate::{Engine, LimitState, Outcome, Rejection, RequestMeta, RouteLimits};
+
+/// An API key found in the request: in a configured key header, or in
+/// `Authorization: Bearer` when the value is shaped like a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCredential<'a> {
+    None,
+    One {
+        value: &'a str,
+        /// It came in `Authorization`.
+        bearer: bool,
+    },
+    /// A key header whose value is not text.
+    Malformed { bearer: bool },
+    /// More than one key (several headers, or a header and `Authorization`).
+    Multiple,
+}
+
+/// An access token found in the request: an `Authorization: Bearer` value that is not shaped
+/// like a key, or any `Authorization: DPoP` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCredential<'a> {
+    None,
+    One {
+        value: &'a str,
+        /// It came with the `DPoP` scheme.
+        dpop: bool,
+    },
+    Multiple,
+}
+
+/// The `DPoP` header fields of a request (RFC 9449 §4.3: exactly one proof).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpopHeader<'a> {
+    Absent,
+    One(&'a str),
+    /// One field, but not ASCII text.
+    NotAscii,
+    /// More than one field.
+    Several,
+}
+
+impl<'a> DpopHeader<'a> {
+    /// From the raw values of every `DPoP` field of a request.
+    pub fn from_values<I: IntoIterator<Item = &'a [u8]>>(values: I) -> DpopHeader<'a> {
+        let mut it = values.into_iter();
+        match (it.next(), it.next()) {
+            (None, _) => DpopHeader::Absent,
+            (Some(_), Some(_)) => DpopHeader::Several,
+            (Some(v), None) => match std::str::from_utf8(v) {
+                Ok(s) if s.is_ascii() => DpopHeader::One(s),
+                _ => DpopHeader::NotAscii,
+            },
+        }
+    }
+}
+
+/// What a route accepts and requires: the decision-relevant facts of a route.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteFacts<'a> {
+    pub scopes: &'a [Scope],
+    pub scope_mode: ScopeMode,
+    /// API keys are accepted.
+    pub api_keys: bool,
+    /// keyward access tokens are accepted.
+    pub tokens: bool,
+    /// Callers are accepted by a registered TLS client certificate alone.
+    pub client_certificates: bool,
+    /// Publishable keys are accepted (from their origins).
+    pub publishable: bool,
+    /// The audience tokens must carry.
+    pub audience: &'a str,
+}
+
+impl RouteFacts<'_> {
+    /// What the route takes, in words (for `credential_not_accepted`).
+    fn accepted(&self) -> &'static str {
+        match (self.api_keys, self.tokens, self.client_certificates) {
+            (true, true, _) => "an API key or an access token",
+            (true, false, _) => "an API key",
+            (false, true, _) => "an access token",
+            (false, false, true) => "a registered TLS client certificate",
+            (false, false, false) => "no credential at all",
+        }
+    }
+}
+
+/// Everything the decision needs to know about one request, as the edge extracted it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    pub route: RouteFacts<'a>,
+    pub key: KeyCredential<'a>,
+    pub token: TokenCredential<'a>,
+    pub dpop: DpopHeader<'a>,
+    /// The client's address (after trusted-proxy resolution).
+    pub client_ip: IpAddr,
+    /// The TLS client certificate of the connection, if any.
+    pub peer_cert: Option<PresentedCert<'a>>,
+    /// The browser's `Origin` header.
+    pub origin: Option<&'a str>,
+    pub method: &'a str,
+    /// The request path (no query).
+    pub path: &'a str,
+    /// The URL a DPoP proof must name (`htu`), when it is not `oauth.issuer` + `path`.
+    pub htu: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// Which credential decides a request.
+enum Choice<'a> {
+    Key(&'a str),
+    Token { value: &'a str, dpop: bool },
+    Certificate(PresentedCert<'a>),
+    Refuse(Rejection),
+}
+
+impl<'a> RequestContext<'a> {
+    /// The credential the request is decided by, and whether it came in `Authorization`. A
+    /// token is a credential only on routes that take tokens: elsewhere an `Authorization`
+    /// value belongs to the upstream and passes through.
+    fn choice(&self) -> (Choice<'a>, bool) {
+        let r = &self.route;
+        if r.tokens && self.token != TokenCredential::None {
+            if self.key != KeyCredential::None {
+                return (Choice::Refuse(Rejection::Multiple), true);
+            }
+            return match self.token {
+                TokenCredential::One { value, dpop } => (Choice::Token { value, dpop }, true),
+                _ => (Choice::Refuse(Rejection::Multiple), true),
+            };
+        }
+        match self.key {
+            KeyCredential::None => match (r.client_certificates, self.peer_cert) {
+                (true, Some(c)) => (Choice::Certificate(c), false),
+                (true, None) => (Choice::Refuse(Rejection::CertificateRequired), false),
+                _ if self.token != TokenCredential::None => (
+                    Choice::Refuse(Rejection::CredentialNotAccepted {
+                        accepted: r.accepted(),
+                    }),
+                    true,
+                ),
+                _ => (Choice::Refuse(Rejection::Missing), false),
+            },
+            KeyCredential::One { bearer, .. } if !r.api_keys => (
+                Choice::Refuse(Rejection::CredentialNotAccepted {
+                    accepted: r.accepted(),
+                }),
+                bearer,
+            ),
+            KeyCredential::One { value, bearer } => (Choice::Key(value), bearer),
+            KeyCredential::Multiple => (Choice::Refuse(Rejection::Multiple), false),
+            KeyCredential::Malformed { bearer } => (Choice::Refuse(Rejection::Malformed(KeyFormatError::Alphabet)), bearer),
+        }
+    }
+
+    /// The deciding credential came in `Authorization` (Bearer or DPoP): the edge removes that
+    /// header before proxying and answers with `Bearer` challenges.
+    pub fn in_authorization(&self) -> bool {
+        self.choice().1
+    }
+
+    pub fn facts(&self) -> RequestFacts<'a> {
+        RequestFacts {
+            required_scopes: self.route.scopes,
+            scope_mode: self.route.scope_mode,
+            client_ip: Some(self.client_ip),
+        }
+    }
+
+    pub fn meta(&self) -> RequestMeta<'a> {
+        RequestMeta {
+            ip: Some(self.client_ip),
+            method: self.method,
+            path: self.path,
+            user_agent: self.user_agent,
+        }
+    }
+}
+
+/// Who a request is made by.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An API key.
+    Key(Arc<KeyRecord>),
+    /// A keyward access token (its client, or the key it was exchanged for).
+    Token(Arc<TokenPrincipal>),
+    /// The OAuth client a TLS client certificate is registered to.
+    Certificate(Arc<ClientRecord>),
+}
+
+/// Whom limits and usage are counted for.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSubject<'a> {
+    pub id: &'a str,
+    pub app_id: &'a str,
+    pub policy: &'a Policy,
+    /// The app's own limits (keys only).
+    pub app_policy: Option<&'a Policy>,
+    pub publishable: bool,
+}
+
+impl Principal {
+    /// The key id, or the OAuth client id: what limits and usage are counted by.
+    pub fn id(&self) -> &str {
+        match self {
+            Principal::Key(k) => &k.id,
+            Principal::Token(t) => &t.claims.client_id,
+            Principal::Certificate(c) => &c.id,
+        }
+    }
+
+    /// The OAuth client, when a token or a certificate stands for the caller.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Principal::Key(_) => None,
+            Principal::Token(t) => Some(&t.claims.client_id),
+            Principal::Certificate(c) => Some(&c.id),
+        }
+    }
+
+    /// The key record, when the caller is an API key.
+    pub fn key(&self) -> Option<&KeyRecord> {
+        match self {
+            Principal::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    pub fn app_id(&self) -> &str {
+        match self {
+            Principal::Key(k) => &k.app_id,
+            Principal::Token(t) => &t.app_id,
+            Principal::Certificate(c) => &c.app_id,
+        }
+    }
+
+    pub fn app_name(&self) -> &str {
+        match self {
+            Principal::Key(k) => &k.app_name,
+            Principal::Token(t) => &t.app_name,
+            Principal::Certificate(c) => &c.app_name,
+        }
+    }
+
+    /// The scopes the caller holds (a token's: those it was issued with).
+    pub fn scopes(&self) -> &[Scope] {
+        match self {
+            Principal::Key(k) => &k.scopes,
+            Principal::Token(t) => &t.scopes,
+            Principal::Certificate(c) => &c.scopes,
+        }
+    }
+
+    /// When the credential stops working (keys only; tokens are short-lived by design).
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.key().and_then(|k| k.expires_at)
+    }
+
+    pub fn limit_subject(&self) -> LimitSubject<'_> {
+        match self {
+            Principal::Key(k) => LimitSubject {
+                id: &k.id,
+                app_id: &k.app_id,
+                policy: &k.policy,
+                app_policy: Some(&k.app_policy),
+                publishable: k.kind() == KeyKind::Publishable,
+            },
+            Principal::Token(t) => LimitSubject {
+                id: &t.claims.client_id,
+                app_id: &t.app_id,
+                policy: &t.policy,
+                app_policy: None,
+                publishable: false,
+            },
+            Principal::Certificate(c) => LimitSubject {
+                id: &c.id,
+                app_id: &c.app_id,
+                policy: &c.policy,
+                app_policy: None,
+                publishable: false,
+            },
+        }
+    }
+}
+
+/// A refusal, and the principal it concerns when the credential was authentic.
+pub(crate) struct Denied {
+    pub rejection: Rejection,
+    pub principal: Option<Principal>,
+}
+
+impl Denied {
+    pub(crate) fn anonymous(rejection: Rejection) -> Denied {
+        Denied {
+            rejection,
+            principal: None,
+        }
+    }
+
+    pub(crate) fn of(principal: &Principal, rejection: Rejection) -> Denied {
+        Denied {
+            rejection,
+            principal: Some(principal.clone()),
+        }
+    }
+}
+
+/// The rejection for a denial of the pure decision.
+pub(crate) fn rejection_for(id: &str, denial: Denial) -> Rejection {
+    let key_id = id.to_owned();
+    match denial {
+        Denial::Revoked => Rejection::Revoked { key_id },
+        Denial::Expired => Rejection::Expired { key_id },
+        Denial::Disabled => Rejection::Disabled { key_id },
+        Denial::IpNotAllowed => Rejection::IpNotAllowed { key_id },
+        Denial::InsufficientScope { missing } => Rejection::InsufficientScope { key_id, missing },
+        Denial::ExchangeOnly => Rejection::ExchangeOnly { key_id },
+        Denial::PublishableNotAllowed => Rejection::PublishableNotAllowed { key_id },
+        Denial::OriginNotAllowed => Rejection::OriginNotAllowed { key_id },
+    }
+}
+
+impl Engine {
+    /// Authenticates and authorizes a request: the credential the route takes (key, token or
+    /// certificate) → the principal → its lifecycle, kind, binding (DPoP, mTLS), address
+    /// allowlist and scopes. Limits are [`Engine::admit`]'s. Every refusal is accounted.
+    pub async fn authenticate(&self, ctx: &RequestContext<'_>) -> Result<Principal, Rejection> {
+        let result = match ctx.choice().0 {
+            Choice::Refuse(r) => Err(Denied::anonymous(r)),
+            Choice::Key(value) => self.key_principal(value, ctx).await,
+            Choice::Token { value, dpop } => self.token_principal(value, dpop, ctx).await,
+            Choice::Certificate(cert) => self.certificate_principal(cert, ctx).await,
+        };
+        result.map_err(|d| self.account(d, Some(ctx.client_ip)))
+    }
+
+    /// Counts a refusal (usage of its principal by outcome; failed authentications of the
+    /// address) and gives back its rejection.
+    pub(crate) fn account(&self, denied: Denied, ip: Option<IpAddr>) -> Rejection {
+        let now = self.now();
+        if let Some(p) = &denied.principal {
+            self.usage
+                .record_as(p.id(), p.app_id(), denied.rejection.usage_outcome(), now);
+        }
+        if let (Some(ip), true) = (ip, denied.rejection.is_authentication_failure()) {
+            self.security.failed_authentication(self, ip, now);
+        }
+        denied.rejection
+    }
+
+    async fn key_principal(&self, value: &str, ctx: &RequestContext<'_>) -> Result<Principal, Denied> {
+        let record = self.check_key(value, &ctx.facts(), &ctx.meta()).await?;
+        let principal = Principal::Key(record.clone());
+        let usage = KeyUse {
+            route_takes_publishable: ctx.route.publishable,
+            origin: ctx.origin,
+        };
+        if let Decision::Deny(d) = check_key_use(&record, &usage) {
+            return Err(Denied::of(&principal, rejection_for(&record.id, d)));
+        }
+        self.check_mtls_requirement(&record, ctx.peer_cert)
+            .await
+            .map_err(|r| Denied::of(&principal, r))?;
+        Ok(principal)
+    }
+
+    async fn token_principal(&self, token: &str, dpop: bool, ctx: &RequestContext<'_>) -> Result<Principal, Denied> {
+        let verified = self
+            .verify_access_token(token, ctx.route.audience)
+            .await
+            .map_err(|e| Denied::anonymous(Rejection::InvalidToken { reason: e.code() }))?;
+        let principal = Principal::Token(verified.clone());
+        self.check_token_binding(verified.claims.cnf.as_ref(), dpop, token, ctx)
+            .await
+            .map_err(|r| Denied::of(&principal, r))?;
+        if let Decision::Deny(d) = authorize_client(&verified.scopes, &verified.policy, &ctx.facts()) {
+            return Err(Denied::of(&principal, rejection_for(&verified.claims.client_id, d)));
+        }
+        Ok(principal)
+    }
+
+    async fn certificate_principal(&self, cert: PresentedCert<'_>, ctx: &RequestContext<'_>) -> Result<Principal, Denied> {
+        let client = match self.client_for_certificate(cert).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(Denied::anonymous(Rejection::CertificateRequired)),
+            Err(crate::EngineError::Store(e)) => return Err(Denied::anonymous(Rejection::Store(e))),
+            Err(_) => return Err(Denied::anonymous(Rejection::CertificateRequired)),
+        };
+        let principal = Principal::Certificate(client.clone());
+        if let Decision::Deny(d) = authorize_client(&client.scopes, &client.policy, &ctx.facts()) {
+            return Err(Denied::of(&principal, rejection_for(&client.id, d)));
+        }
+        Ok(principal)
+    }
+
+    /// Consumes from every limit that applies to this request, all or nothing: the principal's
+    /// and (for keys) its app's rate and quota, the route's rate, and a publishable key's
+    /// per-address rate. A refused request consumes nothing. The outcome is counted in the
+    /// principal's usage. With Redis limits, a failure of Redis is answered by the route's
+    /// `on_limiter_failure`; `fail_closed` is `LimiterUnavailable`.
+    pub async fn admit(
+        &self,
+        principal: &Principal,
+        route: &RouteLimits,
+        client: Option<IpAddr>,
+    ) -> Result<Vec<LimitState>, Rejection> {
+        let outcome = self.limit(&principal.limit_subject(), route, client).await;
+        let rejection = match outcome {
+            Ok(Outcome::Allowed { states }) => return Ok(states),
+            Ok(Outcome::RateLimited {
+                policy,
+                retry_after,
+                states,
+            }) => Rejection::RateLimited {
+                policy,
+                retry_after,
+                states,
+            },
+            Ok(Outcome::QuotaExhausted {
+                policy,
+                retry_after,
+                states,
+            }) => Rejection::QuotaExhausted {
+                policy,
+                retry_after,
+                states,
+            },
+            Err(r) => r,
+        };
+        // Limits are no authentication failure: only the usage counts them (done by `limit`).
+        Err(rejection)
+    }
+}
