@@ -221,7 +221,11 @@ mod tests {
         use crate::policy::Origin;
         let mut r = record(&[]);
         let anywhere = KeyUse::default();
-        assert_eq!(check_key_use(&r, &anywhere), Decision::Allow, "a secret key works anywhere");
+        assert_eq!(
+            check_key_use(&r, &anywhere),
+            Decision::Allow,
+            "a secret key works anywhere"
+        );
         r.lifecycle.exchange_only = true;
         assert_eq!(check_key_use(&r, &anywhere), Decision::Deny(Denial::ExchangeOnly));
         r.lifecycle.exchange_only = false;
@@ -233,13 +237,22 @@ mod tests {
             route_takes_publishable: true,
             origin,
         };
-        assert_eq!(check_key_use(&r, &anywhere), Decision::Deny(Denial::PublishableNotAllowed));
-        assert_eq!(check_key_use(&r, &public(None)), Decision::Deny(Denial::OriginNotAllowed));
+        assert_eq!(
+            check_key_use(&r, &anywhere),
+            Decision::Deny(Denial::PublishableNotAllowed)
+        );
+        assert_eq!(
+            check_key_use(&r, &public(None)),
+            Decision::Deny(Denial::OriginNotAllowed)
+        );
         assert_eq!(
             check_key_use(&r, &public(Some("https://evil.example"))),
             Decision::Deny(Denial::OriginNotAllowed)
         );
-        assert_eq!(check_key_use(&r, &public(Some("https://cats.example"))), Decision::Allow);
+        assert_eq!(
+            check_key_use(&r, &public(Some("https://cats.example"))),
+            Decision::Allow
+        );
         // Legacy imported secrets are secret keys whatever their hint.
         r.lifecycle.legacy = true;
         assert_eq!(check_key_use(&r, &anywhere), Decision::Allow);
@@ -258,7 +271,10 @@ mod tests {
                 client_ip: Some(ip.parse().unwrap()),
             }
         }
-        assert_eq!(authorize_client(&granted, &policy, &facts("192.0.2.1", &[])), Decision::Allow);
+        assert_eq!(
+            authorize_client(&granted, &policy, &facts("192.0.2.1", &[])),
+            Decision::Allow
+        );
         policy.ips = IpAllowlist::parse(&["192.0.2.0/24"]).unwrap();
         assert_eq!(
             authorize_client(&granted, &policy, &facts("198.51.100.1", &[])),

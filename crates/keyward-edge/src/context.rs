@@ -219,7 +219,10 @@ pub(crate) fn identity_headers(p: &Principal, client: IpAddr) -> [(HeaderName, H
         (HeaderName::from_static("x-keyward-app-id"), header_text(p.app_id())),
         who,
         (HeaderName::from_static("x-keyward-scopes"), header_text(&scopes)),
-        (HeaderName::from_static("x-keyward-client-ip"), header_text(&client.to_string())),
+        (
+            HeaderName::from_static("x-keyward-client-ip"),
+            header_text(&client.to_string()),
+        ),
     ]
 }
 
@@ -395,7 +398,10 @@ mod tests {
             lifecycle: Default::default(),
         };
         let week = Duration::from_secs(7 * 86_400);
-        assert!(lifecycle_headers(&key(&r), now, week).is_empty(), "no expiry, no headers");
+        assert!(
+            lifecycle_headers(&key(&r), now, week).is_empty(),
+            "no expiry, no headers"
+        );
         r.expires_at = Some(now + time::Duration::days(30));
         assert!(lifecycle_headers(&key(&r), now, week).is_empty(), "far from expiry");
         r.expires_at = Some(now + time::Duration::days(3));

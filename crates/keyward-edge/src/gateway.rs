@@ -642,5 +642,4 @@ mod tests {
         assert!(Upstream::parse("127.0.0.1:9000").is_err());
         assert!(Upstream::parse("http://h/?q=1").is_err());
     }
-
 }

@@ -19,6 +19,8 @@ pub mod leaks;
 pub mod mtls;
 pub mod oauth;
 mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 pub mod security;
 pub mod sync;
 pub mod token;
@@ -36,15 +38,13 @@ use keyward_limit::{Limiter, QuotaCheck, RateCheck};
 use keyward_store::{CacheConfig, KeyCache, Lookup, Store};
 use time::OffsetDateTime;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use binding::DpopFailure;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineError, Rejection};
-pub use pipeline::{
-    DpopHeader, KeyCredential, LimitSubject, Principal, RequestContext, RouteFacts, TokenCredential,
-};
 /// The limit crate (Redis backend, breaker), for the wiring.
 pub use keyward_limit as limit;
 pub use keyward_limit::{LimitState, OnLimiterFailure, Outcome};
+pub use pipeline::{DpopHeader, KeyCredential, LimitSubject, Principal, RequestContext, RouteFacts, TokenCredential};
 pub use security::EventSink;
 
 /// What it takes to create a key.

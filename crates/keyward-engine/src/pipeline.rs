@@ -32,7 +32,9 @@ pub enum KeyCredential<'a> {
         bearer: bool,
     },
     /// A key header whose value is not text.
-    Malformed { bearer: bool },
+    Malformed {
+        bearer: bool,
+    },
     /// More than one key (several headers, or a header and `Authorization`).
     Multiple,
 }
@@ -155,22 +157,20 @@ impl<'a> RequestContext<'a> {
                 (true, Some(c)) => (Choice::Certificate(c), false),
                 (true, None) => (Choice::Refuse(Rejection::CertificateRequired), false),
                 _ if self.token != TokenCredential::None => (
-                    Choice::Refuse(Rejection::CredentialNotAccepted {
-                        accepted: r.accepted(),
-                    }),
+                    Choice::Refuse(Rejection::CredentialNotAccepted { accepted: r.accepted() }),
                     true,
                 ),
                 _ => (Choice::Refuse(Rejection::Missing), false),
             },
             KeyCredential::One { bearer, .. } if !r.api_keys => (
-                Choice::Refuse(Rejection::CredentialNotAccepted {
-                    accepted: r.accepted(),
-                }),
+                Choice::Refuse(Rejection::CredentialNotAccepted { accepted: r.accepted() }),
                 bearer,
             ),
             KeyCredential::One { value, bearer } => (Choice::Key(value), bearer),
             KeyCredential::Multiple => (Choice::Refuse(Rejection::Multiple), false),
-            KeyCredential::Malformed { bearer } => (Choice::Refuse(Rejection::Malformed(KeyFormatError::Alphabet)), bearer),
+            KeyCredential::Malformed { bearer } => {
+                (Choice::Refuse(Rejection::Malformed(KeyFormatError::Alphabet)), bearer)
+            }
         }
     }
 
@@ -400,7 +400,11 @@ impl Engine {
         Ok(principal)
     }
 
-    async fn certificate_principal(&self, cert: PresentedCert<'_>, ctx: &RequestContext<'_>) -> Result<Principal, Denied> {
+    async fn certificate_principal(
+        &self,
+        cert: PresentedCert<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Principal, Denied> {
         let client = match self.client_for_certificate(cert).await {
             Ok(Some(c)) => c,
             Ok(None) => return Err(Denied::anonymous(Rejection::CertificateRequired)),

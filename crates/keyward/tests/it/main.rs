@@ -26,6 +26,7 @@ mod limits;
 mod mtls;
 mod oauth;
 mod ops;
+mod pipeline;
 mod scan;
 mod tls;
 mod verify;
