@@ -96,7 +96,7 @@ async fn a_credential_the_route_does_not_take_is_named_as_such() {
     .await;
     // And the token works where tokens are taken, without reaching the upstream.
     assert_eq!(kw.get("/echo", &[("authorization", &bearer)]).await.status(), 200);
-    assert!(kw.up.seen.last().get("authorization").is_none());
+    assert!(!kw.up.seen.last().contains_key("authorization"));
 }
 
 #[tokio::test]
