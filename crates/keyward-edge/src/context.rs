@@ -11,9 +11,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use keyward_core::KeyFormat;
 use keyward_engine::mtls::PresentedCert;
-use keyward_engine::{DpopHeader, KeyCredential, Principal, RequestContext, TokenCredential};
-
-use crate::gateway::Route;
+use keyward_engine::{DpopHeader, KeyCredential, Principal, RequestContext, RouteFacts, TokenCredential};
 
 /// The credentials of a request, as found in its headers.
 #[derive(Debug, Clone, Copy)]
@@ -94,14 +92,14 @@ pub(crate) struct RequestView<'a> {
 
 /// The engine's request context for a request on `route`.
 pub(crate) fn context<'a>(
-    route: &'a Route,
+    route: RouteFacts<'a>,
     req: &RequestView<'a>,
     credential_headers: &[HeaderName],
     format: &KeyFormat,
 ) -> RequestContext<'a> {
     let found = extract(req.headers, credential_headers, format);
     RequestContext {
-        route: route.facts(),
+        route,
         key: found.key,
         token: found.token,
         dpop: found.dpop,

@@ -228,14 +228,10 @@ impl GatewayState {
     }
 }
 
-/// The gateway's router: every request goes through [`handle`].
-pub fn gateway_router(state: Arc<GatewayState>) -> Router {
-    let base = Router::new().fallback(handle).with_state(state.clone());
-    if state.engine.token_service().is_ok() {
-        crate::oauth::routes(state).merge(base)
-    } else {
-        base
-    }
+/// The proxy's router: every request goes through [`handle`] (the crate's `gateway_router`
+/// adds the OAuth endpoints in front).
+pub(crate) fn proxy_router(state: Arc<GatewayState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
 }
 
 impl GatewayState {
@@ -355,7 +351,7 @@ pub(crate) struct Refused {
 /// engine's `authenticate` → its `admit`. Whatever calls this consumes limits and records
 /// usage exactly as a proxied request does; every refusal is accounted by the engine.
 pub(crate) async fn decide(st: &GatewayState, route: &Route, req: &RequestView<'_>) -> Result<Admitted, Refused> {
-    let ctx = crate::context::context(route, req, &st.cfg.credential_headers, st.engine.format());
+    let ctx = crate::context::context(route.facts(), req, &st.cfg.credential_headers, st.engine.format());
     let bearer = ctx.in_authorization();
     let principal = st
         .engine

@@ -16,11 +16,23 @@ pub mod oauth_form;
 pub mod ops;
 pub mod problem;
 pub mod serve;
+pub mod strict;
 pub mod tls;
 pub mod verify;
 
 pub use admin::{admin_router, AdminState, AdminToken};
-pub use gateway::{gateway_router, GatewayConfig, GatewayState, Route};
+pub use gateway::{GatewayConfig, GatewayState, Route};
+
+/// The gateway listener's router: the OAuth endpoints (when the token service is on) in front
+/// of the proxy, whose every request goes through the pipeline.
+pub fn gateway_router(state: std::sync::Arc<GatewayState>) -> axum::Router {
+    let proxy = gateway::proxy_router(state.clone());
+    if state.engine().token_service().is_ok() {
+        oauth::routes(state).merge(proxy)
+    } else {
+        proxy
+    }
+}
 
 #[doc(hidden)]
 pub mod fuzz_api;

@@ -30,10 +30,10 @@ use keyward_core::Scope;
 use keyward_engine::{LimitState, RateBy, Rejection, RouteLimits};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{StrictJson, MAX_BODY};
 use crate::context;
 use crate::gateway::{self, Admitted, GatewayState, RequestView, Route, Upstream};
 use crate::problem::{self, Problem};
+use crate::strict::{StrictJson, MAX_BODY};
 
 /// Header that carries the service token on forward-auth calls (where `Authorization`
 /// belongs to the client) when `verify.forward_auth_require_token` is on.
