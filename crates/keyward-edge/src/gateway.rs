@@ -123,8 +123,11 @@ impl Route {
         }
     }
 
+    /// Whether the route takes `m`; `HEAD` wherever `GET` is (RFC 9110 §9.3.2).
     fn allows(&self, m: &Method) -> bool {
-        self.methods.is_empty() || self.methods.contains(m)
+        self.methods.is_empty()
+            || self.methods.contains(m)
+            || (m == Method::HEAD && self.methods.contains(&Method::GET))
     }
 
     /// What the engine's decision needs to know about the route.
@@ -513,6 +516,7 @@ fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Resp
 
 async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, req: Request<Body>) -> Response {
     let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let target = format!(
         "{}://{}{}{}",
@@ -552,6 +556,9 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The client gets its own protocol whatever the upstream spoke: an HTTP/1.0
+            // upstream must not turn a keep-alive HTTP/1.1 client into an HTTP/1.0 one.
+            parts.version = client_version;
             tagged(Response::from_parts(parts, Body::new(body)), "allowed")
         }
     }
@@ -605,6 +612,15 @@ mod tests {
         assert_eq!(err.status, 405);
         assert_eq!(find_route(&routes, &Method::GET, "/other").unwrap().path_prefix, "/");
         assert_eq!(find_route(&routes[..2], &Method::GET, "/x").unwrap_err().status, 404);
+        // HEAD wherever GET is (RFC 9110 §9.3.2), and only there.
+        assert_eq!(
+            find_route(&routes, &Method::HEAD, "/facts").unwrap().methods,
+            vec![Method::GET]
+        );
+        assert_eq!(
+            find_route(&routes[1..2], &Method::HEAD, "/facts").unwrap_err().status,
+            405
+        );
     }
 
     #[test]
