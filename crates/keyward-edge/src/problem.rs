@@ -311,6 +311,12 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
     p
 }
 
+/// A request body over a route's `max_body_size` (declared, or as it streamed).
+pub fn body_too_large(max: u64) -> Problem {
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
+        .detail(format!("the request body must be at most {max} bytes on this route"))
+}
+
 /// Store failures: never the driver's message to the client.
 pub fn store(e: &StoreError) -> Problem {
     match e {

@@ -76,6 +76,9 @@ pub enum RateBy {
     App,
     /// Everyone shares it.
     Global,
+    /// Each client address gets the route's rate (public routes, or per address on top of
+    /// the key's limits).
+    ClientIp,
 }
 
 /// The limits a route adds to those of the key and its app.
@@ -342,6 +345,10 @@ impl Engine {
                 RateBy::Key => l.key(&["route-rate", &route.route, "key", who.id]),
                 RateBy::App => l.key(&["route-rate", &route.route, "app", who.app_id]),
                 RateBy::Global => l.key(&["route-rate", &route.route]),
+                RateBy::ClientIp => {
+                    let ip = client.map(|ip| ip.to_string()).unwrap_or_default();
+                    l.key(&["route-rate", &route.route, "ip", &ip])
+                }
             };
             rates.push(RateCheck {
                 name: "route",
@@ -367,7 +374,9 @@ impl Engine {
             Ok(Outcome::QuotaExhausted { .. }) => "limited:quota",
             Err(_) => "limited:unavailable",
         };
-        self.usage.record_as(who.id, who.app_id, code, self.now());
+        if who.counted {
+            self.usage.record_as(who.id, who.app_id, code, self.now());
+        }
         outcome.map_err(|u| Rejection::LimiterUnavailable {
             retry_after: u.retry_after,
         })

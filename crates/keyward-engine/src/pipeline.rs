@@ -93,6 +93,8 @@ pub struct RouteFacts<'a> {
     pub publishable: bool,
     /// The audience tokens must carry.
     pub audience: &'a str,
+    /// A public route: no credential is checked; callers are anonymous (limits by address).
+    pub public: bool,
 }
 
 impl RouteFacts<'_> {
@@ -177,7 +179,7 @@ impl<'a> RequestContext<'a> {
     /// The deciding credential came in `Authorization` (Bearer or DPoP): the edge removes that
     /// header before proxying and answers with `Bearer` challenges.
     pub fn in_authorization(&self) -> bool {
-        self.choice().1
+        !self.route.public && self.choice().1
     }
 
     pub fn facts(&self) -> RequestFacts<'a> {
@@ -207,7 +209,12 @@ pub enum Principal {
     Token(Arc<TokenPrincipal>),
     /// The OAuth client a TLS client certificate is registered to.
     Certificate(Arc<ClientRecord>),
+    /// Anyone, on a public route.
+    Anonymous,
 }
+
+/// The limits of the anonymous principal: none of its own.
+static NO_POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
 /// Whom limits and usage are counted for.
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +225,8 @@ pub struct LimitSubject<'a> {
     /// The app's own limits (keys only).
     pub app_policy: Option<&'a Policy>,
     pub publishable: bool,
+    /// Counted in usage (everyone but the anonymous principal of public routes).
+    pub counted: bool,
 }
 
 impl Principal {
@@ -227,13 +236,14 @@ impl Principal {
             Principal::Key(k) => &k.id,
             Principal::Token(t) => &t.claims.client_id,
             Principal::Certificate(c) => &c.id,
+            Principal::Anonymous => "anonymous",
         }
     }
 
     /// The OAuth client, when a token or a certificate stands for the caller.
     pub fn client_id(&self) -> Option<&str> {
         match self {
-            Principal::Key(_) => None,
+            Principal::Key(_) | Principal::Anonymous => None,
             Principal::Token(t) => Some(&t.claims.client_id),
             Principal::Certificate(c) => Some(&c.id),
         }
@@ -252,6 +262,7 @@ impl Principal {
             Principal::Key(k) => &k.app_id,
             Principal::Token(t) => &t.app_id,
             Principal::Certificate(c) => &c.app_id,
+            Principal::Anonymous => "",
         }
     }
 
@@ -260,6 +271,7 @@ impl Principal {
             Principal::Key(k) => &k.app_name,
             Principal::Token(t) => &t.app_name,
             Principal::Certificate(c) => &c.app_name,
+            Principal::Anonymous => "",
         }
     }
 
@@ -269,6 +281,7 @@ impl Principal {
             Principal::Key(k) => &k.scopes,
             Principal::Token(t) => &t.scopes,
             Principal::Certificate(c) => &c.scopes,
+            Principal::Anonymous => &[],
         }
     }
 
@@ -285,6 +298,7 @@ impl Principal {
                 policy: &k.policy,
                 app_policy: Some(&k.app_policy),
                 publishable: k.kind() == KeyKind::Publishable,
+                counted: true,
             },
             Principal::Token(t) => LimitSubject {
                 id: &t.claims.client_id,
@@ -292,6 +306,7 @@ impl Principal {
                 policy: &t.policy,
                 app_policy: None,
                 publishable: false,
+                counted: true,
             },
             Principal::Certificate(c) => LimitSubject {
                 id: &c.id,
@@ -299,6 +314,15 @@ impl Principal {
                 policy: &c.policy,
                 app_policy: None,
                 publishable: false,
+                counted: true,
+            },
+            Principal::Anonymous => LimitSubject {
+                id: "anonymous",
+                app_id: "",
+                policy: &NO_POLICY,
+                app_policy: None,
+                publishable: false,
+                counted: false,
             },
         }
     }
@@ -346,6 +370,9 @@ impl Engine {
     /// certificate) → the principal → its lifecycle, kind, binding (DPoP, mTLS), address
     /// allowlist and scopes. Limits are [`Engine::admit`]'s. Every refusal is accounted.
     pub async fn authenticate(&self, ctx: &RequestContext<'_>) -> Result<Principal, Rejection> {
+        if ctx.route.public {
+            return Ok(Principal::Anonymous);
+        }
         let result = match ctx.choice().0 {
             Choice::Refuse(r) => Err(Denied::anonymous(r)),
             Choice::Key(value) => self.key_principal(value, ctx).await,

@@ -97,6 +97,7 @@ fn route(scopes: &[Scope]) -> RouteFacts<'_> {
         client_certificates: false,
         publishable: false,
         audience: "api",
+        public: false,
     }
 }
 
