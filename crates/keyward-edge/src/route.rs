@@ -183,7 +183,7 @@ pub fn upstream_path<'a>(path_and_query: &'a str, prefix: &str, strip: bool) -> 
     }
     let prefix = prefix.trim_end_matches('/');
     match path_and_query.strip_prefix(prefix) {
-        Some(rest) if rest.is_empty() => "/".into(),
+        Some("") => "/".into(),
         Some(rest) if rest.starts_with('?') => format!("/{rest}").into(),
         Some(rest) if rest.starts_with('/') => rest.into(),
         _ => path_and_query.into(),
