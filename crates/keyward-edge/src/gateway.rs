@@ -402,7 +402,14 @@ async fn handle(
     let started = Instant::now();
     let _in_flight = st.metrics.in_flight();
     let routes = st.routes();
-    let (route, resp) = route_request(&st, &routes, peer, req).await;
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let (route, mut resp) = route_request(&st, &routes, peer, req).await;
+    if grpc {
+        resp = problem::as_grpc(resp);
+    }
     let outcome = resp.extensions().get::<OutcomeTag>().map_or("other", |o| o.0);
     let route_name = route.map_or(crate::metrics::UNMATCHED, |r| r.name.as_str());
     // On the request span (crate::ops): exported with it as OpenTelemetry attributes.

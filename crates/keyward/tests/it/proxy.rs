@@ -181,3 +181,72 @@ async fn server_sent_events_stream_without_buffering() {
     }
     assert_eq!(rest, b"data: two\n\n");
 }
+
+/// One HTTP/2 (prior knowledge) request to the gateway, as a gRPC client sends it.
+async fn grpc_call(kw: &Kw, path: &str, key: Option<&str>) -> hyper::Response<hyper::body::Incoming> {
+    let addr = kw.gw.trim_start_matches("http://").to_owned();
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc+proto")
+        .header("te", "trailers");
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    // An empty message: compressed flag 0, length 0.
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
+    send.send_request(req.body(body).unwrap()).await.unwrap()
+}
+
+fn grpc_status(r: &hyper::Response<hyper::body::Incoming>) -> (u16, String, String) {
+    let h = r.headers();
+    let text = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (r.status().as_u16(), text("grpc-status"), text("grpc-message"))
+}
+
+#[tokio::test]
+async fn refused_grpc_calls_are_answered_in_grpc() {
+    let kw = boot_with(|c| {
+        for r in c.routes.iter_mut().filter(|r| r.name == "fact") {
+            r.methods.push("POST".into());
+        }
+    })
+    .await;
+    // No key: UNAUTHENTICATED, in headers only (a Trailers-Only response), no JSON body.
+    let r = grpc_call(&kw, "/fact/cats.Facts/Get", None).await;
+    let (status, code, message) = grpc_status(&r);
+    assert_eq!((status, code.as_str()), (200, "16"), "{message}");
+    assert!(message.contains("missing_credential"), "{message}");
+    assert_eq!(r.headers()["content-type"], "application/grpc");
+    assert!(r.headers().get("www-authenticate").is_some());
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(body.is_empty(), "a gRPC client cannot read {body:?}");
+    // A key without the route's scope: PERMISSION_DENIED.
+    let (_, other) = kw.key("cats", &["other:read"], json!({})).await;
+    assert_eq!(
+        grpc_status(&grpc_call(&kw, "/fact/cats.Facts/Get", Some(&other)).await).1,
+        "7"
+    );
+    // A rate limit: RESOURCE_EXHAUSTED, with Retry-After.
+    let (_, limited) = kw.key("cats", &["facts:read"], json!({"rate": {"limit": "1/min", "burst": 1}})).await;
+    grpc_call(&kw, "/fact/cats.Facts/Get", Some(&limited)).await;
+    let r = grpc_call(&kw, "/fact/cats.Facts/Get", Some(&limited)).await;
+    assert_eq!(grpc_status(&r).1, "8");
+    assert!(r.headers().get("retry-after").is_some());
+    // The upstream down: UNAVAILABLE, its address never said.
+    let (_, key) = kw.key("cats", &[], json!({})).await;
+    let (_, code, message) = grpc_status(&grpc_call(&kw, "/down/x.Y/Z", Some(&key)).await);
+    assert_eq!(code, "14", "{message}");
+    assert!(!message.contains("127.0.0.1:9"), "{message}");
+    // An unknown path: UNIMPLEMENTED.
+    assert_eq!(grpc_status(&grpc_call(&kw, "/nowhere/x.Y/Z", Some(&key)).await).1, "12");
+}
