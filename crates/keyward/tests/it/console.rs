@@ -1,6 +1,8 @@
 //! The web console (issue 8): served by the admin listener with strict headers, and driven
 //! end to end in headless Chromium by tests/console/run.mjs when `KEYWARD_TEST_CHROMIUM=1`
-//! (tests/console/setup.sh installs Debian's chromium and playwright-core).
+//! (tests/console/setup.sh installs Debian's chromium and playwright-core). Issue 22: nothing
+//! before sign-in, a read-only token offered no change, the keys table's kind, scopes, last use and
+//! rotation, the audit's source address, the usage chart's quiet minutes at 0, a 420 px window.
 
 use reqwest::Method;
 use serde_json::json;
