@@ -164,6 +164,8 @@ try {
     check((await next.locator('[data-testid=rotate]').count()) === 1, 'the successor can be rotated');
     check((await next.locator('[data-testid=rotated]').count()) === 0, 'the successor is not marked rotated');
     check((await old.locator('[data-testid=scopes]').textContent()) === 'facts:read', 'scopes shown');
+    const box = await tid('keys-scroll').evaluate((e) => ({ sw: e.scrollWidth, cw: e.clientWidth }));
+    check(box.sw <= box.cw, `the keys table fits at 1280 px, actions included (${box.sw} in ${box.cw})`);
   });
 
   await step('disable', async () => {
@@ -208,6 +210,9 @@ try {
         check((await cell(name, 'last-used')) === 'never', `${name} never used`);
       }
       check((await cell('bff', 'scopes')) === 'facts:readfacts:write', 'both scopes of bff');
+      // At a desktop width the whole keys table, actions included, fits without scrolling.
+      const box = await tid('keys-scroll').evaluate((e) => ({ sw: e.scrollWidth, cw: e.clientWidth }));
+      check(box.sw <= box.cw, `the keys table fits at 1280 px (${box.sw} in ${box.cw})`);
       // A canary is never rotated (the server refuses it).
       check((await page.locator('#keys-body tr[data-name="trap"] [data-testid=rotate]').count()) === 0, 'no Rotate on a canary');
       if (env.USED_KEY) {
@@ -342,10 +347,10 @@ try {
       await page.locator('#audit-body tr').first().waitFor();
       const o = await noPageOverflow();
       check(o.doc <= o.view && o.body <= o.view, `page ${o.doc}/${o.body} px wide in a ${o.view} px window`);
-      await page.setViewportSize({ width: 1280, height: 900 });
     });
 
     await step('read-only sign out', async () => {
+      await page.setViewportSize({ width: 1280, height: 900 });
       await tid('signout').click();
       await page.locator('#signin').waitFor();
       check(!(await navVisible()), 'the navigation is hidden again');

@@ -81,6 +81,12 @@ function formValues(form) {
 
 // `2026-12-04T12:29:49.123Z` → `2026-12-04 12:29Z`.
 const short = (t) => (t ? t.replace('T', ' ').replace(/:\d\d(\.\d+)?Z$/, 'Z') : '');
+// The same for a table cell: it may break between the date and the time, nowhere else.
+function when(t, none) {
+  if (!t) return none || '';
+  const [d, h] = short(t).split(' ');
+  return el('span', {}, el('span', { class: 'nw' }, d), ' ', el('span', { class: 'nw' }, h));
+}
 
 // ---- sign in / views ----------------------------------------------------------------------
 
@@ -152,7 +158,7 @@ const loadApps = pager('#apps-body', '#apps-more', (cursor) => {
   const { q } = formValues($('#app-search'));
   return api('GET', '/v1/apps' + qs({ q, cursor }));
 }, (a) => el('tr', { 'data-app': a.name },
-  el('td', {}, a.name), el('td', {}, el('code', {}, a.id)), el('td', {}, short(a.created_at)),
+  el('td', {}, a.name), el('td', {}, el('code', {}, a.id)), el('td', {}, when(a.created_at)),
   el('td', { class: 'actions' },
     el('button', { onclick: () => { $('#key-search').app.value = a.name; show('keys'); } }, 'Keys'),
     el('button', { onclick: () => { usageFor({ app: a.name }); } }, 'Usage'),
@@ -214,7 +220,7 @@ function keyRow(k) {
     el('span', { 'data-testid': 'state' }, k.state));
   if (k.rotated_to) {
     state.append(el('span', { class: 'note', 'data-testid': 'rotated', title: `replaced by ${k.rotated_to}` },
-      `rotated ${short(k.rotated_at)}`));
+      'rotated ', when(k.rotated_at)));
   }
   if (k.rotated_from) {
     state.append(el('span', { class: 'note', title: `replaces ${k.rotated_from}` }, 'successor'));
@@ -224,8 +230,8 @@ function keyRow(k) {
     el('td', {}, k.app_name), el('td', {}, k.env),
     el('td', { 'data-testid': 'kind' }, ...kindTags(k).map((t) => el('span', { class: 'tag ' + t.replace(/\W+/g, '-') }, t))),
     el('td', { 'data-testid': 'scopes' }, ...(k.scopes || []).map((sc) => el('span', { class: 'tag' }, sc))),
-    state, el('td', { class: 'nowrap' }, short(k.expires_at) || 'never'),
-    el('td', { class: 'nowrap', 'data-testid': 'last-used' }, short(k.last_used_at) || 'never'), actions);
+    state, el('td', {}, when(k.expires_at, 'never')),
+    el('td', { 'data-testid': 'last-used' }, when(k.last_used_at, 'never')), actions);
 }
 
 // `secret` or `publishable`, and what else sets the key apart.
@@ -265,7 +271,7 @@ const loadClients = pager('#clients-body', '#clients-more', (cursor) => {
   return api('GET', '/v1/clients' + qs({ ...f, cursor }));
 }, (c) => el('tr', {},
   el('td', {}, el('code', {}, c.client_id)), el('td', {}, c.name || ''), el('td', {}, c.app_name),
-  el('td', {}, c.auth_method), el('td', { class: 'state-' + c.state }, c.state), el('td', {}, short(c.created_at))));
+  el('td', {}, c.auth_method), el('td', { class: 'state-' + c.state }, c.state), el('td', {}, when(c.created_at))));
 loaders.clients = () => loadClients(true).catch(() => {});
 
 // ---- usage -------------------------------------------------------------------------------
@@ -378,7 +384,7 @@ const loadAudit = pager('#audit-body', '#audit-more', (cursor) => {
   const f = formValues($('#audit-form'));
   return api('GET', '/v1/audit' + qs({ ...f, limit: '50', cursor }));
 }, (e) => el('tr', {},
-  el('td', {}, e.seq), el('td', {}, short(e.at)), el('td', {}, e.actor), el('td', { 'data-testid': 'audit-kind-cell' }, e.kind),
+  el('td', {}, e.seq), el('td', {}, when(e.at)), el('td', {}, e.actor), el('td', { 'data-testid': 'audit-kind-cell' }, e.kind),
   el('td', {}, e.severity), el('td', {}, el('code', { class: 'id' }, e.target || '')),
   el('td', { class: 'nowrap', 'data-testid': 'audit-source' }, e.source_ip || '')));
 loaders.audit = () => loadAudit(true).catch(() => {});
