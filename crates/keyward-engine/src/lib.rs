@@ -44,7 +44,9 @@ pub use error::{EngineError, Rejection};
 /// The limit crate (Redis backend, breaker), for the wiring.
 pub use keyward_limit as limit;
 pub use keyward_limit::{LimitState, OnLimiterFailure, Outcome};
-pub use pipeline::{DpopHeader, KeyCredential, LimitSubject, Principal, RequestContext, RouteFacts, TokenCredential};
+pub use pipeline::{
+    Changed, DpopHeader, Granted, KeyCredential, LimitSubject, Principal, RequestContext, RouteFacts, TokenCredential,
+};
 pub use security::EventSink;
 
 /// What it takes to create a key.
@@ -145,6 +147,9 @@ pub struct Engine {
     pub(crate) oauth: std::sync::OnceLock<token::TokenService>,
     /// Clients and their secret digests, by client_id (dropped on every change).
     pub(crate) clients: oauth::ClientCache,
+    /// Changes that may take rights away, made here or announced by another node (for state
+    /// that outlives a request: open tunnels).
+    changed: tokio::sync::broadcast::Sender<pipeline::Changed>,
 }
 
 impl Engine {
@@ -187,6 +192,7 @@ impl Engine {
             legacy_present: std::sync::atomic::AtomicBool::new(false),
             oauth: std::sync::OnceLock::new(),
             clients: oauth::ClientCache::new(),
+            changed: tokio::sync::broadcast::channel(1024).0,
         }
     }
 

@@ -483,3 +483,126 @@ impl Engine {
         Err(rejection)
     }
 }
+
+/// A change that may take rights away from principals, made on this node or announced by
+/// another: what holders of long-lived state (open tunnels) re-check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    Key(String),
+    App(String),
+    Client(String),
+    /// The token denylist grew.
+    Tokens,
+    /// Announcements may have been missed: re-check everything.
+    All,
+}
+
+impl Changed {
+    /// Whether the change may concern `p`.
+    pub fn concerns(&self, p: &Principal) -> bool {
+        match (self, p) {
+            (_, Principal::Anonymous) => false,
+            (Changed::All, _) => true,
+            (Changed::Key(id), Principal::Key(k)) => &k.id == id,
+            (Changed::App(id), Principal::Key(k)) => &k.app_id == id,
+            (Changed::Client(id), Principal::Token(t)) => &t.claims.client_id == id,
+            (Changed::Client(id), Principal::Certificate(c)) => &c.id == id,
+            (Changed::Tokens, Principal::Token(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a request was granted, kept by whoever holds a connection open on it (a tunnel) to
+/// re-check it when something changes.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub principal: Principal,
+    pub scopes: Vec<Scope>,
+    pub scope_mode: ScopeMode,
+    pub client_ip: IpAddr,
+}
+
+impl Granted {
+    pub fn new(principal: Principal, ctx: &RequestContext<'_>) -> Granted {
+        Granted {
+            principal,
+            scopes: ctx.route.scopes.to_vec(),
+            scope_mode: ctx.route.scope_mode,
+            client_ip: ctx.client_ip,
+        }
+    }
+
+    /// When the grant runs out on its own: the key's expiry, the token's `exp`.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        match &self.principal {
+            Principal::Key(k) => k.expires_at,
+            Principal::Token(t) => OffsetDateTime::from_unix_timestamp(t.claims.exp).ok(),
+            Principal::Certificate(_) | Principal::Anonymous => None,
+        }
+    }
+}
+
+impl Engine {
+    /// Announces a change to the holders of long-lived grants (no receiver: nothing to do).
+    pub(crate) fn announce(&self, change: Changed) {
+        let _ = self.changed.send(change);
+    }
+
+    /// Changes that may take rights away, as they happen (on this node, or announced by
+    /// another through the store or Redis).
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Changed> {
+        self.changed.subscribe()
+    }
+
+    /// Whether a grant still holds now: the key re-read from the store and decided again
+    /// (revoked, disabled, expired, allowlists, scopes), the token not revoked nor expired and
+    /// its client still there and enabled, the certificate's client likewise. A store that
+    /// cannot answer keeps the grant (like stale serving: the caller re-checks later).
+    pub async fn still_granted(&self, g: &Granted) -> bool {
+        let now = self.clock.now();
+        let facts = RequestFacts {
+            required_scopes: &g.scopes,
+            scope_mode: g.scope_mode,
+            client_ip: Some(g.client_ip),
+        };
+        match &g.principal {
+            Principal::Anonymous => true,
+            Principal::Key(k) => match self.store.get_key(&k.id).await {
+                Ok(Some(fresh)) => {
+                    keyward_core::authorize(&fresh, &facts, now) == Decision::Allow
+                        && check_key_use(
+                            &fresh,
+                            &KeyUse {
+                                route_takes_publishable: true,
+                                origin: None,
+                            },
+                        ) != Decision::Deny(Denial::ExchangeOnly)
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            },
+            Principal::Token(t) => {
+                if self.token_revoked(&t.claims.jti) || t.claims.exp <= now.unix_timestamp() {
+                    return false;
+                }
+                self.client_still_enabled(&t.claims.client_id, &t.claims.sub).await
+            }
+            Principal::Certificate(c) => self.client_still_enabled(&c.id, &c.id).await,
+        }
+    }
+
+    /// A client (or, for a token exchanged for a key, that key) that still exists and is
+    /// enabled.
+    async fn client_still_enabled(&self, client_id: &str, sub: &str) -> bool {
+        match self.store.get_client(client_id).await {
+            Ok(Some(c)) => c.disabled_at.is_none(),
+            Ok(None) => match self.store.get_key(sub).await {
+                Ok(Some(k)) => k.state(self.clock.now()) == keyward_core::model::KeyState::Active,
+                Ok(None) => false,
+                Err(_) => true,
+            },
+            Err(_) => true,
+        }
+    }
+}

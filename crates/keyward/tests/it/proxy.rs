@@ -237,7 +237,9 @@ async fn refused_grpc_calls_are_answered_in_grpc() {
         "7"
     );
     // A rate limit: RESOURCE_EXHAUSTED, with Retry-After.
-    let (_, limited) = kw.key("cats", &["facts:read"], json!({"rate": {"limit": "1/min", "burst": 1}})).await;
+    let (_, limited) = kw
+        .key("cats", &["facts:read"], json!({"rate": {"limit": "1/min", "burst": 1}}))
+        .await;
     grpc_call(&kw, "/fact/cats.Facts/Get", Some(&limited)).await;
     let r = grpc_call(&kw, "/fact/cats.Facts/Get", Some(&limited)).await;
     assert_eq!(grpc_status(&r).1, "8");
