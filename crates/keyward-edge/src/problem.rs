@@ -134,19 +134,6 @@ pub fn grpc_status(status: StatusCode) -> u8 {
     }
 }
 
-/// `grpc-message` text: percent-encoded outside printable ASCII and `%` (gRPC over HTTP/2).
-fn grpc_message(s: &str) -> HeaderValue {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 /// A keyward problem response re-said the way gRPC clients understand it: HTTP 200,
 /// `content-type: application/grpc`, `grpc-status` and `grpc-message`, no body (a
 /// "Trailers-Only" response); the challenges, `Retry-After`, rate-limit fields and the request
@@ -172,7 +159,8 @@ pub fn as_grpc(resp: Response) -> Response {
     );
     h.insert(
         header::HeaderName::from_static("grpc-message"),
-        grpc_message(&format!("{}: {}", said.code, said.message)),
+        // gRPC's percent-encoding is keyward's header text: printable ASCII but `%` kept.
+        crate::context::header_text(&format!("{}: {}", said.code, said.message)),
     );
     out
 }
