@@ -279,16 +279,11 @@ impl Store for PgStore {
     }
 
     async fn get_app(&self, id_or_name: &str) -> Result<Option<AppRecord>, StoreError> {
-        let row = sql::app_by_id_or_name(id_or_name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(g)?;
-        row.as_ref().map(rows::app_from_row).transpose()
+        sql::optional(&self.pool, sql::app_by_id_or_name(id_or_name), rows::app_from_row).await
     }
 
     async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        let found = sql::apps().fetch_all(&self.pool).await.map_err(g)?;
-        found.iter().map(rows::app_from_row).collect()
+        sql::all(&self.pool, sql::apps(), rows::app_from_row).await
     }
 
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError> {
@@ -347,8 +342,7 @@ impl Store for PgStore {
     }
 
     async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
-        let row = sql::key_by_digest(digest).fetch_optional(&self.pool).await.map_err(g)?;
-        row.as_ref().map(rows::key_from_row).transpose()
+        sql::optional(&self.pool, sql::key_by_digest(digest), rows::key_from_row).await
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -356,13 +350,11 @@ impl Store for PgStore {
     }
 
     async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
-        let row = sql::key_by_id(id).fetch_optional(&self.pool).await.map_err(g)?;
-        row.as_ref().map(rows::key_from_row).transpose()
+        sql::optional(&self.pool, sql::key_by_id(id), rows::key_from_row).await
     }
 
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        let found = sql::keys(app_id).fetch_all(&self.pool).await.map_err(g)?;
-        found.iter().map(|r| rows::key_from_row(r).map(|(k, _)| k)).collect()
+        sql::all(&self.pool, sql::keys(app_id), |r| rows::key_from_row(r).map(|(k, _)| k)).await
     }
 
     async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
@@ -458,8 +450,7 @@ impl Store for PgStore {
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
-        let found = sql::audit(f).fetch_all(&self.pool).await.map_err(g)?;
-        found.iter().map(rows::audit_from_row).collect()
+        sql::all(&self.pool, sql::audit(f), rows::audit_from_row).await
     }
 
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -533,11 +524,12 @@ impl Store for PgStore {
         app_id: Option<&str>,
         since_minute: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let found = sql::usage(key_id, app_id, since_minute)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(g)?;
-        found.iter().map(rows::usage_from_row).collect()
+        sql::all(
+            &self.pool,
+            sql::usage(key_id, app_id, since_minute),
+            rows::usage_from_row,
+        )
+        .await
     }
 
     async fn create_client(&self, c: &ClientRecord, secret: Option<(&Digest, &str)>) -> Result<(), StoreError> {
@@ -558,13 +550,11 @@ impl Store for PgStore {
     }
 
     async fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let row = sql::client_by_id(id).fetch_optional(&self.pool).await.map_err(g)?;
-        row.as_ref().map(rows::client_from_row).transpose()
+        sql::optional(&self.pool, sql::client_by_id(id), rows::client_from_row).await
     }
 
     async fn list_clients(&self, app_id: Option<&str>) -> Result<Vec<ClientRecord>, StoreError> {
-        let found = sql::clients(app_id).fetch_all(&self.pool).await.map_err(g)?;
-        found.iter().map(rows::client_from_row).collect()
+        sql::all(&self.pool, sql::clients(app_id), rows::client_from_row).await
     }
 
     async fn update_client(&self, c: &ClientRecord) -> Result<bool, StoreError> {
@@ -593,11 +583,12 @@ impl Store for PgStore {
         id: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError> {
-        let found = sql::live_client_secrets(id, now)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(g)?;
-        found.iter().map(rows::client_secret_from_row).collect()
+        sql::all(
+            &self.pool,
+            sql::live_client_secrets(id, now),
+            rows::client_secret_from_row,
+        )
+        .await
     }
 
     async fn rotate_client_secret(
@@ -644,8 +635,7 @@ impl Store for PgStore {
     }
 
     async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let found = sql::signing_keys(now).fetch_all(&self.pool).await.map_err(g)?;
-        found.iter().map(rows::signing_key_from_row).collect()
+        sql::all(&self.pool, sql::signing_keys(now), rows::signing_key_from_row).await
     }
 
     async fn retire_signing_key(
@@ -680,8 +670,7 @@ impl Store for PgStore {
     }
 
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
-        let found = sql::revoked_tokens(now).fetch_all(&self.pool).await.map_err(g)?;
-        found.iter().map(rows::revoked_token_from_row).collect()
+        sql::all(&self.pool, sql::revoked_tokens(now), rows::revoked_token_from_row).await
     }
 
     async fn create_admin_token(&self, t: &AdminTokenRecord, digest: &Digest) -> Result<(), StoreError> {
@@ -693,19 +682,19 @@ impl Store for PgStore {
     }
 
     async fn admin_token_by_digest(&self, digest: &Digest) -> Result<Option<(AdminTokenRecord, Digest)>, StoreError> {
-        let row = sql::admin_token_by_digest(digest)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(g)?;
-        row.as_ref().map(rows::admin_token_from_row).transpose()
+        sql::optional(
+            &self.pool,
+            sql::admin_token_by_digest(digest),
+            rows::admin_token_from_row,
+        )
+        .await
     }
 
     async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        let found = sql::admin_tokens().fetch_all(&self.pool).await.map_err(g)?;
-        found
-            .iter()
-            .map(|r| rows::admin_token_from_row(r).map(|(t, _)| t))
-            .collect()
+        sql::all(&self.pool, sql::admin_tokens(), |r| {
+            rows::admin_token_from_row(r).map(|(t, _)| t)
+        })
+        .await
     }
 
     async fn revoke_admin_token(
@@ -717,15 +706,10 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await
             .map_err(g)?;
-        let row = sql::admin_token_by_id_or_name(id_or_name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(g)?;
-        Ok(row
-            .as_ref()
-            .map(rows::admin_token_from_row)
-            .transpose()?
-            .map(|(t, _)| t))
+        sql::optional(&self.pool, sql::admin_token_by_id_or_name(id_or_name), |r| {
+            rows::admin_token_from_row(r).map(|(t, _)| t)
+        })
+        .await
     }
 
     async fn remember_jti(

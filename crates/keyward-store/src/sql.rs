@@ -20,7 +20,7 @@ use keyward_core::model::{AuditEvent, AuditFilter, ClientRecord, KeyUpdate, Sign
 use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyRecord, Scope};
 use sqlx::query::Query;
-use sqlx::{Database, Encode, Type};
+use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
 use time::OffsetDateTime;
 
 use crate::rows::{admin_token_columns, app_columns, client_columns, key_columns};
@@ -98,6 +98,36 @@ where
     fn bytes(self, v: &'q [u8]) -> Self {
         self.bind(v)
     }
+}
+
+/// Runs a read on the pool; maps its row, if any.
+pub(crate) async fn optional<'q, DB, T>(
+    pool: &Pool<DB>,
+    query: Q<'q, DB>,
+    map: fn(&DB::Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let row = query.fetch_optional(pool).await.map_err(StoreError::from_sqlx)?;
+    row.as_ref().map(map).transpose()
+}
+
+/// Runs a read on the pool; maps every row.
+pub(crate) async fn all<'q, DB, T>(
+    pool: &Pool<DB>,
+    query: Q<'q, DB>,
+    map: fn(&DB::Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let found = query.fetch_all(pool).await.map_err(StoreError::from_sqlx)?;
+    found.iter().map(map).collect()
 }
 
 /// A timestamp as stored (Unix seconds).

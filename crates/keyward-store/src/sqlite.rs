@@ -101,16 +101,11 @@ impl Store for SqliteStore {
     }
 
     async fn get_app(&self, id_or_name: &str) -> Result<Option<AppRecord>, StoreError> {
-        let row = sql::app_by_id_or_name(id_or_name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        row.as_ref().map(rows::app_from_row).transpose()
+        sql::optional(&self.pool, sql::app_by_id_or_name(id_or_name), rows::app_from_row).await
     }
 
     async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        let found = sql::apps().fetch_all(&self.pool).await.map_err(StoreError::from_sqlx)?;
-        found.iter().map(rows::app_from_row).collect()
+        sql::all(&self.pool, sql::apps(), rows::app_from_row).await
     }
 
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError> {
@@ -137,11 +132,7 @@ impl Store for SqliteStore {
     }
 
     async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
-        let row = sql::key_by_digest(digest)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        row.as_ref().map(rows::key_from_row).transpose()
+        sql::optional(&self.pool, sql::key_by_digest(digest), rows::key_from_row).await
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -149,19 +140,11 @@ impl Store for SqliteStore {
     }
 
     async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
-        let row = sql::key_by_id(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        row.as_ref().map(rows::key_from_row).transpose()
+        sql::optional(&self.pool, sql::key_by_id(id), rows::key_from_row).await
     }
 
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        let found = sql::keys(app_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found.iter().map(|r| rows::key_from_row(r).map(|(k, _)| k)).collect()
+        sql::all(&self.pool, sql::keys(app_id), |r| rows::key_from_row(r).map(|(k, _)| k)).await
     }
 
     async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
@@ -257,11 +240,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
-        let found = sql::audit(f)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found.iter().map(rows::audit_from_row).collect()
+        sql::all(&self.pool, sql::audit(f), rows::audit_from_row).await
     }
 
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -303,11 +282,12 @@ impl Store for SqliteStore {
         app_id: Option<&str>,
         since_minute: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let found = sql::usage(key_id, app_id, since_minute)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found.iter().map(rows::usage_from_row).collect()
+        sql::all(
+            &self.pool,
+            sql::usage(key_id, app_id, since_minute),
+            rows::usage_from_row,
+        )
+        .await
     }
 
     async fn create_client(&self, c: &ClientRecord, secret: Option<(&Digest, &str)>) -> Result<(), StoreError> {
@@ -327,19 +307,11 @@ impl Store for SqliteStore {
     }
 
     async fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let row = sql::client_by_id(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        row.as_ref().map(rows::client_from_row).transpose()
+        sql::optional(&self.pool, sql::client_by_id(id), rows::client_from_row).await
     }
 
     async fn list_clients(&self, app_id: Option<&str>) -> Result<Vec<ClientRecord>, StoreError> {
-        let found = sql::clients(app_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found.iter().map(rows::client_from_row).collect()
+        sql::all(&self.pool, sql::clients(app_id), rows::client_from_row).await
     }
 
     async fn update_client(&self, c: &ClientRecord) -> Result<bool, StoreError> {
@@ -369,11 +341,12 @@ impl Store for SqliteStore {
         id: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError> {
-        let found = sql::live_client_secrets(id, now)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found.iter().map(rows::client_secret_from_row).collect()
+        sql::all(
+            &self.pool,
+            sql::live_client_secrets(id, now),
+            rows::client_secret_from_row,
+        )
+        .await
     }
 
     async fn rotate_client_secret(
@@ -419,11 +392,7 @@ impl Store for SqliteStore {
     }
 
     async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let found = sql::signing_keys(now)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found.iter().map(rows::signing_key_from_row).collect()
+        sql::all(&self.pool, sql::signing_keys(now), rows::signing_key_from_row).await
     }
 
     async fn retire_signing_key(
@@ -448,11 +417,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
-        let found = sql::revoked_tokens(now)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found.iter().map(rows::revoked_token_from_row).collect()
+        sql::all(&self.pool, sql::revoked_tokens(now), rows::revoked_token_from_row).await
     }
 
     async fn create_admin_token(&self, t: &AdminTokenRecord, digest: &Digest) -> Result<(), StoreError> {
@@ -464,22 +429,19 @@ impl Store for SqliteStore {
     }
 
     async fn admin_token_by_digest(&self, digest: &Digest) -> Result<Option<(AdminTokenRecord, Digest)>, StoreError> {
-        let row = sql::admin_token_by_digest(digest)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        row.as_ref().map(rows::admin_token_from_row).transpose()
+        sql::optional(
+            &self.pool,
+            sql::admin_token_by_digest(digest),
+            rows::admin_token_from_row,
+        )
+        .await
     }
 
     async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        let found = sql::admin_tokens()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        found
-            .iter()
-            .map(|r| rows::admin_token_from_row(r).map(|(t, _)| t))
-            .collect()
+        sql::all(&self.pool, sql::admin_tokens(), |r| {
+            rows::admin_token_from_row(r).map(|(t, _)| t)
+        })
+        .await
     }
 
     async fn revoke_admin_token(
@@ -491,15 +453,10 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let row = sql::admin_token_by_id_or_name(id_or_name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        Ok(row
-            .as_ref()
-            .map(rows::admin_token_from_row)
-            .transpose()?
-            .map(|(t, _)| t))
+        sql::optional(&self.pool, sql::admin_token_by_id_or_name(id_or_name), |r| {
+            rows::admin_token_from_row(r).map(|(t, _)| t)
+        })
+        .await
     }
 
     async fn remember_jti(
