@@ -140,7 +140,7 @@ fn scopes_from(text: &str, what: &str) -> Result<Vec<Scope>, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("a stored {what}scope is invalid")))
 }
 
-/// An app ([`app_columns!`]).
+/// An app (`app_columns!`).
 pub(crate) fn app_from_row(row: &impl Cols) -> Result<AppRecord, StoreError> {
     Ok(AppRecord {
         id: row.text("id")?,
@@ -150,7 +150,7 @@ pub(crate) fn app_from_row(row: &impl Cols) -> Result<AppRecord, StoreError> {
     })
 }
 
-/// A key with its app's name and policy, and its digest as stored ([`key_columns!`]).
+/// A key with its app's name and policy, and its digest as stored (`key_columns!`).
 pub(crate) fn key_from_row(row: &impl Cols) -> Result<(KeyRecord, Digest), StoreError> {
     let scopes = scopes_from(&row.text("scopes")?, "")?;
     let env = KeyEnv::from_str(&row.text("env")?).map_err(|_| StoreError::Corrupt("unknown key env".into()))?;
@@ -184,7 +184,7 @@ pub(crate) fn key_from_row(row: &impl Cols) -> Result<(KeyRecord, Digest), Store
     ))
 }
 
-/// An OAuth client with its app's name ([`client_columns!`]).
+/// An OAuth client with its app's name (`client_columns!`).
 pub(crate) fn client_from_row(row: &impl Cols) -> Result<ClientRecord, StoreError> {
     let scopes = scopes_from(&row.text("scopes")?, "client ")?;
     let method = row.text("auth_method")?;
@@ -242,7 +242,7 @@ pub(crate) fn revoked_token_from_row(row: &impl Cols) -> Result<(String, OffsetD
     Ok((row.text("jti")?, row.ts("expires_at")?))
 }
 
-/// A scoped admin token and its digest as stored ([`admin_token_columns!`]).
+/// A scoped admin token and its digest as stored (`admin_token_columns!`).
 pub(crate) fn admin_token_from_row(row: &impl Cols) -> Result<(AdminTokenRecord, Digest), StoreError> {
     let digest = row.digest("digest")?;
     Ok((

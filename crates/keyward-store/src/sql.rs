@@ -1,9 +1,12 @@
 //! Statements both backends run, written once: their text and their bindings.
 //!
 //! Each function returns a query for either database (the caller's executor decides which);
-//! the backends add what is theirs around it (transactions, PostgreSQL's `NOTIFY`s) and keep
-//! only the statements whose SQL differs: bulk loads and usage flushes (`UNNEST` on
-//! PostgreSQL), the replay store's upsert, the row lock of a client-secret rotation.
+//! [`optional`] and [`all`] run a read on a pool and map its rows with [`crate::rows`]. The
+//! backends add what is theirs around them (transactions, PostgreSQL's `NOTIFY`s) and keep only
+//! the statements whose SQL differs: bulk loads and usage flushes (`UNNEST` and `GREATEST` on
+//! PostgreSQL, a statement a row and `MAX` on SQLite), the replay store (one conditional upsert
+//! on PostgreSQL, delete-then-insert on SQLite), the row lock of a client-secret rotation
+//! (`FOR UPDATE`, which SQLite has not).
 //!
 //! **Placeholders** are handled here, once: every statement is written with numbered
 //! placeholders, `$1`, `$2`, …, which PostgreSQL takes natively and which sqlx's SQLite driver
