@@ -83,6 +83,17 @@ impl From<Vec<u8>> for RequestBody {
     }
 }
 
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequestBody::Empty => "RequestBody::Empty",
+            RequestBody::Full(_) => "RequestBody::Full",
+            RequestBody::Incoming(_) => "RequestBody::Incoming",
+            RequestBody::Boxed(_) => "RequestBody::Boxed",
+        })
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -143,6 +154,14 @@ impl ResponseBody {
         if let Some(conn) = self.h1.take() {
             pool::put_idle(&self.target, conn);
         }
+    }
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("target", &self.target.url)
+            .finish_non_exhaustive()
     }
 }
 

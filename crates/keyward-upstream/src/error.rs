@@ -120,8 +120,10 @@ pub(crate) fn tls_reason(e: &rustls::Error) -> String {
         E::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown | A::AccessDenied) => {
             format!("the upstream refused the client certificate ({:?})", alert(e))
         }
+        E::AlertReceived(A::NoApplicationProtocol) | E::NoApplicationProtocol => {
+            "the upstream does not offer the configured protocol (ALPN): check protocol".to_owned()
+        }
         E::AlertReceived(a) => format!("the upstream sent the TLS alert {a:?}"),
-        E::NoApplicationProtocol => "the upstream does not offer the configured protocol (ALPN)".to_owned(),
         other => other.to_string(),
     }
 }

@@ -319,16 +319,27 @@ impl Target {
                 reason: tls_reason(t),
             };
         }
-        if e.is_parse() || e.is_parse_status() {
-            return UpstreamError::Protocol {
-                target,
-                reason: reason(e),
+        let text = reason(e);
+        // h2 keeps an I/O error's message only (not the rustls error inside): recognise rustls'
+        // wording for alerts and certificate errors.
+        if text.contains("received fatal alert") || text.contains("invalid peer certificate") {
+            let reason = if text.contains("CertificateRequired") {
+                "the upstream requires a client certificate".to_owned()
+            } else if text.contains("fatal alert: BadCertificate")
+                || text.contains("fatal alert: UnknownCA")
+                || text.contains("fatal alert: CertificateUnknown")
+                || text.contains("fatal alert: AccessDenied")
+            {
+                format!("the upstream refused the client certificate ({text})")
+            } else {
+                text
             };
+            return UpstreamError::Tls { target, reason };
         }
-        UpstreamError::Reset {
-            target,
-            reason: reason(e),
+        if e.is_parse() || e.is_parse_status() {
+            return UpstreamError::Protocol { target, reason: text };
         }
+        UpstreamError::Reset { target, reason: text }
     }
 
     fn prepare_h1(
