@@ -21,6 +21,9 @@ use crate::config::Protocol;
 use crate::error::{find_tls, reason, tls_reason, TimeoutPhase, UpstreamError};
 use crate::target::{Scheme, TargetUrl};
 
+/// Kept-alive connections found closed in a row before a request gives up.
+const MAX_STALE: usize = 8;
+
 const PROTO_UNKNOWN: u8 = 0;
 const PROTO_H1: u8 = 1;
 const PROTO_H2: u8 = 2;
@@ -77,7 +80,9 @@ pub struct Target {
     pub(crate) active_ok: AtomicU32,
     pub(crate) active_bad: AtomicU32,
     idle: Mutex<Vec<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// The shared HTTP/2 connection and its generation (which one failed, when one does).
+    h2: Mutex<Option<(u64, http2::SendRequest<RequestBody>)>>,
+    h2_gen: AtomicU64,
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
@@ -89,7 +94,7 @@ pub(crate) struct Failure {
 
 enum Conn {
     H1(http1::SendRequest<RequestBody>, bool),
-    H2(http2::SendRequest<RequestBody>, bool),
+    H2(http2::SendRequest<RequestBody>, bool, u64),
 }
 
 /// The per-call knobs a route brings.
@@ -151,6 +156,7 @@ impl Target {
             active_bad: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            h2_gen: AtomicU64::new(0),
             h2_connecting: tokio::sync::Mutex::new(()),
         })
     }
@@ -243,7 +249,9 @@ impl Target {
         pq: &PathAndQuery,
         opts: &SendOptions<'_>,
     ) -> Result<Response<ResponseBody>, (UpstreamError, bool)> {
-        loop {
+        // Kept-alive connections found closed are replaced; a bound keeps a misbehaving
+        // upstream from looping us.
+        for _ in 0..MAX_STALE {
             let conn = match tokio::time::timeout(opts.connect_timeout, self.checkout()).await {
                 Err(_) => return Err((self.timeout(TimeoutPhase::Connect), false)),
                 Ok(Err(e)) => return Err((e, false)),
@@ -265,8 +273,12 @@ impl Target {
                         }
                         Err(mut e) => match e.take_message() {
                             // A kept-alive connection closed by the upstream before the request
-                            // went out: try another connection (not a failure of the target).
-                            Some(back) if reused => *req = back,
+                            // went out: not a failure of the target. Its other idle connections
+                            // are likely stale too (a restart): drop them, use a fresh one.
+                            Some(back) if reused => {
+                                lock(&self.idle).clear();
+                                *req = back;
+                            }
                             Some(back) => {
                                 *req = back;
                                 return Err((self.classify(e.error()), false));
@@ -275,7 +287,7 @@ impl Target {
                         },
                     }
                 }
-                Conn::H2(mut s, reused) => {
+                Conn::H2(mut s, reused, gen) => {
                     let r = self.prepare_h2(taken, pq, opts.strip_prefix)?;
                     let out = match tokio::time::timeout(opts.timeout, s.try_send_request(r)).await {
                         Err(_) => return Err((self.timeout(TimeoutPhase::Response), true)),
@@ -288,7 +300,7 @@ impl Target {
                         }
                         Err(mut e) => {
                             // The shared connection failed or went away (GOAWAY): forget it.
-                            self.forget_h2(&s);
+                            self.forget_h2(gen);
                             match e.take_message() {
                                 Some(back) if reused => *req = back,
                                 Some(back) => {
@@ -302,6 +314,13 @@ impl Target {
                 }
             }
         }
+        Err((
+            UpstreamError::Reset {
+                target: self.url.to_string(),
+                reason: "every kept-alive connection was closed before the request went out".to_owned(),
+            },
+            false,
+        ))
     }
 
     fn timeout(&self, phase: TimeoutPhase) -> UpstreamError {
@@ -385,12 +404,12 @@ impl Target {
     async fn checkout(&self) -> Result<Conn, UpstreamError> {
         match self.resolved.load(Ordering::Relaxed) {
             PROTO_H2 => {
-                if let Some(s) = self.cached_h2() {
-                    return Ok(Conn::H2(s, true));
+                if let Some((gen, s)) = self.cached_h2() {
+                    return Ok(Conn::H2(s, true, gen));
                 }
                 let _one = self.h2_connecting.lock().await;
-                if let Some(s) = self.cached_h2() {
-                    return Ok(Conn::H2(s, true));
+                if let Some((gen, s)) = self.cached_h2() {
+                    return Ok(Conn::H2(s, true, gen));
                 }
                 self.connect().await
             }
@@ -404,8 +423,8 @@ impl Target {
             }
             _ => {
                 let _one = self.h2_connecting.lock().await;
-                if let Some(s) = self.cached_h2() {
-                    return Ok(Conn::H2(s, true));
+                if let Some((gen, s)) = self.cached_h2() {
+                    return Ok(Conn::H2(s, true, gen));
                 }
                 while let Some(mut s) = self.take_idle() {
                     if s.ready().await.is_ok() {
@@ -417,15 +436,15 @@ impl Target {
         }
     }
 
-    fn cached_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+    fn cached_h2(&self) -> Option<(u64, http2::SendRequest<RequestBody>)> {
         let g = lock(&self.h2);
-        g.as_ref().filter(|s| !s.is_closed()).cloned()
+        g.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
     }
 
-    fn forget_h2(&self, s: &http2::SendRequest<RequestBody>) {
+    fn forget_h2(&self, gen: u64) {
         let mut g = lock(&self.h2);
         // Only the connection that failed (a concurrent request may have replaced it already).
-        if g.as_ref().is_some_and(|c| c.is_closed() || s.is_closed()) {
+        if g.as_ref().is_some_and(|(current, _)| *current == gen) {
             *g = None;
         }
     }
@@ -516,8 +535,9 @@ impl Target {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        *lock(&self.h2) = Some(s.clone());
-        Ok(Conn::H2(s, false))
+        let gen = self.h2_gen.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.h2) = Some((gen, s.clone()));
+        Ok(Conn::H2(s, false, gen))
     }
 }
 

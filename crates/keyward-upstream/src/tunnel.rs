@@ -3,7 +3,7 @@
 //! signal; the [`Registry`] knows every open tunnel with its [`Owner`] so that revocation
 //! (`close_matching`) closes the tunnels a revoked key, token, client or app opened.
 //!
-//! ```ignore
+//! ```text
 //! let handle = registry.open(Owner { key_id: Some(id), app_id: Some(app), ..Default::default() });
 //! let end = tunnel::pump(TokioIo::new(client_upgraded), TokioIo::new(upstream_upgraded), &limits, handle.stopped()).await;
 //! // elsewhere, on a revocation event:

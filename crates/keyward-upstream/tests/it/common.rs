@@ -105,7 +105,19 @@ impl Server {
     }
 
     pub async fn start_on(addr: SocketAddr, id: usize, h: Handler, tls: Tls) -> Server {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        // A killed server's listener closes once its aborted task is dropped: retry a little.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));

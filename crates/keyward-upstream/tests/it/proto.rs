@@ -348,3 +348,32 @@ async fn upgrade_response_gives_the_upstream_stream() {
     text(g.send(get("/"), &opts()).await.unwrap()).await;
     assert_eq!(s.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn http1_restarted_upstream_stale_idle_connections_are_replaced() {
+    let s = Server::start(1, echo_id()).await;
+    let addr = s.addr;
+    let mut cfg = group("g", vec![s.url()]);
+    cfg.max_fails = 1;
+    let ups = build(&[cfg]);
+    let g = ups.group("g").unwrap();
+    // Three idle connections in the pool.
+    let open = vec![
+        g.send(get("/"), &opts()).await.unwrap(),
+        g.send(get("/"), &opts()).await.unwrap(),
+        g.send(get("/"), &opts()).await.unwrap(),
+    ];
+    for r in open {
+        text(r).await;
+    }
+    s.kill();
+    drop(s);
+    let s2 = Server::start_on(addr, 2, echo_id(), Tls::None).await;
+    // One target only, no retry elsewhere: the stale connections must not surface as errors.
+    for _ in 0..3 {
+        let body = text(g.send(get("/again"), &opts()).await.unwrap()).await;
+        assert_eq!(body, "server 2 GET /again");
+    }
+    assert!(ups.status()[0].targets[0].healthy);
+    assert_eq!(s2.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
