@@ -34,6 +34,11 @@ impl Group {
             group: cfg.name.clone(),
             reason: e.message,
         })?;
+        Group::build_valid(cfg, pool)
+    }
+
+    /// `build` for a configuration already validated (the name aside: a route's name may be any).
+    pub(crate) fn build_valid(cfg: &GroupConfig, pool: PoolOptions) -> Result<Self, UpstreamError> {
         let tls = if cfg.targets.iter().any(|t| t.scheme() == Scheme::Https) {
             Some(crate::tls::build(cfg)?)
         } else {

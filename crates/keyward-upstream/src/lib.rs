@@ -88,6 +88,16 @@ impl Upstreams {
             group: e.group,
             reason: e.message,
         })?;
+        if groups.iter().any(|g| g.health.is_some()) && tokio::runtime::Handle::try_current().is_err() {
+            return Err(UpstreamError::Config {
+                group: groups
+                    .iter()
+                    .find(|g| g.health.is_some())
+                    .map(|g| g.name.clone())
+                    .unwrap_or_default(),
+                reason: "active health checks need a tokio runtime: build the upstreams inside it".to_owned(),
+            });
+        }
         let (stop, _) = watch::channel(false);
         let mut map = HashMap::with_capacity(groups.len());
         let mut order = Vec::with_capacity(groups.len());
@@ -115,9 +125,14 @@ impl Upstreams {
     /// A group of one target with default settings, for a route whose `upstream` is a URL
     /// (build it once per route, at configuration time). Passive health is off (one target).
     pub fn single(&self, name: &str, url: TargetUrl) -> Result<Arc<Group>, UpstreamError> {
-        let mut cfg = GroupConfig::new(name, vec![url]);
+        let mut cfg = GroupConfig::new("single", vec![url]);
         cfg.max_fails = 0;
-        Ok(Arc::new(Group::build(&cfg, self.pool)?))
+        cfg.validate().map_err(|e| UpstreamError::Config {
+            group: name.to_owned(),
+            reason: e.message,
+        })?;
+        cfg.name = name.to_owned();
+        Ok(Arc::new(Group::build_valid(&cfg, self.pool)?))
     }
 
     /// Every group's status, in configuration order.

@@ -105,6 +105,7 @@ pub struct SendOptions<'a> {
     /// Bound from the request's start until the response header.
     pub timeout: Duration,
     /// The caller's hash for `balance = "hash"` (see [`crate::hash_key`]); ignored otherwise.
+    /// Without one, a `hash` group falls back to round robin.
     pub hash_key: Option<u64>,
     /// The route prefix to remove from the path before the target's base path is added.
     pub strip_prefix: Option<&'a str>,
