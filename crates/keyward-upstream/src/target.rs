@@ -136,10 +136,12 @@ impl FromStr for TargetUrl {
     type Err = UrlError;
 
     fn from_str(s: &str) -> Result<Self, UrlError> {
-        let shown = if s.len() > 80 {
-            format!("{}…", &s[..s.floor_char_boundary_compat(80)])
+        let shown = redact(s);
+        let s_shown = shown.as_str();
+        let shown = if s_shown.len() > 80 {
+            format!("{}…", &s_shown[..s_shown.floor_char_boundary_compat(80)])
         } else {
-            s.to_owned()
+            s_shown.to_owned()
         };
         let fail = |reason| UrlError {
             url: shown.clone(),
@@ -201,6 +203,16 @@ impl FromStr for TargetUrl {
             port,
             base,
         })
+    }
+}
+
+/// `url` with any user information (`user:password@`) replaced, for error messages.
+fn redact(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
     }
 }
 
