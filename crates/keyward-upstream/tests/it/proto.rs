@@ -377,3 +377,47 @@ async fn http1_restarted_upstream_stale_idle_connections_are_replaced() {
     assert!(ups.status()[0].targets[0].healthy);
     assert_eq!(s2.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn h2_goaway_after_each_request_is_followed_by_a_new_connection() {
+    // An h2c server that sends GOAWAY (graceful shutdown) on every connection after one request.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = conns.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let served = Arc::new(tokio::sync::Notify::new());
+                let s2 = served.clone();
+                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    s2.notify_one();
+                    async move { Ok::<_, std::convert::Infallible>(Response::new(TestBody::text(format!("conn {n}")))) }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = served.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    let mut cfg = group("g", vec![url(addr)]);
+    cfg.protocol = Protocol::H2c;
+    cfg.max_fails = 0;
+    let ups = build(&[cfg]);
+    let g = ups.group("g").unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let resp = g.send(get("/"), &opts()).await.unwrap();
+        seen.push(text(resp).await);
+    }
+    assert_eq!(seen, ["conn 1", "conn 2", "conn 3", "conn 4"]);
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 4);
+    server.abort();
+}
