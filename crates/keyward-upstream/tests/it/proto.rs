@@ -428,3 +428,40 @@ async fn h2_goaway_after_each_request_is_followed_by_a_new_connection() {
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), n[3]);
     server.abort();
 }
+
+#[tokio::test]
+async fn hostile_responses_are_errors_not_panics() {
+    // A 1 MiB response header, a header without a colon, a bad status, a lying Content-Length.
+    let cases: [(&str, &[u8]); 3] = [
+        ("huge header", b"HTTP/1.1 200 OK\r\nx-big: "),
+        ("bad status", b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n"),
+        ("no colon", b"HTTP/1.1 200 OK\r\nbroken header line\r\n\r\n"),
+    ];
+    for (name, head) in cases {
+        let huge = name == "huge header";
+        let (addr, _, _t) = raw_server(move |mut tcp| async move {
+            let _ = read_head(&mut tcp).await;
+            let _ = tcp.write_all(head).await;
+            if huge {
+                let _ = tcp.write_all(&vec![b'a'; 1 << 20]).await;
+                let _ = tcp.write_all(b"\r\n\r\n").await;
+            }
+        })
+        .await;
+        let ups = build(&[group("g", vec![url(addr)])]);
+        let e = ups.group("g").unwrap().send(get("/"), &opts()).await.unwrap_err();
+        assert_eq!(e.code(), "upstream_protocol", "{name}: {e}");
+    }
+    // A body shorter than its Content-Length: the headers arrive, the body read fails.
+    let (addr, _, _t) = raw_server(|mut tcp| async move {
+        let _ = read_head(&mut tcp).await;
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort")
+            .await;
+    })
+    .await;
+    let ups = build(&[group("g", vec![url(addr)])]);
+    let resp = ups.group("g").unwrap().send(get("/"), &opts()).await.unwrap();
+    assert!(resp.into_body().collect().await.is_err());
+    assert_eq!(ups.status()[0].targets[0].in_flight, 0);
+}
