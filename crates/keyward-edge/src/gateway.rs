@@ -258,6 +258,8 @@ pub struct GatewayState {
     table: arc_swap::ArcSwap<Table>,
     style: RejectionStyle,
     metrics: Arc<Metrics>,
+    /// Open WebSocket tunnels, closed when their grant is revoked.
+    tunnels: Arc<crate::tunnel::Tunnels>,
 }
 
 impl GatewayState {
@@ -283,12 +285,15 @@ impl GatewayState {
         let table = Table::build(routes, &cfg.upstreams)?;
         let metrics = Arc::new(Metrics::new(engine.clone()));
         metrics.set_routes(table.routes.len());
+        let tunnels = Arc::new(crate::tunnel::Tunnels::default());
+        tokio::spawn(tunnels.clone().watch(engine.clone()));
         Ok(GatewayState {
             engine,
             cfg,
             table: arc_swap::ArcSwap::from_pointee(table),
             style,
             metrics,
+            tunnels,
         })
     }
 
@@ -314,6 +319,11 @@ impl GatewayState {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The open WebSocket tunnels.
+    pub fn tunnels(&self) -> &crate::tunnel::Tunnels {
+        &self.tunnels
     }
 }
 
@@ -573,6 +583,18 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
             return tagged(problem::body_too_large(max).into_response(), "body_too_large");
         }
     }
+    let websocket = match crate::tunnel::classify(req.method(), req.version(), req.headers()) {
+        Ok(crate::tunnel::UpgradeRequest::None) => false,
+        Ok(crate::tunnel::UpgradeRequest::WebSocket) if route.options.websocket => true,
+        Ok(crate::tunnel::UpgradeRequest::WebSocket) => {
+            let p = Problem::bad_request(
+                "upgrade_not_allowed",
+                "this route does not take WebSocket connections (websocket = true on the route)",
+            );
+            return tagged(p.into_response(), "upgrade_not_allowed");
+        }
+        Err(p) => return tagged(p.into_response(), "invalid_upgrade"),
+    };
     let path = req.uri().path();
     let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
     let span = tracing::Span::current();
@@ -620,7 +642,17 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
         peer: peer.ip(),
         client,
     };
-    let mut resp = proxy(st, route, &forwarding, req).await;
+    let mut resp = if websocket {
+        let grant = keyward_engine::Granted {
+            principal: principal.clone(),
+            scopes: route.scopes.clone(),
+            scope_mode: route.scope_mode,
+            client_ip: client,
+        };
+        proxy_upgrade(st, route, &forwarding, req, grant).await
+    } else {
+        proxy(st, route, &forwarding, req).await
+    };
     for (name, value) in problem::ratelimit_fields(&states).into_iter().chain(lifecycle) {
         resp.headers_mut().insert(name, value);
     }
@@ -698,6 +730,43 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
             route.options.response_headers.apply(&mut parts.headers);
             tagged(Response::from_parts(parts, Body::new(body)), "allowed")
         }
+    }
+}
+
+/// A WebSocket handshake through the route's upstream, then a tunnel (see [`crate::tunnel`]).
+async fn proxy_upgrade(
+    st: &GatewayState,
+    route: &Route,
+    forwarding: &Forwarding<'_>,
+    req: Request<Body>,
+    grant: keyward_engine::Granted,
+) -> Response {
+    let Some(group) = route.upstream.group.as_ref() else {
+        return tagged(problem::upstream_unreachable().into_response(), "upstream_unavailable");
+    };
+    let (mut parts, _) = req.into_parts();
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    upstream_headers(&mut parts.headers, authority.as_deref(), forwarding);
+    route.options.request_headers.apply(&mut parts.headers);
+    // The hop-by-hop pair that asks the upstream to switch, put back after the hygiene.
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade {
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    let opts = SendOptions {
+        connect_timeout: route.options.connect_timeout.unwrap_or(st.cfg.connect_timeout),
+        timeout: route.options.timeout.unwrap_or(st.cfg.upstream_timeout),
+        hash_key: None,
+        strip_prefix: route.options.strip_prefix.then_some(route.path_prefix.as_str()),
+    };
+    let settings = crate::tunnel::TunnelSettings {
+        idle_timeout: route.options.idle_timeout,
+        max_duration: route.options.max_tunnel_duration,
+    };
+    match crate::tunnel::proxy_upgrade(&st.tunnels, group, &opts, parts, grant, settings, st.engine.now()).await {
+        Ok(resp) => tagged(resp, "allowed"),
+        Err(e) => upstream_failed(route, &e),
     }
 }
 

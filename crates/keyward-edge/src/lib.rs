@@ -19,6 +19,7 @@ pub mod route;
 pub mod serve;
 pub mod strict;
 pub mod tls;
+pub mod tunnel;
 pub mod verify;
 
 pub use admin::{admin_router, AdminState, AdminToken};

@@ -143,7 +143,7 @@ pub fn request_host(headers: &HeaderMap, authority: Option<&str>) -> Option<Stri
 }
 
 /// The route's own proxy settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RouteOptions {
     /// Matched before paths; empty: any host.
     pub hosts: Vec<HostPattern>,
@@ -162,6 +162,35 @@ pub struct RouteOptions {
     pub connect_timeout: Option<Duration>,
     /// Largest request body (declared or streamed) in bytes; beyond: 413.
     pub max_body_size: Option<u64>,
+    /// WebSocket handshakes are tunnelled (off: refused with `upgrade_not_allowed`).
+    pub websocket: bool,
+    /// A tunnel with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// A tunnel is closed this long after it opened (and at its credential's expiry).
+    pub max_tunnel_duration: Duration,
+}
+
+/// A tunnel's defaults: nginx's `proxy_read_timeout` for idleness, a day at most.
+pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_TUNNEL: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for RouteOptions {
+    fn default() -> Self {
+        RouteOptions {
+            hosts: Vec::new(),
+            public: false,
+            strip_prefix: false,
+            preserve_host: false,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            timeout: None,
+            connect_timeout: None,
+            max_body_size: None,
+            websocket: false,
+            idle_timeout: DEFAULT_TUNNEL_IDLE,
+            max_tunnel_duration: DEFAULT_MAX_TUNNEL,
+        }
+    }
 }
 
 impl RouteOptions {

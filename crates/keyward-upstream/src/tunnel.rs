@@ -179,6 +179,11 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// This tunnel's id in its registry (for [`Registry::close`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Resolves when the registry closes this tunnel (pass it to [`pump`]).
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let stop = Arc::clone(&self.stop);
@@ -227,6 +232,17 @@ impl Registry {
             n += 1;
         }
         n
+    }
+
+    /// Signals the tunnel `id` to close; false when it is not open (any more).
+    pub fn close(&self, id: u64) -> bool {
+        match lock(&self.inner.open).get(&id) {
+            Some(e) => {
+                e.stop.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Open tunnels.

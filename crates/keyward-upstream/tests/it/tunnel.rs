@@ -151,6 +151,9 @@ async fn close_matching_closes_only_the_revoked_tunnels() {
         EndReason::Stopped
     );
     roundtrip(&mut c2, b"and still").await;
+    // By id; an id that is not open closes nothing.
+    assert!(!reg.close(h3.id() + 1000));
+    roundtrip(&mut c2, b"and again").await;
     // No match: nothing closed.
     assert_eq!(reg.close_matching(|o| o.app_id.as_deref() == Some("app_z")), 0);
     roundtrip(&mut c2, b"!").await;

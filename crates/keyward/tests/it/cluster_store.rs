@@ -15,14 +15,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::{boot_with, problem, Kw};
 
-struct Schema {
+pub(crate) struct Schema {
     admin: sqlx::PgPool,
     name: String,
     base: String,
 }
 
 impl Schema {
-    async fn new(test: &str) -> Option<Schema> {
+    pub(crate) async fn new(test: &str) -> Option<Schema> {
         let Ok(base) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
             println!("skipped {test}: KEYWARD_TEST_POSTGRES_URL is not set");
             return None;
@@ -43,7 +43,7 @@ impl Schema {
     }
 
     /// The store URL for this schema, optionally through another host:port.
-    fn url(&self, via: Option<std::net::SocketAddr>) -> String {
+    pub(crate) fn url(&self, via: Option<std::net::SocketAddr>) -> String {
         let mut base = self.base.clone();
         if let Some(addr) = via {
             // postgres://user@host:port/db → same with host:port replaced.
@@ -55,7 +55,7 @@ impl Schema {
         format!("{base}{sep}options=-csearch_path%3D{}", self.name)
     }
 
-    async fn drop_now(self) {
+    pub(crate) async fn drop_now(self) {
         sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
             .execute(&self.admin)
             .await
@@ -63,7 +63,7 @@ impl Schema {
     }
 }
 
-async fn node(url: String, tweak: impl FnOnce(&mut keyward::config::Config)) -> Kw {
+pub(crate) async fn node(url: String, tweak: impl FnOnce(&mut keyward::config::Config)) -> Kw {
     boot_with(move |c| {
         c.store.url = url;
         c.store.connect_timeout = Duration::from_millis(500);
@@ -77,7 +77,7 @@ async fn status_with(kw: &Kw, key: &str) -> u16 {
 }
 
 /// Waits until every node listens to the store's change announcements.
-async fn listening(nodes: &[&Kw]) {
+pub(crate) async fn listening(nodes: &[&Kw]) {
     for kw in nodes {
         let engine = &kw.running.as_ref().unwrap().engine;
         for _ in 0..200 {
