@@ -471,6 +471,40 @@ async fn protected_resource_metadata() {
     assert!(!h(&r, "www-authenticate").unwrap().contains("resource_metadata"));
 }
 
+/// A TLS gateway that asks for client certificates: the documents say tokens are bound to them.
+#[tokio::test]
+async fn protected_resource_metadata_names_certificate_binding() {
+    use crate::tls::{gw_addr, send, Pki};
+    let pki = Pki::new();
+    let p = pki.path.clone();
+    let kw = boot_with(move |c| {
+        c.gateway.tls_cert_file = Some(p.join("cert.pem"));
+        c.gateway.tls_key_file = Some(p.join("key.pem"));
+        c.gateway.tls_client_auth = keyward_edge::tls::ClientAuth::Optional;
+        c.gateway.tls_client_ca_file = Some(p.join("clients.pem"));
+        c.oauth.enabled = true;
+        for r in c.routes.iter_mut() {
+            r.tokens = r.path_prefix.starts_with("/fact");
+        }
+    })
+    .await;
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/fact",
+    ] {
+        let req = hyper::Request::builder()
+            .uri(format!("https://localhost{path}"))
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let (status, body) = send(gw_addr(&kw), &pki.server_ca.der, None, req).await;
+        assert_eq!(status, 200, "{path}");
+        let d: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(d["tls_client_certificate_bound_access_tokens"], true, "{d}");
+        assert!(d["resource"].as_str().unwrap().starts_with("https://"), "{d}");
+    }
+}
+
 #[tokio::test]
 async fn signed_introspection() {
     let kw = boot_oauth().await;
