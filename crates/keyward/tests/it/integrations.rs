@@ -385,6 +385,9 @@ async fn protected_resource_metadata() {
     // Bad input: unknown prefixes, key-only routes, a trailing slash, sub-paths, odd and
     // oversized paths: problem answers, never a 5xx, never the upstream.
     for (path, status, code) in [
+        // Near misses of the well-known path: no such route on the gateway.
+        ("/.well-known/oauth-protected-resourcex".to_owned(), 404, "not_found"),
+        ("/.well-known/".to_owned(), 404, "not_found"),
         (
             "/.well-known/oauth-protected-resource/nope".to_owned(),
             404,
