@@ -257,6 +257,8 @@ pub struct GatewayState {
     /// holding them ends).
     table: arc_swap::ArcSwap<Table>,
     style: RejectionStyle,
+    /// `<issuer>/.well-known/oauth-protected-resource` when the token service is on.
+    resource_metadata: Option<String>,
     metrics: Arc<Metrics>,
     /// Open WebSocket tunnels, closed when their grant is revoked.
     tunnels: Arc<crate::tunnel::Tunnels>,
@@ -280,7 +282,13 @@ impl GatewayState {
             invalid_status: cfg.invalid_credential_status,
             challenges,
             bearer: false,
+            resource_metadata: None,
         };
+        // RFC 9728 §5.1: 401s of token-taking routes name the route's resource metadata.
+        let resource_metadata = engine
+            .token_service()
+            .ok()
+            .map(|svc| format!("{}{}", svc.config().issuer, crate::oauth::RESOURCE_METADATA_PATH));
         let routes = std::mem::take(&mut cfg.routes);
         let table = Table::build(routes, &cfg.upstreams)?;
         let metrics = Arc::new(Metrics::new(engine.clone()));
@@ -292,6 +300,7 @@ impl GatewayState {
             cfg,
             table: arc_swap::ArcSwap::from_pointee(table),
             style,
+            resource_metadata,
             metrics,
             tunnels,
         })
@@ -350,6 +359,20 @@ impl GatewayState {
     pub(crate) fn rejection_problem(&self, r: &Rejection, bearer: bool) -> Problem {
         let mut style = self.style.clone();
         style.bearer = bearer;
+        problem::rejection(r, &style)
+    }
+
+    /// [`GatewayState::rejection_problem`] for a request on `route`: a token-taking route's
+    /// challenges also name its RFC 9728 metadata (`resource_metadata`).
+    pub(crate) fn rejection_problem_on(&self, r: &Rejection, bearer: bool, route: &Route) -> Problem {
+        let mut style = self.style.clone();
+        style.bearer = bearer;
+        if route.tokens {
+            style.resource_metadata = self
+                .resource_metadata
+                .as_ref()
+                .map(|base| format!("{base}{}", crate::oauth::resource_suffix(&route.path_prefix)));
+        }
         problem::rejection(r, &style)
     }
 
@@ -661,7 +684,7 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
 
 fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Response {
     tracing::debug!(route = %route.name, code = r.code(), "rejected");
-    tagged(st.rejection_problem(r, bearer).into_response(), r.code())
+    tagged(st.rejection_problem_on(r, bearer, route).into_response(), r.code())
 }
 
 async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, req: Request<Body>) -> Response {
@@ -750,7 +773,9 @@ async fn proxy_upgrade(
     upstream_headers(&mut parts.headers, authority.as_deref(), forwarding);
     route.options.request_headers.apply(&mut parts.headers);
     // The hop-by-hop pair that asks the upstream to switch, put back after the hygiene.
-    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(u) = upgrade {
         parts.headers.insert(header::UPGRADE, u);
     }

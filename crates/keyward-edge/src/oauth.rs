@@ -1,7 +1,8 @@
 //! The OAuth 2.0 endpoints on the gateway listener: token (RFC 6749 §4.4, RFC 8693),
-//! introspection (RFC 7662), revocation (RFC 7009), authorization server metadata
-//! (RFC 8414) and the JWKS. Errors use OAuth's JSON error format (RFC 6749 §5.2), and every
-//! answer carries `Cache-Control: no-store` and `Pragma: no-cache`.
+//! introspection (RFC 7662, signed as RFC 9701 JWTs on request), revocation (RFC 7009),
+//! authorization server metadata (RFC 8414), protected resource metadata (RFC 9728) and the
+//! JWKS. Errors of the token endpoints use OAuth's JSON error format (RFC 6749 §5.2), and every
+//! answer of theirs carries `Cache-Control: no-store` and `Pragma: no-cache`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,18 +10,19 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keyward_engine::token::{ClientAuth, OAuthError, TokenRequest, API_KEY_TOKEN_TYPE, TOKEN_EXCHANGE};
+use keyward_engine::token::{ClientAuth, OAuthError, TokenRequest, API_KEY_TOKEN_TYPE, SIGNING_ALGS, TOKEN_EXCHANGE};
 use keyward_engine::{DpopHeader, RequestMeta};
 use serde_json::json;
 
 use crate::body::BodyFailure;
 use crate::context::client_ip;
-use crate::gateway::GatewayState;
+use crate::gateway::{GatewayState, Route};
 use crate::oauth_form::{client_credentials, is_form, ClientCredentials, Form, FormError, MAX_FORM};
+use crate::problem::Problem;
 
 /// Paths served before the route table.
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -28,6 +30,11 @@ pub const INTROSPECT_PATH: &str = "/oauth/introspect";
 pub const REVOKE_PATH: &str = "/oauth/revoke";
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// RFC 9728 §3: the protected resource metadata of the whole gateway; each token-taking route's
+/// own is at this path followed by the route's path prefix (§3.1).
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+/// RFC 9701 §4: the media type a resource server puts in `Accept` to get a signed answer.
+pub const INTROSPECTION_JWT_MEDIA: &str = "application/token-introspection+jwt";
 
 /// The OAuth routes (only when the token service is enabled).
 pub fn routes(state: Arc<GatewayState>) -> Router {
@@ -37,6 +44,9 @@ pub fn routes(state: Arc<GatewayState>) -> Router {
         .route(REVOKE_PATH, post(revoke))
         .route(JWKS_PATH, get(jwks))
         .route(METADATA_PATH, get(metadata))
+        .route(RESOURCE_METADATA_PATH, get(resource_metadata))
+        .route(&format!("{RESOURCE_METADATA_PATH}/"), get(resource_metadata))
+        .route(&format!("{RESOURCE_METADATA_PATH}/{{*rest}}"), get(resource_metadata))
         .method_not_allowed_fallback(|| async {
             oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST")
         })
@@ -251,9 +261,10 @@ async fn introspect(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = authenticated(&st, &headers, &form, peer_certs.as_ref().map(|c| &c.0)).await {
-        return r;
-    }
+    let client_id = match authenticated(&st, &headers, &form, peer_certs.as_ref().map(|c| &c.0)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let Some(token) = form.get("token") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
     };
@@ -279,7 +290,66 @@ async fn introspect(
         }
         None => json!({"active": false}),
     };
-    no_store((StatusCode::OK, Json(body)).into_response())
+    if !wants_signed_introspection(&headers) {
+        return no_store((StatusCode::OK, Json(body)).into_response());
+    }
+    // RFC 9701 §5: the same answer, signed, for the client that asked.
+    match st.engine().sign_introspection(&client_id, &body) {
+        Ok(jwt) => {
+            let mut r = (StatusCode::OK, jwt).into_response();
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(INTROSPECTION_JWT_MEDIA));
+            no_store(r)
+        }
+        Err(e) => from_oauth(&e),
+    }
+}
+
+/// A qvalue (RFC 9110 §12.4.2) in thousandths; `None` when it is not one.
+fn qvalue(s: &str) -> Option<u16> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
+    match int {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// Whether `Accept` asks for the signed introspection answer (RFC 9701 §4): its media type is
+/// named with a weight above 0 and at least that of `application/json`. Wildcards do not ask
+/// for it; members that do not parse (a bad `q`, bytes that are not text) are ignored, and an
+/// `Accept` that says nothing usable gets plain JSON.
+fn wants_signed_introspection(headers: &HeaderMap) -> bool {
+    let (mut jwt, mut json) = (0u16, 0u16);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for member in value.split(',') {
+            let mut parts = member.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            let mut q = Some(1000);
+            for param in parts {
+                let (name, v) = param.split_once('=').unwrap_or((param, ""));
+                if name.trim().eq_ignore_ascii_case("q") {
+                    q = qvalue(v.trim());
+                }
+            }
+            let Some(q) = q else { continue };
+            if media.eq_ignore_ascii_case(INTROSPECTION_JWT_MEDIA) {
+                jwt = jwt.max(q);
+            } else if media.eq_ignore_ascii_case("application/json") {
+                json = json.max(q);
+            }
+        }
+    }
+    jwt > 0 && jwt >= json
 }
 
 async fn revoke(
@@ -351,6 +421,8 @@ async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
         "tls_client_certificate_bound_access_tokens": mtls,
         "introspection_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
         "revocation_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        // RFC 9701 §7: introspection answers signed on request (`Accept`), by the signing keys.
+        "introspection_signing_alg_values_supported": SIGNING_ALGS,
     });
     // RFC 8705 §5: where clients doing mTLS send their requests. keyward serves mTLS on the
     // same listener, so the aliases are the endpoints themselves (`oauth.mtls_base_url`
@@ -366,9 +438,170 @@ async fn metadata(State(st): State<Arc<GatewayState>>) -> Response {
     Json(doc).into_response()
 }
 
+/// The RFC 9728 well-known path suffix of a route: its path prefix, none for `/` (whose
+/// metadata is the gateway's own, at [`RESOURCE_METADATA_PATH`]).
+pub fn resource_suffix(path_prefix: &str) -> &str {
+    if path_prefix == "/" {
+        ""
+    } else {
+        path_prefix
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource[/<route path prefix>]` (RFC 9728): what a client
+/// needs to call the gateway (all of it) or one token-taking route with an access token. The
+/// resource identifier is the issuer (keyward's public base URL) followed by the route's path
+/// prefix. A suffix that is no token-taking route's prefix is 404; one with dot segments or
+/// encoded separators 400, as on the proxy.
+async fn resource_metadata(State(st): State<Arc<GatewayState>>, uri: Uri, headers: HeaderMap) -> Response {
+    let Ok(svc) = st.engine().token_service() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let iss = &svc.config().issuer;
+    let suffix = uri.path().strip_prefix(RESOURCE_METADATA_PATH).unwrap_or_default();
+    if suffix.is_empty() {
+        let mut scopes = st.route_scopes();
+        scopes.sort();
+        scopes.dedup();
+        return Json(resource_document(&st, iss.clone(), scopes)).into_response();
+    }
+    if crate::gateway::suspicious_path(suffix) {
+        let p = Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators");
+        return p.into_response();
+    }
+    let routes = st.routes();
+    let host = crate::route::request_host(&headers, uri.authority().map(|a| a.as_str()));
+    let here: Vec<(u8, &Route)> = routes
+        .routes
+        .iter()
+        .filter(|r| r.path_prefix != "/" && r.path_prefix == suffix)
+        .filter_map(|r| r.options.host_rank(host.as_deref()).map(|rank| (rank, r)))
+        .collect();
+    let best = here.iter().map(|(rank, _)| *rank).max();
+    let here: Vec<&Route> = here
+        .iter()
+        .filter(|(rank, _)| Some(*rank) == best)
+        .map(|(_, r)| *r)
+        .collect();
+    if here.is_empty() {
+        return Problem::not_found()
+            .detail("no route has this path prefix: the well-known path is followed by a route's path prefix")
+            .into_response();
+    }
+    if !here.iter().any(|r| r.tokens) {
+        return Problem::not_found()
+            .detail("the route with this path prefix does not take access tokens")
+            .into_response();
+    }
+    let mut scopes: Vec<String> = here
+        .iter()
+        .filter(|r| r.tokens)
+        .flat_map(|r| r.scopes.iter().map(|s| s.to_string()))
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    let mut doc = resource_document(&st, format!("{iss}{suffix}"), scopes);
+    // The audience access tokens must carry on this route (what to ask the token endpoint for,
+    // as `audience` or `resource`); not an RFC 9728 member.
+    let mut audiences: Vec<&str> = here.iter().filter(|r| r.tokens).map(|r| r.audience.as_str()).collect();
+    audiences.dedup();
+    if let [one] = audiences.as_slice() {
+        doc["keyward_audience"] = json!(one);
+    }
+    Json(doc).into_response()
+}
+
+/// An RFC 9728 §2 document for the resource `resource`.
+fn resource_document(st: &GatewayState, resource: String, scopes: Vec<String>) -> serde_json::Value {
+    let iss = st
+        .engine()
+        .token_service()
+        .map(|s| s.config().issuer.clone())
+        .unwrap_or_default();
+    json!({
+        "resource": resource,
+        "authorization_servers": [iss],
+        "scopes_supported": scopes,
+        "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        // Plain bearer tokens are taken as well; a DPoP-bound token must come with its proof.
+        "dpop_bound_access_tokens_required": false,
+        "tls_client_certificate_bound_access_tokens": st.config().client_certificates,
+    })
+}
+
 /// The token endpoint's form reading (content type, size, strict form) for the fuzz targets in
 /// `fuzz/` (re-exported by `crate::fuzz_api`); not an API. The error is the response status.
 #[doc(hidden)]
 pub fn fuzz_read_form(headers: &HeaderMap, body: &Bytes) -> Result<Form, StatusCode> {
     read_form(headers, body).map_err(|r| r.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::ACCEPT, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn accept_asks_for_the_signed_answer_only_by_name() {
+        for yes in [
+            &[&b"application/token-introspection+jwt"[..]][..],
+            &[b"Application/Token-Introspection+JWT"],
+            &[b"application/json;q=0.5, application/token-introspection+jwt"],
+            &[b"application/json", b"application/token-introspection+jwt"],
+            &[b"*/*, application/token-introspection+jwt;q=0.1"],
+            &[b"application/token-introspection+jwt ; q=1.000"],
+            &[b"application/token-introspection+jwt;q=0.9;charset=x, application/json;q=0.9"],
+        ] {
+            assert!(wants_signed_introspection(&accept(yes)), "{yes:?}");
+        }
+        for no in [
+            &[][..],
+            &[&b"application/json"[..]],
+            &[b"*/*"],
+            &[b"application/*"],
+            &[b"application/jwt"],
+            &[b"application/token-introspection+jwt;q=0"],
+            &[b"application/token-introspection+jwt;q=0.000"],
+            &[b"application/token-introspection+jwt;q=0.5, application/json"],
+            &[b"application/token-introspection+jwt;q=2"],
+            &[b"application/token-introspection+jwt;q=1.5"],
+            &[b"application/token-introspection+jwt;q=0.1234"],
+            &[b"application/token-introspection+jwt;q=abc"],
+            &[b"application/token-introspection+jwt;q="],
+            &[b"application/token-introspection+jwt;q=-1"],
+            &[b"application/token-introspection+jwtx"],
+            &[b"application/token-introspection+jwt\xff"],
+            &[b",,,;;;==="],
+        ] {
+            assert!(!wants_signed_introspection(&accept(no)), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn qvalues() {
+        assert_eq!(qvalue("1"), Some(1000));
+        assert_eq!(qvalue("1.0"), Some(1000));
+        assert_eq!(qvalue("0.5"), Some(500));
+        assert_eq!(qvalue("0.05"), Some(50));
+        assert_eq!(qvalue("0"), Some(0));
+        assert_eq!(qvalue("1.001"), None);
+        assert_eq!(qvalue("01"), None);
+        assert_eq!(qvalue(".5"), None);
+        assert_eq!(qvalue("0.5x"), None);
+    }
+
+    #[test]
+    fn resource_suffixes() {
+        assert_eq!(resource_suffix("/"), "");
+        assert_eq!(resource_suffix("/facts"), "/facts");
+        assert_eq!(resource_suffix("/api/"), "/api/");
+    }
 }

@@ -195,6 +195,21 @@ pub struct RejectionStyle {
     pub challenges: Vec<HeaderValue>,
     /// Whether the credential came in an `Authorization: Bearer` header (RFC 6750 errors).
     pub bearer: bool,
+    /// RFC 9728 §5.1: the URL of the route's protected resource metadata, named by the
+    /// `Bearer` and `DPoP` challenges of 401 answers (token-taking routes, token service on).
+    pub resource_metadata: Option<String>,
+}
+
+/// `challenge` with the RFC 9728 `resource_metadata` parameter when it is a `Bearer` or `DPoP`
+/// challenge and `url` is set.
+fn with_resource_metadata(challenge: String, url: Option<&str>) -> String {
+    match url {
+        Some(u) if challenge.starts_with("Bearer") || challenge.starts_with("DPoP") => {
+            let sep = if challenge.contains(' ') { "," } else { "" };
+            format!("{challenge}{sep} resource_metadata=\"{u}\"")
+        }
+        _ => challenge,
+    }
 }
 
 /// Maps a pipeline rejection to its problem.
@@ -243,9 +258,12 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             };
             let mut p = Problem::new(StatusCode::UNAUTHORIZED, r.code(), "Invalid DPoP Proof")
                 .detail(format!("the DPoP proof is not valid: {reason}"));
-            let challenge = format!(
-                "DPoP algs=\"ES256 EdDSA RS256 PS256\", error=\"{code}\", error_description=\"{}\"",
-                reason.replace(['"', '\\'], "'")
+            let challenge = with_resource_metadata(
+                format!(
+                    "DPoP algs=\"ES256 EdDSA RS256 PS256\", error=\"{code}\", error_description=\"{}\"",
+                    reason.replace(['"', '\\'], "'")
+                ),
+                style.resource_metadata.as_deref(),
             );
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 p = p.header(header::WWW_AUTHENTICATE, v);
@@ -339,6 +357,12 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
                     HeaderValue::from_str(&format!("{s}, error=\"{err}\"")).unwrap_or_else(|_| c.clone())
                 }
                 _ => c.clone(),
+            };
+            let v = match (style.resource_metadata.as_deref(), v.to_str()) {
+                (Some(url), Ok(s)) => {
+                    HeaderValue::from_str(&with_resource_metadata(s.to_owned(), Some(url))).unwrap_or(v)
+                }
+                _ => v,
             };
             p = p.header(header::WWW_AUTHENTICATE, v);
         }

@@ -111,7 +111,11 @@ impl Tunnels {
                 .collect();
             for (id, grant) in concerned {
                 if !engine.still_granted(&grant).await && self.registry.close(id) {
-                    tracing::info!(tunnel = id, principal = grant.principal.id(), "tunnel closed: no longer granted");
+                    tracing::info!(
+                        tunnel = id,
+                        principal = grant.principal.id(),
+                        "tunnel closed: no longer granted"
+                    );
                 }
             }
         }

@@ -26,6 +26,11 @@ pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchang
 pub const API_KEY_TOKEN_TYPE: &str = "urn:keyward:params:oauth:token-type:api-key";
 /// RFC 8693 token type of what keyward issues.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 9701 §5: the `typ` of signed introspection answers; `application/` + this is their
+/// media type, asked for with `Accept`.
+pub const INTROSPECTION_JWT_TYP: &str = "token-introspection+jwt";
+/// The algorithms keyward's signing keys (and so its signed introspection answers) use.
+pub const SIGNING_ALGS: [&str; 3] = ["EdDSA", "ES256", "RS256"];
 /// Lifetime of a token obtained by exchanging an API key (unless the key expires sooner).
 pub const EXCHANGE_TTL: u32 = 300;
 
@@ -832,6 +837,30 @@ impl Engine {
             return None;
         }
         Some(claims)
+    }
+
+    /// RFC 9701: the introspection answer `answer` as a JWT signed by the active signing key,
+    /// for the resource server `client_id` that asked: header `typ` =
+    /// [`INTROSPECTION_JWT_TYP`], claims `iss`, `aud` (the client), `iat` and
+    /// `token_introspection` (the answer). Neither `sub` nor `exp` (RFC 9701 §5: it must not
+    /// pass for an access token).
+    pub fn sign_introspection(&self, client_id: &str, answer: &serde_json::Value) -> Result<String, OAuthError> {
+        use base64::Engine as _;
+        let svc = self.token_service().map_err(|_| OAuthError::Unavailable)?;
+        let key = read(&svc.keys).active.clone().ok_or(OAuthError::Unavailable)?;
+        let header = json!({"typ": INTROSPECTION_JWT_TYP, "alg": key.alg().as_str(), "kid": key.kid()});
+        let claims = json!({
+            "iss": svc.cfg.issuer,
+            "aud": client_id,
+            "iat": self.now().unix_timestamp(),
+            "token_introspection": answer,
+        });
+        let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let mut jwt = format!("{}.{}", b64(&header), b64(&claims));
+        let signature = key.sign(jwt.as_bytes()).map_err(|_| OAuthError::Unavailable)?;
+        jwt.push('.');
+        jwt.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature));
+        Ok(jwt)
     }
 
     /// RFC 7009: revokes a token issued to `client_id`. Unknown, invalid or foreign tokens

@@ -20,6 +20,7 @@ mod gateway;
 mod hostile;
 mod hostile_http;
 mod independent;
+mod integrations;
 mod leaks;
 mod lifecycle;
 mod limits;
