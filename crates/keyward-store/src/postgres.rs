@@ -71,7 +71,7 @@ impl std::fmt::Debug for PgStore {
 
 const KEY_COLUMNS: &str = "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
      k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy, \
-     k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at, k.exchange_only";
+     k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at, k.exchange_only, k.limit_id";
 const APP_COLUMNS: &str = "id, name, created_at, policy";
 
 impl PgStore {
@@ -328,6 +328,7 @@ fn key_from_row(row: &PgRow) -> Result<(KeyRecord, Digest), StoreError> {
                 exchange_only: row.try_get::<i64, _>("exchange_only").map_err(g)? != 0,
                 rotated_from: row.try_get("rotated_from").map_err(g)?,
                 rotated_to: row.try_get("rotated_to").map_err(g)?,
+                limit_id: row.try_get("limit_id").map_err(g)?,
                 rotated_at: opt_ts(row.try_get("rotated_at").map_err(g)?)?,
                 last_used_at: opt_ts(row.try_get("last_used_at").map_err(g)?)?,
             },
@@ -711,8 +712,8 @@ impl Store for PgStore {
         }
         sqlx::query(
             "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
-             disabled_at, canary, legacy, rotated_from, exchange_only) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL, 0, 0, $11, $12)",
+             disabled_at, canary, legacy, rotated_from, exchange_only, limit_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL, 0, 0, $11, $12, $13)",
         )
         .bind(&successor.id)
         .bind(&successor.app_id)
@@ -726,6 +727,7 @@ impl Store for PgStore {
         .bind(policy_json(&successor.policy))
         .bind(old_id)
         .bind(i64::from(successor.lifecycle.exchange_only))
+        .bind(&successor.lifecycle.limit_id)
         .execute(&mut *tx)
         .await
         .map_err(g)?;

@@ -17,3 +17,9 @@ pub mod server;
 pub mod telemetry;
 
 pub use commands::run;
+
+/// Log target of the line naming the listening addresses (`keyward: gateway on http://…`),
+/// logged whatever the level so that scripts and operators always find it.
+pub const LISTENING: &str = "keyward::listening";
+/// Log target of the error that stops a server, logged whatever the level.
+pub const EXIT: &str = "keyward::exit";
