@@ -203,6 +203,7 @@ async fn suite(store: Arc<dyn Store>) {
     // Rotation: atomic, linked, refused twice and for revoked keys.
     let mut succ = key("key_5", &b, 400);
     succ.lifecycle.rotated_from = Some("key_2".into());
+    succ.lifecycle.limit_id = Some("key_2".into());
     let (old, d) = store
         .rotate_key("key_2", &succ, &digest(5), t(1000), t(400))
         .await
@@ -213,6 +214,11 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(old.lifecycle.rotated_at, Some(t(400)));
     let (s5, _) = store.key_by_digest(&digest(5)).await.unwrap().unwrap();
     assert_eq!(s5.lifecycle.rotated_from.as_deref(), Some("key_2"));
+    // The successor counts its limits under the chain's first key (issue 22, point 10).
+    assert_eq!(s5.lifecycle.limit_id.as_deref(), Some("key_2"));
+    assert_eq!(s5.limit_id(), "key_2");
+    assert_eq!(old.lifecycle.limit_id, None);
+    assert_eq!(old.limit_id(), "key_2");
     assert_eq!(s5.scopes, succ.scopes);
     assert!(matches!(
         store
