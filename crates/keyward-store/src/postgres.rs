@@ -713,7 +713,8 @@ impl Store for PgStore {
         sqlx::query(
             "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
              disabled_at, canary, legacy, rotated_from, exchange_only, limit_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL, 0, 0, $11, $12, $13)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL, 0, 0, $11, $12, \
+             (SELECT COALESCE(limit_id, id) FROM keys WHERE id = $11))",
         )
         .bind(&successor.id)
         .bind(&successor.app_id)
@@ -727,7 +728,6 @@ impl Store for PgStore {
         .bind(policy_json(&successor.policy))
         .bind(old_id)
         .bind(i64::from(successor.lifecycle.exchange_only))
-        .bind(&successor.lifecycle.limit_id)
         .execute(&mut *tx)
         .await
         .map_err(g)?;

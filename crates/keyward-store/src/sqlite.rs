@@ -117,12 +117,11 @@ fn policy_json(p: &Policy) -> String {
 }
 
 fn app_from_row(row: &SqliteRow) -> Result<AppRecord, StoreError> {
-    let policy: String = row.try_get("policy").map_err(StoreError::from_sqlx)?;
     Ok(AppRecord {
         id: row.try_get("id").map_err(StoreError::from_sqlx)?,
         name: row.try_get("name").map_err(StoreError::from_sqlx)?,
         created_at: from_ts(row.try_get("created_at").map_err(StoreError::from_sqlx)?)?,
-        policy: policy_from(&policy)?,
+        policy: policy_from(&row.try_get::<String, _>("policy").map_err(StoreError::from_sqlx)?)?,
     })
 }
 
@@ -510,8 +509,7 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
-             disabled_at, canary, legacy, rotated_from, exchange_only, limit_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0, 0, ?, ?, ?)",
+             disabled_at, canary, legacy, rotated_from, exchange_only, limit_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0, 0, id, ?, COALESCE(limit_id, id) FROM keys WHERE id = ?",
         )
         .bind(&successor.id)
         .bind(&successor.app_id)
@@ -523,9 +521,8 @@ impl Store for SqliteStore {
         .bind(successor.expires_at.map(ts))
         .bind(ts(successor.created_at))
         .bind(policy_json(&successor.policy))
-        .bind(old_id)
         .bind(i64::from(successor.lifecycle.exchange_only))
-        .bind(&successor.lifecycle.limit_id)
+        .bind(old_id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;

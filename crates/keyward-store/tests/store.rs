@@ -203,7 +203,6 @@ async fn suite(store: Arc<dyn Store>) {
     // Rotation: atomic, linked, refused twice and for revoked keys.
     let mut succ = key("key_5", &b, 400);
     succ.lifecycle.rotated_from = Some("key_2".into());
-    succ.lifecycle.limit_id = Some("key_2".into());
     let (old, d) = store
         .rotate_key("key_2", &succ, &digest(5), t(1000), t(400))
         .await
@@ -219,6 +218,15 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(s5.limit_id(), "key_2");
     assert_eq!(old.lifecycle.limit_id, None);
     assert_eq!(old.limit_id(), "key_2");
+    // …and so does the successor's successor: the chain's first key, not its predecessor.
+    let mut third = key("key_7", &b, 402);
+    third.lifecycle.rotated_from = Some("key_5".into());
+    store
+        .rotate_key("key_5", &third, &digest(7), t(1000), t(402))
+        .await
+        .unwrap();
+    let (s7, _) = store.key_by_digest(&digest(7)).await.unwrap().unwrap();
+    assert_eq!(s7.limit_id(), "key_2");
     assert_eq!(s5.scopes, succ.scopes);
     assert!(matches!(
         store
