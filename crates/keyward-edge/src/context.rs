@@ -204,24 +204,25 @@ pub(crate) fn header_text(s: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The identity headers of an admitted request, for the upstream (gateway) or the proxy that
-/// asked (forward-auth): app, app id, key id or client id, scopes, client address.
-pub(crate) fn identity_headers(p: &Principal, client: IpAddr) -> [(HeaderName, HeaderValue); 5] {
-    let who = match p.client_id() {
-        Some(c) => (HeaderName::from_static("x-keyward-client-id"), header_text(c)),
-        None => (HeaderName::from_static("x-keyward-key-id"), header_text(p.id())),
+/// Sets the identity headers of an admitted request, for the upstream (gateway) or the proxy
+/// that asked (forward-auth): app, app id, key id or client id, scopes, client address (only
+/// the address for the anonymous caller of a public route).
+pub(crate) fn insert_identity(h: &mut HeaderMap, p: &Principal, client: IpAddr) {
+    h.insert(
+        HeaderName::from_static("x-keyward-client-ip"),
+        header_text(&client.to_string()),
+    );
+    if matches!(p, Principal::Anonymous) {
+        return;
+    }
+    h.insert(HeaderName::from_static("x-keyward-app"), header_text(p.app_name()));
+    h.insert(HeaderName::from_static("x-keyward-app-id"), header_text(p.app_id()));
+    match p.client_id() {
+        Some(c) => h.insert(HeaderName::from_static("x-keyward-client-id"), header_text(c)),
+        None => h.insert(HeaderName::from_static("x-keyward-key-id"), header_text(p.id())),
     };
     let scopes = p.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-    [
-        (HeaderName::from_static("x-keyward-app"), header_text(p.app_name())),
-        (HeaderName::from_static("x-keyward-app-id"), header_text(p.app_id())),
-        who,
-        (HeaderName::from_static("x-keyward-scopes"), header_text(&scopes)),
-        (
-            HeaderName::from_static("x-keyward-client-ip"),
-            header_text(&client.to_string()),
-        ),
-    ]
+    h.insert(HeaderName::from_static("x-keyward-scopes"), header_text(&scopes));
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -255,6 +256,8 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// What goes upstream with an admitted request.
 pub(crate) struct Forwarding<'a> {
     pub principal: &'a Principal,
+    /// The client's `Host` goes upstream as it is (it is also in `X-Forwarded-Host`).
+    pub preserve_host: bool,
     /// The credential came in `Authorization` (which then goes too).
     pub in_authorization: bool,
     pub credential_headers: &'a [HeaderName],
@@ -286,7 +289,12 @@ pub(crate) fn upstream_headers(h: &mut HeaderMap, authority: Option<&str>, f: &F
     for k in spoofed {
         h.remove(k);
     }
-    if let Some(host) = h.remove(header::HOST) {
+    let host = if f.preserve_host {
+        h.get(header::HOST).cloned()
+    } else {
+        h.remove(header::HOST)
+    };
+    if let Some(host) = host {
         h.insert(HeaderName::from_static("x-forwarded-host"), host);
     } else if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
         h.insert(HeaderName::from_static("x-forwarded-host"), v);
@@ -311,9 +319,7 @@ pub(crate) fn upstream_headers(h: &mut HeaderMap, authority: Option<&str>, f: &F
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     );
-    for (name, value) in identity_headers(f.principal, f.client) {
-        h.insert(name, value);
-    }
+    insert_identity(h, f.principal, f.client);
 }
 
 // ---- response decoration ---------------------------------------------------------------------

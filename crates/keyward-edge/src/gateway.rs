@@ -109,6 +109,8 @@ pub struct Route {
     pub cors: Option<crate::cors::Cors>,
     /// The audience tokens must carry here.
     pub audience: String,
+    /// Hosts, rewrites, header edits, timeout, body size, public access.
+    pub options: crate::route::RouteOptions,
 }
 
 impl Route {
@@ -123,8 +125,11 @@ impl Route {
         }
     }
 
+    /// Whether the route takes `m`; `HEAD` wherever `GET` is (RFC 9110 §9.3.2).
     fn allows(&self, m: &Method) -> bool {
-        self.methods.is_empty() || self.methods.contains(m)
+        self.methods.is_empty()
+            || self.methods.contains(m)
+            || (m == Method::HEAD && self.methods.contains(&Method::GET))
     }
 
     /// What the engine's decision needs to know about the route.
@@ -137,6 +142,7 @@ impl Route {
             client_certificates: self.client_certificates,
             publishable: self.publishable,
             audience: &self.audience,
+            public: self.options.public,
         }
     }
 }
@@ -308,16 +314,25 @@ pub mod fuzz {
     }
 }
 
-pub(crate) fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> Result<&'r Route, Problem> {
-    let best_len = routes
+/// The route of a request: among the routes whose `hosts` match the request's host best
+/// (exact, then wildcard, then routes without hosts) and that have a route for the path, the
+/// longest path prefix, then the method (`HEAD` where `GET` is). `host` `None`: hosts are not
+/// considered.
+pub(crate) fn find_route<'r>(
+    routes: &'r [Route],
+    method: &Method,
+    host: Option<&str>,
+    path: &str,
+) -> Result<&'r Route, Problem> {
+    let (rank, best_len) = routes
         .iter()
         .filter(|r| r.matches_path(path))
-        .map(|r| r.path_prefix.len())
+        .filter_map(|r| r.options.host_rank(host).map(|rank| (rank, r.path_prefix.len())))
         .max()
         .ok_or_else(Problem::not_found)?;
     let candidates = routes
         .iter()
-        .filter(|r| r.path_prefix.len() == best_len && r.matches_path(path));
+        .filter(|r| r.path_prefix.len() == best_len && r.matches_path(path) && r.options.host_rank(host) == Some(rank));
     let mut allow: Vec<&str> = Vec::new();
     for r in candidates {
         if r.allows(method) {
@@ -387,7 +402,14 @@ async fn handle(
     let started = Instant::now();
     let _in_flight = st.metrics.in_flight();
     let routes = st.routes();
-    let (route, resp) = route_request(&st, &routes, peer, req).await;
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let (route, mut resp) = route_request(&st, &routes, peer, req).await;
+    if grpc {
+        resp = problem::as_grpc(resp);
+    }
     let outcome = resp.extensions().get::<OutcomeTag>().map_or("other", |o| o.0);
     let route_name = route.map_or(crate::metrics::UNMATCHED, |r| r.name.as_str());
     // On the request span (crate::ops): exported with it as OpenTelemetry attributes.
@@ -408,6 +430,8 @@ async fn route_request<'r>(
 ) -> (Option<&'r Route>, Response) {
     let path = req.uri().path().to_owned();
     let path = path.as_str();
+    let host = crate::route::request_host(req.headers(), req.uri().authority().map(|a| a.as_str()));
+    let host = host.as_deref();
     if suspicious_path(path) {
         let p = Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators");
         return (None, tagged(p.into_response(), "invalid_path"));
@@ -426,18 +450,18 @@ async fn route_request<'r>(
             .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
         // The route the actual request would take; failing that (a method the route does not
         // have), the longest CORS route for the path, whose policy then refuses the method.
-        let route = match wanted.map(|m| find_route(routes, &m, path)) {
+        let route = match wanted.map(|m| find_route(routes, &m, host, path)) {
             Some(Ok(r)) => Some(r),
             _ => routes
                 .iter()
-                .filter(|r| r.cors.is_some() && r.matches_path(path))
+                .filter(|r| r.cors.is_some() && r.matches_path(path) && r.options.host_rank(host).is_some())
                 .max_by_key(|r| r.path_prefix.len()),
         };
         if let Some((r, cors)) = route.and_then(|r| r.cors.as_ref().map(|c| (r, c))) {
             return (Some(r), tagged(cors.preflight(req.headers()), "preflight"));
         }
     }
-    let route = match find_route(routes, req.method(), path) {
+    let route = match find_route(routes, req.method(), host, path) {
         Ok(r) => r,
         Err(p) => {
             let code = p.code;
@@ -453,6 +477,18 @@ async fn route_request<'r>(
 
 /// The pipeline for a request that matched `route`.
 async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, req: Request<Body>) -> Response {
+    // A body announced over the route's limit is refused before anything is decided or
+    // consumed.
+    if let Some(max) = route.options.max_body_size {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return tagged(problem::body_too_large(max).into_response(), "body_too_large");
+        }
+    }
     let path = req.uri().path();
     let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
     let span = tracing::Span::current();
@@ -492,6 +528,7 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
     };
     let lifecycle = lifecycle_headers(&principal, st.engine.now(), st.cfg.expiry_warning);
     let forwarding = Forwarding {
+        preserve_host: route.options.preserve_host,
         principal: &principal,
         in_authorization,
         credential_headers: &st.cfg.credential_headers,
@@ -513,7 +550,9 @@ fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Resp
 
 async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, req: Request<Body>) -> Response {
     let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = crate::route::upstream_path(pq, &route.path_prefix, route.options.strip_prefix);
     let target = format!(
         "{}://{}{}{}",
         route.upstream.scheme, route.upstream.authority, route.upstream.base_path, pq
@@ -524,23 +563,48 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
     };
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
     upstream_headers(&mut parts.headers, authority.as_deref(), forwarding);
+    route.options.request_headers.apply(&mut parts.headers);
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     // A body the client got wrong (a bad chunk, a connection cut mid-body) fails the upstream
-    // request too: that is the client's error (400), not the upstream's (502).
+    // request too: that is the client's error (400), not the upstream's (502); one that grows
+    // past the route's `max_body_size` is 413.
     let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = body_failed.clone();
+    let body = match route.options.max_body_size {
+        Some(max) => Body::new(http_body_util::Limited::new(
+            body,
+            usize::try_from(max).unwrap_or(usize::MAX),
+        )),
+        None => body,
+    };
     let body = Body::new(http_body_util::BodyExt::map_err(body, move |e| {
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
         e
     }));
     let upstream_req = Request::from_parts(parts, body);
     let started = Instant::now();
-    let answer = tokio::time::timeout(st.cfg.upstream_timeout, st.client.request(upstream_req)).await;
+    let timeout = route.options.timeout.unwrap_or(st.cfg.upstream_timeout);
+    let answer = tokio::time::timeout(timeout, st.client.request(upstream_req)).await;
     st.metrics.upstream(&route.name, started.elapsed());
     match answer {
         Err(_) => tagged(problem::upstream_timeout().into_response(), "upstream_timeout"),
         Ok(Err(e)) if body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+            let too_large = std::error::Error::source(&e)
+                .and_then(|s| {
+                    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(s);
+                    while let Some(c) = cur {
+                        if c.is::<http_body_util::LengthLimitError>() {
+                            return Some(());
+                        }
+                        cur = c.source();
+                    }
+                    None
+                })
+                .is_some();
+            if let (true, Some(max)) = (too_large, route.options.max_body_size) {
+                return tagged(problem::body_too_large(max).into_response(), "body_too_large");
+            }
             tracing::debug!(route = %route.name, error = %e, "the client's request body failed");
             let p = Problem::bad_request("invalid_body", "the request body could not be read");
             tagged(p.into_response(), "invalid_body")
@@ -552,6 +616,10 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The client gets its own protocol whatever the upstream spoke: an HTTP/1.0
+            // upstream must not turn a keep-alive HTTP/1.1 client into an HTTP/1.0 one.
+            parts.version = client_version;
+            route.options.response_headers.apply(&mut parts.headers);
             tagged(Response::from_parts(parts, Body::new(body)), "allowed")
         }
     }
@@ -576,6 +644,7 @@ mod tests {
             publishable: false,
             cors: None,
             audience: "keyward".into(),
+            options: Default::default(),
         }
     }
 
@@ -598,13 +667,64 @@ mod tests {
             route("/", &[Method::GET]),
         ];
         assert_eq!(
-            find_route(&routes, &Method::POST, "/facts").unwrap().methods,
+            find_route(&routes, &Method::POST, None, "/facts").unwrap().methods,
             vec![Method::POST]
         );
-        let err = find_route(&routes, &Method::DELETE, "/facts").unwrap_err();
+        let err = find_route(&routes, &Method::DELETE, None, "/facts").unwrap_err();
         assert_eq!(err.status, 405);
-        assert_eq!(find_route(&routes, &Method::GET, "/other").unwrap().path_prefix, "/");
-        assert_eq!(find_route(&routes[..2], &Method::GET, "/x").unwrap_err().status, 404);
+        assert_eq!(
+            find_route(&routes, &Method::GET, None, "/other").unwrap().path_prefix,
+            "/"
+        );
+        assert_eq!(
+            find_route(&routes[..2], &Method::GET, None, "/x").unwrap_err().status,
+            404
+        );
+        // HEAD wherever GET is (RFC 9110 §9.3.2), and only there.
+        assert_eq!(
+            find_route(&routes, &Method::HEAD, None, "/facts").unwrap().methods,
+            vec![Method::GET]
+        );
+        assert_eq!(
+            find_route(&routes[1..2], &Method::HEAD, None, "/facts")
+                .unwrap_err()
+                .status,
+            405
+        );
+    }
+
+    #[test]
+    fn hosts_are_matched_before_paths() {
+        use crate::route::HostPattern;
+        let on = |prefix: &str, hosts: &[&str]| {
+            let mut r = route(prefix, &[]);
+            r.name = format!("{prefix} {hosts:?}");
+            r.options.hosts = hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect();
+            r
+        };
+        let routes = vec![
+            on("/", &[]),
+            on("/api", &[]),
+            on("/", &["api.example.com"]),
+            on("/", &["*.example.com"]),
+            on("/v2", &["*.example.com"]),
+        ];
+        let name = |host: Option<&str>, path: &str| find_route(&routes, &Method::GET, host, path).unwrap().name.clone();
+        // An exact host beats a longer path on hostless routes.
+        assert_eq!(name(Some("api.example.com"), "/api/x"), "/ [\"api.example.com\"]");
+        // A wildcard host, then the longest prefix among its routes.
+        assert_eq!(name(Some("eu.example.com"), "/v2/x"), "/v2 [\"*.example.com\"]");
+        assert_eq!(name(Some("eu.example.com"), "/api"), "/ [\"*.example.com\"]");
+        // Other hosts, and requests without a host (no hosts considered), take hostless routes.
+        assert_eq!(name(Some("other.org"), "/api"), "/api []");
+        assert_eq!(name(Some("example.com"), "/x"), "/ []");
+        // Only host routes: another host finds nothing.
+        assert_eq!(
+            find_route(&routes[2..3], &Method::GET, Some("other.org"), "/")
+                .unwrap_err()
+                .status,
+            404
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod oauth;
 pub mod oauth_form;
 pub mod ops;
 pub mod problem;
+pub mod route;
 pub mod serve;
 pub mod strict;
 pub mod tls;

@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use keyward_core::decision::ScopeMode;
 use keyward_core::secret::{ct_eq, SecretString};
 use keyward_core::Scope;
-use keyward_engine::{LimitState, RateBy, Rejection, RouteLimits};
+use keyward_engine::{LimitState, Principal, RateBy, Rejection, RouteLimits};
 use serde::{Deserialize, Serialize};
 
 use crate::context;
@@ -259,6 +259,8 @@ pub struct VerifyResponse {
 struct Target {
     method: Method,
     path_and_query: PathAndQuery,
+    /// The original request's host, when known (routes with `hosts` match on it).
+    host: Option<String>,
 }
 
 impl Target {
@@ -294,7 +296,11 @@ fn parse_target(method: &str, target: &str) -> Result<Target, Problem> {
     }
     let path_and_query = PathAndQuery::try_from(target)
         .map_err(|_| problem::invalid_verify_request("the path is not a valid request target"))?;
-    Ok(Target { method, path_and_query })
+    Ok(Target {
+        method,
+        path_and_query,
+        host: None,
+    })
 }
 
 fn bad(detail: impl Into<String>) -> Problem {
@@ -341,6 +347,7 @@ impl VerifyState {
             audience: svc
                 .map(|s| s.config().default_audience.clone())
                 .unwrap_or_else(|| "keyward".into()),
+            options: Default::default(),
         }
     }
 
@@ -365,7 +372,7 @@ impl VerifyState {
                 "the path contains dot segments or encoded separators",
             )));
         }
-        match gateway::find_route(routes, &target.method, target.path()) {
+        match gateway::find_route(routes, &target.method, target.host.as_deref(), target.path()) {
             Ok(r) => Ok(Ok(Chosen::Configured(r))),
             Err(p) if p.status == 404 => Ok(Ok(Chosen::Adhoc(Box::new(self.adhoc_route(scopes, cost))))),
             Err(p) => Ok(Err(p)),
@@ -389,7 +396,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
     if body.dpop.is_some() && body.token.is_none() {
         return Err(bad("dpop needs a token"));
     }
-    let target = parse_target(body.method.as_deref().unwrap_or("GET"), &body.path)?;
+    let mut target = parse_target(body.method.as_deref().unwrap_or("GET"), &body.path)?;
     let client: IpAddr = body
         .client_ip
         .trim()
@@ -413,6 +420,11 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
         None => None,
         Some(u) => Some(parse_htu(u)?),
     };
+    // The URL's host picks among routes with `hosts`.
+    target.host = htu
+        .as_deref()
+        .and_then(|u| u.parse::<Uri>().ok())
+        .and_then(|u| crate::route::request_host(&HeaderMap::new(), u.authority().map(|a| a.as_str())));
     let user_agent = match &body.user_agent {
         Some(ua) if ua.len() <= 1024 => HeaderValue::from_str(ua).ok(),
         _ => None,
@@ -571,13 +583,13 @@ fn allowed_response(st: &VerifyState, a: Admitted, route: Option<String>) -> Ver
         status: 200,
         detail: None,
         route,
-        app_id: Some(p.app_id().to_owned()),
+        app_id: (!matches!(p, Principal::Anonymous)).then(|| p.app_id().to_owned()),
         key_id: key.map(|k| k.id.clone()),
         client_id: p.client_id().map(str::to_owned),
         scopes: p.scopes().iter().map(|s| s.to_string()).collect(),
         missing_scopes: None,
         metadata: Metadata {
-            app_name: Some(p.app_name().to_owned()),
+            app_name: (!matches!(p, Principal::Anonymous)).then(|| p.app_name().to_owned()),
             key_name: key.and_then(|k| k.name.clone()),
             env: key.map(|k| k.env.as_str().to_owned()),
             hint: key.map(|k| k.hint.clone()),
@@ -611,15 +623,20 @@ fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Problem> 
 /// the prefix (Envoy `ext_authz`).
 fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let h = &req.headers;
     if let Some(rest) = pq.strip_prefix(ENVOY_PREFIX) {
+        // Envoy's check request carries the original request's `Host`.
+        let with_host = |mut t: Target| {
+            t.host = crate::route::request_host(h, None);
+            (t, true)
+        };
         if rest.is_empty() || rest.starts_with('?') {
-            return parse_target(req.method.as_str(), &format!("/{rest}")).map(|t| (t, true));
+            return parse_target(req.method.as_str(), &format!("/{rest}")).map(with_host);
         }
         if rest.starts_with('/') {
-            return parse_target(req.method.as_str(), rest).map(|t| (t, true));
+            return parse_target(req.method.as_str(), rest).map(with_host);
         }
     }
-    let h = &req.headers;
     // Both conventions may arrive: a proxy sets its own, and passes on whatever the client
     // sent under the other's names (Traefik forwards a client's X-Original-URI untouched). A
     // value that disagrees with the other convention's is refused, so a client can never pick
@@ -637,8 +654,18 @@ fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
         "Method",
     )?;
     let uri = agree(single(h, "x-original-uri")?, single(h, "x-forwarded-uri")?, "URI")?;
+    // The original host: `X-Forwarded-Host` (Traefik; nginx configs set it, see
+    // examples/nginx), one value only.
+    let host = single(h, "x-forwarded-host")?.and_then(|v| {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_str(v).ok()?);
+        crate::route::request_host(&m, None)
+    });
     match (method, uri) {
-        (Some(m), Some(u)) => parse_target(&m, &u).map(|t| (t, false)),
+        (Some(m), Some(u)) => parse_target(&m, &u).map(|mut t| {
+            t.host = host;
+            (t, false)
+        }),
         _ => Err(bad(
             "forward-auth needs the original method and URI: X-Original-Method and X-Original-URI \
              (nginx), X-Forwarded-Method and X-Forwarded-Uri (Traefik), or the Envoy path prefix \
@@ -766,9 +793,7 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
     };
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
-    for (name, value) in context::identity_headers(&a.principal, client) {
-        h.insert(name, value);
-    }
+    context::insert_identity(h, &a.principal, client);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, value) in success_headers(st, &a) {
         h.insert(name, value);

@@ -172,6 +172,7 @@ fn benches(c: &mut Criterion) {
         client_certificates: false,
         publishable: false,
         audience: "keyward",
+        public: false,
     };
     let limits = RouteLimits::default();
     g.bench_function("key", |b| {

@@ -44,7 +44,9 @@ pub use error::{EngineError, Rejection};
 /// The limit crate (Redis backend, breaker), for the wiring.
 pub use keyward_limit as limit;
 pub use keyward_limit::{LimitState, OnLimiterFailure, Outcome};
-pub use pipeline::{DpopHeader, KeyCredential, LimitSubject, Principal, RequestContext, RouteFacts, TokenCredential};
+pub use pipeline::{
+    Changed, DpopHeader, Granted, KeyCredential, LimitSubject, Principal, RequestContext, RouteFacts, TokenCredential,
+};
 pub use security::EventSink;
 
 /// What it takes to create a key.
@@ -76,6 +78,9 @@ pub enum RateBy {
     App,
     /// Everyone shares it.
     Global,
+    /// Each client address gets the route's rate (public routes, or per address on top of
+    /// the key's limits).
+    ClientIp,
 }
 
 /// The limits a route adds to those of the key and its app.
@@ -142,6 +147,9 @@ pub struct Engine {
     pub(crate) oauth: std::sync::OnceLock<token::TokenService>,
     /// Clients and their secret digests, by client_id (dropped on every change).
     pub(crate) clients: oauth::ClientCache,
+    /// Changes that may take rights away, made here or announced by another node (for state
+    /// that outlives a request: open tunnels).
+    changed: tokio::sync::broadcast::Sender<pipeline::Changed>,
 }
 
 impl Engine {
@@ -184,6 +192,7 @@ impl Engine {
             legacy_present: std::sync::atomic::AtomicBool::new(false),
             oauth: std::sync::OnceLock::new(),
             clients: oauth::ClientCache::new(),
+            changed: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -342,6 +351,10 @@ impl Engine {
                 RateBy::Key => l.key(&["route-rate", &route.route, "key", who.limit_id]),
                 RateBy::App => l.key(&["route-rate", &route.route, "app", who.app_id]),
                 RateBy::Global => l.key(&["route-rate", &route.route]),
+                RateBy::ClientIp => {
+                    let ip = client.map(|ip| ip.to_string()).unwrap_or_default();
+                    l.key(&["route-rate", &route.route, "ip", &ip])
+                }
             };
             rates.push(RateCheck {
                 name: "route",
@@ -367,7 +380,9 @@ impl Engine {
             Ok(Outcome::QuotaExhausted { .. }) => "limited:quota",
             Err(_) => "limited:unavailable",
         };
-        self.usage.record_as(who.id, who.app_id, code, self.now());
+        if who.counted {
+            self.usage.record_as(who.id, who.app_id, code, self.now());
+        }
         outcome.map_err(|u| Rejection::LimiterUnavailable {
             retry_after: u.retry_after,
         })

@@ -93,6 +93,8 @@ pub struct RouteFacts<'a> {
     pub publishable: bool,
     /// The audience tokens must carry.
     pub audience: &'a str,
+    /// A public route: no credential is checked; callers are anonymous (limits by address).
+    pub public: bool,
 }
 
 impl RouteFacts<'_> {
@@ -177,7 +179,7 @@ impl<'a> RequestContext<'a> {
     /// The deciding credential came in `Authorization` (Bearer or DPoP): the edge removes that
     /// header before proxying and answers with `Bearer` challenges.
     pub fn in_authorization(&self) -> bool {
-        self.choice().1
+        !self.route.public && self.choice().1
     }
 
     pub fn facts(&self) -> RequestFacts<'a> {
@@ -207,7 +209,12 @@ pub enum Principal {
     Token(Arc<TokenPrincipal>),
     /// The OAuth client a TLS client certificate is registered to.
     Certificate(Arc<ClientRecord>),
+    /// Anyone, on a public route.
+    Anonymous,
 }
+
+/// The limits of the anonymous principal: none of its own.
+static NO_POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
 /// Whom limits and usage are counted for.
 #[derive(Debug, Clone, Copy)]
@@ -221,6 +228,8 @@ pub struct LimitSubject<'a> {
     /// The app's own limits (keys only).
     pub app_policy: Option<&'a Policy>,
     pub publishable: bool,
+    /// Counted in usage (everyone but the anonymous principal of public routes).
+    pub counted: bool,
 }
 
 impl Principal {
@@ -230,13 +239,14 @@ impl Principal {
             Principal::Key(k) => &k.id,
             Principal::Token(t) => &t.claims.client_id,
             Principal::Certificate(c) => &c.id,
+            Principal::Anonymous => "anonymous",
         }
     }
 
     /// The OAuth client, when a token or a certificate stands for the caller.
     pub fn client_id(&self) -> Option<&str> {
         match self {
-            Principal::Key(_) => None,
+            Principal::Key(_) | Principal::Anonymous => None,
             Principal::Token(t) => Some(&t.claims.client_id),
             Principal::Certificate(c) => Some(&c.id),
         }
@@ -255,6 +265,7 @@ impl Principal {
             Principal::Key(k) => &k.app_id,
             Principal::Token(t) => &t.app_id,
             Principal::Certificate(c) => &c.app_id,
+            Principal::Anonymous => "",
         }
     }
 
@@ -263,6 +274,7 @@ impl Principal {
             Principal::Key(k) => &k.app_name,
             Principal::Token(t) => &t.app_name,
             Principal::Certificate(c) => &c.app_name,
+            Principal::Anonymous => "",
         }
     }
 
@@ -272,6 +284,7 @@ impl Principal {
             Principal::Key(k) => &k.scopes,
             Principal::Token(t) => &t.scopes,
             Principal::Certificate(c) => &c.scopes,
+            Principal::Anonymous => &[],
         }
     }
 
@@ -289,6 +302,7 @@ impl Principal {
                 policy: &k.policy,
                 app_policy: Some(&k.app_policy),
                 publishable: k.kind() == KeyKind::Publishable,
+                counted: true,
             },
             Principal::Token(t) => LimitSubject {
                 id: &t.claims.client_id,
@@ -297,6 +311,7 @@ impl Principal {
                 policy: &t.policy,
                 app_policy: None,
                 publishable: false,
+                counted: true,
             },
             Principal::Certificate(c) => LimitSubject {
                 id: &c.id,
@@ -305,6 +320,15 @@ impl Principal {
                 policy: &c.policy,
                 app_policy: None,
                 publishable: false,
+                counted: true,
+            },
+            Principal::Anonymous => LimitSubject {
+                id: "anonymous",
+                app_id: "",
+                policy: &NO_POLICY,
+                app_policy: None,
+                publishable: false,
+                counted: false,
             },
         }
     }
@@ -352,6 +376,9 @@ impl Engine {
     /// certificate) → the principal → its lifecycle, kind, binding (DPoP, mTLS), address
     /// allowlist and scopes. Limits are [`Engine::admit`]'s. Every refusal is accounted.
     pub async fn authenticate(&self, ctx: &RequestContext<'_>) -> Result<Principal, Rejection> {
+        if ctx.route.public {
+            return Ok(Principal::Anonymous);
+        }
         let result = match ctx.choice().0 {
             Choice::Refuse(r) => Err(Denied::anonymous(r)),
             Choice::Key(value) => self.key_principal(value, ctx).await,
@@ -460,5 +487,128 @@ impl Engine {
         };
         // Limits are no authentication failure: only the usage counts them (done by `limit`).
         Err(rejection)
+    }
+}
+
+/// A change that may take rights away from principals, made on this node or announced by
+/// another: what holders of long-lived state (open tunnels) re-check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    Key(String),
+    App(String),
+    Client(String),
+    /// The token denylist grew.
+    Tokens,
+    /// Announcements may have been missed: re-check everything.
+    All,
+}
+
+impl Changed {
+    /// Whether the change may concern `p`.
+    pub fn concerns(&self, p: &Principal) -> bool {
+        match (self, p) {
+            (_, Principal::Anonymous) => false,
+            (Changed::All, _) => true,
+            (Changed::Key(id), Principal::Key(k)) => &k.id == id,
+            (Changed::App(id), Principal::Key(k)) => &k.app_id == id,
+            (Changed::Client(id), Principal::Token(t)) => &t.claims.client_id == id,
+            (Changed::Client(id), Principal::Certificate(c)) => &c.id == id,
+            (Changed::Tokens, Principal::Token(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a request was granted, kept by whoever holds a connection open on it (a tunnel) to
+/// re-check it when something changes.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub principal: Principal,
+    pub scopes: Vec<Scope>,
+    pub scope_mode: ScopeMode,
+    pub client_ip: IpAddr,
+}
+
+impl Granted {
+    pub fn new(principal: Principal, ctx: &RequestContext<'_>) -> Granted {
+        Granted {
+            principal,
+            scopes: ctx.route.scopes.to_vec(),
+            scope_mode: ctx.route.scope_mode,
+            client_ip: ctx.client_ip,
+        }
+    }
+
+    /// When the grant runs out on its own: the key's expiry, the token's `exp`.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        match &self.principal {
+            Principal::Key(k) => k.expires_at,
+            Principal::Token(t) => OffsetDateTime::from_unix_timestamp(t.claims.exp).ok(),
+            Principal::Certificate(_) | Principal::Anonymous => None,
+        }
+    }
+}
+
+impl Engine {
+    /// Announces a change to the holders of long-lived grants (no receiver: nothing to do).
+    pub(crate) fn announce(&self, change: Changed) {
+        let _ = self.changed.send(change);
+    }
+
+    /// Changes that may take rights away, as they happen (on this node, or announced by
+    /// another through the store or Redis).
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Changed> {
+        self.changed.subscribe()
+    }
+
+    /// Whether a grant still holds now: the key re-read from the store and decided again
+    /// (revoked, disabled, expired, allowlists, scopes), the token not revoked nor expired and
+    /// its client still there and enabled, the certificate's client likewise. A store that
+    /// cannot answer keeps the grant (like stale serving: the caller re-checks later).
+    pub async fn still_granted(&self, g: &Granted) -> bool {
+        let now = self.clock.now();
+        let facts = RequestFacts {
+            required_scopes: &g.scopes,
+            scope_mode: g.scope_mode,
+            client_ip: Some(g.client_ip),
+        };
+        match &g.principal {
+            Principal::Anonymous => true,
+            Principal::Key(k) => match self.store.get_key(&k.id).await {
+                Ok(Some(fresh)) => {
+                    keyward_core::authorize(&fresh, &facts, now) == Decision::Allow
+                        && check_key_use(
+                            &fresh,
+                            &KeyUse {
+                                route_takes_publishable: true,
+                                origin: None,
+                            },
+                        ) != Decision::Deny(Denial::ExchangeOnly)
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            },
+            Principal::Token(t) => {
+                if self.token_revoked(&t.claims.jti) || t.claims.exp <= now.unix_timestamp() {
+                    return false;
+                }
+                self.client_still_enabled(&t.claims.client_id, &t.claims.sub).await
+            }
+            Principal::Certificate(c) => self.client_still_enabled(&c.id, &c.id).await,
+        }
+    }
+
+    /// A client (or, for a token exchanged for a key, that key) that still exists and is
+    /// enabled.
+    async fn client_still_enabled(&self, client_id: &str, sub: &str) -> bool {
+        match self.store.get_client(client_id).await {
+            Ok(Some(c)) => c.disabled_at.is_none(),
+            Ok(None) => match self.store.get_key(sub).await {
+                Ok(Some(k)) => k.state(self.clock.now()) == keyward_core::model::KeyState::Active,
+                Ok(None) => false,
+                Err(_) => true,
+            },
+            Err(_) => true,
+        }
     }
 }

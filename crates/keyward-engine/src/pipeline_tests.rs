@@ -97,6 +97,7 @@ fn route(scopes: &[Scope]) -> RouteFacts<'_> {
         client_certificates: false,
         publishable: false,
         audience: "api",
+        public: false,
     }
 }
 
@@ -858,4 +859,84 @@ async fn an_unreachable_shared_limiter_fails_closed() {
     let r = fx.engine.admit(&p, &limits, None).await.unwrap_err();
     assert_eq!(r.code(), "limiter_unavailable");
     assert_eq!(fx.usage(&kid, "limited:unavailable"), 1);
+}
+
+// ---- grants that outlive a request (tunnels) -------------------------------------------------
+
+#[tokio::test]
+async fn changes_reach_long_lived_grants() {
+    use crate::Changed;
+    use keyward_core::model::KeyUpdate;
+    let fx = fx().await;
+    let read = [scope("facts:read")];
+    let mut changes = fx.engine.subscribe_changes();
+    let granted = |p: Principal, c: &RequestContext<'_>| crate::Granted::new(p, c);
+
+    // A key: scope taken away, then disabled, then revoked; each announced and re-checked.
+    let (id, key) = fx.key(KeyOpts::default()).await;
+    let c = with_key(ctx(route(&read), ip(100)), &key);
+    let g = granted(fx.engine.authenticate(&c).await.unwrap(), &c);
+    assert!(fx.engine.still_granted(&g).await);
+    fx.engine
+        .update_key(
+            "test",
+            &id,
+            KeyUpdate {
+                scopes: Some(vec![scope("other:read")]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let change = changes.recv().await.unwrap();
+    assert_eq!(change, Changed::Key(id.clone()));
+    assert!(change.concerns(&g.principal));
+    assert!(
+        !fx.engine.still_granted(&g).await,
+        "the scope the tunnel needed is gone"
+    );
+    let (id2, key2) = fx.key(KeyOpts::default()).await;
+    let c = with_key(ctx(route(&read), ip(100)), &key2);
+    let g = granted(fx.engine.authenticate(&c).await.unwrap(), &c);
+    fx.engine.revoke_key("test", &id2, None).await.unwrap();
+    let change = changes.recv().await.unwrap();
+    assert!(change.concerns(&g.principal) && !Changed::Key(id.clone()).concerns(&g.principal));
+    assert!(!fx.engine.still_granted(&g).await);
+
+    // Expiry on the clock.
+    let (_, short) = fx
+        .key(KeyOpts {
+            expires_in: Some(30),
+            ..Default::default()
+        })
+        .await;
+    let c = with_key(ctx(route(&read), ip(101)), &short);
+    let g = granted(fx.engine.authenticate(&c).await.unwrap(), &c);
+    assert!(g.expires_at().is_some());
+    assert!(fx.engine.still_granted(&g).await);
+    fx.clock.advance(time::Duration::seconds(30));
+    assert!(!fx.engine.still_granted(&g).await);
+
+    // A token: revoked (the denylist grew), and its client disabled.
+    let (cid, token) = fx.token(Policy::default(), None, None).await;
+    let c = with_token(ctx(route(&read), ip(102)), &token, false);
+    let g = granted(fx.engine.authenticate(&c).await.unwrap(), &c);
+    while changes.try_recv().is_ok() {}
+    assert!(fx.engine.still_granted(&g).await);
+    fx.engine.revoke_token(&token, &cid).await.unwrap();
+    let change = changes.recv().await.unwrap();
+    assert_eq!(change, Changed::Tokens);
+    assert!(change.concerns(&g.principal));
+    assert!(!fx.engine.still_granted(&g).await);
+    let (cid2, token2) = fx.token(Policy::default(), None, None).await;
+    let c = with_token(ctx(route(&read), ip(102)), &token2, false);
+    let g = granted(fx.engine.authenticate(&c).await.unwrap(), &c);
+    fx.engine.set_client_disabled("test", &cid2, true).await.unwrap();
+    let change = changes.recv().await.unwrap();
+    assert_eq!(change, Changed::Client(cid2.clone()));
+    assert!(change.concerns(&g.principal));
+    assert!(!fx.engine.still_granted(&g).await);
+
+    // The anonymous caller of a public route: nothing to take away.
+    assert!(!Changed::All.concerns(&Principal::Anonymous));
 }

@@ -847,6 +847,7 @@ impl Engine {
         let exp = OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         self.store.revoke_token(&claims.jti, exp).await?;
         write(&svc.revoked).insert(claims.jti.clone(), claims.exp);
+        self.announce(crate::Changed::Tokens);
         // Every other node, at once: the shared denylist in Redis and its channel (each node
         // keeps a local copy, so verification never waits for Redis).
         if let Some(r) = self.limiter().redis() {
@@ -881,6 +882,7 @@ impl Engine {
         let svc = self.token_service()?;
         let revoked = self.store.revoked_tokens(self.now()).await?;
         *write(&svc.revoked) = revoked.into_iter().map(|(j, t)| (j, t.unix_timestamp())).collect();
+        self.announce(crate::Changed::Tokens);
         Ok(())
     }
 
@@ -888,7 +890,13 @@ impl Engine {
     pub(crate) fn deny_locally(&self, jti: String, exp: i64) {
         if let Ok(svc) = self.token_service() {
             write(&svc.revoked).insert(jti, exp);
+            self.announce(crate::Changed::Tokens);
         }
+    }
+
+    /// Whether the token with this `jti` was revoked (the local denylist).
+    pub fn token_revoked(&self, jti: &str) -> bool {
+        self.token_service().is_ok_and(|svc| svc.is_revoked(jti))
     }
 
     /// Drops denylist entries of tokens that have expired anyway.

@@ -1161,6 +1161,7 @@ impl Config {
                     }
                 },
                 audience: r.audience.clone().unwrap_or_else(|| self.oauth.audience.clone()),
+                options: Default::default(),
             });
         }
         let trusted_proxies = g

@@ -3,7 +3,8 @@
 //!
 //! Authentication: the bootstrap token of the configuration (compared in constant time) has
 //! every right; scoped tokens (`kwadm_…`, stored as digests) have the role `read` (GET only)
-//! or `write` (everything but managing admin tokens). The audit log names the token's actor.
+//! or `write` (everything but managing admin tokens). The audit log names the token's actor;
+//! `GET /v1/session` tells the caller its role.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ mod console;
 mod keys;
 pub mod openapi;
 mod page;
+mod session;
 mod signing;
 mod tokens;
 
@@ -105,6 +107,7 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps/{app}/disable", post(disable_app))
         .route("/v1/apps/{app}/enable", post(enable_app))
         .route("/v1/routes", get(list_routes))
+        .route("/v1/session", get(session::show))
         .route("/v1/admin-tokens", post(tokens::create_token).get(tokens::list_tokens))
         .route("/v1/admin-tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/v1/keys", post(create_key).get(list_keys))

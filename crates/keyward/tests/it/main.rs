@@ -27,6 +27,7 @@ mod mtls;
 mod oauth;
 mod ops;
 mod pipeline;
+mod proxy;
 mod scan;
 mod tls;
 mod verify;
