@@ -324,6 +324,7 @@ impl Principal {
             },
             Principal::Anonymous => LimitSubject {
                 id: "anonymous",
+                limit_id: "anonymous",
                 app_id: "",
                 policy: &NO_POLICY,
                 app_policy: None,
