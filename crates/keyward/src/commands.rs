@@ -245,15 +245,7 @@ async fn serve(cli: &Cli) -> Result<()> {
         verify_token: cfg.verify_token(&env)?,
     };
     let running = server::start(&cfg, secrets).await?;
-    // A log line (JSON with JSON logs), shown whatever the level (see `main::log_filter`).
-    tracing::info!(
-        target: crate::LISTENING,
-        gateway = %running.gateway,
-        admin = %running.admin,
-        "keyward: gateway on http://{}, admin API on http://{}",
-        running.gateway,
-        running.admin
-    );
+    crate::log_listening(running.gateway, running.admin);
     // SIGHUP: re-read the configuration and swap the route table (routes and their limits);
     // a configuration that does not load or validate is logged and the current one stays.
     let path = config_path(cli);
