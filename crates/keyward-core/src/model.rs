@@ -124,6 +124,11 @@ pub struct Lifecycle {
     /// The key that replaced this one; set when rotated.
     #[serde(default)]
     pub rotated_to: Option<String>,
+    /// The first key of this key's rotation chain, set on a successor: its own rate and quota
+    /// are counted under that key's id, so that a rotation never resets them and a key and
+    /// its successor share one budget during the grace period. `None`: the key's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_id: Option<String>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub rotated_at: Option<OffsetDateTime>,
     /// Last accepted request, as of the last usage flush.
@@ -152,6 +157,12 @@ pub enum KeyState {
 }
 
 impl KeyRecord {
+    /// The id its own rate and quota are counted under: the first key of its rotation chain
+    /// ([`Lifecycle::limit_id`]), or its own id.
+    pub fn limit_id(&self) -> &str {
+        self.lifecycle.limit_id.as_deref().unwrap_or(&self.id)
+    }
+
     /// Secret or publishable (legacy imported keys are secret).
     pub fn kind(&self) -> crate::key::KeyKind {
         if self.lifecycle.legacy {

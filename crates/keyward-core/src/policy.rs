@@ -1,9 +1,11 @@
 //! Abuse limits: IP allowlists, GCRA rate specs, quotas with refill, and their parsers.
 //!
 //! Text forms (CLI flags, admin API, config):
-//! - rate: `N/unit` with unit `s|sec|second`, `m|min|minute`, `h|hour`, `d|day`, or a duration
-//!   such as `N/30s`; `N` from 1 to 1,000,000,000; period at most 1 day... 1 year for interval
-//! - quota: `N/day`, `N/month` (calendar, UTC) or `N/<duration>` (e.g. `500/12h`);
+//! - rate: `N/unit` with unit `s|sec|second`, `m|min|minute`, `h|hour`, `d|day`, `w|week`
+//!   (7 days), or a duration such as `N/30s`; `N` from 1 to 1,000,000,000; period at most a year;
+//! - quota: `N/day`, `N/week` (ISO weeks: refilled Mondays 00:00 UTC), `N/month` (calendar,
+//!   UTC), or an interval (`s`, `min`, `hour` or a duration such as `500/12h`), refilled at every
+//!   multiple of it since the Unix epoch;
 //! - CIDR: `203.0.113.0/24`, `2001:db8::/32`, or a bare address (a /32 or /128).
 
 use std::fmt;
@@ -45,6 +47,16 @@ fn parse_count(kind: &'static str, s: &str, n: &str) -> Result<u64, CoreError> {
     Ok(v)
 }
 
+/// The units a rate accepts, as error messages name them.
+pub const RATE_UNITS: &str =
+    "s (or sec, second), min (or m, minute), hour (or h), day (or d), week (or w) or a duration such as 30s";
+/// The periods a quota accepts, as error messages name them.
+pub const QUOTA_UNITS: &str = "s (or sec, second), min (or m, minute), hour (or h), day (or d), week (or w), \
+     month or a duration such as 12h";
+
+/// Seconds in a week.
+const WEEK_SECS: u64 = 7 * 86_400;
+
 fn parse_unit(kind: &'static str, s: &str, unit: &str) -> Result<Duration, CoreError> {
     let u = unit.trim();
     let d = match u {
@@ -52,12 +64,16 @@ fn parse_unit(kind: &'static str, s: &str, unit: &str) -> Result<Duration, CoreE
         "m" | "min" | "minute" => Duration::from_secs(60),
         "h" | "hour" => Duration::from_secs(3600),
         "d" | "day" => Duration::from_secs(86_400),
+        "w" | "week" => Duration::from_secs(WEEK_SECS),
         _ => {
             if u.starts_with('-') {
                 return Err(bad(kind, s, "the period cannot be negative"));
             }
+            let units = if kind == "quota" { QUOTA_UNITS } else { RATE_UNITS };
             let d = humantime::parse_duration(u)
-                .map_err(|_| bad(kind, s, "the unit must be s, min, hour, day or a duration such as 30s"))?;
+                .ok()
+                .filter(|_| u.starts_with(|c: char| c.is_ascii_digit()))
+                .ok_or_else(|| bad(kind, s, &format!("the unit must be {units}")))?;
             if d.is_zero() {
                 return Err(bad(kind, s, "the period must be positive"));
             }
@@ -107,6 +123,7 @@ impl RateSpec {
             60 if self.period.subsec_nanos() == 0 => "min".into(),
             3600 if self.period.subsec_nanos() == 0 => "hour".into(),
             86_400 if self.period.subsec_nanos() == 0 => "day".into(),
+            WEEK_SECS if self.period.subsec_nanos() == 0 => "week".into(),
             _ => humantime::format_duration(self.period).to_string().replace(' ', ""),
         }
     }
@@ -123,6 +140,8 @@ impl fmt::Display for RateSpec {
 pub enum Refill {
     /// At 00:00 UTC every day.
     Day,
+    /// At 00:00 UTC every Monday (ISO weeks).
+    Week,
     /// At 00:00 UTC on the first of every month.
     Month,
     /// At every multiple of this interval since the Unix epoch.
@@ -144,6 +163,7 @@ impl QuotaSpec {
         let limit = parse_count("quota", s, n)?;
         let refill = match unit.trim() {
             "day" | "d" => Refill::Day,
+            "week" | "w" => Refill::Week,
             "month" => Refill::Month,
             other => {
                 let d = parse_unit("quota", s, other)?;
@@ -165,6 +185,13 @@ impl QuotaSpec {
             Refill::Day => {
                 let day = unix_secs.div_euclid(86_400);
                 (day, (day + 1) * 86_400)
+            }
+            Refill::Week => {
+                // The Unix epoch was a Thursday: ISO weeks start three days before it.
+                const MONDAY_BEFORE_EPOCH: i64 = 3 * 86_400;
+                let len = WEEK_SECS as i64;
+                let week = (unix_secs + MONDAY_BEFORE_EPOCH).div_euclid(len);
+                (week, (week + 1) * len - MONDAY_BEFORE_EPOCH)
             }
             Refill::Every(d) => {
                 let len = i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
@@ -190,6 +217,7 @@ impl QuotaSpec {
     pub fn window_secs(&self) -> u64 {
         match self.refill {
             Refill::Day => 86_400,
+            Refill::Week => WEEK_SECS,
             Refill::Month => 30 * 86_400,
             Refill::Every(d) => d.as_secs(),
         }
@@ -200,6 +228,7 @@ impl fmt::Display for QuotaSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.refill {
             Refill::Day => write!(f, "{}/day", self.limit),
+            Refill::Week => write!(f, "{}/week", self.limit),
             Refill::Month => write!(f, "{}/month", self.limit),
             Refill::Every(d) => write!(
                 f,
@@ -552,6 +581,131 @@ mod tests {
             "abc/day",
         ] {
             assert!(QuotaSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Issue 22, point 8: every unit and its period, for rates and for quotas.
+    #[test]
+    fn every_unit_is_accepted() {
+        for (unit, secs) in [
+            ("s", 1),
+            ("sec", 1),
+            ("second", 1),
+            ("m", 60),
+            ("min", 60),
+            ("minute", 60),
+            ("h", 3600),
+            ("hour", 3600),
+            ("d", 86_400),
+            ("day", 86_400),
+            ("w", 604_800),
+            ("week", 604_800),
+            ("30s", 30),
+            ("12h", 43_200),
+            ("2weeks", 1_209_600),
+        ] {
+            let r = RateSpec::parse(&format!("7/{unit}"), None).unwrap();
+            assert_eq!(r.period, Duration::from_secs(secs), "rate /{unit}");
+            assert_eq!(RateSpec::parse(&r.to_string(), None).unwrap(), r, "{r} round trip");
+        }
+        assert_eq!(RateSpec::parse("7/week", None).unwrap().to_string(), "7/week");
+        for (unit, refill) in [
+            ("d", Refill::Day),
+            ("day", Refill::Day),
+            ("w", Refill::Week),
+            ("week", Refill::Week),
+            ("month", Refill::Month),
+            ("s", Refill::Every(Duration::from_secs(1))),
+            ("sec", Refill::Every(Duration::from_secs(1))),
+            ("second", Refill::Every(Duration::from_secs(1))),
+            ("m", Refill::Every(Duration::from_secs(60))),
+            ("min", Refill::Every(Duration::from_secs(60))),
+            ("minute", Refill::Every(Duration::from_secs(60))),
+            ("h", Refill::Every(Duration::from_secs(3600))),
+            ("hour", Refill::Every(Duration::from_secs(3600))),
+            ("12h", Refill::Every(Duration::from_secs(43_200))),
+        ] {
+            let q = QuotaSpec::parse(&format!("10/{unit}")).unwrap();
+            assert_eq!(q.refill, refill, "quota /{unit}");
+            assert_eq!(QuotaSpec::parse(&q.to_string()).unwrap(), q, "{q} round trip");
+        }
+        assert_eq!(QuotaSpec::parse("10/week").unwrap().to_string(), "10/week");
+        assert_eq!(QuotaSpec::parse("10/week").unwrap().window_secs(), 604_800);
+    }
+
+    /// A weekly quota's periods are ISO weeks: Monday 00:00 UTC to the next Monday.
+    #[test]
+    fn weekly_quotas_follow_iso_weeks() {
+        let w = QuotaSpec::parse("10/week").unwrap();
+        // 2027-01-04T00:00:00Z is a Monday.
+        let monday = 1_799_020_800;
+        let (i, end) = w.period_of(monday);
+        assert_eq!(end, monday + 7 * 86_400);
+        assert_eq!(w.period_of(monday - 1), (i - 1, monday));
+        assert_eq!(w.period_of(end - 1), (i, end));
+        assert_eq!(w.period_of(end).0, i + 1);
+        // The epoch (a Thursday) is in the week that started on Monday 1969-12-29.
+        assert_eq!(w.period_of(0), (0, 4 * 86_400));
+        assert_eq!(w.period_of(-3 * 86_400), (0, 4 * 86_400));
+        assert_eq!(w.period_of(-3 * 86_400 - 1).0, -1);
+    }
+
+    /// Every refusal of a unit names exactly the accepted forms: a quota's message has
+    /// `week` and `month`, a rate's has `week` and not `month` (a rate has no calendar).
+    #[test]
+    fn bad_units_name_exactly_the_accepted_forms() {
+        let quota_msg = format!("the unit must be {QUOTA_UNITS}");
+        let rate_msg = format!("the unit must be {RATE_UNITS}");
+        for bad in [
+            "10/fortnight",
+            "10/year",
+            "10/weeks",
+            "10/mo",
+            "10/months",
+            "10/ms5",
+            "10/Week",
+        ] {
+            let e = QuotaSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(&quota_msg), "{bad}: {e}");
+            assert!(e.starts_with(&format!("invalid quota {bad:?}")), "{e}");
+            let e = RateSpec::parse(bad, None).unwrap_err().to_string();
+            assert!(e.contains(&rate_msg), "{bad}: {e}");
+        }
+        let e = RateSpec::parse("10/month", None).unwrap_err().to_string();
+        assert!(e.contains(&rate_msg), "{e}");
+        for unit in [
+            "s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day", "w", "week",
+        ] {
+            assert!(
+                RATE_UNITS.split([' ', ',', '(', ')']).any(|w| w == unit),
+                "{unit} in {RATE_UNITS}"
+            );
+            assert!(
+                QUOTA_UNITS.split([' ', ',', '(', ')']).any(|w| w == unit),
+                "{unit} in {QUOTA_UNITS}"
+            );
+        }
+        assert!(QUOTA_UNITS.contains("month"));
+        assert!(!RATE_UNITS.contains("month"));
+    }
+
+    proptest::proptest! {
+        /// Any count with any named unit parses, prints and parses back to the same limit;
+        /// any other word is refused with the list.
+        #[test]
+        fn units_round_trip(n in 1u64..=MAX_COUNT, i in 0usize..12, word in "[a-z]{1,8}") {
+            let units = ["s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day", "w", "week"];
+            let r = RateSpec::parse(&format!("{n}/{}", units[i]), None).unwrap();
+            proptest::prop_assert_eq!(RateSpec::parse(&r.to_string(), Some(r.burst)).unwrap(), r);
+            let q = QuotaSpec::parse(&format!("{n}/{}", units[i])).unwrap();
+            proptest::prop_assert_eq!(QuotaSpec::parse(&q.to_string()).unwrap(), q);
+            let known = units.contains(&word.as_str()) || word == "month";
+            if !known {
+                let e = QuotaSpec::parse(&format!("{n}/{word}")).unwrap_err().to_string();
+                proptest::prop_assert!(e.contains(QUOTA_UNITS), "{}", e);
+                let e = RateSpec::parse(&format!("{n}/{word}"), None).unwrap_err().to_string();
+                proptest::prop_assert!(e.contains(RATE_UNITS), "{}", e);
+            }
         }
     }
 

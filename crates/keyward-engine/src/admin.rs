@@ -383,6 +383,9 @@ impl Engine {
             lifecycle: Lifecycle {
                 rotated_from: Some(old.id.clone()),
                 exchange_only: old.lifecycle.exchange_only,
+                // The successor counts its rate and quota where its predecessor did: a rotation
+                // resets no limit, and both keys share one budget during the grace period.
+                limit_id: Some(old.limit_id().to_owned()),
                 ..Default::default()
             },
             ..old.clone()

@@ -325,7 +325,7 @@ impl Engine {
         if let (Some(spec), Some(ip), true) = (self.options.publishable_rate, client, who.publishable) {
             rates.push(RateCheck {
                 name: "client",
-                key: l.key(&["pk-client-rate", who.id, &ip.to_string()]),
+                key: l.key(&["pk-client-rate", who.limit_id, &ip.to_string()]),
                 spec,
                 cost: 1,
             });
@@ -333,7 +333,7 @@ impl Engine {
         if let Some(spec) = who.policy.rate {
             rates.push(RateCheck {
                 name: "key",
-                key: l.key(&["key-rate", who.id]),
+                key: l.key(&["key-rate", who.limit_id]),
                 spec,
                 cost: 1,
             });
@@ -348,7 +348,7 @@ impl Engine {
         }
         if let Some(spec) = route.rate {
             let key = match route.rate_by {
-                RateBy::Key => l.key(&["route-rate", &route.route, "key", who.id]),
+                RateBy::Key => l.key(&["route-rate", &route.route, "key", who.limit_id]),
                 RateBy::App => l.key(&["route-rate", &route.route, "app", who.app_id]),
                 RateBy::Global => l.key(&["route-rate", &route.route]),
                 RateBy::ClientIp => {
@@ -366,7 +366,7 @@ impl Engine {
         let cost = route.cost.max(1);
         let quota = |name: &'static str, key, spec: QuotaSpec| QuotaCheck { name, key, spec, cost };
         if let Some(spec) = who.policy.quota {
-            quotas.push(quota("key-quota", l.key(&["key-quota", who.id]), spec));
+            quotas.push(quota("key-quota", l.key(&["key-quota", who.limit_id]), spec));
         }
         if let Some(spec) = who.app_policy.and_then(|p| p.quota) {
             quotas.push(quota("app-quota", l.key(&["app-quota", who.app_id]), spec));

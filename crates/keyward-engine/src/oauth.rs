@@ -91,7 +91,7 @@ fn tls_options(name: &str, value: &str, opts: &mut keyward_core::model::ClientOp
     }
     let slot = match name {
         "tls_client_auth_subject_dn" => {
-            if let Err(e) = keyward_token::DistinguishedName::parse(value) {
+            if let Err(e) = keyward_token::DistinguishedName::parse_registration(value) {
                 return bad(&e.to_string());
             }
             &mut opts.tls_client_auth_subject_dn

@@ -220,6 +220,9 @@ static NO_POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy:
 #[derive(Debug, Clone, Copy)]
 pub struct LimitSubject<'a> {
     pub id: &'a str,
+    /// The id its own limits are counted under: for a key, the first key of its rotation
+    /// chain ([`KeyRecord::limit_id`]); else `id`.
+    pub limit_id: &'a str,
     pub app_id: &'a str,
     pub policy: &'a Policy,
     /// The app's own limits (keys only).
@@ -294,6 +297,7 @@ impl Principal {
         match self {
             Principal::Key(k) => LimitSubject {
                 id: &k.id,
+                limit_id: k.limit_id(),
                 app_id: &k.app_id,
                 policy: &k.policy,
                 app_policy: Some(&k.app_policy),
@@ -302,6 +306,7 @@ impl Principal {
             },
             Principal::Token(t) => LimitSubject {
                 id: &t.claims.client_id,
+                limit_id: &t.claims.client_id,
                 app_id: &t.app_id,
                 policy: &t.policy,
                 app_policy: None,
@@ -310,6 +315,7 @@ impl Principal {
             },
             Principal::Certificate(c) => LimitSubject {
                 id: &c.id,
+                limit_id: &c.id,
                 app_id: &c.app_id,
                 policy: &c.policy,
                 app_policy: None,
@@ -318,6 +324,7 @@ impl Principal {
             },
             Principal::Anonymous => LimitSubject {
                 id: "anonymous",
+                limit_id: "anonymous",
                 app_id: "",
                 policy: &NO_POLICY,
                 app_policy: None,

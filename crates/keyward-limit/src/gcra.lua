@@ -4,7 +4,7 @@
 -- ARGV[1]: "" to use Redis TIME as the clock, else the time in microseconds (tests only).
 -- ARGV[2], ARGV[3]: number of rates, number of quotas.
 -- Then per rate: emission interval (µs, may be fractional), burst, cost;
--- then per quota: refill ("d" day, "m" month, "e" every N seconds), N, limit, cost.
+-- then per quota: refill ("d" day, "w" ISO week, "m" month, "e" every N seconds), N, limit, cost.
 --
 -- State: a rate key holds the theoretical arrival time (µs since the Unix epoch, "%.3f"),
 -- expiring when the bucket is full again; a quota key is a hash {p = period index, u = used},
@@ -12,7 +12,8 @@
 --
 -- Returns {kind, index, retry_us, remaining_1, reset_secs_1, ...}: kind 0 allowed, 1 a rate
 -- refused (index among the rates), 2 a quota refused (index among the quotas); then one pair
--- per rate and per quota, in order.
+-- per rate and per quota, in order: after the request when it is allowed, as they are when it
+-- is refused (a refused request consumes from no limit, so nothing was taken).
 
 local now
 -- With a test clock, state must outlive the test's real duration: a minute more of TTL.
@@ -61,10 +62,19 @@ local function month_of(s)
 end
 
 local out = {0, 0, 0}
+-- The fields as they are (for a refusal) and after this request (when all allow).
+local before, after = {}, {}
 local rate_wait, rate_idx = -1, 0
 local quota_reset, quota_idx = -1, 0
 local new_tats = {}
 local a = 4
+
+local function rate_fields(cap, t, used)
+  local rem = math.floor((cap - used) / t + 1e-9)
+  if rem < 0 then rem = 0 end
+  return rem, ceil_secs(used)
+end
+
 for i = 1, nr do
   local t = tonumber(ARGV[a])
   local burst = tonumber(ARGV[a + 1])
@@ -79,22 +89,20 @@ for i = 1, nr do
   end
   local new_tat = tat + t * cost
   local ahead = new_tat - now
+  local rem, reset = rate_fields(cap, t, tat - now)
+  before[#before + 1] = rem
+  before[#before + 1] = reset
   if ahead > cap + EPS then
     local wait = ahead - cap
     if wait > rate_wait then
       rate_wait = wait
       rate_idx = i
     end
-    local rem = math.floor((cap - (tat - now)) / t + 1e-9)
-    if rem < 0 then rem = 0 end
-    out[#out + 1] = rem
-    out[#out + 1] = ceil_secs(tat - now)
   else
-    local rem = math.floor((cap - ahead) / t + 1e-9)
-    if rem < 0 then rem = 0 end
-    out[#out + 1] = rem
-    out[#out + 1] = ceil_secs(ahead)
+    rem, reset = rate_fields(cap, t, ahead)
   end
+  after[#after + 1] = rem
+  after[#after + 1] = reset
   new_tats[i] = new_tat
 end
 
@@ -109,6 +117,10 @@ for j = 1, nq do
   if kind == 'd' then
     period = math.floor(secs / 86400)
     finish = (period + 1) * 86400
+  elseif kind == 'w' then
+    -- The Unix epoch was a Thursday: ISO weeks start on the Monday three days before it.
+    period = math.floor((secs + 259200) / 604800)
+    finish = (period + 1) * 604800 - 259200
   elseif kind == 'm' then
     period, finish = month_of(secs)
   else
@@ -122,33 +134,40 @@ for j = 1, nq do
   end
   local reset = finish - secs
   if reset < 0 then reset = 0 end
-  local after = used + cost
-  if after > limit then
+  local used_after = used + cost
+  local rem = limit - used
+  if rem < 0 then rem = 0 end
+  before[#before + 1] = rem
+  before[#before + 1] = reset
+  if used_after > limit then
     if reset > quota_reset then
       quota_reset = reset
       quota_idx = j
     end
-    local rem = limit - used
-    if rem < 0 then rem = 0 end
-    out[#out + 1] = rem
   else
-    out[#out + 1] = limit - after
+    rem = limit - used_after
   end
-  out[#out + 1] = reset
-  new_quotas[j] = {period, after, reset}
+  after[#after + 1] = rem
+  after[#after + 1] = reset
+  new_quotas[j] = {period, used_after, reset}
+end
+
+local function answer(fields)
+  for k = 1, #fields do out[#out + 1] = fields[k] end
+  return out
 end
 
 if quota_idx > 0 then
   out[1] = 2
   out[2] = quota_idx
   out[3] = quota_reset * 1000000
-  return out
+  return answer(before)
 end
 if rate_idx > 0 then
   out[1] = 1
   out[2] = rate_idx
   out[3] = math.ceil(rate_wait - 1e-9)
-  return out
+  return answer(before)
 end
 for i = 1, nr do
   local ttl = math.ceil((new_tats[i] - now) / 1000) + 1 + slack
@@ -159,4 +178,4 @@ for j = 1, nq do
   redis.call('HSET', KEYS[nr + j], 'p', string.format('%d', q[1]), 'u', string.format('%d', q[2]))
   redis.call('EXPIRE', KEYS[nr + j], q[3] + 1 + slack / 1000)
 end
-return out
+return answer(after)

@@ -95,7 +95,9 @@ pub struct LimitState {
     pub reset_secs: u64,
 }
 
-/// The decision.
+/// The decision. `states` has one entry per rate, then per quota, in the order given: after
+/// the request when it is allowed; as they are (nothing consumed) when it is refused, so that
+/// `remaining` is exactly how many requests would be admitted at the moment of the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Allowed {
@@ -208,9 +210,13 @@ impl LocalLimiter {
             guards.iter().position(|(j, _)| *j == i).unwrap_or(0)
         };
 
-        // Phase 1: compute every new state without writing anything.
+        // Phase 1: compute every new state without writing anything. Each limit's fields are
+        // computed twice: as they are now (`before`: what a refused request leaves, since a
+        // refused request consumes from no limit) and as they are once this request is
+        // admitted (`after`).
         let mut new_tats = Vec::with_capacity(rates.len());
-        let mut states = Vec::with_capacity(rates.len() + quotas.len());
+        let mut before = Vec::with_capacity(rates.len() + quotas.len());
+        let mut after = Vec::with_capacity(rates.len() + quotas.len());
         let mut rate_refusal: Option<(&'static str, u64)> = None;
         for r in rates {
             let g = shard(&r.key);
@@ -219,27 +225,23 @@ impl LocalLimiter {
             let tat = guards[g].1.rates.get(&r.key).copied().unwrap_or(now_ns).max(now_ns);
             let new_tat = tat.saturating_add(t.saturating_mul(r.cost));
             let ahead = new_tat - now_ns;
+            let state = |used_ns: u64| LimitState {
+                name: r.name,
+                limit: r.spec.burst,
+                window_secs: ceil_secs(capacity),
+                // How many more unit-cost requests fit right now.
+                remaining: capacity.saturating_sub(used_ns) / t,
+                reset_secs: ceil_secs(used_ns),
+            };
+            before.push(state(tat - now_ns));
             if ahead > capacity {
                 let wait = ahead - capacity;
                 if rate_refusal.is_none_or(|(_, w)| wait > w) {
                     rate_refusal = Some((r.name, wait));
                 }
-                let remaining = (capacity.saturating_sub(tat - now_ns)) / t;
-                states.push(LimitState {
-                    name: r.name,
-                    limit: r.spec.burst,
-                    window_secs: ceil_secs(capacity),
-                    remaining,
-                    reset_secs: ceil_secs(tat - now_ns),
-                });
+                after.push(state(tat - now_ns));
             } else {
-                states.push(LimitState {
-                    name: r.name,
-                    limit: r.spec.burst,
-                    window_secs: ceil_secs(capacity),
-                    remaining: (capacity - ahead) / t,
-                    reset_secs: ceil_secs(ahead),
-                });
+                after.push(state(ahead));
             }
             new_tats.push((g, r.key, new_tat));
         }
@@ -254,30 +256,26 @@ impl LocalLimiter {
                 _ => 0, // a new period: the balance is the limit again (no stacking)
             };
             let reset = u64::try_from(end.saturating_sub(now_secs)).unwrap_or(0);
-            let after = used.saturating_add(q.cost);
-            if after > q.spec.limit {
+            let used_after = used.saturating_add(q.cost);
+            let state = |used: u64| LimitState {
+                name: q.name,
+                limit: q.spec.limit,
+                window_secs: q.spec.window_secs(),
+                remaining: q.spec.limit.saturating_sub(used),
+                reset_secs: reset,
+            };
+            before.push(state(used));
+            if used_after > q.spec.limit {
                 if quota_refusal.is_none_or(|(_, w)| reset > w) {
                     quota_refusal = Some((q.name, reset));
                 }
-                states.push(LimitState {
-                    name: q.name,
-                    limit: q.spec.limit,
-                    window_secs: q.spec.window_secs(),
-                    remaining: q.spec.limit.saturating_sub(used),
-                    reset_secs: reset,
-                });
+                after.push(state(used));
             } else {
-                states.push(LimitState {
-                    name: q.name,
-                    limit: q.spec.limit,
-                    window_secs: q.spec.window_secs(),
-                    remaining: q.spec.limit - after,
-                    reset_secs: reset,
-                });
+                after.push(state(used_after));
             }
             let cell = QuotaCell {
                 period,
-                used: u32::try_from(after).unwrap_or(u32::MAX),
+                used: u32::try_from(used_after).unwrap_or(u32::MAX),
                 end: to_u32(end),
             };
             new_quotas.push((g, q.key, cell));
@@ -287,14 +285,14 @@ impl LocalLimiter {
             return Outcome::QuotaExhausted {
                 policy,
                 retry_after: Duration::from_secs(secs.max(1)),
-                states,
+                states: before,
             };
         }
         if let Some((policy, ns)) = rate_refusal {
             return Outcome::RateLimited {
                 policy,
                 retry_after: Duration::from_nanos(ns),
-                states,
+                states: before,
             };
         }
         // Phase 2: everything allows; commit every change.
@@ -304,7 +302,7 @@ impl LocalLimiter {
         for (g, key, q) in new_quotas {
             guards[g].1.quotas.insert(key, q);
         }
-        Outcome::Allowed { states }
+        Outcome::Allowed { states: after }
     }
 
     /// Drops idle state: full GCRA buckets and quotas whose period has ended. Returns how many

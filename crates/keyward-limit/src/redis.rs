@@ -305,6 +305,7 @@ impl RedisLimiter {
         for q in quotas {
             let (kind, len) = match q.spec.refill {
                 Refill::Day => ("d", 86_400),
+                Refill::Week => ("w", 604_800),
                 Refill::Month => ("m", 0),
                 Refill::Every(d) => ("e", d.as_secs().max(1)),
             };

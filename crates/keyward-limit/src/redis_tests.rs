@@ -470,3 +470,75 @@ async fn failure_modes_and_recovery() {
     }
     assert_eq!(n, 10);
 }
+
+/// Issue 22, point 9, through the script: N/min with burst N counts N-1 … 0, the refusal says
+/// 0 and a full bucket in exactly a minute, and a refusal reports every other limit as it is.
+#[tokio::test]
+async fn remaining_is_exact_at_the_boundary() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    for n in [1u64, 2, 7, 10, 60] {
+        let r = [rate(&format!("b{n}"), &format!("{n}/min"), None)];
+        for i in 0..n {
+            let Outcome::Allowed { states } = at(&l, &r, &[], T0).await else {
+                panic!("{n}/min: request {i} refused")
+            };
+            assert_eq!(states[0].remaining, n - 1 - i, "{n}/min after {} requests", i + 1);
+        }
+        let Outcome::RateLimited { states, .. } = at(&l, &r, &[], T0).await else {
+            panic!("{n}/min: request {} admitted", n + 1)
+        };
+        assert_eq!(states[0].remaining, 0, "{n}/min: the refusal");
+        assert_eq!(states[0].reset_secs, 60, "{n}/min");
+    }
+    let key = rate("key", "10/min", None);
+    let app = RateCheck {
+        name: "app",
+        ..rate("app", "2/min", None)
+    };
+    let q = [quota("q", "10/day", 1)];
+    let both = [key.clone(), app];
+    for _ in 0..2 {
+        assert!(allowed(&at(&l, &both, &q, T0).await));
+    }
+    let Outcome::RateLimited { policy, states, .. } = at(&l, &both, &q, T0).await else {
+        panic!("the app's third request")
+    };
+    assert_eq!(policy, "app");
+    assert_eq!((states[0].name, states[0].remaining), ("key", 8));
+    assert_eq!((states[1].name, states[1].remaining), ("app", 0));
+    assert_eq!((states[2].name, states[2].remaining), ("quota", 8));
+    let mut n = 0;
+    while allowed(&at(&l, std::slice::from_ref(&key), &[], T0).await) {
+        n += 1;
+    }
+    assert_eq!(n, 8);
+    let tiny = [quota("tiny", "1/day", 2)];
+    let fresh = [rate("fresh", "5/min", None)];
+    let Outcome::QuotaExhausted { states, .. } = at(&l, &fresh, &tiny, T0).await else {
+        panic!("cost 2 on a quota of 1")
+    };
+    assert_eq!((states[0].remaining, states[0].reset_secs), (5, 0));
+    assert_eq!(states[1].remaining, 1);
+}
+
+/// `/week` quotas refill on Mondays at 00:00 UTC in the script as in process.
+#[tokio::test]
+async fn weekly_quotas_refill_on_monday() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let w = [quota("w", "2/week", 1)];
+    // 2027-01-03 is a Sunday; 2027-01-04 a Monday.
+    let sunday_late = 1_799_020_799 * SEC_US;
+    let monday = 1_799_020_800 * SEC_US;
+    assert!(allowed(&at(&l, &[], &w, sunday_late).await));
+    assert!(allowed(&at(&l, &[], &w, sunday_late).await));
+    let Outcome::QuotaExhausted { retry_after, .. } = at(&l, &[], &w, sunday_late).await else {
+        panic!()
+    };
+    assert_eq!(retry_after, Duration::from_secs(1));
+    let Outcome::Allowed { states } = at(&l, &[], &w, monday).await else {
+        panic!("Monday refills")
+    };
+    assert_eq!((states[0].remaining, states[0].reset_secs), (1, 7 * 86_400));
+}

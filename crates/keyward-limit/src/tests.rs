@@ -251,3 +251,96 @@ proptest! {
         prop_assert!(admitted <= bound, "admitted {} > bound {}", admitted, bound);
     }
 }
+
+/// Issue 22, point 9: `r` is exactly how many requests would be admitted at the moment of the
+/// answer. N/min with burst N: the allowed answers count N-1 … 0, the refusal says 0 and the
+/// exact time until the bucket is full; time passing gives back exactly one per interval.
+#[test]
+fn remaining_is_exact_at_the_boundary() {
+    for n in [1u64, 2, 7, 10, 60] {
+        let l = LocalLimiter::new();
+        let r = rate(&l, "k", &format!("{n}/min"), None);
+        for i in 0..n {
+            let Outcome::Allowed { states } = l.check(std::slice::from_ref(&r), &[], T0) else {
+                panic!("{n}/min: request {i} refused")
+            };
+            assert_eq!(states[0].remaining, n - 1 - i, "{n}/min after {} requests", i + 1);
+            assert_eq!(states[0].limit, n);
+        }
+        let Outcome::RateLimited { states, .. } = l.check(std::slice::from_ref(&r), &[], T0) else {
+            panic!("{n}/min: request {} admitted", n + 1)
+        };
+        assert_eq!(states[0].remaining, 0, "{n}/min: the refusal");
+        assert_eq!(states[0].reset_secs, 60, "{n}/min: a full bucket in exactly a minute");
+        // One emission interval later, exactly one fits, and the answer says 0 left after it.
+        let t = r.spec.emission_interval_ns();
+        let Outcome::Allowed { states } = l.check(std::slice::from_ref(&r), &[], T0 + t) else {
+            panic!("{n}/min: one interval later")
+        };
+        assert_eq!(states[0].remaining, 0);
+        let Outcome::RateLimited { states, .. } = l.check(std::slice::from_ref(&r), &[], T0 + t) else {
+            panic!("{n}/min: one interval later, the second")
+        };
+        assert_eq!(states[0].remaining, 0);
+    }
+}
+
+/// A request refused by one limit consumes from none, so the answer reports every other limit
+/// as it is: 8 left on the key's rate means `r=8`, not the 7 it would be had the request been
+/// admitted (the off-by-one of issue 22, point 9).
+#[test]
+fn a_refusal_reports_what_is_left_not_what_would_have_been() {
+    let l = LocalLimiter::new();
+    let key = rate(&l, "key", "10/min", None);
+    let app = RateCheck {
+        name: "app",
+        ..rate(&l, "app", "2/min", None)
+    };
+    let q = quota(&l, "q", "10/day", 1);
+    let both = [key.clone(), app.clone()];
+    for _ in 0..2 {
+        assert!(allowed(&l.check(&both, std::slice::from_ref(&q), T0)));
+    }
+    let Outcome::RateLimited { policy, states, .. } = l.check(&both, std::slice::from_ref(&q), T0) else {
+        panic!("the app's third request")
+    };
+    assert_eq!(policy, "app");
+    assert_eq!((states[0].name, states[0].remaining), ("key", 8));
+    assert_eq!((states[1].name, states[1].remaining), ("app", 0));
+    assert_eq!((states[2].name, states[2].remaining), ("quota", 8));
+    // And it is true: the key alone takes exactly 8 more.
+    let mut n = 0;
+    while allowed(&l.check(std::slice::from_ref(&key), &[], T0)) {
+        n += 1;
+    }
+    assert_eq!(n, 8);
+    // A quota refusal reports the rates as they are too.
+    let tiny = quota(&l, "tiny", "1/day", 2);
+    let fresh = rate(&l, "fresh", "5/min", None);
+    let Outcome::QuotaExhausted { states, .. } = l.check(std::slice::from_ref(&fresh), &[tiny], T0) else {
+        panic!("cost 2 on a quota of 1")
+    };
+    assert_eq!(states[0].remaining, 5);
+    assert_eq!(states[0].reset_secs, 0, "an untouched bucket is full now");
+    assert_eq!(states[1].remaining, 1);
+}
+
+/// `/week` quotas refill on Mondays at 00:00 UTC (ISO weeks).
+#[test]
+fn weekly_quotas_refill_on_monday() {
+    let l = LocalLimiter::new();
+    let w = quota(&l, "w", "2/week", 1);
+    // 2027-01-03 is a Sunday; 2027-01-04 a Monday.
+    let sunday_late = 1_799_020_799 * SEC;
+    let monday = 1_799_020_800 * SEC;
+    assert!(allowed(&l.check(&[], std::slice::from_ref(&w), sunday_late)));
+    assert!(allowed(&l.check(&[], std::slice::from_ref(&w), sunday_late)));
+    let Outcome::QuotaExhausted { retry_after, .. } = l.check(&[], std::slice::from_ref(&w), sunday_late) else {
+        panic!()
+    };
+    assert_eq!(retry_after, Duration::from_secs(1));
+    let Outcome::Allowed { states } = l.check(&[], std::slice::from_ref(&w), monday) else {
+        panic!("Monday refills")
+    };
+    assert_eq!((states[0].remaining, states[0].reset_secs), (1, 7 * 86_400));
+}

@@ -159,8 +159,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Rotates `old_id`: stores `successor` (with `digest`), links the two and sets the old
     /// key's expiry to `old_expires_at`, atomically. `Conflict` when the old key is revoked or
-    /// was already rotated, `NotFound` when it does not exist. Returns the old key after the
-    /// change and its digest.
+    /// was already rotated, `NotFound` when it does not exist. The successor's `limit_id` is
+    /// the old key's, or the old key's id (the first key of the chain), read in the same
+    /// transaction. Returns the old key after the change and its digest.
     async fn rotate_key(
         &self,
         old_id: &str,

@@ -427,13 +427,14 @@ impl Store for PgStore {
                 Some(_) => StoreError::Conflict("the key is revoked or was already rotated".into()),
             });
         }
-        let row = sql::successor_row(successor, old_id);
-        sql::insert_key(&row, digest).execute(&mut *tx).await.map_err(g)?;
         let old = sql::key_by_id(old_id)
             .fetch_optional(&mut *tx)
             .await
             .map_err(g)?
             .ok_or(StoreError::NotFound("key"))?;
+        let old = rows::key_from_row(&old)?;
+        let row = sql::successor_row(successor, &old.0);
+        sql::insert_key(&row, digest).execute(&mut *tx).await.map_err(g)?;
         notify(&mut tx, &self.channel, &Change::Key(old_id.to_owned())).await?;
         let created = Change::KeyCreated {
             id: successor.id.clone(),
@@ -441,7 +442,7 @@ impl Store for PgStore {
         };
         notify(&mut tx, &self.channel, &created).await?;
         tx.commit().await.map_err(g)?;
-        rows::key_from_row(&old)
+        Ok(old)
     }
 
     async fn append_audit(&self, e: &AuditEvent) -> Result<i64, StoreError> {

@@ -41,7 +41,7 @@ macro_rules! key_columns {
         "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
          k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy, \
          k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at, \
-         k.exchange_only"
+         k.exchange_only, k.limit_id"
     };
 }
 
@@ -176,6 +176,7 @@ pub(crate) fn key_from_row(row: &impl Cols) -> Result<(KeyRecord, Digest), Store
                 exchange_only: row.flag("exchange_only")?,
                 rotated_from: row.opt_text("rotated_from")?,
                 rotated_to: row.opt_text("rotated_to")?,
+                limit_id: row.opt_text("limit_id")?,
                 rotated_at: row.opt_ts("rotated_at")?,
                 last_used_at: row.opt_ts("last_used_at")?,
             },

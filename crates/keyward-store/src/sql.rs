@@ -219,8 +219,8 @@ where
 {
     sqlx::query(
         "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
-         disabled_at, canary, legacy, rotated_from, exchange_only) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         disabled_at, canary, legacy, rotated_from, exchange_only, limit_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .text(&key.id)
     .text(&key.app_id)
@@ -238,6 +238,7 @@ where
     .flag(key.lifecycle.legacy)
     .opt_text(key.lifecycle.rotated_from.as_deref())
     .flag(key.lifecycle.exchange_only)
+    .opt_text(key.lifecycle.limit_id.as_deref())
 }
 
 /// The error of a failed key insert (no such app, or a duplicate id or digest).
@@ -249,15 +250,17 @@ pub(crate) fn key_insert_error(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// The successor of `old_id` as [`insert_key`] stores it: never revoked, disabled, canary or
-/// legacy, and linked to the old key.
-pub(crate) fn successor_row(successor: &KeyRecord, old_id: &str) -> KeyRecord {
+/// The successor of `old` (as read in the rotation's transaction) as [`insert_key`] stores it:
+/// never revoked, disabled, canary or legacy, linked to the old key, and counting its limits
+/// under the old key's limit id (the first key of the rotation chain).
+pub(crate) fn successor_row(successor: &KeyRecord, old: &KeyRecord) -> KeyRecord {
     let mut row = successor.clone();
     row.revoked_at = None;
     row.lifecycle.disabled_at = None;
     row.lifecycle.canary = false;
     row.lifecycle.legacy = false;
-    row.lifecycle.rotated_from = Some(old_id.to_owned());
+    row.lifecycle.rotated_from = Some(old.id.clone());
+    row.lifecycle.limit_id = Some(old.limit_id().to_owned());
     row
 }
 

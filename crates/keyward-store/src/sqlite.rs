@@ -217,18 +217,19 @@ impl Store for SqliteStore {
                 Some(_) => StoreError::Conflict("the key is revoked or was already rotated".into()),
             });
         }
-        let row = sql::successor_row(successor, old_id);
-        sql::insert_key(&row, digest)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
         let old = sql::key_by_id(old_id)
             .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?
             .ok_or(StoreError::NotFound("key"))?;
+        let old = rows::key_from_row(&old)?;
+        let row = sql::successor_row(successor, &old.0);
+        sql::insert_key(&row, digest)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
-        rows::key_from_row(&old)
+        Ok(old)
     }
 
     async fn append_audit(&self, e: &AuditEvent) -> Result<i64, StoreError> {

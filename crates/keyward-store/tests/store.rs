@@ -213,6 +213,20 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(old.lifecycle.rotated_at, Some(t(400)));
     let (s5, _) = store.key_by_digest(&digest(5)).await.unwrap().unwrap();
     assert_eq!(s5.lifecycle.rotated_from.as_deref(), Some("key_2"));
+    // The successor counts its limits under the chain's first key (issue 22, point 10).
+    assert_eq!(s5.lifecycle.limit_id.as_deref(), Some("key_2"));
+    assert_eq!(s5.limit_id(), "key_2");
+    assert_eq!(old.lifecycle.limit_id, None);
+    assert_eq!(old.limit_id(), "key_2");
+    // …and so does the successor's successor: the chain's first key, not its predecessor.
+    let mut third = key("key_7", &b, 402);
+    third.lifecycle.rotated_from = Some("key_5".into());
+    store
+        .rotate_key("key_5", &third, &digest(7), t(1000), t(402))
+        .await
+        .unwrap();
+    let (s7, _) = store.key_by_digest(&digest(7)).await.unwrap().unwrap();
+    assert_eq!(s7.limit_id(), "key_2");
     assert_eq!(s5.scopes, succ.scopes);
     assert!(matches!(
         store

@@ -25,6 +25,15 @@ pub enum CertError {
     Malformed,
     #[error("the distinguished name is malformed: {0}")]
     BadDn(&'static str),
+    /// `O = X, OU = Y, CN = z`: openssl's default subject output, in the reverse of RFC 4514
+    /// order, which would never match a certificate.
+    #[error(
+        "the distinguished name has spaces around '=', as in openssl's default subject output \
+         (\"O = X, OU = Y, CN = z\"), which also lists the RDNs in the reverse of RFC 4514 order \
+         and would never match; give the RFC 4514 form that \
+         `openssl x509 -noout -subject -nameopt RFC2253` prints (e.g. \"CN=z,OU=Y,O=X\")"
+    )]
+    OpensslForm,
 }
 
 /// One attribute of a distinguished name: type (upper-case short name or dotted OID) and value.
@@ -203,6 +212,17 @@ impl DistinguishedName {
         Ok(DistinguishedName(rdns))
     }
 
+    /// Parses a DN that registers a client ([`DistinguishedName::parse`]), refusing the form
+    /// openssl prints by default (`O = X, OU = Y, CN = z`: spaces around `=`, RDNs in reverse
+    /// order) with a message naming the command that prints the RFC 4514 form. Spaces inside
+    /// values (`CN=John Smith`) and after a comma (`CN=svc, O=Example`) are fine.
+    pub fn parse_registration(s: &str) -> Result<DistinguishedName, CertError> {
+        if spaced_equals(s) {
+            return Err(CertError::OpensslForm);
+        }
+        DistinguishedName::parse(s)
+    }
+
     /// The RFC 4514 string form.
     pub fn to_rfc4514(&self) -> String {
         let mut out = String::new();
@@ -236,6 +256,33 @@ impl DistinguishedName {
         }
         out
     }
+}
+
+/// Whether an `=` that separates an attribute type from its value has white space on either
+/// side (escapes skipped: `\=` and `\ ` in a value are data).
+fn spaced_equals(s: &str) -> bool {
+    let mut in_value = false;
+    let mut prev: Option<char> = None;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+                prev = None;
+                continue;
+            }
+            '=' if !in_value => {
+                if prev.is_some_and(char::is_whitespace) || chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    return true;
+                }
+                in_value = true;
+            }
+            ',' | '+' | ';' if in_value => in_value = false,
+            _ => {}
+        }
+        prev = Some(c);
+    }
+    false
 }
 
 impl std::fmt::Display for DistinguishedName {
@@ -357,6 +404,53 @@ mod tests {
             assert!(DistinguishedName::parse(bad).is_err(), "{bad:?}");
         }
         assert!(DistinguishedName::parse(&"CN=a,".repeat(2000)).is_err());
+    }
+
+    /// Issue 22, point 16: openssl's default subject output is refused with the command that
+    /// prints the RFC 4514 form; spaces inside values and after commas are not.
+    #[test]
+    fn openssl_default_subjects_are_refused_for_registration() {
+        for bad in [
+            "O = X, OU = Y, CN = z",
+            "CN = z",
+            "CN =z",
+            "CN= z",
+            "C = DE, O = Example Corp, CN = billing",
+            "CN=ok,O =x",
+            "CN=ok+OU\t=x",
+        ] {
+            let e = DistinguishedName::parse_registration(bad).unwrap_err();
+            assert_eq!(e, CertError::OpensslForm, "{bad:?}");
+            let m = e.to_string();
+            assert!(m.contains("openssl x509 -noout -subject -nameopt RFC2253"), "{m}");
+        }
+        for good in [
+            "CN=John Smith",
+            "CN=John Smith,O=Example Corp,C=DE",
+            "CN=billing-svc, O=Example Corp",
+            "CN=a\\ =b",
+            "CN=x\\=y",
+            "CN=a=b,O=c",
+            "CN=Doe\\, John,O=a\\2Cb",
+        ] {
+            assert_eq!(
+                DistinguishedName::parse_registration(good),
+                DistinguishedName::parse(good),
+                "{good:?}"
+            );
+            assert!(DistinguishedName::parse_registration(good).is_ok(), "{good:?}");
+        }
+        assert_eq!(
+            DistinguishedName::parse_registration("CN=John Smith")
+                .unwrap()
+                .to_rfc4514(),
+            "CN=John Smith"
+        );
+        // Still malformed is still malformed.
+        assert!(matches!(
+            DistinguishedName::parse_registration("CN"),
+            Err(CertError::BadDn(_))
+        ));
     }
 
     /// What the `client_cert` fuzz target found (fuzz/regressions/client_cert/): values that

@@ -150,13 +150,15 @@ pub struct LimitFlags {
     /// Allowed client address or CIDR (repeatable); none = from anywhere.
     #[arg(long = "ip", value_name = "CIDR")]
     pub ips: Vec<String>,
-    /// GCRA rate limit, e.g. 100/min, 10/s, 5000/hour, 20/30s.
+    /// GCRA rate limit, N/UNIT with UNIT s, min, hour, day, week (7 days) or a duration:
+    /// e.g. 100/min, 10/s, 5000/hour, 20/30s.
     #[arg(long, value_name = "N/UNIT", allow_hyphen_values = true)]
     pub rate: Option<String>,
     /// Burst allowed by --rate (default: the rate's count).
     #[arg(long, value_name = "N", requires = "rate")]
     pub burst: Option<u64>,
-    /// Quota with refill, e.g. 10000/month, 1000/day, 500/12h.
+    /// Quota with refill: N/day (00:00 UTC), N/week (Mondays 00:00 UTC), N/month (the 1st)
+    /// or N/<interval> (s, min, hour or a duration such as 12h), e.g. 10000/month, 500/12h.
     #[arg(long, value_name = "N/PERIOD", allow_hyphen_values = true)]
     pub quota: Option<String>,
 }
@@ -404,7 +406,9 @@ pub enum ClientCommand {
         /// self_signed_tls_client_auth: the client's certificate (PEM); registered as a JWK with `x5c`.
         #[arg(long, value_name = "PEM", conflicts_with = "jwks_file")]
         cert_file: Option<std::path::PathBuf>,
-        /// tls_client_auth: the certificate's subject DN (RFC 4514, e.g. "CN=billing,O=Example").
+        /// tls_client_auth: the certificate's subject DN in RFC 4514 form, e.g. "CN=billing,O=Example",
+        /// as `openssl x509 -noout -subject -nameopt RFC2253 -in cert.pem` prints it (openssl's
+        /// default "O = Example, CN = billing" is in reverse order and refused).
         #[arg(long, value_name = "DN", group = "tls_name")]
         tls_subject_dn: Option<String>,
         /// tls_client_auth: a DNS name in the certificate's subject alternative names.

@@ -245,10 +245,7 @@ async fn serve(cli: &Cli) -> Result<()> {
         verify_token: cfg.verify_token(&env)?,
     };
     let running = server::start(&cfg, secrets).await?;
-    eprintln!(
-        "keyward: gateway on http://{}, admin API on http://{}",
-        running.gateway, running.admin
-    );
+    crate::log_listening(running.gateway, running.admin);
     // SIGHUP: re-read the configuration and swap the route table (routes and their limits);
     // a configuration that does not load or validate is logged and the current one stays.
     let path = config_path(cli);
@@ -291,10 +288,8 @@ async fn cat_facts(listen: std::net::SocketAddr) -> Result<()> {
     let l = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::startup(format!("cannot listen on {listen}: {e}")))?;
-    eprintln!(
-        "cat-facts API on http://{}",
-        l.local_addr().map_err(|e| CliError::Io(e.to_string()))?
-    );
+    let addr = l.local_addr().map_err(|e| CliError::Io(e.to_string()))?;
+    tracing::info!(target: crate::LISTENING, listen = %addr, "cat-facts API on http://{addr}");
     crate::catfacts::serve(l, shutdown_signal())
         .await
         .map_err(|e| CliError::Io(e.to_string()))

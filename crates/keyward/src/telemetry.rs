@@ -57,11 +57,12 @@ mod otel {
     impl Guard {
         /// Exports what is still queued and stops the batch processor.
         pub fn shutdown(self) {
+            // Logged (JSON with JSON logs), like everything `serve` writes.
             if let Err(e) = self.provider.force_flush() {
-                eprintln!("warning: OpenTelemetry flush failed: {e}");
+                tracing::warn!(error = %e, "OpenTelemetry flush failed");
             }
             if let Err(e) = self.provider.shutdown() {
-                eprintln!("warning: OpenTelemetry shutdown failed: {e}");
+                tracing::warn!(error = %e, "OpenTelemetry shutdown failed");
             }
         }
     }

@@ -29,7 +29,7 @@ use super::{AppFilter, AppSwitch, ListQuery, RouteView};
 /// `{"limit": "100/min", "burst": 20}`.
 #[derive(ToSchema)]
 pub(crate) struct Rate {
-    /// `N/s`, `N/min`, `N/h` or `N/d`.
+    /// `N/s`, `N/min`, `N/hour`, `N/day`, `N/week` (7 days) or `N/<duration>` such as `20/30s`.
     limit: String,
     burst: Option<u64>,
 }
@@ -40,7 +40,7 @@ pub(crate) struct Policy {
     /// IP addresses and CIDR ranges allowed to use the credential.
     ips: Option<Vec<String>>,
     rate: Option<Rate>,
-    /// `N/day`, `N/month`…
+    /// `N/day`, `N/week` (Mondays 00:00 UTC), `N/month` or `N/<interval>` such as `500/12h`.
     quota: Option<String>,
     require_mtls: Option<bool>,
     /// Publishable keys: the web origins allowed to use the key.
@@ -80,6 +80,9 @@ pub(crate) struct Key {
     canary: bool,
     legacy: bool,
     exchange_only: bool,
+    /// A rotated key's successor: the first key of the rotation chain, under whose id its
+    /// rate and quota are counted (a rotation resets no limit).
+    limit_id: Option<String>,
     rotated_from: Option<String>,
     rotated_to: Option<String>,
     #[schema(format = DateTime)]

@@ -204,6 +204,25 @@ fn init_serve_manage_and_nothing_secret_in_the_logs() {
         assert_eq!(code, 2, "{flag} {value}: {err}");
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
+    // Issue 22, point 8: a bad unit names exactly the accepted forms (month for quotas only).
+    for (flag, units) in [
+        ("--quota", keyward_core::policy::QUOTA_UNITS),
+        ("--rate", keyward_core::policy::RATE_UNITS),
+    ] {
+        let (code, _, err) = keyward(&["key", "create", "--app", "cats", flag, "10/fortnight"], &env);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("the unit must be {units}")), "{flag}: {err}");
+    }
+    let (code, out, err) = keyward(
+        &[
+            "key", "create", "--app", "cats", "--quota", "10/week", "--rate", "70/week", "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let weekly: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(weekly["policy"]["quota"], "10/week", "{out}");
+    assert_eq!(weekly["policy"]["rate"]["limit"], "70/week", "{out}");
     let (code, _, err) = keyward(&["key", "create", "--app", "cats", "--burst", "5"], &env);
     assert_eq!(code, 2, "--burst needs --rate: {err}");
     let (code, out, err) = keyward(

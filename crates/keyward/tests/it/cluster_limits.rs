@@ -398,3 +398,12 @@ async fn a_token_revoked_on_one_node_is_refused_by_the_others_at_once() {
     );
     assert_eq!(a.get("/echo", &[("authorization", &bearer)]).await.status(), 401);
 }
+
+/// Issue 22, point 10 with Redis across three nodes: a rotation resets no limit, and the old
+/// and new key share one budget during the grace period, whichever node they reach.
+#[tokio::test]
+async fn rotation_keeps_the_limits_across_the_cluster() {
+    let Some(url) = redis_url() else { return };
+    let nodes = cluster(section(&url, &prefix()), |_| {}).await;
+    super::limits::rotation_keeps_the_limits(&nodes).await;
+}

@@ -55,6 +55,20 @@ impl Schema {
         format!("{base}{sep}options=-csearch_path%3D{}", self.name)
     }
 
+    /// The PostgreSQL address behind KEYWARD_TEST_POSTGRES_URL.
+    async fn target(&self) -> std::net::SocketAddr {
+        let b = &self.base;
+        let at = b.find('@').map(|i| i + 1).unwrap_or("postgres://".len());
+        let end = b[at..].find(['/', '?']).map(|i| at + i).unwrap_or(b.len());
+        let host_port = &b[at..end];
+        let host_port = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:5432")
+        };
+        tokio::net::lookup_host(host_port).await.unwrap().next().unwrap()
+    }
+
     pub(crate) async fn drop_now(self) {
         sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
             .execute(&self.admin)
@@ -288,23 +302,7 @@ async fn with_the_database_gone_known_keys_keep_working_and_writes_get_503() {
     let Some(schema) = Schema::new("outage").await else {
         return;
     };
-    // The PostgreSQL address behind KEYWARD_TEST_POSTGRES_URL.
-    let host_port = {
-        let b = &schema.base;
-        let at = b.find('@').map(|i| i + 1).unwrap_or("postgres://".len());
-        let end = b[at..].find(['/', '?']).map(|i| at + i).unwrap_or(b.len());
-        b[at..end].to_owned()
-    };
-    let target = tokio::net::lookup_host(if host_port.contains(':') {
-        host_port.clone()
-    } else {
-        format!("{host_port}:5432")
-    })
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = Proxy::start(target).await;
+    let proxy = Proxy::start(schema.target().await).await;
     let mut kw = node(schema.url(Some(proxy.addr)), |c| {
         c.cache.ttl = Duration::from_millis(300);
         c.store.stale_ttl = Duration::from_secs(60);
@@ -368,6 +366,73 @@ async fn with_the_database_gone_known_keys_keep_working_and_writes_get_503() {
     assert_eq!(status_with(&kw, &fresh).await, 200);
     assert_eq!(status_with(&kw, &good).await, 200);
     assert_eq!(status_with(&kw, &bad).await, 401);
+    kw.stop().await;
+    schema.drop_now().await;
+}
+
+/// Issue 22, point 15: while PostgreSQL is unreachable, `/healthz` (liveness) keeps answering
+/// 200 and says `degraded` (its change channel is down), and `/readyz` (readiness) answers 503
+/// `not_ready` naming the store; both are fine again once the database is back.
+#[tokio::test]
+async fn with_the_database_gone_healthz_is_200_degraded_and_readyz_503() {
+    let Some(schema) = Schema::new("health").await else {
+        return;
+    };
+    let proxy = Proxy::start(schema.target().await).await;
+    let mut kw = node(schema.url(Some(proxy.addr)), |_| {}).await;
+    listening(&[&kw]).await;
+    let get = |path: &'static str| {
+        let (http, url) = (kw.http.clone(), format!("{}{path}", kw.admin));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, ct, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (s, _, v) = get("/healthz").await;
+    assert_eq!((s, &v["status"]), (200, &json!("ok")), "{v}");
+    assert_eq!(v["store"], "postgres", "{v}");
+    let (s, _, v) = get("/readyz").await;
+    assert_eq!((s, &v["status"]), (200, &json!("ready")), "{v}");
+
+    proxy.cut();
+    let (s, ct, v) = get("/readyz").await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(v["code"], "not_ready", "{v}");
+    assert_eq!(v["down"], json!(["store"]), "{v}");
+    assert_eq!(v["checks"]["store"], "down", "{v}");
+    // Liveness: 200 throughout, `degraded` once the node notices its change channel is gone.
+    let t = Instant::now();
+    loop {
+        let (s, _, v) = get("/healthz").await;
+        assert_eq!(s, 200, "/healthz is liveness: {v}");
+        if v["status"] == "degraded" {
+            assert_eq!(v["store_changes"], "reconnecting", "{v}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "never degraded: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get("/readyz").await.0, 503);
+
+    proxy.restore();
+    let t = Instant::now();
+    loop {
+        let (s, _, v) = get("/readyz").await;
+        if s == 200 && v["status"] == "ready" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "never ready again: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _, v) = get("/healthz").await;
+    assert_eq!((s, &v["status"]), (200, &json!("ok")), "{v}");
     kw.stop().await;
     schema.drop_now().await;
 }

@@ -508,3 +508,174 @@ async fn malformed_limits_are_refused_clearly() {
     let (s, _) = kw.admin(Method::PATCH, "/v1/apps/nope", Some(json!({}))).await;
     assert_eq!(s, 404);
 }
+
+/// Issue 22, point 9: the `r` of every answer is exactly how many requests would be admitted
+/// at that moment. N/min with burst N counts N-1 … 0 with exact `t`; the 429 says `r=0` and
+/// `t=60`; and a refusal by one limit reports the others as they are (nothing was consumed):
+/// 8 left on the key is `r=8`, not 7.
+#[tokio::test]
+async fn remaining_is_exact_at_the_boundary() {
+    let kw = boot().await;
+    let (_, k) = kw.key("cats", &[], json!({"rate": {"limit": "7/min"}})).await;
+    for i in 0..7u64 {
+        let r = kw.get("/echo", &[("x-api-key", &k)]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "ratelimit-policy").unwrap(), "\"key\";q=7;w=60");
+        // After i + 1 requests the bucket is full again in (i + 1) × 60/7 s, rounded up.
+        let t = ((i + 1) * 60).div_ceil(7);
+        assert_eq!(header(&r, "ratelimit").unwrap(), format!("\"key\";r={};t={t}", 6 - i));
+    }
+    let r = kw.get("/echo", &[("x-api-key", &k)]).await;
+    assert_eq!(header(&r, "ratelimit").unwrap(), "\"key\";r=0;t=60");
+    assert_eq!(header(&r, "retry-after").unwrap(), "9", "60/7 s, rounded up");
+    problem(r, 429, "rate_limited").await;
+
+    let (s, _) = kw
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "narrow", "rate": {"limit": "2/min"}})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, a) = kw
+        .key("narrow", &[], json!({"rate": {"limit": "10/min"}, "quota": "10/day"}))
+        .await;
+    for _ in 0..2 {
+        assert_eq!(kw.get("/echo", &[("x-api-key", &a)]).await.status(), 200);
+    }
+    let r = kw.get("/echo", &[("x-api-key", &a)]).await;
+    let rl = header(&r, "ratelimit").unwrap();
+    assert!(rl.contains("\"key\";r=8;"), "{rl}");
+    assert!(rl.contains("\"app\";r=0;t=60"), "{rl}");
+    assert!(rl.contains("\"key-quota\";r=8;"), "{rl}");
+    problem(r, 429, "rate_limited").await;
+}
+
+/// Issue 22, point 8: `week` is a unit of rates (7 days) and quotas (ISO weeks), and a bad
+/// unit is refused with the exact list of accepted forms.
+#[tokio::test]
+async fn weekly_limits_and_bad_units_name_the_accepted_forms() {
+    let kw = boot().await;
+    let (id, k) = kw
+        .key("cats", &[], json!({"rate": {"limit": "700/week"}, "quota": "10/week"}))
+        .await;
+    let (s, v) = kw.admin(Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["policy"]["quota"], "10/week", "{v}");
+    assert_eq!(v["policy"]["rate"]["limit"], "700/week", "{v}");
+    let r = kw.get("/echo", &[("x-api-key", &k)]).await;
+    assert_eq!(r.status(), 200);
+    let policy = header(&r, "ratelimit-policy").unwrap();
+    assert!(policy.contains("\"key-quota\";q=10;w=604800"), "{policy}");
+    let quota_units = keyward_core::policy::QUOTA_UNITS;
+    let rate_units = keyward_core::policy::RATE_UNITS;
+    for unit in ["fortnight", "weeks", "year", "Week"] {
+        let (s, v) = kw
+            .admin(
+                Method::POST,
+                "/v1/keys",
+                Some(json!({"app": "cats", "quota": format!("10/{unit}")})),
+            )
+            .await;
+        assert_eq!(s, 422, "{v}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("the unit must be {quota_units}")), "{detail}");
+        assert!(detail.contains("month") && detail.contains("week"), "{detail}");
+        let (s, v) = kw
+            .admin(
+                Method::PATCH,
+                &format!("/v1/keys/{id}"),
+                Some(json!({"rate": {"limit": format!("10/{unit}")}})),
+            )
+            .await;
+        assert_eq!(s, 422, "{v}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("the unit must be {rate_units}")), "{detail}");
+    }
+    // A rate has no calendar month: refused, and the list says what is accepted instead.
+    let (s, v) = kw
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "monthly", "rate": {"limit": "10/month"}})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains(rate_units), "{v}");
+}
+
+/// Issue 22, point 10: with a quota of 5/day and a rate of 10/hour, 3 requests on the old key,
+/// then a rotation (on `nodes[0]`): the successor has 2 left, not 5, and so has the old key
+/// during its grace period, because both draw from one budget; the rate is shared the same
+/// way. Requests go round the nodes (one node locally; a cluster with Redis).
+pub(crate) async fn rotation_keeps_the_limits(nodes: &[Kw]) {
+    let admin = &nodes[0];
+    let node = |i: usize| &nodes[i % nodes.len()];
+    let (id, old) = admin
+        .key("rotating", &[], json!({"quota": "5/day", "rate": {"limit": "10/hour"}}))
+        .await;
+    for i in 0..3 {
+        let r = node(i).get("/echo", &[("x-api-key", &old)]).await;
+        assert_eq!(r.status(), 200);
+        let rl = header(&r, "ratelimit").unwrap();
+        assert!(rl.contains(&format!("\"key-quota\";r={};", 4 - i)), "{rl}");
+    }
+    let (s, v) = admin
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(json!({"grace": "1h"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let new = v["key"].as_str().unwrap().to_owned();
+    let new_id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        v["limit_id"],
+        id.as_str(),
+        "the successor names the key it counts with: {v}"
+    );
+    let r = node(1).get("/echo", &[("x-api-key", &new)]).await;
+    assert_eq!(r.status(), 200);
+    let rl = header(&r, "ratelimit").unwrap();
+    assert!(
+        rl.contains("\"key-quota\";r=1;"),
+        "the successor inherits 2, uses 1: {rl}"
+    );
+    assert!(rl.contains("\"key\";r=6;"), "and the rate's 4 earlier requests: {rl}");
+    // The old key, in its grace period, draws from the same budget.
+    let r = node(2).get("/echo", &[("x-api-key", &old)]).await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "ratelimit").unwrap().contains("\"key-quota\";r=0;"));
+    for (i, k) in [&new, &old].into_iter().enumerate() {
+        let v = problem(node(i).get("/echo", &[("x-api-key", k)]).await, 429, "quota_exhausted").await;
+        assert!(v["detail"].as_str().unwrap().contains("quota"), "{v}");
+    }
+    // Rotating the successor again keeps the chain's budget (still exhausted today).
+    let (s, v) = admin
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{new_id}/rotate"),
+            Some(json!({"grace": "1h"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["limit_id"], id.as_str(), "{v}");
+    let third = v["key"].as_str().unwrap().to_owned();
+    problem(
+        node(0).get("/echo", &[("x-api-key", &third)]).await,
+        429,
+        "quota_exhausted",
+    )
+    .await;
+    // Another key of the same app is not affected.
+    let (_, other) = admin.key("rotating", &[], json!({"quota": "5/day"})).await;
+    assert_eq!(node(1).get("/echo", &[("x-api-key", &other)]).await.status(), 200);
+}
+
+#[tokio::test]
+async fn rotation_keeps_the_limits_locally() {
+    let kw = boot().await;
+    rotation_keeps_the_limits(std::slice::from_ref(&kw)).await;
+}

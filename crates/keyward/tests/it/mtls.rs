@@ -685,3 +685,69 @@ async fn python_mtls_client() {
     );
     assert!(stdout.contains("checks passed"), "{stdout}\n{stderr}");
 }
+
+/// Issue 22, point 16: openssl's default subject output (`O = X, OU = Y, CN = z`: spaces
+/// around `=`, RDNs in reverse order) is refused by the admin API and the CLI with the command
+/// that prints the RFC 4514 form, and nothing is created; the RFC 4514 form of the same
+/// certificate, with a space inside a value, is accepted and authenticates.
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_default_subject_output_is_refused_with_the_rfc4514_command() {
+    let pki = Pki::new();
+    let kw = boot_mtls(&pki, false, Duration::from_secs(30)).await;
+    let addr: SocketAddr = gw_addr(&kw);
+    let root = pki.server_ca.der.clone();
+    app(&kw, "people").await;
+    const HINT: &str = "openssl x509 -noout -subject -nameopt RFC2253";
+    for dn in [
+        "O = Example Corp, CN = John Smith",
+        "CN = John Smith",
+        "O=Example Corp, CN =John Smith",
+    ] {
+        let (s, v) = kw
+            .admin(
+                reqwest::Method::POST,
+                "/v1/clients",
+                Some(json!({"app": "people", "auth_method": "tls_client_auth", "tls_client_auth_subject_dn": dn})),
+            )
+            .await;
+        assert_eq!(s, 422, "{dn}: {v}");
+        assert_eq!(v["code"], "invalid_request", "{v}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.contains(HINT), "{dn}: {detail}");
+    }
+    let admin = kw.admin.clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "client",
+            "create",
+            "--app",
+            "people",
+            "--auth",
+            "tls_client_auth",
+            "--tls-subject-dn",
+            "O = Example Corp, CN = John Smith",
+        ])
+        .env("KEYWARD_ADMIN_URL", &admin)
+        .env("KEYWARD_ADMIN_TOKEN", crate::harness::ADMIN_TOKEN)
+        .env_remove("KEYWARD_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(HINT), "{err}");
+    let (s, v) = kw.admin(reqwest::Method::GET, "/v1/clients?app=people", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["items"].as_array().unwrap().len(), 0, "nothing was created: {v}");
+
+    // The RFC 4514 form (what -nameopt RFC2253 prints), a space inside a value: accepted, and
+    // the certificate authenticates.
+    let id = client(
+        &kw,
+        json!({"app": "people", "scopes": ["facts:read"], "auth_method": "tls_client_auth",
+               "tls_client_auth_subject_dn": "CN=John Smith,O=Example Corp"}),
+    )
+    .await;
+    let john = client_cert(Some(&pki.client_ca), "John Smith", "Example Corp", vec![], false);
+    let (s, body) = send(addr, &root, Some(&john), token_req(&id)).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+}

@@ -517,3 +517,166 @@ async fn sighup_reloads_routes_and_keeps_the_old_ones_when_the_new_file_is_broke
     }
     assert!(!logs.contains(&key), "a key in the logs");
 }
+
+/// Every stderr line parsed as a JSON object (panics on the first that is not).
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n{stderr}"));
+            assert!(v.is_object() && v["level"].is_string(), "{l}");
+            v
+        })
+        .collect()
+}
+
+/// `keyward serve` with JSON logs at the default level on the store `url`; the process and
+/// its gateway and admin addresses.
+fn serve_json(
+    dir: &std::path::Path,
+    store: &str,
+    upstream: &str,
+    extra_env: &[(&str, &str)],
+) -> (Proc, String, String) {
+    let cfg = dir.join("keyward.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nurl = \"{store}\"\n\n[gateway]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            route_toml("fact", "/fact", upstream, "")
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("KEYWARD_PEPPER", PEPPER)
+        .env("KEYWARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYWARD_LOG_FORMAT", "json")
+        .env_remove("KEYWARD_LOG")
+        .env_remove("KEYWARD_CONFIG")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    let serve = Proc::spawn(c);
+    let line = serve.wait_for("keyward: gateway on", 0);
+    let gw = format!("http://{}", url_after(&line, "gateway on http://"));
+    let admin = format!("http://{}", url_after(&line, "admin API on http://"));
+    (serve, gw, admin)
+}
+
+/// Stops `serve` and returns its stderr and stdout.
+fn stop(mut serve: Proc) -> (String, String) {
+    assert!(serve.terminate().success(), "{}", serve.stderr());
+    let mut out = String::new();
+    if let Some(mut o) = serve.child.stdout.take() {
+        std::io::Read::read_to_string(&mut o, &mut out).unwrap();
+    }
+    (serve.stderr(), out)
+}
+
+/// Issue 22, point 11: with JSON logs every line `serve` writes is JSON — the listening line
+/// (with its addresses as fields), request and reload lines, a fatal error — and nothing goes
+/// to stdout. With PostgreSQL (`KEYWARD_TEST_POSTGRES_URL`), the second start of a node (the
+/// `_sqlx_migrations` table exists) logs no `_sqlx_migrations … skipping` notice at the
+/// default level.
+#[tokio::test]
+async fn json_logs_are_json_on_every_line() {
+    let up = crate::harness::upstream().await;
+    let upstream = up.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db").display().to_string();
+    let (serve, gw, admin) = serve_json(dir.path(), &db, &upstream, &[]);
+    let key = cats_key(&admin, ADMIN_TOKEN).await;
+    let http = reqwest::Client::new();
+    for (path, k, status) in [
+        ("/fact", key.as_str(), 200),
+        ("/fact", "kw_live_nope", 401),
+        ("/none", "x", 404),
+    ] {
+        let r = http
+            .get(format!("{gw}{path}"))
+            .header("x-api-key", k)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+    }
+    // A reload that fails logs an error, as JSON too.
+    std::fs::write(dir.path().join("keyward.toml"), "[store\nbroken").unwrap();
+    let mark = serve.seen();
+    serve.signal("-HUP");
+    serve.wait_for("configuration reload refused", mark);
+    let (stderr, stdout) = stop(serve);
+    let lines = json_lines(&stderr);
+    assert!(stdout.trim().is_empty(), "stdout: {stdout}");
+    let listening = lines
+        .iter()
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("keyward: gateway on"))
+        })
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(format!("http://{}", listening["gateway"].as_str().unwrap()), gw);
+    assert_eq!(format!("http://{}", listening["admin"].as_str().unwrap()), admin);
+    assert!(lines.iter().any(|v| v["level"] == "ERROR"), "{stderr}");
+    assert!(!stderr.contains(&key), "no key in the logs");
+
+    // A fatal error (the gateway's port is taken) is a JSON line too, whatever the level.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[store]\nurl = \"{db}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            route_toml("fact", "/fact", &upstream, "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", good.to_str().unwrap()])
+        .env("KEYWARD_PEPPER", PEPPER)
+        .env("KEYWARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYWARD_LOG_FORMAT", "json")
+        .env("KEYWARD_LOG", "warn")
+        .env("KEYWARD_GATEWAY__LISTEN", &busy)
+        .env_remove("KEYWARD_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = json_lines(&stderr);
+    let fatal = lines.last().unwrap();
+    assert_eq!(fatal["level"], "ERROR", "{stderr}");
+    assert!(fatal["error"].as_str().is_some_and(|e| !e.is_empty()), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    drop(taken);
+
+    // PostgreSQL: no migration notice at the default level, on the second start either.
+    let Some(schema) = crate::cluster_store::Schema::new("jsonlogs").await else {
+        return;
+    };
+    let url = schema.url(None);
+    for start in 0..2 {
+        let pg_dir = tempfile::tempdir().unwrap();
+        let (serve, _, admin) = serve_json(pg_dir.path(), &url, &upstream, &[]);
+        let r = http.get(format!("{admin}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let (stderr, _) = stop(serve);
+        json_lines(&stderr);
+        assert!(!stderr.contains("_sqlx_migrations"), "start {start}: {stderr}");
+    }
+    // At debug, the notice is there (so the test above can see it when it happens).
+    let pg_dir = tempfile::tempdir().unwrap();
+    let (serve, _, _) = serve_json(pg_dir.path(), &url, &upstream, &[("KEYWARD_LOG", "debug")]);
+    let (stderr, _) = stop(serve);
+    json_lines(&stderr);
+    assert!(stderr.contains("already exists, skipping"), "{stderr}");
+    schema.drop_now().await;
+}
