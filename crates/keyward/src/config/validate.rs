@@ -168,7 +168,7 @@ impl Config {
                     && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())
             });
             if let Some((other, other_key)) = clash {
-                problems.push(super::Problem::new(
+                problems.push(Problem::new(
                     Place::Key,
                     format!("{key}: {addr} is also {other_key} ({other}); every listener needs its own address"),
                 ));
@@ -210,5 +210,82 @@ impl Config {
             ));
         }
         ConfigError::from_problems(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn secrets() -> Vec<(String, String)> {
+        vec![
+            (
+                "KEYWARD_PEPPER".into(),
+                "test-pepper-0123456789abcdef0123456789abcdef".into(),
+            ),
+            ("KEYWARD_ADMIN_TOKEN".into(), "admin-token-0123456789".into()),
+        ]
+    }
+
+    fn listeners(gateway: &str, admin: &str, verify: Option<&str>) -> Vec<String> {
+        let mut c = Config::default();
+        c.gateway.listen = gateway.parse().unwrap();
+        c.admin.listen = admin.parse().unwrap();
+        c.verify.listen = verify.map(|v| v.parse().unwrap());
+        c.check(&secrets()).into_iter().map(|p| p.message).collect()
+    }
+
+    #[test]
+    fn defaults_with_secrets_pass_the_check() {
+        assert_eq!(Config::default().check(&secrets()), vec![]);
+    }
+
+    #[test]
+    fn listeners_need_their_own_addresses() {
+        assert!(listeners("127.0.0.1:0", "127.0.0.1:0", Some("127.0.0.1:0")).is_empty());
+        assert!(listeners("127.0.0.1:9000", "127.0.0.2:9000", None).is_empty());
+        assert!(listeners("127.0.0.1:9000", "[::1]:9000", None).is_empty());
+        let p = listeners("127.0.0.1:9000", "127.0.0.1:9000", None);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("admin.listen: 127.0.0.1:9000 is also gateway.listen"),
+            "{p:?}"
+        );
+        let p = listeners("0.0.0.0:9000", "127.0.0.1:9001", Some("10.0.0.1:9000"));
+        assert!(
+            p[0].starts_with("verify.listen: 10.0.0.1:9000 is also gateway.listen"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn without_secrets_every_missing_one_is_a_problem() {
+        let mut c = Config::default();
+        c.oauth.enabled = true;
+        let p: Vec<String> = c.check(&[]).into_iter().map(|p| p.message).collect();
+        for needle in ["KEYWARD_PEPPER", "KEYWARD_ADMIN_TOKEN", "KEYWARD_KEK"] {
+            assert!(p.iter().any(|m| m.contains(needle)), "{needle}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn methods_must_be_known() {
+        let c = Config {
+            routes: vec![crate::config::RouteSection {
+                name: "a".into(),
+                path_prefix: "/a".into(),
+                upstream: "http://127.0.0.1:9".into(),
+                api_keys: true,
+                methods: vec!["get".into(), "Patch".into(), "GETS".into(), "".into(), "G T".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let p = c.check(&secrets());
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p
+            .iter()
+            .all(|p| p.place == Place::Route(0) && p.message.contains("invalid method")));
     }
 }

@@ -719,6 +719,24 @@ fn init_writes_config_and_secrets_in_dir_and_the_store_path_in_data_dir() {
     assert_eq!(code, 2);
     assert!(err.contains("refusing to overwrite"), "{err}");
 
+    // A --data-dir that cannot be a directory: a clear error, and nothing written.
+    let blocked = root.path().join("blocked");
+    std::fs::write(&blocked, "a file").unwrap();
+    let two = root.path().join("two");
+    let (code, out, err) = keyward(
+        &[
+            "init",
+            "--dir",
+            two.to_str().unwrap(),
+            "--data-dir",
+            blocked.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(&format!("cannot create {}", blocked.display())), "{err}");
+    assert_eq!(std::fs::read_dir(&two).map(Iterator::count).unwrap_or(0), 0);
+
     // Without --data-dir: the store next to the configuration (a relative path, as before).
     let one = root.path().join("one");
     let (code, out, err) = keyward(&["init", "--dir", one.to_str().unwrap()], &[]);
