@@ -386,23 +386,26 @@ fi
 declare -A PID_OF=([keyward]="$KEYWARD_PID" [keyward_b]="${KEYWARD_B_PID:-}" [nginx]="${NGINX_PID:-}"
     [unlimited]="$KEYWARD_PID" [limited]="$KEYWARD_PID" [local]="$KEYWARD_PID" [redis]="${KEYWARD_R_PID:-}")
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { # PID -> utime+stime of the process and its children processes (nginx workers)
-    local total=0 p f
+cpu_ticks() { # PID -> "utime stime" of the process and its children processes (nginx workers)
+    local user=0 sys=0 p f
     for p in "$1" $(pgrep -P "$1" || true); do
         # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.
         f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
         read -r -a fs <<<"$f"
-        total=$((total + fs[11] + fs[12]))
+        user=$((user + fs[11]))
+        sys=$((sys + fs[12]))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 run_wrk() { # NAME DURATION OUTFILE
     local before after
-    before=$(cpu_ticks "${PID_OF[$1]}")
+    read -r -a before <<<"$(cpu_ticks "${PID_OF[$1]}")"
     wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "x-api-key: ${KEY_OF[$1]}" "${URL[$1]}" >"$3"
-    after=$(cpu_ticks "${PID_OF[$1]}")
-    # CPU seconds the proxy under test used during the run (read by wrk_report.py).
-    echo "Proxy CPU seconds: $(python3 -c "print(($after - $before) / $CLK_TCK)")" >>"$3"
+    read -r -a after <<<"$(cpu_ticks "${PID_OF[$1]}")"
+    # CPU seconds the proxy under test used during the run, user and system apart (read by
+    # wrk_report.py).
+    echo "Proxy CPU user seconds: $(python3 -c "print((${after[0]} - ${before[0]}) / $CLK_TCK)")" >>"$3"
+    echo "Proxy CPU system seconds: $(python3 -c "print((${after[1]} - ${before[1]}) / $CLK_TCK)")" >>"$3"
 }
 
 mkdir -p "$TMP/results"

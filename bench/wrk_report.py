@@ -3,9 +3,10 @@
 
 usage: wrk_report.py [--rps-goal RATIO] A_LABEL B_LABEL FILE...
 
-FILE names are <label>-<round>.txt. Prints, as a Markdown table, RPS, p50 and p99 per round
-for both labels, the medians over the rounds and the ratios A/B for RPS (higher is better
-for A) and p99 (A p99 / B p99, lower is better for A). Exits 2 when a run had non-2xx
+FILE names are <label>-<round>.txt. Prints, as a Markdown table, RPS, p50, p99 and the proxy's
+CPU per request (user and system apart, from /proc/PID/stat) per round for both labels, the
+medians over the rounds and the ratios A/B for RPS (higher is better for A), p99 (A p99 / B
+p99, lower is better for A) and CPU per request (user, system, total). Exits 2 when a run had non-2xx
 responses or socket errors (those numbers would not be comparable). --rps-goal states the goal
 for the RPS ratio A/B (default 1.00; e.g. 0.90 for "at most 10% slower").
 """
@@ -34,8 +35,13 @@ def parse(path):
     if not (rps and p50 and p99):
         raise ValueError(f"{path}: not a wrk --latency output:\n{out}")
     reqs = re.search(r"^\s*(\d+) requests in", out, re.M)
-    cpu = re.search(r"^Proxy CPU seconds:\s+([0-9.]+)", out, re.M)
-    cpu_us = float(cpu.group(1)) * 1e6 / int(reqs.group(1)) if cpu and reqs and int(reqs.group(1)) else float("nan")
+    n = int(reqs.group(1)) if reqs else 0
+
+    def per_request(label):
+        m = re.search(rf"^Proxy CPU {label} seconds:\s+([0-9.]+)", out, re.M)
+        return float(m.group(1)) * 1e6 / n if m and n else float("nan")
+
+    user_us, sys_us = per_request("user"), per_request("system")
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors:\s+(.*)", out)
     problems = []
@@ -47,7 +53,9 @@ def parse(path):
         "rps": float(rps.group(1)),
         "p50": latency_ms(p50.group(1)),
         "p99": latency_ms(p99.group(1)),
-        "cpu": cpu_us,
+        "user": user_us,
+        "sys": sys_us,
+        "cpu": user_us + sys_us,
         "problems": problems,
     }
 
@@ -77,18 +85,22 @@ def main(argv):
         return (
             f"| {name:>6} | {ra['rps']:>{wa}.0f} | {ra['p50']:>8.2f} | {ra['p99']:>8.2f} "
             f"| {rb['rps']:>{wb}.0f} | {rb['p50']:>8.2f} | {rb['p99']:>8.2f} "
-            f"| {ra['cpu']:>7.1f} | {rb['cpu']:>7.1f} |"
+            f"| {ra['user']:>6.1f} | {ra['sys']:>6.1f} | {rb['user']:>6.1f} | {rb['sys']:>6.1f} |"
         )
 
     print(
         f"| {'round':>6} | {a + ' RPS':>{wa}} | {'p50 ms':>8} | {'p99 ms':>8} "
-        f"| {b + ' RPS':>{wb}} | {'p50 ms':>8} | {'p99 ms':>8} | {'A µs/rq':>7} | {'B µs/rq':>7} |"
+        f"| {b + ' RPS':>{wb}} | {'p50 ms':>8} | {'p99 ms':>8} "
+        f"| {'A usr':>6} | {'A sys':>6} | {'B usr':>6} | {'B sys':>6} |"
     )
-    print(f"|{'-' * 8}|{'-' * (wa + 2)}|{'-' * 10}|{'-' * 10}|{'-' * (wb + 2)}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 9}|")
+    print(
+        f"|{'-' * 8}|{'-' * (wa + 2)}|{'-' * 10}|{'-' * 10}|{'-' * (wb + 2)}|{'-' * 10}|{'-' * 10}"
+        f"|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 8}|"
+    )
     for r in rounds:
         print(row(str(r), runs[a][r], runs[b][r]))
     med = {
-        k: {f: statistics.median(runs[k][r][f] for r in rounds) for f in ("rps", "p50", "p99", "cpu")}
+        k: {f: statistics.median(runs[k][r][f] for r in rounds) for f in ("rps", "p50", "p99", "user", "sys", "cpu")}
         for k in (a, b)
     }
     print(row("median", med[a], med[b]))
@@ -99,10 +111,10 @@ def main(argv):
     print(f"RPS {a}/{b}: {rps_ratio:.2f}x   (goal >= {goal:.2f}, higher is better)")
     print(f"p99 {a}/{b}: {p99_ratio:.2f}x   (goal <= 1.00, lower is better)")
     print(f"p50 {a}/{b}: {p50_ratio:.2f}x")
-    print(
-        f"CPU per request (the proxy process{'es' if True else ''} only, user+sys, median): "
-        f"{a} {med[a]['cpu']:.1f} µs, {b} {med[b]['cpu']:.1f} µs, ratio {med[a]['cpu'] / med[b]['cpu']:.2f}x"
-    )
+    print("CPU per request, µs (the proxy processes only, from /proc/PID/stat, medians over the rounds):")
+    for label, f in (("user", "user"), ("system", "sys"), ("total", "cpu")):
+        ratio = med[a][f] / med[b][f] if med[b][f] else float("nan")
+        print(f"  {label:>6}: {a} {med[a][f]:.1f}, {b} {med[b][f]:.1f}, ratio {a}/{b} {ratio:.2f}x")
 
     bad = [
         f"{k} round {r}: {', '.join(runs[k][r]['problems'])}"

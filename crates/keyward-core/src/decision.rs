@@ -38,6 +38,12 @@ pub enum Denial {
     InsufficientScope {
         missing: Vec<Scope>,
     },
+    /// An exchange-only key on an API route: it only works at the token endpoint.
+    ExchangeOnly,
+    /// A publishable key on a route that does not take them.
+    PublishableNotAllowed,
+    /// A publishable key without one of its allowed origins.
+    OriginNotAllowed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +66,49 @@ pub fn authorize(record: &KeyRecord, facts: &RequestFacts<'_>, now: OffsetDateTi
         }
     }
     check_scopes(&record.scopes, facts)
+}
+
+/// Where a key is being used: what a route accepts beyond scopes, and the request's browser
+/// origin (the `Origin` header, which page scripts cannot set).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyUse<'a> {
+    /// The route takes publishable keys (it is marked public-safe).
+    pub route_takes_publishable: bool,
+    pub origin: Option<&'a str>,
+}
+
+/// The rules of a key's kind, after [`authorize`]: an exchange-only key never works on an API
+/// route; a publishable key works only on routes that take them, from one of its origins.
+pub fn check_key_use(record: &KeyRecord, usage: &KeyUse<'_>) -> Decision {
+    if record.lifecycle.exchange_only {
+        return Decision::Deny(Denial::ExchangeOnly);
+    }
+    if record.kind() != crate::key::KeyKind::Publishable {
+        return Decision::Allow;
+    }
+    if !usage.route_takes_publishable {
+        return Decision::Deny(Denial::PublishableNotAllowed);
+    }
+    let allowed = usage
+        .origin
+        .is_some_and(|o| record.policy.origins.iter().any(|a| a.matches(o)));
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::Deny(Denial::OriginNotAllowed)
+    }
+}
+
+/// The decision for an OAuth client standing in for a key (an access token's client, or the
+/// client a TLS certificate is registered to): its own address allowlist, then the scopes it
+/// was granted. Lifecycle was decided when the token was verified or the client looked up.
+pub fn authorize_client(granted: &[Scope], policy: &crate::policy::Policy, facts: &RequestFacts<'_>) -> Decision {
+    if let Some(ip) = facts.client_ip {
+        if !policy.ips.allows(ip) {
+            return Decision::Deny(Denial::IpNotAllowed);
+        }
+    }
+    check_scopes(granted, facts)
 }
 
 /// The scope part of the decision, shared by every credential kind.
@@ -165,6 +214,83 @@ mod tests {
             Decision::Deny(Denial::IpNotAllowed)
         );
         assert_eq!(authorize(&r, &facts("192.0.2.200"), now), Decision::Allow);
+    }
+
+    #[test]
+    fn key_kinds_follow_their_rules() {
+        use crate::policy::Origin;
+        let mut r = record(&[]);
+        let anywhere = KeyUse::default();
+        assert_eq!(
+            check_key_use(&r, &anywhere),
+            Decision::Allow,
+            "a secret key works anywhere"
+        );
+        r.lifecycle.exchange_only = true;
+        assert_eq!(check_key_use(&r, &anywhere), Decision::Deny(Denial::ExchangeOnly));
+        r.lifecycle.exchange_only = false;
+        // A publishable key (its hint says so): only on public-safe routes, from its origins.
+        r.hint = "kw_pk_live_abcd…wxyz".into();
+        assert_eq!(r.kind(), crate::key::KeyKind::Publishable);
+        r.policy.origins = vec![Origin::parse("https://cats.example").unwrap()];
+        let public = |origin| KeyUse {
+            route_takes_publishable: true,
+            origin,
+        };
+        assert_eq!(
+            check_key_use(&r, &anywhere),
+            Decision::Deny(Denial::PublishableNotAllowed)
+        );
+        assert_eq!(
+            check_key_use(&r, &public(None)),
+            Decision::Deny(Denial::OriginNotAllowed)
+        );
+        assert_eq!(
+            check_key_use(&r, &public(Some("https://evil.example"))),
+            Decision::Deny(Denial::OriginNotAllowed)
+        );
+        assert_eq!(
+            check_key_use(&r, &public(Some("https://cats.example"))),
+            Decision::Allow
+        );
+        // Legacy imported secrets are secret keys whatever their hint.
+        r.lifecycle.legacy = true;
+        assert_eq!(check_key_use(&r, &anywhere), Decision::Allow);
+    }
+
+    #[test]
+    fn clients_are_decided_by_allowlist_then_scopes() {
+        use crate::policy::{IpAllowlist, Policy};
+        let granted = [s("facts:read")];
+        let req = [s("facts:write")];
+        let mut policy = Policy::default();
+        fn facts<'a>(ip: &str, required: &'a [Scope]) -> RequestFacts<'a> {
+            RequestFacts {
+                required_scopes: required,
+                scope_mode: ScopeMode::AllOf,
+                client_ip: Some(ip.parse().unwrap()),
+            }
+        }
+        assert_eq!(
+            authorize_client(&granted, &policy, &facts("192.0.2.1", &[])),
+            Decision::Allow
+        );
+        policy.ips = IpAllowlist::parse(&["192.0.2.0/24"]).unwrap();
+        assert_eq!(
+            authorize_client(&granted, &policy, &facts("198.51.100.1", &[])),
+            Decision::Deny(Denial::IpNotAllowed)
+        );
+        assert_eq!(
+            authorize_client(&granted, &policy, &facts("198.51.100.1", &req)),
+            Decision::Deny(Denial::IpNotAllowed),
+            "the allowlist is decided before the scopes"
+        );
+        assert_eq!(
+            authorize_client(&granted, &policy, &facts("192.0.2.1", &req)),
+            Decision::Deny(Denial::InsufficientScope {
+                missing: vec![s("facts:write")]
+            })
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod policy;
 pub mod secret;
 pub mod when;
 
-pub use decision::{authorize, Decision, Denial, RequestFacts};
+pub use decision::{authorize, authorize_client, check_key_use, Decision, Denial, KeyUse, RequestFacts};
 pub use error::CoreError;
 pub use key::{KeyEnv, KeyFormat, KeyKind, ParsedKey};
 pub use model::{AppRecord, KeyRecord, Scope};

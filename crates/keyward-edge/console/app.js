@@ -34,8 +34,18 @@ function status(msg, kind) {
 
 class ApiError extends Error {}
 
+// The signed-in caller, from `GET /v1/session`: `{role, actor, can_write, …}`; null when
+// signed out. Only what the token's role allows is offered (the server enforces it anyway).
+let session = null;
+const canWrite = () => Boolean(session && session.can_write);
+
 async function api(method, path, body) {
   const token = sessionStorage.getItem(TOKEN);
+  if (!token) {
+    // Nothing is sent without a token (and nothing is called "refused" that was never given).
+    status('Sign in first.', 'error');
+    throw new ApiError('signed out');
+  }
   const init = { method, headers: { Authorization: 'Bearer ' + token }, cache: 'no-store' };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
@@ -69,34 +79,56 @@ function formValues(form) {
   return out;
 }
 
-const short = (t) => (t ? t.replace('T', ' ').replace(/:\d\dZ$/, 'Z') : '');
+// `2026-12-04T12:29:49.123Z` → `2026-12-04 12:29Z`.
+const short = (t) => (t ? t.replace('T', ' ').replace(/:\d\d(\.\d+)?Z$/, 'Z') : '');
+// The same for a table cell: it may break between the date and the time, nowhere else.
+function when(t, none) {
+  if (!t) return none || '';
+  const [d, h] = short(t).split(' ');
+  return el('span', {}, el('span', { class: 'nw' }, d), ' ', el('span', { class: 'nw' }, h));
+}
 
 // ---- sign in / views ----------------------------------------------------------------------
 
 function signOut(msg) {
   sessionStorage.removeItem(TOKEN);
+  session = null;
   $('#nav').hidden = true;
+  $('#whoami').hidden = true;
+  document.querySelectorAll('.write-only').forEach((e) => (e.hidden = true));
+  // Nothing of the last session stays in the page (rows, chart), nor its buttons.
+  document.querySelectorAll('.view tbody, #usage-chart').forEach((e) => e.replaceChildren());
   document.querySelectorAll('.view').forEach((v) => (v.hidden = true));
   $('#signin').hidden = false;
   status(msg || '', msg ? 'error' : '');
 }
 
 async function signIn(token) {
+  if (!token) return;
   sessionStorage.setItem(TOKEN, token);
+  let s;
   try {
-    await api('GET', '/v1/apps?limit=1');
+    s = await api('GET', '/v1/session');
   } catch (e) {
     return;
   }
+  session = s;
   $('#signin').hidden = true;
   $('#nav').hidden = false;
-  status('Signed in.', 'info');
+  document.querySelectorAll('.write-only').forEach((e) => (e.hidden = !canWrite()));
+  const who = $('#whoami');
+  const rights = { admin: 'every right', write: 'read and write' }[s.role] || 'read-only';
+  who.textContent = `${s.actor} (${s.can_write ? rights : 'read-only'})`;
+  who.dataset.role = s.role;
+  who.hidden = false;
+  status(s.can_write ? 'Signed in.' : 'Signed in with a read-only token: nothing can be changed here.', 'info');
   show('apps');
 }
 
 const loaders = {};
 
 function show(view) {
+  if (!session) return;
   document.querySelectorAll('.view').forEach((v) => (v.hidden = v.id !== 'view-' + view));
   document.querySelectorAll('#nav button[data-view]').forEach((b) => b.classList.toggle('active', b.dataset.view === view));
   if (loaders[view]) loaders[view]();
@@ -126,12 +158,13 @@ const loadApps = pager('#apps-body', '#apps-more', (cursor) => {
   const { q } = formValues($('#app-search'));
   return api('GET', '/v1/apps' + qs({ q, cursor }));
 }, (a) => el('tr', { 'data-app': a.name },
-  el('td', {}, a.name), el('td', {}, el('code', {}, a.id)), el('td', {}, short(a.created_at)),
+  el('td', {}, a.name), el('td', {}, el('code', {}, a.id)), el('td', {}, when(a.created_at)),
   el('td', { class: 'actions' },
     el('button', { onclick: () => { $('#key-search').app.value = a.name; show('keys'); } }, 'Keys'),
     el('button', { onclick: () => { usageFor({ app: a.name }); } }, 'Usage'),
-    el('button', { 'data-testid': 'app-disable', onclick: () => switchApp(a, 'disable') }, 'Disable'),
-    el('button', { 'data-testid': 'app-enable', onclick: () => switchApp(a, 'enable') }, 'Enable'))));
+    ...(canWrite() ? [
+      el('button', { 'data-testid': 'app-disable', onclick: () => switchApp(a, 'disable') }, 'Disable'),
+      el('button', { 'data-testid': 'app-enable', onclick: () => switchApp(a, 'enable') }, 'Enable')] : []))));
 loaders.apps = () => loadApps(true).catch(() => {});
 
 // Disables (or enables) every current key and client of an app.
@@ -159,9 +192,14 @@ function keyRow(k) {
       loaders.keys();
     } catch (e) { /* shown by api() */ }
   };
-  if (k.state !== 'revoked') {
+  // What the server would refuse is not offered: nothing that changes a key to a read-only
+  // token; no rotation of a key already rotated (its successor is rotated instead), of a
+  // canary or of an expired key.
+  if (canWrite() && k.state !== 'revoked') {
+    if (!k.rotated_to && !k.canary && k.state !== 'expired') {
+      actions.append(el('button', { 'data-testid': 'rotate', onclick: () => rotate(k) }, 'Rotate'));
+    }
     actions.append(
-      el('button', { 'data-testid': 'rotate', onclick: () => rotate(k) }, 'Rotate'),
       k.state === 'disabled'
         ? el('button', { 'data-testid': 'enable', onclick: () => act('Key enabled.', () => api('POST', `/v1/keys/${k.id}/enable`)) }, 'Enable')
         : el('button', { 'data-testid': 'disable', onclick: () => act('Key disabled.', () => api('POST', `/v1/keys/${k.id}/disable`)) }, 'Disable'));
@@ -178,10 +216,31 @@ function keyRow(k) {
     actions.append(revoke);
   }
   actions.append(el('button', { 'data-testid': 'usage', onclick: () => usageFor({ key: k.id }) }, 'Usage'));
+  const state = el('td', { class: 'state-' + k.state, 'data-testid': 'state-cell' },
+    el('span', { 'data-testid': 'state' }, k.state));
+  if (k.rotated_to) {
+    state.append(el('span', { class: 'note', 'data-testid': 'rotated', title: `replaced by ${k.rotated_to}` },
+      'rotated ', when(k.rotated_at)));
+  }
+  if (k.rotated_from) {
+    state.append(el('span', { class: 'note', title: `replaces ${k.rotated_from}` }, 'successor'));
+  }
   return el('tr', { 'data-key': k.id, 'data-name': k.name || '' },
-    el('td', {}, k.name || ''), el('td', {}, el('code', {}, k.hint)), el('td', {}, k.app_name),
-    el('td', {}, k.env), el('td', { class: 'state-' + k.state, 'data-testid': 'state' }, k.state),
-    el('td', {}, short(k.expires_at) || 'never'), actions);
+    el('td', {}, k.name || ''), el('td', {}, el('code', { class: 'hint', 'data-testid': 'hint' }, k.hint)),
+    el('td', {}, k.app_name), el('td', {}, k.env),
+    el('td', { 'data-testid': 'kind' }, ...kindTags(k).map((t) => el('span', { class: 'tag ' + t.replace(/\W+/g, '-') }, t))),
+    el('td', { 'data-testid': 'scopes' }, ...(k.scopes || []).map((sc) => el('span', { class: 'tag' }, sc))),
+    state, el('td', {}, when(k.expires_at, 'never')),
+    el('td', { 'data-testid': 'last-used' }, when(k.last_used_at, 'never')), actions);
+}
+
+// `secret` or `publishable`, and what else sets the key apart.
+function kindTags(k) {
+  const tags = [k.kind || 'secret'];
+  if (k.canary) tags.push('canary');
+  if (k.legacy) tags.push('legacy import');
+  if (k.exchange_only) tags.push('exchange-only');
+  return tags;
 }
 
 function showSecret(key) {
@@ -212,7 +271,7 @@ const loadClients = pager('#clients-body', '#clients-more', (cursor) => {
   return api('GET', '/v1/clients' + qs({ ...f, cursor }));
 }, (c) => el('tr', {},
   el('td', {}, el('code', {}, c.client_id)), el('td', {}, c.name || ''), el('td', {}, c.app_name),
-  el('td', {}, c.auth_method), el('td', { class: 'state-' + c.state }, c.state), el('td', {}, short(c.created_at))));
+  el('td', {}, c.auth_method), el('td', { class: 'state-' + c.state }, c.state), el('td', {}, when(c.created_at))));
 loaders.clients = () => loadClients(true).catch(() => {});
 
 // ---- usage -------------------------------------------------------------------------------
@@ -239,6 +298,31 @@ loaders.usage = async () => {
   $('#usage-chart').replaceChildren(chart(u));
 };
 
+// The API lists only buckets with requests. The chart needs every bucket of the period, from
+// the start of the period (`since`) to now (or the newest bucket, if the server's clock is
+// ahead), with 0 where there were no requests: a line must drop to 0 over a quiet minute,
+// never run straight from one busy minute to the next. Filled here, in the browser (the API's
+// `series` stays sparse). At most MAX_BUCKETS buckets, the most recent ones.
+const MAX_BUCKETS = 7 * 24 * 60;
+
+// RFC 3339 to milliseconds (fractions of a second dropped: the buckets are whole minutes).
+const parseT = (t) => Date.parse(String(t).replace(/\.\d+/, ''));
+
+function denseSeries(u, now) {
+  const step = (u.bucket === 'hour' ? 3600 : 60) * 1000;
+  const floor = (t) => Math.floor(t / step) * step;
+  const points = u.series.map((p) => ({ t: parseT(p.start), counts: p.counts }));
+  const last = floor(points.reduce((m, p) => Math.max(m, p.t), now));
+  let first = floor(parseT(u.since));
+  if (!Number.isFinite(first) || first > last) first = points.reduce((m, p) => Math.min(m, p.t), last);
+  const clipped = (last - first) / step >= MAX_BUCKETS;
+  if (clipped) first = last - (MAX_BUCKETS - 1) * step;
+  const byT = new Map(points.map((p) => [p.t, p.counts]));
+  const buckets = [];
+  for (let t = first; t <= last; t += step) buckets.push({ t, counts: byT.get(t) || {} });
+  return { step, buckets, clipped };
+}
+
 // Requests by outcome over time: one line per outcome, inline SVG.
 function chart(u) {
   const W = 760, H = 220, L = 44, B = 24, T = 10, R = 10;
@@ -248,13 +332,16 @@ function chart(u) {
     wrap.append(el('p', {}, 'No requests in this period.'));
     return wrap;
   }
-  const step = (u.bucket === 'hour' ? 3600 : 60) * 1000;
-  const t0 = Date.parse(u.series[0].start);
-  const t1 = Math.max(Date.parse(u.series[u.series.length - 1].start), t0 + step);
-  const max = Math.max(1, ...u.series.flatMap((p) => Object.values(p.counts)));
+  const { step, buckets, clipped } = denseSeries(u, Date.now());
+  const t0 = buckets[0].t;
+  const t1 = Math.max(buckets[buckets.length - 1].t, t0 + step);
+  const max = u.series.reduce((m, p) => Object.values(p.counts).reduce((a, n) => Math.max(a, n), m), 1);
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
   const y = (n) => T + (1 - n / max) * (H - T - B);
-  const s = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: '100%', role: 'img', 'data-testid': 'chart-svg' });
+  const s = svg('svg', {
+    viewBox: `0 0 ${W} ${H}`, width: '100%', role: 'img', 'data-testid': 'chart-svg',
+    'data-baseline': H - B, 'data-buckets': buckets.length, 'data-step': step / 1000,
+  });
   s.append(svg('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#d9dee7' }));
   s.append(svg('line', { x1: L, y1: T, x2: L, y2: H - B, stroke: '#d9dee7' }));
   const label = (txt, ax, ay, anchor) => {
@@ -262,14 +349,21 @@ function chart(u) {
     t.textContent = txt;
     return t;
   };
+  const iso = (t) => new Date(t).toISOString();
   s.append(label(String(max), L - 4, T + 8, 'end'), label('0', L - 4, H - B, 'end'));
-  s.append(label(short(u.series[0].start), L, H - 6), label(short(u.series[u.series.length - 1].start), W - R, H - 6, 'end'));
+  s.append(label(short(iso(t0)), L, H - 6), label(short(iso(buckets[buckets.length - 1].t)), W - R, H - 6, 'end'));
   outcomes.forEach((o, i) => {
-    const byT = new Map(u.series.map((p) => [Date.parse(p.start), p.counts[o] || 0]));
-    const pts = [];
-    for (let t = t0; t <= t1; t += step) pts.push(`${x(t).toFixed(1)},${y(byT.get(t) || 0).toFixed(1)}`);
+    const values = buckets.map((b) => b.counts[o] || 0);
+    const pts = buckets.map((b, j) => `${x(b.t).toFixed(1)},${y(values[j]).toFixed(1)}`);
     const color = COLORS[i % COLORS.length];
-    s.append(svg('polyline', { points: pts.join(' '), fill: 'none', stroke: color, 'stroke-width': 2, 'data-outcome': o }));
+    s.append(svg('polyline', {
+      points: pts.join(' '), fill: 'none', stroke: color, 'stroke-width': 2, 'stroke-linejoin': 'round',
+      'data-outcome': o, 'data-values': values.join(','),
+    }));
+    // A dot on each bucket with requests, so that a single busy minute in a day shows.
+    buckets.forEach((b, j) => {
+      if (values[j] > 0) s.append(svg('circle', { cx: x(b.t).toFixed(1), cy: y(values[j]).toFixed(1), r: 2.5, fill: color }));
+    });
   });
   const legend = el('figcaption', { class: 'legend' });
   outcomes.forEach((o, i) => {
@@ -277,6 +371,9 @@ function chart(u) {
     sw.append(svg('rect', { width: 12, height: 12, fill: COLORS[i % COLORS.length] }));
     legend.append(el('span', {}, sw, ' ' + o));
   });
+  const bucket = u.bucket === 'hour' ? 'hour' : 'minute';
+  legend.append(el('span', { class: 'muted' }, `per ${bucket}; 0 where there were no requests`
+    + (clipped ? ` (the last ${MAX_BUCKETS} ${bucket}s only; the totals cover the whole period)` : '')));
   wrap.append(s, legend);
   return wrap;
 }
@@ -287,8 +384,9 @@ const loadAudit = pager('#audit-body', '#audit-more', (cursor) => {
   const f = formValues($('#audit-form'));
   return api('GET', '/v1/audit' + qs({ ...f, limit: '50', cursor }));
 }, (e) => el('tr', {},
-  el('td', {}, e.seq), el('td', {}, short(e.at)), el('td', {}, e.actor), el('td', { 'data-testid': 'audit-kind-cell' }, e.kind),
-  el('td', {}, e.severity), el('td', {}, el('code', {}, e.target || ''))));
+  el('td', {}, e.seq), el('td', {}, when(e.at)), el('td', {}, e.actor), el('td', { 'data-testid': 'audit-kind-cell' }, e.kind),
+  el('td', {}, e.severity), el('td', {}, el('code', { class: 'id' }, e.target || '')),
+  el('td', { class: 'nowrap', 'data-testid': 'audit-source' }, e.source_ip || '')));
 loaders.audit = () => loadAudit(true).catch(() => {});
 
 // ---- wiring ------------------------------------------------------------------------------

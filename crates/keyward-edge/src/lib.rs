@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod context;
 pub mod cors;
 pub mod gateway;
 pub mod leaks;
@@ -14,12 +15,25 @@ pub mod oauth;
 pub mod oauth_form;
 pub mod ops;
 pub mod problem;
+pub mod route;
 pub mod serve;
+pub mod strict;
 pub mod tls;
 pub mod verify;
 
 pub use admin::{admin_router, AdminState, AdminToken};
-pub use gateway::{gateway_router, GatewayConfig, GatewayState, Route};
+pub use gateway::{GatewayConfig, GatewayState, Route};
+
+/// The gateway listener's router: the OAuth endpoints (when the token service is on) in front
+/// of the proxy, whose every request goes through the pipeline.
+pub fn gateway_router(state: std::sync::Arc<GatewayState>) -> axum::Router {
+    let proxy = gateway::proxy_router(state.clone());
+    if state.engine().token_service().is_ok() {
+        oauth::routes(state).merge(proxy)
+    } else {
+        proxy
+    }
+}
 
 #[doc(hidden)]
 pub mod fuzz_api;

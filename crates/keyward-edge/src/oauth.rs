@@ -14,11 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keyward_engine::token::{ClientAuth, OAuthError, TokenRequest, API_KEY_TOKEN_TYPE, TOKEN_EXCHANGE};
-use keyward_engine::RequestMeta;
+use keyward_engine::{DpopHeader, RequestMeta};
 use serde_json::json;
 
 use crate::body::BodyFailure;
-use crate::gateway::{client_ip, GatewayState};
+use crate::context::client_ip;
+use crate::gateway::GatewayState;
 use crate::oauth_form::{client_credentials, is_form, ClientCredentials, Form, FormError, MAX_FORM};
 
 /// Paths served before the route table.
@@ -195,29 +196,11 @@ async fn token(
         path: TOKEN_PATH,
         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
     };
-    let proofs: Vec<_> = headers.get_all("dpop").iter().collect();
-    if proofs.len() > 1 {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_dpop_proof",
-            "send exactly one DPoP header",
-        );
-    }
-    let dpop_proof = match proofs.first().map(|v| v.to_str()) {
-        Some(Ok(p)) => Some(p),
-        Some(Err(_)) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_dpop_proof",
-                "the DPoP header is not ASCII",
-            )
-        }
-        None => None,
-    };
+    let dpop = DpopHeader::from_values(headers.get_all("dpop").iter().map(HeaderValue::as_bytes));
     let client_cert = certs.and_then(crate::tls::PeerCertificates::presented);
     let req = TokenRequest {
         client_cert,
-        dpop_proof,
+        dpop,
         grant_type,
         scope: form.get("scope"),
         audience: form.get("audience").or(form.get("resource")),
@@ -275,7 +258,8 @@ async fn introspect(
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
     };
     let body = match st.engine().introspect(token).await {
-        Some(c) => json!({
+        Some(c) => {
+            let mut body = json!({
             "active": true,
             "scope": c.scope,
             "client_id": c.client_id,
@@ -286,7 +270,13 @@ async fn introspect(
             "iat": c.iat,
             "jti": c.jti,
             "token_type": if c.cnf.as_ref().is_some_and(|x| x.jkt.is_some()) { "DPoP" } else { "Bearer" },
-        }),
+            });
+            // The sender constraint: RFC 8705 §3.2 (`x5t#S256`), RFC 9449 §6.2 (`jkt`).
+            if let Some(cnf) = &c.cnf {
+                body["cnf"] = json!(cnf);
+            }
+            body
+        }
         None => json!({"active": false}),
     };
     no_store((StatusCode::OK, Json(body)).into_response())

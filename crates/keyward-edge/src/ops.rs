@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tracing::Instrument;
 
-use crate::admin::AdminState;
 use crate::problem::{self, Problem};
 use crate::GatewayState;
 
@@ -68,10 +67,16 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         "request",
         request_id = id.to_str().unwrap_or_default(),
         method = %req.method(),
-        // Filled in by the gateway (same bounded values as the metrics labels) and below.
+        // Filled in by the gateway (route and outcome: the metrics labels' bounded values;
+        // path without the query, the client address, and who called) and below.
         route = tracing::field::Empty,
         outcome = tracing::field::Empty,
         status = tracing::field::Empty,
+        path = tracing::field::Empty,
+        client_ip = tracing::field::Empty,
+        app_id = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+        client_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut resp = async move {
@@ -101,20 +106,6 @@ pub fn probes(gateway: Arc<GatewayState>) -> Router {
 /// `/metrics` without a token.
 pub fn public_metrics(gateway: Arc<GatewayState>) -> Router {
     Router::new().route("/metrics", get(metrics)).with_state(gateway)
-}
-
-/// The admin listener's operations routes: the probes, and `/metrics` behind an admin token
-/// (any role) unless `public`.
-pub fn admin_ops(gateway: Arc<GatewayState>, admin: Arc<AdminState>, public: bool) -> Router {
-    let metrics = if public {
-        public_metrics(gateway.clone())
-    } else {
-        Router::new()
-            .route("/metrics", get(metrics))
-            .route_layer(middleware::from_fn_with_state(admin, crate::admin::require_admin))
-            .with_state(gateway.clone())
-    };
-    probes(gateway).merge(metrics)
 }
 
 /// A dedicated metrics listener (`metrics.listen`): `/metrics` without a token and the probes.

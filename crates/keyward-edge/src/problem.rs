@@ -86,9 +86,20 @@ impl Problem {
     }
 }
 
+/// What a problem response said, in its extensions (for answers in another protocol: gRPC).
+#[derive(Debug, Clone)]
+pub struct Said {
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
+        let said = Said {
+            code: self.code,
+            message: self.detail.clone().unwrap_or_else(|| self.title.to_string()),
+        };
         let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();
@@ -100,8 +111,58 @@ impl IntoResponse for Problem {
         for (name, value) in self.headers {
             h.append(name, value);
         }
+        resp.extensions_mut().insert(said);
         resp
     }
+}
+
+/// The gRPC status code for a refusal with this HTTP status: 401 `UNAUTHENTICATED` (16), 403
+/// `PERMISSION_DENIED` (7), 429 and 413 `RESOURCE_EXHAUSTED` (8), 502/503/504 `UNAVAILABLE`
+/// (14), 400 `INVALID_ARGUMENT` (3), 404/405 `UNIMPLEMENTED` (12), 408 `DEADLINE_EXCEEDED` (4),
+/// 500 `INTERNAL` (13), anything else `UNKNOWN` (2).
+pub fn grpc_status(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 3,
+        401 => 16,
+        403 => 7,
+        404 | 405 => 12,
+        408 => 4,
+        413 | 429 => 8,
+        500 => 13,
+        502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// A keyward problem response re-said the way gRPC clients understand it: HTTP 200,
+/// `content-type: application/grpc`, `grpc-status` and `grpc-message`, no body (a
+/// "Trailers-Only" response); the challenges, `Retry-After`, rate-limit fields and the request
+/// id are kept. A response that is not a keyward problem (the upstream's) is returned as is.
+pub fn as_grpc(resp: Response) -> Response {
+    let Some(said) = resp.extensions().get::<Said>().cloned() else {
+        return resp;
+    };
+    let status = grpc_status(resp.status());
+    let (parts, _) = resp.into_parts();
+    let mut out = Response::new(axum::body::Body::empty());
+    *out.extensions_mut() = parts.extensions;
+    let h = out.headers_mut();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(
+        header::HeaderName::from_static("grpc-status"),
+        HeaderValue::from(u16::from(status)),
+    );
+    h.insert(
+        header::HeaderName::from_static("grpc-message"),
+        // gRPC's percent-encoding is keyward's header text: printable ASCII but `%` kept.
+        crate::context::header_text(&format!("{}: {}", said.code, said.message)),
+    );
+    out
 }
 
 /// `503` `not_ready` (`GET /readyz`): the problem document plus `down` (what cannot be reached)
@@ -143,6 +204,11 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
             StatusCode::UNAUTHORIZED,
             "Credential Missing",
             "this route requires an API key or an access token".into(),
+        ),
+        Rejection::CredentialNotAccepted { accepted } => (
+            StatusCode::UNAUTHORIZED,
+            "Credential Not Accepted",
+            format!("this route does not accept the kind of credential presented: it takes {accepted}"),
         ),
         Rejection::Multiple => (
             StatusCode::BAD_REQUEST,
@@ -263,7 +329,8 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
     }
     if status == StatusCode::UNAUTHORIZED {
         let error = match r {
-            Rejection::Missing => None,
+            // Nothing invalid was presented: the challenges say what to send.
+            Rejection::Missing | Rejection::CredentialNotAccepted { .. } => None,
             _ => Some("invalid_token"),
         };
         for c in &style.challenges {
@@ -303,6 +370,12 @@ pub fn rejection(r: &Rejection, style: &RejectionStyle) -> Problem {
         }
     }
     p
+}
+
+/// A request body over a route's `max_body_size` (declared, or as it streamed).
+pub fn body_too_large(max: u64) -> Problem {
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
+        .detail(format!("the request body must be at most {max} bytes on this route"))
 }
 
 /// Store failures: never the driver's message to the client.

@@ -27,12 +27,13 @@ use ipnet::IpNet;
 use keyward_core::decision::ScopeMode;
 use keyward_core::secret::{ct_eq, SecretString};
 use keyward_core::Scope;
-use keyward_engine::{LimitState, RateBy, Rejection, RouteLimits};
+use keyward_engine::{LimitState, Principal, RateBy, Rejection, RouteLimits};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{StrictJson, MAX_BODY};
+use crate::context;
 use crate::gateway::{self, Admitted, GatewayState, RequestView, Route, Upstream};
 use crate::problem::{self, Problem};
+use crate::strict::{StrictJson, MAX_BODY};
 
 /// Header that carries the service token on forward-auth calls (where `Authorization`
 /// belongs to the client) when `verify.forward_auth_require_token` is on.
@@ -258,6 +259,8 @@ pub struct VerifyResponse {
 struct Target {
     method: Method,
     path_and_query: PathAndQuery,
+    /// The original request's host, when known (routes with `hosts` match on it).
+    host: Option<String>,
 }
 
 impl Target {
@@ -293,7 +296,11 @@ fn parse_target(method: &str, target: &str) -> Result<Target, Problem> {
     }
     let path_and_query = PathAndQuery::try_from(target)
         .map_err(|_| problem::invalid_verify_request("the path is not a valid request target"))?;
-    Ok(Target { method, path_and_query })
+    Ok(Target {
+        method,
+        path_and_query,
+        host: None,
+    })
 }
 
 fn bad(detail: impl Into<String>) -> Problem {
@@ -340,6 +347,7 @@ impl VerifyState {
             audience: svc
                 .map(|s| s.config().default_audience.clone())
                 .unwrap_or_else(|| "keyward".into()),
+            options: Default::default(),
         }
     }
 
@@ -364,7 +372,7 @@ impl VerifyState {
                 "the path contains dot segments or encoded separators",
             )));
         }
-        match gateway::find_route(routes, &target.method, target.path()) {
+        match gateway::find_route(routes, &target.method, target.host.as_deref(), target.path()) {
             Ok(r) => Ok(Ok(Chosen::Configured(r))),
             Err(p) if p.status == 404 => Ok(Ok(Chosen::Adhoc(Box::new(self.adhoc_route(scopes, cost))))),
             Err(p) => Ok(Err(p)),
@@ -388,7 +396,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
     if body.dpop.is_some() && body.token.is_none() {
         return Err(bad("dpop needs a token"));
     }
-    let target = parse_target(body.method.as_deref().unwrap_or("GET"), &body.path)?;
+    let mut target = parse_target(body.method.as_deref().unwrap_or("GET"), &body.path)?;
     let client: IpAddr = body
         .client_ip
         .trim()
@@ -412,6 +420,11 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
         None => None,
         Some(u) => Some(parse_htu(u)?),
     };
+    // The URL's host picks among routes with `hosts`.
+    target.host = htu
+        .as_deref()
+        .and_then(|u| u.parse::<Uri>().ok())
+        .and_then(|u| crate::route::request_host(&HeaderMap::new(), u.authority().map(|a| a.as_str())));
     let user_agent = match &body.user_agent {
         Some(ua) if ua.len() <= 1024 => HeaderValue::from_str(ua).ok(),
         _ => None,
@@ -550,7 +563,7 @@ fn header_map(pairs: &[(HeaderName, HeaderValue)]) -> BTreeMap<String, String> {
 
 fn success_headers(st: &VerifyState, a: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
     let window = st.gateway.config().expiry_warning;
-    let lifecycle = gateway::lifecycle_headers(&a.record, st.gateway.engine().now(), window);
+    let lifecycle = context::lifecycle_headers(&a.principal, st.gateway.engine().now(), window);
     problem::ratelimit_fields(&a.states)
         .into_iter()
         .chain(lifecycle)
@@ -559,13 +572,10 @@ fn success_headers(st: &VerifyState, a: &Admitted) -> Vec<(HeaderName, HeaderVal
 
 fn allowed_response(st: &VerifyState, a: Admitted, route: Option<String>) -> VerifyResponse {
     let headers = header_map(&success_headers(st, &a));
-    let r = &a.record;
-    let (key_id, client_id) = match &a.token_client {
-        Some(c) => (None, Some(c.clone())),
-        None => (Some(r.id.clone()), None),
-    };
-    let expires_at = r
-        .expires_at
+    let p = &a.principal;
+    let key = p.key();
+    let expires_at = p
+        .expires_at()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
     VerifyResponse {
         valid: true,
@@ -573,24 +583,16 @@ fn allowed_response(st: &VerifyState, a: Admitted, route: Option<String>) -> Ver
         status: 200,
         detail: None,
         route,
-        app_id: Some(r.app_id.clone()),
-        key_id,
-        client_id,
-        scopes: r.scopes.iter().map(|s| s.to_string()).collect(),
+        app_id: (!matches!(p, Principal::Anonymous)).then(|| p.app_id().to_owned()),
+        key_id: key.map(|k| k.id.clone()),
+        client_id: p.client_id().map(str::to_owned),
+        scopes: p.scopes().iter().map(|s| s.to_string()).collect(),
         missing_scopes: None,
         metadata: Metadata {
-            app_name: Some(r.app_name.clone()),
-            key_name: if a.token_client.is_some() { None } else { r.name.clone() },
-            env: if a.token_client.is_some() {
-                None
-            } else {
-                Some(r.env.as_str().to_owned())
-            },
-            hint: if a.token_client.is_some() {
-                None
-            } else {
-                Some(r.hint.clone())
-            },
+            app_name: (!matches!(p, Principal::Anonymous)).then(|| p.app_name().to_owned()),
+            key_name: key.and_then(|k| k.name.clone()),
+            env: key.map(|k| k.env.as_str().to_owned()),
+            hint: key.map(|k| k.hint.clone()),
         },
         limits: a.states.iter().map(LimitView::from).collect(),
         headers,
@@ -621,15 +623,20 @@ fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Problem> 
 /// the prefix (Envoy `ext_authz`).
 fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let h = &req.headers;
     if let Some(rest) = pq.strip_prefix(ENVOY_PREFIX) {
+        // Envoy's check request carries the original request's `Host`.
+        let with_host = |mut t: Target| {
+            t.host = crate::route::request_host(h, None);
+            (t, true)
+        };
         if rest.is_empty() || rest.starts_with('?') {
-            return parse_target(req.method.as_str(), &format!("/{rest}")).map(|t| (t, true));
+            return parse_target(req.method.as_str(), &format!("/{rest}")).map(with_host);
         }
         if rest.starts_with('/') {
-            return parse_target(req.method.as_str(), rest).map(|t| (t, true));
+            return parse_target(req.method.as_str(), rest).map(with_host);
         }
     }
-    let h = &req.headers;
     // Both conventions may arrive: a proxy sets its own, and passes on whatever the client
     // sent under the other's names (Traefik forwards a client's X-Original-URI untouched). A
     // value that disagrees with the other convention's is refused, so a client can never pick
@@ -647,8 +654,18 @@ fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
         "Method",
     )?;
     let uri = agree(single(h, "x-original-uri")?, single(h, "x-forwarded-uri")?, "URI")?;
+    // The original host: `X-Forwarded-Host` (Traefik; nginx configs set it, see
+    // examples/nginx), one value only.
+    let host = single(h, "x-forwarded-host")?.and_then(|v| {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_str(v).ok()?);
+        crate::route::request_host(&m, None)
+    });
     match (method, uri) {
-        (Some(m), Some(u)) => parse_target(&m, &u).map(|t| (t, false)),
+        (Some(m), Some(u)) => parse_target(&m, &u).map(|mut t| {
+            t.host = host;
+            (t, false)
+        }),
         _ => Err(bad(
             "forward-auth needs the original method and URI: X-Original-Method and X-Original-URI \
              (nginx), X-Forwarded-Method and X-Forwarded-Uri (Traefik), or the Envoy path prefix \
@@ -663,13 +680,13 @@ fn original_request(req: &Parts) -> Result<(Target, bool), Problem> {
 /// rule (`Forwarded` wins) would then let the client choose its address.
 fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     if !headers.contains_key(header::FORWARDED) {
-        return gateway::client_ip(peer, headers, trusted);
+        return context::client_ip(peer, headers, trusted);
     }
     let mut only_xff = HeaderMap::new();
     for v in headers.get_all("x-forwarded-for") {
         only_xff.append(HeaderName::from_static("x-forwarded-for"), v.clone());
     }
-    gateway::client_ip(peer, &only_xff, trusted)
+    context::client_ip(peer, &only_xff, trusted)
 }
 
 /// `scope` (repeatable), `cost` and `route` from the forward-auth URL's own query: set in the
@@ -711,7 +728,7 @@ async fn forward_auth(
     if path != FORWARD_AUTH_PATH && !path.starts_with("/v1/forward-auth/") {
         return Problem::not_found().detail("no such endpoint").into_response();
     }
-    if !gateway::trusted(peer.ip(), &st.forward.peers) {
+    if !context::trusted(peer.ip(), &st.forward.peers) {
         tracing::debug!(peer = %peer.ip(), "forward-auth call from a peer that is not allowed");
         return problem::forward_auth_forbidden().into_response();
     }
@@ -776,27 +793,7 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
     };
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
-    let r = &a.record;
-    h.insert(
-        HeaderName::from_static("x-keyward-app"),
-        gateway::header_text(&r.app_name),
-    );
-    h.insert(
-        HeaderName::from_static("x-keyward-app-id"),
-        gateway::header_text(&r.app_id),
-    );
-    match &a.token_client {
-        Some(c) => h.insert(HeaderName::from_static("x-keyward-client-id"), gateway::header_text(c)),
-        None => h.insert(HeaderName::from_static("x-keyward-key-id"), gateway::header_text(&r.id)),
-    };
-    let scopes = r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-    h.insert(
-        HeaderName::from_static("x-keyward-scopes"),
-        gateway::header_text(&scopes),
-    );
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        h.insert(HeaderName::from_static("x-keyward-client-ip"), v);
-    }
+    context::insert_identity(h, &a.principal, client);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, value) in success_headers(st, &a) {
         h.insert(name, value);

@@ -1,4 +1,5 @@
-//! In-process verify path (issue 2, point 11): parse + HMAC digest + cached lookup + decision.
+//! In-process verify path (issue 2, point 11): parse + HMAC digest + cached lookup + decision;
+//! and the whole decision of a keyed request (`decide/key`: authenticate + admit, issue 17).
 //!
 //! Run with `cargo bench -p keyward-engine --bench verify`.
 //!
@@ -22,7 +23,9 @@ const META: keyward_engine::RequestMeta<'static> = keyward_engine::RequestMeta {
     path: "/fact",
     user_agent: None,
 };
-use keyward_engine::{Engine, NewKey, SystemClock};
+use keyward_engine::{
+    DpopHeader, Engine, KeyCredential, NewKey, RequestContext, RouteFacts, RouteLimits, SystemClock, TokenCredential,
+};
 use keyward_store::{CacheConfig, SqliteStore, Store};
 use tokio::runtime::Runtime;
 
@@ -153,6 +156,51 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             f.rt.block_on(f.engine.verify_key(black_box(&f.key), black_box(&facts), &META))
                 .unwrap()
+        })
+    });
+    g.finish();
+
+    // The whole decision of a proxied request with this key: `Engine::authenticate` (choice
+    // of credential, verify, key-use rules, mTLS requirement) then `Engine::admit` (no limit
+    // configured: the usage count only).
+    let mut g = c.benchmark_group("decide");
+    let route = RouteFacts {
+        scopes: &f.scopes,
+        scope_mode: ScopeMode::AllOf,
+        api_keys: true,
+        tokens: false,
+        client_certificates: false,
+        publishable: false,
+        audience: "keyward",
+        public: false,
+    };
+    let limits = RouteLimits::default();
+    g.bench_function("key", |b| {
+        b.iter_custom(|iters| {
+            f.rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let ctx = RequestContext {
+                        route,
+                        key: KeyCredential::One {
+                            value: black_box(&f.key),
+                            bearer: false,
+                        },
+                        token: TokenCredential::None,
+                        dpop: DpopHeader::Absent,
+                        client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                        peer_cert: None,
+                        origin: None,
+                        method: "GET",
+                        path: "/fact",
+                        htu: None,
+                        user_agent: None,
+                    };
+                    let p = f.engine.authenticate(&ctx).await.unwrap();
+                    black_box(f.engine.admit(&p, &limits, None).await.unwrap());
+                }
+                start.elapsed()
+            })
         })
     });
     g.finish();

@@ -212,6 +212,7 @@ impl Engine {
             .await?
             .ok_or(EngineError::NotFound("key"))?;
         self.cache.invalidate(&digest);
+        self.announce(crate::Changed::Key(id.to_owned()));
         let kind = match update.disabled_at {
             Some(Some(_)) => "key.disabled",
             Some(None) => "key.enabled",
@@ -271,6 +272,7 @@ impl Engine {
         for d in &digests {
             self.cache.invalidate(d);
         }
+        self.announce(crate::Changed::App(app.id.clone()));
         self.audit_change(actor, "app.updated", &app.id, Some(&before), Some(&app))
             .await;
         Ok(app)
@@ -286,6 +288,7 @@ impl Engine {
             .await?
             .ok_or(EngineError::NotFound("key"))?;
         self.cache.invalidate(&digest);
+        self.announce(crate::Changed::Key(id.to_owned()));
         if before.revoked_at.is_none() {
             let event = AuditEvent {
                 seq: 0,
@@ -390,6 +393,7 @@ impl Engine {
             .await?;
         self.cache.invalidate(&old_digest);
         self.cache.invalidate(&digest);
+        self.announce(crate::Changed::Key(id.to_owned()));
         let event = AuditEvent {
             seq: 0,
             at: now,

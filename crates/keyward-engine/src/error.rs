@@ -11,6 +11,10 @@ pub enum Rejection {
     Missing,
     #[error("more than one credential was presented")]
     Multiple,
+    /// A credential of a kind the route does not take (an access token on a key-only route,
+    /// a key on a token-only route); `accepted` says what the route takes.
+    #[error("this route does not accept this kind of credential")]
+    CredentialNotAccepted { accepted: &'static str },
     #[error("malformed credential: {0}")]
     Malformed(KeyFormatError),
     #[error("unknown credential")]
@@ -73,8 +77,40 @@ impl Rejection {
     pub fn is_authentication_failure(&self) -> bool {
         matches!(
             self,
-            Rejection::Malformed(_) | Rejection::Unknown | Rejection::Revoked { .. } | Rejection::Expired { .. }
+            Rejection::Malformed(_)
+                | Rejection::Unknown
+                | Rejection::Revoked { .. }
+                | Rejection::Expired { .. }
+                | Rejection::InvalidToken { .. }
         )
+    }
+
+    /// The outcome a refusal of a known principal is counted under in its usage
+    /// (`denied:<reason>` or `limited:<kind>`).
+    pub fn usage_outcome(&self) -> &'static str {
+        match self {
+            Rejection::Revoked { .. } => "denied:revoked",
+            Rejection::Expired { .. } => "denied:expired",
+            Rejection::Disabled { .. } => "denied:disabled",
+            Rejection::IpNotAllowed { .. } => "denied:ip_not_allowed",
+            Rejection::InsufficientScope { .. } => "denied:insufficient_scope",
+            Rejection::ExchangeOnly { .. } => "denied:exchange_only",
+            Rejection::MtlsRequired { .. } => "denied:mtls_required",
+            Rejection::PublishableNotAllowed { .. } => "denied:publishable_not_allowed",
+            Rejection::OriginNotAllowed { .. } => "denied:origin_not_allowed",
+            Rejection::InvalidToken { .. } => "denied:invalid_token",
+            Rejection::InvalidDpop { .. } => "denied:invalid_dpop_proof",
+            Rejection::RateLimited { .. } => "limited:rate",
+            Rejection::QuotaExhausted { .. } => "limited:quota",
+            Rejection::LimiterUnavailable { .. } => "limited:unavailable",
+            Rejection::Missing
+            | Rejection::Multiple
+            | Rejection::CredentialNotAccepted { .. }
+            | Rejection::Malformed(_)
+            | Rejection::Unknown
+            | Rejection::CertificateRequired
+            | Rejection::Store(_) => "denied:other",
+        }
     }
 
     /// Stable code, also used as the suffix of the problem type.
@@ -82,6 +118,7 @@ impl Rejection {
         match self {
             Rejection::Missing => "missing_credential",
             Rejection::Multiple => "multiple_credentials",
+            Rejection::CredentialNotAccepted { .. } => "credential_not_accepted",
             Rejection::Malformed(_) => "malformed_credential",
             Rejection::Unknown => "invalid_credential",
             Rejection::Revoked { .. } => "revoked_credential",

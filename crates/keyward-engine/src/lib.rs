@@ -11,12 +11,16 @@
 
 pub mod admin;
 pub mod admin_tokens;
+mod binding;
 mod clock;
 pub mod dpop;
 mod error;
 pub mod leaks;
 pub mod mtls;
 pub mod oauth;
+mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 pub mod security;
 pub mod sync;
 pub mod token;
@@ -29,16 +33,20 @@ use std::time::Duration;
 
 use keyward_core::model::{AuditEvent, AuditFilter, Severity};
 use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
-use keyward_core::{authorize, Decision, Denial, KeyEnv, KeyFormat, KeyKind, KeyRecord, Pepper, RequestFacts, Scope};
+use keyward_core::{authorize, Decision, KeyEnv, KeyFormat, KeyKind, KeyRecord, Pepper, RequestFacts, Scope};
 use keyward_limit::{Limiter, QuotaCheck, RateCheck};
 use keyward_store::{CacheConfig, KeyCache, Lookup, Store};
 use time::OffsetDateTime;
 
+pub use binding::DpopFailure;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineError, Rejection};
 /// The limit crate (Redis backend, breaker), for the wiring.
 pub use keyward_limit as limit;
 pub use keyward_limit::{LimitState, OnLimiterFailure, Outcome};
+pub use pipeline::{
+    Changed, DpopHeader, Granted, KeyCredential, LimitSubject, Principal, RequestContext, RouteFacts, TokenCredential,
+};
 pub use security::EventSink;
 
 /// What it takes to create a key.
@@ -70,6 +78,9 @@ pub enum RateBy {
     App,
     /// Everyone shares it.
     Global,
+    /// Each client address gets the route's rate (public routes, or per address on top of
+    /// the key's limits).
+    ClientIp,
 }
 
 /// The limits a route adds to those of the key and its app.
@@ -136,6 +147,9 @@ pub struct Engine {
     pub(crate) oauth: std::sync::OnceLock<token::TokenService>,
     /// Clients and their secret digests, by client_id (dropped on every change).
     pub(crate) clients: oauth::ClientCache,
+    /// Changes that may take rights away, made here or announced by another node (for state
+    /// that outlives a request: open tunnels).
+    changed: tokio::sync::broadcast::Sender<pipeline::Changed>,
 }
 
 impl Engine {
@@ -178,6 +192,7 @@ impl Engine {
             legacy_present: std::sync::atomic::AtomicBool::new(false),
             oauth: std::sync::OnceLock::new(),
             clients: oauth::ClientCache::new(),
+            changed: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -239,7 +254,9 @@ impl Engine {
         u64::try_from(self.clock.now().unix_timestamp_nanos()).unwrap_or(0)
     }
 
-    /// Authenticates a presented key and authorizes it for a request.
+    /// Authenticates a presented API key and authorizes it for a request (lifecycle, address
+    /// allowlists, scopes), accounting a refusal like [`Engine::authenticate`] does. The token
+    /// endpoint's key exchange uses it; requests go through [`Engine::authenticate`].
     ///
     /// Order: parse (length, prefix, alphabet, checksum) → digest → cached lookup by digest
     /// → the pure decision. Malformed input never reaches the store.
@@ -249,23 +266,19 @@ impl Engine {
         facts: &RequestFacts<'_>,
         meta: &RequestMeta<'_>,
     ) -> Result<Arc<KeyRecord>, Rejection> {
-        let result = self.verify_inner(presented, facts, meta).await;
-        if let Err(r) = &result {
-            if let Some(ip) = meta.ip {
-                if r.is_authentication_failure() {
-                    self.security.failed_authentication(self, ip, self.now());
-                }
-            }
-        }
-        result
+        self.check_key(presented, facts, meta)
+            .await
+            .map_err(|d| self.account(d, meta.ip))
     }
 
-    async fn verify_inner(
+    /// [`Engine::verify_key`] without the accounting.
+    pub(crate) async fn check_key(
         &self,
         presented: &str,
         facts: &RequestFacts<'_>,
         meta: &RequestMeta<'_>,
-    ) -> Result<Arc<KeyRecord>, Rejection> {
+    ) -> Result<Arc<KeyRecord>, pipeline::Denied> {
+        use pipeline::Denied;
         let well_formed = match self.format.parse(presented) {
             Ok(_) => true,
             // Imported static secrets have no format: only while some exist, and only for
@@ -275,106 +288,73 @@ impl Engine {
                 if !self.legacy_present.load(std::sync::atomic::Ordering::Relaxed)
                     || !admin::plausible_legacy(presented)
                 {
-                    return Err(Rejection::Malformed(e));
+                    return Err(Denied::anonymous(Rejection::Malformed(e)));
                 }
                 false
             }
         };
         let digest = self.pepper.digest(presented.as_bytes());
-        let record = match self.cache.lookup(&digest).await.map_err(Rejection::Store)? {
-            Lookup::Found(r) if well_formed || r.lifecycle.legacy => r,
-            _ => return Err(Rejection::Unknown),
+        let record = match self.cache.lookup(&digest).await {
+            Ok(Lookup::Found(r)) if well_formed || r.lifecycle.legacy => r,
+            Ok(_) => return Err(Denied::anonymous(Rejection::Unknown)),
+            Err(e) => return Err(Denied::anonymous(Rejection::Store(e))),
         };
         if record.lifecycle.canary {
             self.security.canary_used(self, &record, meta, self.now());
-            return Err(Rejection::Unknown);
+            return Err(Denied::anonymous(Rejection::Unknown));
         }
-        let denied = |code: &'static str| self.usage.record(&record, code, self.now());
         match authorize(&record, facts, self.clock.now()) {
             Decision::Allow => Ok(record),
-            Decision::Deny(Denial::Revoked) => {
-                denied("denied:revoked");
-                Err(Rejection::Revoked {
-                    key_id: record.id.clone(),
-                })
-            }
-            Decision::Deny(Denial::Expired) => {
-                denied("denied:expired");
-                Err(Rejection::Expired {
-                    key_id: record.id.clone(),
-                })
-            }
-            Decision::Deny(Denial::Disabled) => {
-                denied("denied:disabled");
-                Err(Rejection::Disabled {
-                    key_id: record.id.clone(),
-                })
-            }
-            Decision::Deny(Denial::IpNotAllowed) => {
-                denied("denied:ip_not_allowed");
-                Err(Rejection::IpNotAllowed {
-                    key_id: record.id.clone(),
-                })
-            }
-            Decision::Deny(Denial::InsufficientScope { missing }) => {
-                denied("denied:insufficient_scope");
-                Err(Rejection::InsufficientScope {
-                    key_id: record.id.clone(),
-                    missing,
-                })
+            Decision::Deny(d) => {
+                let rejection = pipeline::rejection_for(&record.id, d);
+                Err(Denied::of(&Principal::Key(record), rejection))
             }
         }
     }
 
-    /// Consumes from every limit that applies to this request, all or nothing: the key's and
-    /// its app's rate and quota, and the route's rate. A refused request consumes nothing.
-    /// Records the request's outcome in the usage counters. With Redis limits, a failure of
-    /// Redis is answered by the route's `on_limiter_failure` (see [`Limiter::on_failure`]);
-    /// `fail_closed` is the `Err`.
-    pub async fn admit(&self, record: &KeyRecord, route: &RouteLimits) -> Result<Outcome, Rejection> {
-        self.admit_from(record, route, None).await
-    }
-
-    /// [`Engine::admit`] for a request from `client`: a publishable key also gets the
-    /// per-address rate (`EngineOptions::publishable_rate`), decided with the other limits.
-    pub async fn admit_from(
+    /// The limits of one request for `who`, all or nothing, counted in its usage.
+    pub(crate) async fn limit(
         &self,
-        record: &KeyRecord,
+        who: &LimitSubject<'_>,
         route: &RouteLimits,
         client: Option<IpAddr>,
     ) -> Result<Outcome, Rejection> {
         let l = &self.limiter;
         let mut rates = Vec::with_capacity(4);
         let mut quotas = Vec::with_capacity(2);
-        if let (Some(spec), Some(ip), KeyKind::Publishable) = (self.options.publishable_rate, client, record.kind()) {
+        if let (Some(spec), Some(ip), true) = (self.options.publishable_rate, client, who.publishable) {
             rates.push(RateCheck {
                 name: "client",
-                key: l.key(&["pk-client-rate", &record.id, &ip.to_string()]),
+                key: l.key(&["pk-client-rate", who.id, &ip.to_string()]),
                 spec,
                 cost: 1,
             });
         }
-        if let Some(spec) = record.policy.rate {
+        if let Some(spec) = who.policy.rate {
             rates.push(RateCheck {
                 name: "key",
-                key: l.key(&["key-rate", &record.id]),
+                key: l.key(&["key-rate", who.id]),
                 spec,
                 cost: 1,
             });
         }
-        if let Some(spec) = record.app_policy.rate {
+        if let Some(spec) = who.app_policy.and_then(|p| p.rate) {
             rates.push(RateCheck {
                 name: "app",
-                key: l.key(&["app-rate", &record.app_id]),
+                key: l.key(&["app-rate", who.app_id]),
                 spec,
                 cost: 1,
             });
         }
         if let Some(spec) = route.rate {
             let key = match route.rate_by {
-                RateBy::Key => l.key(&["route-rate", &route.route, "key", &record.id]),
-                RateBy::App => l.key(&["route-rate", &route.route, "app", &record.app_id]),
+                RateBy::Key => l.key(&["route-rate", &route.route, "key", who.id]),
+                RateBy::App => l.key(&["route-rate", &route.route, "app", who.app_id]),
                 RateBy::Global => l.key(&["route-rate", &route.route]),
+                RateBy::ClientIp => {
+                    let ip = client.map(|ip| ip.to_string()).unwrap_or_default();
+                    l.key(&["route-rate", &route.route, "ip", &ip])
+                }
             };
             rates.push(RateCheck {
                 name: "route",
@@ -385,11 +365,11 @@ impl Engine {
         }
         let cost = route.cost.max(1);
         let quota = |name: &'static str, key, spec: QuotaSpec| QuotaCheck { name, key, spec, cost };
-        if let Some(spec) = record.policy.quota {
-            quotas.push(quota("key-quota", l.key(&["key-quota", &record.id]), spec));
+        if let Some(spec) = who.policy.quota {
+            quotas.push(quota("key-quota", l.key(&["key-quota", who.id]), spec));
         }
-        if let Some(spec) = record.app_policy.quota {
-            quotas.push(quota("app-quota", l.key(&["app-quota", &record.app_id]), spec));
+        if let Some(spec) = who.app_policy.and_then(|p| p.quota) {
+            quotas.push(quota("app-quota", l.key(&["app-quota", who.app_id]), spec));
         }
         let outcome = l
             .check(&rates, &quotas, self.now_ns(), l.on_failure(&route.route))
@@ -400,35 +380,12 @@ impl Engine {
             Ok(Outcome::QuotaExhausted { .. }) => "limited:quota",
             Err(_) => "limited:unavailable",
         };
-        self.usage.record(record, code, self.now());
+        if who.counted {
+            self.usage.record_as(who.id, who.app_id, code, self.now());
+        }
         outcome.map_err(|u| Rejection::LimiterUnavailable {
             retry_after: u.retry_after,
         })
-    }
-
-    /// Publishable keys (issue 11): only on routes marked `publishable`, and only from one of
-    /// the key's origins (the browser's `Origin` header, which page scripts cannot set).
-    pub fn check_publishable(
-        &self,
-        record: &KeyRecord,
-        route_takes_publishable: bool,
-        origin: Option<&str>,
-    ) -> Result<(), Rejection> {
-        if record.kind() != KeyKind::Publishable {
-            return Ok(());
-        }
-        if !route_takes_publishable {
-            return Err(Rejection::PublishableNotAllowed {
-                key_id: record.id.clone(),
-            });
-        }
-        let allowed = origin.is_some_and(|o| record.policy.origins.iter().any(|a| a.matches(o)));
-        if !allowed {
-            return Err(Rejection::OriginNotAllowed {
-                key_id: record.id.clone(),
-            });
-        }
-        Ok(())
     }
 
     /// Appends an event to the audit log and passes security events to the sinks.

@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use keyward_core::decision::check_scopes;
 use keyward_core::model::{ClientAuthMethod, ClientRecord};
-use keyward_core::{Decision, Denial, KeyRecord, RequestFacts};
+use keyward_core::KeyRecord;
 use keyward_token::{cert_thumbprint, ClientCert, DistinguishedName, Jwk};
 
 use crate::{Engine, EngineError, Rejection};
@@ -166,51 +165,5 @@ impl Engine {
             Err(EngineError::Store(e)) => Err(Rejection::Store(e)),
             Err(_) => Err(refused()),
         }
-    }
-
-    /// A certificate-only route: the caller is the client the certificate is registered to,
-    /// with the client's scopes, app and limits (like a token of that client).
-    pub async fn certificate_principal(
-        &self,
-        cert: Option<PresentedCert<'_>>,
-        facts: &RequestFacts<'_>,
-    ) -> Result<KeyRecord, Rejection> {
-        let Some(cert) = cert else {
-            return Err(Rejection::CertificateRequired);
-        };
-        let client = match self.client_for_certificate(cert).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(Rejection::CertificateRequired),
-            Err(EngineError::Store(e)) => return Err(Rejection::Store(e)),
-            Err(_) => return Err(Rejection::CertificateRequired),
-        };
-        if let Some(ip) = facts.client_ip {
-            if !client.policy.ips.allows(ip) {
-                return Err(Rejection::IpNotAllowed {
-                    key_id: client.id.clone(),
-                });
-            }
-        }
-        if let Decision::Deny(Denial::InsufficientScope { missing }) = check_scopes(&client.scopes, facts) {
-            return Err(Rejection::InsufficientScope {
-                key_id: client.id.clone(),
-                missing,
-            });
-        }
-        Ok(KeyRecord {
-            id: client.id.clone(),
-            app_id: client.app_id.clone(),
-            app_name: client.app_name.clone(),
-            name: client.name.clone(),
-            hint: String::new(),
-            env: keyward_core::KeyEnv::Live,
-            scopes: client.scopes.clone(),
-            expires_at: None,
-            created_at: client.created_at,
-            revoked_at: None,
-            policy: client.policy.clone(),
-            app_policy: Default::default(),
-            lifecycle: Default::default(),
-        })
     }
 }

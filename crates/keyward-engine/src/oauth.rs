@@ -307,6 +307,7 @@ impl Engine {
             return Err(EngineError::NotFound("client"));
         }
         self.clients.invalidate(id);
+        self.announce(crate::Changed::Client(id.to_owned()));
         let kind = if disabled { "client.disabled" } else { "client.enabled" };
         self.audit_client(actor, kind, id, json!({"before": before, "after": after}))
             .await;
@@ -319,6 +320,7 @@ impl Engine {
             return Err(EngineError::NotFound("client"));
         }
         self.clients.invalidate(id);
+        self.announce(crate::Changed::Client(id.to_owned()));
         self.audit_client(actor, "client.deleted", id, json!({"before": before}))
             .await;
         Ok(())

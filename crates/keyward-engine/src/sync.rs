@@ -49,6 +49,14 @@ impl Engine {
     pub async fn apply_change(&self, change: &Change) {
         tracing::debug!(change = %change.encode(), "change announced");
         match change {
+            Change::Key(id) => self.announce(crate::Changed::Key(id.clone())),
+            Change::App(id) => self.announce(crate::Changed::App(id.clone())),
+            Change::Client(id) => self.announce(crate::Changed::Client(id.clone())),
+            Change::Resync => self.announce(crate::Changed::All),
+            // Token revocations are announced when the denylist is read again.
+            Change::KeyCreated { .. } | Change::SigningKeys | Change::TokenRevoked => {}
+        }
+        match change {
             Change::Key(id) => self.cache.invalidate_key_id(id),
             Change::KeyCreated { id, legacy } => {
                 // The new key's digest may sit in the negative cache (tried before it existed).

@@ -143,8 +143,8 @@ pub struct TokenRequest<'a> {
     pub subject_token: Option<&'a str>,
     pub subject_token_type: Option<&'a str>,
     pub requested_token_type: Option<&'a str>,
-    /// The `DPoP` header (already checked to occur at most once).
-    pub dpop_proof: Option<&'a str>,
+    /// The request's `DPoP` header fields.
+    pub dpop: crate::DpopHeader<'a>,
     /// The client certificate of the TLS connection, if any (RFC 8705).
     pub client_cert: Option<crate::mtls::PresentedCert<'a>>,
 }
@@ -171,10 +171,8 @@ pub struct TokenPrincipal {
     pub scopes: Vec<Scope>,
     pub app_id: String,
     pub app_name: String,
+    /// The limits of the client (or of the exchanged key).
     pub policy: keyward_core::policy::Policy,
-    /// The token's subject as the rest of the pipeline (limits, usage, identity headers) sees
-    /// it: the client id as `id`, its scopes, app and limits. Built once per verified token.
-    pub record: Arc<keyward_core::KeyRecord>,
 }
 
 struct Keys {
@@ -639,21 +637,15 @@ impl Engine {
         let svc = self.token_service().map_err(|_| OAuthError::Unavailable)?;
         let client = self.authenticate_client(&req.auth).await?;
         // A DPoP proof binds the token to the proof's key (RFC 9449 §5).
-        let jkt = match req.dpop_proof {
-            Some(proof) => {
-                let now = self.now().unix_timestamp();
-                match svc
-                    .dpop
-                    .verify_shared(proof, "POST", &svc.cfg.token_endpoint(), None, now)
-                    .await
-                {
-                    Ok(p) => Some(p.jkt),
-                    Err(crate::dpop::DpopError::UseNonce) => {
-                        return Err(OAuthError::UseDpopNonce(svc.dpop.current_nonce(now)))
-                    }
-                    Err(e) => return Err(OAuthError::InvalidDpopProof(e.to_string())),
-                }
-            }
+        let proof = self
+            .check_dpop(req.dpop, "POST", &svc.cfg.token_endpoint(), None)
+            .await
+            .map_err(|f| match f.nonce {
+                Some(nonce) => OAuthError::UseDpopNonce(nonce),
+                None => OAuthError::InvalidDpopProof(f.reason),
+            })?;
+        let jkt = match proof {
+            Some(p) => Some(p.jkt),
             None => {
                 if client.as_ref().is_some_and(|c| c.options.dpop_bound_access_tokens) {
                     return Err(OAuthError::InvalidDpopProof(
@@ -781,28 +773,12 @@ impl Engine {
                         _ => return Err(TokenError::UnknownKid),
                     },
                 };
-                let record = Arc::new(keyward_core::KeyRecord {
-                    id: claims.client_id.clone(),
-                    app_id: app_id.clone(),
-                    app_name: app_name.clone(),
-                    name: None,
-                    hint: String::new(),
-                    env: keyward_core::KeyEnv::Live,
-                    scopes: scopes.clone(),
-                    expires_at: None,
-                    created_at: OffsetDateTime::from_unix_timestamp(claims.iat).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                    revoked_at: None,
-                    policy: policy.clone(),
-                    app_policy: Default::default(),
-                    lifecycle: Default::default(),
-                });
                 let p = Arc::new(TokenPrincipal {
                     claims,
                     scopes,
                     app_id,
                     app_name,
                     policy,
-                    record,
                 });
                 let left = p.claims.exp.saturating_add(leeway).saturating_sub(now).clamp(1, 86_400);
                 let ttl = StdDuration::from_secs(u64::try_from(left).unwrap_or(1));
@@ -820,7 +796,7 @@ impl Engine {
             return Err(TokenError::WrongAudience);
         }
         if svc.is_revoked(&principal.claims.jti) {
-            return Err(TokenError::Expired);
+            return Err(TokenError::Revoked);
         }
         Ok(principal)
     }
@@ -871,6 +847,7 @@ impl Engine {
         let exp = OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         self.store.revoke_token(&claims.jti, exp).await?;
         write(&svc.revoked).insert(claims.jti.clone(), claims.exp);
+        self.announce(crate::Changed::Tokens);
         // Every other node, at once: the shared denylist in Redis and its channel (each node
         // keeps a local copy, so verification never waits for Redis).
         if let Some(r) = self.limiter().redis() {
@@ -905,6 +882,7 @@ impl Engine {
         let svc = self.token_service()?;
         let revoked = self.store.revoked_tokens(self.now()).await?;
         *write(&svc.revoked) = revoked.into_iter().map(|(j, t)| (j, t.unix_timestamp())).collect();
+        self.announce(crate::Changed::Tokens);
         Ok(())
     }
 
@@ -912,7 +890,13 @@ impl Engine {
     pub(crate) fn deny_locally(&self, jti: String, exp: i64) {
         if let Ok(svc) = self.token_service() {
             write(&svc.revoked).insert(jti, exp);
+            self.announce(crate::Changed::Tokens);
         }
+    }
+
+    /// Whether the token with this `jti` was revoked (the local denylist).
+    pub fn token_revoked(&self, jti: &str) -> bool {
+        self.token_service().is_ok_and(|svc| svc.is_revoked(jti))
     }
 
     /// Drops denylist entries of tokens that have expired anyway.

@@ -36,18 +36,37 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// Counts one request of `key` with `outcome` (`allowed`, `denied:…`, `limited:…`).
     pub fn record(&self, key: &KeyRecord, outcome: &'static str, now: OffsetDateTime) {
+        self.record_as(&key.id, &key.app_id, outcome, now);
+    }
+
+    /// Counts one request of the key or client `id` of app `app_id` with `outcome`.
+    pub fn record_as(&self, id: &str, app_id: &str, outcome: &'static str, now: OffsetDateTime) {
         let minute = now.unix_timestamp().div_euclid(60);
         let mut p = match self.pending.lock() {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
         };
         *p.counts
-            .entry((key.id.clone(), key.app_id.clone(), minute, outcome))
+            .entry((id.to_owned(), app_id.to_owned(), minute, outcome))
             .or_insert(0) += 1;
         if outcome == "allowed" {
-            p.last_used.insert(key.id.clone(), now);
+            p.last_used.insert(id.to_owned(), now);
         }
         self.recorded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts not yet written, by (id, outcome), summed over minutes: what a flush would
+    /// write now.
+    pub fn pending(&self) -> HashMap<(String, &'static str), u64> {
+        let p = match self.pending.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut out = HashMap::new();
+        for ((id, _, _, outcome), n) in &p.counts {
+            *out.entry((id.clone(), *outcome)).or_insert(0) += n;
+        }
+        out
     }
 
     /// How many batches were written so far.

@@ -7,6 +7,8 @@
 mod cache;
 mod error;
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
 
 use async_trait::async_trait;

@@ -5,6 +5,11 @@
 //! revocations also runs `pg_notify(<channel>, <change>)` in the same transaction, so the
 //! announcement goes out exactly when (and only if) the change commits; [`PgStore`]'s listener
 //! turns the announcements of every node into [`Change`]s.
+//!
+//! The statements it shares with SQLite are in [`crate::sql`], the row mapping in
+//! [`crate::rows`]; what is here is the pool, the change channel, the transactions and the
+//! statements whose SQL is PostgreSQL's own (bulk loads and usage flushes with `UNNEST`, the
+//! replay store's conditional upsert, a row lock).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -14,16 +19,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_core::model::{
-    AuditEvent, AuditFilter, ClientAuthMethod, ClientRecord, ClientSecretInfo, KeyUpdate, Lifecycle, Severity,
-    SigningKeyRow, UsageRow,
+    AuditEvent, AuditFilter, ClientRecord, ClientSecretInfo, KeyUpdate, SigningKeyRow, UsageRow,
 };
 use keyward_core::policy::Policy;
-use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use keyward_core::{AppRecord, Digest, KeyRecord};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
+use crate::rows::{self, Cols};
+use crate::sql::{self, policy_json, scopes_json, ts, Bind};
 use crate::{AdminTokenRecord, Change, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -68,11 +74,6 @@ impl std::fmt::Debug for PgStore {
             .finish_non_exhaustive()
     }
 }
-
-const KEY_COLUMNS: &str = "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
-     k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy, \
-     k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at, k.exchange_only";
-const APP_COLUMNS: &str = "id, name, created_at, policy";
 
 impl PgStore {
     /// Connects to `url` (`postgres://…`; a schema can be chosen with
@@ -229,180 +230,8 @@ async fn listen_loop(pool: PgPool, channel: Arc<str>, tx: broadcast::Sender<Chan
     }
 }
 
-fn admin_token_from_row(row: &PgRow) -> Result<(AdminTokenRecord, Digest), StoreError> {
-    let g = |e| StoreError::from_sqlx(e);
-    let digest: Vec<u8> = row.try_get("digest").map_err(g)?;
-    let digest =
-        Digest::from_slice(&digest).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))?;
-    Ok((
-        AdminTokenRecord {
-            id: row.try_get("id").map_err(g)?,
-            name: row.try_get("name").map_err(g)?,
-            role: row.try_get("role").map_err(g)?,
-            hint: row.try_get("hint").map_err(g)?,
-            created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
-            expires_at: opt_ts(row.try_get("expires_at").map_err(g)?)?,
-            revoked_at: opt_ts(row.try_get("revoked_at").map_err(g)?)?,
-            created_by: row.try_get("created_by").map_err(g)?,
-        },
-        digest,
-    ))
-}
-
-const ADMIN_TOKEN_COLUMNS: &str = "id, name, role, digest, hint, created_at, expires_at, revoked_at, created_by";
-
-fn ts(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-fn from_ts(v: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(v).map_err(|_| StoreError::Corrupt("timestamp out of range".into()))
-}
-
-fn opt_ts(v: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
-    v.map(from_ts).transpose()
-}
-
-fn policy_from(text: &str) -> Result<Policy, StoreError> {
-    serde_json::from_str(text).map_err(|_| StoreError::Corrupt("a stored policy is invalid".into()))
-}
-
-fn policy_json(p: &Policy) -> String {
-    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
-}
-
-fn scopes_json(scopes: &[Scope]) -> String {
-    let v: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
-    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
-}
-
 fn g(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(e)
-}
-
-fn app_from_row(row: &PgRow) -> Result<AppRecord, StoreError> {
-    let policy: String = row.try_get("policy").map_err(g)?;
-    Ok(AppRecord {
-        id: row.try_get("id").map_err(g)?,
-        name: row.try_get("name").map_err(g)?,
-        created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
-        policy: policy_from(&policy)?,
-    })
-}
-
-fn digest_from(bytes: &[u8]) -> Result<Digest, StoreError> {
-    Digest::from_slice(bytes).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))
-}
-
-fn key_from_row(row: &PgRow) -> Result<(KeyRecord, Digest), StoreError> {
-    let scopes_json: String = row.try_get("scopes").map_err(g)?;
-    let scopes: Vec<String> =
-        serde_json::from_str(&scopes_json).map_err(|_| StoreError::Corrupt("scopes are not a JSON array".into()))?;
-    let scopes = scopes
-        .iter()
-        .map(|s| Scope::new(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| StoreError::Corrupt("a stored scope is invalid".into()))?;
-    let env: String = row.try_get("env").map_err(g)?;
-    let env = KeyEnv::from_str(&env).map_err(|_| StoreError::Corrupt("unknown key env".into()))?;
-    let digest: Vec<u8> = row.try_get("digest").map_err(g)?;
-    let digest = digest_from(&digest)?;
-    Ok((
-        KeyRecord {
-            id: row.try_get("id").map_err(g)?,
-            app_id: row.try_get("app_id").map_err(g)?,
-            app_name: row.try_get("app_name").map_err(g)?,
-            name: row.try_get("name").map_err(g)?,
-            hint: row.try_get("hint").map_err(g)?,
-            env,
-            scopes,
-            expires_at: opt_ts(row.try_get("expires_at").map_err(g)?)?,
-            created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
-            revoked_at: opt_ts(row.try_get("revoked_at").map_err(g)?)?,
-            policy: policy_from(&row.try_get::<String, _>("policy").map_err(g)?)?,
-            app_policy: policy_from(&row.try_get::<String, _>("app_policy").map_err(g)?)?,
-            lifecycle: Lifecycle {
-                disabled_at: opt_ts(row.try_get("disabled_at").map_err(g)?)?,
-                canary: row.try_get::<i64, _>("canary").map_err(g)? != 0,
-                legacy: row.try_get::<i64, _>("legacy").map_err(g)? != 0,
-                exchange_only: row.try_get::<i64, _>("exchange_only").map_err(g)? != 0,
-                rotated_from: row.try_get("rotated_from").map_err(g)?,
-                rotated_to: row.try_get("rotated_to").map_err(g)?,
-                rotated_at: opt_ts(row.try_get("rotated_at").map_err(g)?)?,
-                last_used_at: opt_ts(row.try_get("last_used_at").map_err(g)?)?,
-            },
-        },
-        digest,
-    ))
-}
-
-const CLIENT_COLUMNS: &str = "c.id, c.app_id, a.name AS app_name, c.name, c.scopes, c.auth_method, c.jwks, \
-     c.token_ttl, c.options, c.policy, c.created_at, c.disabled_at";
-
-fn client_from_row(row: &PgRow) -> Result<ClientRecord, StoreError> {
-    let scopes: String = row.try_get("scopes").map_err(g)?;
-    let scopes: Vec<String> =
-        serde_json::from_str(&scopes).map_err(|_| StoreError::Corrupt("client scopes are not a JSON array".into()))?;
-    let scopes = scopes
-        .iter()
-        .map(|s| Scope::new(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| StoreError::Corrupt("a stored client scope is invalid".into()))?;
-    let method: String = row.try_get("auth_method").map_err(g)?;
-    let jwks: Option<String> = row.try_get("jwks").map_err(g)?;
-    let options: String = row.try_get("options").map_err(g)?;
-    let policy: String = row.try_get("policy").map_err(g)?;
-    Ok(ClientRecord {
-        id: row.try_get("id").map_err(g)?,
-        app_id: row.try_get("app_id").map_err(g)?,
-        app_name: row.try_get("app_name").map_err(g)?,
-        name: row.try_get("name").map_err(g)?,
-        scopes,
-        auth_method: ClientAuthMethod::parse(&method)
-            .ok_or_else(|| StoreError::Corrupt("unknown client auth method".into()))?,
-        jwks: jwks
-            .map(|j| serde_json::from_str(&j))
-            .transpose()
-            .map_err(|_| StoreError::Corrupt("client jwks are not JSON".into()))?,
-        token_ttl: u32::try_from(row.try_get::<i64, _>("token_ttl").map_err(g)?).unwrap_or(300),
-        options: serde_json::from_str(&options).map_err(|_| StoreError::Corrupt("client options".into()))?,
-        policy: policy_from(&policy)?,
-        created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
-        disabled_at: opt_ts(row.try_get("disabled_at").map_err(g)?)?,
-    })
-}
-
-fn signing_key_from_row(row: &PgRow) -> Result<SigningKeyRow, StoreError> {
-    let jwk: String = row.try_get("public_jwk").map_err(g)?;
-    Ok(SigningKeyRow {
-        kid: row.try_get("kid").map_err(g)?,
-        alg: row.try_get("alg").map_err(g)?,
-        public_jwk: serde_json::from_str(&jwk).map_err(|_| StoreError::Corrupt("public JWK is not JSON".into()))?,
-        private_sealed: row.try_get("private_sealed").map_err(g)?,
-        created_at: from_ts(row.try_get("created_at").map_err(g)?)?,
-        active_at: from_ts(row.try_get("active_at").map_err(g)?)?,
-        retired_at: opt_ts(row.try_get("retired_at").map_err(g)?)?,
-        remove_after: opt_ts(row.try_get("remove_after").map_err(g)?)?,
-    })
-}
-
-/// The key row with this id (and its app's policy), from a pool or inside a transaction.
-async fn key_row_by_id<'e, E: sqlx::PgExecutor<'e>>(ex: E, id: &str) -> Result<Option<PgRow>, StoreError> {
-    sqlx::query(&format!(
-        "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(ex)
-    .await
-    .map_err(g)
-}
-
-fn key_create_error(e: sqlx::Error) -> StoreError {
-    match StoreError::from_sqlx(e) {
-        StoreError::NotFound(_) => StoreError::NotFound("app"),
-        StoreError::Conflict(_) => StoreError::Conflict("a key with the same id or digest exists".into()),
-        other => other,
-    }
 }
 
 #[async_trait]
@@ -440,68 +269,29 @@ impl Store for PgStore {
 
     async fn create_app(&self, app: &AppRecord) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO apps (id, name, created_at, policy) VALUES ($1, $2, $3, $4)")
-            .bind(&app.id)
-            .bind(&app.name)
-            .bind(ts(app.created_at))
-            .bind(policy_json(&app.policy))
+        sql::insert_app(app)
             .execute(&mut *tx)
             .await
-            .map_err(|e| match StoreError::from_sqlx(e) {
-                StoreError::Conflict(_) => StoreError::Conflict("an app with this name already exists".into()),
-                other => other,
-            })?;
+            .map_err(sql::app_insert_error)?;
         notify(&mut tx, &self.channel, &Change::App(app.id.clone())).await?;
         tx.commit().await.map_err(g)?;
         Ok(())
     }
 
     async fn get_app(&self, id_or_name: &str) -> Result<Option<AppRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {APP_COLUMNS} FROM apps WHERE id = $1 \
-             UNION ALL SELECT {APP_COLUMNS} FROM apps WHERE name = $1 AND id <> $1 LIMIT 1"
-        ))
-        .bind(id_or_name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(g)?;
-        row.as_ref().map(app_from_row).transpose()
+        sql::optional(&self.pool, sql::app_by_id_or_name(id_or_name), rows::app_from_row).await
     }
 
     async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(g)?;
-        rows.iter().map(app_from_row).collect()
+        sql::all(&self.pool, sql::apps(), rows::app_from_row).await
     }
 
     async fn create_key(&self, key: &KeyRecord, digest: &Digest) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
-             disabled_at, canary, legacy, rotated_from, exchange_only) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(&key.id)
-        .bind(&key.app_id)
-        .bind(&key.name)
-        .bind(&digest.as_bytes()[..])
-        .bind(&key.hint)
-        .bind(key.env.as_str())
-        .bind(scopes_json(&key.scopes))
-        .bind(key.expires_at.map(ts))
-        .bind(ts(key.created_at))
-        .bind(key.revoked_at.map(ts))
-        .bind(policy_json(&key.policy))
-        .bind(key.lifecycle.disabled_at.map(ts))
-        .bind(i64::from(key.lifecycle.canary))
-        .bind(i64::from(key.lifecycle.legacy))
-        .bind(&key.lifecycle.rotated_from)
-        .bind(i64::from(key.lifecycle.exchange_only))
-        .execute(&mut *tx)
-        .await
-        .map_err(key_create_error)?;
+        sql::insert_key(key, digest)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql::key_insert_error)?;
         let change = Change::KeyCreated {
             id: key.id.clone(),
             legacy: key.lifecycle.legacy,
@@ -544,7 +334,7 @@ impl Store for PgStore {
             .bind(cols.exchange_only)
             .execute(&mut *tx)
             .await
-            .map_err(key_create_error)?;
+            .map_err(sql::key_insert_error)?;
             notify(&mut tx, &self.channel, &Change::KeyCreated { id: "*".into(), legacy }).await?;
             tx.commit().await.map_err(g)?;
         }
@@ -552,14 +342,7 @@ impl Store for PgStore {
     }
 
     async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.digest = $1"
-        ))
-        .bind(&digest.as_bytes()[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(g)?;
-        row.as_ref().map(key_from_row).transpose()
+        sql::optional(&self.pool, sql::key_by_digest(digest), rows::key_from_row).await
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -567,78 +350,35 @@ impl Store for PgStore {
     }
 
     async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
-        let row = key_row_by_id(&self.pool, id).await?;
-        row.as_ref().map(key_from_row).transpose()
+        sql::optional(&self.pool, sql::key_by_id(id), rows::key_from_row).await
     }
 
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys k JOIN apps a ON a.id = k.app_id \
-             WHERE ($1::text IS NULL OR k.app_id = $1) ORDER BY k.created_at, k.id"
-        ))
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(g)?;
-        rows.iter().map(|r| key_from_row(r).map(|(k, _)| k)).collect()
+        sql::all(&self.pool, sql::keys(app_id), |r| rows::key_from_row(r).map(|(k, _)| k)).await
     }
 
     async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query("UPDATE keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
-            .bind(ts(at))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(g)?;
-        let row = key_row_by_id(&mut *tx, id).await?;
+        let done = sql::revoke_key(id, at).execute(&mut *tx).await.map_err(g)?;
+        let row = sql::key_by_id(id).fetch_optional(&mut *tx).await.map_err(g)?;
         if done.rows_affected() > 0 {
             notify(&mut tx, &self.channel, &Change::Key(id.to_owned())).await?;
         }
         tx.commit().await.map_err(g)?;
-        row.as_ref().map(key_from_row).transpose()
+        row.as_ref().map(rows::key_from_row).transpose()
     }
 
     async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
         let mut tx = self.begin().await?;
-        if let Some(name) = &update.name {
-            sqlx::query("UPDATE keys SET name = $1 WHERE id = $2")
-                .bind(name)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(g)?;
+        for statement in sql::update_key(id, update) {
+            statement.execute(&mut *tx).await.map_err(g)?;
         }
-        if let Some(scopes) = &update.scopes {
-            sqlx::query("UPDATE keys SET scopes = $1 WHERE id = $2")
-                .bind(scopes_json(scopes))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(g)?;
-        }
-        if let Some(disabled) = &update.disabled_at {
-            sqlx::query("UPDATE keys SET disabled_at = $1 WHERE id = $2")
-                .bind(disabled.map(ts))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(g)?;
-        }
-        if let Some(policy) = &update.policy {
-            sqlx::query("UPDATE keys SET policy = $1 WHERE id = $2")
-                .bind(policy_json(policy))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(g)?;
-        }
-        let row = key_row_by_id(&mut *tx, id).await?;
+        let row = sql::key_by_id(id).fetch_optional(&mut *tx).await.map_err(g)?;
         if row.is_some() {
             notify(&mut tx, &self.channel, &Change::Key(id.to_owned())).await?;
         }
         tx.commit().await.map_err(g)?;
-        row.as_ref().map(key_from_row).transpose()
+        row.as_ref().map(rows::key_from_row).transpose()
     }
 
     async fn update_app_policy(
@@ -647,31 +387,20 @@ impl Store for PgStore {
         policy: &Policy,
     ) -> Result<Option<(AppRecord, Vec<Digest>)>, StoreError> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE apps SET policy = $1 WHERE id = $2 RETURNING {APP_COLUMNS}"
-        ))
-        .bind(policy_json(policy))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(g)?;
+        let row = sql::set_app_policy(id, policy)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(g)?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let app = app_from_row(&row)?;
-        let rows = sqlx::query("SELECT digest FROM keys WHERE app_id = $1 ORDER BY created_at, id")
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(g)?;
+        let app = rows::app_from_row(&row)?;
+        let found = sql::key_digests_of_app(id).fetch_all(&mut *tx).await.map_err(g)?;
         notify(&mut tx, &self.channel, &Change::App(id.to_owned())).await?;
         tx.commit().await.map_err(g)?;
-        let digests = rows
+        let digests = found
             .iter()
-            .map(|r| {
-                let d: Vec<u8> = r.try_get("digest").map_err(g)?;
-                digest_from(&d)
-            })
+            .map(|r| r.digest("digest"))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some((app, digests)))
     }
@@ -687,50 +416,23 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         // Row lock on the old key: a concurrent rotation waits here, then sees `rotated_to`
         // set and changes nothing (exactly one rotation wins).
-        let done = sqlx::query(
-            "UPDATE keys SET rotated_to = $1, rotated_at = $2, expires_at = $3 \
-             WHERE id = $4 AND rotated_to IS NULL AND revoked_at IS NULL",
-        )
-        .bind(&successor.id)
-        .bind(ts(at))
-        .bind(ts(old_expires_at))
-        .bind(old_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(g)?;
+        let done = sql::rotate_away(old_id, &successor.id, at, old_expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(g)?;
         if done.rows_affected() == 0 {
-            let exists = sqlx::query("SELECT 1 FROM keys WHERE id = $1")
-                .bind(old_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(g)?;
+            let exists = sql::key_exists(old_id).fetch_optional(&mut *tx).await.map_err(g)?;
             return Err(match exists {
                 None => StoreError::NotFound("key"),
                 Some(_) => StoreError::Conflict("the key is revoked or was already rotated".into()),
             });
         }
-        sqlx::query(
-            "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
-             disabled_at, canary, legacy, rotated_from, exchange_only) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL, 0, 0, $11, $12)",
-        )
-        .bind(&successor.id)
-        .bind(&successor.app_id)
-        .bind(&successor.name)
-        .bind(&digest.as_bytes()[..])
-        .bind(&successor.hint)
-        .bind(successor.env.as_str())
-        .bind(scopes_json(&successor.scopes))
-        .bind(successor.expires_at.map(ts))
-        .bind(ts(successor.created_at))
-        .bind(policy_json(&successor.policy))
-        .bind(old_id)
-        .bind(i64::from(successor.lifecycle.exchange_only))
-        .execute(&mut *tx)
-        .await
-        .map_err(g)?;
-        let row = key_row_by_id(&mut *tx, old_id)
-            .await?
+        let row = sql::successor_row(successor, old_id);
+        sql::insert_key(&row, digest).execute(&mut *tx).await.map_err(g)?;
+        let old = sql::key_by_id(old_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(g)?
             .ok_or(StoreError::NotFound("key"))?;
         notify(&mut tx, &self.channel, &Change::Key(old_id.to_owned())).await?;
         let created = Change::KeyCreated {
@@ -739,69 +441,16 @@ impl Store for PgStore {
         };
         notify(&mut tx, &self.channel, &created).await?;
         tx.commit().await.map_err(g)?;
-        key_from_row(&row)
+        rows::key_from_row(&old)
     }
 
     async fn append_audit(&self, e: &AuditEvent) -> Result<i64, StoreError> {
-        let details = serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into());
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO audit (at, actor, kind, severity, target, source_ip, details) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-        )
-        .bind(ts(e.at))
-        .bind(&e.actor)
-        .bind(&e.kind)
-        .bind(e.severity.as_str())
-        .bind(&e.target)
-        .bind(&e.source_ip)
-        .bind(details)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(g)?;
-        Ok(seq)
+        let row = sql::insert_audit(e).fetch_one(&self.pool).await.map_err(g)?;
+        row.int("seq")
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
-        let (kind_exact, kind_prefix) = match f.kind.as_deref() {
-            Some(k) if k.ends_with('.') => (None, Some(format!("{}%", k.replace('%', "").replace('_', "\\_")))),
-            Some(k) => (Some(k.to_owned()), None),
-            None => (None, None),
-        };
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, kind, severity, target, source_ip, details FROM audit \
-             WHERE ($1::int8 IS NULL OR at >= $1) AND ($2::text IS NULL OR target = $2) \
-             AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR kind LIKE $4 ESCAPE '\\') \
-             AND ($5::int8 IS NULL OR seq < $5) ORDER BY seq DESC LIMIT $6",
-        )
-        .bind(f.since.map(ts))
-        .bind(&f.target)
-        .bind(kind_exact)
-        .bind(kind_prefix)
-        .bind(f.before_seq)
-        .bind(i64::from(f.limit.clamp(1, 1000)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(g)?;
-        rows.iter()
-            .map(|r| {
-                let severity = match r.try_get::<String, _>("severity").map_err(g)?.as_str() {
-                    "high" => Severity::High,
-                    "warning" => Severity::Warning,
-                    _ => Severity::Info,
-                };
-                let details: String = r.try_get("details").map_err(g)?;
-                Ok(AuditEvent {
-                    seq: r.try_get("seq").map_err(g)?,
-                    at: from_ts(r.try_get("at").map_err(g)?)?,
-                    actor: r.try_get("actor").map_err(g)?,
-                    kind: r.try_get("kind").map_err(g)?,
-                    severity,
-                    target: r.try_get("target").map_err(g)?,
-                    source_ip: r.try_get("source_ip").map_err(g)?,
-                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect()
+        sql::all(&self.pool, sql::audit(f), rows::audit_from_row).await
     }
 
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -865,11 +514,8 @@ impl Store for PgStore {
     }
 
     async fn count_legacy_keys(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE legacy = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(g)?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let row = sql::count_legacy_keys().fetch_one(&self.pool).await.map_err(g)?;
+        Ok(u64::try_from(row.int("n")?).unwrap_or(0))
     }
 
     async fn usage(
@@ -878,65 +524,25 @@ impl Store for PgStore {
         app_id: Option<&str>,
         since_minute: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key_id, app_id, minute, outcome, count FROM usage \
-             WHERE minute >= $1 AND ($2::text IS NULL OR key_id = $2) AND ($3::text IS NULL OR app_id = $3) \
-             ORDER BY minute, key_id, outcome LIMIT 100000",
+        sql::all(
+            &self.pool,
+            sql::usage(key_id, app_id, since_minute),
+            rows::usage_from_row,
         )
-        .bind(since_minute)
-        .bind(key_id)
-        .bind(app_id)
-        .fetch_all(&self.pool)
         .await
-        .map_err(g)?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsageRow {
-                    key_id: r.try_get("key_id").map_err(g)?,
-                    app_id: r.try_get("app_id").map_err(g)?,
-                    minute: r.try_get("minute").map_err(g)?,
-                    outcome: r.try_get("outcome").map_err(g)?,
-                    count: u64::try_from(r.try_get::<i64, _>("count").map_err(g)?).unwrap_or(0),
-                })
-            })
-            .collect()
     }
 
     async fn create_client(&self, c: &ClientRecord, secret: Option<(&Digest, &str)>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO clients (id, app_id, name, scopes, auth_method, jwks, token_ttl, options, policy, created_at, \
-             disabled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&c.id)
-        .bind(&c.app_id)
-        .bind(&c.name)
-        .bind(scopes_json(&c.scopes))
-        .bind(c.auth_method.as_str())
-        .bind(c.jwks.as_ref().map(|j| j.to_string()))
-        .bind(i64::from(c.token_ttl))
-        .bind(serde_json::to_string(&c.options).unwrap_or_else(|_| "{}".into()))
-        .bind(policy_json(&c.policy))
-        .bind(ts(c.created_at))
-        .bind(c.disabled_at.map(ts))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match StoreError::from_sqlx(e) {
-            StoreError::NotFound(_) => StoreError::NotFound("app"),
-            other => other,
-        })?;
-        if let Some((digest, hint)) = secret {
-            sqlx::query(
-                "INSERT INTO client_secrets (client_id, digest, hint, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, NULL)",
-            )
-            .bind(&c.id)
-            .bind(&digest.as_bytes()[..])
-            .bind(hint)
-            .bind(ts(c.created_at))
+        sql::insert_client(c)
             .execute(&mut *tx)
             .await
-            .map_err(g)?;
+            .map_err(sql::client_insert_error)?;
+        if let Some((digest, hint)) = secret {
+            sql::insert_client_secret(&c.id, digest, hint, c.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(g)?;
         }
         notify(&mut tx, &self.channel, &Change::Client(c.id.clone())).await?;
         tx.commit().await.map_err(g)?;
@@ -944,45 +550,16 @@ impl Store for PgStore {
     }
 
     async fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {CLIENT_COLUMNS} FROM clients c JOIN apps a ON a.id = c.app_id WHERE c.id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(g)?;
-        row.as_ref().map(client_from_row).transpose()
+        sql::optional(&self.pool, sql::client_by_id(id), rows::client_from_row).await
     }
 
     async fn list_clients(&self, app_id: Option<&str>) -> Result<Vec<ClientRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CLIENT_COLUMNS} FROM clients c JOIN apps a ON a.id = c.app_id \
-             WHERE ($1::text IS NULL OR c.app_id = $1) ORDER BY c.created_at, c.id"
-        ))
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(g)?;
-        rows.iter().map(client_from_row).collect()
+        sql::all(&self.pool, sql::clients(app_id), rows::client_from_row).await
     }
 
     async fn update_client(&self, c: &ClientRecord) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE clients SET name = $1, scopes = $2, jwks = $3, token_ttl = $4, options = $5, policy = $6, \
-             disabled_at = $7 WHERE id = $8",
-        )
-        .bind(&c.name)
-        .bind(scopes_json(&c.scopes))
-        .bind(c.jwks.as_ref().map(|j| j.to_string()))
-        .bind(i64::from(c.token_ttl))
-        .bind(serde_json::to_string(&c.options).unwrap_or_else(|_| "{}".into()))
-        .bind(policy_json(&c.policy))
-        .bind(c.disabled_at.map(ts))
-        .bind(&c.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(g)?;
+        let done = sql::update_client(c).execute(&mut *tx).await.map_err(g)?;
         if done.rows_affected() > 0 {
             notify(&mut tx, &self.channel, &Change::Client(c.id.clone())).await?;
         }
@@ -992,16 +569,8 @@ impl Store for PgStore {
 
     async fn delete_client(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM client_secrets WHERE client_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(g)?;
-        let done = sqlx::query("DELETE FROM clients WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(g)?;
+        sql::delete_client_secrets(id).execute(&mut *tx).await.map_err(g)?;
+        let done = sql::delete_client(id).execute(&mut *tx).await.map_err(g)?;
         if done.rows_affected() > 0 {
             notify(&mut tx, &self.channel, &Change::Client(id.to_owned())).await?;
         }
@@ -1014,28 +583,12 @@ impl Store for PgStore {
         id: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<(Digest, ClientSecretInfo)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT digest, hint, created_at, expires_at FROM client_secrets \
-             WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at",
+        sql::all(
+            &self.pool,
+            sql::live_client_secrets(id, now),
+            rows::client_secret_from_row,
         )
-        .bind(id)
-        .bind(ts(now))
-        .fetch_all(&self.pool)
         .await
-        .map_err(g)?;
-        rows.iter()
-            .map(|r| {
-                let d: Vec<u8> = r.try_get("digest").map_err(g)?;
-                Ok((
-                    digest_from(&d)?,
-                    ClientSecretInfo {
-                        hint: r.try_get("hint").map_err(g)?,
-                        created_at: from_ts(r.try_get("created_at").map_err(g)?)?,
-                        expires_at: opt_ts(r.try_get("expires_at").map_err(g)?)?,
-                    },
-                ))
-            })
-            .collect()
     }
 
     async fn rotate_client_secret(
@@ -1047,36 +600,27 @@ impl Store for PgStore {
         old_until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        // Row lock on the client: concurrent rotations of one client run one after the other.
         let exists = sqlx::query("SELECT 1 FROM clients WHERE id = $1 FOR UPDATE")
-            .bind(id)
+            .text(id)
             .fetch_optional(&mut *tx)
             .await
             .map_err(g)?;
         if exists.is_none() {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM client_secrets WHERE client_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2")
-            .bind(id)
-            .bind(ts(now))
+        sql::delete_expired_client_secrets(id, now)
             .execute(&mut *tx)
             .await
             .map_err(g)?;
-        sqlx::query("UPDATE client_secrets SET expires_at = LEAST(COALESCE(expires_at, $1), $1) WHERE client_id = $2")
-            .bind(ts(old_until))
-            .bind(id)
+        sql::cap_client_secrets(id, old_until)
             .execute(&mut *tx)
             .await
             .map_err(g)?;
-        sqlx::query(
-            "INSERT INTO client_secrets (client_id, digest, hint, created_at, expires_at) VALUES ($1, $2, $3, $4, NULL)",
-        )
-        .bind(id)
-        .bind(&digest.as_bytes()[..])
-        .bind(hint)
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(g)?;
+        sql::insert_client_secret(id, digest, hint, now)
+            .execute(&mut *tx)
+            .await
+            .map_err(g)?;
         notify(&mut tx, &self.channel, &Change::Client(id.to_owned())).await?;
         tx.commit().await.map_err(g)?;
         Ok(true)
@@ -1084,36 +628,14 @@ impl Store for PgStore {
 
     async fn add_signing_key(&self, k: &SigningKeyRow) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, public_jwk, private_sealed, created_at, active_at, retired_at, \
-             remove_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&k.kid)
-        .bind(&k.alg)
-        .bind(k.public_jwk.to_string())
-        .bind(&k.private_sealed)
-        .bind(ts(k.created_at))
-        .bind(ts(k.active_at))
-        .bind(k.retired_at.map(ts))
-        .bind(k.remove_after.map(ts))
-        .execute(&mut *tx)
-        .await
-        .map_err(g)?;
+        sql::insert_signing_key(k).execute(&mut *tx).await.map_err(g)?;
         notify(&mut tx, &self.channel, &Change::SigningKeys).await?;
         tx.commit().await.map_err(g)?;
         Ok(())
     }
 
     async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, alg, public_jwk, private_sealed, created_at, active_at, retired_at, remove_after \
-             FROM signing_keys WHERE remove_after IS NULL OR remove_after > $1 ORDER BY created_at, kid",
-        )
-        .bind(ts(now))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(g)?;
-        rows.iter().map(signing_key_from_row).collect()
+        sql::all(&self.pool, sql::signing_keys(now), rows::signing_key_from_row).await
     }
 
     async fn retire_signing_key(
@@ -1123,16 +645,10 @@ impl Store for PgStore {
         remove_after: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE signing_keys SET retired_at = COALESCE(retired_at, $1), remove_after = COALESCE(remove_after, $2) \
-             WHERE kid = $3",
-        )
-        .bind(ts(at))
-        .bind(ts(remove_after))
-        .bind(kid)
-        .execute(&mut *tx)
-        .await
-        .map_err(g)?;
+        let done = sql::retire_signing_key(kid, at, remove_after)
+            .execute(&mut *tx)
+            .await
+            .map_err(g)?;
         if done.rows_affected() > 0 {
             notify(&mut tx, &self.channel, &Change::SigningKeys).await?;
         }
@@ -1142,13 +658,10 @@ impl Store for PgStore {
 
     async fn revoke_token(&self, jti: &str, expires_at: OffsetDateTime) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let done =
-            sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
-                .bind(jti)
-                .bind(ts(expires_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(g)?;
+        let done = sql::insert_revoked_token(jti, expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(g)?;
         if done.rows_affected() > 0 {
             notify(&mut tx, &self.channel, &Change::TokenRevoked).await?;
         }
@@ -1157,63 +670,31 @@ impl Store for PgStore {
     }
 
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
-        let rows = sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1")
-            .bind(ts(now))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(g)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("jti").map_err(g)?,
-                    from_ts(r.try_get("expires_at").map_err(g)?)?,
-                ))
-            })
-            .collect()
+        sql::all(&self.pool, sql::revoked_tokens(now), rows::revoked_token_from_row).await
     }
 
     async fn create_admin_token(&self, t: &AdminTokenRecord, digest: &Digest) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO admin_tokens (id, name, role, digest, hint, created_at, expires_at, revoked_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&t.id)
-        .bind(&t.name)
-        .bind(&t.role)
-        .bind(&digest.as_bytes()[..])
-        .bind(&t.hint)
-        .bind(ts(t.created_at))
-        .bind(t.expires_at.map(ts))
-        .bind(t.revoked_at.map(ts))
-        .bind(&t.created_by)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match StoreError::from_sqlx(e) {
-            StoreError::Conflict(_) => StoreError::Conflict("an admin token with this name already exists".into()),
-            other => other,
-        })?;
+        sql::insert_admin_token(t, digest)
+            .execute(&self.pool)
+            .await
+            .map_err(sql::admin_token_insert_error)?;
         Ok(())
     }
 
     async fn admin_token_by_digest(&self, digest: &Digest) -> Result<Option<(AdminTokenRecord, Digest)>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE digest = $1"
-        ))
-        .bind(&digest.as_bytes()[..])
-        .fetch_optional(&self.pool)
+        sql::optional(
+            &self.pool,
+            sql::admin_token_by_digest(digest),
+            rows::admin_token_from_row,
+        )
         .await
-        .map_err(StoreError::from_sqlx)?;
-        row.as_ref().map(admin_token_from_row).transpose()
     }
 
     async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
+        sql::all(&self.pool, sql::admin_tokens(), |r| {
+            rows::admin_token_from_row(r).map(|(t, _)| t)
+        })
         .await
-        .map_err(StoreError::from_sqlx)?;
-        rows.iter().map(|r| admin_token_from_row(r).map(|(t, _)| t)).collect()
     }
 
     async fn revoke_admin_token(
@@ -1221,20 +702,14 @@ impl Store for PgStore {
         id_or_name: &str,
         at: OffsetDateTime,
     ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        sqlx::query("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 OR name = $2")
-            .bind(ts(at))
-            .bind(id_or_name)
+        sql::revoke_admin_token(id_or_name, at)
             .execute(&self.pool)
             .await
-            .map_err(StoreError::from_sqlx)?;
-        let row = sqlx::query(&format!(
-            "SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE id = $1 OR name = $1 ORDER BY id LIMIT 1"
-        ))
-        .bind(id_or_name)
-        .fetch_optional(&self.pool)
+            .map_err(g)?;
+        sql::optional(&self.pool, sql::admin_token_by_id_or_name(id_or_name), |r| {
+            rows::admin_token_from_row(r).map(|(t, _)| t)
+        })
         .await
-        .map_err(StoreError::from_sqlx)?;
-        Ok(row.as_ref().map(admin_token_from_row).transpose()?.map(|(t, _)| t))
     }
 
     async fn remember_jti(
@@ -1251,10 +726,10 @@ impl Store for PgStore {
              ON CONFLICT (scope, jti) DO UPDATE SET expires_at = excluded.expires_at \
              WHERE seen_jtis.expires_at <= $4",
         )
-        .bind(scope)
-        .bind(jti)
-        .bind(ts(expires_at))
-        .bind(ts(now))
+        .text(scope)
+        .text(jti)
+        .ts(expires_at)
+        .ts(now)
         .execute(&self.pool)
         .await
         .map_err(g)?;

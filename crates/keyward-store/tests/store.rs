@@ -1176,3 +1176,254 @@ async fn the_cache_serves_known_records_while_the_store_is_unavailable_only() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(matches!(cache.lookup(&digest(80)).await.unwrap(), Lookup::Unknown));
 }
+
+// ---- Row mapping and the statements both backends share -----------------------------------
+
+/// What the shared statements and row mapping must do that the suites above do not pin down.
+async fn shared_statements_suite(store: Arc<dyn Store>) {
+    let a = app("app_s", "shared", 0);
+    store.create_app(&a).await.unwrap();
+
+    // Legacy keys are counted, revoked ones too.
+    assert_eq!(store.count_legacy_keys().await.unwrap(), 0);
+    let mut legacy = key("key_l", &a, 1);
+    legacy.lifecycle.legacy = true;
+    store.create_key(&legacy, &digest(150)).await.unwrap();
+    store.create_key(&key("key_n", &a, 2), &digest(151)).await.unwrap();
+    assert_eq!(store.count_legacy_keys().await.unwrap(), 1);
+    store.revoke_key("key_l", t(3)).await.unwrap().unwrap();
+    assert_eq!(store.count_legacy_keys().await.unwrap(), 1);
+
+    // Every column of a key survives the round trip, NULLs and flags included.
+    let mut full = key("key_f", &a, 4);
+    full.name = None;
+    full.env = KeyEnv::Test;
+    full.expires_at = None;
+    full.lifecycle.canary = true;
+    full.lifecycle.exchange_only = true;
+    full.lifecycle.disabled_at = Some(t(5));
+    full.lifecycle.rotated_from = Some("key_old".into());
+    store.create_key(&full, &digest(152)).await.unwrap();
+    assert_eq!(
+        store.key_with_digest("key_f").await.unwrap(),
+        Some((full.clone(), digest(152)))
+    );
+
+    // A successor is stored linked to the old key and never revoked, disabled, canary or
+    // legacy, whatever the record handed in says.
+    let mut succ = key("key_s", &a, 10);
+    succ.revoked_at = Some(t(10));
+    succ.lifecycle.disabled_at = Some(t(10));
+    succ.lifecycle.canary = true;
+    succ.lifecycle.legacy = true;
+    succ.lifecycle.exchange_only = true;
+    store
+        .rotate_key("key_n", &succ, &digest(153), t(100), t(10))
+        .await
+        .unwrap();
+    let (s, d) = store.key_with_digest("key_s").await.unwrap().unwrap();
+    assert_eq!(d, digest(153));
+    assert_eq!(s.revoked_at, None);
+    assert_eq!(s.lifecycle.disabled_at, None);
+    assert!(!s.lifecycle.canary && !s.lifecycle.legacy);
+    assert!(s.lifecycle.exchange_only, "exchange_only is inherited");
+    assert_eq!(s.lifecycle.rotated_from.as_deref(), Some("key_n"));
+    assert_eq!(store.count_legacy_keys().await.unwrap(), 1);
+
+    // Audit: the sequence number answered is the stored one; a kind prefix is a prefix
+    // (its `_` is not a wildcard); all columns round-trip.
+    let ev = |kind: &str, at: i64| AuditEvent {
+        seq: 0,
+        at: t(at),
+        actor: "cli".into(),
+        kind: kind.into(),
+        severity: Severity::Warning,
+        target: None,
+        source_ip: Some("192.0.2.1".into()),
+        details: serde_json::json!({"k": [1, "two"]}),
+    };
+    let s1 = store.append_audit(&ev("x_y.one", 20)).await.unwrap();
+    let s2 = store.append_audit(&ev("xzy.two", 21)).await.unwrap();
+    let listed = store
+        .list_audit(&AuditFilter {
+            kind: Some("x_y.".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed,
+        vec![AuditEvent {
+            seq: s1,
+            ..ev("x_y.one", 20)
+        }]
+    );
+    let listed = store
+        .list_audit(&AuditFilter {
+            kind: Some("xzy.two".into()),
+            since: Some(t(21)),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![s2]);
+
+    // A second secret rotation keeps an earlier expiry and caps a later one.
+    let client = ClientRecord {
+        id: "cl_s".into(),
+        app_id: a.id.clone(),
+        app_name: a.name.clone(),
+        name: None,
+        scopes: vec![],
+        auth_method: ClientAuthMethod::ClientSecretPost,
+        jwks: Some(serde_json::json!({"keys": [{"kty": "OKP"}]})),
+        token_ttl: 90,
+        options: Default::default(),
+        policy: Default::default(),
+        created_at: t(0),
+        disabled_at: None,
+    };
+    store.create_client(&client, Some((&digest(160), "one"))).await.unwrap();
+    assert_eq!(store.get_client("cl_s").await.unwrap(), Some(client.clone()));
+    assert!(store
+        .rotate_client_secret("cl_s", &digest(161), "two", t(10), t(50))
+        .await
+        .unwrap());
+    assert!(store
+        .rotate_client_secret("cl_s", &digest(162), "three", t(20), t(40))
+        .await
+        .unwrap());
+    let expiries: Vec<_> = store
+        .client_secrets("cl_s", t(20))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(d, i)| (d, i.hint, i.expires_at))
+        .collect();
+    assert_eq!(
+        expiries,
+        vec![
+            (digest(160), "one".to_owned(), Some(t(40))),
+            (digest(161), "two".to_owned(), Some(t(40))),
+            (digest(162), "three".to_owned(), None),
+        ]
+    );
+    assert!(store
+        .rotate_client_secret("cl_s", &digest(163), "four", t(30), t(60))
+        .await
+        .unwrap());
+    let kept: Vec<_> = store
+        .client_secrets("cl_s", t(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(d, i)| (d, i.expires_at))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (digest(160), Some(t(40))),
+            (digest(161), Some(t(40))),
+            (digest(162), Some(t(60))),
+            (digest(163), None),
+        ],
+        "an earlier expiry is kept, no expiry becomes the grace end"
+    );
+}
+
+/// Writes key rows the store would never write, straight into the database.
+enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Pg(sqlx::PgPool),
+}
+
+impl Raw {
+    async fn key_row(&self, id: &str, digest: &[u8], scopes: &str, policy: &str, created_at: i64) {
+        let sql = "INSERT INTO keys (id, app_id, digest, hint, env, scopes, created_at, policy) \
+                   VALUES ($1, 'app_c', $2, 'kw_test_…', 'test', $3, $4, $5)";
+        match self {
+            Raw::Sqlite(pool) => sqlx::query(sql)
+                .bind(id)
+                .bind(digest)
+                .bind(scopes)
+                .bind(created_at)
+                .bind(policy)
+                .execute(pool)
+                .await
+                .map(|_| ()),
+            Raw::Pg(pool) => sqlx::query(sql)
+                .bind(id)
+                .bind(digest)
+                .bind(scopes)
+                .bind(created_at)
+                .bind(policy)
+                .execute(pool)
+                .await
+                .map(|_| ()),
+        }
+        .unwrap();
+    }
+}
+
+/// Rows that cannot be read are `store_corrupt` errors that quote nothing of the row: no
+/// panic, no partial record.
+async fn corrupt_rows_suite(store: Arc<dyn Store>, raw: Raw) {
+    store.create_app(&app("app_c", "corrupt", 0)).await.unwrap();
+    let good = [1u8; 32];
+    let cases: [(&str, &[u8], &str, &str, i64); 6] = [
+        ("key_c1", &[2u8; 31], r#"["a"]"#, "{}", 0),
+        ("key_c2", &[3u8; 32], "not json", "{}", 0),
+        ("key_c3", &[4u8; 32], r#"["bad scope"]"#, "{}", 0),
+        ("key_c4", &[5u8; 32], r#"["a"]"#, "{", 0),
+        ("key_c5", &[6u8; 32], r#"["a"]"#, "{}", i64::MAX),
+        ("key_c6", &[], r#"{"a": 1}"#, "[", -1),
+    ];
+    for (id, digest, scopes, policy, created_at) in cases {
+        raw.key_row(id, digest, scopes, policy, created_at).await;
+        let e = store.get_key(id).await.unwrap_err();
+        assert_eq!(e.code(), "store_corrupt", "{id}: {e}");
+        let shown = e.to_string();
+        assert!(
+            !shown.contains("bad scope") && !shown.contains("not json"),
+            "{id}: {shown}"
+        );
+    }
+    assert_eq!(
+        store.list_keys(Some("app_c")).await.unwrap_err().code(),
+        "store_corrupt"
+    );
+    raw.key_row("key_c7", &good, r#"["a"]"#, "{}", 0).await;
+    let (k, d) = store.key_by_digest(&Digest(good)).await.unwrap().unwrap();
+    assert_eq!(
+        (k.id.as_str(), d),
+        ("key_c7", Digest(good)),
+        "a sound row next to them reads"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_shared_statements_and_corrupt_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    shared_statements_suite(store.clone()).await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    corrupt_rows_suite(store, Raw::Sqlite(pool)).await;
+}
+
+#[tokio::test]
+async fn postgres_shared_statements_and_corrupt_rows() {
+    let Some(schema) = PgSchema::new("shared").await else {
+        return;
+    };
+    let pg = schema.open().await;
+    let raw = Raw::Pg(pg.pool().clone());
+    let store: Arc<dyn Store> = Arc::new(pg);
+    shared_statements_suite(store.clone()).await;
+    corrupt_rows_suite(store, raw).await;
+    schema.drop_now().await;
+}

@@ -48,6 +48,10 @@ pub enum TokenError {
     /// `nbf` or `iat` lies in the future (beyond the leeway).
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// The token was revoked (RFC 7009) before it expired. Never returned by [`verify`]: the
+    /// denylist is the token service's.
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 impl TokenError {
@@ -64,6 +68,7 @@ impl TokenError {
             Self::WrongAudience => "wrong_audience",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
+            Self::Revoked => "revoked",
         }
     }
 }

@@ -230,6 +230,7 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
         println!();
         println!("  gateway    {gw}");
         println!("  admin API  {admin_url}   (token: {admin_token})");
+        println!("  console    {admin_url}/console/   (open it in a browser; sign in with the admin token above)");
         println!("  upstream   http://{upstream_addr}   (the cat-facts API, reachable only through the gateway in real life)");
         println!("  web page   {site_origin}/   (open it in a browser: a publishable key, and short-lived tokens from its backend)");
         println!(
@@ -308,6 +309,8 @@ pub async fn run(listen: Option<SocketAddr>, json_out: bool) -> Result<()> {
         println!("  export KEYWARD_ADMIN_URL={admin_url} KEYWARD_ADMIN_TOKEN={admin_token}");
         println!("  keyward key list");
         println!("  keyward key revoke <id>      # the next request with that key gets 401");
+        println!();
+        println!("  # or in a browser: {admin_url}/console/ (sign in with the KEYWARD_ADMIN_TOKEN above)");
         println!();
         println!("Press Ctrl-C to stop; the temporary store is deleted.");
     }

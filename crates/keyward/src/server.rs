@@ -239,7 +239,7 @@ pub async fn start_on(
         Arc::new(AdminState::new(engine.clone(), AdminToken::new(secrets.admin_token)).with_routes(admin_routes));
     let admin = admin_router(admin_state.clone())
         .merge(keyward_edge::verify::verify_api(verify_state.clone()))
-        .merge(keyward_edge::ops::admin_ops(
+        .merge(keyward_edge::admin::ops_routes(
             gateway_state.clone(),
             admin_state,
             cfg.metrics.public,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use keyward_core::model::{AuditEvent, AuditFilter, UsageRow};
 use keyward_core::when::{parse_duration, parse_instant};
@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::{engine_err, AdminState};
 use crate::problem::Problem;
+use crate::strict::StrictQuery;
 
 /// `since` as a duration back from now (`24h`) or an RFC 3339 instant.
 fn parse_since(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Problem> {
@@ -58,9 +59,8 @@ pub(crate) struct AuditPage {
 
 pub(crate) async fn list_audit(
     State(st): State<Arc<AdminState>>,
-    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::bad_request("invalid_query", "limit must be from 1 to 1000"));
@@ -160,9 +160,8 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 pub(crate) async fn usage(
     State(st): State<Arc<AdminState>>,
-    q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<UsageQuery>,
 ) -> Result<Json<UsageReport>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
     let (bucket, width) = match q.bucket.as_deref() {
         None | Some("minute") => ("minute", 1),
         Some("hour") => ("hour", 60),

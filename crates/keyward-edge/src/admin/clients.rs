@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::keys::optional_body;
 use super::{actor, allowlist, engine_err, invalid, AdminState, StrictJson};
 use crate::problem::Problem;
+use crate::strict::StrictQuery;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,9 +194,8 @@ pub(crate) struct ClientFilter {
 
 pub(crate) async fn list_clients(
     State(st): State<Arc<AdminState>>,
-    q: Result<Query<ClientFilter>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<ClientFilter>,
 ) -> Result<Json<super::Page<ClientView>>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
     if let Some(s) = q.state.as_deref() {
         if s != "active" && s != "disabled" {
             return Err(super::page::bad_query("state: active or disabled"));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{actor, allowlist, double, engine_err, invalid, AdminState, List, StrictJson, UpdatePolicy};
 use crate::problem::Problem;
+use crate::strict::StrictQuery;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,9 +291,8 @@ pub(crate) struct KeyFilter {
 
 pub(crate) async fn list_keys(
     State(st): State<Arc<AdminState>>,
-    q: Result<Query<KeyFilter>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<KeyFilter>,
 ) -> Result<Json<super::Page<KeyView>>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
     let state = match q.state.as_deref() {
         None => None,
         Some(s @ ("active" | "disabled" | "expired" | "revoked")) => Some(s.to_owned()),

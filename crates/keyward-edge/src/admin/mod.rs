@@ -3,11 +3,12 @@
 //!
 //! Authentication: the bootstrap token of the configuration (compared in constant time) has
 //! every right; scoped tokens (`kwadm_…`, stored as digests) have the role `read` (GET only)
-//! or `write` (everything but managing admin tokens). The audit log names the token's actor.
+//! or `write` (everything but managing admin tokens). The audit log names the token's actor;
+//! `GET /v1/session` tells the caller its role.
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,10 +19,8 @@ use keyward_core::secret::{ct_eq, SecretString};
 use keyward_core::AppRecord;
 use keyward_engine::admin_tokens::AdminRole;
 use keyward_engine::Engine;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::body::BodyFailure;
 use crate::gateway::Route;
 use crate::problem::{self, Problem};
 
@@ -31,6 +30,7 @@ mod console;
 mod keys;
 pub mod openapi;
 mod page;
+mod session;
 mod signing;
 mod tokens;
 
@@ -61,8 +61,7 @@ pub(crate) fn actor() -> String {
         .unwrap_or_else(|_| ACTOR.to_owned())
 }
 
-/// Largest admin request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+pub use crate::strict::{StrictJson, StrictQuery, MAX_BODY};
 
 /// The admin bearer token (from the environment or a 0600 file).
 #[derive(Clone)]
@@ -108,6 +107,7 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps/{app}/disable", post(disable_app))
         .route("/v1/apps/{app}/enable", post(enable_app))
         .route("/v1/routes", get(list_routes))
+        .route("/v1/session", get(session::show))
         .route("/v1/admin-tokens", post(tokens::create_token).get(tokens::list_tokens))
         .route("/v1/admin-tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/v1/keys", post(create_key).get(list_keys))
@@ -154,6 +154,18 @@ async fn method_not_allowed() -> Problem {
         "Method Not Allowed",
     )
     .detail("this endpoint does not accept this method")
+}
+
+/// The admin listener's operations routes: the probes, and `/metrics` behind an admin token
+/// (any role) unless `public`.
+pub fn ops_routes(gateway: Arc<crate::GatewayState>, admin: Arc<AdminState>, public: bool) -> Router {
+    let metrics = crate::ops::public_metrics(gateway.clone());
+    let metrics = if public {
+        metrics
+    } else {
+        metrics.route_layer(middleware::from_fn_with_state(admin, require_admin))
+    };
+    crate::ops::probes(gateway).merge(metrics)
 }
 
 pub(crate) async fn require_admin(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
@@ -211,72 +223,6 @@ fn unauthorized(detail: &str) -> Response {
             header::HeaderValue::from_static("Bearer realm=\"keyward-admin\""),
         )
         .into_response()
-}
-
-/// A JSON body: `application/json`, at most [`MAX_BODY`] bytes, unknown fields refused.
-pub struct StrictJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let ct_ok = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                let essence = v.split(';').next().unwrap_or("").trim();
-                essence.eq_ignore_ascii_case("application/json")
-            })
-            .unwrap_or(false);
-        if !ct_ok {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Unsupported Media Type",
-            )
-            .detail("send the body as application/json"));
-        }
-        // A declared length over the limit is refused before a byte of the body is read.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
-                    .detail(format!("the body must be at most {MAX_BODY} bytes")),
-            );
-        }
-        let bytes = match axum::body::Bytes::from_request(req, state).await {
-            Ok(b) => b,
-            Err(r) => {
-                return Err(match crate::body::failure(&r) {
-                    BodyFailure::TooLarge => {
-                        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Payload Too Large")
-                            .detail(format!("the body must be at most {MAX_BODY} bytes"))
-                    }
-                    BodyFailure::TimedOut => problem::body_timeout(),
-                    BodyFailure::Invalid => {
-                        Problem::new(StatusCode::BAD_REQUEST, "invalid_body", "Invalid Request Body")
-                            .detail("the request body could not be read")
-                    }
-                })
-            }
-        };
-        serde_json::from_slice(&bytes).map(StrictJson).map_err(|e| {
-            let status = if e.is_data() {
-                StatusCode::UNPROCESSABLE_ENTITY
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            let msg = e.to_string();
-            // serde messages name fields and types; cap them so nothing large is echoed back.
-            let msg: String = msg.chars().take(200).collect();
-            Problem::new(status, "invalid_body", "Invalid Request Body").detail(msg)
-        })
-    }
 }
 
 pub(crate) fn invalid(field: &str, msg: impl std::fmt::Display) -> Problem {
@@ -383,9 +329,8 @@ pub(crate) struct AppFilter {
 
 async fn list_apps(
     State(st): State<Arc<AdminState>>,
-    q: Result<Query<AppFilter>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<AppFilter>,
 ) -> Result<Json<Page<AppRecord>>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
     let text = query_text(q.q.as_deref())?;
     let apps: Vec<AppRecord> = st
         .engine
@@ -510,9 +455,8 @@ pub(crate) struct ListQuery {
 
 async fn list_routes(
     State(st): State<Arc<AdminState>>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Json<Page<RouteView>>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
     let items: Vec<RouteView> = st
         .routes
         .iter()

@@ -20,6 +20,7 @@ use super::audit::{AuditQuery, UsageQuery, UsageReport};
 use super::clients::ClientFilter;
 use super::keys::KeyFilter;
 use super::page::Page;
+use super::session::SessionView;
 use super::tokens::{CreateToken, CreatedToken, TokenView};
 use super::{AppFilter, AppSwitch, ListQuery, RouteView};
 
@@ -87,6 +88,8 @@ pub(crate) struct Key {
     last_used_at: Option<String>,
     /// `active`, `disabled`, `expired` or `revoked`.
     state: String,
+    /// `secret` or `publishable`.
+    kind: String,
 }
 
 #[derive(ToSchema)]
@@ -474,6 +477,9 @@ fn usage() {}
 #[utoipa::path(get, path = "/v1/routes", tag = "routes", params(ListQuery),
     responses((status = 200, description = "The gateway's routes, as configured (read-only)", body = Page<RouteView>)))]
 fn list_routes() {}
+#[utoipa::path(get, path = "/v1/session", tag = "session",
+    responses((status = 200, description = "The caller's role and what it may do (any admin token)", body = SessionView)))]
+fn show_session() {}
 
 #[utoipa::path(post, path = "/v1/admin-tokens", tag = "admin tokens", request_body = CreateToken,
     responses((status = 201, description = "The token record and the token, shown once (bootstrap token only)", body = CreatedToken)))]
@@ -509,7 +515,7 @@ fn healthz() {}
         disable_key, enable_key,
         create_client, list_clients, show_client, delete_client, disable_client, enable_client, rotate_secret,
         list_signing_keys, rotate_signing_key, retire_signing_key,
-        list_audit, usage, list_routes,
+        list_audit, usage, list_routes, show_session,
         create_admin_token, list_admin_tokens, revoke_admin_token,
         verify, healthz,
     ),
@@ -602,6 +608,7 @@ mod tests {
             "/v1/audit",
             "/v1/usage",
             "/v1/routes",
+            "/v1/session",
             "/v1/admin-tokens",
             "/v1/admin-tokens/{id}/revoke",
             "/v1/verify",

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{actor, engine_err, invalid, paginate, AdminState, ListQuery, Page, StrictJson};
 use crate::problem::Problem;
+use crate::strict::StrictQuery;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -106,9 +107,8 @@ pub(crate) async fn create_token(
 
 pub(crate) async fn list_tokens(
     State(st): State<Arc<AdminState>>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Json<Page<TokenView>>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
     let now = st.engine.now();
     let all = st.engine.list_admin_tokens().await.map_err(engine_err)?;
     let page = paginate(

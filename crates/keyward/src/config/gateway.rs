@@ -194,6 +194,7 @@ impl Config {
             publishable: r.publishable,
             cors,
             audience: r.audience.clone().unwrap_or_else(|| self.oauth.audience.clone()),
+            options: Default::default(),
         })
     }
 }

@@ -369,3 +369,78 @@ async fn disabling_an_app_switches_off_its_keys_and_clients_until_enabled() {
     let (s, _) = kw.admin(Method::POST, "/v1/apps/nope/disable", None).await;
     assert_eq!(s, 404);
 }
+
+/// Issue 22 point 2: `GET /v1/session` tells each admin token its role (the console offers only
+/// what the role allows); bad tokens and queries are refused, never a 5xx, never the token.
+#[tokio::test]
+async fn session_tells_each_token_its_role() {
+    let kw = boot().await;
+    let (s, v) = kw.admin(Method::GET, "/v1/session", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"role": "admin", "actor": "admin", "can_write": true, "can_manage_admin_tokens": true})
+    );
+    let mut tokens = vec![];
+    for (name, role) in [("dashboards", "read"), ("ops", "write")] {
+        let (s, t) = kw
+            .admin(
+                Method::POST,
+                "/v1/admin-tokens",
+                Some(json!({"name": name, "role": role})),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        tokens.push(t["token"].as_str().unwrap().to_owned());
+    }
+    let (s, v) = call(&kw, &tokens[0], Method::GET, "/v1/session", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"role": "read", "actor": "admin:dashboards", "can_write": false, "can_manage_admin_tokens": false})
+    );
+    assert!(!v.to_string().contains(&tokens[0]));
+    let (s, v) = call(&kw, &tokens[1], Method::GET, "/v1/session", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"role": "write", "actor": "admin:ops", "can_write": true, "can_manage_admin_tokens": false})
+    );
+    // What the session says is what the server enforces.
+    let (s, _) = call(&kw, &tokens[0], Method::POST, "/v1/apps", Some(json!({"name": "x"}))).await;
+    assert_eq!(s, 403);
+    let (s, _) = call(&kw, &tokens[1], Method::POST, "/v1/apps", Some(json!({"name": "x"}))).await;
+    assert_eq!(s, 201);
+    let (s, _) = call(&kw, &tokens[1], Method::GET, "/v1/admin-tokens", None).await;
+    assert_eq!(s, 403);
+
+    // No token, a wrong one, a malformed header, an oversized one: 401 problem documents.
+    let url = format!("{}/v1/session", kw.admin);
+    let resp = kw.http.get(&url).send().await.unwrap();
+    problem(resp, 401, "admin_unauthorized").await;
+    let long = "x".repeat(8 * 1024);
+    for auth in [
+        "Bearer not-a-token",
+        "Bearer ",
+        "Basic YWRtaW46YWRtaW4=",
+        "bearer kwadm_0000000000000000000000000000000000000000000",
+        &format!("Bearer {long}"),
+    ] {
+        let resp = kw.http.get(&url).header("authorization", auth).send().await.unwrap();
+        let s = resp.status().as_u16();
+        assert_eq!(s, 401, "{}", &auth[..auth.len().min(40)]);
+    }
+    // Unknown query parameters are refused, as everywhere; other methods are not allowed.
+    let (s, p) = kw.admin(Method::GET, "/v1/session?role=admin", None).await;
+    assert_eq!(s, 400, "{p}");
+    assert_eq!(p["code"], "invalid_query");
+    for m in [Method::POST, Method::DELETE, Method::PATCH] {
+        let (s, _) = kw.admin(m.clone(), "/v1/session", Some(json!({"role": "admin"}))).await;
+        assert_eq!(s, 405, "{m}");
+    }
+    // A revoked token's session ends at once.
+    let (s, _) = kw.admin(Method::POST, "/v1/admin-tokens/dashboards/revoke", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = call(&kw, &tokens[0], Method::GET, "/v1/session", None).await;
+    assert_eq!(s, 401);
+}

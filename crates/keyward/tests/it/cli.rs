@@ -545,6 +545,62 @@ fn demo_json_runs_the_five_scenarios() {
     assert!(status.success());
 }
 
+/// Issue 22 point 6: the human output of `keyward demo` names the console and how to sign in,
+/// and both work as printed.
+#[test]
+fn demo_prints_the_console_and_how_to_sign_in() {
+    let mut c = Command::new(BIN);
+    c.args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let field = |label: &str| -> String {
+        text.lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{text}"))
+            .trim()
+            .to_owned()
+    };
+    let admin_line = field("admin API");
+    let admin = admin_line.split_whitespace().next().unwrap().to_owned();
+    let token = admin_line
+        .split("(token: ")
+        .nth(1)
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap()
+        .to_owned();
+    let console_line = field("console");
+    let url = console_line.split_whitespace().next().unwrap();
+    assert_eq!(url, format!("{admin}/console/"), "{text}");
+    assert!(console_line.contains("sign in with the admin token"), "{text}");
+    assert!(
+        text.contains(&format!("{admin}/console/ (sign in with the KEYWARD_ADMIN_TOKEN")),
+        "{text}"
+    );
+    // The printed URL serves the console, and the printed token signs in (with every right).
+    let http = reqwest::blocking_free::client();
+    assert_eq!(http(&admin, "/console/", &[]), 200);
+    let bearer = format!("Bearer {token}");
+    assert_eq!(http(&admin, "/v1/session", &[("authorization", &bearer)]), 200);
+    assert_eq!(http(&admin, "/v1/session", &[]), 401);
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 /// Minimal blocking HTTP helpers over a private runtime (the tests above are synchronous).
 mod reqwest {
     pub mod blocking_free {

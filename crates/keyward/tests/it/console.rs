@@ -1,6 +1,8 @@
 //! The web console (issue 8): served by the admin listener with strict headers, and driven
 //! end to end in headless Chromium by tests/console/run.mjs when `KEYWARD_TEST_CHROMIUM=1`
-//! (tests/console/setup.sh installs Debian's chromium and playwright-core).
+//! (tests/console/setup.sh installs Debian's chromium and playwright-core). Issue 22: nothing
+//! before sign-in, a read-only token offered no change, the keys table's kind, scopes, last use and
+//! rotation, the audit's source address, the usage chart's quiet minutes at 0, a 420 px window.
 
 use reqwest::Method;
 use serde_json::json;
@@ -59,13 +61,69 @@ async fn chromium_end_to_end() {
     }
     let kw = boot().await;
     // Traffic for the usage chart of one app: allowed and denied requests.
-    let (_, key) = kw.key("traffic", &["facts:read"], json!({})).await;
+    let (id, key) = kw.key("traffic", &["facts:read"], json!({})).await;
     for _ in 0..5 {
         assert_eq!(kw.get("/fact", &[("x-api-key", &key)]).await.status(), 200);
     }
     assert_eq!(kw.get("/facts", &[("x-api-key", &key)]).await.status(), 200);
     let (s, _) = kw.admin(Method::GET, "/v1/usage?app=traffic", None).await;
     assert_eq!(s, 200);
+    // Issue 22: two more requests three minutes later; the two minutes between had none, and
+    // the chart must show them as 0 (allowed per minute: 6, 0, 0, 2).
+    kw.clock.advance(time::Duration::minutes(3));
+    for _ in 0..2 {
+        assert_eq!(kw.get("/fact", &[("x-api-key", &key)]).await.status(), 200);
+    }
+    let (s, u) = kw.admin(Method::GET, "/v1/usage?app=traffic", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(u["totals"]["allowed"], 8, "{u}");
+    // Keys of every kind for the keys table (issue 22 point 3).
+    let (_, canary) = kw
+        .key("kinds", &["facts:read"], json!({"name": "trap", "canary": true}))
+        .await;
+    // (no scope: no test route is marked publishable)
+    kw.key(
+        "kinds",
+        &[],
+        json!({"name": "web", "kind": "publishable", "origins": ["https://cats.example"]}),
+    )
+    .await;
+    kw.key(
+        "kinds",
+        &["facts:read", "facts:write"],
+        json!({"name": "bff", "exchange_only": true}),
+    )
+    .await;
+    let (s, v) = kw
+        .admin(
+            Method::POST,
+            "/v1/keys/import",
+            Some(json!({"app": "kinds", "name": "old", "secret": "legacy-static-secret-0123456789ab", "scopes": ["facts:read"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // The canary used once: a security event with the caller's address in the audit log.
+    assert_eq!(kw.get("/fact", &[("x-api-key", &canary)]).await.status(), 401);
+    let mut seen = false;
+    for _ in 0..100 {
+        let (_, a) = kw.admin(Method::GET, "/v1/audit?kind=security.canary_used", None).await;
+        if a["items"][0]["source_ip"] == "127.0.0.1" {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the canary event reached the audit log");
+    // A read-only admin token (issue 22 point 2).
+    let (s, ro) = kw
+        .admin(
+            Method::POST,
+            "/v1/admin-tokens",
+            Some(json!({"name": "viewer", "role": "read"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{ro}");
+    let read_token = ro["token"].as_str().unwrap().to_owned();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let shots = root.join("target/console-screenshots");
     let out = tokio::process::Command::new("node")
@@ -74,6 +132,10 @@ async fn chromium_end_to_end() {
         .arg(ADMIN_TOKEN)
         .arg(&shots)
         .env("USAGE_APP", "traffic")
+        .env("USAGE_EXPECT", "6,0,0,2")
+        .env("KINDS_APP", "kinds")
+        .env("USED_KEY", &id)
+        .env("READ_TOKEN", &read_token)
         .output()
         .await
         .expect("node (tests/console/setup.sh installs what the harness needs)");

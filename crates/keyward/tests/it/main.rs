@@ -27,6 +27,8 @@ mod limits;
 mod mtls;
 mod oauth;
 mod ops;
+mod pipeline;
+mod proxy;
 mod scan;
 mod tls;
 mod verify;

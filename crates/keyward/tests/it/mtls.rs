@@ -243,6 +243,8 @@ async fn tls_client_auth_by_subject_dn_and_san() {
     .await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json_of(&body)["active"], true);
+    // RFC 8705 §3.2: the certificate binding is part of the answer.
+    assert_eq!(json_of(&body)["cnf"]["x5t#S256"], x5t(&billing.der).as_str());
 
     // A disabled client no longer authenticates.
     let (s, v) = kw

@@ -506,6 +506,19 @@ async fn sighup_reloads_routes_and_keeps_the_old_ones_when_the_new_file_is_broke
             .any(|l| l.contains("request finished") && l.contains("\"request_id\":\"trace-me-123\"")),
         "{logs}"
     );
+    // Who called what (issue 22.13): path, client address, app and key id, never the key.
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request finished") && l.contains("trace-me-123"))
+        .unwrap();
+    for field in [
+        "\"path\":\"/echo\"",
+        "\"client_ip\":\"127.0.0.1\"",
+        "\"app_id\":\"app_",
+        "\"key_id\":\"key_",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
     for l in logs.lines().filter(|l| l.starts_with('{')) {
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
     }

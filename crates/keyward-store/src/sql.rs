@@ -1,0 +1,706 @@
+//! Statements both backends run, written once: their text and their bindings.
+//!
+//! Each function returns a query for either database (the caller's executor decides which);
+//! [`optional`] and [`all`] run a read on a pool and map its rows with [`crate::rows`]. The
+//! backends add what is theirs around them (transactions, PostgreSQL's `NOTIFY`s) and keep only
+//! the statements whose SQL differs: bulk loads and usage flushes (`UNNEST` and `GREATEST` on
+//! PostgreSQL, a statement a row and `MAX` on SQLite), the replay store (one conditional upsert
+//! on PostgreSQL, delete-then-insert on SQLite), the row lock of a client-secret rotation
+//! (`FOR UPDATE`, which SQLite has not).
+//!
+//! **Placeholders** are handled here, once: every statement is written with numbered
+//! placeholders, `$1`, `$2`, …, which PostgreSQL takes natively and which sqlx's SQLite driver
+//! binds by number too (as it does `?N`), so one text runs on both. A parameter whose type
+//! PostgreSQL must know in an `IS NULL` test is spelled `CAST($N AS TEXT)` (or `BIGINT`),
+//! standard SQL that both accept. The store test suite runs every statement here on SQLite and
+//! on PostgreSQL.
+//!
+//! **Values** are bound through [`Bind`], whose typed methods apply the storage conventions
+//! (see [`crate::rows`]): timestamps as Unix seconds, booleans as 0/1, JSON as text, digests
+//! as 32-byte blobs. Its `Encode`/`Type` bounds are written once, on its implementation.
+
+use keyward_core::model::{AuditEvent, AuditFilter, ClientRecord, KeyUpdate, SigningKeyRow};
+use keyward_core::policy::Policy;
+use keyward_core::{AppRecord, Digest, KeyRecord, Scope};
+use sqlx::query::Query;
+use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
+use time::OffsetDateTime;
+
+use crate::rows::{admin_token_columns, app_columns, client_columns, key_columns};
+use crate::{AdminTokenRecord, StoreError};
+
+/// A query being built for database `DB`.
+pub(crate) type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
+
+/// Binding of the value kinds the store writes, for either database.
+pub(crate) trait Bind<'q>: Sized {
+    fn text(self, v: &'q str) -> Self;
+    fn opt_text(self, v: Option<&'q str>) -> Self;
+    /// Text made for this statement (JSON).
+    fn owned(self, v: String) -> Self;
+    fn opt_owned(self, v: Option<String>) -> Self;
+    fn int(self, v: i64) -> Self;
+    fn opt_int(self, v: Option<i64>) -> Self;
+    fn bytes(self, v: &'q [u8]) -> Self;
+
+    /// A timestamp, as Unix seconds.
+    fn ts(self, t: OffsetDateTime) -> Self {
+        self.int(ts(t))
+    }
+
+    fn opt_ts(self, t: Option<OffsetDateTime>) -> Self {
+        self.opt_int(t.map(ts))
+    }
+
+    /// A boolean, as 0 or 1.
+    fn flag(self, b: bool) -> Self {
+        self.int(i64::from(b))
+    }
+
+    /// A digest, as its 32 bytes.
+    fn digest(self, d: &'q Digest) -> Self {
+        self.bytes(&d.as_bytes()[..])
+    }
+}
+
+impl<'q, DB> Bind<'q> for Q<'q, DB>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+    &'q [u8]: Encode<'q, DB> + Type<DB>,
+{
+    fn text(self, v: &'q str) -> Self {
+        self.bind(v)
+    }
+
+    fn opt_text(self, v: Option<&'q str>) -> Self {
+        self.bind(v)
+    }
+
+    fn owned(self, v: String) -> Self {
+        self.bind(v)
+    }
+
+    fn opt_owned(self, v: Option<String>) -> Self {
+        self.bind(v)
+    }
+
+    fn int(self, v: i64) -> Self {
+        self.bind(v)
+    }
+
+    fn opt_int(self, v: Option<i64>) -> Self {
+        self.bind(v)
+    }
+
+    fn bytes(self, v: &'q [u8]) -> Self {
+        self.bind(v)
+    }
+}
+
+/// Runs a read on the pool; maps its row, if any.
+pub(crate) async fn optional<'q, DB, T>(
+    pool: &Pool<DB>,
+    query: Q<'q, DB>,
+    map: fn(&DB::Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let row = query.fetch_optional(pool).await.map_err(StoreError::from_sqlx)?;
+    row.as_ref().map(map).transpose()
+}
+
+/// Runs a read on the pool; maps every row.
+pub(crate) async fn all<'q, DB, T>(
+    pool: &Pool<DB>,
+    query: Q<'q, DB>,
+    map: fn(&DB::Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let found = query.fetch_all(pool).await.map_err(StoreError::from_sqlx)?;
+    found.iter().map(map).collect()
+}
+
+/// A timestamp as stored (Unix seconds).
+pub(crate) fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+/// A policy as stored (JSON).
+pub(crate) fn policy_json(p: &Policy) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
+/// Scopes as stored (a JSON array of strings).
+pub(crate) fn scopes_json(scopes: &[Scope]) -> String {
+    let v: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+// ---- apps ---------------------------------------------------------------------------------
+
+pub(crate) fn insert_app<'q, DB: Database>(app: &'q AppRecord) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("INSERT INTO apps (id, name, created_at, policy) VALUES ($1, $2, $3, $4)")
+        .text(&app.id)
+        .text(&app.name)
+        .ts(app.created_at)
+        .owned(policy_json(&app.policy))
+}
+
+/// The error of a failed [`insert_app`].
+pub(crate) fn app_insert_error(e: sqlx::Error) -> StoreError {
+    match StoreError::from_sqlx(e) {
+        StoreError::Conflict(_) => StoreError::Conflict("an app with this name already exists".into()),
+        other => other,
+    }
+}
+
+/// The app with this id or, failing that, this name.
+pub(crate) fn app_by_id_or_name<'q, DB: Database>(id_or_name: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        app_columns!(),
+        " FROM apps WHERE id = $1 UNION ALL SELECT ",
+        app_columns!(),
+        " FROM apps WHERE name = $1 AND id <> $1 LIMIT 1"
+    ))
+    .text(id_or_name)
+}
+
+pub(crate) fn apps<'q, DB: Database>() -> Q<'q, DB> {
+    sqlx::query(concat!("SELECT ", app_columns!(), " FROM apps ORDER BY created_at, id"))
+}
+
+/// Sets an app's policy; answers the app after the change (no row: no such app).
+pub(crate) fn set_app_policy<'q, DB: Database>(id: &'q str, policy: &Policy) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "UPDATE apps SET policy = $1 WHERE id = $2 RETURNING ",
+        app_columns!()
+    ))
+    .owned(policy_json(policy))
+    .text(id)
+}
+
+/// The digests of an app's keys (column `digest`).
+pub(crate) fn key_digests_of_app<'q, DB: Database>(app_id: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("SELECT digest FROM keys WHERE app_id = $1 ORDER BY created_at, id").text(app_id)
+}
+
+// ---- keys ---------------------------------------------------------------------------------
+
+/// The key INSERT (every write of a new key row, bulk loads on SQLite included).
+pub(crate) fn insert_key<'q, DB: Database>(key: &'q KeyRecord, digest: &'q Digest) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO keys (id, app_id, name, digest, hint, env, scopes, expires_at, created_at, revoked_at, policy, \
+         disabled_at, canary, legacy, rotated_from, exchange_only) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .text(&key.id)
+    .text(&key.app_id)
+    .opt_text(key.name.as_deref())
+    .digest(digest)
+    .text(&key.hint)
+    .text(key.env.as_str())
+    .owned(scopes_json(&key.scopes))
+    .opt_ts(key.expires_at)
+    .ts(key.created_at)
+    .opt_ts(key.revoked_at)
+    .owned(policy_json(&key.policy))
+    .opt_ts(key.lifecycle.disabled_at)
+    .flag(key.lifecycle.canary)
+    .flag(key.lifecycle.legacy)
+    .opt_text(key.lifecycle.rotated_from.as_deref())
+    .flag(key.lifecycle.exchange_only)
+}
+
+/// The error of a failed key insert (no such app, or a duplicate id or digest).
+pub(crate) fn key_insert_error(e: sqlx::Error) -> StoreError {
+    match StoreError::from_sqlx(e) {
+        StoreError::NotFound(_) => StoreError::NotFound("app"),
+        StoreError::Conflict(_) => StoreError::Conflict("a key with the same id or digest exists".into()),
+        other => other,
+    }
+}
+
+/// The successor of `old_id` as [`insert_key`] stores it: never revoked, disabled, canary or
+/// legacy, and linked to the old key.
+pub(crate) fn successor_row(successor: &KeyRecord, old_id: &str) -> KeyRecord {
+    let mut row = successor.clone();
+    row.revoked_at = None;
+    row.lifecycle.disabled_at = None;
+    row.lifecycle.canary = false;
+    row.lifecycle.legacy = false;
+    row.lifecycle.rotated_from = Some(old_id.to_owned());
+    row
+}
+
+pub(crate) fn key_by_digest<'q, DB: Database>(digest: &'q Digest) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.digest = $1"
+    ))
+    .digest(digest)
+}
+
+pub(crate) fn key_by_id<'q, DB: Database>(id: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM keys k JOIN apps a ON a.id = k.app_id WHERE k.id = $1"
+    ))
+    .text(id)
+}
+
+/// Keys, oldest first, of one app or all.
+pub(crate) fn keys<'q, DB: Database>(app_id: Option<&'q str>) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM keys k JOIN apps a ON a.id = k.app_id \
+         WHERE (CAST($1 AS TEXT) IS NULL OR k.app_id = $1) ORDER BY k.created_at, k.id"
+    ))
+    .opt_text(app_id)
+}
+
+/// Revokes a key; the first revocation time stays.
+pub(crate) fn revoke_key<'q, DB: Database>(id: &'q str, at: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("UPDATE keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+        .ts(at)
+        .text(id)
+}
+
+/// The statements of a key update, one per field it changes (none: nothing to run).
+pub(crate) fn update_key<'q, DB: Database>(id: &'q str, update: &'q KeyUpdate) -> Vec<Q<'q, DB>>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    let mut statements = Vec::new();
+    if let Some(name) = &update.name {
+        statements.push(sqlx::query("UPDATE keys SET name = $1 WHERE id = $2").opt_text(name.as_deref()));
+    }
+    if let Some(scopes) = &update.scopes {
+        statements.push(sqlx::query("UPDATE keys SET scopes = $1 WHERE id = $2").owned(scopes_json(scopes)));
+    }
+    if let Some(disabled) = &update.disabled_at {
+        statements.push(sqlx::query("UPDATE keys SET disabled_at = $1 WHERE id = $2").opt_ts(*disabled));
+    }
+    if let Some(policy) = &update.policy {
+        statements.push(sqlx::query("UPDATE keys SET policy = $1 WHERE id = $2").owned(policy_json(policy)));
+    }
+    statements.into_iter().map(|q| q.text(id)).collect()
+}
+
+/// Links a key to its successor and sets its new expiry, unless it is revoked or was already
+/// rotated (then no row changes).
+pub(crate) fn rotate_away<'q, DB: Database>(
+    old_id: &'q str,
+    successor_id: &'q str,
+    at: OffsetDateTime,
+    old_expires_at: OffsetDateTime,
+) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "UPDATE keys SET rotated_to = $1, rotated_at = $2, expires_at = $3 \
+         WHERE id = $4 AND rotated_to IS NULL AND revoked_at IS NULL",
+    )
+    .text(successor_id)
+    .ts(at)
+    .ts(old_expires_at)
+    .text(old_id)
+}
+
+/// A row if the key exists.
+pub(crate) fn key_exists<'q, DB: Database>(id: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("SELECT 1 FROM keys WHERE id = $1").text(id)
+}
+
+/// One row, column `n`.
+pub(crate) fn count_legacy_keys<'q, DB: Database>() -> Q<'q, DB> {
+    sqlx::query("SELECT COUNT(*) AS n FROM keys WHERE legacy = 1")
+}
+
+// ---- audit and usage ----------------------------------------------------------------------
+
+/// Appends an event; answers its `seq`.
+pub(crate) fn insert_audit<'q, DB: Database>(e: &'q AuditEvent) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO audit (at, actor, kind, severity, target, source_ip, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+    )
+    .ts(e.at)
+    .text(&e.actor)
+    .text(&e.kind)
+    .text(e.severity.as_str())
+    .opt_text(e.target.as_deref())
+    .opt_text(e.source_ip.as_deref())
+    .owned(serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into()))
+}
+
+/// Audit events, newest first. A kind ending in `.` is a prefix (`LIKE`, its wildcards escaped).
+pub(crate) fn audit<'q, DB: Database>(f: &'q AuditFilter) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    let (kind_exact, kind_prefix) = match f.kind.as_deref() {
+        Some(k) if k.ends_with('.') => (None, Some(format!("{}%", k.replace('%', "").replace('_', "\\_")))),
+        Some(k) => (Some(k), None),
+        None => (None, None),
+    };
+    sqlx::query(
+        "SELECT seq, at, actor, kind, severity, target, source_ip, details FROM audit \
+         WHERE (CAST($1 AS BIGINT) IS NULL OR at >= $1) AND (CAST($2 AS TEXT) IS NULL OR target = $2) \
+         AND (CAST($3 AS TEXT) IS NULL OR kind = $3) AND (CAST($4 AS TEXT) IS NULL OR kind LIKE $4 ESCAPE '\\') \
+         AND (CAST($5 AS BIGINT) IS NULL OR seq < $5) ORDER BY seq DESC LIMIT $6",
+    )
+    .opt_ts(f.since)
+    .opt_text(f.target.as_deref())
+    .opt_text(kind_exact)
+    .opt_owned(kind_prefix)
+    .opt_int(f.before_seq)
+    .int(i64::from(f.limit.clamp(1, 1000)))
+}
+
+/// Usage rows since a minute, of a key, an app or everything.
+pub(crate) fn usage<'q, DB: Database>(key_id: Option<&'q str>, app_id: Option<&'q str>, since_minute: i64) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "SELECT key_id, app_id, minute, outcome, count FROM usage \
+         WHERE minute >= $1 AND (CAST($2 AS TEXT) IS NULL OR key_id = $2) AND (CAST($3 AS TEXT) IS NULL OR app_id = $3) \
+         ORDER BY minute, key_id, outcome LIMIT 100000",
+    )
+    .int(since_minute)
+    .opt_text(key_id)
+    .opt_text(app_id)
+}
+
+// ---- OAuth clients ------------------------------------------------------------------------
+
+pub(crate) fn insert_client<'q, DB: Database>(c: &'q ClientRecord) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO clients (id, app_id, name, scopes, auth_method, jwks, token_ttl, options, policy, created_at, \
+         disabled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .text(&c.id)
+    .text(&c.app_id)
+    .opt_text(c.name.as_deref())
+    .owned(scopes_json(&c.scopes))
+    .text(c.auth_method.as_str())
+    .opt_owned(c.jwks.as_ref().map(|j| j.to_string()))
+    .int(i64::from(c.token_ttl))
+    .owned(serde_json::to_string(&c.options).unwrap_or_else(|_| "{}".into()))
+    .owned(policy_json(&c.policy))
+    .ts(c.created_at)
+    .opt_ts(c.disabled_at)
+}
+
+/// The error of a failed [`insert_client`].
+pub(crate) fn client_insert_error(e: sqlx::Error) -> StoreError {
+    match StoreError::from_sqlx(e) {
+        StoreError::NotFound(_) => StoreError::NotFound("app"),
+        other => other,
+    }
+}
+
+/// Adds a client secret (no expiry).
+pub(crate) fn insert_client_secret<'q, DB: Database>(
+    client_id: &'q str,
+    digest: &'q Digest,
+    hint: &'q str,
+    at: OffsetDateTime,
+) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO client_secrets (client_id, digest, hint, created_at, expires_at) VALUES ($1, $2, $3, $4, NULL)",
+    )
+    .text(client_id)
+    .digest(digest)
+    .text(hint)
+    .ts(at)
+}
+
+pub(crate) fn client_by_id<'q, DB: Database>(id: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients c JOIN apps a ON a.id = c.app_id WHERE c.id = $1"
+    ))
+    .text(id)
+}
+
+/// Clients, oldest first, of one app or all.
+pub(crate) fn clients<'q, DB: Database>(app_id: Option<&'q str>) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients c JOIN apps a ON a.id = c.app_id \
+         WHERE (CAST($1 AS TEXT) IS NULL OR c.app_id = $1) ORDER BY c.created_at, c.id"
+    ))
+    .opt_text(app_id)
+}
+
+/// Replaces a client's mutable fields.
+pub(crate) fn update_client<'q, DB: Database>(c: &'q ClientRecord) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "UPDATE clients SET name = $1, scopes = $2, jwks = $3, token_ttl = $4, options = $5, policy = $6, \
+         disabled_at = $7 WHERE id = $8",
+    )
+    .opt_text(c.name.as_deref())
+    .owned(scopes_json(&c.scopes))
+    .opt_owned(c.jwks.as_ref().map(|j| j.to_string()))
+    .int(i64::from(c.token_ttl))
+    .owned(serde_json::to_string(&c.options).unwrap_or_else(|_| "{}".into()))
+    .owned(policy_json(&c.policy))
+    .opt_ts(c.disabled_at)
+    .text(&c.id)
+}
+
+pub(crate) fn delete_client_secrets<'q, DB: Database>(client_id: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("DELETE FROM client_secrets WHERE client_id = $1").text(client_id)
+}
+
+pub(crate) fn delete_client<'q, DB: Database>(id: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("DELETE FROM clients WHERE id = $1").text(id)
+}
+
+/// A client's secrets that have not expired at `now`, oldest first.
+pub(crate) fn live_client_secrets<'q, DB: Database>(client_id: &'q str, now: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "SELECT digest, hint, created_at, expires_at FROM client_secrets \
+         WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at",
+    )
+    .text(client_id)
+    .ts(now)
+}
+
+pub(crate) fn delete_expired_client_secrets<'q, DB: Database>(client_id: &'q str, now: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("DELETE FROM client_secrets WHERE client_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2")
+        .text(client_id)
+        .ts(now)
+}
+
+/// Every secret of the client expires at `until` at the latest.
+pub(crate) fn cap_client_secrets<'q, DB: Database>(client_id: &'q str, until: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "UPDATE client_secrets SET expires_at = CASE WHEN expires_at IS NULL OR expires_at > $1 THEN $1 \
+         ELSE expires_at END WHERE client_id = $2",
+    )
+    .ts(until)
+    .text(client_id)
+}
+
+// ---- signing keys and the token denylist ---------------------------------------------------
+
+pub(crate) fn insert_signing_key<'q, DB: Database>(k: &'q SigningKeyRow) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, alg, public_jwk, private_sealed, created_at, active_at, retired_at, \
+         remove_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .text(&k.kid)
+    .text(&k.alg)
+    .owned(k.public_jwk.to_string())
+    .bytes(&k.private_sealed)
+    .ts(k.created_at)
+    .ts(k.active_at)
+    .opt_ts(k.retired_at)
+    .opt_ts(k.remove_after)
+}
+
+/// Signing keys not yet past `remove_after`, oldest first.
+pub(crate) fn signing_keys<'q, DB: Database>(now: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "SELECT kid, alg, public_jwk, private_sealed, created_at, active_at, retired_at, remove_after \
+         FROM signing_keys WHERE remove_after IS NULL OR remove_after > $1 ORDER BY created_at, kid",
+    )
+    .ts(now)
+}
+
+/// Retires a signing key; the first retirement stays.
+pub(crate) fn retire_signing_key<'q, DB: Database>(
+    kid: &'q str,
+    at: OffsetDateTime,
+    remove_after: OffsetDateTime,
+) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "UPDATE signing_keys SET retired_at = COALESCE(retired_at, $1), remove_after = COALESCE(remove_after, $2) \
+         WHERE kid = $3",
+    )
+    .ts(at)
+    .ts(remove_after)
+    .text(kid)
+}
+
+/// Denylists a token (already denylisted: no row changes).
+pub(crate) fn insert_revoked_token<'q, DB: Database>(jti: &'q str, expires_at: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+        .text(jti)
+        .ts(expires_at)
+}
+
+pub(crate) fn revoked_tokens<'q, DB: Database>(now: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1").ts(now)
+}
+
+// ---- admin tokens -------------------------------------------------------------------------
+
+pub(crate) fn insert_admin_token<'q, DB: Database>(t: &'q AdminTokenRecord, digest: &'q Digest) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO admin_tokens (id, name, role, digest, hint, created_at, expires_at, revoked_at, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .text(&t.id)
+    .text(&t.name)
+    .text(&t.role)
+    .digest(digest)
+    .text(&t.hint)
+    .ts(t.created_at)
+    .opt_ts(t.expires_at)
+    .opt_ts(t.revoked_at)
+    .text(&t.created_by)
+}
+
+/// The error of a failed [`insert_admin_token`].
+pub(crate) fn admin_token_insert_error(e: sqlx::Error) -> StoreError {
+    match StoreError::from_sqlx(e) {
+        StoreError::Conflict(_) => StoreError::Conflict("an admin token with this name already exists".into()),
+        other => other,
+    }
+}
+
+pub(crate) fn admin_token_by_digest<'q, DB: Database>(digest: &'q Digest) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        admin_token_columns!(),
+        " FROM admin_tokens WHERE digest = $1"
+    ))
+    .digest(digest)
+}
+
+pub(crate) fn admin_tokens<'q, DB: Database>() -> Q<'q, DB> {
+    sqlx::query(concat!(
+        "SELECT ",
+        admin_token_columns!(),
+        " FROM admin_tokens ORDER BY created_at, id"
+    ))
+}
+
+/// Revokes an admin token by id or name; the first revocation time stays.
+pub(crate) fn revoke_admin_token<'q, DB: Database>(id_or_name: &'q str, at: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 OR name = $2")
+        .ts(at)
+        .text(id_or_name)
+}
+
+pub(crate) fn admin_token_by_id_or_name<'q, DB: Database>(id_or_name: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "SELECT ",
+        admin_token_columns!(),
+        " FROM admin_tokens WHERE id = $1 OR name = $1 ORDER BY id LIMIT 1"
+    ))
+    .text(id_or_name)
+}
