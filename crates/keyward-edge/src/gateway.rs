@@ -7,16 +7,17 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use keyward_core::decision::ScopeMode;
 use keyward_core::Scope;
 use keyward_engine::{Engine, Principal, Rejection, RouteFacts, RouteLimits};
+use keyward_upstream::{
+    hash_key, Balance, Group, GroupConfig, HashBy, PoolOptions, RequestBody, SendOptions, TargetUrl, UpstreamError,
+    Upstreams,
+};
 
 pub use crate::context::client_ip;
 pub(crate) use crate::context::RequestView;
@@ -34,52 +35,92 @@ fn tagged(mut resp: Response, outcome: &'static str) -> Response {
     resp
 }
 
-/// An upstream base URL, split once at load time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a route's requests go: a URL (a group of one target of its own, named
+/// `route.<route name>.<index>`) or an `[[upstreams]]` group by name; resolved to the group when the
+/// route table is installed.
+#[derive(Clone)]
 pub struct Upstream {
-    scheme: String,
-    authority: String,
-    base_path: String,
+    spec: UpstreamSpec,
+    group: Option<Arc<Group>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UpstreamSpec {
+    Url(TargetUrl),
+    Named(String),
+    /// The routes the verify API makes up for requests that match no configured route: never
+    /// proxied.
+    Unused,
 }
 
 impl Upstream {
-    /// No upstream at all: the routes the verify API makes up for requests that match no
-    /// configured route are never proxied.
     pub(crate) fn unused() -> Upstream {
         Upstream {
-            scheme: "http".into(),
-            authority: "0.0.0.0:0".into(),
-            base_path: String::new(),
+            spec: UpstreamSpec::Unused,
+            group: None,
         }
     }
 
-    /// Parses `http://host:port[/base]`. Only plain HTTP upstreams for now.
-    pub fn parse(url: &str) -> Result<Upstream, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
-        let scheme = uri
-            .scheme_str()
-            .ok_or_else(|| format!("upstream URL {url:?} has no scheme"))?;
-        if scheme != "http" {
-            return Err(format!("upstream URL {url:?}: only http:// upstreams are supported"));
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("upstream URL {url:?} has no host"))?
-            .to_string();
-        if uri.query().is_some() {
-            return Err(format!("upstream URL {url:?} must not have a query"));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream {
-            scheme: scheme.to_owned(),
-            authority,
-            base_path,
-        })
+    /// `http://host:port[/base]`, `https://…`, or the name of an `[[upstreams]]` group.
+    pub fn parse(spec: &str) -> Result<Upstream, String> {
+        let spec = if spec.contains("://") {
+            UpstreamSpec::Url(
+                spec.parse::<TargetUrl>()
+                    .map_err(|e| format!("invalid upstream URL: {e}"))?,
+            )
+        } else if !spec.is_empty()
+            && spec.len() <= 64
+            && spec
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            UpstreamSpec::Named(spec.to_owned())
+        } else {
+            return Err(format!(
+                "upstream {spec:?} is neither a URL (http://host:port/base, https://…) nor the name of an [[upstreams]] group"
+            ));
+        };
+        Ok(Upstream { spec, group: None })
     }
 
-    /// The upstream as a URL (`http://host:port/base`), for the admin API's route list.
+    /// The upstream as configured (a URL or a group's name), for the admin API's route list.
     pub fn url(&self) -> String {
-        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
+        match &self.spec {
+            UpstreamSpec::Url(u) => u.to_string(),
+            UpstreamSpec::Named(n) => n.clone(),
+            UpstreamSpec::Unused => String::new(),
+        }
+    }
+
+    /// The name of the group requests go to: for a URL, `route.<route name>.<index>` (the
+    /// name's characters outside `[A-Za-z0-9._-]` as `_`, at most 40 of them).
+    fn group_name(&self, route: &str, index: usize) -> Option<String> {
+        match &self.spec {
+            UpstreamSpec::Url(_) => {
+                let name: String = route
+                    .chars()
+                    .take(40)
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                Some(format!("route.{name}.{index}"))
+            }
+            UpstreamSpec::Named(n) => Some(n.clone()),
+            UpstreamSpec::Unused => None,
+        }
     }
 }
 
@@ -166,6 +207,44 @@ pub struct GatewayConfig {
     /// The listener asks clients for TLS certificates (RFC 8705 client authentication and
     /// certificate-bound tokens are on).
     pub client_certificates: bool,
+    /// The `[[upstreams]]` groups routes may name.
+    pub upstreams: Vec<GroupConfig>,
+}
+
+/// The routes and the upstream groups they send to, installed and replaced together.
+pub struct Table {
+    pub routes: Vec<Route>,
+    pub upstreams: Upstreams,
+}
+
+impl Table {
+    /// Builds the groups (the named ones and one per URL route) and points every route at its
+    /// group. Starts the groups' health checks (inside a tokio runtime).
+    fn build(mut routes: Vec<Route>, groups: &[GroupConfig]) -> Result<Table, String> {
+        let mut all = groups.to_vec();
+        for (i, r) in routes.iter().enumerate() {
+            if let (UpstreamSpec::Url(u), Some(name)) = (&r.upstream.spec, r.upstream.group_name(&r.name, i)) {
+                let mut g = GroupConfig::new(name, vec![u.clone()]);
+                // One target: nothing to eject it for.
+                g.max_fails = 0;
+                all.push(g);
+            }
+        }
+        let upstreams = Upstreams::build(&all, PoolOptions::default()).map_err(|e| e.to_string())?;
+        for (i, r) in routes.iter_mut().enumerate() {
+            if let Some(name) = r.upstream.group_name(&r.name, i) {
+                let group = upstreams.group(&name).ok_or_else(|| {
+                    format!(
+                        "routes.{}: upstream {name:?} is not an [[upstreams]] group (groups: {})",
+                        r.name,
+                        groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+                r.upstream.group = Some(group);
+            }
+        }
+        Ok(Table { routes, upstreams })
+    }
 }
 
 /// Shared state of the gateway listener.
@@ -173,23 +252,19 @@ pub struct GatewayState {
     engine: Arc<Engine>,
     /// Everything but the routes (`cfg.routes` is left empty).
     cfg: GatewayConfig,
-    /// The route table: read once per request (a pointer load), replaced whole on reload.
-    routes: arc_swap::ArcSwap<Vec<Route>>,
-    client: Client<HttpConnector, Body>,
+    /// The route table and its upstream groups: read once per request (a pointer load),
+    /// replaced whole on reload (the old groups' health checks stop when the last request
+    /// holding them ends).
+    table: arc_swap::ArcSwap<Table>,
     style: RejectionStyle,
     metrics: Arc<Metrics>,
 }
 
 impl GatewayState {
-    pub fn new(engine: Arc<Engine>, mut cfg: GatewayConfig) -> GatewayState {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(512)
-            .build(connector);
+    /// The gateway's state with its first route table (inside a tokio runtime: upstream health
+    /// checks start here). Fails for an upstream group that cannot be built (a CA file that
+    /// cannot be read, a route naming no group).
+    pub fn new(engine: Arc<Engine>, mut cfg: GatewayConfig) -> Result<GatewayState, String> {
         let mut challenges = vec![HeaderValue::from_static("Bearer realm=\"keyward\"")];
         if cfg.routes.iter().any(|r| r.tokens) {
             challenges.push(HeaderValue::from_static("DPoP algs=\"ES256 EdDSA RS256 PS256\""));
@@ -205,28 +280,36 @@ impl GatewayState {
             bearer: false,
         };
         let routes = std::mem::take(&mut cfg.routes);
+        let table = Table::build(routes, &cfg.upstreams)?;
         let metrics = Arc::new(Metrics::new(engine.clone()));
-        metrics.set_routes(routes.len());
-        GatewayState {
+        metrics.set_routes(table.routes.len());
+        Ok(GatewayState {
             engine,
             cfg,
-            routes: arc_swap::ArcSwap::from_pointee(routes),
-            client,
+            table: arc_swap::ArcSwap::from_pointee(table),
             style,
             metrics,
-        }
+        })
     }
 
-    /// The current route table (held for the whole request, so a reload never changes the
-    /// route of a request in flight).
-    pub fn routes(&self) -> Arc<Vec<Route>> {
-        self.routes.load_full()
+    /// The current route table and upstreams (held for the whole request, so a reload never
+    /// changes the route of a request in flight).
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
     }
 
-    /// Swaps the route table (configuration reload): the next request uses `routes`.
-    pub fn replace_routes(&self, routes: Vec<Route>) {
-        self.metrics.set_routes(routes.len());
-        self.routes.store(Arc::new(routes));
+    /// The current routes.
+    pub fn routes(&self) -> Arc<Table> {
+        self.table()
+    }
+
+    /// Swaps the route table and the upstream groups (configuration reload): the next request
+    /// uses them. On error nothing changes.
+    pub fn replace_routes(&self, routes: Vec<Route>, groups: &[GroupConfig]) -> Result<(), String> {
+        let table = Table::build(routes, groups)?;
+        self.metrics.set_routes(table.routes.len());
+        self.table.store(Arc::new(table));
+        Ok(())
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -263,6 +346,7 @@ impl GatewayState {
     /// Every scope some route requires (for the metadata's `scopes_supported`).
     pub fn route_scopes(&self) -> Vec<String> {
         self.routes()
+            .routes
             .iter()
             .flat_map(|r| r.scopes.iter().map(|s| s.to_string()))
             .collect()
@@ -406,7 +490,7 @@ async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let (route, mut resp) = route_request(&st, &routes, peer, req).await;
+    let (route, mut resp) = route_request(&st, &routes.routes, peer, req).await;
     if grpc {
         resp = problem::as_grpc(resp);
     }
@@ -549,23 +633,14 @@ fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Resp
 }
 
 async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, req: Request<Body>) -> Response {
+    let Some(group) = route.upstream.group.as_ref() else {
+        return tagged(problem::upstream_unreachable().into_response(), "upstream_unavailable");
+    };
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let pq = crate::route::upstream_path(pq, &route.path_prefix, route.options.strip_prefix);
-    let target = format!(
-        "{}://{}{}{}",
-        route.upstream.scheme, route.upstream.authority, route.upstream.base_path, pq
-    );
-    let Ok(uri) = target.parse::<Uri>() else {
-        let p = Problem::bad_request("invalid_path", "the request target cannot be forwarded");
-        return tagged(p.into_response(), "invalid_path");
-    };
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
     upstream_headers(&mut parts.headers, authority.as_deref(), forwarding);
     route.options.request_headers.apply(&mut parts.headers);
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
     // A body the client got wrong (a bad chunk, a connection cut mid-body) fails the upstream
     // request too: that is the client's error (400), not the upstream's (502); one that grows
     // past the route's `max_body_size` is 413.
@@ -578,42 +653,43 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         )),
         None => body,
     };
-    let body = Body::new(http_body_util::BodyExt::map_err(body, move |e| {
+    let body = RequestBody::boxed(http_body_util::BodyExt::map_err(body, move |e| {
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
         e
     }));
-    let upstream_req = Request::from_parts(parts, body);
+    let hash_key = (group.balance() == Balance::Hash).then(|| {
+        let p = forwarding.principal;
+        match group.hash_by() {
+            HashBy::Key => hash_key(p.id().as_bytes()),
+            HashBy::App => hash_key(p.app_id().as_bytes()),
+            HashBy::ClientIp => match forwarding.client {
+                std::net::IpAddr::V4(a) => hash_key(&a.octets()),
+                std::net::IpAddr::V6(a) => hash_key(&a.octets()),
+            },
+        }
+    });
+    let opts = SendOptions {
+        connect_timeout: route.options.connect_timeout.unwrap_or(st.cfg.connect_timeout),
+        timeout: route.options.timeout.unwrap_or(st.cfg.upstream_timeout),
+        hash_key,
+        strip_prefix: route.options.strip_prefix.then_some(route.path_prefix.as_str()),
+    };
     let started = Instant::now();
-    let timeout = route.options.timeout.unwrap_or(st.cfg.upstream_timeout);
-    let answer = tokio::time::timeout(timeout, st.client.request(upstream_req)).await;
+    let answer = group.send(Request::from_parts(parts, body), &opts).await;
     st.metrics.upstream(&route.name, started.elapsed());
     match answer {
-        Err(_) => tagged(problem::upstream_timeout().into_response(), "upstream_timeout"),
-        Ok(Err(e)) if body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
-            let too_large = std::error::Error::source(&e)
-                .and_then(|s| {
-                    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(s);
-                    while let Some(c) = cur {
-                        if c.is::<http_body_util::LengthLimitError>() {
-                            return Some(());
-                        }
-                        cur = c.source();
-                    }
-                    None
-                })
-                .is_some();
-            if let (true, Some(max)) = (too_large, route.options.max_body_size) {
-                return tagged(problem::body_too_large(max).into_response(), "body_too_large");
+        Err(e) if body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+            if let Some(max) = route.options.max_body_size {
+                if e.to_string().contains("length limit exceeded") {
+                    return tagged(problem::body_too_large(max).into_response(), "body_too_large");
+                }
             }
             tracing::debug!(route = %route.name, error = %e, "the client's request body failed");
             let p = Problem::bad_request("invalid_body", "the request body could not be read");
             tagged(p.into_response(), "invalid_body")
         }
-        Ok(Err(e)) => {
-            tracing::warn!(route = %route.name, error = %e, "upstream request failed");
-            tagged(problem::upstream_unreachable().into_response(), "upstream_unavailable")
-        }
-        Ok(Ok(resp)) => {
+        Err(e) => upstream_failed(route, &e),
+        Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             // The client gets its own protocol whatever the upstream spoke: an HTTP/1.0
@@ -621,6 +697,30 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
             parts.version = client_version;
             route.options.response_headers.apply(&mut parts.headers);
             tagged(Response::from_parts(parts, Body::new(body)), "allowed")
+        }
+    }
+}
+
+/// An upstream failure as the client sees it: never the upstream's internals (the reason is
+/// logged).
+fn upstream_failed(route: &Route, e: &UpstreamError) -> Response {
+    let code = e.code();
+    match e {
+        UpstreamError::Timeout { .. } => {
+            tracing::warn!(route = %route.name, error = %e, "upstream timed out");
+            tagged(problem::upstream_timeout().into_response(), "upstream_timeout")
+        }
+        UpstreamError::NoHealthy { .. } => {
+            tracing::warn!(route = %route.name, error = %e, "no healthy upstream");
+            tagged(problem::no_healthy_upstream().into_response(), "no_healthy_upstream")
+        }
+        UpstreamError::Tls { .. } => {
+            tracing::warn!(route = %route.name, error = %e, "upstream TLS failed");
+            tagged(problem::upstream_tls().into_response(), "upstream_tls")
+        }
+        _ => {
+            tracing::warn!(route = %route.name, error = %e, code, "upstream request failed");
+            tagged(problem::upstream_unreachable().into_response(), "upstream_unavailable")
         }
     }
 }
@@ -753,9 +853,15 @@ mod tests {
     #[test]
     fn upstream_urls() {
         assert!(Upstream::parse("http://127.0.0.1:9000").is_ok());
-        assert_eq!(Upstream::parse("http://h:1/base/").unwrap().base_path, "/base");
+        assert_eq!(Upstream::parse("http://h:1/base/").unwrap().url(), "http://h:1/base");
+        assert_eq!(Upstream::parse("https://h:8443").unwrap().url(), "https://h:8443");
         assert!(Upstream::parse("ftp://h").is_err());
         assert!(Upstream::parse("127.0.0.1:9000").is_err());
         assert!(Upstream::parse("http://h/?q=1").is_err());
+        // A group's name.
+        assert_eq!(Upstream::parse("cats-api").unwrap().url(), "cats-api");
+        for bad in ["", "has space", "a/b", &"x".repeat(65)] {
+            assert!(Upstream::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -436,6 +436,23 @@ pub fn upstream_timeout() -> Problem {
         .detail("the upstream service did not answer in time")
 }
 
+/// Every target of the route's upstream group is ejected or unhealthy.
+pub fn no_healthy_upstream() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_healthy_upstream",
+        "Service Unavailable",
+    )
+    .detail("no healthy upstream target can take the request; try again")
+    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
+
+/// The TLS connection to the upstream failed (its certificate, or ours); the reason is logged.
+pub fn upstream_tls() -> Problem {
+    Problem::new(StatusCode::BAD_GATEWAY, "upstream_tls", "Bad Gateway")
+        .detail("the TLS connection to the upstream service failed")
+}
+
 /// A request body that did not arrive within `gateway.body_read_timeout` ([`crate::body`],
 /// which also closes the connection after the answer).
 pub fn body_timeout() -> Problem {

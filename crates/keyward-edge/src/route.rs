@@ -158,6 +158,8 @@ pub struct RouteOptions {
     pub response_headers: HeaderRules,
     /// How long the upstream may take to answer (default `gateway.upstream_timeout`).
     pub timeout: Option<Duration>,
+    /// How long connecting (TCP, TLS) may take (default `gateway.connect_timeout`).
+    pub connect_timeout: Option<Duration>,
     /// Largest request body (declared or streamed) in bytes; beyond: 413.
     pub max_body_size: Option<u64>,
 }
@@ -172,21 +174,6 @@ impl RouteOptions {
             None => Some(0),
             Some(h) => self.hosts.iter().map(|p| p.rank(h)).max().filter(|r| *r > 0),
         }
-    }
-}
-
-/// The path to send upstream for `path_and_query` on a route with `prefix`, after
-/// `strip_prefix`: `/api/users?x=1` on `/api` → `/users?x=1`; the prefix itself → `/`.
-pub fn upstream_path<'a>(path_and_query: &'a str, prefix: &str, strip: bool) -> std::borrow::Cow<'a, str> {
-    if !strip || prefix == "/" {
-        return path_and_query.into();
-    }
-    let prefix = prefix.trim_end_matches('/');
-    match path_and_query.strip_prefix(prefix) {
-        Some("") => "/".into(),
-        Some(rest) if rest.starts_with('?') => format!("/{rest}").into(),
-        Some(rest) if rest.starts_with('/') => rest.into(),
-        _ => path_and_query.into(),
     }
 }
 
@@ -277,15 +264,5 @@ mod tests {
         assert_eq!(request_host(&h("[::1]:80"), None).as_deref(), Some("::1"));
         assert_eq!(request_host(&HeaderMap::new(), Some("a.b:1")).as_deref(), Some("a.b"));
         assert_eq!(request_host(&HeaderMap::new(), None), None);
-    }
-
-    #[test]
-    fn prefixes_are_stripped_on_segment_boundaries() {
-        assert_eq!(upstream_path("/api/users?x=1", "/api", true), "/users?x=1");
-        assert_eq!(upstream_path("/api", "/api", true), "/");
-        assert_eq!(upstream_path("/api?x=1", "/api", true), "/?x=1");
-        assert_eq!(upstream_path("/api/", "/api/", true), "/");
-        assert_eq!(upstream_path("/api/users", "/api", false), "/api/users");
-        assert_eq!(upstream_path("/anything", "/", true), "/anything");
     }
 }

@@ -430,7 +430,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
         _ => None,
     };
     let routes = st.gateway.routes();
-    let chosen = match st.choose(&routes, &target, body.route.as_deref(), scopes, cost)? {
+    let chosen = match st.choose(&routes.routes, &target, body.route.as_deref(), scopes, cost)? {
         Ok(c) => c,
         Err(p) => return Ok(refusal_response(p, None, None)),
     };
@@ -770,7 +770,7 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
         call_options(req.uri.query()).map_err(coded)?
     };
     let routes = st.gateway.routes();
-    let chosen = match st.choose(&routes, &target, named.as_deref(), scopes, cost) {
+    let chosen = match st.choose(&routes.routes, &target, named.as_deref(), scopes, cost) {
         Err(p) | Ok(Err(p)) => return Err(coded(p)),
         Ok(Ok(c)) => c,
     };

@@ -85,7 +85,10 @@ impl Running {
         match cfg.gateway_config() {
             Ok(gw) => {
                 let n = gw.routes.len();
-                self.gateway_state.replace_routes(gw.routes);
+                if let Err(e) = self.gateway_state.replace_routes(gw.routes, &gw.upstreams) {
+                    self.gateway_state.metrics().reload("rejected");
+                    return Err(CliError::startup(e));
+                }
                 self.gateway_state.metrics().reload("applied");
                 Ok(n)
             }
@@ -195,7 +198,7 @@ pub async fn start_on(
             keyward_edge::leaks::router(&cfg.leak_reports.path, Arc::new(state))
         });
     let admin_routes = gw_cfg.routes.clone();
-    let gateway_state = Arc::new(GatewayState::new(engine.clone(), gw_cfg));
+    let gateway_state = Arc::new(GatewayState::new(engine.clone(), gw_cfg).map_err(CliError::startup)?);
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => Some(
             TcpListener::bind(addr)

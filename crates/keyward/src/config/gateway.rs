@@ -97,6 +97,7 @@ impl Config {
             invalid_credential_status,
             connect_timeout: g.connect_timeout,
             upstream_timeout: g.upstream_timeout,
+            upstreams: Vec::new(),
         })
     }
 
