@@ -15,8 +15,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Admin API base URL for management commands (default: from the configuration).
-    #[arg(long, global = true, env = "KEYWARD_ADMIN_URL", value_name = "URL")]
+    /// Admin API base URL for management commands. Default: $KEYWARD_ADMIN_URL, else from the
+    /// configuration.
+    // Read by `support::admin_client`, not by clap (see `config`).
+    #[arg(long, global = true, value_name = "URL")]
     pub admin_url: Option<String>,
 
     #[command(subcommand)]
@@ -106,8 +108,9 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Find keyward keys in files and directories (honours .gitignore; skips binary files and
-    /// files over 10 MiB); with admin access, report and optionally revoke live ones.
+    /// Find keyward keys in files and directories (honours .gitignore; reads hidden files such
+    /// as .env, never .git/; skips binary files and files over 10 MiB); with admin access,
+    /// report and optionally revoke live ones.
     /// Exit status 1 when a key may be live, 0 when clean, 2 for usage errors.
     Scan {
         #[command(flatten)]

@@ -57,7 +57,12 @@ pub fn admin_client(cli: &Cli) -> Result<AdminClient> {
     let env = env_vars();
     let cfg_path = config_path(cli);
     let cfg = Config::load(cfg_path.as_deref(), &env);
-    let url = match (&cli.admin_url, &cfg) {
+    let flag_or_env = cli.admin_url.clone().or_else(|| {
+        env.iter()
+            .find(|(k, v)| k == "KEYWARD_ADMIN_URL" && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    let url = match (&flag_or_env, &cfg) {
         (Some(u), _) => u.clone(),
         (None, Ok(c)) => format!("http://{}", c.admin.listen),
         (None, Err(e)) => return Err(CliError::Config(crate::config::ConfigError::Invalid(e.to_string()))),

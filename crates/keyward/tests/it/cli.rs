@@ -654,7 +654,10 @@ fn usage_lines_do_not_present_config_as_required() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("keyward.toml");
     std::fs::write(&cfg, "[gateway]\nlisten = \"127.0.0.1:0\"\n").unwrap();
-    let env = [("KEYWARD_CONFIG", cfg.to_str().unwrap())];
+    let env = [
+        ("KEYWARD_CONFIG", cfg.to_str().unwrap()),
+        ("KEYWARD_ADMIN_URL", "http://127.0.0.1:9"),
+    ];
     let usage_lines = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| l.trim_start().starts_with("Usage:"))
@@ -674,7 +677,7 @@ fn usage_lines_do_not_present_config_as_required() {
         let lines = usage_lines(&format!("{out}{err}"));
         assert!(!lines.is_empty(), "{args:?}: no usage line in {out}{err}");
         for l in &lines {
-            assert!(!l.contains("--config"), "{args:?}: {l}");
+            assert!(!l.contains("--config") && !l.contains("--admin-url"), "{args:?}: {l}");
         }
         if args.contains(&"--help") {
             assert_eq!(code, 0);
