@@ -114,10 +114,7 @@ impl Config {
             // they are exported.
             add(
                 Place::Key,
-                Err(ConfigError::Invalid(format!(
-                    "telemetry.otlp_endpoint: {}",
-                    crate::telemetry::NOT_BUILT
-                ))),
+                Err(ConfigError::Invalid(crate::telemetry::NOT_BUILT.into())),
             );
         }
         add(Place::Key, self.distinct_listeners());

@@ -248,3 +248,17 @@ fn a_missing_file_is_exit_status_2_for_check_config_and_refused_by_serve() {
     assert_ne!(code, 0);
     assert!(serr.contains(&msg), "{serr}");
 }
+
+#[cfg(not(feature = "otel"))]
+#[test]
+fn trace_export_without_the_otel_feature_is_refused_by_both() {
+    let s = Setup::new();
+    let cfg = s.write(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n",
+    );
+    let f = s.both_refuse(&cfg, &["built without the otel feature"]);
+    // At the line of the key.
+    assert_eq!(f, vec![(Some(15), keyward::telemetry::NOT_BUILT.to_owned())]);
+}
