@@ -40,7 +40,8 @@ pub enum Command {
     },
     /// Run the gateway and the admin API (SIGHUP reloads routes and limits; SIGTERM drains).
     Serve,
-    /// Check a configuration file: every problem with its line; exit 0 when valid, 2 when not.
+    /// Check a configuration file as `serve` does before it starts (secrets included): every
+    /// problem with its line; exit 0 when valid, 2 when not or missing.
     #[command(name = "check-config")]
     CheckConfig {
         /// The configuration file (TOML). Default: the one `serve` would read (--config,
