@@ -6,17 +6,18 @@
 //!    blanked (line numbers kept) and the file parsed again, until it parses;
 //! 2. **structure** (unknown keys, wrong types, missing fields): the same, deserializing into
 //!    [`Config`]; a problem in a table header blanks the whole table;
-//! 3. **meaning** (what `keyward serve` would refuse at start): each route checked on its own
-//!    (reported at the line of its `[[routes]]` header), duplicate route names, then every
-//!    other section; a message that names a key (`gateway.publishable_rate: …`) is reported at
-//!    that key's line.
+//! 3. **meaning**: [`Config::check`], the very function `keyward serve` runs before it binds
+//!    a listener (secrets present and mode 0600, one address per listener, routes, TLS,
+//!    webhooks, …), which collects every problem; a route's problems are reported at the line
+//!    of its `[[routes]]` header, a webhook's at its `[[webhooks]]`, and a message that names a
+//!    key (`gateway.publishable_rate: …`) at that key's line.
 //!
 //! `KEYWARD_*` overrides from the environment apply in pass 3, as in `keyward serve`.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::config::{apply_env, Config, ConfigError};
+use crate::config::{Config, ConfigError, Place};
 use crate::error::{CliError, Result};
 
 /// One problem: its line (1-based) when known, and what is wrong.
@@ -32,8 +33,18 @@ const MAX_PER_PASS: usize = 100;
 /// Runs the command: prints every problem (`FILE:LINE: message`), exit status 2 when there is
 /// one, 0 when the file is valid.
 pub fn run(file: &Path, env: &[(String, String)]) -> Result<()> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| CliError::Io(format!("cannot read {}: {e}", file.display())))?;
+    // A file that is not there is a usage error (exit status 2), like a file with problems.
+    let text = std::fs::read_to_string(file).map_err(|source| {
+        let e = ConfigError::Read {
+            path: file.into(),
+            source,
+        };
+        if e.is_missing_file() {
+            CliError::Usage(e.to_string())
+        } else {
+            CliError::Config(e)
+        }
+    })?;
     let findings = check(&text, file, env);
     let name = file.display();
     if findings.is_empty() {
@@ -111,103 +122,35 @@ pub fn check(text: &str, file: &Path, env: &[(String, String)]) -> Vec<Finding> 
             }
         }
     }
-    // Pass 3: meaning, on what is left, with the environment's overrides.
+    // Pass 3: meaning, on what is left, with the environment's overrides: exactly what
+    // `keyward serve` checks before it binds a listener (`Config::check`).
     let work = lines.join("\n");
-    let cfg = match load(&work, file, env) {
+    let cfg = match Config::from_text(&work, Some(file), env) {
         Ok(c) => c,
-        Err(m) => {
-            findings.push(Finding { line: None, message: m });
+        Err(e) => {
+            findings.push(Finding {
+                line: None,
+                message: e.to_string(),
+            });
             return findings;
         }
     };
-    findings.extend(semantic(&cfg, &work));
-    findings
-}
-
-fn load(text: &str, file: &Path, env: &[(String, String)]) -> std::result::Result<Config, String> {
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
-    apply_env(&mut table, env).map_err(|e| e.to_string())?;
-    let mut cfg: Config = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| format!("environment override: {}", e.message()))?;
-    if let Some(base) = file.parent() {
-        cfg.resolve_paths(base);
-    }
-    Ok(cfg)
-}
-
-fn semantic(cfg: &Config, text: &str) -> Vec<Finding> {
-    let mut out: Vec<Finding> = Vec::new();
-    let push = |out: &mut Vec<Finding>, line: Option<usize>, message: String| {
-        if !out.iter().any(|f| f.message == message) {
-            out.push(Finding { line, message });
-        }
-    };
-    let route_lines = headers(text, "[[routes]]");
-    // Everything but the routes, once.
-    let mut bare = cfg.clone();
-    bare.routes = Vec::new();
-    let global = bare.gateway_config().err().map(|e| e.to_string());
-    // Each route on its own, against gateway settings that pass (a gateway-level problem is
-    // reported once, below, and must not hide the routes' own).
-    let mut base = cfg.clone();
-    if global.is_some() {
-        let client_auth = base.gateway.tls_client_auth;
-        base.gateway = Default::default();
-        base.gateway.tls_client_auth = client_auth;
-        base.security = Default::default();
-    }
-    for (i, r) in cfg.routes.iter().enumerate() {
-        let mut one = base.clone();
-        one.routes = vec![r.clone()];
-        let line = route_lines.get(i).copied();
-        if let Err(e) = one.gateway_config() {
-            let m = e.to_string();
-            if Some(&m) != global.as_ref() {
-                push(&mut out, line, m.replacen("routes[0]", &format!("routes[{i}]"), 1));
-            }
-        }
-        if cfg.oauth.enabled {
-            if let Err(e) = one.oauth_config() {
-                let m = e.to_string();
-                if bare.oauth_config().err().map(|e| e.to_string()) != Some(m.clone()) {
-                    push(&mut out, line, format!("routes[{i}] ({:?}): {m}", r.name));
-                }
-            }
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, r) in cfg.routes.iter().enumerate() {
-        if !r.name.is_empty() && !seen.insert(r.name.as_str()) {
-            push(
-                &mut out,
-                route_lines.get(i).copied(),
-                format!("routes[{i}] ({:?}): route names must be unique", r.name),
-            );
-        }
-    }
-    let webhook_lines = headers(text, "[[webhooks]]");
-    let mut others: Vec<std::result::Result<(), ConfigError>> = vec![
-        bare.key_format().map(drop),
-        bare.gateway_config().map(drop),
-        bare.tls_settings().map(drop),
-        bare.forward_auth_config().map(drop),
-        bare.limiter().map(drop),
-    ];
-    if cfg.oauth.enabled {
-        others.push(bare.oauth_config().map(drop));
-    }
-    // Whatever else `serve` checks at start (one problem at most from here).
-    others.push(bare.validate());
-    for e in others.into_iter().filter_map(|r| r.err()) {
-        let m = e.to_string();
-        let line = match webhook_index(&m) {
-            Some(i) => webhook_lines.get(i).copied(),
-            None => key_line(text, &m),
+    let route_lines = headers(&work, "[[routes]]");
+    let webhook_lines = headers(&work, "[[webhooks]]");
+    for p in cfg.check(env) {
+        let line = match p.place {
+            Place::Route(i) => route_lines.get(i).copied(),
+            Place::Webhook(i) => webhook_lines.get(i).copied(),
+            Place::Key => key_line(&work, &p.message),
         };
-        push(&mut out, line, m);
+        if !findings.iter().any(|f| f.message == p.message) {
+            findings.push(Finding {
+                line,
+                message: p.message,
+            });
+        }
     }
-    out
+    findings
 }
 
 /// Line (1-based) of byte offset `at`.
@@ -252,11 +195,6 @@ fn headers(text: &str, header: &str) -> Vec<usize> {
         .collect()
 }
 
-fn webhook_index(m: &str) -> Option<usize> {
-    let rest = m.strip_prefix("webhooks[")?;
-    rest.split(']').next()?.parse().ok()
-}
-
 /// The line of `section.key` when the message starts with it (`gateway.publishable_rate: …`).
 fn key_line(text: &str, message: &str) -> Option<usize> {
     let name: String = message
@@ -298,7 +236,14 @@ mod tests {
     #[test]
     fn a_valid_file_has_no_finding() {
         let text = "[gateway]\nlisten = \"127.0.0.1:1\"\n\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:9\"\n";
-        assert!(check(text, Path::new("/tmp/k.toml"), &[]).is_empty());
+        let env = [
+            (
+                "KEYWARD_PEPPER".to_owned(),
+                "test-pepper-0123456789abcdef0123456789abcdef".to_owned(),
+            ),
+            ("KEYWARD_ADMIN_TOKEN".to_owned(), "admin-token-0123456789".to_owned()),
+        ];
+        assert_eq!(check(text, Path::new("/tmp/k.toml"), &env), vec![]);
     }
 
     #[test]

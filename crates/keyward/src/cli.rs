@@ -8,12 +8,17 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "keyward", version, about = "API keys done right, and a way past them.", long_about = None)]
 pub struct Cli {
-    /// Configuration file (TOML). Defaults to ./keyward.toml when it exists.
-    #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "FILE")]
+    /// Configuration file (TOML). Default: $KEYWARD_CONFIG, else ./keyward.toml when it exists.
+    // KEYWARD_CONFIG is read by `support::config_path`, not by clap: clap would print an
+    // argument that came from the environment in its usage lines (`--config <FILE>`), as if
+    // it had to be given.
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Admin API base URL for management commands (default: from the configuration).
-    #[arg(long, global = true, env = "KEYWARD_ADMIN_URL", value_name = "URL")]
+    /// Admin API base URL for management commands. Default: $KEYWARD_ADMIN_URL, else from the
+    /// configuration.
+    // Read by `support::admin_client`, not by clap (see `config`).
+    #[arg(long, global = true, value_name = "URL")]
     pub admin_url: Option<String>,
 
     #[command(subcommand)]
@@ -22,20 +27,27 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write a configuration file, a fresh pepper and an admin token (files mode 0600).
+    /// Write a configuration file, a fresh pepper, an admin token and a key-encryption key
+    /// (the three secrets mode 0600); the store goes to --data-dir.
     Init {
-        /// Directory to write into.
+        /// Directory to write the configuration and the secrets into (e.g. /etc/keyward).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Directory of the store (the SQLite file), written into the configuration as an
+        /// absolute path, e.g. /var/lib/keyward; created when missing. Default: --dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Run the gateway and the admin API (SIGHUP reloads routes and limits; SIGTERM drains).
     Serve,
-    /// Check a configuration file: every problem with its line; exit 0 when valid, 2 when not.
+    /// Check a configuration file as `serve` does before it starts (secrets included): every
+    /// problem with its line; exit 0 when valid, 2 when not or missing.
     #[command(name = "check-config")]
     CheckConfig {
-        /// The configuration file (TOML).
+        /// The configuration file (TOML). Default: the one `serve` would read (--config,
+        /// $KEYWARD_CONFIG, ./keyward.toml).
         #[arg(value_name = "FILE")]
-        file: PathBuf,
+        file: Option<PathBuf>,
     },
     /// Run a complete demo on a temporary SQLite store: cat-facts upstream, gateway, admin API.
     Demo {
@@ -97,8 +109,9 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Find keyward keys in files and directories (honours .gitignore; skips binary files and
-    /// files over 10 MiB); with admin access, report and optionally revoke live ones.
+    /// Find keyward keys in files and directories (honours .gitignore; reads hidden files such
+    /// as .env, never .git/; skips binary files and files over 10 MiB); with admin access,
+    /// report and optionally revoke live ones.
     /// Exit status 1 when a key may be live, 0 when clean, 2 for usage errors.
     Scan {
         #[command(flatten)]

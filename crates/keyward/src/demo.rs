@@ -12,10 +12,10 @@ use keyward_engine::{NewKey, SystemClock};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::commands::shutdown_signal;
 use crate::config::{Config, CorsSection, RouteSection};
 use crate::error::{CliError, Result};
 use crate::server::{start_on, Secrets};
+use crate::support::shutdown_signal;
 
 fn io(e: impl std::fmt::Display) -> CliError {
     CliError::startup(e.to_string())

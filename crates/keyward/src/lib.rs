@@ -14,6 +14,7 @@ pub mod report;
 pub mod scan;
 pub mod seed;
 pub mod server;
+pub mod support;
 pub mod telemetry;
 
 pub use commands::run;

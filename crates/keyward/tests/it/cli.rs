@@ -665,3 +665,160 @@ mod reqwest {
         }
     }
 }
+
+/// Issue 22 point 12: with `KEYWARD_CONFIG` set, no usage line presents `--config` as if it
+/// had to be given; without it, a missing configuration is still named clearly.
+#[test]
+fn usage_lines_do_not_present_config_as_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keyward.toml");
+    std::fs::write(&cfg, "[gateway]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let env = [
+        ("KEYWARD_CONFIG", cfg.to_str().unwrap()),
+        ("KEYWARD_ADMIN_URL", "http://127.0.0.1:9"),
+    ];
+    let usage_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("Usage:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check-config", "--help"],
+        vec!["key"],
+        vec!["serve", "--bogus"],
+        vec!["key", "create"],
+        vec!["scan"],
+    ] {
+        let (code, out, err) = keyward(&args, &env);
+        let lines = usage_lines(&format!("{out}{err}"));
+        assert!(!lines.is_empty(), "{args:?}: no usage line in {out}{err}");
+        for l in &lines {
+            assert!(!l.contains("--config") && !l.contains("--admin-url"), "{args:?}: {l}");
+        }
+        if args.contains(&"--help") {
+            assert_eq!(code, 0);
+            // The option itself is documented, as optional, with its environment variable.
+            if args == ["--help"] {
+                assert!(
+                    out.contains("--config <FILE>") && out.contains("KEYWARD_CONFIG"),
+                    "{out}"
+                );
+            }
+        } else {
+            assert_eq!(code, 2, "{args:?}: {err}");
+        }
+    }
+    // KEYWARD_CONFIG is still honoured: check-config without a FILE checks it.
+    let (code, out, err) = keyward(&["check-config"], &env);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains(cfg.to_str().unwrap()), "{out}");
+    // Without it (and no ./keyward.toml), a clear error, exit status 2.
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = Command::new(BIN);
+    c.arg("check-config")
+        .current_dir(empty.path())
+        .env_remove("KEYWARD_CONFIG");
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no configuration file to check") && err.contains("KEYWARD_CONFIG"),
+        "{err}"
+    );
+    // A KEYWARD_CONFIG that names a missing file: named in the error.
+    let (code, _, err) = keyward(&["serve"], &[("KEYWARD_CONFIG", "/nonexistent/k.toml")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read /nonexistent/k.toml"), "{err}");
+}
+
+/// Issue 22 point 14: `init --dir /etc/... --data-dir /var/lib/...` writes four files (the
+/// configuration and three 0600 secrets) into --dir and points the store into --data-dir;
+/// what it prints is the layout docs/DEPLOYMENT.md describes.
+#[test]
+fn init_writes_config_and_secrets_in_dir_and_the_store_path_in_data_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/keyward");
+    let var = root.path().join("var/lib/keyward");
+    let (code, out, err) = keyward(
+        &[
+            "init",
+            "--dir",
+            etc.to_str().unwrap(),
+            "--data-dir",
+            var.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let mut names: Vec<String> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["admin.token", "keyward.kek", "keyward.pepper", "keyward.toml"]);
+    #[cfg(unix)]
+    {
+        for f in ["admin.token", "keyward.kek", "keyward.pepper"] {
+            assert_eq!(mode(&etc.join(f)), 0o600, "{f}");
+        }
+        // The configuration holds no secret; the data directory is the service's alone.
+        assert_eq!(mode(&etc.join("keyward.toml")) & 0o077 & !0o044, 0);
+        assert_eq!(mode(&var), 0o700);
+    }
+    // Nothing but the directory in --data-dir until the first start.
+    assert_eq!(std::fs::read_dir(&var).unwrap().count(), 0);
+    let text = std::fs::read_to_string(etc.join("keyward.toml")).unwrap();
+    let store = var.join("keyward.db");
+    assert!(text.contains(&format!("url = \"{}\"", store.display())), "{text}");
+    let cfg: keyward::config::Config = toml::from_str(&text).unwrap();
+    assert_eq!(cfg.store.url, store.to_str().unwrap());
+    assert_eq!(cfg.secrets.pepper_file.as_deref(), Some(Path::new("keyward.pepper")));
+    // What it prints: every file, the store, and next steps naming the real paths.
+    for f in ["keyward.toml", "keyward.pepper", "admin.token", "keyward.kek"] {
+        assert!(out.contains(&format!("wrote {}", etc.join(f).display())), "{out}");
+    }
+    assert!(out.contains(&store.display().to_string()), "{out}");
+    assert!(out.contains("docs/DEPLOYMENT.md"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "keyward serve --config {}",
+            etc.join("keyward.toml").display()
+        )),
+        "{out}"
+    );
+    // The written files pass check-config as they are (secrets read from --dir, 0600).
+    let (code, out2, err2) = keyward(&["check-config", etc.join("keyward.toml").to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out2}{err2}");
+    // A second init refuses to overwrite.
+    let (code, _, err) = keyward(&["init", "--dir", etc.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+
+    // A --data-dir that cannot be a directory: a clear error, and nothing written.
+    let blocked = root.path().join("blocked");
+    std::fs::write(&blocked, "a file").unwrap();
+    let two = root.path().join("two");
+    let (code, out, err) = keyward(
+        &[
+            "init",
+            "--dir",
+            two.to_str().unwrap(),
+            "--data-dir",
+            blocked.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(&format!("cannot create {}", blocked.display())), "{err}");
+    assert_eq!(std::fs::read_dir(&two).map(Iterator::count).unwrap_or(0), 0);
+
+    // Without --data-dir: the store next to the configuration (a relative path, as before).
+    let one = root.path().join("one");
+    let (code, out, err) = keyward(&["init", "--dir", one.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(one.join("keyward.toml")).unwrap();
+    assert!(text.contains("url = \"keyward.db\""), "{text}");
+}

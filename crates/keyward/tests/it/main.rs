@@ -11,6 +11,7 @@ mod admin_api;
 mod cli;
 mod cluster_limits;
 mod cluster_store;
+mod config_agree;
 mod console;
 mod demo_page;
 mod dpop;

@@ -366,9 +366,15 @@ rate = "lots"
 "#,
     )
     .unwrap();
+    // The secrets `serve` needs (check-config refuses what serve refuses, missing secrets too).
+    let secrets = [
+        ("KEYWARD_PEPPER", crate::harness::PEPPER),
+        ("KEYWARD_ADMIN_TOKEN", "admin-token-0123456789"),
+    ];
     let out = Command::new(BIN)
         .args(["check-config", p.to_str().unwrap()])
         .env_remove("KEYWARD_CONFIG")
+        .envs(secrets)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -399,6 +405,7 @@ rate = "lots"
     .unwrap();
     let out = Command::new(BIN)
         .args(["check-config", p.to_str().unwrap()])
+        .envs(secrets)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));

@@ -781,3 +781,62 @@ fn a_five_megabyte_one_line_bundle() {
     assert!(took < std::time::Duration::from_secs(20), "{took:?}");
     eprintln!("5 MB one-line bundle scanned in {took:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 22 point 7: hidden files are scanned by default (`.env`), `.git/` never.
+
+#[test]
+fn a_key_in_dot_env_is_found_by_default_and_one_in_dot_git_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let in_env = secret_key();
+    let in_hidden_dir = secret_key();
+    let in_git = secret_key();
+    std::fs::write(d.join(".env"), format!("API_KEY={in_env}\n")).unwrap();
+    std::fs::create_dir_all(d.join(".config")).unwrap();
+    std::fs::write(d.join(".config/app.toml"), format!("key = \"{in_hidden_dir}\"\n")).unwrap();
+    std::fs::create_dir_all(d.join(".git/objects")).unwrap();
+    std::fs::write(d.join(".git/config"), format!("[remote]\n  token = {in_git}\n")).unwrap();
+    std::fs::write(d.join(".git/objects/loose"), format!("{in_git}\n")).unwrap();
+    let hint = |k: &str| display_hint(k);
+    let files = |out: &Out| -> Vec<String> {
+        findings(&out.json())
+            .iter()
+            .map(|f| f["file"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Default: both hidden files found, nothing under .git/; the run fails (live secret keys).
+    let out = scan_one(d, ".", &[]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let found = files(&out);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().any(|f| f.ends_with(".env")), "{found:?}");
+    assert!(found.iter().any(|f| f.ends_with("app.toml")), "{found:?}");
+    assert!(!found.iter().any(|f| f.contains(".git/")), "{found:?}");
+    let hints: Vec<Value> = findings(&out.json()).iter().map(|f| f["hint"].clone()).collect();
+    assert!(hints.contains(&json!(hint(&in_env))), "{hints:?}");
+    assert!(!hints.contains(&json!(hint(&in_git))), "{hints:?}");
+    out.assert_no_secret(&[&in_env, &in_hidden_dir, &in_git]);
+
+    // `--hidden` is still accepted and changes nothing.
+    let again = scan_one(d, ".", &["--hidden"]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert_eq!(files(&again), found);
+
+    // `--no-hidden` skips hidden files and directories: clean.
+    let skipped = scan_one(d, ".", &["--no-hidden"]);
+    assert_eq!(skipped.code, 0, "{}{}", skipped.stdout, skipped.stderr);
+    assert!(files(&skipped).is_empty());
+
+    // Ignore files still apply to hidden files.
+    std::fs::write(d.join(".gitignore"), ".env\n").unwrap();
+    let ignored = scan_one(d, ".", &[]);
+    let found = files(&ignored);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].ends_with("app.toml"), "{found:?}");
+
+    // Both flags at once are a usage error.
+    let both = scan_one(d, ".", &["--hidden", "--no-hidden"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+}

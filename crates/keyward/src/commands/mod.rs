@@ -1,0 +1,182 @@
+//! What each command does: dispatch, `serve` and `cat-facts` here; `init`, the key and app
+//! commands, the client / signing-key / admin-token commands and the flag helpers in submodules.
+
+use std::path::Path;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::{
+    AdminTokenCommand, AppCommand, ClearFlags, Cli, ClientCommand, Command, KeyCommand, LimitFlags, SigningKeyCommand,
+};
+use crate::client::{print_table, seg};
+use crate::config::{write_secret_file, Config};
+use crate::error::{CliError, Result};
+use crate::server::{self, Secrets};
+
+mod clients;
+mod flags;
+mod init;
+mod keys;
+
+use clients::{admin_token, client, signing_key};
+use flags::*;
+use init::init;
+use keys::{app, key};
+
+pub use crate::support::shutdown_signal;
+use crate::support::{admin_client, config_path, env_vars, load_config};
+
+/// Worker threads wanted by the configuration (0 = default), read before the runtime starts.
+pub fn worker_threads(cli: &Cli) -> usize {
+    match cli.command {
+        Command::Serve => load_config(cli).map(|c| c.server.worker_threads).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The OpenTelemetry export `serve` is configured for, read before the subscriber is installed
+/// (a configuration that does not load is reported by `serve` itself).
+pub fn telemetry_export(cli: &Cli) -> Option<crate::telemetry::Export> {
+    match cli.command {
+        Command::Serve => load_config(cli)
+            .ok()
+            .and_then(|c| crate::telemetry::Export::from_config(&c.telemetry)),
+        _ => None,
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init { dir, data_dir } => init(dir, data_dir.as_deref()),
+        Command::Serve => serve(&cli).await,
+        Command::CheckConfig { file } => match file.clone().or_else(|| config_path(&cli)) {
+            Some(file) => crate::check_config::run(&file, &env_vars()),
+            None => Err(CliError::Usage(
+                "no configuration file to check: name it (keyward check-config FILE), or set --config or \
+                 KEYWARD_CONFIG (./keyward.toml is used when it exists)"
+                    .into(),
+            )),
+        },
+        Command::Demo { listen, json } => crate::demo::run(*listen, *json).await,
+        Command::CatFacts { listen } => cat_facts(*listen).await,
+        Command::App(cmd) => app(&cli, cmd).await,
+        Command::Key(cmd) => key(&cli, cmd).await,
+        Command::Client(cmd) => client(&cli, cmd).await,
+        Command::SigningKey(cmd) => signing_key(&cli, cmd).await,
+        Command::AdminToken(cmd) => admin_token(&cli, cmd).await,
+        Command::Usage { key, app, since, out } => {
+            crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
+        }
+        Command::Audit {
+            since,
+            key,
+            kind,
+            limit,
+            out,
+        } => {
+            crate::report::audit(
+                &admin_client(&cli)?,
+                since.as_deref(),
+                key.as_deref(),
+                kind.as_deref(),
+                *limit,
+                out.json,
+            )
+            .await
+        }
+        Command::Scan { args } => crate::scan::run(&cli, args).await,
+        Command::Migrate => crate::seed::migrate(&load_config(&cli)?).await,
+        Command::Dev(crate::cli::DevCommand::Seed {
+            keys,
+            app,
+            sample_out,
+            samples,
+            batch,
+            quiet,
+        }) => {
+            let cfg = load_config(&cli)?;
+            let pepper = cfg.pepper(&env_vars())?;
+            let opts = crate::seed::SeedOptions {
+                keys: *keys,
+                app: app.clone(),
+                sample_out: sample_out.clone(),
+                samples: *samples,
+                batch: *batch,
+                progress: !*quiet,
+            };
+            let r = crate::seed::seed(&cfg, pepper, &opts).await?;
+            let secs = r.elapsed.as_secs_f64();
+            println!(
+                "seeded {} keys into app {} ({}) in {secs:.1} s ({:.0} keys/s)",
+                r.keys,
+                r.app_id,
+                r.backend,
+                r.keys as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cli: &Cli) -> Result<()> {
+    let env = env_vars();
+    // Exactly what `keyward check-config` checks, every problem at once.
+    let cfg = Config::read(config_path(cli).as_deref(), &env)?;
+    crate::config::ConfigError::from_problems(cfg.check(&env))?;
+    let secrets = Secrets {
+        pepper: cfg.pepper(&env)?,
+        admin_token: cfg.admin_token(&env)?,
+        kek: if cfg.oauth.enabled { Some(cfg.kek(&env)?) } else { None },
+        verify_token: cfg.verify_token(&env)?,
+    };
+    let running = server::start(&cfg, secrets).await?;
+    crate::log_listening(running.gateway, running.admin);
+    // SIGHUP: re-read the configuration and swap the route table (routes and their limits);
+    // a configuration that does not load or validate is logged and the current one stays.
+    let path = config_path(cli);
+    let reloads = async {
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    reload(&running, path.as_deref());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP: no configuration reload"),
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! { _ = shutdown_signal() => {}, _ = reloads => {} }
+    tracing::info!(
+        timeout = ?cfg.server.shutdown_timeout,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    running.shutdown().await;
+    Ok(())
+}
+
+/// One SIGHUP: load and validate the file again, then swap the routes.
+fn reload(running: &server::Running, path: Option<&Path>) {
+    match Config::load(path, &env_vars()) {
+        Ok(cfg) => match running.reload(&cfg) {
+            Ok(n) => tracing::info!(routes = n, "configuration reloaded: new route table in force"),
+            Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous configuration stays"),
+        },
+        Err(e) => {
+            running.reload_rejected();
+            tracing::error!(error = %e, "configuration reload refused; the previous configuration stays");
+        }
+    }
+}
+
+async fn cat_facts(listen: std::net::SocketAddr) -> Result<()> {
+    let l = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::startup(format!("cannot listen on {listen}: {e}")))?;
+    let addr = l.local_addr().map_err(|e| CliError::Io(e.to_string()))?;
+    tracing::info!(target: crate::LISTENING, listen = %addr, "cat-facts API on http://{addr}");
+    crate::catfacts::serve(l, shutdown_signal())
+        .await
+        .map_err(|e| CliError::Io(e.to_string()))
+}

@@ -1,0 +1,380 @@
+//! Configuration: TOML with unknown fields refused, every key overridable by a `KEYWARD_*`
+//! environment variable (`KEYWARD_<SECTION>__<KEY>`, e.g. `KEYWARD_GATEWAY__LISTEN`;
+//! top-level arrays such as `routes` as `KEYWARD_ROUTES` holding a TOML inline array).
+//! Secrets never live in the file: the pepper and the admin token come from the environment
+//! or from files readable by their owner only (mode 0600).
+
+use std::path::{Path, PathBuf};
+
+mod build;
+mod gateway;
+mod schema;
+mod secrets;
+mod validate;
+
+pub use schema::*;
+pub use secrets::{read_secret_file, write_secret_file};
+pub use validate::{Place, Problem};
+
+/// Environment variables with a `KEYWARD_` prefix that are not configuration overrides.
+pub const RESERVED_ENV: &[&str] = &[
+    "PEPPER",
+    "ADMIN_TOKEN",
+    "ADMIN_URL",
+    "CONFIG",
+    "LOG",
+    "LOG_FORMAT",
+    "KEK",
+    "VERIFY_TOKEN",
+];
+
+/// A configuration error, with the file and (when known) the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("secret: {0}")]
+    Secret(String),
+    /// Several problems (never empty); one line each.
+    #[error("{}", list(.0))]
+    Problems(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    match problems {
+        [one] => one.message.clone(),
+        many => {
+            let mut s = format!("{} configuration problems:", many.len());
+            for p in many {
+                s.push_str("\n  ");
+                s.push_str(&p.message);
+            }
+            s
+        }
+    }
+}
+
+impl ConfigError {
+    /// `Ok` when there is no problem, else one error holding them all.
+    pub fn from_problems(problems: Vec<Problem>) -> Result<(), ConfigError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Problems(problems))
+        }
+    }
+
+    /// The file named does not exist (a usage error: exit status 2).
+    pub fn is_missing_file(&self) -> bool {
+        matches!(self, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given), applies `KEYWARD_*` overrides from `env` and validates the
+    /// result ([`Config::validate`]: no secret is read).
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let cfg = Config::read(path, env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Loads `path` (if given) and applies `KEYWARD_*` overrides from `env`, without
+    /// validating: `serve` runs [`Config::check`] on it, `check-config` too.
+    pub fn read(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?,
+            None => String::new(),
+        };
+        Config::from_text(&text, path, env)
+    }
+
+    /// Parses `text` (the content of `path`, which relative paths are resolved against) and
+    /// applies `KEYWARD_*` overrides from `env`, without validating.
+    pub fn from_text(text: &str, path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let origin = path.map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
+        let mut table = parse_table(text, &origin)?;
+        apply_env(&mut table, env)?;
+        let mut cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("configuration: {}", e.message())))?;
+        if let Some(base) = path.and_then(Path::parent) {
+            cfg.resolve_paths(base);
+        }
+        Ok(cfg)
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.secrets.pepper_file.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.secrets.admin_token_file.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.secrets.kek_file.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.verify.token_file.as_mut() {
+            abs(p);
+        }
+        for w in &mut self.webhooks {
+            if let Some(p) = w.secret_file.as_mut() {
+                abs(p);
+            }
+        }
+        if let Some(p) = self.leak_reports.github_keys_file.as_mut() {
+            abs(p);
+        }
+        let g = &mut self.gateway;
+        for p in [&mut g.tls_cert_file, &mut g.tls_key_file, &mut g.tls_client_ca_file]
+            .into_iter()
+            .flatten()
+        {
+            abs(p);
+        }
+        for p in &mut g.tls_crl_files {
+            abs(p);
+        }
+        if !self.store.url.contains("://") && !self.store.url.starts_with("sqlite:") {
+            let mut p = PathBuf::from(&self.store.url);
+            abs(&mut p);
+            self.store.url = p.display().to_string();
+        }
+    }
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .map(|l| format!(" at line {l}"))
+            .unwrap_or_default();
+        ConfigError::Invalid(format!("{origin}{line}: {}", e.message()))
+    })
+}
+
+/// Applies `KEYWARD_<SECTION>__<KEY>=value` overrides. Values are read as TOML when they
+/// parse as a TOML value (numbers, booleans, arrays, inline tables), else as strings.
+pub fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix("KEYWARD_") else {
+            continue;
+        };
+        if RESERVED_ENV.contains(&rest) || rest.starts_with("TEST_") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Invalid(format!("{k}: malformed override name")));
+        }
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
+        let mut cur = &mut *table;
+        for (i, seg) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cur.insert(seg.clone(), value.clone());
+            } else {
+                let entry = cur
+                    .entry(seg.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                cur = entry
+                    .as_table_mut()
+                    .ok_or_else(|| ConfigError::Invalid(format!("{k}: {seg} is not a section")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.gateway.listen.port(), 8080);
+        assert_eq!(c.keys.prefix, "kw");
+    }
+
+    #[test]
+    fn env_overrides_every_kind_of_value() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("KEYWARD_GATEWAY__LISTEN", "127.0.0.1:9999"),
+                ("KEYWARD_GATEWAY__INVALID_CREDENTIAL_STATUS", "403"),
+                ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"x-key\", \"x-api-key\"]"),
+                ("KEYWARD_CACHE__TTL", "5s"),
+                ("KEYWARD_KEYS__PREFIX", "acme"),
+                (
+                    "KEYWARD_ROUTES",
+                    "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://127.0.0.1:1\"}]",
+                ),
+                ("KEYWARD_PEPPER", "not a config key"),
+                ("KEYWARD_TEST_POSTGRES_URL", "ignored"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.listen.port(), 9999);
+        assert_eq!(c.gateway.invalid_credential_status, 403);
+        assert_eq!(c.gateway.credential_headers, vec!["x-key", "x-api-key"]);
+        assert_eq!(c.cache.ttl, Duration::from_secs(5));
+        assert_eq!(c.keys.prefix, "acme");
+        assert_eq!(c.routes.len(), 1);
+        // The body read deadline reaches every listener's limits.
+        let c = Config::load(None, &env(&[("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "7s")])).unwrap();
+        assert_eq!(c.http_limits().unwrap().body_read_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.toml");
+        std::fs::write(&p, "[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        std::fs::write(&p, "[gateway]\nlisten = \n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::load(None, &env(&[("KEYWARD_NOPE__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (k, v) in [
+            ("KEYWARD_GATEWAY__INVALID_CREDENTIAL_STATUS", "500"),
+            ("KEYWARD_GATEWAY__CONNECT_TIMEOUT", "0s"),
+            ("KEYWARD_GATEWAY__CONNECT_TIMEOUT", "soon"),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "0s"),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "-5s"),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "\"30\""),
+            ("KEYWARD_GATEWAY__BODY_READ_TIMEOUT", "99999999999999999999s"),
+            ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"bad header\"]"),
+            ("KEYWARD_GATEWAY__CREDENTIAL_HEADERS", "[\"authorization\"]"),
+            ("KEYWARD_KEYS__PREFIX", "Bad_Prefix"),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"r\", upstream = \"http://h:1\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"https://h:1\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", scopes = [\"a b\"]}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", rate = \"0/min\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", rate = \"10/fortnight\"}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", burst = 5}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", cost = 0}]",
+            ),
+            (
+                "KEYWARD_ROUTES",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\", rate_by = \"planet\"}]",
+            ),
+            ("KEYWARD_GATEWAY__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]"),
+            ("KEYWARD_GATEWAY__TRUSTED_PROXIES", "[\"fe80::1%eth0/64\"]"),
+            ("KEYWARD_GATEWAY__LISTEN", "nowhere"),
+        ] {
+            assert!(Config::load(None, &env(&[(k, v)])).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        let missing = dir.path().join("nope.pem").display().to_string();
+        let ok = Config::load(
+            None,
+            &env(&[
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", &c),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", &k),
+            ]),
+        )
+        .unwrap();
+        let t = ok.tls_settings().unwrap().unwrap();
+        assert_eq!(t.reload_interval, Duration::from_secs(30));
+        assert_eq!(t.client_auth, keyward_edge::tls::ClientAuth::None);
+        assert!(Config::default().tls_settings().unwrap().is_none());
+        for pairs in [
+            vec![("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str())],
+            vec![("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str())],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", missing.as_str()),
+            ],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str()),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "required"),
+            ],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str()),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "sometimes"),
+            ],
+            vec![
+                ("KEYWARD_GATEWAY__TLS_CERT_FILE", c.as_str()),
+                ("KEYWARD_GATEWAY__TLS_KEY_FILE", k.as_str()),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "optional"),
+                ("KEYWARD_GATEWAY__TLS_CLIENT_CA_FILE", missing.as_str()),
+            ],
+            vec![("KEYWARD_GATEWAY__TLS_CLIENT_AUTH", "optional")],
+        ] {
+            assert!(Config::load(None, &env(&pairs)).is_err(), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn secret_files_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pepper");
+        write_secret_file(&p, &"a".repeat(64)).unwrap();
+        assert!(read_secret_file(&p).is_ok());
+        assert!(write_secret_file(&p, "x").is_err(), "never overwrites");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = read_secret_file(&p).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{e}");
+        }
+    }
+}
