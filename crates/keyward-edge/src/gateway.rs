@@ -227,6 +227,12 @@ impl Table {
                 let mut g = GroupConfig::new(name, vec![u.clone()]);
                 // One target: nothing to eject it for.
                 g.max_fails = 0;
+                let url = &r.options.url_upstream;
+                g.protocol = url.protocol;
+                g.ca_file.clone_from(&url.ca_file);
+                g.server_name.clone_from(&url.server_name);
+                g.client_cert_file.clone_from(&url.client_cert_file);
+                g.client_key_file.clone_from(&url.client_key_file);
                 all.push(g);
             }
         }

@@ -168,6 +168,18 @@ pub struct RouteOptions {
     pub idle_timeout: Duration,
     /// A tunnel is closed this long after it opened (and at its credential's expiry).
     pub max_tunnel_duration: Duration,
+    /// For a URL upstream, the settings of the route's own group.
+    pub url_upstream: UrlUpstream,
+}
+
+/// A URL upstream's protocol and TLS settings (an `[[upstreams]]` group has its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlUpstream {
+    pub protocol: keyward_upstream::Protocol,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert_file: Option<std::path::PathBuf>,
+    pub client_key_file: Option<std::path::PathBuf>,
 }
 
 /// A tunnel's defaults: nginx's `proxy_read_timeout` for idleness, a day at most.
@@ -189,6 +201,7 @@ impl Default for RouteOptions {
             websocket: false,
             idle_timeout: DEFAULT_TUNNEL_IDLE,
             max_tunnel_duration: DEFAULT_MAX_TUNNEL,
+            url_upstream: UrlUpstream::default(),
         }
     }
 }

@@ -7,8 +7,9 @@ use axum::http::{HeaderName, Method, StatusCode};
 use keyward_core::policy::{parse_cidr, RateSpec};
 use keyward_core::Scope;
 use keyward_edge::gateway::Upstream;
+use keyward_edge::route::{HeaderRules, HostPattern, RouteOptions, UrlUpstream};
 use keyward_edge::{GatewayConfig, Route};
-use keyward_engine::RouteLimits;
+use keyward_engine::{RateBy, RouteLimits};
 
 use super::validate::METHODS;
 use super::{Config, ConfigError, Place, Problem, RouteSection};
@@ -66,6 +67,9 @@ impl Config {
             key("security.failed_auth_burst: must be at least 1".into());
         }
         let client_certificates = g.tls_client_auth != keyward_edge::tls::ClientAuth::None;
+        if let Err(e) = keyward_upstream::config::validate_all(&self.upstreams) {
+            key(format!("upstreams.{}: {}", e.group, e.message));
+        }
         let mut routes = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -97,7 +101,7 @@ impl Config {
             invalid_credential_status,
             connect_timeout: g.connect_timeout,
             upstream_timeout: g.upstream_timeout,
-            upstreams: Vec::new(),
+            upstreams: self.upstreams.clone(),
         })
     }
 
@@ -122,15 +126,22 @@ impl Config {
                 Err(e) => errors.push(format!("{at}: {e}")),
             }
         }
-        if !r.tokens && !r.api_keys && !r.client_certificates {
+        if !r.public && !r.tokens && !r.api_keys && !r.client_certificates {
             errors.push(format!(
-                "{at}: accepts neither API keys, tokens nor client certificates"
+                "{at}: accepts neither API keys, tokens nor client certificates (public = true takes anyone)"
             ));
         }
         if r.tokens && !self.oauth.enabled {
             errors.push(format!("{at}: tokens = true needs [oauth] enabled = true"));
         }
         let upstream = Upstream::parse(&r.upstream).map_err(|e| format!("{at}: {e}"));
+        if !r.upstream.contains("://") && !self.upstreams.iter().any(|g| g.name == r.upstream) {
+            errors.push(format!(
+                "{at}: upstream {:?} is neither a URL nor the name of an [[upstreams]] group",
+                r.upstream
+            ));
+        }
+        let options = self.route_options(&at, r, &mut errors);
         let rate = match &r.rate {
             Some(spec) => RateSpec::parse(spec, r.burst)
                 .map(Some)
@@ -195,7 +206,75 @@ impl Config {
             publishable: r.publishable,
             cors,
             audience: r.audience.clone().unwrap_or_else(|| self.oauth.audience.clone()),
-            options: Default::default(),
+            options,
         })
+    }
+
+    /// A route's proxy options (hosts, rewrites, header rules, timeouts, body size, public
+    /// access, WebSocket, a URL upstream's TLS); problems go to `errors`.
+    fn route_options(&self, at: &str, r: &RouteSection, errors: &mut Vec<String>) -> RouteOptions {
+        let mut o = RouteOptions::default();
+        for h in &r.hosts {
+            match HostPattern::parse(h) {
+                Ok(p) => o.hosts.push(p),
+                Err(e) => errors.push(format!("{at}: hosts: {e}")),
+            }
+        }
+        if r.hosts.len() > 64 {
+            errors.push(format!("{at}: hosts: at most 64"));
+        }
+        let rules = |which: &str, section: &Option<super::schema::HeaderRulesSection>, errors: &mut Vec<String>| match section {
+            None => HeaderRules::default(),
+            Some(s) => HeaderRules::parse(&s.set, &s.remove).unwrap_or_else(|e| {
+                errors.push(format!("{at}: {which}: {e}"));
+                HeaderRules::default()
+            }),
+        };
+        o.request_headers = rules("request_headers", &r.request_headers, errors);
+        o.response_headers = rules("response_headers", &r.response_headers, errors);
+        o.public = r.public;
+        if r.public {
+            if !r.scopes.is_empty() {
+                errors.push(format!("{at}: a public route checks no credential, so it cannot require scopes"));
+            }
+            if r.rate.is_some() && !matches!(r.rate_by, RateBy::ClientIp | RateBy::Global) {
+                errors.push(format!(
+                    "{at}: a public route has no key or app to limit: rate_by = \"client_ip\" or \"global\""
+                ));
+            }
+        }
+        o.strip_prefix = r.strip_prefix;
+        o.preserve_host = r.preserve_host;
+        o.timeout = r.timeout;
+        o.connect_timeout = r.connect_timeout;
+        if r.max_body_size == Some(0) {
+            errors.push(format!("{at}: max_body_size must be at least 1 byte"));
+        }
+        o.max_body_size = r.max_body_size;
+        o.websocket = r.websocket;
+        if let Some(d) = r.idle_timeout {
+            o.idle_timeout = d;
+        }
+        if let Some(d) = r.max_tunnel_duration {
+            o.max_tunnel_duration = d;
+        }
+        if (r.idle_timeout.is_some() || r.max_tunnel_duration.is_some()) && !r.websocket {
+            errors.push(format!("{at}: idle_timeout and max_tunnel_duration are for websocket = true routes"));
+        }
+        let tls_set = r.ca_file.is_some() || r.server_name.is_some() || r.client_cert_file.is_some() || r.client_key_file.is_some();
+        if (tls_set || r.protocol.is_some()) && !r.upstream.contains("://") {
+            errors.push(format!(
+                "{at}: protocol, ca_file, server_name, client_cert_file and client_key_file go on the [[upstreams]] group {:?}",
+                r.upstream
+            ));
+        }
+        o.url_upstream = UrlUpstream {
+            protocol: r.protocol.unwrap_or_default(),
+            ca_file: r.ca_file.clone(),
+            server_name: r.server_name.clone(),
+            client_cert_file: r.client_cert_file.clone(),
+            client_key_file: r.client_key_file.clone(),
+        };
+        o
     }
 }

@@ -278,7 +278,7 @@ mod tests {
             ),
             (
                 "KEYWARD_ROUTES",
-                "[{name = \"r\", path_prefix = \"/r\", upstream = \"https://h:1\"}]",
+                "[{name = \"r\", path_prefix = \"/r\", upstream = \"ftp://h:1\"}]",
             ),
             (
                 "KEYWARD_ROUTES",

@@ -35,6 +35,9 @@ pub struct Config {
     pub security: SecuritySection,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// Upstream groups routes name with `upstream = "NAME"`: targets, balancing, health, TLS.
+    #[serde(default)]
+    pub upstreams: Vec<keyward_upstream::GroupConfig>,
     #[serde(default)]
     pub webhooks: Vec<WebhookSection>,
     #[serde(default)]
@@ -572,6 +575,67 @@ pub struct RouteSection {
     /// CORS for browsers calling this route from other origins.
     #[serde(default)]
     pub cors: Option<CorsSection>,
+    /// Host names this route answers (`api.example.com`, `*.example.com`), matched before
+    /// paths; empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// No credential is checked (callers are anonymous; `rate_by = "client_ip"` limits them).
+    #[serde(default)]
+    pub public: bool,
+    /// The route's prefix is removed before the upstream's base path is added.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// The client's `Host` goes to the upstream.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Headers set on / removed from the request to the upstream.
+    #[serde(default)]
+    pub request_headers: Option<HeaderRulesSection>,
+    /// Headers set on / removed from the upstream's responses.
+    #[serde(default)]
+    pub response_headers: Option<HeaderRulesSection>,
+    /// Until the upstream's response header (default `gateway.upstream_timeout`).
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Connecting to the upstream, TLS included (default `gateway.connect_timeout`).
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// Largest request body in bytes (413 beyond).
+    #[serde(default)]
+    pub max_body_size: Option<u64>,
+    /// WebSocket handshakes are tunnelled.
+    #[serde(default)]
+    pub websocket: bool,
+    /// A tunnel with no byte either way for this long is closed (default 60s).
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// A tunnel is closed this long after it opened (default 24h).
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub max_tunnel_duration: Option<Duration>,
+    /// For a URL upstream: the protocol towards it (`http1`, `h2c`, `h2`, `auto`).
+    #[serde(default)]
+    pub protocol: Option<keyward_upstream::Protocol>,
+    /// For an `https://` URL upstream: the CA bundle that signs its certificate.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For an `https://` URL upstream: the name sent as SNI and checked in its certificate.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// For an `https://` URL upstream: a client certificate (mutual TLS), with its key.
+    #[serde(default)]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
+}
+
+/// `[routes.request_headers]` / `[routes.response_headers]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesSection {
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// `[[routes]] cors = { … }`.
@@ -592,7 +656,7 @@ pub struct CorsSection {
     #[serde(default)]
     pub allow_credentials: bool,
     /// How long browsers may cache a preflight (default 10m, at most 24h).
-    #[serde(default, with = "opt_dur")]
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
 }
 

@@ -30,6 +30,7 @@ mod oauth;
 mod ops;
 mod pipeline;
 mod proxy;
+mod websocket;
 mod scan;
 mod tls;
 mod verify;
