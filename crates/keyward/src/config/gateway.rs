@@ -223,19 +223,23 @@ impl Config {
         if r.hosts.len() > 64 {
             errors.push(format!("{at}: hosts: at most 64"));
         }
-        let rules = |which: &str, section: &Option<super::schema::HeaderRulesSection>, errors: &mut Vec<String>| match section {
-            None => HeaderRules::default(),
-            Some(s) => HeaderRules::parse(&s.set, &s.remove).unwrap_or_else(|e| {
-                errors.push(format!("{at}: {which}: {e}"));
-                HeaderRules::default()
-            }),
+        let rules = |which: &str, section: &Option<super::schema::HeaderRulesSection>, errors: &mut Vec<String>| {
+            match section {
+                None => HeaderRules::default(),
+                Some(s) => HeaderRules::parse(&s.set, &s.remove).unwrap_or_else(|e| {
+                    errors.push(format!("{at}: {which}: {e}"));
+                    HeaderRules::default()
+                }),
+            }
         };
         o.request_headers = rules("request_headers", &r.request_headers, errors);
         o.response_headers = rules("response_headers", &r.response_headers, errors);
         o.public = r.public;
         if r.public {
             if !r.scopes.is_empty() {
-                errors.push(format!("{at}: a public route checks no credential, so it cannot require scopes"));
+                errors.push(format!(
+                    "{at}: a public route checks no credential, so it cannot require scopes"
+                ));
             }
             if r.rate.is_some() && !matches!(r.rate_by, RateBy::ClientIp | RateBy::Global) {
                 errors.push(format!(
@@ -259,9 +263,14 @@ impl Config {
             o.max_tunnel_duration = d;
         }
         if (r.idle_timeout.is_some() || r.max_tunnel_duration.is_some()) && !r.websocket {
-            errors.push(format!("{at}: idle_timeout and max_tunnel_duration are for websocket = true routes"));
+            errors.push(format!(
+                "{at}: idle_timeout and max_tunnel_duration are for websocket = true routes"
+            ));
         }
-        let tls_set = r.ca_file.is_some() || r.server_name.is_some() || r.client_cert_file.is_some() || r.client_key_file.is_some();
+        let tls_set = r.ca_file.is_some()
+            || r.server_name.is_some()
+            || r.client_cert_file.is_some()
+            || r.client_key_file.is_some();
         if (tls_set || r.protocol.is_some()) && !r.upstream.contains("://") {
             errors.push(format!(
                 "{at}: protocol, ca_file, server_name, client_cert_file and client_key_file go on the [[upstreams]] group {:?}",

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -251,4 +252,181 @@ async fn refused_grpc_calls_are_answered_in_grpc() {
     assert!(!message.contains("127.0.0.1:9"), "{message}");
     // An unknown path: UNIMPLEMENTED.
     assert_eq!(grpc_status(&grpc_call(&kw, "/nowhere/x.Y/Z", Some(&key)).await).1, "12");
+}
+
+fn header_rules(set: &[(&str, &str)], remove: &[&str]) -> Option<keyward::config::HeaderRulesSection> {
+    Some(keyward::config::HeaderRulesSection {
+        set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        remove: remove.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[tokio::test]
+async fn rewrites_header_rules_hosts_and_public_routes() {
+    let kw = boot_with(|c| {
+        let up = c.routes[0].upstream.clone();
+        let mut api = route_to("api", "/api", "127.0.0.1:1".parse().unwrap());
+        api.upstream = format!("{up}/base");
+        api.strip_prefix = true;
+        api.preserve_host = true;
+        api.request_headers = header_rules(&[("x-env", "prod")], &["cookie"]);
+        api.response_headers = header_rules(&[("x-served-by", "keyward")], &["content-type"]);
+        let mut on_host = route_to("host-a", "/", "127.0.0.1:1".parse().unwrap());
+        on_host.upstream = up.clone();
+        on_host.hosts = vec!["a.example".into(), "*.b.example".into()];
+        on_host.request_headers = header_rules(&[("x-route", "host-a")], &[]);
+        let mut open = route_to("open", "/open", "127.0.0.1:1".parse().unwrap());
+        open.upstream = up.clone();
+        open.public = true;
+        open.api_keys = false;
+        open.rate = Some("2/min".into());
+        open.rate_by = keyward_engine::RateBy::ClientIp;
+        let mut small = route_to("small", "/small", "127.0.0.1:1".parse().unwrap());
+        small.upstream = up.clone();
+        small.max_body_size = Some(10);
+        let mut quick = route_to("quick", "/slow", "127.0.0.1:1".parse().unwrap());
+        quick.upstream = up;
+        quick.timeout = Some(Duration::from_millis(100));
+        c.routes.retain(|r| r.name != "slow");
+        c.routes.extend([api, on_host, open, small, quick]);
+    })
+    .await;
+    let (_, key) = kw.key("cats", &["facts:read"], json!({})).await;
+
+    // strip_prefix, base path, header rules both ways, preserve_host.
+    let r = kw
+        .http
+        .get(format!("{}/api/users?page=2", kw.gw))
+        .header("x-api-key", &key)
+        .header("cookie", "session=secret")
+        .header("host", "shop.example:8443")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-served-by"], "keyward");
+    assert!(r.headers().get("content-type").is_none(), "removed from the response");
+    let seen = kw.up.seen.last();
+    assert_eq!(seen[":path"], vec!["/base/users?page=2".to_owned()]);
+    assert_eq!(seen["x-env"], vec!["prod".to_owned()]);
+    assert!(!seen.contains_key("cookie"));
+    assert_eq!(seen["host"], vec!["shop.example:8443".to_owned()]);
+    assert_eq!(
+        seen["x-keyward-app"],
+        vec!["cats".to_owned()],
+        "identity headers untouched"
+    );
+
+    // Hosts before paths: a.example takes the host route even for /fact.
+    let via = |host: &'static str| {
+        kw.http
+            .get(format!("{}/fact", kw.gw))
+            .header("x-api-key", &key)
+            .header("host", host)
+            .send()
+    };
+    assert_eq!(via("a.example").await.unwrap().status(), 200);
+    assert_eq!(kw.up.seen.last()["x-route"], vec!["host-a".to_owned()]);
+    assert_eq!(via("x.b.example").await.unwrap().status(), 200);
+    assert_eq!(kw.up.seen.last()["x-route"], vec!["host-a".to_owned()]);
+    assert_eq!(via("elsewhere.example").await.unwrap().status(), 200);
+    assert!(
+        !kw.up.seen.last().contains_key("x-route"),
+        "other hosts take the path's route"
+    );
+
+    // A public route: no credential, limited per address, no identity but the address; a key
+    // sent anyway never reaches the upstream.
+    let open = || kw.http.get(format!("{}/open", kw.gw)).header("x-api-key", &key).send();
+    assert_eq!(open().await.unwrap().status(), 200);
+    let seen = kw.up.seen.last();
+    assert!(seen.contains_key("x-keyward-client-ip") && !seen.contains_key("x-keyward-app"));
+    assert!(!seen.contains_key("x-api-key"));
+    assert_eq!(kw.get("/open", &[]).await.status(), 200);
+    problem(kw.get("/open", &[]).await, 429, "rate_limited").await;
+
+    // max_body_size: declared and streamed.
+    let post = |body: reqwest::Body| {
+        kw.http
+            .post(format!("{}/small", kw.gw))
+            .header("x-api-key", &key)
+            .body(body)
+            .send()
+    };
+    assert_eq!(post("0123456789".into()).await.unwrap().status(), 200);
+    problem(post("0123456789a".into()).await.unwrap(), 413, "body_too_large").await;
+    let chunks = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from("0123456789"))),
+        Ok(hyper::body::Frame::data(bytes::Bytes::from("abc"))),
+    ]);
+    let streamed = reqwest::Body::wrap(http_body_util::StreamBody::new(chunks));
+    problem(post(streamed).await.unwrap(), 413, "body_too_large").await;
+
+    // The route's own timeout (the upstream takes 5 s).
+    let t = std::time::Instant::now();
+    problem(kw.get("/slow", &[("x-api-key", &key)]).await, 504, "upstream_timeout").await;
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+/// A TLS upstream with `leaf`'s certificate: answers `secure` to every request.
+async fn tls_upstream(leaf: &crate::tls::Leaf) -> SocketAddr {
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der.clone()], key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecure")
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstreams_trusted_untrusted_and_wrong_name() {
+    let ca = crate::tls::ca("upstream CA");
+    let server = crate::tls::leaf(&ca, 7, true, false);
+    let up = tls_upstream(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let kw = boot_with(|c| {
+        let https = |name: &str, prefix: &str| {
+            let mut r = route_to(name, prefix, up);
+            r.upstream = format!("https://localhost:{}", up.port());
+            r
+        };
+        let mut trusted = https("trusted", "/trusted");
+        trusted.ca_file = Some(ca_file.clone());
+        let untrusted = https("untrusted", "/untrusted");
+        let mut wrong = https("wrong", "/wrong");
+        wrong.ca_file = Some(ca_file.clone());
+        wrong.server_name = Some("other.example".into());
+        c.routes.extend([trusted, untrusted, wrong]);
+    })
+    .await;
+    let (_, key) = kw.key("cats", &[], json!({})).await;
+    let r = kw.get("/trusted", &[("x-api-key", &key)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "secure");
+    for path in ["/untrusted", "/wrong"] {
+        let v = problem(kw.get(path, &[("x-api-key", &key)]).await, 502, "upstream_tls").await;
+        assert!(!v.to_string().contains("localhost"), "no upstream detail in {v}");
+    }
 }

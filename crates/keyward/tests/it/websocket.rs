@@ -21,7 +21,9 @@ async fn echo_server() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
                 while let Some(Ok(m)) = ws.next().await {
                     if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
                         return;
@@ -98,7 +100,9 @@ async fn websocket_tunnels_are_decided_then_untouched() {
         c.routes.push(ws_route("plain", "/plain", up, false));
     })
     .await;
-    let (_, key) = kw.key("cats", &[], json!({"rate": {"limit": "2/min", "burst": 2}})).await;
+    let (_, key) = kw
+        .key("cats", &[], json!({"rate": {"limit": "2/min", "burst": 2}}))
+        .await;
     // No key: refused at the handshake, like any request.
     assert_eq!(status_of(connect(&kw, "/ws", None).await.unwrap_err()), 401);
     // With the key: frames both ways, text and binary, many of them.
@@ -143,7 +147,10 @@ async fn malformed_handshakes_are_400() {
         ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
     let send = |method: Method, drop: Option<&'static str>, replace: Option<(&'static str, &'static str)>| {
-        let mut req = kw.http.request(method, format!("{}/ws", kw.gw)).header("x-api-key", &key);
+        let mut req = kw
+            .http
+            .request(method, format!("{}/ws", kw.gw))
+            .header("x-api-key", &key);
         for (k, v) in good {
             if Some(k) == drop {
                 continue;
