@@ -313,6 +313,80 @@ mod tests {
     }
 
     #[test]
+    fn proxy_options_are_checked() {
+        let route = |extra: &str| format!("[{{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\"{extra}}}]");
+        let load = |routes: &str, upstreams: Option<&str>| {
+            let mut vars = vec![("KEYWARD_ROUTES", routes.to_owned())];
+            if let Some(u) = upstreams {
+                vars.push(("KEYWARD_UPSTREAMS", u.to_owned()));
+            }
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Config::load(None, &env(&vars))
+        };
+        // Accepted.
+        for ok in [
+            ", hosts = [\"api.example.com\", \"*.example.com\"], strip_prefix = true, preserve_host = true",
+            ", request_headers = {set = {\"x-env\" = \"prod\"}, remove = [\"cookie\"]}, response_headers = {remove = [\"server\"]}",
+            ", timeout = \"5s\", connect_timeout = \"1s\", max_body_size = 1024",
+            ", websocket = true, idle_timeout = \"30s\", max_tunnel_duration = \"1h\"",
+            ", public = true, api_keys = false, rate = \"10/s\", rate_by = \"client_ip\"",
+            ", rate = \"10/s\", rate_by = \"client_ip\"",
+        ] {
+            assert!(load(&route(ok), None).is_ok(), "{ok}: {:?}", load(&route(ok), None).err());
+        }
+        let group = "[{name = \"cats\", targets = [\"http://10.0.0.1:9000\", \"http://10.0.0.2:9000\"], balance = \"hash\", hash_by = \"client_ip\"}]";
+        let named = "[{name = \"r\", path_prefix = \"/r\", upstream = \"cats\"}]";
+        assert!(load(named, Some(group)).is_ok(), "{:?}", load(named, Some(group)).err());
+        // Refused, each with the key named.
+        for (bad, says) in [
+            (", hosts = [\"http://a.com\"]", "hosts"),
+            (", hosts = [\"a..b\"]", "hosts"),
+            (
+                ", request_headers = {set = {\"x-keyward-app\" = \"evil\"}}",
+                "request_headers",
+            ),
+            (
+                ", response_headers = {remove = [\"transfer-encoding\"]}",
+                "response_headers",
+            ),
+            (", request_headers = {set = {\"x-a\" = \"b\"}, add = [\"c\"]}", "add"),
+            (", timeout = \"0s\"", "positive"),
+            (", max_body_size = 0", "max_body_size"),
+            (", idle_timeout = \"30s\"", "websocket"),
+            (", public = true, scopes = [\"a:b\"]", "public"),
+            (", public = true, rate = \"1/s\"", "client_ip"),
+            (", protocol = \"h3\"", "expected one of `http1`, `h2c`, `h2`, `auto`"),
+        ] {
+            let e = load(&route(bad), None).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // A group name that does not exist; TLS settings on a route that names a group.
+        let e = load(named, None).unwrap_err().to_string();
+        assert!(e.contains("[[upstreams]]"), "{e}");
+        let tls_on_named = "[{name = \"r\", path_prefix = \"/r\", upstream = \"cats\", ca_file = \"/x\"}]";
+        let e = load(tls_on_named, Some(group)).unwrap_err().to_string();
+        assert!(e.contains("go on the [[upstreams]] group"), "{e}");
+        // A bad group: no targets, a password in a target (never echoed), h2c over https.
+        for (g, says) in [
+            ("[{name = \"cats\", targets = []}]", "targets"),
+            (
+                "[{name = \"cats\", targets = [\"https://10.0.0.1\"], protocol = \"h2c\"}]",
+                "h2c",
+            ),
+        ] {
+            let e = load(named, Some(g)).unwrap_err().to_string();
+            assert!(e.contains(says), "{g}: {e}");
+        }
+        let e = load(
+            named,
+            Some("[{name = \"cats\", targets = [\"http://u:hunter2@10.0.0.1\"]}]"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("hunter2"), "a password in an error: {e}");
+    }
+
+    #[test]
     fn tls_settings_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("cert.pem");
