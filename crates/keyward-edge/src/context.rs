@@ -273,7 +273,23 @@ pub(crate) struct Forwarding<'a> {
 /// trusted proxies; then the identity headers, added after the removals so that
 /// `Connection: x-keyward-app` cannot strip them.
 pub(crate) fn upstream_headers(h: &mut HeaderMap, authority: Option<&str>, f: &Forwarding<'_>) {
+    // `TE: trailers` (the only TE an HTTP/2 request may carry, RFC 9113 §8.2.2) says the client
+    // reads trailers; gRPC servers refuse a call without it. It goes on (keyward-upstream drops
+    // it towards HTTP/1.1 upstreams, where TE is hop-by-hop), every other TE does not.
+    let te_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     strip_hop_by_hop(h);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     for name in f.credential_headers {
         h.remove(name);
     }
