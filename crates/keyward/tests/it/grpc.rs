@@ -274,6 +274,10 @@ async fn python_grpc_server_and_client_through_keyward() {
     assert_eq!(code(&v, "unary"), "UNAVAILABLE", "{v}");
     let stream = code(&v, "stream");
     assert!(!stream.is_empty() && stream != "OK", "{v}");
+    eprintln!(
+        "grpc: a mid-stream reset is seen by the client as {stream}: {}",
+        v["stream"]["details"]
+    );
     assert_eq!(v["stream"]["replies"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["stream"]["replies"][0]["message"], "n0", "{v}");
     let v = py_client(&python, &kw, "h2c.test", Some(&key), &["unary"]).await;
