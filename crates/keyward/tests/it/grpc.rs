@@ -188,6 +188,17 @@ async fn python_grpc_server_and_client_through_keyward() {
         );
         h2.ca_file = Some(ca_file.clone());
         c.routes.push(h2);
+        // The same TLS server as an `[[upstreams]]` group: its own `ca_file`, `auto` (ALPN).
+        let mut group = keyward_upstream::GroupConfig::new(
+            "grpc-tls",
+            vec![format!("https://localhost:{}", secure.port).parse().unwrap()],
+        );
+        group.protocol = Protocol::Auto;
+        group.ca_file = Some(ca_file.clone());
+        c.upstreams.push(group);
+        let mut grouped = grpc_route("group.test", "grpc-tls".into(), Protocol::Auto, &[]);
+        grouped.protocol = None;
+        c.routes.push(grouped);
         c.routes
             .push(grpc_route("down.test", "http://127.0.0.1:9".into(), Protocol::H2c, &[]));
         c.routes
@@ -246,6 +257,12 @@ async fn python_grpc_server_and_client_through_keyward() {
     assert_eq!(v["unary"]["replies"][0]["message"], "hello", "{v}");
     assert_eq!(v["unary"]["trailers"]["x-echo-trailer"], "trailer-hello", "{v}");
     assert_eq!(v["stream"]["replies"].as_array().unwrap().len(), 3, "{v}");
+
+    // The group: h2 chosen by ALPN, the group's CA.
+    let v = py_client(&python, &kw, "group.test", Some(&key), &["unary", "stream"]).await;
+    assert_eq!(code(&v, "unary"), "OK", "{v}");
+    assert_eq!(v["unary"]["trailers"]["x-echo-trailer"], "trailer-hello", "{v}");
+    assert_eq!(v["stream"]["trailers"]["x-count-trailer"], "3", "{v}");
 
     // Refusals, as the gRPC client reads them.
     let v = py_client(&python, &kw, "h2c.test", None, &["unary"]).await;
