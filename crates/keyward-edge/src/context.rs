@@ -253,6 +253,19 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The request's `TE` lists `trailers` (any case, parameters ignored).
+fn accepts_trailers(h: &HeaderMap) -> bool {
+    h.get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// What goes upstream with an admitted request.
 pub(crate) struct Forwarding<'a> {
     pub principal: &'a Principal,
@@ -273,7 +286,14 @@ pub(crate) struct Forwarding<'a> {
 /// trusted proxies; then the identity headers, added after the removals so that
 /// `Connection: x-keyward-app` cannot strip them.
 pub(crate) fn upstream_headers(h: &mut HeaderMap, authority: Option<&str>, f: &Forwarding<'_>) {
+    // `TE: trailers` (the only TE an HTTP/2 request may carry, RFC 9113 §8.2.2) says the client
+    // reads trailers; gRPC servers refuse a call without it. It goes on (keyward-upstream drops
+    // it towards HTTP/1.1 upstreams, where TE is hop-by-hop), every other TE does not.
+    let te_trailers = accepts_trailers(h);
     strip_hop_by_hop(h);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     for name in f.credential_headers {
         h.remove(name);
     }
@@ -489,5 +509,25 @@ mod tests {
         assert!(h.get("x-foo").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get("x-bar").unwrap(), "2");
+    }
+
+    #[test]
+    fn te_trailers_is_recognised_and_nothing_else() {
+        let te = |values: &[&[u8]]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TE, HeaderValue::from_bytes(v).unwrap());
+            }
+            accepts_trailers(&h)
+        };
+        assert!(te(&[b"trailers"]));
+        assert!(te(&[b"gzip;q=0.5, TRAILERS"]));
+        assert!(te(&[b"gzip", b" trailers ;q=1"]));
+        assert!(!te(&[]));
+        assert!(!te(&[b""]));
+        assert!(!te(&[b"gzip, deflate"]));
+        assert!(!te(&[b"trailersx, x-trailers"]));
+        assert!(!te(&[b"gzip;trailers"]), "a parameter is not the coding");
+        assert!(!te(&[b"\xfftrailers"]), "not text");
     }
 }

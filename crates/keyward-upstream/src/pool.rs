@@ -373,6 +373,8 @@ impl Target {
         let path = self.url.path_for(pq, strip).unwrap_or_else(|_| pq.clone());
         *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
+        // TE is hop-by-hop in HTTP/1.1; the gateway keeps only `TE: trailers`, for h2 upstreams.
+        req.headers_mut().remove(http::header::TE);
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host_value.clone());
         }

@@ -18,6 +18,7 @@ mod dpop;
 mod forward_auth;
 mod frontend;
 mod gateway;
+mod grpc;
 mod hostile;
 mod hostile_http;
 mod independent;
