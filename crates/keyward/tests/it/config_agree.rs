@@ -93,6 +93,20 @@ impl Setup {
         assert_eq!(code, 2, "check-config: {out}{err}");
         let (scode, sout, serr) = keyward(self.dir.path(), &["serve", "--config", name]);
         assert_eq!(scode, 1, "serve: {sout}{serr}");
+        // serve's refusal is a log event: with JSON logs (stderr is not a terminal) its text is
+        // in the `error` field, JSON-escaped; read it back as text.
+        let serr = serr
+            .lines()
+            .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(v) => format!(
+                    "{} {}",
+                    v["message"].as_str().unwrap_or(""),
+                    v["error"].as_str().unwrap_or("")
+                ),
+                Err(_) => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(!serr.contains("cannot listen"), "serve got as far as binding: {serr}");
         let findings: Vec<(Option<usize>, String)> = out
             .lines()
