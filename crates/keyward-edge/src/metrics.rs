@@ -239,6 +239,9 @@ impl std::fmt::Debug for EngineCollector {
     }
 }
 
+/// What a per-target gauge reads from a target's status.
+type TargetValue = fn(&keyward_upstream::TargetStatus) -> i64;
+
 /// Reads the upstream groups' status at scrape time. Label values are configuration values
 /// (group names, target URLs, which never carry credentials), never client input.
 struct UpstreamCollector {
@@ -254,7 +257,7 @@ impl std::fmt::Debug for UpstreamCollector {
 impl Collector for UpstreamCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let groups = (self.status)();
-        let series: [(&str, &str, fn(&keyward_upstream::TargetStatus) -> i64); 2] = [
+        let series: [(&str, &str, TargetValue); 2] = [
             (
                 "upstream_target_healthy",
                 "1 when the upstream target takes requests (neither ejected by passive health nor down by active health), else 0",
