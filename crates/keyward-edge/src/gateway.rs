@@ -15,15 +15,18 @@ use keyward_core::decision::ScopeMode;
 use keyward_core::Scope;
 use keyward_engine::{Engine, Principal, Rejection, RouteFacts, RouteLimits};
 use keyward_upstream::{
-    hash_key, Balance, Group, GroupConfig, HashBy, PoolOptions, RequestBody, SendOptions, TargetUrl, UpstreamError,
-    Upstreams,
+    hash_key, Balance, Group, GroupConfig, HashBy, RequestBody, SendOptions, TargetUrl, UpstreamError,
 };
+
+mod table;
 
 pub use crate::context::client_ip;
 pub(crate) use crate::context::RequestView;
 use crate::context::{lifecycle_headers, strip_hop_by_hop, upstream_headers, Forwarding};
 use crate::metrics::Metrics;
 use crate::problem::{self, Problem, RejectionStyle};
+use table::status_of;
+pub use table::{Table, UpstreamStatus};
 
 /// What became of a gateway request, as a fixed label value for the metrics: `allowed`, a
 /// rejection's or problem's stable code, `preflight`. Put in the response's extensions.
@@ -211,48 +214,6 @@ pub struct GatewayConfig {
     pub upstreams: Vec<GroupConfig>,
 }
 
-/// The routes and the upstream groups they send to, installed and replaced together.
-pub struct Table {
-    pub routes: Vec<Route>,
-    pub upstreams: Upstreams,
-}
-
-impl Table {
-    /// Builds the groups (the named ones and one per URL route) and points every route at its
-    /// group. Starts the groups' health checks (inside a tokio runtime).
-    fn build(mut routes: Vec<Route>, groups: &[GroupConfig]) -> Result<Table, String> {
-        let mut all = groups.to_vec();
-        for (i, r) in routes.iter().enumerate() {
-            if let (UpstreamSpec::Url(u), Some(name)) = (&r.upstream.spec, r.upstream.group_name(&r.name, i)) {
-                let mut g = GroupConfig::new(name, vec![u.clone()]);
-                // One target: nothing to eject it for.
-                g.max_fails = 0;
-                let url = &r.options.url_upstream;
-                g.protocol = url.protocol;
-                g.ca_file.clone_from(&url.ca_file);
-                g.server_name.clone_from(&url.server_name);
-                g.client_cert_file.clone_from(&url.client_cert_file);
-                g.client_key_file.clone_from(&url.client_key_file);
-                all.push(g);
-            }
-        }
-        let upstreams = Upstreams::build(&all, PoolOptions::default()).map_err(|e| e.to_string())?;
-        for (i, r) in routes.iter_mut().enumerate() {
-            if let Some(name) = r.upstream.group_name(&r.name, i) {
-                let group = upstreams.group(&name).ok_or_else(|| {
-                    format!(
-                        "routes.{}: upstream {name:?} is not an [[upstreams]] group (groups: {})",
-                        r.name,
-                        groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )
-                })?;
-                r.upstream.group = Some(group);
-            }
-        }
-        Ok(Table { routes, upstreams })
-    }
-}
-
 /// Shared state of the gateway listener.
 pub struct GatewayState {
     engine: Arc<Engine>,
@@ -261,7 +222,7 @@ pub struct GatewayState {
     /// The route table and its upstream groups: read once per request (a pointer load),
     /// replaced whole on reload (the old groups' health checks stop when the last request
     /// holding them ends).
-    table: arc_swap::ArcSwap<Table>,
+    table: Arc<arc_swap::ArcSwap<Table>>,
     style: RejectionStyle,
     /// `<issuer>/.well-known/oauth-protected-resource` when the token service is on.
     resource_metadata: Option<String>,
@@ -296,15 +257,16 @@ impl GatewayState {
             .ok()
             .map(|svc| format!("{}{}", svc.config().issuer, crate::oauth::RESOURCE_METADATA_PATH));
         let routes = std::mem::take(&mut cfg.routes);
-        let table = Table::build(routes, &cfg.upstreams)?;
-        let metrics = Arc::new(Metrics::new(engine.clone()));
-        metrics.set_routes(table.routes.len());
+        let table = Table::build(routes, &cfg.upstreams, cfg.connect_timeout, cfg.upstream_timeout)?;
+        let table = Arc::new(arc_swap::ArcSwap::from_pointee(table));
+        let metrics = Arc::new(Metrics::with_upstreams(engine.clone(), status_of(&table)));
+        metrics.set_routes(table.load().routes.len());
         let tunnels = Arc::new(crate::tunnel::Tunnels::default());
         tokio::spawn(tunnels.clone().watch(engine.clone()));
         Ok(GatewayState {
             engine,
             cfg,
-            table: arc_swap::ArcSwap::from_pointee(table),
+            table,
             style,
             resource_metadata,
             metrics,
@@ -326,7 +288,22 @@ impl GatewayState {
     /// Swaps the route table and the upstream groups (configuration reload): the next request
     /// uses them. On error nothing changes.
     pub fn replace_routes(&self, routes: Vec<Route>, groups: &[GroupConfig]) -> Result<(), String> {
-        let table = Table::build(routes, groups)?;
+        let current = self.table.load();
+        let (connect, upstream) = (current.connect_timeout, current.upstream_timeout);
+        drop(current);
+        self.replace_table(routes, groups, connect, upstream)
+    }
+
+    /// Like [`GatewayState::replace_routes`], with new gateway-wide timeouts
+    /// (`gateway.connect_timeout`, `gateway.upstream_timeout`) in force with the new table.
+    pub fn replace_table(
+        &self,
+        routes: Vec<Route>,
+        groups: &[GroupConfig],
+        connect_timeout: Duration,
+        upstream_timeout: Duration,
+    ) -> Result<(), String> {
+        let table = Table::build(routes, groups, connect_timeout, upstream_timeout)?;
         self.metrics.set_routes(table.routes.len());
         self.table.store(Arc::new(table));
         Ok(())
@@ -334,6 +311,12 @@ impl GatewayState {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The status of the upstream groups in force, read at each call (after a reload: the new
+    /// groups).
+    pub fn upstream_status(&self) -> UpstreamStatus {
+        status_of(&self.table)
     }
 
     /// The open WebSocket tunnels.
@@ -357,8 +340,20 @@ impl GatewayState {
         &self.cfg.trusted_proxies
     }
 
+    /// Everything but the routes, as at start (the timeouts in force are
+    /// [`GatewayState::connect_timeout`] and [`GatewayState::upstream_timeout`]).
     pub fn config(&self) -> &GatewayConfig {
         &self.cfg
+    }
+
+    /// `gateway.connect_timeout` in force (changed by a reload).
+    pub fn connect_timeout(&self) -> Duration {
+        self.table.load().connect_timeout
+    }
+
+    /// `gateway.upstream_timeout` in force (changed by a reload).
+    pub fn upstream_timeout(&self) -> Duration {
+        self.table.load().upstream_timeout
     }
 
     /// The problem the gateway answers for a rejection (status, challenges, limit headers).
@@ -730,8 +725,8 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         }
     });
     let opts = SendOptions {
-        connect_timeout: route.options.connect_timeout.unwrap_or(st.cfg.connect_timeout),
-        timeout: route.options.timeout.unwrap_or(st.cfg.upstream_timeout),
+        connect_timeout: route.options.connect_timeout.unwrap_or(st.connect_timeout()),
+        timeout: route.options.timeout.unwrap_or(st.upstream_timeout()),
         hash_key,
         strip_prefix: route.options.strip_prefix.then_some(route.path_prefix.as_str()),
     };
@@ -786,8 +781,8 @@ async fn proxy_upgrade(
         parts.headers.insert(header::UPGRADE, u);
     }
     let opts = SendOptions {
-        connect_timeout: route.options.connect_timeout.unwrap_or(st.cfg.connect_timeout),
-        timeout: route.options.timeout.unwrap_or(st.cfg.upstream_timeout),
+        connect_timeout: route.options.connect_timeout.unwrap_or(st.connect_timeout()),
+        timeout: route.options.timeout.unwrap_or(st.upstream_timeout()),
         hash_key: None,
         strip_prefix: route.options.strip_prefix.then_some(route.path_prefix.as_str()),
     };

@@ -89,6 +89,16 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// A registry with every series, reading the engine's own counters at scrape time.
     pub fn new(engine: Arc<Engine>) -> Metrics {
+        Metrics::build(engine, None)
+    }
+
+    /// [`Metrics::new`], plus the upstream targets' health and requests in flight, read from
+    /// `status` at scrape time.
+    pub fn with_upstreams(engine: Arc<Engine>, status: crate::gateway::UpstreamStatus) -> Metrics {
+        Metrics::build(engine, Some(status))
+    }
+
+    fn build(engine: Arc<Engine>, upstreams: Option<crate::gateway::UpstreamStatus>) -> Metrics {
         let mut registry = Registry::with_prefix("keyward");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -135,6 +145,9 @@ impl Metrics {
             in_flight.clone(),
         );
         registry.register_collector(Box::new(EngineCollector { engine }));
+        if let Some(status) = upstreams {
+            registry.register_collector(Box::new(UpstreamCollector { status }));
+        }
         Metrics {
             registry,
             requests,
@@ -223,6 +236,50 @@ struct EngineCollector {
 impl std::fmt::Debug for EngineCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineCollector").finish_non_exhaustive()
+    }
+}
+
+/// What a per-target gauge reads from a target's status.
+type TargetValue = fn(&keyward_upstream::TargetStatus) -> i64;
+
+/// Reads the upstream groups' status at scrape time. Label values are configuration values
+/// (group names, target URLs, which never carry credentials), never client input.
+struct UpstreamCollector {
+    status: crate::gateway::UpstreamStatus,
+}
+
+impl std::fmt::Debug for UpstreamCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let groups = (self.status)();
+        let series: [(&str, &str, TargetValue); 2] = [
+            (
+                "upstream_target_healthy",
+                "1 when the upstream target takes requests (neither ejected by passive health nor down by active health), else 0",
+                |t| i64::from(t.healthy),
+            ),
+            (
+                "upstream_target_in_flight",
+                "Requests in flight to the upstream target right now",
+                |t| i64::try_from(t.in_flight).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for g in &groups {
+                for t in &g.targets {
+                    let labels = [("group", g.name.as_str()), ("target", t.url.as_str())];
+                    let metric = family.encode_family(&labels)?;
+                    ConstGauge::new(value(t)).encode(metric)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -408,5 +465,55 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn upstream_targets_are_gauges_read_at_scrape_time() {
+        use keyward_upstream::{GroupStatus, TargetStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let h = healthy.clone();
+        let status: crate::gateway::UpstreamStatus = Arc::new(move || {
+            let t = |url: &str, healthy: bool, in_flight: usize| TargetStatus {
+                url: url.to_owned(),
+                healthy,
+                ejected_until: None,
+                active_down: false,
+                recent_fails: 0,
+                in_flight,
+                protocol: "http1",
+            };
+            vec![GroupStatus {
+                name: "pool".into(),
+                balance: "round_robin",
+                protocol: "http1",
+                targets: vec![
+                    t("http://10.0.0.1:9000", h.load(Ordering::Relaxed), 2),
+                    t("http://10.0.0.2:9000", true, 0),
+                ],
+            }]
+        });
+        let m = Metrics::with_upstreams(engine(dir.path()).await, status);
+        let text = m.render().unwrap();
+        for needle in [
+            "# TYPE keyward_upstream_target_healthy gauge",
+            "keyward_upstream_target_healthy{group=\"pool\",target=\"http://10.0.0.1:9000\"} 1",
+            "keyward_upstream_target_in_flight{group=\"pool\",target=\"http://10.0.0.1:9000\"} 2",
+            "keyward_upstream_target_in_flight{group=\"pool\",target=\"http://10.0.0.2:9000\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        // The next scrape reads the status again.
+        healthy.store(false, Ordering::Relaxed);
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("keyward_upstream_target_healthy{group=\"pool\",target=\"http://10.0.0.1:9000\"} 0"),
+            "{text}"
+        );
+        // Without a status source, no upstream series at all.
+        let other = tempfile::tempdir().unwrap();
+        let plain = Metrics::new(engine(other.path()).await).render().unwrap();
+        assert!(!plain.contains("upstream_target"), "{plain}");
     }
 }

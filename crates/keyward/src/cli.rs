@@ -78,6 +78,9 @@ pub enum Command {
     /// Manage scoped admin tokens (read-only or read-write); needs the bootstrap admin token.
     #[command(subcommand, name = "admin-token")]
     AdminToken(AdminTokenCommand),
+    /// The upstream groups in force and the health of their targets (read-only).
+    #[command(subcommand)]
+    Upstream(UpstreamCommand),
     /// Usage of a key or an app: requests by outcome over time.
     Usage {
         /// A key id.
@@ -479,6 +482,16 @@ pub enum ClientCommand {
         id: String,
         #[arg(long, default_value = "24h", allow_hyphen_values = true)]
         grace: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpstreamCommand {
+    /// Every upstream group (`[[upstreams]]`, and one `route.<name>.<i>` per URL route) and
+    /// each target's health, requests in flight and recent failures.
+    List {
         #[command(flatten)]
         out: JsonFlag,
     },

@@ -44,6 +44,63 @@ pub struct Running {
     listeners: JoinSet<std::io::Result<()>>,
     background: JoinSet<std::io::Result<()>>,
     shutdown_timeout: std::time::Duration,
+    /// The configuration the process started with (as JSON values): what a reload compares a
+    /// new file with to name the settings it cannot apply.
+    started: serde_json::Value,
+}
+
+/// What a reload applied, and the settings it could not apply without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub routes: usize,
+    /// `[[upstreams]]` groups.
+    pub upstream_groups: usize,
+    /// Dotted paths (`gateway.listen`, `store.url`, `routes` never) of the settings that differ
+    /// from the running configuration and need a restart.
+    pub not_applied: Vec<String>,
+}
+
+/// Settings a reload applies: the routes, the upstream groups and the gateway-wide upstream
+/// timeouts (installed with the new route table).
+const APPLIED_ON_RELOAD: &[&str] = &[
+    "routes",
+    "upstreams",
+    "gateway.upstream_timeout",
+    "gateway.connect_timeout",
+];
+
+/// The dotted paths of the settings that differ between two configurations (tables compared
+/// key by key, anything else as a whole), leaving out what a reload applies.
+pub fn not_applied(running: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    fn walk(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<String>) {
+        if APPLIED_ON_RELOAD.contains(&path) {
+            return;
+        }
+        match (a, b) {
+            // A duration (`{"secs", "nanos"}`) is one setting.
+            (Some(serde_json::Value::Object(x)), Some(serde_json::Value::Object(y)))
+                if !is_duration(x) && !is_duration(y) =>
+            {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&sub, x.get(k), y.get(k), out);
+                }
+            }
+            (a, b) if a == b => {}
+            _ => out.push(path.to_owned()),
+        }
+    }
+    fn is_duration(m: &serde_json::Map<String, serde_json::Value>) -> bool {
+        m.len() == 2 && m.contains_key("secs") && m.contains_key("nanos")
+    }
+    let mut out = Vec::new();
+    walk("", Some(running), Some(new), &mut out);
+    out
 }
 
 impl Running {
@@ -78,19 +135,30 @@ impl Running {
         tracing::info!("stopped");
     }
 
-    /// Applies a new configuration's routes (and so their limits) to the running gateway. The
+    /// Applies a new configuration's routes (and so their limits), upstream groups and
+    /// `gateway.upstream_timeout` / `gateway.connect_timeout` to the running gateway. The
     /// configuration must have been loaded and validated (`Config::load`); nothing else of it
-    /// is applied (listeners, store, secrets and Redis need a restart).
-    pub fn reload(&self, cfg: &Config) -> Result<usize> {
+    /// is applied (listeners, store, secrets, Redis… need a restart): the settings that differ
+    /// from the running ones are named in [`Reloaded::not_applied`].
+    pub fn reload(&self, cfg: &Config) -> Result<Reloaded> {
         match cfg.gateway_config() {
             Ok(gw) => {
-                let n = gw.routes.len();
-                if let Err(e) = self.gateway_state.replace_routes(gw.routes, &gw.upstreams) {
+                let routes = gw.routes.len();
+                let upstream_groups = gw.upstreams.len();
+                if let Err(e) =
+                    self.gateway_state
+                        .replace_table(gw.routes, &gw.upstreams, gw.connect_timeout, gw.upstream_timeout)
+                {
                     self.gateway_state.metrics().reload("rejected");
                     return Err(CliError::startup(e));
                 }
                 self.gateway_state.metrics().reload("applied");
-                Ok(n)
+                let new = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+                Ok(Reloaded {
+                    routes,
+                    upstream_groups,
+                    not_applied: not_applied(&self.started, &new),
+                })
             }
             Err(e) => {
                 self.gateway_state.metrics().reload("rejected");
@@ -238,8 +306,11 @@ pub async fn start_on(
     // on every response.
     let request_id = || axum::middleware::from_fn(keyward_edge::ops::request_id);
     let gateway = gateway.layer(request_id());
-    let admin_state =
-        Arc::new(AdminState::new(engine.clone(), AdminToken::new(secrets.admin_token)).with_routes(admin_routes));
+    let admin_state = Arc::new(
+        AdminState::new(engine.clone(), AdminToken::new(secrets.admin_token))
+            .with_routes(admin_routes)
+            .with_upstreams(gateway_state.upstream_status()),
+    );
     let admin = admin_router(admin_state.clone())
         .merge(keyward_edge::verify::verify_api(verify_state.clone()))
         .merge(keyward_edge::admin::ops_routes(
@@ -346,5 +417,36 @@ pub async fn start_on(
         listeners,
         background: tasks,
         shutdown_timeout: cfg.server.shutdown_timeout,
+        started: serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_reload_names_each_changed_setting_it_cannot_apply() {
+        let old = serde_json::json!({
+            "gateway": {"listen": "127.0.0.1:8080", "upstream_timeout": "30s", "connect_timeout": "5s"},
+            "store": {"url": "a.db", "pool": 4, "stale_ttl": {"secs": 30, "nanos": 0}},
+            "routes": [{"name": "a"}],
+            "upstreams": [],
+            "redis": null,
+        });
+        let new = serde_json::json!({
+            "gateway": {"listen": "127.0.0.1:9090", "upstream_timeout": "5s", "connect_timeout": "1s"},
+            "store": {"url": "b.db", "pool": 4, "stale_ttl": {"secs": 60, "nanos": 0}},
+            "routes": [{"name": "b"}],
+            "upstreams": [{"name": "g"}],
+            "redis": {"url": "redis://x"},
+            "metrics": {"public": true},
+        });
+        assert_eq!(
+            not_applied(&old, &new),
+            vec!["gateway.listen", "metrics", "redis", "store.stale_ttl", "store.url"]
+        );
+        assert!(not_applied(&old, &old).is_empty());
+    }
 }

@@ -81,6 +81,8 @@ pub struct AdminState {
     pub token: AdminToken,
     /// The gateway's routes, shown read-only by `GET /v1/routes`.
     pub routes: Vec<Route>,
+    /// The upstream groups' status in force, shown by `GET /v1/upstreams` (none: an empty list).
+    pub upstreams: Option<crate::gateway::UpstreamStatus>,
 }
 
 impl AdminState {
@@ -89,12 +91,20 @@ impl AdminState {
             engine,
             token,
             routes: Vec::new(),
+            upstreams: None,
         }
     }
 
     /// The gateway routes that `GET /v1/routes` lists.
     pub fn with_routes(mut self, routes: Vec<Route>) -> AdminState {
         self.routes = routes;
+        self
+    }
+
+    /// Where `GET /v1/upstreams` reads the upstream groups' status
+    /// ([`crate::GatewayState::upstream_status`]).
+    pub fn with_upstreams(mut self, status: crate::gateway::UpstreamStatus) -> AdminState {
+        self.upstreams = Some(status);
         self
     }
 }
@@ -107,6 +117,7 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps/{app}/disable", post(disable_app))
         .route("/v1/apps/{app}/enable", post(enable_app))
         .route("/v1/routes", get(list_routes))
+        .route("/v1/upstreams", get(list_upstreams))
         .route("/v1/session", get(session::show))
         .route("/v1/admin-tokens", post(tokens::create_token).get(tokens::list_tokens))
         .route("/v1/admin-tokens/{id}/revoke", post(tokens::revoke_token))
@@ -491,6 +502,24 @@ async fn list_routes(
         next_cursor: page.next_cursor,
     }))
 }
+
+// ---- upstreams (read-only) --------------------------------------------------------------
+
+/// `GET /v1/upstreams`: every upstream group in force (the `[[upstreams]]` ones, then one
+/// `route.<name>.<i>` group per route with a URL upstream) and each target's health, as the
+/// gateway sees it now. Any admin role reads it; no query parameters.
+async fn list_upstreams(
+    State(st): State<Arc<AdminState>>,
+    StrictQuery(_): StrictQuery<NoQuery>,
+) -> Json<List<keyward_upstream::GroupStatus>> {
+    let items = st.upstreams.as_ref().map(|s| s()).unwrap_or_default();
+    Json(List { items })
+}
+
+/// No query parameters (unknown ones are refused).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoQuery {}
 
 // ---- app switch-off ------------------------------------------------------------------------
 

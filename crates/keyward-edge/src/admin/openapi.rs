@@ -204,6 +204,46 @@ pub(crate) struct SigningKeys {
     items: Vec<SigningKey>,
 }
 
+/// An upstream group and the health of its targets, as the gateway sees them now.
+#[derive(ToSchema)]
+pub(crate) struct UpstreamGroup {
+    /// The `[[upstreams]]` name, or `route.<route name>.<index>` for a route's URL upstream.
+    name: String,
+    /// `round_robin`, `least_requests` or `hash`.
+    balance: String,
+    /// `http1`, `h2c`, `h2` or `auto`.
+    protocol: String,
+    targets: Vec<UpstreamTarget>,
+}
+
+/// One target of an upstream group.
+#[derive(ToSchema)]
+pub(crate) struct UpstreamTarget {
+    /// The configured URL (never carries credentials).
+    url: String,
+    /// Neither ejected by passive health nor down by active health.
+    healthy: bool,
+    /// Until when passive health keeps the target out (`max_fails` failures within
+    /// `fail_timeout`), if it does.
+    #[schema(format = DateTime)]
+    ejected_until: Option<String>,
+    /// Marked down by the active health checks.
+    active_down: bool,
+    /// Failures counted in the current `fail_timeout` window.
+    #[schema(minimum = 0)]
+    recent_fails: u32,
+    /// Requests in flight to the target.
+    #[schema(minimum = 0)]
+    in_flight: u64,
+    /// `http1`, `h2c`, `h2`, or `auto` until the first TLS connection said.
+    protocol: String,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct UpstreamGroups {
+    items: Vec<UpstreamGroup>,
+}
+
 #[derive(ToSchema)]
 pub(crate) struct AuditEvent {
     seq: i64,
@@ -480,6 +520,9 @@ fn usage() {}
 #[utoipa::path(get, path = "/v1/routes", tag = "routes", params(ListQuery),
     responses((status = 200, description = "The gateway's routes, as configured (read-only)", body = Page<RouteView>)))]
 fn list_routes() {}
+#[utoipa::path(get, path = "/v1/upstreams", tag = "routes",
+    responses((status = 200, description = "Every upstream group in force and the health of its targets (read-only)", body = UpstreamGroups)))]
+fn list_upstreams() {}
 #[utoipa::path(get, path = "/v1/session", tag = "session",
     responses((status = 200, description = "The caller's role and what it may do (any admin token)", body = SessionView)))]
 fn show_session() {}
@@ -506,7 +549,7 @@ fn healthz() {}
 #[openapi(
     info(
         title = "keyward admin API",
-        description = "Apps, keys, OAuth clients, signing keys, audit, usage, routes and scoped admin tokens. \
+        description = "Apps, keys, OAuth clients, signing keys, audit, usage, routes, upstreams and scoped admin tokens. \
                        Authenticate with `Authorization: Bearer <admin token>`. Lists take `limit` (1 to 500, \
                        default 50) and `cursor` (the `next_cursor` of the previous page); unknown query \
                        parameters are refused. Errors are RFC 9457 problem documents.",
@@ -518,7 +561,7 @@ fn healthz() {}
         disable_key, enable_key,
         create_client, list_clients, show_client, delete_client, disable_client, enable_client, rotate_secret,
         list_signing_keys, rotate_signing_key, retire_signing_key,
-        list_audit, usage, list_routes, show_session,
+        list_audit, usage, list_routes, list_upstreams, show_session,
         create_admin_token, list_admin_tokens, revoke_admin_token,
         verify, healthz,
     ),
@@ -611,6 +654,7 @@ mod tests {
             "/v1/audit",
             "/v1/usage",
             "/v1/routes",
+            "/v1/upstreams",
             "/v1/session",
             "/v1/admin-tokens",
             "/v1/admin-tokens/{id}/revoke",

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{
     AdminTokenCommand, AppCommand, ClearFlags, Cli, ClientCommand, Command, KeyCommand, LimitFlags, SigningKeyCommand,
+    UpstreamCommand,
 };
 use crate::client::{print_table, seg};
 use crate::config::{write_secret_file, Config};
@@ -18,6 +19,7 @@ mod clients;
 mod flags;
 mod init;
 mod keys;
+mod upstreams;
 
 use clients::{admin_token, client, signing_key};
 use flags::*;
@@ -65,6 +67,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Client(cmd) => client(&cli, cmd).await,
         Command::SigningKey(cmd) => signing_key(&cli, cmd).await,
         Command::AdminToken(cmd) => admin_token(&cli, cmd).await,
+        Command::Upstream(cmd) => upstreams::upstream(&cli, cmd).await,
         Command::Usage { key, app, since, out } => {
             crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
         }
@@ -160,7 +163,22 @@ async fn serve(cli: &Cli) -> Result<()> {
 fn reload(running: &server::Running, path: Option<&Path>) {
     match Config::load(path, &env_vars()) {
         Ok(cfg) => match running.reload(&cfg) {
-            Ok(n) => tracing::info!(routes = n, "configuration reloaded: new route table in force"),
+            Ok(r) if r.not_applied.is_empty() => tracing::info!(
+                routes = r.routes,
+                upstream_groups = r.upstream_groups,
+                "configuration reloaded: {} routes, {} upstream groups",
+                r.routes,
+                r.upstream_groups
+            ),
+            Ok(r) => tracing::warn!(
+                routes = r.routes,
+                upstream_groups = r.upstream_groups,
+                not_applied = %r.not_applied.join(", "),
+                "configuration reloaded: {} routes, {} upstream groups; not applied until restart: {}",
+                r.routes,
+                r.upstream_groups,
+                r.not_applied.join(", ")
+            ),
             Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous configuration stays"),
         },
         Err(e) => {

@@ -822,3 +822,85 @@ fn init_writes_config_and_secrets_in_dir_and_the_store_path_in_data_dir() {
     let text = std::fs::read_to_string(one.join("keyward.toml")).unwrap();
     assert!(text.contains("url = \"keyward.db\""), "{text}");
 }
+
+#[tokio::test]
+async fn upstream_list_prints_each_target_as_a_table_and_as_json() {
+    let (kw, live, dead) = crate::upstreams::boot_with_pool().await;
+    let (_, key) = kw.key("cats", &[], serde_json::json!({})).await;
+    // Enough GETs for passive health to eject the dead target (none of them lost).
+    for i in 0..12 {
+        let r = kw.get(&format!("/pooled/{i}"), &[("x-api-key", &key)]).await;
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let admin = kw.admin.clone();
+    let run = |args: &'static [&'static str], token: &'static str| {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            keyward(args, &[("KEYWARD_ADMIN_URL", &admin), ("KEYWARD_ADMIN_TOKEN", token)])
+        })
+    };
+    let (code, out, err) = run(&["upstream", "list"], crate::harness::ADMIN_TOKEN).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let header = out.lines().next().unwrap();
+    for col in [
+        "GROUP",
+        "BALANCE",
+        "TARGET",
+        "HEALTHY",
+        "EJECTED UNTIL",
+        "FAILS",
+        "IN FLIGHT",
+        "PROTOCOL",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = |url: &str| {
+        out.lines()
+            .find(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.first() == Some(&"pool") && cols.get(2).map(|c| c.trim_end_matches('/')) == Some(url)
+            })
+            .unwrap_or_else(|| panic!("no row for {url} in\n{out}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let d = row(&dead);
+    assert_eq!(d[1], "round_robin", "{d:?}");
+    assert_eq!(d[3], "no", "{d:?}");
+    assert!(d[4].contains('T'), "an ejection time: {d:?}");
+    assert!(d[5].parse::<u32>().is_ok(), "{d:?}");
+    let l = row(&live);
+    assert_eq!(l[3], "yes", "{l:?}");
+    assert_eq!(l[4], "-", "{l:?}");
+    assert!(out.lines().any(|l| l.starts_with("route.fact.0")), "{out}");
+
+    let (code, out, err) = run(&["upstream", "list", "--json"], crate::harness::ADMIN_TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let pool = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "pool")
+        .unwrap_or_else(|| panic!("{v}"));
+    let targets = pool["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{v}");
+    assert!(
+        targets
+            .iter()
+            .any(|t| t["url"].as_str().unwrap().trim_end_matches('/') == dead && t["healthy"] == false),
+        "{v}"
+    );
+
+    // A wrong admin token: a failure exit and a clear message, the token not echoed.
+    let (code, out, err) = run(&["upstream", "list"], "kwadm_wrong-token-value").await.unwrap();
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("admin token"), "{err}");
+    assert!(!err.contains("wrong-token-value"), "{err}");
+    // No such subcommand: usage error.
+    let (code, _, _) = run(&["upstream", "eject"], crate::harness::ADMIN_TOKEN).await.unwrap();
+    assert_eq!(code, 2);
+}

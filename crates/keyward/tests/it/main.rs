@@ -33,6 +33,7 @@ mod pipeline;
 mod proxy;
 mod scan;
 mod tls;
+mod upstreams;
 mod verify;
 mod webhooks;
 mod websocket;

@@ -112,6 +112,7 @@ async fn metrics_count_every_outcome_and_never_a_client_string() {
         assert!(!text.contains(secret), "{secret} in the metrics");
     }
     // Every label value is a route name, a fixed word or a status.
+    let configured_targets = [format!("http://{}", kw.up.addr), "http://127.0.0.1:9".to_owned()];
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         if let Some(labels) = line
             .split_once('{')
@@ -119,8 +120,14 @@ async fn metrics_count_every_outcome_and_never_a_client_string() {
             .map(|(l, _)| l)
         {
             for pair in labels.split(',') {
-                let (_, v) = pair.split_once('=').unwrap();
+                let (k, v) = pair.split_once('=').unwrap();
                 let v = v.trim_matches('"');
+                // The upstream target gauges (issue 18.2) name the target by its configured
+                // URL: exactly one of the configuration's targets, nothing else.
+                if k == "target" && line.starts_with("keyward_upstream_target_") {
+                    assert!(configured_targets.iter().any(|t| t == v), "label value {v:?} in {line}");
+                    continue;
+                }
                 assert!(
                     v.len() <= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.+".contains(&b)),
                     "label value {v:?} in {line}"
@@ -523,6 +530,77 @@ async fn sighup_reloads_routes_and_keeps_the_old_ones_when_the_new_file_is_broke
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
     }
     assert!(!logs.contains(&key), "a key in the logs");
+}
+
+#[tokio::test]
+async fn sighup_names_the_settings_it_cannot_apply_and_applies_the_timeouts() {
+    let up = crate::harness::upstream().await;
+    let upstream = up.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keyward.toml");
+    let store = dir.path().join("k.db").display().to_string();
+    let file = |listen: &str, timeout: &str, routes: &str| {
+        format!(
+            "[store]\nurl = \"{store}\"\n\n[gateway]\nlisten = \"{listen}\"\nupstream_timeout = \"{timeout}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n{routes}"
+        )
+    };
+    let slow = route_toml("slow", "/slow", &upstream, "");
+    std::fs::write(&cfg, file("127.0.0.1:0", "30s", &slow)).unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("KEYWARD_PEPPER", PEPPER)
+        .env("KEYWARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYWARD_LOG", "info")
+        .env("KEYWARD_LOG_FORMAT", "json")
+        .env_remove("KEYWARD_CONFIG")
+        .stdout(Stdio::null())
+        .stdin(Stdio::null());
+    let mut serve = Proc::spawn(c);
+    let line = serve.wait_for("keyward: gateway on", 0);
+    let gw = format!("http://{}", url_after(&line, "gateway on http://"));
+    let admin = format!("http://{}", url_after(&line, "admin API on http://"));
+    let http = reqwest::Client::new();
+    let key = cats_key(&admin, ADMIN_TOKEN).await;
+    let get = |path: &str| {
+        let req = http.get(format!("{gw}{path}")).header("x-api-key", key.clone());
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("/echo").await, 404);
+
+    // A reload with nothing changed names nothing.
+    let mark = serve.seen();
+    serve.signal("-HUP");
+    let same = serve.wait_for("configuration reloaded", mark);
+    assert!(!same.contains("not applied"), "{same}");
+
+    // A new listen address (needs a restart), a shorter upstream timeout and a new route.
+    let other = crate::upstreams::dead_addr().to_string();
+    let routes = format!("{slow}{}", route_toml("echo", "/echo", &upstream, ""));
+    std::fs::write(&cfg, file(&other, "300ms", &routes)).unwrap();
+    let mark = serve.seen();
+    serve.signal("-HUP");
+    let reloaded = serve.wait_for("configuration reloaded", mark);
+    assert!(
+        reloaded.contains("2 routes, 0 upstream groups; not applied until restart: gateway.listen"),
+        "{reloaded}"
+    );
+    for applied in ["upstream_timeout", "routes", "store"] {
+        assert!(!reloaded.contains(&format!("restart: {applied}")), "{reloaded}");
+        assert!(!reloaded.contains(&format!(", {applied}")), "{reloaded}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&reloaded).unwrap();
+    assert_eq!(v["level"], "WARN", "{reloaded}");
+    // The new route works on the listener already bound; the old address keeps serving.
+    assert_eq!(get("/echo").await, 200);
+    // The new gateway.upstream_timeout is in force: the 5 s upstream is cut (504).
+    assert_eq!(get("/slow").await, 504);
+    assert!(
+        http.get(format!("http://{other}/echo")).send().await.is_err(),
+        "not bound"
+    );
+    let status = serve.terminate();
+    assert!(status.success(), "{status:?}");
 }
 
 /// Every stderr line parsed as a JSON object (panics on the first that is not).
