@@ -700,7 +700,8 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
     // A body the client got wrong (a bad chunk, a connection cut mid-body) fails the upstream
     // request too: that is the client's error (400), not the upstream's (502); one that grows
     // past the route's `max_body_size` is 413.
-    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // What became of the client's body: 0 fine, 1 failed, 2 over `max_body_size`.
+    let body_failed = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let flag = body_failed.clone();
     let body = match route.options.max_body_size {
         Some(max) => Body::new(http_body_util::Limited::new(
@@ -710,7 +711,13 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         None => body,
     };
     let body = RequestBody::boxed(http_body_util::BodyExt::map_err(body, move |e| {
-        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut too_large = false;
+        while let Some(c) = cause {
+            too_large |= c.is::<http_body_util::LengthLimitError>();
+            cause = c.source();
+        }
+        flag.store(if too_large { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
         e
     }));
     let hash_key = (group.balance() == Balance::Hash).then(|| {
@@ -734,11 +741,12 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
     let answer = group.send(Request::from_parts(parts, body), &opts).await;
     st.metrics.upstream(&route.name, started.elapsed());
     match answer {
-        Err(e) if body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
-            if let Some(max) = route.options.max_body_size {
-                if e.to_string().contains("length limit exceeded") {
-                    return tagged(problem::body_too_large(max).into_response(), "body_too_large");
-                }
+        Err(e) if body_failed.load(std::sync::atomic::Ordering::Relaxed) != 0 => {
+            if let (2, Some(max)) = (
+                body_failed.load(std::sync::atomic::Ordering::Relaxed),
+                route.options.max_body_size,
+            ) {
+                return tagged(problem::body_too_large(max).into_response(), "body_too_large");
             }
             tracing::debug!(route = %route.name, error = %e, "the client's request body failed");
             let p = Problem::bad_request("invalid_body", "the request body could not be read");
