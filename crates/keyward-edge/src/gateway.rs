@@ -195,7 +195,7 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// The initial route table ([`GatewayState`] keeps it swappable: see
-    /// [`GatewayState::routes`] and [`GatewayState::replace_routes`]).
+    /// [`GatewayState::table`] and [`GatewayState::replace_routes`]).
     pub routes: Vec<Route>,
     /// Headers that carry an API key (default `x-api-key`).
     pub credential_headers: Vec<HeaderName>,
@@ -278,11 +278,6 @@ impl GatewayState {
     /// changes the route of a request in flight).
     pub fn table(&self) -> Arc<Table> {
         self.table.load_full()
-    }
-
-    /// The current routes.
-    pub fn routes(&self) -> Arc<Table> {
-        self.table()
     }
 
     /// Swaps the route table and the upstream groups (configuration reload): the next request
@@ -379,7 +374,7 @@ impl GatewayState {
 
     /// Every scope some route requires (for the metadata's `scopes_supported`).
     pub fn route_scopes(&self) -> Vec<String> {
-        self.routes()
+        self.table()
             .routes
             .iter()
             .flat_map(|r| r.scopes.iter().map(|s| s.to_string()))
@@ -519,7 +514,7 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let _in_flight = st.metrics.in_flight();
-    let routes = st.routes();
+    let routes = st.table();
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)

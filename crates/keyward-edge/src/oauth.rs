@@ -469,7 +469,7 @@ async fn resource_metadata(State(st): State<Arc<GatewayState>>, uri: Uri, header
         let p = Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators");
         return p.into_response();
     }
-    let routes = st.routes();
+    let routes = st.table();
     let host = crate::route::request_host(&headers, uri.authority().map(|a| a.as_str()));
     let here: Vec<(u8, &Route)> = routes
         .routes

@@ -429,7 +429,7 @@ pub async fn decide_verify(st: &VerifyState, body: VerifyRequest) -> Result<Veri
         Some(ua) if ua.len() <= 1024 => HeaderValue::from_str(ua).ok(),
         _ => None,
     };
-    let routes = st.gateway.routes();
+    let routes = st.gateway.table();
     let chosen = match st.choose(&routes.routes, &target, body.route.as_deref(), scopes, cost)? {
         Ok(c) => c,
         Err(p) => return Ok(refusal_response(p, None, None)),
@@ -769,7 +769,7 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
     } else {
         call_options(req.uri.query()).map_err(coded)?
     };
-    let routes = st.gateway.routes();
+    let routes = st.gateway.table();
     let chosen = match st.choose(&routes.routes, &target, named.as_deref(), scopes, cost) {
         Err(p) | Ok(Err(p)) => return Err(coded(p)),
         Ok(Ok(c)) => c,
