@@ -150,30 +150,15 @@ pub(super) async fn client(cli: &Cli, cmd: &ClientCommand) -> Result<()> {
             }
         }
         ClientCommand::List { app, out } => {
-            let c = admin_client(cli)?;
-            let path = match app {
-                Some(a) => format!("/v1/clients?app={}", seg(a)),
-                None => "/v1/clients".into(),
-            };
-            let v = c.call(Method::GET, &path, None).await?;
-            if out.json {
-                print_json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = items(&v)
-                    .iter()
-                    .map(|k| {
-                        vec![
-                            s(k, "client_id"),
-                            s(k, "app_name"),
-                            s(k, "name"),
-                            s(k, "auth_method"),
-                            scopes(k),
-                            s(k, "state"),
-                        ]
-                    })
-                    .collect();
-                print_table(&["CLIENT_ID", "APP", "NAME", "AUTH", "SCOPES", "STATE"], &rows);
-            }
+            let columns = [
+                ("CLIENT_ID", "client_id"),
+                ("APP", "app_name"),
+                ("NAME", "name"),
+                ("AUTH", "auth_method"),
+                ("SCOPES", "scopes"),
+                ("STATE", "state"),
+            ];
+            list_by_app(cli, "/v1/clients", app.as_deref(), out.json, &columns).await?;
         }
         ClientCommand::Show { id, out } | ClientCommand::Disable { id, out } | ClientCommand::Enable { id, out } => {
             let c = admin_client(cli)?;

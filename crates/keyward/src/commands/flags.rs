@@ -160,3 +160,36 @@ pub(super) fn scopes(v: &Value) -> String {
 pub(super) fn items(v: &Value) -> Vec<Value> {
     v.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
 }
+
+/// `keyward key list` and `client list`: `GET base` (with `?app=` when given), printed as JSON
+/// or as a table of `(header, field)` columns (`scopes` joined with spaces).
+pub(super) async fn list_by_app(
+    cli: &Cli,
+    base: &str,
+    app: Option<&str>,
+    json: bool,
+    columns: &[(&str, &str)],
+) -> Result<()> {
+    let c = admin_client(cli)?;
+    let path = match app {
+        Some(a) => format!("{base}?app={}", seg(a)),
+        None => base.to_owned(),
+    };
+    let v = c.call(Method::GET, &path, None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items(&v)
+        .iter()
+        .map(|k| {
+            columns
+                .iter()
+                .map(|(_, f)| if *f == "scopes" { scopes(k) } else { s(k, f) })
+                .collect()
+        })
+        .collect();
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    print_table(&headers, &rows);
+    Ok(())
+}

@@ -245,31 +245,16 @@ pub(super) async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             }
         }
         KeyCommand::List { app, out } => {
-            let c = admin_client(cli)?;
-            let path = match app {
-                Some(a) => format!("/v1/keys?app={}", seg(a)),
-                None => "/v1/keys".into(),
-            };
-            let v = c.call(Method::GET, &path, None).await?;
-            if out.json {
-                print_json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = items(&v)
-                    .iter()
-                    .map(|k| {
-                        vec![
-                            s(k, "id"),
-                            s(k, "app_name"),
-                            s(k, "name"),
-                            s(k, "hint"),
-                            scopes(k),
-                            s(k, "state"),
-                            s(k, "expires_at"),
-                        ]
-                    })
-                    .collect();
-                print_table(&["ID", "APP", "NAME", "HINT", "SCOPES", "STATE", "EXPIRES"], &rows);
-            }
+            let columns = [
+                ("ID", "id"),
+                ("APP", "app_name"),
+                ("NAME", "name"),
+                ("HINT", "hint"),
+                ("SCOPES", "scopes"),
+                ("STATE", "state"),
+                ("EXPIRES", "expires_at"),
+            ];
+            list_by_app(cli, "/v1/keys", app.as_deref(), out.json, &columns).await?;
         }
         KeyCommand::Show { id, out } => {
             let c = admin_client(cli)?;
