@@ -7,6 +7,7 @@
 #   GATEWAY_BIN_B=/tmp/keyward-old bench/gateway.sh   # a second keyward binary in the same rotation
 #   COMPARE=limits bench/gateway.sh       # one gateway, a key with limits on vs one without
 #   TLS=1 bench/gateway.sh                # both proxies terminate TLS (wrk over https)
+#   UPSTREAM=https bench/gateway.sh       # both proxies reach the upstream over TLS (also: h2c, h2)
 #   COMPARE=redis bench/gateway.sh        # the same limited key through local limits vs Redis limits
 #
 # Environment (all optional):
@@ -36,7 +37,17 @@
 #   TLS          1: a throw-away CA and an ECDSA P-256 server certificate for 127.0.0.1 are made
 #                with openssl; keyward serves them (gateway.tls_cert_file / tls_key_file) and
 #                nginx `listen ... ssl` with the same certificate; wrk and curl use https.
-#                Upstreams stay plain HTTP on loopback for both.
+#                Upstreams stay plain HTTP on loopback for both (see UPSTREAM).
+#   UPSTREAM     how both proxies reach the upstream (`keyward cat-facts`):
+#                http (default): HTTP/1.1, keep-alive (nginx: proxy_pass http://, keepalive 64).
+#                https: HTTP/1.1 over TLS, the upstream's certificate (throw-away CA, SAN
+#                localhost) verified by both (keyward: upstream https://, ca_file, server_name,
+#                protocol = "http1"; nginx: proxy_pass https://, proxy_ssl_verify on,
+#                proxy_ssl_session_reuse on).
+#                h2c: HTTP/2 with prior knowledge (keyward: protocol = "h2c"; nginx reaches an
+#                HTTP/2 upstream only with grpc_pass grpc://, which it is here).
+#                h2: HTTP/2 over TLS (keyward: protocol = "h2"; nginx: grpc_pass grpcs://,
+#                grpc_ssl_verify on).
 #
 # Only loopback addresses are used. Every process started here is stopped on exit, also on
 # failure or Ctrl-C.
@@ -56,6 +67,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 GATEWAY_BIN_B=${GATEWAY_BIN_B:-}
 COMPARE=${COMPARE:-nginx}
 TLS=${TLS:-0}
+UPSTREAM=${UPSTREAM:-http}
 SCHEME=http
 CURL_TLS=()
 
@@ -203,8 +215,14 @@ mapfile -t PORTS < <(free_ports 6)
 UP_PORT=${PORTS[0]} GW_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]} NGINX_PORT=${PORTS[3]}
 GW_B_PORT=${PORTS[4]} ADMIN_B_PORT=${PORTS[5]}
 
-if [[ "$TLS" == 1 ]]; then
-    command -v openssl >/dev/null || die "TLS=1 needs openssl"
+case "$UPSTREAM" in
+    http | h2c) ;;
+    https | h2) ;;
+    *) die "UPSTREAM must be http, https, h2c or h2" ;;
+esac
+[[ "$COMPARE" == nginx || "$UPSTREAM" == http ]] || die "UPSTREAM other than http is measured against nginx only (COMPARE=nginx)"
+if [[ "$TLS" == 1 || "$UPSTREAM" == https || "$UPSTREAM" == h2 ]]; then
+    command -v openssl >/dev/null || die "TLS=1 and UPSTREAM=$UPSTREAM need openssl"
     log "TLS: throw-away CA and ECDSA P-256 server certificate for 127.0.0.1 in $TMP/tls"
     mkdir -p "$TMP/tls"
     (
@@ -219,6 +237,8 @@ if [[ "$TLS" == 1 ]]; then
         # PKCS#8 key for both servers.
         openssl pkcs8 -topk8 -nocrypt -in server.key -out server-pk8.key
     ) || die "openssl could not make the test certificates"
+fi
+if [[ "$TLS" == 1 ]]; then
     SCHEME=https
     CURL_TLS=(--cacert "$TMP/tls/ca.pem")
 elif [[ "$TLS" != 0 ]]; then
@@ -230,13 +250,46 @@ for name in $(compgen -e); do
     if [[ $name == KEYWARD_* ]]; then unset "$name"; fi
 done
 
-log "upstream: keyward cat-facts on 127.0.0.1:$UP_PORT"
-"${UPSTREAM_BIN:-$KEYWARD}" cat-facts --listen "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+UP_ARGS=()
+UP_SCHEME=http
+if [[ "$UPSTREAM" == https || "$UPSTREAM" == h2 ]]; then
+    UP_ARGS=(--tls-cert "$TMP/tls/server.crt" --tls-key "$TMP/tls/server-pk8.key")
+    UP_SCHEME=https
+fi
+log "upstream: keyward cat-facts on $UP_SCHEME://127.0.0.1:$UP_PORT (UPSTREAM=$UPSTREAM)"
+"${UPSTREAM_BIN:-$KEYWARD}" cat-facts --listen "127.0.0.1:$UP_PORT" "${UP_ARGS[@]}" >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!)
 CURL_TLS_SAVED=("${CURL_TLS[@]}")
 CURL_TLS=()
-wait_http "http://127.0.0.1:$UP_PORT/fact" 200 "upstream" "${PIDS[-1]}"
+[[ "$UP_SCHEME" == http ]] || CURL_TLS=(--cacert "$TMP/tls/ca.pem")
+wait_http "$UP_SCHEME://127.0.0.1:$UP_PORT/fact" 200 "upstream" "${PIDS[-1]}"
 CURL_TLS=("${CURL_TLS_SAVED[@]}")
+# The route's upstream settings (keyward) and the location's upstream half (nginx).
+case "$UPSTREAM" in
+    http)
+        KW_UPSTREAM='upstream = "http://127.0.0.1:'$UP_PORT'"'
+        NGINX_PROXY='proxy_pass http://catfacts; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Api-Key "";'
+        ;;
+    https)
+        KW_UPSTREAM='upstream = "https://127.0.0.1:'$UP_PORT'"
+protocol = "http1"
+ca_file = "'$TMP/tls/ca.pem'"
+server_name = "localhost"'
+        NGINX_PROXY="proxy_pass https://catfacts; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Api-Key \"\"; proxy_ssl_verify on; proxy_ssl_trusted_certificate $TMP/tls/ca.pem; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on;"
+        ;;
+    h2c)
+        KW_UPSTREAM='upstream = "http://127.0.0.1:'$UP_PORT'"
+protocol = "h2c"'
+        NGINX_PROXY='grpc_pass grpc://catfacts; grpc_set_header X-Api-Key "";'
+        ;;
+    h2)
+        KW_UPSTREAM='upstream = "https://127.0.0.1:'$UP_PORT'"
+protocol = "h2"
+ca_file = "'$TMP/tls/ca.pem'"
+server_name = "localhost"'
+        NGINX_PROXY="grpc_pass grpcs://catfacts; grpc_set_header X-Api-Key \"\"; grpc_ssl_verify on; grpc_ssl_trusted_certificate $TMP/tls/ca.pem; grpc_ssl_name localhost; grpc_ssl_server_name on; grpc_ssl_session_reuse on;"
+        ;;
+esac
 
 write_config() { # FILE GATEWAY_PORT ADMIN_PORT
     cat >"$1" <<EOF
@@ -264,7 +317,7 @@ listen = "127.0.0.1:$3"
 name = "fact"
 path_prefix = "$BENCH_PATH"
 methods = ["GET"]
-upstream = "http://127.0.0.1:$UP_PORT"
+$KW_UPSTREAM
 scopes = ["facts:read"]
 EOF
 }
@@ -321,7 +374,7 @@ if [[ "$COMPARE" == nginx ]]; then
     log "nginx: static-key reverse proxy on 127.0.0.1:$NGINX_PORT, worker_processes $WORKERS"
     mkdir -p "$TMP/nginx"
     sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PREFIX@|$TMP/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" \
-        -e "s|@UPSTREAM_PORT@|$UP_PORT|g" -e "s|@KEY@|$KEY|g" \
+        -e "s|@UPSTREAM_PORT@|$UP_PORT|g" -e "s|@KEY@|$KEY|g" -e "s|@PROXY_DIRECTIVES@|$NGINX_PROXY|g" \
         -e "s|@LISTEN_SSL@|$([[ "$TLS" == 1 ]] && echo ' ssl')|g" \
         -e "s|@TLS_DIRECTIVES@|$([[ "$TLS" == 1 ]] && echo "ssl_certificate $TMP/tls/server.crt; ssl_certificate_key $TMP/tls/server-pk8.key;")|g" \
         "$BENCH_DIR/nginx-static-key.conf.template" >"$TMP/nginx/nginx.conf"
@@ -431,7 +484,7 @@ if [[ "$COMPARE" == redis ]]; then
 elif [[ "$COMPARE" == limits ]]; then
     echo "keyward, limited vs unlimited key on one gateway: $WORKERS worker(s), wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 else
-    echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'): $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'), upstream $UPSTREAM: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 fi
 if REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
     [[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || REV="$REV+dirty"

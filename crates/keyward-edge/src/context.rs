@@ -321,18 +321,21 @@ pub(crate) fn upstream_headers(h: &mut HeaderMap, authority: Option<&str>, f: &F
     }
     // Forwarded-for headers from an untrusted peer are dropped, never passed on.
     let peer = f.peer.to_canonical();
-    let mut chain: Vec<String> = if trusted(peer, f.trusted_proxies) {
-        h.get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect()
+    // The chain believed, then the peer, joined with ", ", in one buffer.
+    let mut chain = String::with_capacity(48);
+    if trusted(peer, f.trusted_proxies) {
+        for v in h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+            chain.push_str(v);
+            chain.push_str(", ");
+        }
     } else {
         h.remove(header::FORWARDED);
-        Vec::new()
-    };
-    chain.push(peer.to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+    }
+    {
+        use std::fmt::Write as _;
+        let _ = write!(chain, "{peer}");
+    }
+    if let Ok(v) = HeaderValue::from_str(&chain) {
         h.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     h.insert(

@@ -18,6 +18,7 @@ use keyward_upstream::{
     hash_key, Balance, Group, GroupConfig, HashBy, RequestBody, SendOptions, TargetUrl, UpstreamError,
 };
 
+mod service;
 mod table;
 
 pub use crate::context::client_ip;
@@ -26,6 +27,7 @@ use crate::context::{lifecycle_headers, strip_hop_by_hop, upstream_headers, Forw
 use crate::metrics::Metrics;
 use crate::problem::{self, Problem, RejectionStyle};
 use table::status_of;
+pub use service::GatewayService;
 pub use table::{Table, UpstreamStatus};
 
 /// What became of a gateway request, as a fixed label value for the metrics: `allowed`, a
@@ -437,23 +439,40 @@ pub(crate) fn find_route<'r>(
     host: Option<&str>,
     path: &str,
 ) -> Result<&'r Route, Problem> {
-    let (rank, best_len) = routes
-        .iter()
-        .filter(|r| r.matches_path(path))
-        .filter_map(|r| r.options.host_rank(host).map(|rank| (rank, r.path_prefix.len())))
-        .max()
-        .ok_or_else(Problem::not_found)?;
-    let candidates = routes
-        .iter()
-        .filter(|r| r.path_prefix.len() == best_len && r.matches_path(path) && r.options.host_rank(host) == Some(rank));
-    let mut allow: Vec<&str> = Vec::new();
-    for r in candidates {
-        if r.allows(method) {
-            return Ok(r);
+    // One pass: the best (host rank, prefix length) seen so far, and the first route of that
+    // rank that allows the method (routes keep their configured order within a rank).
+    let mut best: Option<((u8, usize), Option<&'r Route>)> = None;
+    for r in routes {
+        if !r.matches_path(path) {
+            continue;
         }
-        for m in &r.methods {
-            if !allow.contains(&m.as_str()) {
-                allow.push(m.as_str());
+        let Some(rank) = r.options.host_rank(host) else {
+            continue;
+        };
+        let key = (rank, r.path_prefix.len());
+        let allowed = r.allows(method).then_some(r);
+        match &mut best {
+            Some((k, found)) if *k == key => {
+                if found.is_none() {
+                    *found = allowed;
+                }
+            }
+            Some((k, _)) if *k > key => {}
+            _ => best = Some((key, allowed)),
+        }
+    }
+    let (key, found) = best.ok_or_else(Problem::not_found)?;
+    if let Some(r) = found {
+        return Ok(r);
+    }
+    // 405: the methods of every route of the best rank.
+    let mut allow: Vec<&str> = Vec::new();
+    for r in routes {
+        if r.matches_path(path) && r.options.host_rank(host) == Some(key.0) && r.path_prefix.len() == key.1 {
+            for m in &r.methods {
+                if !allow.contains(&m.as_str()) {
+                    allow.push(m.as_str());
+                }
             }
         }
     }
@@ -506,12 +525,17 @@ pub(crate) async fn decide(st: &GatewayState, route: &Route, req: &RequestView<'
     }
 }
 
-/// The per-request pipeline, counted in the metrics by route name (never by path).
+/// The per-request pipeline as an axum handler (the OAuth endpoints' fallback).
 async fn handle(
     State(st): State<Arc<GatewayState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response {
+    handle_request(&st, peer, req).await
+}
+
+/// The per-request pipeline, counted in the metrics by route name (never by path).
+pub(crate) async fn handle_request(st: &Arc<GatewayState>, peer: SocketAddr, req: Request<Body>) -> Response {
     let started = Instant::now();
     let _in_flight = st.metrics.in_flight();
     let routes = st.table();
@@ -519,7 +543,7 @@ async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let (route, mut resp) = route_request(&st, &routes.routes, peer, req).await;
+    let (route, mut resp) = route_request(st, &routes.routes, routes.any_hosts, peer, req).await;
     if grpc {
         resp = problem::as_grpc(resp);
     }
@@ -538,12 +562,19 @@ async fn handle(
 async fn route_request<'r>(
     st: &Arc<GatewayState>,
     routes: &'r [Route],
+    any_hosts: bool,
     peer: SocketAddr,
     req: Request<Body>,
 ) -> (Option<&'r Route>, Response) {
-    let path = req.uri().path().to_owned();
-    let path = path.as_str();
-    let host = crate::route::request_host(req.headers(), req.uri().authority().map(|a| a.as_str()));
+    // The URI's parts are shared bytes: a clone is a reference count, not a copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    // Without routes that name hosts, the host changes nothing: not worked out at all.
+    let host = if any_hosts {
+        crate::route::request_host(req.headers(), req.uri().authority().map(|a| a.as_str()))
+    } else {
+        None
+    };
     let host = host.as_deref();
     if suspicious_path(path) {
         let p = Problem::bad_request("invalid_path", "the path contains dot segments or encoded separators");
@@ -684,9 +715,6 @@ fn reject(st: &GatewayState, r: &Rejection, bearer: bool, route: &Route) -> Resp
 }
 
 async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, req: Request<Body>) -> Response {
-    let Some(group) = route.upstream.group.as_ref() else {
-        return tagged(problem::upstream_unreachable().into_response(), "upstream_unavailable");
-    };
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
@@ -695,6 +723,11 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
     // A body the client got wrong (a bad chunk, a connection cut mid-body) fails the upstream
     // request too: that is the client's error (400), not the upstream's (502); one that grows
     // past the route's `max_body_size` is 413.
+    // A request without a body (most GETs) has nothing to fail or to limit: nothing to wrap.
+    if axum::body::HttpBody::is_end_stream(&body) {
+        let fine = std::sync::atomic::AtomicU8::new(0);
+        return send(st, route, forwarding, Request::from_parts(parts, RequestBody::Empty), &fine, client_version).await;
+    }
     // What became of the client's body: 0 fine, 1 failed, 2 over `max_body_size`.
     let body_failed = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let flag = body_failed.clone();
@@ -715,6 +748,22 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         flag.store(if too_large { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
         e
     }));
+    send(st, route, forwarding, Request::from_parts(parts, body), &body_failed, client_version).await
+}
+
+/// Sends an admitted request to the route's group and makes the client's response of the
+/// answer (`body_failed`: what became of the client's body, see [`proxy`]).
+async fn send(
+    st: &GatewayState,
+    route: &Route,
+    forwarding: &Forwarding<'_>,
+    req: Request<RequestBody>,
+    body_failed: &std::sync::atomic::AtomicU8,
+    client_version: axum::http::Version,
+) -> Response {
+    let Some(group) = route.upstream.group.as_ref() else {
+        return tagged(problem::upstream_unreachable().into_response(), "upstream_unavailable");
+    };
     let hash_key = (group.balance() == Balance::Hash).then(|| {
         let p = forwarding.principal;
         match group.hash_by() {
@@ -733,7 +782,7 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         strip_prefix: route.options.strip_prefix.then_some(route.path_prefix.as_str()),
     };
     let started = Instant::now();
-    let answer = group.send(Request::from_parts(parts, body), &opts).await;
+    let answer = group.send(req, &opts).await;
     st.metrics.upstream(&route.name, started.elapsed());
     match answer {
         Err(e) if body_failed.load(std::sync::atomic::Ordering::Relaxed) != 0 => {

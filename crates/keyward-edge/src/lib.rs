@@ -1,6 +1,9 @@
 //! keyward HTTP edge: the gateway (reverse proxy), the admin API, and [`problem`], the one
 //! place where errors of the layers below become HTTP statuses and RFC 9457 problem documents.
 #![forbid(unsafe_code)]
+// The gateway service's request future nests the whole pipeline's (routing, decision, proxy);
+// computing its layout goes deeper than the default limit.
+#![recursion_limit = "256"]
 // `Problem` is the error half of most handlers here; it is built once per failed request.
 #![allow(clippy::result_large_err)]
 
@@ -25,15 +28,12 @@ pub mod verify;
 pub use admin::{admin_router, AdminState, AdminToken};
 pub use gateway::{GatewayConfig, GatewayState, Route};
 
-/// The gateway listener's router: the OAuth endpoints (when the token service is on) in front
-/// of the proxy, whose every request goes through the pipeline.
-pub fn gateway_router(state: std::sync::Arc<GatewayState>) -> axum::Router {
-    let proxy = gateway::proxy_router(state.clone());
-    if state.engine().token_service().is_ok() {
-        oauth::routes(state).merge(proxy)
-    } else {
-        proxy
-    }
+/// The gateway listener's router: the OAuth endpoints (when the token service is on) and the
+/// leak-report endpoint (`(path, router)`, when configured) beside the proxy, whose every
+/// request goes through the pipeline; request ids on every request
+/// ([`gateway::GatewayService`]).
+pub fn gateway_router(state: std::sync::Arc<GatewayState>, leaks: Option<(String, axum::Router)>) -> axum::Router {
+    gateway::GatewayService::new(state, leaks).into_router()
 }
 
 #[doc(hidden)]

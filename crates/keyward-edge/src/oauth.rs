@@ -33,6 +33,15 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// RFC 9728 §3: the protected resource metadata of the whole gateway; each token-taking route's
 /// own is at this path followed by the route's path prefix (§3.1).
 pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+/// The exact paths of [`routes`] (besides `RESOURCE_METADATA_PATH/` and what is under it).
+pub const ENDPOINT_PATHS: [&str; 6] = [
+    TOKEN_PATH,
+    INTROSPECT_PATH,
+    REVOKE_PATH,
+    JWKS_PATH,
+    METADATA_PATH,
+    RESOURCE_METADATA_PATH,
+];
 /// RFC 9701 §4: the media type a resource server puts in `Accept` to get a signed answer.
 pub const INTROSPECTION_JWT_MEDIA: &str = "application/token-introspection+jwt";
 

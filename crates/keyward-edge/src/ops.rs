@@ -55,7 +55,17 @@ pub fn new_request_id() -> String {
 }
 
 /// The request id middleware (see the module documentation).
-pub async fn request_id(mut req: Request, next: Next) -> Response {
+pub async fn request_id(req: Request, next: Next) -> Response {
+    with_request_id(req, |req| next.run(req)).await
+}
+
+/// The request id logic of [`request_id`] around `inner`, for services that are not axum
+/// middleware stacks (the gateway listener's [`crate::gateway::GatewayService`]).
+pub async fn with_request_id<F, Fut>(mut req: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let mut incoming = req.headers().get_all(X_REQUEST_ID).iter();
     let id = match (incoming.next(), incoming.next()) {
         (Some(v), None) if sane_request_id(v.as_bytes()) => v.clone(),
@@ -80,7 +90,7 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     );
     let started = Instant::now();
     let mut resp = async move {
-        let resp = next.run(req).await;
+        let resp = inner(req).await;
         tracing::Span::current().record("status", resp.status().as_u16());
         tracing::debug!(
             status = resp.status().as_u16(),

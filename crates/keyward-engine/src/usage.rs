@@ -12,11 +12,25 @@ use time::OffsetDateTime;
 
 use crate::EngineError;
 
-type Counts = HashMap<(String, String, i64, &'static str), u64>;
+/// Counts by (minute, outcome), then by key or client id (with its app id). Two levels so that
+/// counting a request looks the id up by `&str`: nothing is allocated per request once the id
+/// has been seen in this minute (the hot path records every proxied request).
+type Counts = HashMap<(i64, &'static str), HashMap<String, (String, u64)>>;
 
-/// Buffered rows above which counts kept through failed flushes (the store unreachable) are
-/// folded from per-minute into per-hour rows: totals stay exact, memory stays bounded by the
-/// number of active keys rather than by the length of the outage.
+fn add(counts: &mut Counts, id: &str, app_id: &str, minute: i64, outcome: &'static str, n: u64) {
+    let ids = counts.entry((minute, outcome)).or_default();
+    match ids.get_mut(id) {
+        Some((_, c)) => *c += n,
+        None => {
+            ids.insert(id.to_owned(), (app_id.to_owned(), n));
+        }
+    }
+}
+
+fn row_count(counts: &Counts) -> usize {
+    counts.values().map(HashMap::len).sum()
+}
+
 const MAX_PENDING_ROWS: usize = 200_000;
 
 #[derive(Default)]
@@ -46,11 +60,14 @@ impl UsageRecorder {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *p.counts
-            .entry((id.to_owned(), app_id.to_owned(), minute, outcome))
-            .or_insert(0) += 1;
+        add(&mut p.counts, id, app_id, minute, outcome, 1);
         if outcome == "allowed" {
-            p.last_used.insert(id.to_owned(), now);
+            match p.last_used.get_mut(id) {
+                Some(t) => *t = now,
+                None => {
+                    p.last_used.insert(id.to_owned(), now);
+                }
+            }
         }
         self.recorded.fetch_add(1, Ordering::Relaxed);
     }
@@ -63,8 +80,10 @@ impl UsageRecorder {
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut out = HashMap::new();
-        for ((id, _, _, outcome), n) in &p.counts {
-            *out.entry((id.clone(), *outcome)).or_insert(0) += n;
+        for ((_, outcome), ids) in &p.counts {
+            for (id, (_, n)) in ids {
+                *out.entry((id.clone(), *outcome)).or_insert(0) += n;
+            }
         }
         out
     }
@@ -95,12 +114,14 @@ impl UsageRecorder {
         let rows: Vec<UsageRow> = taken
             .counts
             .iter()
-            .map(|((key_id, app_id, minute, outcome), count)| UsageRow {
-                key_id: key_id.clone(),
-                app_id: app_id.clone(),
-                minute: *minute,
-                outcome: (*outcome).to_owned(),
-                count: *count,
+            .flat_map(|((minute, outcome), ids)| {
+                ids.iter().map(|(key_id, (app_id, count))| UsageRow {
+                    key_id: key_id.clone(),
+                    app_id: app_id.clone(),
+                    minute: *minute,
+                    outcome: (*outcome).to_owned(),
+                    count: *count,
+                })
             })
             .collect();
         let last_used: Vec<(String, OffsetDateTime)> = taken.last_used.iter().map(|(k, t)| (k.clone(), *t)).collect();
@@ -114,20 +135,22 @@ impl UsageRecorder {
                     Ok(p) => p,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                for (k, v) in taken.counts {
-                    *p.counts.entry(k).or_insert(0) += v;
+                for ((minute, outcome), ids) in taken.counts {
+                    for (id, (app, v)) in ids {
+                        add(&mut p.counts, &id, &app, minute, outcome, v);
+                    }
                 }
-                if p.counts.len() > MAX_PENDING_ROWS {
-                    let before = p.counts.len();
+                if row_count(&p.counts) > MAX_PENDING_ROWS {
+                    let before = row_count(&p.counts);
                     let counts = std::mem::take(&mut p.counts);
-                    for ((key, app, minute, outcome), v) in counts {
-                        *p.counts
-                            .entry((key, app, minute - minute.rem_euclid(60), outcome))
-                            .or_insert(0) += v;
+                    for ((minute, outcome), ids) in counts {
+                        for (id, (app, v)) in ids {
+                            add(&mut p.counts, &id, &app, minute - minute.rem_euclid(60), outcome, v);
+                        }
                     }
                     tracing::warn!(
                         before,
-                        after = p.counts.len(),
+                        after = row_count(&p.counts),
                         "usage flushes keep failing: pending counts folded into hourly rows"
                     );
                 }

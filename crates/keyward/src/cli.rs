@@ -62,6 +62,13 @@ pub enum Command {
     CatFacts {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Serve HTTPS (HTTP/1.1 and h2 by ALPN) with this PEM certificate chain (with
+        /// --tls-key). Plain listeners take HTTP/1.1 and h2c (prior knowledge).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
     },
     /// Manage applications.
     #[command(subcommand)]

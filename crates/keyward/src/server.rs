@@ -263,7 +263,10 @@ pub async fn start_on(
         .map_err(|e| CliError::startup(e.to_string()))?
         .map(|keys| {
             let state = keyward_edge::leaks::LeakReports::new(engine.clone(), keys, cfg.leak_reports.action);
-            keyward_edge::leaks::router(&cfg.leak_reports.path, Arc::new(state))
+            (
+                cfg.leak_reports.path.clone(),
+                keyward_edge::leaks::router(&cfg.leak_reports.path, Arc::new(state)),
+            )
         });
     let admin_routes = gw_cfg.routes.clone();
     let gateway_state = Arc::new(GatewayState::new(engine.clone(), gw_cfg).map_err(CliError::startup)?);
@@ -297,15 +300,10 @@ pub async fn start_on(
         ),
         None => None,
     };
-    let gateway = gateway_router(gateway_state.clone());
-    let gateway = match leaks {
-        Some(l) => l.merge(gateway),
-        None => gateway,
-    };
     // Every listener: a sane incoming `x-request-id` or a new one, on the span, upstream and
-    // on every response.
+    // on every response (the gateway's service does it itself, without a middleware stack).
+    let gateway = gateway_router(gateway_state.clone(), leaks);
     let request_id = || axum::middleware::from_fn(keyward_edge::ops::request_id);
-    let gateway = gateway.layer(request_id());
     let admin_state = Arc::new(
         AdminState::new(engine.clone(), AdminToken::new(secrets.admin_token))
             .with_routes(admin_routes)

@@ -15,6 +15,8 @@ pub struct Table {
     /// `connect_timeout` win): part of the table so that a reload applies them.
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// Some route names `hosts`: only then is the request's host worked out.
+    pub any_hosts: bool,
 }
 
 /// Reads the upstream groups' status (`GET /v1/upstreams`, `/metrics`) from the table in force.
@@ -58,6 +60,7 @@ impl Table {
             }
         }
         Ok(Table {
+            any_hosts: routes.iter().any(|r| !r.options.hosts.is_empty()),
             routes,
             upstreams,
             connect_timeout,

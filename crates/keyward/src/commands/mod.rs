@@ -61,7 +61,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             )),
         },
         Command::Demo { listen, json } => crate::demo::run(*listen, *json).await,
-        Command::CatFacts { listen } => cat_facts(*listen).await,
+        Command::CatFacts {
+            listen,
+            tls_cert,
+            tls_key,
+        } => cat_facts(*listen, tls_cert.as_deref().zip(tls_key.as_deref())).await,
         Command::App(cmd) => app(&cli, cmd).await,
         Command::Key(cmd) => key(&cli, cmd).await,
         Command::Client(cmd) => client(&cli, cmd).await,
@@ -188,13 +192,38 @@ fn reload(running: &server::Running, path: Option<&Path>) {
     }
 }
 
-async fn cat_facts(listen: std::net::SocketAddr) -> Result<()> {
+async fn cat_facts(listen: std::net::SocketAddr, tls: Option<(&std::path::Path, &std::path::Path)>) -> Result<()> {
     let l = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::startup(format!("cannot listen on {listen}: {e}")))?;
     let addr = l.local_addr().map_err(|e| CliError::Io(e.to_string()))?;
-    tracing::info!(target: crate::LISTENING, listen = %addr, "cat-facts API on http://{addr}");
-    crate::catfacts::serve(l, shutdown_signal())
+    let Some((cert_file, key_file)) = tls else {
+        tracing::info!(target: crate::LISTENING, listen = %addr, "cat-facts API on http://{addr}");
+        return crate::catfacts::serve(l, shutdown_signal())
+            .await
+            .map_err(|e| CliError::Io(e.to_string()));
+    };
+    // The same TLS listener as the gateway's (HTTP/1.1 and h2 by ALPN), without client
+    // certificates: an HTTPS upstream for the proxy's tests and benchmarks.
+    let settings = keyward_edge::tls::TlsSettings {
+        cert_file: cert_file.to_path_buf(),
+        key_file: key_file.to_path_buf(),
+        client_ca_file: None,
+        client_auth: keyward_edge::tls::ClientAuth::None,
+        crl_files: Vec::new(),
+        accept_self_signed: false,
+        reload_interval: std::time::Duration::from_secs(3600),
+        handshake_timeout: std::time::Duration::from_secs(10),
+    };
+    let server = keyward_edge::tls::TlsServer::load(&settings).map_err(|e| CliError::startup(e.to_string()))?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    tracing::info!(target: crate::LISTENING, listen = %addr, "cat-facts API on https://{addr}");
+    server
+        .serve(l, crate::catfacts::router(), keyward_edge::serve::HttpLimits::default(), rx)
         .await
         .map_err(|e| CliError::Io(e.to_string()))
 }
