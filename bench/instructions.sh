@@ -14,6 +14,7 @@
 #                serves a few hundred requests per second)
 #   CONNECTIONS  wrk connections (default 4)
 #   ROUNDS       counted windows per target, in turn A B A B (default 2)
+#   KEEP_TMP     1 to keep the callgrind dumps (callgrind_annotate --inclusive=yes FILE)
 #
 # For each target: start it under `valgrind --tool=callgrind --instr-atstart=no`, send 200
 # warm-up requests (instrumentation off), switch instrumentation on (`callgrind_control -i on`),
@@ -40,7 +41,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     sleep 0.5
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
+    if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
 }
 trap cleanup EXIT

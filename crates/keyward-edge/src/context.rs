@@ -193,6 +193,12 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
 
 /// Header-safe text: visible ASCII kept, everything else percent-encoded.
 pub(crate) fn header_text(s: &str) -> HeaderValue {
+    // The common case (ids, names, scopes): nothing to encode, one copy.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%') {
+        if let Ok(v) = HeaderValue::from_str(s) {
+            return v;
+        }
+    }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if (0x20..0x7f).contains(&b) && b != b'%' {
@@ -204,40 +210,85 @@ pub(crate) fn header_text(s: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Appends `ip` as text (`Display`'s form) to `out`; IPv4 without the formatting machinery (it
+/// is written on every proxied request, twice).
+pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + (o / 10) % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+        }
+        IpAddr::V6(a) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+const X_KEYWARD_CLIENT_IP: HeaderName = HeaderName::from_static("x-keyward-client-ip");
+const X_KEYWARD_APP: HeaderName = HeaderName::from_static("x-keyward-app");
+const X_KEYWARD_APP_ID: HeaderName = HeaderName::from_static("x-keyward-app-id");
+const X_KEYWARD_CLIENT_ID: HeaderName = HeaderName::from_static("x-keyward-client-id");
+const X_KEYWARD_KEY_ID: HeaderName = HeaderName::from_static("x-keyward-key-id");
+const X_KEYWARD_SCOPES: HeaderName = HeaderName::from_static("x-keyward-scopes");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const DPOP: HeaderName = HeaderName::from_static("dpop");
+
 /// Sets the identity headers of an admitted request, for the upstream (gateway) or the proxy
 /// that asked (forward-auth): app, app id, key id or client id, scopes, client address (only
 /// the address for the anonymous caller of a public route).
 pub(crate) fn insert_identity(h: &mut HeaderMap, p: &Principal, client: IpAddr) {
-    h.insert(
-        HeaderName::from_static("x-keyward-client-ip"),
-        header_text(&client.to_string()),
-    );
+    let mut ip = String::with_capacity(15);
+    push_ip(&mut ip, client);
+    h.insert(X_KEYWARD_CLIENT_IP, header_text(&ip));
     if matches!(p, Principal::Anonymous) {
         return;
     }
-    h.insert(HeaderName::from_static("x-keyward-app"), header_text(p.app_name()));
-    h.insert(HeaderName::from_static("x-keyward-app-id"), header_text(p.app_id()));
+    h.insert(X_KEYWARD_APP, header_text(p.app_name()));
+    h.insert(X_KEYWARD_APP_ID, header_text(p.app_id()));
     match p.client_id() {
-        Some(c) => h.insert(HeaderName::from_static("x-keyward-client-id"), header_text(c)),
-        None => h.insert(HeaderName::from_static("x-keyward-key-id"), header_text(p.id())),
+        Some(c) => h.insert(X_KEYWARD_CLIENT_ID, header_text(c)),
+        None => h.insert(X_KEYWARD_KEY_ID, header_text(p.id())),
     };
-    let scopes = p.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-    h.insert(HeaderName::from_static("x-keyward-scopes"), header_text(&scopes));
+    let mut scopes = String::new();
+    for (i, s) in p.scopes().iter().enumerate() {
+        if i > 0 {
+            scopes.push(' ');
+        }
+        scopes.push_str(s.as_str());
+    }
+    h.insert(X_KEYWARD_SCOPES, header_text(&scopes));
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Usually there are none: one look at each header instead of a removal per name.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -248,7 +299,7 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
 }
@@ -300,7 +351,7 @@ pub(crate) fn upstream_headers(h: &mut HeaderMap, authority: Option<&str>, f: &F
     if f.in_authorization {
         h.remove(header::AUTHORIZATION);
     }
-    h.remove("dpop");
+    h.remove(DPOP);
     let spoofed: Vec<HeaderName> = h
         .keys()
         .filter(|k| k.as_str().starts_with("x-keyward-"))
@@ -315,33 +366,27 @@ pub(crate) fn upstream_headers(h: &mut HeaderMap, authority: Option<&str>, f: &F
         h.remove(header::HOST)
     };
     if let Some(host) = host {
-        h.insert(HeaderName::from_static("x-forwarded-host"), host);
+        h.insert(X_FORWARDED_HOST, host);
     } else if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-        h.insert(HeaderName::from_static("x-forwarded-host"), v);
+        h.insert(X_FORWARDED_HOST, v);
     }
     // Forwarded-for headers from an untrusted peer are dropped, never passed on.
     let peer = f.peer.to_canonical();
     // The chain believed, then the peer, joined with ", ", in one buffer.
     let mut chain = String::with_capacity(48);
     if trusted(peer, f.trusted_proxies) {
-        for v in h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+        for v in h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
             chain.push_str(v);
             chain.push_str(", ");
         }
     } else {
         h.remove(header::FORWARDED);
     }
-    {
-        use std::fmt::Write as _;
-        let _ = write!(chain, "{peer}");
-    }
+    push_ip(&mut chain, peer);
     if let Ok(v) = HeaderValue::from_str(&chain) {
-        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+        h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     insert_identity(h, f.principal, f.client);
 }
 
@@ -448,6 +493,25 @@ mod tests {
             h[0].1,
             format!("@{}", (now - time::Duration::hours(1)).unix_timestamp())
         );
+    }
+
+    #[test]
+    fn ip_text_is_displays_text() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.10.100.199",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x {ip}"));
+        }
     }
 
     #[test]

@@ -699,7 +699,8 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
             scope_mode: route.scope_mode,
             client_ip: client,
         };
-        proxy_upgrade(st, route, &forwarding, req, grant).await
+        // Boxed: the tunnel's futures stay out of every plain request's future.
+        Box::pin(proxy_upgrade(st, route, &forwarding, req, grant)).await
     } else {
         proxy(st, route, &forwarding, req).await
     };

@@ -320,8 +320,9 @@ impl Engine {
         client: Option<IpAddr>,
     ) -> Result<Outcome, Rejection> {
         let l = &self.limiter;
-        let mut rates = Vec::with_capacity(4);
-        let mut quotas = Vec::with_capacity(2);
+        // Empty until a limit applies: a request without limits allocates nothing here.
+        let mut rates = Vec::new();
+        let mut quotas = Vec::new();
         if let (Some(spec), Some(ip), true) = (self.options.publishable_rate, client, who.publishable) {
             rates.push(RateCheck {
                 name: "client",
@@ -371,9 +372,16 @@ impl Engine {
         if let Some(spec) = who.app_policy.and_then(|p| p.quota) {
             quotas.push(quota("app-quota", l.key(&["app-quota", who.app_id]), spec));
         }
-        let outcome = l
-            .check(&rates, &quotas, self.now_ns(), l.on_failure(&route.route))
-            .await;
+        let outcome = if rates.is_empty() && quotas.is_empty() {
+            // Nothing to decide (and nothing to ask Redis).
+            Ok(Outcome::Allowed { states: Vec::new() })
+        } else if let Limiter::Local(local) = l {
+            Ok(local.check(&rates, &quotas, self.now_ns()))
+        } else {
+            // The shared limiter's call, boxed: its future stays out of every request's
+            // future (moved whole at each await point above it) when limits are local.
+            Box::pin(l.check(&rates, &quotas, self.now_ns(), l.on_failure(&route.route))).await
+        };
         let code = match &outcome {
             Ok(Outcome::Allowed { .. }) => "allowed",
             Ok(Outcome::RateLimited { .. }) => "limited:rate",

@@ -383,8 +383,10 @@ impl Engine {
         let result = match ctx.choice().0 {
             Choice::Refuse(r) => Err(Denied::anonymous(r)),
             Choice::Key(value) => self.key_principal(value, ctx).await,
-            Choice::Token { value, dpop } => self.token_principal(value, dpop, ctx).await,
-            Choice::Certificate(cert) => self.certificate_principal(cert, ctx).await,
+            // Boxed: their futures (JWT and DPoP checks, store lookups) would otherwise be
+            // part of every request's future, key requests included, and be moved with it.
+            Choice::Token { value, dpop } => Box::pin(self.token_principal(value, dpop, ctx)).await,
+            Choice::Certificate(cert) => Box::pin(self.certificate_principal(cert, ctx)).await,
         };
         result.map_err(|d| self.account(d, Some(ctx.client_ip)))
     }

@@ -253,10 +253,17 @@ impl Target {
         // Kept-alive connections found closed are replaced; a bound keeps a misbehaving
         // upstream from looping us.
         for _ in 0..MAX_STALE {
-            let conn = match tokio::time::timeout(opts.connect_timeout, self.checkout()).await {
-                Err(_) => return Err((self.timeout(TimeoutPhase::Connect), false)),
-                Ok(Err(e)) => return Err((e, false)),
-                Ok(Ok(c)) => c,
+            // A kept-alive connection ready to take the request is used without a timer; only
+            // waiting for one (a connection being made, a busy one) runs under
+            // `connect_timeout`, boxed so that the connect path's future (TCP, TLS, handshake)
+            // is not part of every request's.
+            let conn = match self.ready_conn() {
+                Some(c) => c,
+                None => match tokio::time::timeout(opts.connect_timeout, Box::pin(self.checkout())).await {
+                    Err(_) => return Err((self.timeout(TimeoutPhase::Connect), false)),
+                    Ok(Err(e)) => return Err((e, false)),
+                    Ok(Ok(c)) => c,
+                },
             };
             let taken = std::mem::take(req);
             match conn {
@@ -402,6 +409,32 @@ impl Target {
         *req.uri_mut() = Uri::from_parts(parts).map_err(|_| (UpstreamError::InvalidUri, true))?;
         *req.version_mut() = Version::HTTP_2;
         Ok(req)
+    }
+
+    /// A kept-alive connection that can take a request right now, if there is one: the shared
+    /// HTTP/2 connection, or the most recent idle HTTP/1.1 connection when it is ready. Closed
+    /// or expired idle connections on the way are dropped (as [`Target::checkout`] would); one
+    /// that is not ready yet is left for `checkout` to wait for.
+    fn ready_conn(&self) -> Option<Conn> {
+        match self.resolved.load(Ordering::Relaxed) {
+            PROTO_H2 => self.cached_h2().map(|(gen, s)| Conn::H2(s, true, gen)),
+            PROTO_H1 => {
+                let mut idle = lock(&self.idle);
+                let now = Instant::now();
+                while let Some(i) = idle.last() {
+                    if i.conn.is_closed() || now.duration_since(i.since) >= self.pool.idle_timeout {
+                        idle.pop();
+                        continue;
+                    }
+                    if i.conn.is_ready() {
+                        return idle.pop().map(|i| Conn::H1(i.conn, true));
+                    }
+                    return None;
+                }
+                None
+            }
+            _ => None,
+        }
     }
 
     async fn checkout(&self) -> Result<Conn, UpstreamError> {
