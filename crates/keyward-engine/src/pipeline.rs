@@ -293,6 +293,44 @@ impl Principal {
         self.key().and_then(|k| k.expires_at)
     }
 
+    /// How long an allow of this principal may be reused without asking again (a proxy that
+    /// caches forward-auth answers: a route's `decision_cache`), at most `max`, and never past
+    /// the credential's own expiry. `None` (never reuse) when the decision depends on more than
+    /// the credential, the route and the client address, or would have to count something: a
+    /// publishable key (its origins), a DPoP- or certificate-bound token, a required client
+    /// certificate, an address allowlist, any rate or quota of the key, its app or the client
+    /// (a reused allow consumes nothing); also below one second of remaining life.
+    pub fn reusable_for(&self, now: OffsetDateTime, max: std::time::Duration) -> Option<std::time::Duration> {
+        fn plain(p: &Policy) -> bool {
+            p.ips.is_empty() && p.rate.is_none() && p.quota.is_none() && !p.require_mtls && p.origins.is_empty()
+        }
+        let until = match self {
+            Principal::Anonymous => None,
+            Principal::Key(k) => {
+                if k.kind() == KeyKind::Publishable || !plain(&k.policy) || !plain(&k.app_policy) {
+                    return None;
+                }
+                k.expires_at
+            }
+            Principal::Token(t) => {
+                if t.claims.cnf.is_some() || !plain(&t.policy) {
+                    return None;
+                }
+                Some(OffsetDateTime::from_unix_timestamp(t.claims.exp).ok()?)
+            }
+            Principal::Certificate(_) => return None,
+        };
+        let max = std::time::Duration::from_secs(max.as_secs());
+        let ttl = match until {
+            None => max,
+            Some(t) => {
+                let left = u64::try_from((t - now).whole_seconds()).unwrap_or(0);
+                max.min(std::time::Duration::from_secs(left))
+            }
+        };
+        (ttl.as_secs() >= 1).then_some(ttl)
+    }
+
     pub fn limit_subject(&self) -> LimitSubject<'_> {
         match self {
             Principal::Key(k) => LimitSubject {
