@@ -19,7 +19,7 @@
 //!   (`WWW-Authenticate`, `Retry-After`, `RateLimit`…), never an allow.
 //!
 //! Only what tonic refuses before the service runs is a gRPC error instead: a message larger
-//! than [`max_message`] (`RESOURCE_EXHAUSTED`) or one that is not a `CheckRequest`
+//! than [`max_message`] (`OUT_OF_RANGE`) or one that is not a `CheckRequest`
 //! (`INTERNAL`). Envoy turns both into its `status_on_error` (403 by default) as long as
 //! `failure_mode_allow` is false.
 
@@ -31,8 +31,8 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::Router;
 use envoy_types::ext_authz::v3::pb::{
-    Address, Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
-    HeaderAppendAction, HeaderValue as EnvoyHeader, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    Address, Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue as EnvoyHeader, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer};
 use envoy_types::pb::google::rpc;
@@ -53,7 +53,7 @@ const ATTRIBUTES_ALLOWANCE: usize = 64 * 1024;
 
 /// The largest check request decoded: the listener's header bytes plus
 /// [`ATTRIBUTES_ALLOWANCE`]. keyward never reads a request body, so Envoy's `with_request_body`
-/// should stay off; with it, a larger message is refused (`RESOURCE_EXHAUSTED`).
+/// should stay off; with it, a larger message is refused (`OUT_OF_RANGE`).
 pub fn max_message(limits: &HttpLimits) -> usize {
     limits.max_header_bytes.saturating_add(ATTRIBUTES_ALLOWANCE)
 }
@@ -94,10 +94,7 @@ impl Authorization for ExtAuthz {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let st = &self.state;
         let token_ok = match &st.token {
             Some(t) => request
@@ -136,11 +133,11 @@ impl ExtAuthz {
         let attrs = req
             .attributes
             .ok_or_else(|| refuse(verify::bad("the check request has no attributes")))?;
-        let http = attrs
-            .request
-            .as_ref()
-            .and_then(|r| r.http.as_ref())
-            .ok_or_else(|| refuse(verify::bad("the check request has no HTTP request (attributes.request.http)")))?;
+        let http = attrs.request.as_ref().and_then(|r| r.http.as_ref()).ok_or_else(|| {
+            refuse(verify::bad(
+                "the check request has no HTTP request (attributes.request.http)",
+            ))
+        })?;
         if http.method.is_empty() {
             return Err(refuse(verify::bad("the check request has no method")));
         }
@@ -229,7 +226,11 @@ impl ExtAuthz {
 /// both. Pseudo-headers are left out (method, path and authority have their own fields). More
 /// fields or bytes than the listeners accept: 431; a name or value that is not valid HTTP: 400.
 fn request_headers(http: &HttpRequest, limits: HeaderLimits) -> Result<HeaderMap, Problem> {
-    let raw = http.header_map.as_ref().map(|m| m.headers.as_slice()).unwrap_or_default();
+    let raw = http
+        .header_map
+        .as_ref()
+        .map(|m| m.headers.as_slice())
+        .unwrap_or_default();
     if !raw.is_empty() && !http.headers.is_empty() {
         return Err(verify::bad("the check request has both headers and header_map"));
     }
@@ -413,7 +414,10 @@ mod tests {
         };
         let envoy: IpAddr = "10.0.0.2".parse().unwrap();
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(client_address(envoy, Some(&source), &trusted).to_string(), "203.0.113.7");
+        assert_eq!(
+            client_address(envoy, Some(&source), &trusted).to_string(),
+            "203.0.113.7"
+        );
         assert_eq!(client_address(envoy, Some(&source), &[]), envoy);
         assert_eq!(client_address(envoy, None, &trusted), envoy);
     }

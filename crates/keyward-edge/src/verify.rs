@@ -817,9 +817,13 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
     };
     match reuse {
         Some(ttl) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("private, max-age={}", ttl.as_secs())) {
+            let secs = ttl.as_secs();
+            if let Ok(v) = HeaderValue::from_str(&format!("private, max-age={secs}")) {
                 h.insert(header::CACHE_CONTROL, v);
             }
+            // nginx stores nothing marked `private`; its own lifetime field lets the example's
+            // auth subrequest cache (`proxy_ignore_headers Cache-Control`) use the same one.
+            h.insert(HeaderName::from_static("x-accel-expires"), HeaderValue::from(secs));
             h.insert(header::VARY, vary(&st.gateway.config().credential_headers));
         }
         None => {
