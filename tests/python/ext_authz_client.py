@@ -1,6 +1,7 @@
 """An independent Envoy ext_authz gRPC client for crates/keyward/tests/it/ext_authz_grpc.rs.
 
     ext_authz_client.py --target HOST:PORT < checks.json
+    ext_authz_client.py --bootstrap examples/envoy/envoy.yaml
 
 Envoy's published protos as compiled by the `xds-protos` package (envoy.service.auth.v3): the
 client builds `CheckRequest`s the way Envoy's ext_authz filter fills them, calls
@@ -24,7 +25,12 @@ Each check on stdin is an object:
      "no_http": true,                           # attributes.request without http
      "raw_hex": "..."}                          # these bytes as the message instead
 
-A missing grpcio or xds-protos is an error (exit 2), never a skip.
+With --bootstrap, the file is read as an Envoy bootstrap (`envoy.config.bootstrap.v3.Bootstrap`,
+every typed_config resolved against the published protos, unknown fields refused) and a summary
+of its ext_authz filter is printed: {"grpc_cluster", "cluster_http2", "cluster_port",
+"failure_mode_allow", "status_on_error", "timeout"}.
+
+A missing grpcio, xds-protos or PyYAML is an error (exit 2), never a skip.
 """
 
 import argparse
@@ -37,6 +43,14 @@ try:
     from envoy.service.auth.v3 import attribute_context_pb2 as attribute_context
     from envoy.service.auth.v3 import external_auth_pb2 as external_auth
     from envoy.service.auth.v3 import external_auth_pb2_grpc as external_auth_grpc
+    import yaml
+    from google.protobuf import json_format
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    # The typed_config types the example uses, registered for Any resolution.
+    from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 except ImportError as e:  # the Rust test fails on this when KEYWARD_TEST_PYTHON is set
     print(f"grpcio and xds-protos are required (tests/python/requirements.txt): {e}", file=sys.stderr)
     sys.exit(2)
@@ -108,10 +122,46 @@ def result_of(resp):
     return out
 
 
+def bootstrap(path):
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    b = json_format.ParseDict(doc, bootstrap_pb2.Bootstrap())
+    summary = {}
+    for listener in b.static_resources.listeners:
+        for chain in listener.filter_chains:
+            for nf in chain.filters:
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                if not nf.typed_config.Unpack(hcm):
+                    continue
+                for hf in hcm.http_filters:
+                    ea = ext_authz_pb2.ExtAuthz()
+                    if hf.typed_config.Unpack(ea):
+                        summary["grpc_cluster"] = ea.grpc_service.envoy_grpc.cluster_name
+                        summary["timeout"] = ea.grpc_service.timeout.ToMilliseconds()
+                        summary["failure_mode_allow"] = ea.failure_mode_allow
+                        summary["status_on_error"] = ea.status_on_error.code
+                        summary["transport_api_version"] = ea.transport_api_version
+    for c in b.static_resources.clusters:
+        if c.name != summary.get("grpc_cluster"):
+            continue
+        opts = http_protocol_options_pb2.HttpProtocolOptions()
+        any_ = c.typed_extension_protocol_options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        summary["cluster_http2"] = bool(any_ and any_.Unpack(opts) and opts.explicit_http_config.HasField("http2_protocol_options"))
+        ep = c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+        summary["cluster_port"] = ep.port_value
+    print(json.dumps(summary))
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--target", required=True)
+    p.add_argument("--target")
+    p.add_argument("--bootstrap")
     args = p.parse_args()
+    if args.bootstrap:
+        bootstrap(args.bootstrap)
+        return
+    if not args.target:
+        p.error("--target or --bootstrap")
     checks = json.load(sys.stdin)
     results = []
     with grpc.insecure_channel(args.target) as channel:

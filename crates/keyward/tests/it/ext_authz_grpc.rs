@@ -462,3 +462,40 @@ async fn only_allowed_peers_and_the_service_token() {
     .await;
     assert_eq!(allowed(&v)["headers"]["x-keyward-client-ip"]["value"], "127.0.0.1");
 }
+
+/// examples/envoy/envoy.yaml is not run (no Envoy binary on these machines), but it is read
+/// as an Envoy bootstrap against the published protos (unknown fields refused), and its
+/// ext_authz filter is the gRPC one, pointed at an HTTP/2 cluster on keyward's port, failing
+/// closed.
+#[tokio::test]
+async fn the_envoy_example_is_an_envoy_bootstrap() {
+    let Some(py) = python() else {
+        eprintln!(
+            "ext_authz_grpc::the_envoy_example_is_an_envoy_bootstrap skipped: set KEYWARD_TEST_PYTHON (.ci/run does)"
+        );
+        return;
+    };
+    let out = Command::new(&py)
+        .arg("tests/python/ext_authz_client.py")
+        .arg("--bootstrap")
+        .arg("examples/envoy/envoy.yaml")
+        .current_dir(repo_root())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        v,
+        json!({"grpc_cluster": "keyward", "timeout": 250, "failure_mode_allow": false,
+               "status_on_error": 503, "transport_api_version": 2, "cluster_http2": true,
+               "cluster_port": 8083}),
+        "{v}"
+    );
+}
