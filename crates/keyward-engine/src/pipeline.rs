@@ -732,10 +732,10 @@ mod tests {
         let quota = QuotaSpec::parse("10/day").unwrap();
         assert_eq!(k(&|r| r.policy.ips = ips.clone()), None);
         assert_eq!(k(&|r| r.app_policy.ips = ips.clone()), None);
-        assert_eq!(k(&|r| r.policy.rate = Some(rate.clone())), None);
-        assert_eq!(k(&|r| r.app_policy.rate = Some(rate.clone())), None);
-        assert_eq!(k(&|r| r.policy.quota = Some(quota.clone())), None);
-        assert_eq!(k(&|r| r.app_policy.quota = Some(quota.clone())), None);
+        assert_eq!(k(&|r| r.policy.rate = Some(rate)), None);
+        assert_eq!(k(&|r| r.app_policy.rate = Some(rate)), None);
+        assert_eq!(k(&|r| r.policy.quota = Some(quota)), None);
+        assert_eq!(k(&|r| r.app_policy.quota = Some(quota)), None);
         assert_eq!(k(&|r| r.policy.require_mtls = true), None);
         assert_eq!(k(&|r| r.hint = "kw_pk_AbCd…9xYz".into()), None, "publishable");
         // Tokens: until their exp, never when sender-constrained.
@@ -749,6 +749,6 @@ mod tests {
         assert_eq!(t(&|_| {}, 0), None);
         assert_eq!(t(&|p| p.claims.cnf = Some(Confirmation::jkt("thumb")), 600), None);
         assert_eq!(t(&|p| p.policy.ips = ips.clone(), 600), None);
-        assert_eq!(t(&|p| p.policy.rate = Some(rate.clone()), 600), None);
+        assert_eq!(t(&|p| p.policy.rate = Some(rate), 600), None);
     }
 }
