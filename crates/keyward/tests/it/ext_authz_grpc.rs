@@ -499,3 +499,63 @@ async fn the_envoy_example_is_an_envoy_bootstrap() {
         "{v}"
     );
 }
+
+/// A check whose message never arrives whole (a gRPC frame announcing 100 bytes, then
+/// nothing): cut off at `gateway.body_read_timeout` with an error status, never held open and
+/// never allowed. A raw HTTP/2 client (hyper), since a gRPC library cannot send half a message.
+#[tokio::test]
+async fn a_check_that_never_arrives_is_cut_off() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::body::Frame;
+
+    let kw = boot_grpc(|c| c.gateway.body_read_timeout = Duration::from_secs(1)).await;
+    let addr = kw.verify_grpc.clone().unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // Uncompressed, 100 bytes announced; 3 sent; the stream stays open.
+    let prefix: &'static [u8] = &[0, 0, 0, 0, 100, 0x0a, 0x10, 0x12];
+    let frames = futures_util::StreamExt::chain(
+        futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(prefix)))]),
+        futures_util::stream::pending(),
+    );
+    let req = hyper::Request::post(format!("http://{addr}/envoy.service.auth.v3.Authorization/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("no answer within 10 s")
+        .unwrap();
+    let head_status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let collected = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the answer did not end within 10 s")
+        .unwrap();
+    let took = started.elapsed();
+    let status = head_status
+        .or_else(|| {
+            collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .expect("a grpc-status");
+    assert_ne!(status, "0", "an unfinished check must not succeed");
+    assert!(
+        collected.to_bytes().len() <= 5,
+        "no CheckResponse for an unfinished check"
+    );
+    assert!(took >= Duration::from_millis(900), "cut after {took:?}");
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+    eprintln!("ext_authz: an unfinished check ended with grpc-status {status} after {took:?}");
+}
