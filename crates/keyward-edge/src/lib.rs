@@ -11,6 +11,7 @@ pub mod admin;
 pub mod body;
 pub mod context;
 pub mod cors;
+pub mod ext_authz;
 pub mod gateway;
 pub mod leaks;
 pub mod metrics;

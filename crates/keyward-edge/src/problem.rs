@@ -531,6 +531,17 @@ pub fn invalid_verify_request(detail: impl Into<String>) -> Problem {
     Problem::bad_request("invalid_verify_request", detail)
 }
 
+/// An Envoy `ext_authz` check whose request headers exceed the listener's header limits
+/// (`gateway.max_headers`, `gateway.max_header_bytes`), as the HTTP listeners answer 431.
+pub fn headers_too_large(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        "Request Header Fields Too Large",
+    )
+    .detail(detail)
+}
+
 /// The verify API is off: no service token is configured.
 pub fn verify_disabled() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not_found", "Not Found")

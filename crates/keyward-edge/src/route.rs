@@ -170,6 +170,9 @@ pub struct RouteOptions {
     pub max_tunnel_duration: Duration,
     /// For a URL upstream, the settings of the route's own group.
     pub url_upstream: UrlUpstream,
+    /// Forward-auth: how long a caching proxy may reuse an allowed answer (`decision_cache`;
+    /// `None`: never, every answer is `no-store`).
+    pub decision_cache: Option<Duration>,
 }
 
 /// A URL upstream's protocol and TLS settings (an `[[upstreams]]` group has its own).
@@ -202,6 +205,7 @@ impl Default for RouteOptions {
             idle_timeout: DEFAULT_TUNNEL_IDLE,
             max_tunnel_duration: DEFAULT_MAX_TUNNEL,
             url_upstream: UrlUpstream::default(),
+            decision_cache: None,
         }
     }
 }

@@ -8,7 +8,9 @@
 //!   identity headers or the gateway's own 401/403/429 problem.
 //!
 //! Both run [`crate::gateway::decide`], the gateway's own authenticate → authorize → limit
-//! phases: limits and usage are consumed exactly as by a proxied request.
+//! phases: limits and usage are consumed exactly as by a proxied request. So does Envoy's
+//! `ext_authz` over gRPC ([`crate::ext_authz`]), which shares the forward-auth pieces here. A
+//! route's `decision_cache` makes allowed forward-auth answers reusable by a caching proxy.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,7 +58,7 @@ impl ServiceToken {
     pub fn new(token: SecretString) -> ServiceToken {
         ServiceToken(token)
     }
-    fn matches(&self, presented: &str) -> bool {
+    pub(crate) fn matches(&self, presented: &str) -> bool {
         ct_eq(self.0.expose().as_bytes(), presented.as_bytes())
     }
 }
@@ -83,9 +85,9 @@ impl Default for ForwardAuthConfig {
 }
 
 pub struct VerifyState {
-    gateway: Arc<GatewayState>,
-    token: Option<ServiceToken>,
-    forward: ForwardAuthConfig,
+    pub(crate) gateway: Arc<GatewayState>,
+    pub(crate) token: Option<ServiceToken>,
+    pub(crate) forward: ForwardAuthConfig,
 }
 
 impl VerifyState {
@@ -256,15 +258,15 @@ pub struct VerifyResponse {
 }
 
 /// A request target checked for sanity: method, path (without query) and target.
-struct Target {
-    method: Method,
+pub(crate) struct Target {
+    pub(crate) method: Method,
     path_and_query: PathAndQuery,
     /// The original request's host, when known (routes with `hosts` match on it).
-    host: Option<String>,
+    pub(crate) host: Option<String>,
 }
 
 impl Target {
-    fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.path_and_query.path()
     }
 }
@@ -284,7 +286,7 @@ fn parse_method(m: &str) -> Result<Method, Problem> {
     Method::from_bytes(m.as_bytes()).map_err(|_| problem::invalid_verify_request("the method is not an HTTP token"))
 }
 
-fn parse_target(method: &str, target: &str) -> Result<Target, Problem> {
+pub(crate) fn parse_target(method: &str, target: &str) -> Result<Target, Problem> {
     let method = parse_method(method)?;
     if target.len() > MAX_PATH {
         return Err(problem::invalid_verify_request(format!(
@@ -303,19 +305,19 @@ fn parse_target(method: &str, target: &str) -> Result<Target, Problem> {
     })
 }
 
-fn bad(detail: impl Into<String>) -> Problem {
+pub(crate) fn bad(detail: impl Into<String>) -> Problem {
     problem::invalid_verify_request(detail)
 }
 
 /// The route to decide as: a named route, the matching configured route, or (no route
 /// matches) one made of the caller's scopes and cost.
-enum Chosen<'a> {
+pub(crate) enum Chosen<'a> {
     Configured(&'a Route),
     Adhoc(Box<Route>),
 }
 
 impl Chosen<'_> {
-    fn route(&self) -> &Route {
+    pub(crate) fn route(&self) -> &Route {
         match self {
             Chosen::Configured(r) => r,
             Chosen::Adhoc(r) => r,
@@ -352,7 +354,7 @@ impl VerifyState {
     }
 
     /// Picks the route; a refusal (`invalid_path`, `method_not_allowed`) is a decision too.
-    fn choose<'a>(
+    pub(crate) fn choose<'a>(
         &'a self,
         routes: &'a [Route],
         target: &Target,
@@ -547,7 +549,7 @@ fn refusal_response(p: Problem, key_id: Option<String>, states: Option<&[LimitSt
     }
 }
 
-fn header_map(pairs: &[(HeaderName, HeaderValue)]) -> BTreeMap<String, String> {
+pub(crate) fn header_map(pairs: &[(HeaderName, HeaderValue)]) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in pairs {
         let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -561,7 +563,7 @@ fn header_map(pairs: &[(HeaderName, HeaderValue)]) -> BTreeMap<String, String> {
     out
 }
 
-fn success_headers(st: &VerifyState, a: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
+pub(crate) fn success_headers(st: &VerifyState, a: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
     let window = st.gateway.config().expiry_warning;
     let lifecycle = context::lifecycle_headers(&a.principal, st.gateway.engine().now(), window);
     problem::ratelimit_fields(&a.states)
@@ -692,10 +694,24 @@ fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpA
 /// `scope` (repeatable), `cost` and `route` from the forward-auth URL's own query: set in the
 /// proxy's configuration, out of the client's reach.
 fn call_options(query: Option<&str>) -> Result<(Vec<Scope>, u64, Option<String>), Problem> {
+    options(
+        form_urlencoded::parse(query.unwrap_or("").as_bytes()),
+        "the forward-auth URL takes only scope, cost and route",
+    )
+}
+
+/// The call options (`scope`, space-separated and repeatable; `cost`; `route`) from the
+/// forward-auth URL's query or Envoy's `context_extensions`; anything else is refused with
+/// `unknown`.
+pub(crate) fn options<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+    unknown: &str,
+) -> Result<(Vec<Scope>, u64, Option<String>), Problem> {
     let mut scopes = Vec::new();
     let mut cost = 1;
     let mut route = None;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+    for (k, v) in pairs {
+        let v = v.as_ref();
         match k.as_ref() {
             "scope" => {
                 for s in v.split(' ').filter(|s| !s.is_empty()) {
@@ -709,12 +725,12 @@ fn call_options(query: Option<&str>) -> Result<(Vec<Scope>, u64, Option<String>)
                     .filter(|c| (1..=keyward_core::policy::MAX_COUNT).contains(c))
                     .ok_or_else(|| bad("cost must be between 1 and 1,000,000,000"))?;
             }
-            "route" => route = Some(v.into_owned()),
-            _ => return Err(bad("the forward-auth URL takes only scope, cost and route")),
+            "route" => route = Some(v.to_owned()),
+            _ => return Err(bad(unknown)),
         }
-    }
-    if scopes.len() > MAX_SCOPES {
-        return Err(bad(format!("at most {MAX_SCOPES} scopes")));
+        if scopes.len() > MAX_SCOPES {
+            return Err(bad(format!("at most {MAX_SCOPES} scopes")));
+        }
     }
     Ok((scopes, cost, route))
 }
@@ -794,11 +810,52 @@ async fn forward_decision(st: &VerifyState, peer: SocketAddr, req: &Parts) -> Re
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
     context::insert_identity(h, &a.principal, client);
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let reuse = match &chosen {
+        Chosen::Configured(r) => decision_reuse(st, r, &a),
+        Chosen::Adhoc(_) => None,
+    };
+    match reuse {
+        Some(ttl) => {
+            let secs = ttl.as_secs();
+            if let Ok(v) = HeaderValue::from_str(&format!("private, max-age={secs}")) {
+                h.insert(header::CACHE_CONTROL, v);
+            }
+            // nginx stores nothing marked `private`; its own lifetime field lets the example's
+            // auth subrequest cache (`proxy_ignore_headers Cache-Control`) use the same one.
+            h.insert(HeaderName::from_static("x-accel-expires"), HeaderValue::from(secs));
+            h.insert(header::VARY, vary(&st.gateway.config().credential_headers));
+        }
+        None => {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    }
     for (name, value) in success_headers(st, &a) {
         h.insert(name, value);
     }
     Ok(resp)
+}
+
+/// How long a caching proxy may reuse this allowed answer: the route's `decision_cache`,
+/// when no limit took part in the decision (a reused answer counts nothing) and the principal's
+/// decision depends on nothing else than its credential, the route and the client address
+/// ([`Principal::reusable_for`]).
+fn decision_reuse(st: &VerifyState, route: &Route, a: &Admitted) -> Option<std::time::Duration> {
+    let ttl = route.options.decision_cache?;
+    if !a.states.is_empty() {
+        return None;
+    }
+    a.principal.reusable_for(st.gateway.engine().now(), ttl)
+}
+
+/// `Vary` of a reusable answer: what it was decided on besides the route — every header that
+/// may carry the credential, and the client address the proxy reported.
+fn vary(credential_headers: &[HeaderName]) -> HeaderValue {
+    let names: Vec<&str> = credential_headers
+        .iter()
+        .map(HeaderName::as_str)
+        .chain(["authorization", "x-forwarded-for"])
+        .collect();
+    HeaderValue::from_str(&names.join(", ")).unwrap_or_else(|_| HeaderValue::from_static("*"))
 }
 
 #[cfg(test)]
@@ -833,6 +890,15 @@ mod tests {
         assert!(call_options(Some("cost=0")).is_err());
         assert!(call_options(Some("other=1")).is_err());
         assert_eq!(call_options(None).unwrap().1, 1);
+        let many = (0..=MAX_SCOPES).map(|i| format!("s{i}")).collect::<Vec<_>>().join("+");
+        assert!(call_options(Some(&format!("scope={many}"))).is_err());
+        let ext = [("scope", "facts:read"), ("route", "r")];
+        let (s, c, r) = options(ext, "x").unwrap();
+        assert_eq!((s.len(), c, r.as_deref()), (1, 1, Some("r")));
+        assert_eq!(
+            options([("other", "1")], "only these").unwrap_err().detail.as_deref(),
+            Some("only these")
+        );
     }
 
     #[test]

@@ -293,6 +293,44 @@ impl Principal {
         self.key().and_then(|k| k.expires_at)
     }
 
+    /// How long an allow of this principal may be reused without asking again (a proxy that
+    /// caches forward-auth answers: a route's `decision_cache`), at most `max`, and never past
+    /// the credential's own expiry. `None` (never reuse) when the decision depends on more than
+    /// the credential, the route and the client address, or would have to count something: a
+    /// publishable key (its origins), a DPoP- or certificate-bound token, a required client
+    /// certificate, an address allowlist, any rate or quota of the key, its app or the client
+    /// (a reused allow consumes nothing); also below one second of remaining life.
+    pub fn reusable_for(&self, now: OffsetDateTime, max: std::time::Duration) -> Option<std::time::Duration> {
+        fn plain(p: &Policy) -> bool {
+            p.ips.is_empty() && p.rate.is_none() && p.quota.is_none() && !p.require_mtls && p.origins.is_empty()
+        }
+        let until = match self {
+            Principal::Anonymous => None,
+            Principal::Key(k) => {
+                if k.kind() == KeyKind::Publishable || !plain(&k.policy) || !plain(&k.app_policy) {
+                    return None;
+                }
+                k.expires_at
+            }
+            Principal::Token(t) => {
+                if t.claims.cnf.is_some() || !plain(&t.policy) {
+                    return None;
+                }
+                Some(OffsetDateTime::from_unix_timestamp(t.claims.exp).ok()?)
+            }
+            Principal::Certificate(_) => return None,
+        };
+        let max = std::time::Duration::from_secs(max.as_secs());
+        let ttl = match until {
+            None => max,
+            Some(t) => {
+                let left = u64::try_from((t - now).whole_seconds()).unwrap_or(0);
+                max.min(std::time::Duration::from_secs(left))
+            }
+        };
+        (ttl.as_secs() >= 1).then_some(ttl)
+    }
+
     pub fn limit_subject(&self) -> LimitSubject<'_> {
         match self {
             Principal::Key(k) => LimitSubject {
@@ -613,5 +651,106 @@ impl Engine {
             },
             Err(_) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    use keyward_core::policy::{IpAllowlist, QuotaSpec, RateSpec};
+    use keyward_token::jwt::{AccessClaims, Audience, Confirmation};
+
+    fn key(now: OffsetDateTime) -> KeyRecord {
+        KeyRecord {
+            id: "key_1".into(),
+            app_id: "app_1".into(),
+            app_name: "a".into(),
+            name: None,
+            hint: "kw_live_AbCd…9xYz".into(),
+            env: keyward_core::KeyEnv::Live,
+            scopes: vec![],
+            expires_at: None,
+            created_at: now,
+            revoked_at: None,
+            policy: Default::default(),
+            app_policy: Default::default(),
+            lifecycle: Default::default(),
+        }
+    }
+
+    fn token(now: OffsetDateTime, exp_in: i64) -> TokenPrincipal {
+        TokenPrincipal {
+            claims: AccessClaims {
+                iss: "https://kw".into(),
+                sub: "c".into(),
+                aud: Audience::One("api".into()),
+                client_id: "client_1".into(),
+                iat: now.unix_timestamp(),
+                exp: now.unix_timestamp() + exp_in,
+                nbf: None,
+                jti: "j".into(),
+                scope: None,
+                cnf: None,
+            },
+            scopes: vec![],
+            app_id: "app_1".into(),
+            app_name: "a".into(),
+            policy: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_plain_credentials_are_reusable_and_never_past_their_expiry() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let five = Duration::from_secs(5);
+        let k = |f: &dyn Fn(&mut KeyRecord)| {
+            let mut r = key(now);
+            f(&mut r);
+            Principal::Key(Arc::new(r)).reusable_for(now, five)
+        };
+        assert_eq!(k(&|_| {}), Some(five));
+        assert_eq!(Principal::Anonymous.reusable_for(now, five), Some(five));
+        // Capped at the credential's life; nothing below a second.
+        assert_eq!(
+            k(&|r| r.expires_at = Some(now + time::Duration::seconds(3))),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            k(&|r| r.expires_at = Some(now + time::Duration::milliseconds(900))),
+            None
+        );
+        assert_eq!(k(&|r| r.expires_at = Some(now - time::Duration::seconds(1))), None);
+        // Sub-second parts of the maximum are dropped (max-age is whole seconds).
+        assert_eq!(
+            Principal::Anonymous.reusable_for(now, Duration::from_millis(1500)),
+            Some(Duration::from_secs(1))
+        );
+        // Anything that makes the decision depend on more than the credential, or count.
+        let ips = IpAllowlist::parse(&["10.0.0.0/8"]).unwrap();
+        let rate = RateSpec::parse("10/min", None).unwrap();
+        let quota = QuotaSpec::parse("10/day").unwrap();
+        assert_eq!(k(&|r| r.policy.ips = ips.clone()), None);
+        assert_eq!(k(&|r| r.app_policy.ips = ips.clone()), None);
+        assert_eq!(k(&|r| r.policy.rate = Some(rate)), None);
+        assert_eq!(k(&|r| r.app_policy.rate = Some(rate)), None);
+        assert_eq!(k(&|r| r.policy.quota = Some(quota)), None);
+        assert_eq!(k(&|r| r.app_policy.quota = Some(quota)), None);
+        assert_eq!(k(&|r| r.policy.require_mtls = true), None);
+        assert_eq!(k(&|r| r.hint = "kw_pk_AbCd…9xYz".into()), None, "publishable");
+        // Tokens: until their exp, never when sender-constrained.
+        let t = |f: &dyn Fn(&mut TokenPrincipal), exp_in: i64| {
+            let mut p = token(now, exp_in);
+            f(&mut p);
+            Principal::Token(Arc::new(p)).reusable_for(now, five)
+        };
+        assert_eq!(t(&|_| {}, 600), Some(five));
+        assert_eq!(t(&|_| {}, 2), Some(Duration::from_secs(2)));
+        assert_eq!(t(&|_| {}, 0), None);
+        assert_eq!(t(&|p| p.claims.cnf = Some(Confirmation::jkt("thumb")), 600), None);
+        assert_eq!(t(&|p| p.policy.ips = ips.clone(), 600), None);
+        assert_eq!(t(&|p| p.policy.rate = Some(rate), 600), None);
     }
 }

@@ -33,6 +33,8 @@ pub struct Running {
     pub admin: SocketAddr,
     /// The dedicated verify / forward-auth listener (`verify.listen`), if any.
     pub verify: Option<SocketAddr>,
+    /// The Envoy `ext_authz` gRPC listener (`verify.grpc_listen`), if any.
+    pub verify_grpc: Option<SocketAddr>,
     /// The dedicated metrics listener (`metrics.listen`), if any.
     pub metrics: Option<SocketAddr>,
     pub engine: Arc<Engine>,
@@ -300,6 +302,14 @@ pub async fn start_on(
         ),
         None => None,
     };
+    let grpc_listener = match cfg.verify.grpc_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::startup(format!("cannot listen on {addr} (verify.grpc_listen): {e}")))?,
+        ),
+        None => None,
+    };
     // Every listener: a sane incoming `x-request-id` or a new one, on the span, upstream and
     // on every response (the gateway's service does it itself, without a middleware stack).
     let gateway = gateway_router(gateway_state.clone(), leaks);
@@ -379,7 +389,16 @@ pub async fn start_on(
         verify_addr = Some(l.local_addr().map_err(|e| CliError::startup(e.to_string()))?);
         plain.push((
             l,
-            keyward_edge::verify::verify_listener(verify_state).layer(request_id()),
+            keyward_edge::verify::verify_listener(verify_state.clone()).layer(request_id()),
+        ));
+    }
+    // Envoy ext_authz over gRPC: plain HTTP/2 (h2c) like the verify listener, which has no TLS.
+    let mut verify_grpc_addr = None;
+    if let Some(l) = grpc_listener {
+        verify_grpc_addr = Some(l.local_addr().map_err(|e| CliError::startup(e.to_string()))?);
+        plain.push((
+            l,
+            keyward_edge::ext_authz::grpc_listener(verify_state, &limits).layer(request_id()),
         ));
     }
     let mut metrics_addr = None;
@@ -407,6 +426,7 @@ pub async fn start_on(
         gateway: gateway_addr,
         admin: admin_addr,
         verify: verify_addr,
+        verify_grpc: verify_grpc_addr,
         metrics: metrics_addr,
         engine,
         gateway_state,

@@ -14,6 +14,9 @@ use keyward_engine::{RateBy, RouteLimits};
 use super::validate::METHODS;
 use super::{Config, ConfigError, Place, Problem, RouteSection};
 
+/// The longest `decision_cache` (a revocation takes up to this long to reach a caching proxy).
+pub const MAX_DECISION_CACHE_SECS: u64 = 300;
+
 /// A route's method, one of [`METHODS`] (any case).
 fn parse_method(m: &str) -> Result<Method, String> {
     let up = m.to_ascii_uppercase();
@@ -276,6 +279,25 @@ impl Config {
                 "{at}: protocol, ca_file, server_name, client_cert_file and client_key_file go on the [[upstreams]] group {:?}",
                 r.upstream
             ));
+        }
+        if let Some(ttl) = r.decision_cache {
+            if ttl.subsec_nanos() != 0 || !(1..=MAX_DECISION_CACHE_SECS).contains(&ttl.as_secs()) {
+                errors.push(format!(
+                    "{at}: decision_cache must be whole seconds from 1s to {MAX_DECISION_CACHE_SECS}s"
+                ));
+            }
+            // A reused allow never reaches keyward: it would consume no rate and no quota.
+            if r.rate.is_some() {
+                errors.push(format!(
+                    "{at}: decision_cache cannot be used with a route rate: answers reused by a proxy would not count"
+                ));
+            }
+            if r.cost.is_some() {
+                errors.push(format!(
+                    "{at}: decision_cache cannot be used with a quota cost: answers reused by a proxy would not count"
+                ));
+            }
+            o.decision_cache = Some(ttl);
         }
         o.url_upstream = UrlUpstream {
             protocol: r.protocol.unwrap_or_default(),

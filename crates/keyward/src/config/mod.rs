@@ -387,6 +387,57 @@ mod tests {
     }
 
     #[test]
+    fn decision_cache_is_checked() {
+        let load = |extra: &str| {
+            let routes = format!("[{{name = \"r\", path_prefix = \"/r\", upstream = \"http://h:1\"{extra}}}]");
+            Config::load(None, &env(&[("KEYWARD_ROUTES", routes.as_str())]))
+        };
+        let c = load(", decision_cache = \"5s\"").unwrap();
+        let gw = c.gateway_config().unwrap();
+        assert_eq!(gw.routes[0].options.decision_cache, Some(Duration::from_secs(5)));
+        let c = load("").unwrap();
+        assert_eq!(
+            c.gateway_config().unwrap().routes[0].options.decision_cache,
+            None,
+            "off by default"
+        );
+        assert!(load(", decision_cache = \"300s\", public = true").is_ok());
+        for (bad, says) in [
+            (", decision_cache = \"5s\", rate = \"10/s\"", "route rate"),
+            (", decision_cache = \"5s\", cost = 2", "quota cost"),
+            (", decision_cache = \"5s\", cost = 1", "quota cost"),
+            (", decision_cache = \"1500ms\"", "whole seconds"),
+            (", decision_cache = \"301s\"", "whole seconds"),
+            (", decision_cache = \"0s\"", "positive"),
+            (", decision_cache = \"soon\"", "invalid duration"),
+            (", decision_cache = 5", "expected a string"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_grpc_listener_needs_its_own_address() {
+        let c = Config::load(None, &env(&[("KEYWARD_VERIFY__GRPC_LISTEN", "\"127.0.0.1:8083\"")])).unwrap();
+        assert_eq!(c.verify.grpc_listen, Some("127.0.0.1:8083".parse().unwrap()));
+        for bad in ["\"nowhere\"", "8083", "[\"127.0.0.1:8083\"]"] {
+            assert!(
+                Config::load(None, &env(&[("KEYWARD_VERIFY__GRPC_LISTEN", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        // The admin listener's default address: refused when starting (`check`).
+        let c = Config::load(None, &env(&[("KEYWARD_VERIFY__GRPC_LISTEN", "\"127.0.0.1:8081\"")])).unwrap();
+        let p: Vec<String> = c.check(&[]).into_iter().map(|p| p.message).collect();
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("verify.grpc_listen: 127.0.0.1:8081 is also admin.listen")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn tls_settings_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("cert.pem");

@@ -120,6 +120,10 @@ pub struct VerifySection {
     /// A dedicated listener for `POST /v1/verify` and forward-auth (none: the verify API is
     /// served by the admin listener and forward-auth is off).
     pub listen: Option<SocketAddr>,
+    /// A listener for Envoy `ext_authz` over gRPC (`envoy.service.auth.v3.Authorization/Check`,
+    /// plain HTTP/2), fenced like forward-auth (`forward_auth_peers`,
+    /// `forward_auth_require_token`); none: off.
+    pub grpc_listen: Option<SocketAddr>,
     /// File holding the service token (mode 0600). `KEYWARD_VERIFY_TOKEN` takes precedence.
     pub token_file: Option<PathBuf>,
     /// Direct peers allowed to call forward-auth.
@@ -132,6 +136,7 @@ impl Default for VerifySection {
     fn default() -> Self {
         VerifySection {
             listen: None,
+            grpc_listen: None,
             token_file: None,
             forward_auth_peers: vec!["127.0.0.0/8".into(), "::1/128".into()],
             forward_auth_require_token: false,
@@ -600,6 +605,12 @@ pub struct RouteSection {
     /// Connecting to the upstream, TLS included (default `gateway.connect_timeout`).
     #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
+    /// Forward-auth: allowed answers on this route may be reused by a caching proxy for this
+    /// long (`Cache-Control: private, max-age=N`, whole seconds, 1s to 300s); off by default.
+    /// Refused with a route `rate` or `cost` (a reused answer would not count); see
+    /// docs/FORWARD-AUTH.md for the answers that are never cacheable.
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub decision_cache: Option<Duration>,
     /// Largest request body in bytes (413 beyond).
     #[serde(default)]
     pub max_body_size: Option<u64>,

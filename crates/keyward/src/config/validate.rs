@@ -143,7 +143,7 @@ impl Config {
         out
     }
 
-    /// No two listeners (gateway, admin, verify, metrics) on one address (port 0 excepted:
+    /// No two listeners (gateway, admin, verify, verify gRPC, metrics) on one address (port 0 excepted:
     /// each such listener gets a port of its own).
     fn distinct_listeners(&self) -> Result<(), ConfigError> {
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
@@ -151,6 +151,7 @@ impl Config {
             Some((self.gateway.listen, "gateway.listen")),
             Some((self.admin.listen, "admin.listen")),
             self.verify.listen.map(|a| (a, "verify.listen")),
+            self.verify.grpc_listen.map(|a| (a, "verify.grpc_listen")),
             self.metrics.listen.map(|a| (a, "metrics.listen")),
         ];
         let mut problems = Vec::new();

@@ -575,3 +575,255 @@ async fn real_nginx_auth_request() {
     assert_eq!(r.status(), 503);
     assert_eq!(kw.up.seen.count(), before);
 }
+
+// ---- cached decisions (issue 21, point 3) ------------------------------------------------------
+
+/// A route like `fact` (GET, `facts:read`) at `/cached` with `decision_cache = ttl`.
+fn cached_route(c: &keyward::config::Config, ttl: Duration) -> keyward::config::RouteSection {
+    let mut r = c.routes.iter().find(|r| r.name == "fact").unwrap().clone();
+    r.name = "cached".into();
+    r.path_prefix = "/cached".into();
+    r.decision_cache = Some(ttl);
+    r
+}
+
+#[tokio::test]
+async fn decision_cache_marks_only_plain_allowed_answers_reusable() {
+    let kw = boot_fa(&[], |c| {
+        let r = cached_route(c, Duration::from_secs(5));
+        c.routes.push(r);
+    })
+    .await;
+    let (_, read) = kw.key("cats", &["facts:read"], json!({})).await;
+    let nginx = |uri: &str, key: &str| {
+        vec![
+            ("x-original-method".to_owned(), "GET".to_owned()),
+            ("x-original-uri".to_owned(), uri.to_owned()),
+            ("x-api-key".to_owned(), key.to_owned()),
+        ]
+    };
+    let ask = |path: &'static str, headers: Vec<(String, String)>| {
+        let mut r = kw.http.get(format!("{}{}", kw.verify.as_deref().unwrap(), path));
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let no_store = |r: &reqwest::Response| {
+        assert_eq!(h(r, "cache-control").as_deref(), Some("no-store"), "{:?}", r.headers());
+        assert!(
+            h(r, "x-accel-expires").is_none() && h(r, "vary").is_none(),
+            "{:?}",
+            r.headers()
+        );
+    };
+
+    // Allowed on a decision_cache route: reusable for 5 s, varying on the credential headers
+    // and the client address.
+    let r = ask("/v1/forward-auth", nginx("/cached/1", &read)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(h(&r, "cache-control").as_deref(), Some("private, max-age=5"));
+    assert_eq!(h(&r, "x-accel-expires").as_deref(), Some("5"));
+    assert_eq!(
+        h(&r, "vary").as_deref(),
+        Some("x-api-key, authorization, x-forwarded-for")
+    );
+    // Named as the route (`?route=`) too; Envoy's HTTP mode as well.
+    let r = ask("/v1/forward-auth?route=cached", nginx("/other", &read))
+        .await
+        .unwrap();
+    assert_eq!(h(&r, "cache-control").as_deref(), Some("private, max-age=5"));
+    let r = ask(
+        "/v1/forward-auth/envoy/cached",
+        vec![("x-api-key".into(), read.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(h(&r, "cache-control").as_deref(), Some("private, max-age=5"));
+
+    // Never reusable: routes without decision_cache, ad-hoc scopes, refusals.
+    let r = ask("/v1/forward-auth", nginx("/fact", &read)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    no_store(&r);
+    let r = ask("/v1/forward-auth?scope=facts:read", nginx("/nowhere", &read))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    no_store(&r);
+    let (_, other) = kw.key("cats", &["other:read"], json!({})).await;
+    let r = ask("/v1/forward-auth", nginx("/cached", &other)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    no_store(&r);
+    let r = ask("/v1/forward-auth", nginx("/cached", "kw_live_nope")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    no_store(&r);
+    // Keys whose decision counts or depends on more than the key: limits (of the key or its
+    // app), an address allowlist.
+    for extra in [
+        json!({"rate": {"limit": "100/min", "burst": 100}}),
+        json!({"quota": "1000/day"}),
+        json!({"ips": ["127.0.0.0/8"]}),
+    ] {
+        let (_, k) = kw.key("cats", &["facts:read"], extra.clone()).await;
+        let r = ask("/v1/forward-auth", nginx("/cached", &k)).await.unwrap();
+        assert_eq!(r.status(), 200, "{extra}");
+        no_store(&r);
+    }
+    let (s, _) = kw
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "metered", "rate": {"limit": "100/min"}})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, app_limited) = kw.key("metered", &["facts:read"], json!({})).await;
+    let r = ask("/v1/forward-auth", nginx("/cached", &app_limited)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    no_store(&r);
+    // A key about to expire: no longer than it lives.
+    let (_, short) = kw.key("cats", &["facts:read"], json!({"expires_in": "3s"})).await;
+    let r = ask("/v1/forward-auth", nginx("/cached", &short)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cc = h(&r, "cache-control").unwrap();
+    let age: u64 = cc.strip_prefix("private, max-age=").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&age), "{cc}");
+}
+
+/// Usage totals of a key (the admin API writes the pending counters first).
+async fn totals(kw: &Kw, id: &str) -> Value {
+    let (s, u) = kw
+        .admin(Method::GET, &format!("/v1/usage?key={id}&since=1h"), None)
+        .await;
+    assert_eq!(s, 200, "{u}");
+    u["totals"].clone()
+}
+
+#[tokio::test]
+async fn real_nginx_caches_decisions_no_longer_than_the_route_says() {
+    let Some(bin) = nginx_binary() else {
+        println!("skipped: no nginx binary (apt-get install nginx-light, or set KEYWARD_TEST_NGINX)");
+        return;
+    };
+    const TTL: u64 = 5;
+    let kw = boot_fa(&["127.0.0.1/32"], |c| {
+        let r = cached_route(c, Duration::from_secs(TTL));
+        c.routes.push(r);
+    })
+    .await;
+    let keyward_port: u16 = kw
+        .verify
+        .as_deref()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let nginx = start_nginx(&bin, kw.up.addr.port(), keyward_port).await;
+    let get = |path: &str, key: &str| {
+        kw.http
+            .get(format!("{}{path}", nginx.url))
+            .header("x-api-key", key)
+            .send()
+    };
+
+    // A route without decision_cache: keyward is asked every time.
+    let (plain_id, plain) = kw.key("cats", &["facts:read"], json!({})).await;
+    for _ in 0..3 {
+        assert_eq!(get("/fact", &plain).await.unwrap().status(), 200);
+    }
+    assert_eq!(totals(&kw, &plain_id).await, json!({"allowed": 3}));
+    // Refusals are never cached, on a decision_cache route either.
+    let (other_id, other) = kw.key("cats", &["other:read"], json!({})).await;
+    for _ in 0..3 {
+        assert_eq!(get("/cached", &other).await.unwrap().status(), 403);
+    }
+    assert_eq!(totals(&kw, &other_id).await, json!({"denied:insufficient_scope": 3}));
+    // Nor the answers of a limited key.
+    let (limited_id, limited) = kw
+        .key(
+            "cats",
+            &["facts:read"],
+            json!({"rate": {"limit": "100/min", "burst": 100}}),
+        )
+        .await;
+    for _ in 0..3 {
+        assert_eq!(get("/cached", &limited).await.unwrap().status(), 200);
+    }
+    assert_eq!(totals(&kw, &limited_id).await, json!({"allowed": 3}));
+
+    // The cache hit: five requests (other paths under the route, other queries), keyward asked
+    // once per path; the upstream got the identity every time, from the cached answer.
+    let (id, key) = kw.key("cats", &["facts:read"], json!({})).await;
+    let seen_before = kw.up.seen.count();
+    for path in ["/cached", "/cached?page=2", "/cached", "/cached/1", "/cached/1?x=y"] {
+        let r = get(path, &key).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let seen = kw.up.seen.last();
+        assert_eq!(seen["x-keyward-key-id"], vec![id.clone()], "{path}: {seen:?}");
+        assert_eq!(seen["x-keyward-app"], vec!["cats".to_owned()], "{path}");
+        assert!(!seen.contains_key("x-api-key"), "{path}: {seen:?}");
+    }
+    assert_eq!(kw.up.seen.count(), seen_before + 5);
+    assert_eq!(
+        totals(&kw, &id).await,
+        json!({"allowed": 2}),
+        "keyward decided once per path, nginx answered the rest from its cache"
+    );
+    // Another key is another cache entry.
+    let (id2, key2) = kw.key("cats", &["facts:read"], json!({})).await;
+    assert_eq!(get("/cached", &key2).await.unwrap().status(), 200);
+    assert_eq!(totals(&kw, &id2).await, json!({"allowed": 1}));
+
+    // The bound: revoked, the key still passes nginx from its cache (the trade-off), and is
+    // refused at the latest TTL + 1 s after the revocation. nginx keeps time in whole seconds:
+    // an entry stored at t lives until floor(t) + TTL + 1 at most, so a revocation just after
+    // the store is reached after up to TTL + 1 s. Revoking half a second after the store keeps
+    // the 50 ms polling and the requests' own time inside that bound.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, _) = kw
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/revoke"),
+            Some(json!({"reason": "test"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let revoked = std::time::Instant::now();
+    assert_eq!(
+        get("/cached", &key).await.unwrap().status(),
+        200,
+        "within the TTL the cached answer is reused: that is what decision_cache trades"
+    );
+    let refused_after = loop {
+        let sent = revoked.elapsed();
+        let r = get("/cached", &key).await.unwrap();
+        if r.status() != 200 {
+            assert_eq!(r.status(), 401);
+            assert_eq!(h(&r, "content-type").as_deref(), Some("application/problem+json"));
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["code"], "revoked_credential", "{v}");
+            break sent;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(TTL + 3),
+            "still allowed {:?} after the revocation",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "decision_cache = {TTL}s: the revoked key was refused through nginx {refused_after:?} after the revocation"
+    );
+    assert!(
+        refused_after <= Duration::from_secs(TTL + 1),
+        "refused only {refused_after:?} after the revocation (TTL {TTL} s + 1 s)"
+    );
+    // From then on keyward is asked (refusals are not cached).
+    let t = totals(&kw, &id).await;
+    assert_eq!(t["allowed"], 2, "{t}");
+    assert_eq!(t["denied:revoked"], 1, "{t}");
+    assert_eq!(get("/cached", &key).await.unwrap().status(), 401);
+    assert_eq!(totals(&kw, &id).await["denied:revoked"], 2);
+}

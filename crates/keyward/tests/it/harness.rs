@@ -106,6 +106,8 @@ pub struct Kw {
     pub admin: String,
     /// The dedicated verify listener (`verify.listen`), when configured.
     pub verify: Option<String>,
+    /// The Envoy ext_authz gRPC listener (`verify.grpc_listen`), as `host:port`, when configured.
+    pub verify_grpc: Option<String>,
     pub up: Upstream,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
@@ -241,11 +243,13 @@ pub async fn boot_with(tweak: impl FnOnce(&mut Config)) -> Kw {
     let gw = format!("http://{}", running.gateway);
     let admin = format!("http://{}", running.admin);
     let verify = running.verify.map(|a| format!("http://{a}"));
+    let verify_grpc = running.verify_grpc.map(|a| a.to_string());
     Kw {
         running: Some(running),
         gw,
         admin,
         verify,
+        verify_grpc,
         up,
         clock,
         dir,

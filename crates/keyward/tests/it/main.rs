@@ -15,6 +15,7 @@ mod config_agree;
 mod console;
 mod demo_page;
 mod dpop;
+mod ext_authz_grpc;
 mod forward_auth;
 mod frontend;
 mod gateway;
