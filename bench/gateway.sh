@@ -8,6 +8,7 @@
 #   COMPARE=limits bench/gateway.sh       # one gateway, a key with limits on vs one without
 #   TLS=1 bench/gateway.sh                # both proxies terminate TLS (wrk over https)
 #   UPSTREAM=https bench/gateway.sh       # both proxies reach the upstream over TLS (also: h2c, h2)
+#   POST=1 bench/gateway.sh               # a 1 KiB JSON POST per request (POST /facts) instead of GET /fact
 #   COMPARE=redis bench/gateway.sh        # the same limited key through local limits vs Redis limits
 #
 # Environment (all optional):
@@ -38,6 +39,9 @@
 #                with openssl; keyward serves them (gateway.tls_cert_file / tls_key_file) and
 #                nginx `listen ... ssl` with the same certificate; wrk and curl use https.
 #                Upstreams stay plain HTTP on loopback for both (see UPSTREAM).
+#   POST         1: every request is `POST /facts` with a 1 KiB JSON body (`{"fact": "<1000
+#                characters>"}`, 1,012 bytes; the upstream answers 201), sent by wrk's Lua script
+#                bench/post-1k.lua; the route takes GET and POST. Default 0: `GET /fact`.
 #   UPSTREAM     how both proxies reach the upstream (`keyward cat-facts`):
 #                http (default): HTTP/1.1, keep-alive (nginx: proxy_pass http://, keepalive 64).
 #                https: HTTP/1.1 over TLS, the upstream's certificate (throw-away CA, SAN
@@ -68,6 +72,17 @@ GATEWAY_BIN_B=${GATEWAY_BIN_B:-}
 COMPARE=${COMPARE:-nginx}
 TLS=${TLS:-0}
 UPSTREAM=${UPSTREAM:-http}
+POST=${POST:-0}
+WRK_SCRIPT=()
+METHODS='["GET"]'
+if [[ "$POST" == 1 ]]; then
+    BENCH_PATH=${BENCH_PATH_POST:-/facts}
+    WRK_SCRIPT=(-s "$BENCH_DIR/post-1k.lua")
+    METHODS='["GET", "POST"]'
+elif [[ "$POST" != 0 ]]; then
+    echo "[bench] error: POST must be 0 or 1" >&2
+    exit 1
+fi
 SCHEME=http
 CURL_TLS=()
 
@@ -316,7 +331,7 @@ listen = "127.0.0.1:$3"
 [[routes]]
 name = "fact"
 path_prefix = "$BENCH_PATH"
-methods = ["GET"]
+methods = $METHODS
 $KW_UPSTREAM
 scopes = ["facts:read"]
 EOF
@@ -453,7 +468,7 @@ cpu_ticks() { # PID -> "utime stime" of the process and its children processes (
 run_wrk() { # NAME DURATION OUTFILE
     local before after
     read -r -a before <<<"$(cpu_ticks "${PID_OF[$1]}")"
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "x-api-key: ${KEY_OF[$1]}" "${URL[$1]}" >"$3"
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency "${WRK_SCRIPT[@]}" -H "x-api-key: ${KEY_OF[$1]}" "${URL[$1]}" >"$3"
     read -r -a after <<<"$(cpu_ticks "${PID_OF[$1]}")"
     # CPU seconds the proxy under test used during the run, user and system apart (read by
     # wrk_report.py).
@@ -484,7 +499,7 @@ if [[ "$COMPARE" == redis ]]; then
 elif [[ "$COMPARE" == limits ]]; then
     echo "keyward, limited vs unlimited key on one gateway: $WORKERS worker(s), wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 else
-    echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'), upstream $UPSTREAM: $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'), upstream $UPSTREAM$([[ "$POST" == 1 ]] && echo ', 1 KiB POST'): $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 fi
 if REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
     [[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || REV="$REV+dirty"
