@@ -28,6 +28,7 @@ mod lifecycle;
 mod limits;
 mod mtls;
 mod oauth;
+mod packaging;
 mod ops;
 mod pipeline;
 mod proxy;
