@@ -394,6 +394,28 @@ pub(crate) struct CreateClient {
     quota: Option<String>,
 }
 
+/// Absent fields stay, `null` clears (`name`, `rate`, `quota`); the authentication method and
+/// the app never change.
+#[derive(ToSchema)]
+pub(crate) struct UpdateClient {
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+    /// `private_key_jwt` and `self_signed_tls_client_auth` clients: the new JWK Set.
+    jwks: Option<serde_json::Value>,
+    /// A duration, 1s to 24h.
+    token_ttl: Option<String>,
+    dpop_bound_access_tokens: Option<bool>,
+    /// `tls_client_auth` clients: at most one of these, replacing the registration.
+    tls_client_auth_subject_dn: Option<String>,
+    tls_client_auth_san_dns: Option<String>,
+    tls_client_auth_san_uri: Option<String>,
+    tls_client_auth_san_ip: Option<String>,
+    tls_client_auth_san_email: Option<String>,
+    ips: Option<Vec<String>>,
+    rate: Option<Rate>,
+    quota: Option<String>,
+}
+
 #[derive(ToSchema)]
 pub(crate) struct RotateSecret {
     /// How long the previous secret keeps working (default `24h`).
@@ -487,6 +509,9 @@ fn list_clients() {}
 #[utoipa::path(get, path = "/v1/clients/{id}", tag = "clients", params(("id" = String, Path)),
     responses((status = 200, description = "The client and its secrets' hints", body = ClientDetail)))]
 fn show_client() {}
+#[utoipa::path(patch, path = "/v1/clients/{id}", tag = "clients", request_body = UpdateClient, params(("id" = String, Path)),
+    responses((status = 200, description = "The client after the change", body = Client)))]
+fn update_client() {}
 #[utoipa::path(delete, path = "/v1/clients/{id}", tag = "clients", params(("id" = String, Path)),
     responses((status = 204, description = "Deleted")))]
 fn delete_client() {}
@@ -559,7 +584,7 @@ fn healthz() {}
         create_app, list_apps, show_app, update_app, disable_app, enable_app,
         create_key, list_keys, show_key, update_key, check_keys, import_key, revoke_key, rotate_key,
         disable_key, enable_key,
-        create_client, list_clients, show_client, delete_client, disable_client, enable_client, rotate_secret,
+        create_client, list_clients, show_client, update_client, delete_client, disable_client, enable_client, rotate_secret,
         list_signing_keys, rotate_signing_key, retire_signing_key,
         list_audit, usage, list_routes, list_upstreams, show_session,
         create_admin_token, list_admin_tokens, revoke_admin_token,
