@@ -33,6 +33,7 @@ mod page;
 mod session;
 mod signing;
 mod tokens;
+mod webhooks;
 
 use keys::*;
 use page::{matches, paginate, query_text, Page};
@@ -142,6 +143,13 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/signing-keys", get(signing::list))
         .route("/v1/signing-keys/rotate", post(signing::rotate))
         .route("/v1/signing-keys/{kid}/retire", post(signing::retire))
+        .route("/v1/webhooks", post(webhooks::create_webhook).get(webhooks::list_webhooks))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::show_webhook)
+                .patch(webhooks::update_webhook)
+                .delete(webhooks::delete_webhook),
+        )
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/usage", get(audit::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))

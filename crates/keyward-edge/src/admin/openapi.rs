@@ -278,7 +278,47 @@ pub(crate) struct ProblemDoc {
     code: String,
 }
 
+/// A managed webhook: never its secret, only where each node reads it.
+#[derive(ToSchema)]
+pub(crate) struct Webhook {
+    id: String,
+    name: String,
+    url: String,
+    /// The name of the environment variable holding the signing secret on every node.
+    secret_env: Option<String>,
+    /// The path of the 0600 file holding it on every node.
+    secret_file: Option<String>,
+    events: Vec<String>,
+    timeout_ms: u64,
+    max_attempts: u32,
+    backoff_ms: u64,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
 // ---- schemas of the request bodies ---------------------------------------------------------
+
+/// A managed webhook's settings (on `PATCH`, absent fields stay).
+#[derive(ToSchema)]
+pub(crate) struct WebhookBody {
+    /// Required on `POST`; unique.
+    name: Option<String>,
+    /// Required on `POST`: `https://…`, or `http://…` on a trusted network.
+    url: Option<String>,
+    /// Exactly one of `secret_env` and `secret_file` on `POST`; never the secret itself.
+    secret_env: Option<String>,
+    secret_file: Option<String>,
+    /// Default: `security.` and `key.expiring_soon`.
+    events: Option<Vec<String>>,
+    /// A duration, default `5s`.
+    timeout: Option<String>,
+    /// Default 6.
+    max_attempts: Option<u32>,
+    /// A duration, default `1s`.
+    backoff: Option<String>,
+}
 
 #[derive(ToSchema)]
 pub(crate) struct CreateApp {
@@ -562,6 +602,23 @@ fn list_admin_tokens() {}
     responses((status = 200, description = "The revoked token (idempotent; bootstrap token only)", body = TokenView)))]
 fn revoke_admin_token() {}
 
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = WebhookBody,
+    responses((status = 201, description = "The managed webhook", body = Webhook)))]
+fn create_webhook() {}
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(ListQuery),
+    responses((status = 200, description = "A page of managed webhooks, oldest first", body = Page<Webhook>)))]
+fn list_webhooks() {}
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id or name")),
+    responses((status = 200, description = "The managed webhook", body = Webhook)))]
+fn show_webhook() {}
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", request_body = WebhookBody,
+    params(("id" = String, Path, description = "Webhook id or name")),
+    responses((status = 200, description = "The webhook after the change", body = Webhook)))]
+fn update_webhook() {}
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id or name")),
+    responses((status = 204, description = "Deleted")))]
+fn delete_webhook() {}
+
 #[utoipa::path(post, path = "/v1/verify", tag = "verify", request_body = VerifyRequest,
     security(("verify_token" = [])),
     responses((status = 200, description = "The decision (see docs/FORWARD-AUTH.md)", body = crate::verify::VerifyResponse)))]
@@ -574,7 +631,8 @@ fn healthz() {}
 #[openapi(
     info(
         title = "keyward admin API",
-        description = "Apps, keys, OAuth clients, signing keys, audit, usage, routes, upstreams and scoped admin tokens. \
+        description = "Apps, keys, OAuth clients, signing keys, audit, usage, routes, upstreams, scoped admin tokens \
+                       and managed webhooks. \
                        Authenticate with `Authorization: Bearer <admin token>`. Lists take `limit` (1 to 500, \
                        default 50) and `cursor` (the `next_cursor` of the previous page); unknown query \
                        parameters are refused. Errors are RFC 9457 problem documents.",
@@ -588,6 +646,7 @@ fn healthz() {}
         list_signing_keys, rotate_signing_key, retire_signing_key,
         list_audit, usage, list_routes, list_upstreams, show_session,
         create_admin_token, list_admin_tokens, revoke_admin_token,
+        create_webhook, list_webhooks, show_webhook, update_webhook, delete_webhook,
         verify, healthz,
     ),
     components(schemas(ProblemDoc)),
@@ -683,6 +742,8 @@ mod tests {
             "/v1/session",
             "/v1/admin-tokens",
             "/v1/admin-tokens/{id}/revoke",
+            "/v1/webhooks",
+            "/v1/webhooks/{id}",
             "/v1/verify",
         ] {
             assert!(paths.contains_key(p), "{p} is not documented");
