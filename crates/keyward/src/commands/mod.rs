@@ -22,6 +22,7 @@ mod keys;
 mod upstreams;
 
 use clients::{admin_token, client, signing_key};
+pub(crate) use clients::jwks_of_certificate;
 use flags::*;
 use init::init;
 use keys::{app, key};
@@ -97,7 +98,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             out,
         } => {
             crate::apply::apply(
-                &admin_client(&cli)?,
+                &admin_client(&cli)?.as_tool("apply"),
                 file,
                 crate::apply::Options {
                     dry_run: *dry_run,
