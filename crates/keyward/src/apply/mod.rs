@@ -217,7 +217,7 @@ fn cidrs(ips: &keyward_core::policy::IpAllowlist) -> Vec<state::Cidr> {
 }
 
 fn dur_text(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string().replace(' ', "")
+    plan::ms_text(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The current state as a file, and what could not be written (and why).

@@ -145,10 +145,21 @@ fn quota_text(q: &Option<QuotaSpec>) -> String {
     q.map(|q| q.to_string()).unwrap_or_else(|| "none".into())
 }
 
-fn secs_text(s: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_secs(s))
-        .to_string()
-        .replace(' ', "")
+/// A duration in the largest unit that divides it: `90d`, `36h`, `5m`, `45s`, `250ms`.
+pub fn ms_text(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    for (unit, len) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms % len == 0 {
+            return format!("{}{unit}", ms / len);
+        }
+    }
+    format!("{ms}ms")
+}
+
+pub fn secs_text(s: u64) -> String {
+    ms_text(s.saturating_mul(1000))
 }
 
 fn list_text<I: IntoIterator<Item = String>>(items: I, empty: &str) -> String {
@@ -245,11 +256,7 @@ fn webhook_fields(w: &WebhookRecord) -> Vec<(&'static str, String)> {
         (None, Some(f)) => format!("file {f}"),
         (None, None) => "none".into(),
     };
-    let ms = |v: u64| {
-        humantime::format_duration(std::time::Duration::from_millis(v))
-            .to_string()
-            .replace(' ', "")
-    };
+    let ms = ms_text;
     vec![
         ("url", w.url.clone()),
         ("secret", secret),

@@ -458,6 +458,14 @@ fn check(file: &StateFile, text: &str, path: &Path) -> Vec<(usize, String)> {
             if k.origins.len() > keyward_core::policy::MAX_ORIGINS {
                 bad("at most 64 origins".into());
             }
+            let kind = k.kind.unwrap_or_default();
+            if !app.allowed_kinds.is_empty() && !app.allowed_kinds.contains(&kind) && !k.legacy {
+                bad(format!("the app's allowed_kinds does not allow {kind:?} keys"));
+            }
+            let secret = kind == keyward_core::KeyKind::Secret && !k.legacy;
+            if app.require_expiry && app.max_key_lifetime.is_none() && secret && k.expires.is_none() {
+                bad("the app has require_expiry: give the key an expires (or the app a max_key_lifetime)".into());
+            }
         }
         let clients = app.clients.as_deref().unwrap_or_default();
         dups(clients.iter().map(|c| &c.name), &format!("app {an:?}: client"), text, &mut out);

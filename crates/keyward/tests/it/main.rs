@@ -8,6 +8,7 @@ mod proc;
 
 mod admin;
 mod admin_api;
+mod apply;
 mod cli;
 mod cluster_limits;
 mod cluster_store;
