@@ -20,6 +20,13 @@ use crate::{Engine, EngineError, EventSink};
 /// the message of an error names what is missing, never a secret.
 pub type SecretResolver = Arc<dyn Fn(&WebhookRecord) -> Result<SecretString, String> + Send + Sync>;
 
+/// Managed webhooks read their secret only from variables with this prefix: an admin token
+/// cannot point a webhook at `KEYWARD_PEPPER` or another secret of the node.
+pub const SECRET_ENV_PREFIX: &str = "KEYWARD_WEBHOOK_";
+/// ... and only from files with this suffix (never the pepper, admin token or KEK files, which
+/// the binary refuses by path as well).
+pub const SECRET_FILE_SUFFIX: &str = ".secret";
+
 /// Most managed webhooks.
 pub const MAX_WEBHOOKS: usize = 64;
 /// Longest per-attempt timeout.
@@ -94,18 +101,29 @@ pub fn validate(spec: &WebhookSpec) -> Result<(), EngineError> {
     match (&spec.secret_env, &spec.secret_file) {
         (Some(var), None) => {
             let ok = (1..=128).contains(&var.len())
-                && var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && var.starts_with(SECRET_ENV_PREFIX);
             if !ok {
                 return Err(invalid(
                     "secret_env",
-                    "the name of an environment variable ([A-Za-z_][A-Za-z0-9_]*, at most 128), not a secret",
+                    format!(
+                        "the name of an environment variable {SECRET_ENV_PREFIX}[A-Z0-9_]* (at most 128 characters), \
+                         never the secret itself"
+                    ),
                 ));
             }
         }
         (None, Some(path)) => {
-            if !path.starts_with('/') || path.len() > 4096 || path.chars().any(char::is_control) {
-                return Err(invalid("secret_file", "an absolute path of a 0600 file on the keyward nodes"));
+            let ok = path.starts_with('/')
+                && path.len() <= 4096
+                && !path.chars().any(char::is_control)
+                && path.ends_with(SECRET_FILE_SUFFIX)
+                && !path.split('/').any(|part| part == "..");
+            if !ok {
+                return Err(invalid(
+                    "secret_file",
+                    format!("an absolute path, without '..', of a 0600 file named *{SECRET_FILE_SUFFIX} on the keyward nodes"),
+                ));
             }
         }
         _ => return Err(invalid("secret_env", "give exactly one of secret_env and secret_file")),

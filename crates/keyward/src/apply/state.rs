@@ -124,7 +124,7 @@ checked_text!(
         if ok {
             Ok(())
         } else {
-            Err("secret_env is the name of an environment variable ([A-Za-z_][A-Za-z0-9_]*), never the secret".into())
+            Err("secret_env is the name of an environment variable (KEYWARD_WEBHOOK_…), never the secret".into())
         }
     }
 );

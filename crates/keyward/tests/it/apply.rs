@@ -566,3 +566,205 @@ async fn hostile_state_files_are_refused_with_their_line() {
     let (_, audit) = kw.admin(Method::GET, "/v1/audit", None).await;
     assert_eq!(audit["items"], json!([]));
 }
+
+/// The admin API calls apply relies on, with bad input: `PATCH /v1/clients/{id}` and the
+/// managed webhooks. Every refusal is a problem document; nothing changes.
+#[tokio::test]
+async fn client_changes_and_managed_webhooks_refuse_bad_input() {
+    let kw = boot_with(|c| c.oauth.enabled = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    kw.admin(Method::POST, "/v1/apps", Some(json!({"name": "cats"}))).await;
+    let (s, c) = kw
+        .admin(Method::POST, "/v1/clients", Some(json!({"app": "cats", "name": "svc", "scopes": ["a"]})))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let id = c["client_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/clients/{id}");
+    let patch = |body: Value| {
+        let kw = &kw;
+        let path = path.clone();
+        async move {
+            kw.http
+                .patch(format!("{}{path}", kw.admin))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for (body, code) in [
+        (json!({"colour": "red"}), "invalid_body"),
+        (json!({"token_ttl": "2d"}), "invalid_request"),
+        (json!({"token_ttl": "-5m"}), "invalid_request"),
+        (json!({"scopes": ["a b"]}), "invalid_request"),
+        (json!({"ips": ["10.0.0.0/33"]}), "invalid_request"),
+        (json!({"rate": {"limit": "5/fortnight"}}), "invalid_body"),
+        (json!({"jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": PUBLIC_X}]}}), "invalid_request"),
+        (json!({"tls_client_auth_san_dns": "a.example"}), "invalid_request"),
+        (
+            json!({"tls_client_auth_san_dns": "a.example", "tls_client_auth_san_ip": "10.0.0.1"}),
+            "invalid_request",
+        ),
+        (json!({"name": ""}), "invalid_request"),
+    ] {
+        let resp = patch(body.clone()).await;
+        let status = resp.status().as_u16();
+        let v = crate::harness::problem(resp, status, code).await;
+        assert_eq!(status, 422, "{body}: {v}");
+    }
+    let resp = patch(json!({"scopes": ["b", "a"], "token_ttl": "1h", "rate": {"limit": "5/s"}, "name": "svc2"})).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!((v["scopes"].clone(), v["token_ttl"].clone(), v["name"].clone()), (json!(["a", "b"]), json!(3600), json!("svc2")));
+    let (_, a) = kw.admin(Method::GET, "/v1/audit?kind=client.updated", None).await;
+    assert_eq!(a["items"].as_array().unwrap().len(), 1, "{a}");
+    let resp = patch(json!({"rate": null})).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.json::<Value>().await.unwrap()["policy"].get("rate").is_none());
+    let resp = kw
+        .http
+        .patch(format!("{}/v1/clients/cl_nope", kw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    crate::harness::problem(resp, 404, "not_found").await;
+
+    // Managed webhooks.
+    let secret = dir.path().join("hook.secret");
+    keyward::config::write_secret_file(&secret, crate::webhooks::SECRET).unwrap();
+    let loose = dir.path().join("loose.secret");
+    std::fs::write(&loose, "s3cret-s3cret").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let ok = json!({"name": "siem", "url": "http://127.0.0.1:9/hook", "secret_file": secret.to_str().unwrap()});
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b[k] = v;
+        b
+    };
+    for (body, status, code) in [
+        (json!({"url": "https://x.example", "secret_env": "KEYWARD_WEBHOOK_X"}), 422, "invalid_request"),
+        (json!({"name": "n", "secret_env": "KEYWARD_WEBHOOK_X"}), 422, "invalid_request"),
+        (with("colour", json!("red")), 422, "invalid_body"),
+        (with("url", json!("ftp://x.example")), 422, "invalid_request"),
+        (with("url", json!("https://user:pw@x.example")), 422, "invalid_request"),
+        (with("secret_env", json!("KEYWARD_WEBHOOK_X")), 422, "invalid_request"),
+        (json!({"name": "n", "url": "https://x.example"}), 422, "invalid_request"),
+        (json!({"name": "n", "url": "https://x.example", "secret_env": "KEYWARD_PEPPER"}), 422, "invalid_request"),
+        (json!({"name": "n", "url": "https://x.example", "secret_env": "KEYWARD_WEBHOOK_NOT_SET_ANYWHERE"}), 422, "invalid_request"),
+        (json!({"name": "n", "url": "https://x.example", "secret_file": "relative.secret"}), 422, "invalid_request"),
+        (json!({"name": "n", "url": "https://x.example", "secret_file": "/etc/keyward/keyward.pepper"}), 422, "invalid_request"),
+        (json!({"name": "n", "url": "https://x.example", "secret_file": "/tmp/../etc/x.secret"}), 422, "invalid_request"),
+        (json!({"name": "n", "url": "https://x.example", "secret_file": loose.to_str().unwrap()}), 422, "invalid_request"),
+        (with("events", json!([])), 422, "invalid_request"),
+        (with("events", json!(["a b"])), 422, "invalid_request"),
+        (with("timeout", json!("0s")), 422, "invalid_request"),
+        (with("timeout", json!("2m")), 422, "invalid_request"),
+        (with("timeout", json!("soon")), 422, "invalid_request"),
+        (with("max_attempts", json!(0)), 422, "invalid_request"),
+        (with("max_attempts", json!(21)), 422, "invalid_request"),
+        (with("max_attempts", json!(-1)), 422, "invalid_body"),
+        (with("backoff", json!("2h")), 422, "invalid_request"),
+        (with("name", json!("a\nb")), 422, "invalid_request"),
+    ] {
+        let resp = kw
+            .http
+            .post(format!("{}/v1/webhooks", kw.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let v = crate::harness::problem(resp, status, code).await;
+        assert!(!v.to_string().contains("s3cret"), "{v}");
+    }
+    let (_, hooks) = kw.admin(Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(hooks["items"], json!([]), "a refused webhook was stored");
+    let (s, w) = kw.admin(Method::POST, "/v1/webhooks", Some(ok.clone())).await;
+    assert_eq!(s, 201, "{w}");
+    assert_eq!((w["timeout_ms"].clone(), w["max_attempts"].clone()), (json!(5000), json!(6)));
+    let (s, v) = kw.admin(Method::POST, "/v1/webhooks", Some(ok.clone())).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = kw
+        .admin(Method::PATCH, "/v1/webhooks/siem", Some(json!({"events": ["*"], "backoff": "0s"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["events"].clone(), v["backoff_ms"].clone()), (json!(["*"]), json!(0)));
+    let (s, _) = kw.admin(Method::PATCH, "/v1/webhooks/siem", Some(json!({"max_attempts": 0}))).await;
+    assert_eq!(s, 422);
+    // A read token reads, never writes.
+    let (_, t) = kw
+        .admin(Method::POST, "/v1/admin-tokens", Some(json!({"name": "ro", "role": "read"})))
+        .await;
+    let ro = t["token"].as_str().unwrap();
+    let resp = kw.http.get(format!("{}/v1/webhooks/siem", kw.admin)).bearer_auth(ro).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = kw
+        .http
+        .delete(format!("{}/v1/webhooks/siem", kw.admin))
+        .bearer_auth(ro)
+        .send()
+        .await
+        .unwrap();
+    crate::harness::problem(resp, 403, "insufficient_role").await;
+    let (s, _) = kw.admin(Method::DELETE, "/v1/webhooks/siem", None).await;
+    assert_eq!(s, 204);
+    let (s, _) = kw.admin(Method::DELETE, "/v1/webhooks/siem", None).await;
+    assert_eq!(s, 404);
+    let (_, a) = kw.admin(Method::GET, "/v1/audit?kind=webhook.", None).await;
+    let kinds: Vec<&str> = a["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["webhook.deleted", "webhook.updated", "webhook.created"], "{a}");
+    assert!(!a.to_string().contains(crate::webhooks::SECRET), "a webhook secret in the audit log");
+}
+
+/// A webhook applied through one node delivers from another: the second node hears
+/// `Change::Webhooks` (PostgreSQL `NOTIFY`) and builds its sink.
+#[tokio::test]
+async fn applied_webhooks_reach_every_node_on_postgres() {
+    let Some(schema) = crate::cluster_store::Schema::new("apply_nodes").await else {
+        return;
+    };
+    let a = crate::cluster_store::node(schema.url(None), |_| {}).await;
+    let b = crate::cluster_store::node(schema.url(None), |_| {}).await;
+    crate::cluster_store::listening(&[&a, &b]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_url, receiver) = crate::webhooks::receiver(0).await;
+    let secret_file = dir.path().join("webhook.secret");
+    keyward::config::write_secret_file(&secret_file, crate::webhooks::SECRET).unwrap();
+    let f = write(
+        dir.path(),
+        "state.toml",
+        &format!(
+            "version = 1\n[[apps]]\nname = \"cats\"\n[[apps.keys]]\nname = \"tripwire\"\ncanary = true\n\
+             [[webhooks]]\nname = \"siem\"\nurl = \"{hook_url}\"\nsecret_file = \"{}\"\nbackoff = \"50ms\"\n",
+            secret_file.display()
+        ),
+    );
+    let r = keyward(&a, &["apply", "-f", &f]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    let canary = shown_once(&r.out)
+        .into_iter()
+        .find(|(h, _)| h.contains("tripwire"))
+        .unwrap()
+        .1;
+    // Node B learns of the webhook from the announcement (no request reaches node A).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert_eq!(b.get("/fact", &[("x-api-key", &canary)]).await.status(), 401);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if !receiver.of_kind("security.canary_used").is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node B never delivered");
+    }
+    let d = receiver.wait_for("security.canary_used").await;
+    crate::webhooks::verify_signature(&d, crate::webhooks::SECRET);
+    drop((a, b));
+    schema.drop_now().await;
+}
