@@ -129,7 +129,10 @@ pub fn validate(spec: &WebhookSpec) -> Result<(), EngineError> {
         _ => return Err(invalid("secret_env", "give exactly one of secret_env and secret_file")),
     }
     if spec.events.is_empty() || spec.events.len() > 64 {
-        return Err(invalid("events", "1 to 64 event kinds (exact kinds, prefixes ending in '.', or '*')"));
+        return Err(invalid(
+            "events",
+            "1 to 64 event kinds (exact kinds, prefixes ending in '.', or '*')",
+        ));
     }
     if spec
         .events
@@ -251,7 +254,11 @@ impl Engine {
     /// Checks a spec and that this node can read its secret now.
     fn check_spec(&self, spec: &WebhookSpec, probe: &WebhookRecord) -> Result<(), EngineError> {
         validate(spec)?;
-        let field = if spec.secret_env.is_some() { "secret_env" } else { "secret_file" };
+        let field = if spec.secret_env.is_some() {
+            "secret_env"
+        } else {
+            "secret_file"
+        };
         (self.managed()?.resolver)(probe).map_err(|e| invalid(field, e))?;
         Ok(())
     }
@@ -275,7 +282,9 @@ impl Engine {
     /// Creates a managed webhook (audited as `webhook.created`).
     pub async fn create_webhook(&self, actor: &str, spec: WebhookSpec) -> Result<WebhookRecord, EngineError> {
         if self.store.list_webhooks().await?.len() >= MAX_WEBHOOKS {
-            return Err(EngineError::Conflict(format!("at most {MAX_WEBHOOKS} managed webhooks")));
+            return Err(EngineError::Conflict(format!(
+                "at most {MAX_WEBHOOKS} managed webhooks"
+            )));
         }
         let now = self.now();
         let record = WebhookRecord {
@@ -300,7 +309,12 @@ impl Engine {
     }
 
     /// Replaces a managed webhook's settings (audited as `webhook.updated`).
-    pub async fn update_webhook(&self, actor: &str, id_or_name: &str, spec: WebhookSpec) -> Result<WebhookRecord, EngineError> {
+    pub async fn update_webhook(
+        &self,
+        actor: &str,
+        id_or_name: &str,
+        spec: WebhookSpec,
+    ) -> Result<WebhookRecord, EngineError> {
         let before = self.get_webhook(id_or_name).await?;
         let after = WebhookRecord {
             name: spec.name.clone(),

@@ -278,7 +278,12 @@ impl Engine {
     /// Changes a client's name, scopes, keys or certificate registration, token lifetime, DPoP
     /// requirement or limits; takes effect on its next token request (audited as
     /// `client.updated` with the records before and after).
-    pub async fn update_client(&self, actor: &str, id: &str, update: ClientUpdate) -> Result<ClientRecord, EngineError> {
+    pub async fn update_client(
+        &self,
+        actor: &str,
+        id: &str,
+        update: ClientUpdate,
+    ) -> Result<ClientRecord, EngineError> {
         let before = self.get_client(id).await?;
         let mut after = before.clone();
         if let Some(name) = update.name {

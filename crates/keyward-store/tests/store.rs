@@ -654,7 +654,10 @@ async fn webhook_suite(store: Arc<dyn Store>) {
     // Renaming onto a taken name is a conflict.
     let mut clash = changed.clone();
     clash.name = "pager".into();
-    assert!(matches!(store.update_webhook(&clash).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.update_webhook(&clash).await,
+        Err(StoreError::Conflict(_))
+    ));
     let mut ghost = changed.clone();
     ghost.id = "wh_9".into();
     assert!(!store.update_webhook(&ghost).await.unwrap());

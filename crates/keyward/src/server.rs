@@ -270,11 +270,13 @@ pub async fn start_on(
     .flatten()
     .filter_map(|p| std::fs::canonicalize(p).ok())
     .collect();
-    let resolver: keyward_engine::managed_webhooks::SecretResolver =
-        Arc::new(move |w: &keyward_store::WebhookRecord| match (&w.secret_env, &w.secret_file) {
+    let resolver: keyward_engine::managed_webhooks::SecretResolver = Arc::new(
+        move |w: &keyward_store::WebhookRecord| match (&w.secret_env, &w.secret_file) {
             (Some(var), _) => match std::env::var(var) {
                 Ok(v) if !v.trim().is_empty() => Ok(keyward_core::secret::SecretString::new(v.trim().to_owned())),
-                _ => Err(format!("{var} is not set (or empty) in the environment of this keyward node")),
+                _ => Err(format!(
+                    "{var} is not set (or empty) in the environment of this keyward node"
+                )),
             },
             (None, Some(file)) => {
                 let path = std::path::Path::new(file);
@@ -284,7 +286,8 @@ pub async fn start_on(
                 crate::config::read_secret_file(path).map_err(|e| e.to_string())
             }
             (None, None) => Err("no secret_env or secret_file".into()),
-        });
+        },
+    );
     engine
         .enable_managed_webhooks(resolver)
         .await

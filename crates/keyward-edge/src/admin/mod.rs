@@ -143,7 +143,10 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/signing-keys", get(signing::list))
         .route("/v1/signing-keys/rotate", post(signing::rotate))
         .route("/v1/signing-keys/{kid}/retire", post(signing::retire))
-        .route("/v1/webhooks", post(webhooks::create_webhook).get(webhooks::list_webhooks))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
         .route(
             "/v1/webhooks/{id}",
             get(webhooks::show_webhook)
@@ -240,8 +243,10 @@ fn tool_actor(req: &Request, principal: Principal) -> Result<Principal, Problem>
         .map(str::trim)
         .filter(|t| TOOL_ACTORS.contains(t))
         .ok_or_else(|| {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid_actor", "Bad Request")
-                .detail(format!("{ACTOR_HEADER}: the only accepted value is {}", TOOL_ACTORS.join(", ")))
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_actor", "Bad Request").detail(format!(
+                "{ACTOR_HEADER}: the only accepted value is {}",
+                TOOL_ACTORS.join(", ")
+            ))
         })?;
     let actor = if principal.role.is_none() {
         tool.to_owned()

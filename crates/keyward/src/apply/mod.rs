@@ -189,7 +189,9 @@ pub async fn export(client: &AdminClient, out: Option<&Path>, tokens: bool) -> R
                 use std::os::unix::fs::OpenOptionsExt;
                 opts.mode(0o600);
             }
-            let mut f = opts.open(p).map_err(|e| CliError::Io(format!("{}: {e}", p.display())))?;
+            let mut f = opts
+                .open(p)
+                .map_err(|e| CliError::Io(format!("{}: {e}", p.display())))?;
             f.write_all(text.as_bytes())
                 .map_err(|e| CliError::Io(format!("{}: {e}", p.display())))?;
             eprintln!("wrote {}", p.display());
@@ -266,7 +268,12 @@ pub fn export_state(cur: &plan::Current) -> (state::StateFile, Vec<String>) {
                             scopes: r.scopes.iter().map(|s| state::ScopeText(s.to_string())).collect(),
                             env: (r.env != keyward_core::KeyEnv::Live).then_some(r.env),
                             kind: (kind != keyward_core::KeyKind::Secret).then_some(kind),
-                            origins: r.policy.origins.iter().map(|o| state::OriginText(o.to_string())).collect(),
+                            origins: r
+                                .policy
+                                .origins
+                                .iter()
+                                .map(|o| state::OriginText(o.to_string()))
+                                .collect(),
                             ips: cidrs(&r.policy.ips),
                             rate,
                             burst,
@@ -286,8 +293,7 @@ pub fn export_state(cur: &plan::Current) -> (state::StateFile, Vec<String>) {
                     .collect(),
             )
         };
-        let of_app: Vec<&keyward_core::model::ClientRecord> =
-            cur.clients.iter().filter(|c| c.app_id == a.id).collect();
+        let of_app: Vec<&keyward_core::model::ClientRecord> = cur.clients.iter().filter(|c| c.app_id == a.id).collect();
         let mut cnames: Vec<&str> = of_app.iter().filter_map(|c| c.name.as_deref()).collect();
         cnames.sort_unstable();
         let unnamed = of_app.iter().filter(|c| c.name.is_none()).count();

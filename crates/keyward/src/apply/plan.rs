@@ -45,7 +45,8 @@ pub struct Current {
 
 fn items<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<Vec<T>> {
     let items = v.get("items").cloned().unwrap_or(Value::Array(vec![]));
-    serde_json::from_value(items).map_err(|e| CliError::Io(format!("unexpected {what} listing from the admin API: {e}")))
+    serde_json::from_value(items)
+        .map_err(|e| CliError::Io(format!("unexpected {what} listing from the admin API: {e}")))
 }
 
 impl Current {
@@ -61,12 +62,16 @@ impl Current {
         }
         let clients = items(client.call(Method::GET, "/v1/clients", None).await?, "clients")?;
         let tokens = if tokens {
-            let v = client.call(Method::GET, "/v1/admin-tokens", None).await.map_err(|e| match e {
-                CliError::Api { status: 403, .. } => CliError::Usage(
-                    "the file manages admin_tokens: that needs the bootstrap admin token (KEYWARD_ADMIN_TOKEN)".into(),
-                ),
-                other => other,
-            })?;
+            let v = client
+                .call(Method::GET, "/v1/admin-tokens", None)
+                .await
+                .map_err(|e| match e {
+                    CliError::Api { status: 403, .. } => CliError::Usage(
+                        "the file manages admin_tokens: that needs the bootstrap admin token (KEYWARD_ADMIN_TOKEN)"
+                            .into(),
+                    ),
+                    other => other,
+                })?;
             Some(items(v, "admin tokens")?)
         } else {
             None
@@ -151,7 +156,7 @@ pub fn ms_text(ms: u64) -> String {
         return "0s".into();
     }
     for (unit, len) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms % len == 0 {
+        if ms / len * len == ms {
             return format!("{}{unit}", ms / len);
         }
     }
@@ -186,7 +191,10 @@ fn app_fields(p: &Policy) -> Vec<(&'static str, String)> {
         ("require_mtls", p.require_mtls.to_string()),
         (
             "max_key_lifetime",
-            p.key_rules.max_lifetime_secs.map(secs_text).unwrap_or_else(|| "none".into()),
+            p.key_rules
+                .max_lifetime_secs
+                .map(secs_text)
+                .unwrap_or_else(|| "none".into()),
         ),
         ("require_expiry", p.key_rules.require_expiry.to_string()),
         (
@@ -281,7 +289,11 @@ fn changed(before: &[(&'static str, String)], after: &[(&'static str, String)]) 
     after
         .iter()
         .filter_map(|(k, v)| {
-            let old = before.iter().find(|(bk, _)| bk == k).map(|(_, b)| b.as_str()).unwrap_or("none");
+            let old = before
+                .iter()
+                .find(|(bk, _)| bk == k)
+                .map(|(_, b)| b.as_str())
+                .unwrap_or("none");
             (old != v).then(|| format!("{k}: {old} → {v}"))
         })
         .collect()
@@ -535,7 +547,16 @@ pub fn plan(file: &StateFile, cur: &Current, prune: bool, path: &std::path::Path
             plan_keys(&mut p, &mut removals, keys, &app_ref, existing.is_some(), cur, prune);
         }
         if let Some(clients) = &a.clients {
-            plan_clients(&mut p, &mut removals, clients, &app_ref, existing.is_some(), cur, prune, path)?;
+            plan_clients(
+                &mut p,
+                &mut removals,
+                clients,
+                &app_ref,
+                existing.is_some(),
+                cur,
+                prune,
+                path,
+            )?;
         }
     }
     if prune {
@@ -582,7 +603,14 @@ pub fn plan(file: &StateFile, cur: &Current, prune: bool, path: &std::path::Path
                     if let Some(e) = &t.expires {
                         body["expires_in"] = json!(e.0);
                     }
-                    let mut s = step('+', "admin token", name.clone(), Method::POST, "/v1/admin-tokens".into(), Some(body));
+                    let mut s = step(
+                        '+',
+                        "admin token",
+                        name.clone(),
+                        Method::POST,
+                        "/v1/admin-tokens".into(),
+                        Some(body),
+                    );
                     s.fields = vec![format!("role: {}", t.role.as_str())];
                     if let Some(e) = &t.expires {
                         s.fields.push(format!("expires: in {}", e.0));
@@ -718,7 +746,9 @@ fn plan_keys(
                 s.secret = Some("key");
                 p.steps.push(s);
                 if k.disabled == Some(true) {
-                    p.notes.push(format!("key {label} is created enabled: disable it after creation (the file says disabled)"));
+                    p.notes.push(format!(
+                        "key {label} is created enabled: disable it after creation (the file says disabled)"
+                    ));
                 }
             }
             [one] => {
@@ -849,7 +879,10 @@ fn plan_clients(
         let label = format!("{}/{name}", app.name);
         let mut want = desired_client(c, app, path)?;
         let after = client_fields(&want);
-        let current: Vec<&&ClientRecord> = of_app.iter().filter(|r| r.name.as_deref() == Some(name.as_str())).collect();
+        let current: Vec<&&ClientRecord> = of_app
+            .iter()
+            .filter(|r| r.name.as_deref() == Some(name.as_str()))
+            .collect();
         match current.as_slice() {
             [] => {
                 want.app_id = app.name.clone();
@@ -989,7 +1022,14 @@ fn plan_webhooks(
         }
         match cur.webhooks.iter().find(|h| h.name == name) {
             None => {
-                let mut s = step('+', "webhook", name.clone(), Method::POST, "/v1/webhooks".into(), Some(body));
+                let mut s = step(
+                    '+',
+                    "webhook",
+                    name.clone(),
+                    Method::POST,
+                    "/v1/webhooks".into(),
+                    Some(body),
+                );
                 s.fields = after.iter().map(|(k, v)| format!("{k}: {v}")).collect();
                 p.steps.push(s);
             }

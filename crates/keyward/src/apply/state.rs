@@ -324,7 +324,11 @@ pub struct WebhookState {
 
 /// 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Reads and checks a state file: every problem found by the cross-entry checks at once, each
@@ -402,9 +406,17 @@ fn check(file: &StateFile, text: &str, path: &Path) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let at = |s: &Spanned<Name>| line_of(text, s.span().start);
     if file.version != VERSION {
-        out.push((1, format!("version = {}: this keyward reads version {VERSION}", file.version)));
+        out.push((
+            1,
+            format!("version = {}: this keyward reads version {VERSION}", file.version),
+        ));
     }
-    fn dups<'a>(items: impl Iterator<Item = &'a Spanned<Name>>, what: &str, text: &str, out: &mut Vec<(usize, String)>) {
+    fn dups<'a>(
+        items: impl Iterator<Item = &'a Spanned<Name>>,
+        what: &str,
+        text: &str,
+        out: &mut Vec<(usize, String)>,
+    ) {
         let mut seen: Vec<&str> = Vec::new();
         for n in items {
             let v = n.get_ref().0.as_str();
@@ -430,7 +442,12 @@ fn check(file: &StateFile, text: &str, path: &Path) -> Vec<(usize, String)> {
             }
         }
         let keys = app.keys.as_deref().unwrap_or_default();
-        dups(keys.iter().map(|k| &k.name), &format!("app {an:?}: key"), text, &mut out);
+        dups(
+            keys.iter().map(|k| &k.name),
+            &format!("app {an:?}: key"),
+            text,
+            &mut out,
+        );
         for k in keys {
             let kn = &k.name.get_ref().0;
             let mut bad = |m: String| out.push((at(&k.name), format!("app {an:?}, key {kn:?}: {m}")));
@@ -452,7 +469,12 @@ fn check(file: &StateFile, text: &str, path: &Path) -> Vec<(usize, String)> {
             if !publishable && !k.origins.is_empty() {
                 bad("origins are for publishable keys (kind = \"publishable\")".into());
             }
-            if [k.canary, k.exchange_only, k.legacy, publishable].iter().filter(|b| **b).count() > 1 {
+            if [k.canary, k.exchange_only, k.legacy, publishable]
+                .iter()
+                .filter(|b| **b)
+                .count()
+                > 1
+            {
                 bad("at most one of canary, exchange_only, legacy and kind = \"publishable\"".into());
             }
             if k.origins.len() > keyward_core::policy::MAX_ORIGINS {
@@ -468,7 +490,12 @@ fn check(file: &StateFile, text: &str, path: &Path) -> Vec<(usize, String)> {
             }
         }
         let clients = app.clients.as_deref().unwrap_or_default();
-        dups(clients.iter().map(|c| &c.name), &format!("app {an:?}: client"), text, &mut out);
+        dups(
+            clients.iter().map(|c| &c.name),
+            &format!("app {an:?}: client"),
+            text,
+            &mut out,
+        );
         for c in clients {
             let cn = &c.name.get_ref().0;
             let mut bad = |m: String| out.push((at(&c.name), format!("app {an:?}, client {cn:?}: {m}")));
@@ -485,7 +512,9 @@ fn check(file: &StateFile, text: &str, path: &Path) -> Vec<(usize, String)> {
                 bad(e);
             }
             if let Some(t) = &c.token_ttl {
-                let secs = keyward_core::when::parse_duration(&t.0).map(|d| d.whole_seconds()).unwrap_or(0);
+                let secs = keyward_core::when::parse_duration(&t.0)
+                    .map(|d| d.whole_seconds())
+                    .unwrap_or(0);
                 if !(1..=86_400).contains(&secs) {
                     bad("token_ttl: from 1s to 24h".into());
                 }
@@ -524,13 +553,19 @@ pub fn client_keys(c: &ClientState, path: &Path) -> std::result::Result<Option<s
         .count();
     if !keyed {
         return if given > 0 {
-            Err(format!("{} clients have no keys (jwks, jwks_file, cert_file)", method.as_str()))
+            Err(format!(
+                "{} clients have no keys (jwks, jwks_file, cert_file)",
+                method.as_str()
+            ))
         } else {
             Ok(None)
         };
     }
     if given != 1 {
-        return Err(format!("{} needs exactly one of jwks, jwks_file, cert_file", method.as_str()));
+        return Err(format!(
+            "{} needs exactly one of jwks, jwks_file, cert_file",
+            method.as_str()
+        ));
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let jwks = if let Some(t) = &c.jwks {
@@ -574,7 +609,8 @@ pub fn tls_registration(c: &ClientState) -> std::result::Result<Option<(&'static
             Ok(Some((k, v)))
         }
         (M::TlsClientAuth, _) => Err(
-            "tls_client_auth needs exactly one of tls_subject_dn, tls_san_dns, tls_san_uri, tls_san_ip, tls_san_email".into(),
+            "tls_client_auth needs exactly one of tls_subject_dn, tls_san_dns, tls_san_uri, tls_san_ip, tls_san_email"
+                .into(),
         ),
         (_, 0) => Ok(None),
         _ => Err("tls_subject_dn and tls_san_* are for tls_client_auth clients".into()),

@@ -21,8 +21,8 @@ mod init;
 mod keys;
 mod upstreams;
 
-use clients::{admin_token, client, signing_key};
 pub(crate) use clients::jwks_of_certificate;
+use clients::{admin_token, client, signing_key};
 use flags::*;
 use init::init;
 use keys::{app, key};

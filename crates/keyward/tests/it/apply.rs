@@ -187,7 +187,9 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     assert!(secret_of("client cats/billing").starts_with("kwcs_"));
     assert!(secret_of("admin token ci-read").starts_with("kwadm_"));
     // Methods without a secret print none.
-    assert!(!secrets.iter().any(|(h, _)| h.contains("signer") || h.contains("device")));
+    assert!(!secrets
+        .iter()
+        .any(|(h, _)| h.contains("signer") || h.contains("device")));
     for (_, s) in &secrets {
         assert!(!r.err.contains(s.as_str()), "a secret reached stderr");
     }
@@ -217,7 +219,12 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
         .map(|e| e["actor"].as_str().unwrap())
         .collect();
     assert_eq!(actors, ["apply", "apply"], "{audit}");
-    for kind in ["key.created", "client.created", "admin_token.created", "webhook.created"] {
+    for kind in [
+        "key.created",
+        "client.created",
+        "admin_token.created",
+        "webhook.created",
+    ] {
         let (_, a) = kw.admin(Method::GET, &format!("/v1/audit?kind={kind}"), None).await;
         let items = a["items"].as_array().unwrap();
         assert!(!items.is_empty(), "no {kind}: {a}");
@@ -243,7 +250,10 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     for (_, s) in &secrets {
         assert!(!text.contains(s.as_str()), "a secret in the export");
     }
-    assert!(text.contains(PUBLIC_X) && text.contains("CN=device,O=Example"), "{text}");
+    assert!(
+        text.contains(PUBLIC_X) && text.contains("CN=device,O=Example"),
+        "{text}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -255,7 +265,11 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
         args.extend_from_slice(extra);
         let r = keyward(kw, &args).await;
         assert_eq!(r.code, 0, "{}{}", r.out, r.err);
-        assert!(r.out.contains("No changes"), "export → apply {extra:?} planned:\n{}", r.out);
+        assert!(
+            r.out.contains("No changes"),
+            "export → apply {extra:?} planned:\n{}",
+            r.out
+        );
     }
     // Standard output works too, and is the same file.
     let r = keyward(kw, &["export"]).await;
@@ -275,7 +289,10 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     let device = apps_part.find("[[apps.clients]]\nname = \"device\"").unwrap();
     let apps_part = format!("{}{}", &apps_part[..signer], &apps_part[device..])
         .replace("rate = \"100/min\"\nburst = 20", "rate = \"200/min\"")
-        .replace("scopes = [\"facts:read\", \"facts:write\"]", "scopes = [\"facts:read\"]")
+        .replace(
+            "scopes = [\"facts:read\", \"facts:write\"]",
+            "scopes = [\"facts:read\"]",
+        )
         .replace("[[apps]]\nname = \"dogs\"\nkeys = []\n", "");
     let v2 = format!("version = 1\nadmin_tokens = []\nwebhooks = []\n\n{apps_part}");
     let f2 = write(dir, "state-v2.toml", &v2);
@@ -293,7 +310,9 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
         assert!(r.out.lines().any(|l| l == line), "missing {line:?} in:\n{}", r.out);
     }
     assert!(
-        r.out.lines().any(|l| l.starts_with("- client cats/signer (cl_") && l.ends_with("delete (with its secrets)")),
+        r.out
+            .lines()
+            .any(|l| l.starts_with("- client cats/signer (cl_") && l.ends_with("delete (with its secrets)")),
         "{}",
         r.out
     );
@@ -354,7 +373,11 @@ async fn conflicts_and_refusals_mid_way() {
     );
     let r = keyward(&kw, &["apply", "-f", &f]).await;
     assert_eq!(r.code, 1, "{}{}", r.out, r.err);
-    assert!(r.out.contains("! key cats/ci (key_") && r.out.contains("env Test (file: Live)"), "{}", r.out);
+    assert!(
+        r.out.contains("! key cats/ci (key_") && r.out.contains("env Test (file: Live)"),
+        "{}",
+        r.out
+    );
     assert!(r.err.contains("nothing was applied"), "{}", r.err);
     let (_, app) = kw.admin(Method::GET, "/v1/apps/cats", None).await;
     assert!(app["policy"].get("rate").is_none(), "{app}");
@@ -369,7 +392,11 @@ async fn conflicts_and_refusals_mid_way() {
     let f = write(dir.path(), "midway.toml", text);
     let r = keyward(&kw, &["apply", "-f", &f]).await;
     assert_eq!(r.code, 1, "{}{}", r.out, r.err);
-    assert!(r.out.contains("stopped at key web/page after 2 of 4 changes"), "{}", r.out);
+    assert!(
+        r.out.contains("stopped at key web/page after 2 of 4 changes"),
+        "{}",
+        r.out
+    );
     assert!(r.err.contains("read-only"), "{}", r.err);
     let printed = shown_once(&r.out);
     assert_eq!(printed.len(), 1, "{}", r.out);
@@ -377,12 +404,20 @@ async fn conflicts_and_refusals_mid_way() {
     let fixed = write(dir.path(), "midway.toml", &text.replace("[\"facts:write\"]", "[]"));
     let r = keyward(&kw, &["apply", "-f", &fixed]).await;
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
-    assert!(r.out.contains("Plan: 2 to create, 0 to change, 0 to remove"), "{}", r.out);
+    assert!(
+        r.out.contains("Plan: 2 to create, 0 to change, 0 to remove"),
+        "{}",
+        r.out
+    );
     assert!(!r.out.contains("web/a"), "{}", r.out);
 
     // A scoped write token: audited as apply:admin:<name>; admin tokens need the bootstrap token.
     let (_, t) = kw
-        .admin(Method::POST, "/v1/admin-tokens", Some(json!({"name": "deployer", "role": "write"})))
+        .admin(
+            Method::POST,
+            "/v1/admin-tokens",
+            Some(json!({"name": "deployer", "role": "write"})),
+        )
         .await;
     let write_token = t["token"].as_str().unwrap().to_owned();
     let f = write(dir.path(), "scoped.toml", "version = 1\n[[apps]]\nname = \"birds\"\n");
@@ -417,7 +452,13 @@ async fn hostile_state_files_are_refused_with_their_line() {
         .unwrap()
         .expose()
         .to_owned();
-    let adm = format!("kwadm_{}", "aB3xY9qLm2Pz7Rt5Kw8Nv4Jc6Hd1Gf0SeUoIiQyTbVr".chars().take(43).collect::<String>());
+    let adm = format!(
+        "kwadm_{}",
+        "aB3xY9qLm2Pz7Rt5Kw8Nv4Jc6Hd1Gf0SeUoIiQyTbVr"
+            .chars()
+            .take(43)
+            .collect::<String>()
+    );
     let cases: Vec<(&str, String, &str)> = vec![
         ("unknown top-level field", "version = 1\ncolour = \"red\"\n".into(), ":2: unknown field `colour`"),
         (
@@ -542,8 +583,15 @@ async fn hostile_state_files_are_refused_with_their_line() {
         assert_eq!(r.code, 2, "{what}: {}{}", r.out, r.err);
         assert!(r.err.contains(*want), "{what}: want {want:?} in:\n{}", r.err);
         assert!(!r.err.contains("panicked"), "{what}: {}", r.err);
-        assert!(!r.err.contains(&key) && !r.err.contains(&adm), "{what}: a secret echoed");
-        assert!(!r.err.contains("hunter2") && !r.err.contains("nWGxne"), "{what}: a secret echoed: {}", r.err);
+        assert!(
+            !r.err.contains(&key) && !r.err.contains(&adm),
+            "{what}: a secret echoed"
+        );
+        assert!(
+            !r.err.contains("hunter2") && !r.err.contains("nWGxne"),
+            "{what}: a secret echoed: {}",
+            r.err
+        );
     }
     // Oversized, not UTF-8, a directory, a missing file.
     let big = dir.path().join("big.toml");
@@ -575,7 +623,11 @@ async fn client_changes_and_managed_webhooks_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     kw.admin(Method::POST, "/v1/apps", Some(json!({"name": "cats"}))).await;
     let (s, c) = kw
-        .admin(Method::POST, "/v1/clients", Some(json!({"app": "cats", "name": "svc", "scopes": ["a"]})))
+        .admin(
+            Method::POST,
+            "/v1/clients",
+            Some(json!({"app": "cats", "name": "svc", "scopes": ["a"]})),
+        )
         .await;
     assert_eq!(s, 201, "{c}");
     let id = c["client_id"].as_str().unwrap().to_owned();
@@ -600,7 +652,10 @@ async fn client_changes_and_managed_webhooks_refuse_bad_input() {
         (json!({"scopes": ["a b"]}), "invalid_request"),
         (json!({"ips": ["10.0.0.0/33"]}), "invalid_request"),
         (json!({"rate": {"limit": "5/fortnight"}}), "invalid_body"),
-        (json!({"jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": PUBLIC_X}]}}), "invalid_request"),
+        (
+            json!({"jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": PUBLIC_X}]}}),
+            "invalid_request",
+        ),
         (json!({"tls_client_auth_san_dns": "a.example"}), "invalid_request"),
         (
             json!({"tls_client_auth_san_dns": "a.example", "tls_client_auth_san_ip": "10.0.0.1"}),
@@ -616,7 +671,10 @@ async fn client_changes_and_managed_webhooks_refuse_bad_input() {
     let resp = patch(json!({"scopes": ["b", "a"], "token_ttl": "1h", "rate": {"limit": "5/s"}, "name": "svc2"})).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!((v["scopes"].clone(), v["token_ttl"].clone(), v["name"].clone()), (json!(["a", "b"]), json!(3600), json!("svc2")));
+    assert_eq!(
+        (v["scopes"].clone(), v["token_ttl"].clone(), v["name"].clone()),
+        (json!(["a", "b"]), json!(3600), json!("svc2"))
+    );
     let (_, a) = kw.admin(Method::GET, "/v1/audit?kind=client.updated", None).await;
     assert_eq!(a["items"].as_array().unwrap().len(), 1, "{a}");
     let resp = patch(json!({"rate": null})).await;
@@ -649,19 +707,51 @@ async fn client_changes_and_managed_webhooks_refuse_bad_input() {
         b
     };
     for (body, status, code) in [
-        (json!({"url": "https://x.example", "secret_env": "KEYWARD_WEBHOOK_X"}), 422, "invalid_request"),
-        (json!({"name": "n", "secret_env": "KEYWARD_WEBHOOK_X"}), 422, "invalid_request"),
+        (
+            json!({"url": "https://x.example", "secret_env": "KEYWARD_WEBHOOK_X"}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "n", "secret_env": "KEYWARD_WEBHOOK_X"}),
+            422,
+            "invalid_request",
+        ),
         (with("colour", json!("red")), 422, "invalid_body"),
         (with("url", json!("ftp://x.example")), 422, "invalid_request"),
         (with("url", json!("https://user:pw@x.example")), 422, "invalid_request"),
         (with("secret_env", json!("KEYWARD_WEBHOOK_X")), 422, "invalid_request"),
         (json!({"name": "n", "url": "https://x.example"}), 422, "invalid_request"),
-        (json!({"name": "n", "url": "https://x.example", "secret_env": "KEYWARD_PEPPER"}), 422, "invalid_request"),
-        (json!({"name": "n", "url": "https://x.example", "secret_env": "KEYWARD_WEBHOOK_NOT_SET_ANYWHERE"}), 422, "invalid_request"),
-        (json!({"name": "n", "url": "https://x.example", "secret_file": "relative.secret"}), 422, "invalid_request"),
-        (json!({"name": "n", "url": "https://x.example", "secret_file": "/etc/keyward/keyward.pepper"}), 422, "invalid_request"),
-        (json!({"name": "n", "url": "https://x.example", "secret_file": "/tmp/../etc/x.secret"}), 422, "invalid_request"),
-        (json!({"name": "n", "url": "https://x.example", "secret_file": loose.to_str().unwrap()}), 422, "invalid_request"),
+        (
+            json!({"name": "n", "url": "https://x.example", "secret_env": "KEYWARD_PEPPER"}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "n", "url": "https://x.example", "secret_env": "KEYWARD_WEBHOOK_NOT_SET_ANYWHERE"}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "n", "url": "https://x.example", "secret_file": "relative.secret"}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "n", "url": "https://x.example", "secret_file": "/etc/keyward/keyward.pepper"}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "n", "url": "https://x.example", "secret_file": "/tmp/../etc/x.secret"}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "n", "url": "https://x.example", "secret_file": loose.to_str().unwrap()}),
+            422,
+            "invalid_request",
+        ),
         (with("events", json!([])), 422, "invalid_request"),
         (with("events", json!(["a b"])), 422, "invalid_request"),
         (with("timeout", json!("0s")), 422, "invalid_request"),
@@ -688,22 +778,41 @@ async fn client_changes_and_managed_webhooks_refuse_bad_input() {
     assert_eq!(hooks["items"], json!([]), "a refused webhook was stored");
     let (s, w) = kw.admin(Method::POST, "/v1/webhooks", Some(ok.clone())).await;
     assert_eq!(s, 201, "{w}");
-    assert_eq!((w["timeout_ms"].clone(), w["max_attempts"].clone()), (json!(5000), json!(6)));
+    assert_eq!(
+        (w["timeout_ms"].clone(), w["max_attempts"].clone()),
+        (json!(5000), json!(6))
+    );
     let (s, v) = kw.admin(Method::POST, "/v1/webhooks", Some(ok.clone())).await;
     assert_eq!(s, 409, "{v}");
     let (s, v) = kw
-        .admin(Method::PATCH, "/v1/webhooks/siem", Some(json!({"events": ["*"], "backoff": "0s"})))
+        .admin(
+            Method::PATCH,
+            "/v1/webhooks/siem",
+            Some(json!({"events": ["*"], "backoff": "0s"})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!((v["events"].clone(), v["backoff_ms"].clone()), (json!(["*"]), json!(0)));
-    let (s, _) = kw.admin(Method::PATCH, "/v1/webhooks/siem", Some(json!({"max_attempts": 0}))).await;
+    let (s, _) = kw
+        .admin(Method::PATCH, "/v1/webhooks/siem", Some(json!({"max_attempts": 0})))
+        .await;
     assert_eq!(s, 422);
     // A read token reads, never writes.
     let (_, t) = kw
-        .admin(Method::POST, "/v1/admin-tokens", Some(json!({"name": "ro", "role": "read"})))
+        .admin(
+            Method::POST,
+            "/v1/admin-tokens",
+            Some(json!({"name": "ro", "role": "read"})),
+        )
         .await;
     let ro = t["token"].as_str().unwrap();
-    let resp = kw.http.get(format!("{}/v1/webhooks/siem", kw.admin)).bearer_auth(ro).send().await.unwrap();
+    let resp = kw
+        .http
+        .get(format!("{}/v1/webhooks/siem", kw.admin))
+        .bearer_auth(ro)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let resp = kw
         .http
@@ -718,9 +827,17 @@ async fn client_changes_and_managed_webhooks_refuse_bad_input() {
     let (s, _) = kw.admin(Method::DELETE, "/v1/webhooks/siem", None).await;
     assert_eq!(s, 404);
     let (_, a) = kw.admin(Method::GET, "/v1/audit?kind=webhook.", None).await;
-    let kinds: Vec<&str> = a["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = a["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["webhook.deleted", "webhook.updated", "webhook.created"], "{a}");
-    assert!(!a.to_string().contains(crate::webhooks::SECRET), "a webhook secret in the audit log");
+    assert!(
+        !a.to_string().contains(crate::webhooks::SECRET),
+        "a webhook secret in the audit log"
+    );
 }
 
 /// A webhook applied through one node delivers from another: the second node hears

@@ -16,7 +16,10 @@ use crate::proc::{url_after, Proc};
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// A tool on the PATH; `None` (with a printed line) when it is missing and not required.
@@ -73,7 +76,10 @@ fn completion_scripts_parse_and_complete_in_their_shells() {
     // A shell it does not know: a usage error naming the accepted ones.
     let (code, _, err) = keyward(&["completions", "tcsh"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("bash") && err.contains("zsh") && err.contains("fish"), "{err}");
+    assert!(
+        err.contains("bash") && err.contains("zsh") && err.contains("fish"),
+        "{err}"
+    );
 
     // bash: parses, registers, and completes subcommands and their own subcommands.
     let bash = &scripts["bash"];
@@ -200,7 +206,10 @@ fn the_systemd_unit_is_hardened_and_matches_the_init_layout() {
         "ExecStart",
         "/usr/local/bin/keyward serve --config /etc/keyward/keyward.toml"
     ));
-    assert!(!directives.iter().any(|(k, _)| *k == "ReadWritePaths"), "StateDirectory is the one writable path");
+    assert!(
+        !directives.iter().any(|(k, _)| *k == "ReadWritePaths"),
+        "StateDirectory is the one writable path"
+    );
     let etc = tempfile::tempdir().unwrap();
     let var = tempfile::tempdir().unwrap();
     let (code, _, err) = keyward(&[
@@ -219,7 +228,10 @@ fn the_systemd_unit_is_hardened_and_matches_the_init_layout() {
     // The docs ship the file instead of a copy that could drift.
     let deployment = std::fs::read_to_string(repo().join("docs/DEPLOYMENT.md")).unwrap();
     assert!(deployment.contains("contrib/systemd/keyward.service"));
-    assert!(!deployment.contains("[Service]"), "docs/DEPLOYMENT.md holds an inline unit again");
+    assert!(
+        !deployment.contains("[Service]"),
+        "docs/DEPLOYMENT.md holds an inline unit again"
+    );
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     assert!(readme.contains("contrib/systemd/keyward.service"));
 
@@ -234,13 +246,18 @@ fn the_systemd_unit_is_hardened_and_matches_the_init_layout() {
     assert_eq!(code, 0, "{err}");
     let verify = |unit: &Path| run(Command::new(&analyze).arg("verify").arg(unit).env("MANPATH", &man));
     let (ok, out, err) = verify(&p);
-    assert!(ok && out.trim().is_empty() && err.trim().is_empty(), "verify: {out}{err}");
+    assert!(
+        ok && out.trim().is_empty() && err.trim().is_empty(),
+        "verify: {out}{err}"
+    );
     // The check can fail: a misspelt value is reported (as a warning, which fails the test above).
     let broken = dir.path().join("broken").join("keyward.service");
     std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
     std::fs::write(
         &broken,
-        std::fs::read_to_string(&p).unwrap().replace("ProtectSystem=strict", "ProtectSystem=stricter"),
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("ProtectSystem=strict", "ProtectSystem=stricter"),
     )
     .unwrap();
     let (_, out, err) = verify(&broken);
@@ -313,7 +330,11 @@ fn the_container_recipe_runs_in_a_plain_shell_and_copies_what_exists() {
     let text = std::fs::read_to_string(root.join("Containerfile")).unwrap();
     let ins = instructions(&text);
     let froms: Vec<&String> = ins.iter().filter(|(op, _)| op == "FROM").map(|(_, a)| a).collect();
-    assert_eq!(froms.len(), 2, "multi-stage: a build stage and a runtime stage: {froms:?}");
+    assert_eq!(
+        froms.len(),
+        2,
+        "multi-stage: a build stage and a runtime stage: {froms:?}"
+    );
     assert!(froms[0].ends_with(" AS build"), "{froms:?}");
     let runtime_start = ins.iter().rposition(|(op, _)| op == "FROM").unwrap();
     // Non-root, by number (no name lookup needed at run time).
@@ -431,7 +452,11 @@ fn the_container_recipe_runs_in_a_plain_shell_and_copies_what_exists() {
         .collect();
     assert!(!changed.is_empty(), "the store was not written");
     for p in changed {
-        assert!(p.starts_with("var/lib/keyward"), "serve wrote {} outside the volume", p.display());
+        assert!(
+            p.starts_with("var/lib/keyward"),
+            "serve wrote {} outside the volume",
+            p.display()
+        );
     }
 }
 
