@@ -67,7 +67,8 @@ impl Current {
                 .await
                 .map_err(|e| match e {
                     CliError::Api { status: 403, .. } => CliError::Usage(
-                        "the file manages admin_tokens: that needs the bootstrap admin token (KEYWARD_ADMIN_TOKEN)"
+                        "listing admin tokens needs the bootstrap admin token (KEYWARD_ADMIN_TOKEN): leave \
+                         admin_tokens out of the state file, or use keyward export --no-admin-tokens"
                             .into(),
                     ),
                     other => other,
@@ -220,16 +221,18 @@ fn jwks_text(j: &Option<Value>) -> String {
         None => "none".into(),
         Some(v) => {
             let keys = v.get("keys").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-            let digest = keyward_core::secret::SecretString::new(v.to_string());
             // A short fingerprint of the set, to tell two sets apart in a diff.
-            let fp = aws_lc_rs_free_fingerprint(digest.expose());
-            format!("{keys} key{} ({fp})", if keys == 1 { "" } else { "s" })
+            format!(
+                "{keys} key{} ({})",
+                if keys == 1 { "" } else { "s" },
+                fingerprint(&v.to_string())
+            )
         }
     }
 }
 
 /// FNV-1a of the canonical JSON text: a fingerprint for display, not a security check.
-fn aws_lc_rs_free_fingerprint(s: &str) -> String {
+fn fingerprint(s: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
@@ -445,18 +448,15 @@ fn desired_client(c: &ClientState, app: &AppRecord, path: &std::path::Path) -> R
 }
 
 fn client_body(d: &ClientRecord, create: bool) -> Value {
+    // `null` clears a limit on a change; a creation leaves absent limits out.
     let mut b = json!({
         "scopes": d.scopes,
         "token_ttl": format!("{}s", d.token_ttl),
         "dpop_bound_access_tokens": d.options.dpop_bound_access_tokens,
         "ips": ips_json(&d.policy.ips),
+        "rate": rate_json(&d.policy.rate),
+        "quota": quota_json(&d.policy.quota),
     });
-    if create || d.policy.rate.is_some() {
-        b["rate"] = rate_json(&d.policy.rate);
-    } else {
-        b["rate"] = Value::Null;
-    }
-    b["quota"] = quota_json(&d.policy.quota);
     if let Some(j) = &d.jwks {
         b["jwks"] = j.clone();
     }

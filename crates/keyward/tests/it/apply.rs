@@ -168,6 +168,15 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     }
     let (_, apps) = kw.admin(Method::GET, "/v1/apps", None).await;
     assert_eq!(apps["items"], json!([]), "a dry run changed something");
+    let r = keyward(kw, &["apply", "-f", &f, "--dry-run", "--json"]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    let v: Value = serde_json::from_str(r.out.trim()).unwrap();
+    assert_eq!(v["plan"].as_array().unwrap().len(), 10, "{v}");
+    assert_eq!(
+        v["plan"][0],
+        json!({"op": "create", "kind": "app", "name": "cats", "action": null,
+        "fields": ["ips: 0.0.0.0/0, ::/0", "rate: 100/min burst 20", "quota: 100000/month", "max_key_lifetime: 90d"]})
+    );
 
     // Apply: every secret printed once, on stdout only.
     let r = keyward(kw, &["apply", "-f", &f]).await;
@@ -183,7 +192,8 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     };
     let ci = secret_of("key cats/ci");
     assert!(ci.starts_with("kw_live_"), "{ci}");
-    assert!(secret_of("key cats/batch").starts_with("kw_live_"));
+    let batch = secret_of("key cats/batch");
+    assert!(batch.starts_with("kw_live_"));
     assert!(secret_of("client cats/billing").starts_with("kwcs_"));
     assert!(secret_of("admin token ci-read").starts_with("kwadm_"));
     // Methods without a secret print none.
@@ -241,6 +251,9 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
     assert!(r.out.contains("No changes"), "{}", r.out);
     assert!(shown_once(&r.out).is_empty());
+    let r = keyward(kw, &["apply", "-f", &f, "--json"]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    assert_eq!(serde_json::from_str::<Value>(r.out.trim()).unwrap()["plan"], json!([]));
 
     // Export: no secret in it; applying it plans nothing, with --prune too.
     let exported = dir.join("exported.toml");
@@ -291,7 +304,11 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
         .replace("rate = \"100/min\"\nburst = 20", "rate = \"200/min\"")
         .replace(
             "scopes = [\"facts:read\", \"facts:write\"]",
-            "scopes = [\"facts:read\"]",
+            "scopes = [\"facts:read\"]\ndisabled = true",
+        )
+        .replace(
+            "name = \"billing\"\nscopes = [\"facts:read\"]",
+            "name = \"billing\"\nscopes = [\"facts:read\", \"facts:write\"]",
         )
         .replace("[[apps]]\nname = \"dogs\"\nkeys = []\n", "");
     let v2 = format!("version = 1\nadmin_tokens = []\nwebhooks = []\n\n{apps_part}");
@@ -316,9 +333,30 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
         "{}",
         r.out
     );
+    assert!(
+        r.out
+            .lines()
+            .any(|l| l.starts_with("~ key cats/batch (key_") && l.ends_with("): disable")),
+        "{}",
+        r.out
+    );
+    let client_change = r
+        .out
+        .lines()
+        .position(|l| l.starts_with("~ client cats/billing (cl_"))
+        .unwrap();
+    assert_eq!(
+        r.out.lines().nth(client_change + 1),
+        Some("    scopes: facts:read → facts:read, facts:write")
+    );
     let r = keyward(kw, &["apply", "-f", &f2, "--prune"]).await;
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
     assert_eq!(kw.get("/fact", &[("x-api-key", &stray_plain)]).await.status(), 401);
+    assert_eq!(
+        kw.get("/fact", &[("x-api-key", &batch)]).await.status(),
+        401,
+        "batch is disabled"
+    );
     assert_eq!(kw.get("/fact", &[("x-api-key", &ci)]).await.status(), 200);
     let (_, k) = kw.admin(Method::GET, &format!("/v1/keys/{dogs_key}"), None).await;
     assert_eq!(k["state"], "disabled");
@@ -429,6 +467,12 @@ async fn conflicts_and_refusals_mid_way() {
     let r = keyward_with(&kw.admin, &write_token, &["apply", "-f", &f]).await;
     assert_eq!(r.code, 2, "{}{}", r.out, r.err);
     assert!(r.err.contains("needs the bootstrap admin token"), "{}", r.err);
+    let r = keyward_with(&kw.admin, &write_token, &["export"]).await;
+    assert_eq!(r.code, 2, "{}{}", r.out, r.err);
+    assert!(r.err.contains("--no-admin-tokens"), "{}", r.err);
+    let r = keyward_with(&kw.admin, &write_token, &["export", "--no-admin-tokens"]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    assert!(r.out.contains("name = \"birds\"") && !r.out.contains("admin_tokens"), "{}", r.out);
     // The actor header takes one value; anything else is refused.
     let resp = kw
         .http
