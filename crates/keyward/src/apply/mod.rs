@@ -32,7 +32,12 @@ pub struct Options {
 /// Runs `keyward apply`.
 pub async fn apply(client: &AdminClient, file: &Path, opts: Options) -> Result<()> {
     let desired = state::read(file)?;
-    let current = plan::Current::read(client, desired.admin_tokens.is_some()).await?;
+    let current = plan::Current::read(
+        client,
+        desired.admin_tokens.is_some(),
+        plan::Scope::For(&desired, opts.prune),
+    )
+    .await?;
     let plan = plan::plan(&desired, &current, opts.prune, file)?;
     let name = file.display();
     if !plan.conflicts.is_empty() {
@@ -92,57 +97,34 @@ pub async fn apply(client: &AdminClient, file: &Path, opts: Options) -> Result<(
     let total = plan.steps.len();
     let mut results = Vec::new();
     for (i, s) in plan.steps.iter().enumerate() {
-        match client.call(s.method.clone(), &s.path, s.body.clone()).await {
+        let outcome = match client.call(s.method.clone(), &s.path, s.body.clone()).await {
             Ok(answer) => {
-                let secret = s.secret.and_then(|k| answer.get(k)).and_then(Value::as_str);
-                let id = answer
-                    .get("id")
-                    .or_else(|| answer.get("app_id"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if opts.json {
-                    let mut r = step_json(s);
-                    r["id"] = json!(id);
-                    if let (Some(k), Some(v)) = (s.secret, secret) {
-                        r[k] = json!(v);
+                report(s, &answer, opts.json, &mut results);
+                // Created, then disabled as the file says (its secret was printed above).
+                match (s.disable_after, answer.get("id").and_then(Value::as_str)) {
+                    (Some(base), Some(id)) => {
+                        let path = format!("{base}/{}/disable", crate::client::seg(id));
+                        client.call(reqwest::Method::POST, &path, None).await.map(drop)
                     }
-                    results.push(r);
-                } else {
-                    let done = match s.sign {
-                        '+' => "created",
-                        '~' => "changed",
-                        _ => "removed",
-                    };
-                    let id_part = if id.is_empty() || s.label.contains(id) {
-                        String::new()
-                    } else {
-                        format!(" ({id})")
-                    };
-                    match secret {
-                        Some(v) => println!(
-                            "{done} {} {}{id_part}: {v}   <- shown once, store it now",
-                            s.kind, s.label
-                        ),
-                        None => println!("{done} {} {}{id_part}", s.kind, s.label),
-                    }
-                    let _ = std::io::stdout().flush();
+                    _ => Ok(()),
                 }
             }
-            Err(e) => {
-                if opts.json {
-                    println!(
-                        "{}",
-                        json!({"applied": results, "failed": step_json(s), "error": e.to_string(), "not_applied": total - i})
-                    );
-                } else {
-                    println!(
-                        "stopped at {} {} after {i} of {total} changes: the rest was not applied (what was \
-                         applied stays; run apply again to finish)",
-                        s.kind, s.label
-                    );
-                }
-                return Err(e);
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            if opts.json {
+                println!(
+                    "{}",
+                    json!({"applied": results, "failed": step_json(s), "error": e.to_string(), "not_applied": total - i})
+                );
+            } else {
+                println!(
+                    "stopped at {} {} after {i} of {total} changes: the rest was not applied (what was \
+                     applied stays; run apply again to finish)",
+                    s.kind, s.label
+                );
             }
+            return Err(e);
         }
     }
     if opts.json {
@@ -151,6 +133,43 @@ pub async fn apply(client: &AdminClient, file: &Path, opts: Options) -> Result<(
         println!("Applied {total} change{}.", if total == 1 { "" } else { "s" });
     }
     Ok(())
+}
+
+/// Prints (or collects, for `--json`) what one call did, its secret included once.
+fn report(s: &plan::Step, answer: &Value, json_out: bool, results: &mut Vec<Value>) {
+    let secret = s.secret.and_then(|k| answer.get(k)).and_then(Value::as_str);
+    let id = answer
+        .get("id")
+        .or_else(|| answer.get("app_id"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if json_out {
+        let mut r = step_json(s);
+        r["id"] = json!(id);
+        if let (Some(k), Some(v)) = (s.secret, secret) {
+            r[k] = json!(v);
+        }
+        results.push(r);
+        return;
+    }
+    let done = match s.sign {
+        '+' => "created",
+        '~' => "changed",
+        _ => "removed",
+    };
+    let id_part = if id.is_empty() || s.label.contains(id) {
+        String::new()
+    } else {
+        format!(" ({id})")
+    };
+    match secret {
+        Some(v) => println!(
+            "{done} {} {}{id_part}: {v}   <- shown once, store it now",
+            s.kind, s.label
+        ),
+        None => println!("{done} {} {}{id_part}", s.kind, s.label),
+    }
+    let _ = std::io::stdout().flush();
 }
 
 fn step_json(s: &plan::Step) -> Value {
@@ -165,7 +184,7 @@ fn step_json(s: &plan::Step) -> Value {
 
 /// Runs `keyward export`: the current state as a state file.
 pub async fn export(client: &AdminClient, out: Option<&Path>, tokens: bool) -> Result<()> {
-    let current = plan::Current::read(client, tokens).await?;
+    let current = plan::Current::read(client, tokens, plan::Scope::All).await?;
     let (file, warnings) = export_state(&current);
     for w in &warnings {
         eprintln!("warning: {w}");

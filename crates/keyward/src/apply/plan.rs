@@ -49,18 +49,67 @@ fn items<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<Vec<T>>
         .map_err(|e| CliError::Io(format!("unexpected {what} listing from the admin API: {e}")))
 }
 
+/// Which keys and clients [`Current::read`] lists.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every key and client (export).
+    All,
+    /// What a plan for this file needs: the keys and clients of the apps whose `keys` or
+    /// `clients` the file manages, and with `prune`, whether other apps have any active one
+    /// (one item each), so that a store with a million keys is not read whole.
+    For(&'a StateFile, bool),
+}
+
+async fn key_views(client: &AdminClient, path: &str) -> Result<Vec<KeyView>> {
+    let raw: Vec<Value> = items(client.call(Method::GET, path, None).await?, "keys")?;
+    let mut keys = Vec::with_capacity(raw.len());
+    for k in raw {
+        let state = k.get("state").and_then(Value::as_str).unwrap_or("active").to_owned();
+        let record: KeyRecord = serde_json::from_value(k)
+            .map_err(|e| CliError::Io(format!("unexpected key record from the admin API: {e}")))?;
+        keys.push(KeyView { record, state });
+    }
+    Ok(keys)
+}
+
 impl Current {
-    pub async fn read(client: &AdminClient, tokens: bool) -> Result<Current> {
-        let apps = items(client.call(Method::GET, "/v1/apps", None).await?, "apps")?;
-        let raw: Vec<Value> = items(client.call(Method::GET, "/v1/keys", None).await?, "keys")?;
-        let mut keys = Vec::with_capacity(raw.len());
-        for k in raw {
-            let state = k.get("state").and_then(Value::as_str).unwrap_or("active").to_owned();
-            let record: KeyRecord = serde_json::from_value(k)
-                .map_err(|e| CliError::Io(format!("unexpected key record from the admin API: {e}")))?;
-            keys.push(KeyView { record, state });
-        }
-        let clients = items(client.call(Method::GET, "/v1/clients", None).await?, "clients")?;
+    pub async fn read(client: &AdminClient, tokens: bool, scope: Scope<'_>) -> Result<Current> {
+        let apps: Vec<AppRecord> = items(client.call(Method::GET, "/v1/apps", None).await?, "apps")?;
+        let (keys, clients) = match scope {
+            Scope::All => (
+                key_views(client, "/v1/keys").await?,
+                items(client.call(Method::GET, "/v1/clients", None).await?, "clients")?,
+            ),
+            Scope::For(file, prune) => {
+                let declared = file.apps.as_deref().unwrap_or_default();
+                let mut keys = Vec::new();
+                let mut clients: Vec<ClientRecord> = Vec::new();
+                for app in &apps {
+                    let a = declared.iter().find(|d| d.name.get_ref().0 == app.name);
+                    let id = seg(&app.id);
+                    match a {
+                        Some(a) => {
+                            if a.keys.is_some() {
+                                keys.extend(key_views(client, &format!("/v1/keys?app={id}")).await?);
+                            }
+                            if a.clients.is_some() {
+                                let v = client.call(Method::GET, &format!("/v1/clients?app={id}"), None).await?;
+                                clients.extend(items::<ClientRecord>(v, "clients")?);
+                            }
+                        }
+                        None if prune && file.apps.is_some() => {
+                            keys.extend(key_views(client, &format!("/v1/keys?app={id}&state=active&limit=1")).await?);
+                            let v = client
+                                .call(Method::GET, &format!("/v1/clients?app={id}&state=active&limit=1"), None)
+                                .await?;
+                            clients.extend(items::<ClientRecord>(v, "clients")?);
+                        }
+                        None => {}
+                    }
+                }
+                (keys, clients)
+            }
+        };
         let tokens = if tokens {
             let v = client
                 .call(Method::GET, "/v1/admin-tokens", None)
@@ -110,6 +159,8 @@ pub struct Step {
     pub body: Option<Value>,
     /// The field of the answer holding a secret to print once (`key`, `client_secret`, `token`).
     pub secret: Option<&'static str>,
+    /// A creation the file wants disabled: `POST {this}/{new id}/disable` right after it.
+    pub disable_after: Option<&'static str>,
 }
 
 impl Step {
@@ -491,6 +542,7 @@ fn step(sign: char, kind: &'static str, label: String, method: Method, path: Str
         path,
         body,
         secret: None,
+        disable_after: None,
     }
 }
 
@@ -586,9 +638,7 @@ pub fn plan(file: &StateFile, cur: &Current, prune: bool, path: &std::path::Path
                     format!("/v1/apps/{}/disable", seg(&app.id)),
                     None,
                 );
-                s.action = Some(format!(
-                    "disable its {keys} active key(s) and {clients} client(s) (apps are never deleted)"
-                ));
+                s.action = Some("disable its active keys and clients (apps are never deleted)".into());
                 removals.push(s);
             }
         }
@@ -744,12 +794,11 @@ fn plan_keys(
                 s.fields = created(&after, &default_fields);
                 s.fields.extend(extra);
                 s.secret = Some("key");
-                p.steps.push(s);
                 if k.disabled == Some(true) {
-                    p.notes.push(format!(
-                        "key {label} is created enabled: disable it after creation (the file says disabled)"
-                    ));
+                    s.fields.push("disabled: true".into());
+                    s.disable_after = Some("/v1/keys");
                 }
+                p.steps.push(s);
             }
             [one] => {
                 let r = &one.record;
@@ -905,10 +954,11 @@ fn plan_clients(
                 s.fields = vec![format!("auth: {}", want.auth_method.as_str())];
                 s.fields.extend(created(&after, &client_fields(&default)));
                 s.secret = Some("client_secret");
-                p.steps.push(s);
                 if c.disabled == Some(true) {
-                    p.notes.push(format!("client {label} is created enabled: disable it after creation (the file says disabled)"));
+                    s.fields.push("disabled: true".into());
+                    s.disable_after = Some("/v1/clients");
                 }
+                p.steps.push(s);
             }
             [one] => {
                 if one.auth_method != want.auth_method {

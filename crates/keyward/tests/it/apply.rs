@@ -90,6 +90,11 @@ rate = "10/s"
 name = "tripwire"
 canary = true
 
+[[apps.keys]]
+name = "spare"
+scopes = ["facts:read"]
+disabled = true
+
 [[apps.clients]]
 name = "billing"
 scopes = ["facts:read"]
@@ -161,7 +166,7 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
         "+ admin token ci-read",
         "    role: read",
         "+ webhook siem",
-        "Plan: 10 to create, 0 to change, 0 to remove (disable, revoke or delete).",
+        "Plan: 11 to create, 0 to change, 0 to remove (disable, revoke or delete).",
         "Dry run: nothing was changed.",
     ] {
         assert!(r.out.lines().any(|l| l == line), "missing {line:?} in:\n{}", r.out);
@@ -171,7 +176,7 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     let r = keyward(kw, &["apply", "-f", &f, "--dry-run", "--json"]).await;
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
     let v: Value = serde_json::from_str(r.out.trim()).unwrap();
-    assert_eq!(v["plan"].as_array().unwrap().len(), 10, "{v}");
+    assert_eq!(v["plan"].as_array().unwrap().len(), 11, "{v}");
     assert_eq!(
         v["plan"][0],
         json!({"op": "create", "kind": "app", "name": "cats", "action": null,
@@ -181,7 +186,7 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     // Apply: every secret printed once, on stdout only.
     let r = keyward(kw, &["apply", "-f", &f]).await;
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
-    assert!(r.out.contains("Applied 10 changes."), "{}", r.out);
+    assert!(r.out.contains("Applied 11 changes."), "{}", r.out);
     let secrets = shown_once(&r.out);
     let secret_of = |what: &str| {
         secrets
@@ -192,6 +197,10 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
     };
     let ci = secret_of("key cats/ci");
     assert!(ci.starts_with("kw_live_"), "{ci}");
+    // Created disabled, as the file says: its plaintext printed, refused until enabled.
+    let spare = secret_of("key cats/spare");
+    let resp = kw.get("/fact", &[("x-api-key", &spare)]).await;
+    crate::harness::problem(resp, 401, "disabled_credential").await;
     let batch = secret_of("key cats/batch");
     assert!(batch.starts_with("kw_live_"));
     assert!(secret_of("client cats/billing").starts_with("kwcs_"));
@@ -320,7 +329,7 @@ async fn scenario(kw: &Kw, dir: &Path) -> Outcome {
         "    rate: 100/min burst 20 → 200/min burst 200",
         "    scopes: facts:read, facts:write → facts:read",
         &format!("- key cats/({stray}): disable (keys are never deleted; keyward key enable brings it back)"),
-        "- app dogs: disable its 1 active key(s) and 0 client(s) (apps are never deleted)",
+        "- app dogs: disable its active keys and clients (apps are never deleted)",
         "- admin token ci-read: revoke (admin tokens are never deleted)",
         "- webhook siem: delete",
     ] {
@@ -472,7 +481,11 @@ async fn conflicts_and_refusals_mid_way() {
     assert!(r.err.contains("--no-admin-tokens"), "{}", r.err);
     let r = keyward_with(&kw.admin, &write_token, &["export", "--no-admin-tokens"]).await;
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
-    assert!(r.out.contains("name = \"birds\"") && !r.out.contains("admin_tokens"), "{}", r.out);
+    assert!(
+        r.out.contains("name = \"birds\"") && !r.out.contains("admin_tokens"),
+        "{}",
+        r.out
+    );
     // The actor header takes one value; anything else is refused.
     let resp = kw
         .http
