@@ -578,7 +578,8 @@ pub fn client_keys(c: &ClientState, path: &Path) -> std::result::Result<Option<s
         if method != M::SelfSignedTlsClientAuth {
             return Err("cert_file is for self_signed_tls_client_auth clients".into());
         }
-        crate::commands::jwks_of_certificate(&base.join(f)).map_err(|e| e.to_string())?
+        crate::commands::jwks_of_certificate(&base.join(f))
+            .map_err(|e| format!("cert_file {}", e.to_string().trim_start_matches("--cert-file ")))?
     } else {
         return Err("no keys".into());
     };

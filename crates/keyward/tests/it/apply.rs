@@ -942,3 +942,77 @@ async fn applied_webhooks_reach_every_node_on_postgres() {
     drop((a, b));
     schema.drop_now().await;
 }
+
+/// Clients registered from files next to the state file: a JSON JWK Set (`jwks_file`) and a
+/// self-signed certificate (`cert_file`, registered as a JWK with `x5c`); applying again plans
+/// nothing, a changed certificate plans a change of the client's keys, and the export carries the
+/// public keys inline (never the private key, which a file next to it must not leak either).
+#[tokio::test]
+async fn clients_from_jwks_and_certificate_files() {
+    let kw = boot_with(|c| c.oauth.enabled = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = |cn: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().pem()
+    };
+    std::fs::write(dir.path().join("device.pem"), cert("device-1")).unwrap();
+    std::fs::write(
+        dir.path().join("signer.jwks.json"),
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": PUBLIC_X, "kid": "s1"}]}).to_string(),
+    )
+    .unwrap();
+    let f = write(
+        dir.path(),
+        "state.toml",
+        "version = 1\n[[apps]]\nname = \"iot\"\n\
+         [[apps.clients]]\nname = \"device\"\nauth = \"self_signed_tls_client_auth\"\ncert_file = \"device.pem\"\n\
+         [[apps.clients]]\nname = \"signer\"\nauth = \"private_key_jwt\"\njwks_file = \"signer.jwks.json\"\n",
+    );
+    let r = keyward(&kw, &["apply", "-f", &f]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    assert!(
+        r.out.contains("+ client iot/device") && r.out.contains("    jwks: 1 key ("),
+        "{}",
+        r.out
+    );
+    let (_, clients) = kw.admin(Method::GET, "/v1/clients?app=iot", None).await;
+    let device = clients["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "device")
+        .unwrap();
+    assert!(device["jwks"]["keys"][0]["x5c"][0].is_string(), "{device}");
+    let r = keyward(&kw, &["apply", "-f", &f]).await;
+    assert!(r.out.contains("No changes"), "{}{}", r.out, r.err);
+    // Another certificate: the client's keys change in place (same client id).
+    std::fs::write(dir.path().join("device.pem"), cert("device-2")).unwrap();
+    let r = keyward(&kw, &["apply", "-f", &f]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    let id = device["client_id"].as_str().unwrap();
+    assert!(r.out.contains(&format!("~ client iot/device ({id})")), "{}", r.out);
+    assert!(
+        r.out
+            .lines()
+            .any(|l| l.starts_with("    jwks: 1 key (") && l.contains(" → 1 key (")),
+        "{}",
+        r.out
+    );
+    let r = keyward(&kw, &["export"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("x5c") && r.out.contains(PUBLIC_X), "{}", r.out);
+    assert!(!r.out.contains("PRIVATE"), "{}", r.out);
+    // A private key where the certificate should be: refused, and not echoed.
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("device.pem"), key.serialize_pem()).unwrap();
+    let r = keyward(&kw, &["apply", "-f", &f, "--dry-run"]).await;
+    assert_eq!(r.code, 2, "{}{}", r.out, r.err);
+    assert!(
+        r.err.contains("cert_file") && !r.err.contains("PRIVATE KEY"),
+        "{}",
+        r.err
+    );
+}
