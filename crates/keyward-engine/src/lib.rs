@@ -16,6 +16,7 @@ mod clock;
 pub mod dpop;
 mod error;
 pub mod leaks;
+pub mod managed_webhooks;
 pub mod mtls;
 pub mod oauth;
 mod pipeline;
@@ -147,6 +148,8 @@ pub struct Engine {
     pub(crate) oauth: std::sync::OnceLock<token::TokenService>,
     /// Clients and their secret digests, by client_id (dropped on every change).
     pub(crate) clients: oauth::ClientCache,
+    /// Webhooks managed at run time, once enabled.
+    pub(crate) webhooks: managed_webhooks::ManagedCell,
     /// Changes that may take rights away, made here or announced by another node (for state
     /// that outlives a request: open tunnels).
     changed: tokio::sync::broadcast::Sender<pipeline::Changed>,
@@ -192,6 +195,7 @@ impl Engine {
             legacy_present: std::sync::atomic::AtomicBool::new(false),
             oauth: std::sync::OnceLock::new(),
             clients: oauth::ClientCache::new(),
+            webhooks: std::sync::OnceLock::new(),
             changed: tokio::sync::broadcast::channel(1024).0,
         }
     }

@@ -83,6 +83,21 @@ pub struct NewClient {
     pub policy: Policy,
 }
 
+/// A change to a client (fields left `None` stay as they are). Its authentication method and
+/// app never change: make a new client for another one.
+#[derive(Debug, Clone, Default)]
+pub struct ClientUpdate {
+    pub name: Option<Option<String>>,
+    pub scopes: Option<Vec<Scope>>,
+    /// The JWK Set of a `private_key_jwt` or `self_signed_tls_client_auth` client.
+    pub jwks: Option<serde_json::Value>,
+    pub token_ttl: Option<u32>,
+    pub dpop_bound_access_tokens: Option<bool>,
+    /// A `tls_client_auth` client's registration, replacing the current one.
+    pub tls_subject: Option<(String, String)>,
+    pub policy: Option<Policy>,
+}
+
 /// Checks a `tls_client_auth` registration and puts it into the client's options.
 fn tls_options(name: &str, value: &str, opts: &mut keyward_core::model::ClientOptions) -> Result<(), EngineError> {
     let bad = |m: &str| Err(EngineError::invalid("tls_client_auth", m.to_owned()));
@@ -258,6 +273,83 @@ impl Engine {
         self.audit_client(actor, "client.created", &client.id, json!({"after": client}))
             .await;
         Ok((client, secret))
+    }
+
+    /// Changes a client's name, scopes, keys or certificate registration, token lifetime, DPoP
+    /// requirement or limits; takes effect on its next token request (audited as
+    /// `client.updated` with the records before and after).
+    pub async fn update_client(
+        &self,
+        actor: &str,
+        id: &str,
+        update: ClientUpdate,
+    ) -> Result<ClientRecord, EngineError> {
+        let before = self.get_client(id).await?;
+        let mut after = before.clone();
+        if let Some(name) = update.name {
+            if let Some(n) = &name {
+                validate_name(n).map_err(|e| EngineError::invalid("name", e.to_string()))?;
+            }
+            after.name = name;
+        }
+        if let Some(mut scopes) = update.scopes {
+            scopes.sort();
+            scopes.dedup();
+            after.scopes = scopes;
+        }
+        if let Some(ttl) = update.token_ttl {
+            if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
+                return Err(EngineError::invalid(
+                    "token_ttl",
+                    format!("from 1 second to {MAX_TOKEN_TTL} seconds"),
+                ));
+            }
+            after.token_ttl = ttl;
+        }
+        if let Some(jwks) = update.jwks {
+            if !matches!(
+                before.auth_method,
+                ClientAuthMethod::PrivateKeyJwt | ClientAuthMethod::SelfSignedTlsClientAuth
+            ) {
+                return Err(EngineError::invalid(
+                    "jwks",
+                    "only private_key_jwt and self_signed_tls_client_auth clients have keys".into(),
+                ));
+            }
+            validate_jwks(&jwks)?;
+            after.jwks = Some(jwks);
+        }
+        if let Some(d) = update.dpop_bound_access_tokens {
+            after.options.dpop_bound_access_tokens = d;
+        }
+        if let Some((name, value)) = update.tls_subject {
+            if before.auth_method != ClientAuthMethod::TlsClientAuth {
+                return Err(EngineError::invalid(
+                    "tls_client_auth",
+                    "only tls_client_auth clients register a certificate name".into(),
+                ));
+            }
+            let mut options = keyward_core::model::ClientOptions {
+                dpop_bound_access_tokens: after.options.dpop_bound_access_tokens,
+                ..Default::default()
+            };
+            tls_options(&name, &value, &mut options)?;
+            after.options = options;
+        }
+        if let Some(policy) = update.policy {
+            after.policy = policy;
+        }
+        if after == before {
+            return Ok(after);
+        }
+        if !self.store.update_client(&after).await? {
+            return Err(EngineError::NotFound("client"));
+        }
+        self.clients.invalidate(id);
+        self.announce(crate::Changed::Client(id.to_owned()));
+        self.audit_client(actor, "client.updated", id, json!({"before": before, "after": after}))
+            .await;
+        Ok(after)
     }
 
     /// Drops every cached client and certificate registration (a change made elsewhere, e.g.

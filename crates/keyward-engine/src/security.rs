@@ -25,6 +25,8 @@ const MAX_TEXT: usize = 256;
 
 pub(crate) struct Security {
     sinks: RwLock<Vec<Arc<dyn EventSink>>>,
+    /// The managed webhooks' sinks, replaced whole when their set changes.
+    managed: RwLock<Vec<Arc<dyn EventSink>>>,
     /// Per address: (minute, failures in that minute).
     failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
     burst: u32,
@@ -38,6 +40,7 @@ impl Security {
     pub(crate) fn new(burst: u32) -> Security {
         Security {
             sinks: RwLock::new(Vec::new()),
+            managed: RwLock::new(Vec::new()),
             failures: Mutex::new(HashMap::new()),
             burst: burst.max(1),
         }
@@ -50,12 +53,29 @@ impl Security {
         }
     }
 
-    pub(crate) fn emit(&self, event: &AuditEvent) {
-        let sinks = match self.sinks.read() {
+    /// Replaces the managed webhooks' sinks.
+    pub(crate) fn set_managed(&self, sinks: Vec<Arc<dyn EventSink>>) {
+        match self.managed.write() {
+            Ok(mut s) => *s = sinks,
+            Err(p) => *p.into_inner() = sinks,
+        }
+    }
+
+    /// Every sink: the configured ones, then the managed ones.
+    fn all_sinks(&self) -> Vec<Arc<dyn EventSink>> {
+        let mut all = match self.sinks.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        for s in sinks {
+        match self.managed.read() {
+            Ok(s) => all.extend(s.iter().cloned()),
+            Err(p) => all.extend(p.into_inner().iter().cloned()),
+        }
+        all
+    }
+
+    pub(crate) fn emit(&self, event: &AuditEvent) {
+        for s in self.all_sinks() {
             s.emit(event);
         }
     }
@@ -63,10 +83,7 @@ impl Security {
     /// Stores an event without blocking the caller.
     fn spawn_audit(&self, engine: &Engine, event: AuditEvent) {
         let store = engine.store.clone();
-        let sinks = match self.sinks.read() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let sinks = self.all_sinks();
         tokio::spawn(async move {
             match store.append_audit(&event).await {
                 Ok(seq) => {

@@ -54,7 +54,7 @@ impl Engine {
             Change::Client(id) => self.announce(crate::Changed::Client(id.clone())),
             Change::Resync => self.announce(crate::Changed::All),
             // Token revocations are announced when the denylist is read again.
-            Change::KeyCreated { .. } | Change::SigningKeys | Change::TokenRevoked => {}
+            Change::KeyCreated { .. } | Change::SigningKeys | Change::TokenRevoked | Change::Webhooks => {}
         }
         match change {
             Change::Key(id) => self.cache.invalidate_key_id(id),
@@ -69,6 +69,7 @@ impl Engine {
             Change::Client(id) => self.clients.invalidate(id),
             Change::SigningKeys => self.reload_signing_keys_logged().await,
             Change::TokenRevoked => self.reload_revoked_tokens_logged().await,
+            Change::Webhooks => self.reload_webhooks_logged().await,
             Change::Resync => {
                 self.cache.clear();
                 self.clients.invalidate_all();
@@ -76,6 +77,7 @@ impl Engine {
                     tracing::warn!(error = %e, "resync: cannot read the legacy-key flag");
                 }
                 self.revalidate_token_state().await;
+                self.reload_webhooks_logged().await;
             }
         }
     }

@@ -40,6 +40,8 @@ pub enum Change {
     SigningKeys,
     /// An access token was revoked (the denylist must be re-read).
     TokenRevoked,
+    /// A managed webhook was created, changed or deleted (the set must be re-read).
+    Webhooks,
     /// Announcements may have been missed (the channel was lost and is back): drop every cache.
     Resync,
 }
@@ -55,6 +57,7 @@ impl Change {
             Change::Client(id) => format!("client:{id}"),
             Change::SigningKeys => "signing_keys:".into(),
             Change::TokenRevoked => "token_revoked:".into(),
+            Change::Webhooks => "webhooks:".into(),
             Change::Resync => "resync:".into(),
         }
     }
@@ -71,6 +74,7 @@ impl Change {
             "client" => Change::Client(id),
             "signing_keys" => Change::SigningKeys,
             "token_revoked" => Change::TokenRevoked,
+            "webhooks" => Change::Webhooks,
             _ => Change::Resync,
         }
     }
@@ -93,6 +97,26 @@ pub struct AdminTokenRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// The actor that created it (`admin` for the bootstrap token, `cli`).
     pub created_by: String,
+}
+
+/// A webhook managed at run time. Its signing secret is never stored: `secret_env` names the
+/// environment variable (read on every node) or `secret_file` the 0600 file that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    /// Event kinds delivered: exact kinds, prefixes ending in `.`, or `*`.
+    pub events: Vec<String>,
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
 }
 
 /// The persistence interface. Every backend passes the same test suite.
@@ -208,6 +232,15 @@ pub trait Store: Send + Sync + 'static {
     // ---- OAuth 2.0 ----------------------------------------------------------------------
 
     /// Stores a client and, for secret-based clients, the digest and hint of its first secret.
+    /// Managed webhooks, oldest first.
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError>;
+    /// `Conflict` when the name is taken.
+    async fn create_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError>;
+    /// Replaces every field but `id` and `created_at`; `false` when there is no such webhook.
+    async fn update_webhook(&self, webhook: &WebhookRecord) -> Result<bool, StoreError>;
+    /// `false` when there is no such webhook.
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+
     async fn create_client(&self, client: &ClientRecord, secret: Option<(&Digest, &str)>) -> Result<(), StoreError>;
     async fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError>;
     async fn list_clients(&self, app_id: Option<&str>) -> Result<Vec<ClientRecord>, StoreError>;

@@ -30,7 +30,7 @@ use tokio::sync::broadcast;
 
 use crate::rows::{self, Cols};
 use crate::sql::{self, policy_json, scopes_json, ts, Bind};
-use crate::{AdminTokenRecord, Change, Store, StoreError};
+use crate::{AdminTokenRecord, Change, Store, StoreError, WebhookRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -672,6 +672,44 @@ impl Store for PgStore {
 
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
         sql::all(&self.pool, sql::revoked_tokens(now), rows::revoked_token_from_row).await
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        sql::all(&self.pool, sql::webhooks(), rows::webhook_from_row).await
+    }
+
+    async fn create_webhook(&self, w: &WebhookRecord) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sql::insert_webhook(w)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql::webhook_insert_error)?;
+        notify(&mut tx, &self.channel, &Change::Webhooks).await?;
+        tx.commit().await.map_err(g)?;
+        Ok(())
+    }
+
+    async fn update_webhook(&self, w: &WebhookRecord) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sql::update_webhook(w)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql::webhook_insert_error)?;
+        if done.rows_affected() > 0 {
+            notify(&mut tx, &self.channel, &Change::Webhooks).await?;
+        }
+        tx.commit().await.map_err(g)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sql::delete_webhook(id).execute(&mut *tx).await.map_err(g)?;
+        if done.rows_affected() > 0 {
+            notify(&mut tx, &self.channel, &Change::Webhooks).await?;
+        }
+        tx.commit().await.map_err(g)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn create_admin_token(&self, t: &AdminTokenRecord, digest: &Digest) -> Result<(), StoreError> {

@@ -26,7 +26,7 @@ use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use time::OffsetDateTime;
 
-use crate::{AdminTokenRecord, StoreError};
+use crate::{AdminTokenRecord, StoreError, WebhookRecord};
 
 /// The columns [`app_from_row`] reads (table `apps`, unaliased).
 macro_rules! app_columns {
@@ -60,7 +60,14 @@ macro_rules! admin_token_columns {
     };
 }
 
-pub(crate) use {admin_token_columns, app_columns, client_columns, key_columns};
+/// The columns [`webhook_from_row`] reads (table `webhooks`).
+macro_rules! webhook_columns {
+    () => {
+        "id, name, url, secret_env, secret_file, events, timeout_ms, max_attempts, backoff_ms, created_at, updated_at"
+    };
+}
+
+pub(crate) use {admin_token_columns, app_columns, client_columns, key_columns, webhook_columns};
 
 /// Typed reads of a row's columns, whatever the backend; errors are [`StoreError`]s (a missing
 /// or undecodable column is `Corrupt`, never a panic).
@@ -259,6 +266,29 @@ pub(crate) fn admin_token_from_row(row: &impl Cols) -> Result<(AdminTokenRecord,
         },
         digest,
     ))
+}
+
+/// A managed webhook (`webhook_columns!`).
+pub(crate) fn webhook_from_row(row: &impl Cols) -> Result<WebhookRecord, StoreError> {
+    let events: Vec<String> = serde_json::from_str(&row.text("events")?)
+        .map_err(|_| StoreError::Corrupt("webhooks.events is not a JSON array of strings".into()))?;
+    let count = |col: &str| -> Result<u64, StoreError> {
+        u64::try_from(row.int(col)?).map_err(|_| StoreError::Corrupt(format!("webhooks.{col} is negative")))
+    };
+    Ok(WebhookRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        url: row.text("url")?,
+        secret_env: row.opt_text("secret_env")?,
+        secret_file: row.opt_text("secret_file")?,
+        events,
+        timeout_ms: count("timeout_ms")?,
+        max_attempts: u32::try_from(count("max_attempts")?)
+            .map_err(|_| StoreError::Corrupt("webhooks.max_attempts is out of range".into()))?,
+        backoff_ms: count("backoff_ms")?,
+        created_at: row.ts("created_at")?,
+        updated_at: row.ts("updated_at")?,
+    })
 }
 
 /// An audit event. An unknown severity reads as `info`; unreadable details as `null`.

@@ -26,8 +26,8 @@ use sqlx::query::Query;
 use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
 use time::OffsetDateTime;
 
-use crate::rows::{admin_token_columns, app_columns, client_columns, key_columns};
-use crate::{AdminTokenRecord, StoreError};
+use crate::rows::{admin_token_columns, app_columns, client_columns, key_columns, webhook_columns};
+use crate::{AdminTokenRecord, StoreError, WebhookRecord};
 
 /// A query being built for database `DB`.
 pub(crate) type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
@@ -706,4 +706,74 @@ where
         " FROM admin_tokens WHERE id = $1 OR name = $1 ORDER BY id LIMIT 1"
     ))
     .text(id_or_name)
+}
+
+// ---- managed webhooks ------------------------------------------------------------------------
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn webhooks<'q, DB: Database>() -> Q<'q, DB> {
+    sqlx::query(concat!(
+        "SELECT ",
+        webhook_columns!(),
+        " FROM webhooks ORDER BY created_at, id"
+    ))
+}
+
+pub(crate) fn insert_webhook<'q, DB: Database>(w: &'q WebhookRecord) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO webhooks (id, name, url, secret_env, secret_file, events, timeout_ms, max_attempts, \
+         backoff_ms, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .text(&w.id)
+    .text(&w.name)
+    .text(&w.url)
+    .opt_text(w.secret_env.as_deref())
+    .opt_text(w.secret_file.as_deref())
+    .owned(serde_json::to_string(&w.events).unwrap_or_else(|_| "[]".into()))
+    .int(ms(w.timeout_ms))
+    .int(i64::from(w.max_attempts))
+    .int(ms(w.backoff_ms))
+    .ts(w.created_at)
+    .ts(w.updated_at)
+}
+
+/// The error of a failed [`insert_webhook`].
+pub(crate) fn webhook_insert_error(e: sqlx::Error) -> StoreError {
+    match StoreError::from_sqlx(e) {
+        StoreError::Conflict(_) => StoreError::Conflict("a webhook with this name already exists".into()),
+        other => other,
+    }
+}
+
+pub(crate) fn update_webhook<'q, DB: Database>(w: &'q WebhookRecord) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "UPDATE webhooks SET name = $1, url = $2, secret_env = $3, secret_file = $4, events = $5, \
+         timeout_ms = $6, max_attempts = $7, backoff_ms = $8, updated_at = $9 WHERE id = $10",
+    )
+    .text(&w.name)
+    .text(&w.url)
+    .opt_text(w.secret_env.as_deref())
+    .opt_text(w.secret_file.as_deref())
+    .owned(serde_json::to_string(&w.events).unwrap_or_else(|_| "[]".into()))
+    .int(ms(w.timeout_ms))
+    .int(i64::from(w.max_attempts))
+    .int(ms(w.backoff_ms))
+    .ts(w.updated_at)
+    .text(&w.id)
+}
+
+pub(crate) fn delete_webhook<'q, DB: Database>(id: &'q str) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("DELETE FROM webhooks WHERE id = $1").text(id)
 }

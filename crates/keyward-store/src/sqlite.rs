@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use crate::rows::{self, Cols};
 use crate::sql::{self, Bind};
-use crate::{AdminTokenRecord, Store, StoreError};
+use crate::{AdminTokenRecord, Store, StoreError, WebhookRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -419,6 +419,34 @@ impl Store for SqliteStore {
 
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
         sql::all(&self.pool, sql::revoked_tokens(now), rows::revoked_token_from_row).await
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        sql::all(&self.pool, sql::webhooks(), rows::webhook_from_row).await
+    }
+
+    async fn create_webhook(&self, w: &WebhookRecord) -> Result<(), StoreError> {
+        sql::insert_webhook(w)
+            .execute(&self.pool)
+            .await
+            .map_err(sql::webhook_insert_error)?;
+        Ok(())
+    }
+
+    async fn update_webhook(&self, w: &WebhookRecord) -> Result<bool, StoreError> {
+        let done = sql::update_webhook(w)
+            .execute(&self.pool)
+            .await
+            .map_err(sql::webhook_insert_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sql::delete_webhook(id)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn create_admin_token(&self, t: &AdminTokenRecord, digest: &Digest) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@ use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use keyward_store::{
     AdminTokenRecord, CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, SqliteStore, Store, StoreError,
+    WebhookRecord,
 };
 use time::OffsetDateTime;
 
@@ -616,6 +617,56 @@ async fn admin_token_suite(store: Arc<dyn Store>) {
     assert!(store.revoke_admin_token("nope", t(60)).await.unwrap().is_none());
 }
 
+/// Managed webhooks: create (names unique), list oldest first, update, delete; the secret is
+/// only ever a reference (an environment variable's name or a file's path).
+async fn webhook_suite(store: Arc<dyn Store>) {
+    let hook = |id: &str, name: &str, at: i64| WebhookRecord {
+        id: id.into(),
+        name: name.into(),
+        url: format!("https://hooks.example/{name}"),
+        secret_env: Some("KEYWARD_WEBHOOK_SECRET".into()),
+        secret_file: None,
+        events: vec!["security.".into(), "key.expiring_soon".into()],
+        timeout_ms: 5000,
+        max_attempts: 6,
+        backoff_ms: 1000,
+        created_at: t(at),
+        updated_at: t(at),
+    };
+    assert!(store.list_webhooks().await.unwrap().is_empty());
+    store.create_webhook(&hook("wh_2", "siem", 20)).await.unwrap();
+    store.create_webhook(&hook("wh_1", "pager", 10)).await.unwrap();
+    let e = store.create_webhook(&hook("wh_3", "siem", 30)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let all = store.list_webhooks().await.unwrap();
+    assert_eq!(all.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["wh_1", "wh_2"]);
+    assert_eq!(all[1], hook("wh_2", "siem", 20));
+    let mut changed = hook("wh_2", "siem-2", 20);
+    changed.secret_env = None;
+    changed.secret_file = Some("/etc/keyward/siem.secret".into());
+    changed.events = vec!["*".into()];
+    changed.timeout_ms = 250;
+    changed.max_attempts = 1;
+    changed.backoff_ms = 0;
+    changed.updated_at = t(40);
+    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(store.list_webhooks().await.unwrap()[1], changed);
+    // Renaming onto a taken name is a conflict.
+    let mut clash = changed.clone();
+    clash.name = "pager".into();
+    assert!(matches!(
+        store.update_webhook(&clash).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut ghost = changed.clone();
+    ghost.id = "wh_9".into();
+    assert!(!store.update_webhook(&ghost).await.unwrap());
+    assert!(store.delete_webhook("wh_1").await.unwrap());
+    assert!(!store.delete_webhook("wh_1").await.unwrap());
+    assert_eq!(store.list_webhooks().await.unwrap(), vec![changed]);
+    store.delete_webhook("wh_2").await.unwrap();
+}
+
 #[tokio::test]
 async fn sqlite_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
@@ -623,6 +674,7 @@ async fn sqlite_passes_the_suite() {
     suite(store.clone()).await;
     cache_suite(store.clone()).await;
     admin_token_suite(store.clone()).await;
+    webhook_suite(store.clone()).await;
     oauth_suite(store).await;
 }
 
@@ -749,6 +801,7 @@ async fn postgres_passes_the_suite() {
     suite(store.clone()).await;
     cache_suite(store.clone()).await;
     admin_token_suite(store.clone()).await;
+    webhook_suite(store.clone()).await;
     oauth_suite(store).await;
     // Opening again re-runs the migrations as a no-op and keeps the data.
     let again = schema.open().await;
@@ -910,6 +963,23 @@ async fn postgres_changes_reach_every_store_handle_by_id_only() {
     assert_eq!(next_change(&mut rx).await, Change::TokenRevoked);
     node_a.update_app_policy("app_n", &Policy::default()).await.unwrap();
     assert_eq!(next_change(&mut rx).await, Change::App("app_n".into()));
+    let hook = WebhookRecord {
+        id: "wh_n".into(),
+        name: "n".into(),
+        url: "https://hooks.example/n".into(),
+        secret_env: Some("S".into()),
+        secret_file: None,
+        events: vec!["*".into()],
+        timeout_ms: 1000,
+        max_attempts: 1,
+        backoff_ms: 1000,
+        created_at: t(0),
+        updated_at: t(0),
+    };
+    node_a.create_webhook(&hook).await.unwrap();
+    assert_eq!(next_change(&mut rx).await, Change::Webhooks);
+    node_a.delete_webhook("wh_n").await.unwrap();
+    assert_eq!(next_change(&mut rx).await, Change::Webhooks);
     // The listener's connection is cut: it comes back and says so with a Resync.
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -1127,6 +1197,18 @@ impl Store for Flaky {
     }
     async fn revoke_admin_token(&self, id: &str, at: OffsetDateTime) -> Result<Option<AdminTokenRecord>, StoreError> {
         self.inner.revoke_admin_token(id, at).await
+    }
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        self.inner.list_webhooks().await
+    }
+    async fn create_webhook(&self, w: &WebhookRecord) -> Result<(), StoreError> {
+        self.inner.create_webhook(w).await
+    }
+    async fn update_webhook(&self, w: &WebhookRecord) -> Result<bool, StoreError> {
+        self.inner.update_webhook(w).await
+    }
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_webhook(id).await
     }
 }
 

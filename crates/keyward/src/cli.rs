@@ -129,6 +129,45 @@ pub enum Command {
     },
     /// Apply the store's pending migrations (SQLite or PostgreSQL; `serve` also applies them).
     Migrate,
+    /// Make apps (and their policies), keys, OAuth clients, scoped admin tokens and managed
+    /// webhooks match a state file (TOML), through the admin API: prints the plan as a diff,
+    /// then applies it. Idempotent: a second run plans nothing. Keys declared in the file are
+    /// created with their plaintext printed once; keys are never in the file.
+    Apply {
+        /// The state file (TOML; see `keyward export` for its format).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Print the plan only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove what the file does not name, in the collections it declares: keys and
+        /// apps are disabled, admin tokens revoked, clients and webhooks deleted.
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Write the current apps, keys (names and policies, never secrets), OAuth clients, scoped
+    /// admin tokens and managed webhooks as a state file for `keyward apply`.
+    Export {
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Leave the admin tokens out (their listing needs the bootstrap admin token).
+        #[arg(long)]
+        no_admin_tokens: bool,
+    },
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of keyward, or write one page per command into --dir.
+    Man {
+        /// Write keyward.1 and one keyward-<command>.1 per subcommand into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Development and benchmarking tools.
     #[command(subcommand)]
     Dev(DevCommand),

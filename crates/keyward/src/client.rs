@@ -9,6 +9,8 @@ pub struct AdminClient {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// Sent as `X-Keyward-Actor` (a tool naming itself in the audit log, e.g. `apply`).
+    actor: Option<&'static str>,
 }
 
 impl AdminClient {
@@ -27,7 +29,14 @@ impl AdminClient {
             base,
             token: token.to_owned(),
             http,
+            actor: None,
         })
+    }
+
+    /// The same client, its changes audited as made by `tool` (`X-Keyward-Actor`).
+    pub fn as_tool(mut self, tool: &'static str) -> AdminClient {
+        self.actor = Some(tool);
+        self
     }
 
     /// One call; a paginated list (`GET` answering `next_cursor`, without an explicit `limit`;
@@ -67,6 +76,9 @@ impl AdminClient {
     async fn call_once(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(a) = self.actor {
+            req = req.header("x-keyward-actor", a);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

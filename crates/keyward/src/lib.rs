@@ -2,6 +2,7 @@
 //! upstream. `main.rs` only parses arguments and calls [`run`].
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod catfacts;
 pub mod check_config;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod packaging;
 pub mod report;
 pub mod scan;
 pub mod seed;

@@ -259,6 +259,41 @@ pub async fn start_on(
             .map_err(|e| CliError::startup(format!("webhooks: {e}")))?;
         engine.add_sink(sink);
     }
+    // Webhooks managed at run time (admin API, `keyward apply`): their secrets are read here,
+    // from this process's environment or a 0600 file, never from the store.
+    // Never one of the node's own secret files (the engine already limits the names).
+    let own_secrets: Vec<std::path::PathBuf> = [
+        cfg.secrets.pepper_file.as_ref(),
+        cfg.secrets.admin_token_file.as_ref(),
+        cfg.secrets.kek_file.as_ref(),
+        cfg.verify.token_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p| std::fs::canonicalize(p).ok())
+    .collect();
+    let resolver: keyward_engine::managed_webhooks::SecretResolver = Arc::new(
+        move |w: &keyward_store::WebhookRecord| match (&w.secret_env, &w.secret_file) {
+            (Some(var), _) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(keyward_core::secret::SecretString::new(v.trim().to_owned())),
+                _ => Err(format!(
+                    "{var} is not set (or empty) in the environment of this keyward node"
+                )),
+            },
+            (None, Some(file)) => {
+                let path = std::path::Path::new(file);
+                if std::fs::canonicalize(path).is_ok_and(|c| own_secrets.contains(&c)) {
+                    return Err(format!("{file} is one of keyward's own secret files"));
+                }
+                crate::config::read_secret_file(path).map_err(|e| e.to_string())
+            }
+            (None, None) => Err("no secret_env or secret_file".into()),
+        },
+    );
+    engine
+        .enable_managed_webhooks(resolver)
+        .await
+        .map_err(|e| CliError::startup(format!("managed webhooks: {e}")))?;
     let expiry_window = gw_cfg.expiry_warning;
     let leaks = cfg
         .github_keys()

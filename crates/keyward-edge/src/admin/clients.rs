@@ -10,7 +10,7 @@ use axum::Json;
 use keyward_core::model::{ClientAuthMethod, ClientRecord, ClientSecretInfo};
 use keyward_core::policy::{Policy, QuotaSpec, RateSpec};
 use keyward_core::when::parse_duration;
-use keyward_engine::oauth::{NewClient, DEFAULT_TOKEN_TTL};
+use keyward_engine::oauth::{ClientUpdate, NewClient, DEFAULT_TOKEN_TTL};
 use serde::{Deserialize, Serialize};
 
 use super::keys::optional_body;
@@ -54,6 +54,39 @@ pub(crate) struct CreateClient {
     rate: Option<RateSpec>,
     #[serde(default)]
     quota: Option<QuotaSpec>,
+}
+
+/// A change to a client; absent fields stay, `null` clears (`name`, `rate`, `quota`). The
+/// authentication method and the app never change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateClient {
+    #[serde(default, deserialize_with = "super::double")]
+    name: Option<Option<String>>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    token_ttl: Option<String>,
+    #[serde(default)]
+    dpop_bound_access_tokens: Option<bool>,
+    #[serde(default)]
+    tls_client_auth_subject_dn: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_dns: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_uri: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_ip: Option<String>,
+    #[serde(default)]
+    tls_client_auth_san_email: Option<String>,
+    #[serde(default)]
+    ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "super::double")]
+    rate: Option<Option<RateSpec>>,
+    #[serde(default, deserialize_with = "super::double")]
+    quota: Option<Option<QuotaSpec>>,
 }
 
 /// A client as the admin API shows it.
@@ -140,10 +173,7 @@ pub(crate) async fn create_client(
     .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
     .collect();
     if names.len() > 1 {
-        return Err(invalid(
-            "tls_client_auth",
-            "give exactly one of the tls_client_auth_* names (RFC 8705 §2.1.2)",
-        ));
+        return Err(one_tls_name());
     }
     let new = NewClient {
         tls_subject: names.into_iter().next(),
@@ -168,6 +198,66 @@ pub(crate) async fn create_client(
         client_secret: secret.map(|s| s.expose().to_owned()),
     };
     Ok(no_store((StatusCode::CREATED, Json(out)).into_response()))
+}
+
+fn one_tls_name() -> Problem {
+    invalid(
+        "tls_client_auth",
+        "give exactly one of the tls_client_auth_* names (RFC 8705 §2.1.2)",
+    )
+}
+
+/// `PATCH /v1/clients/{id}`.
+pub(crate) async fn update_client(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<UpdateClient>,
+) -> Result<Json<ClientView>, Problem> {
+    let mut names: Vec<(String, String)> = [
+        ("tls_client_auth_subject_dn", body.tls_client_auth_subject_dn),
+        ("tls_client_auth_san_dns", body.tls_client_auth_san_dns),
+        ("tls_client_auth_san_uri", body.tls_client_auth_san_uri),
+        ("tls_client_auth_san_ip", body.tls_client_auth_san_ip),
+        ("tls_client_auth_san_email", body.tls_client_auth_san_email),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+    .collect();
+    if names.len() > 1 {
+        return Err(one_tls_name());
+    }
+    let policy = if body.ips.is_some() || body.rate.is_some() || body.quota.is_some() {
+        let current = st.engine.get_client(&id).await.map_err(engine_err)?;
+        let mut p = current.policy;
+        if let Some(ips) = &body.ips {
+            p.ips = allowlist(ips)?;
+        }
+        if let Some(r) = body.rate {
+            p.rate = r;
+        }
+        if let Some(q) = body.quota {
+            p.quota = q;
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let update = ClientUpdate {
+        name: body.name,
+        scopes: body.scopes.as_deref().map(super::keys::scopes_of).transpose()?,
+        jwks: body.jwks,
+        token_ttl: body.token_ttl.as_deref().map(parse_ttl).transpose()?,
+        dpop_bound_access_tokens: body.dpop_bound_access_tokens,
+        tls_subject: names.pop(),
+        policy,
+    };
+    let c = st
+        .engine
+        .update_client(&actor(), &id, update)
+        .await
+        .map_err(engine_err)?;
+    tracing::info!(client_id = %c.id, "client changed");
+    Ok(Json(view(c)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -33,6 +33,7 @@ mod page;
 mod session;
 mod signing;
 mod tokens;
+mod webhooks;
 
 use keys::*;
 use page::{matches, paginate, query_text, Page};
@@ -132,7 +133,9 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/clients", post(clients::create_client).get(clients::list_clients))
         .route(
             "/v1/clients/{id}",
-            get(clients::show_client).delete(clients::delete_client),
+            get(clients::show_client)
+                .patch(clients::update_client)
+                .delete(clients::delete_client),
         )
         .route("/v1/clients/{id}/disable", post(clients::disable_client))
         .route("/v1/clients/{id}/enable", post(clients::enable_client))
@@ -140,6 +143,16 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
         .route("/v1/signing-keys", get(signing::list))
         .route("/v1/signing-keys/rotate", post(signing::rotate))
         .route("/v1/signing-keys/{kid}/retire", post(signing::retire))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::show_webhook)
+                .patch(webhooks::update_webhook)
+                .delete(webhooks::delete_webhook),
+        )
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/usage", get(audit::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -202,10 +215,45 @@ pub(crate) async fn require_admin(State(st): State<Arc<AdminState>>, req: Reques
             Err(e) => return engine_err(e).into_response(),
         },
     };
+    let principal = match tool_actor(&req, principal) {
+        Ok(p) => p,
+        Err(p) => return p.into_response(),
+    };
     if let Err(p) = authorize(&principal, req.method(), req.uri().path()) {
         return p.into_response();
     }
     PRINCIPAL.scope(principal, next.run(req)).await
+}
+
+/// The header with which a tool names itself as the author of its changes in the audit log.
+pub const ACTOR_HEADER: &str = "x-keyward-actor";
+/// The tools that may name themselves: `keyward apply`.
+const TOOL_ACTORS: &[&str] = &["apply"];
+
+/// `X-Keyward-Actor: apply` (sent by `keyward apply`) records the changes as made by `apply`:
+/// the actor becomes `apply` for the bootstrap token and `apply:admin:<name>` for a scoped
+/// token, so the token stays named. It changes no right; any other value is refused (400).
+fn tool_actor(req: &Request, principal: Principal) -> Result<Principal, Problem> {
+    let Some(v) = req.headers().get(ACTOR_HEADER) else {
+        return Ok(principal);
+    };
+    let tool = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|t| TOOL_ACTORS.contains(t))
+        .ok_or_else(|| {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_actor", "Bad Request").detail(format!(
+                "{ACTOR_HEADER}: the only accepted value is {}",
+                TOOL_ACTORS.join(", ")
+            ))
+        })?;
+    let actor = if principal.role.is_none() {
+        tool.to_owned()
+    } else {
+        format!("{tool}:{}", principal.actor)
+    };
+    Ok(Principal { actor, ..principal })
 }
 
 /// What each role may do: `read` only reads (and checks keys, which changes nothing);

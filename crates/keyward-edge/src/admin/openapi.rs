@@ -278,7 +278,47 @@ pub(crate) struct ProblemDoc {
     code: String,
 }
 
+/// A managed webhook: never its secret, only where each node reads it.
+#[derive(ToSchema)]
+pub(crate) struct Webhook {
+    id: String,
+    name: String,
+    url: String,
+    /// The name of the environment variable holding the signing secret on every node.
+    secret_env: Option<String>,
+    /// The path of the 0600 file holding it on every node.
+    secret_file: Option<String>,
+    events: Vec<String>,
+    timeout_ms: u64,
+    max_attempts: u32,
+    backoff_ms: u64,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
 // ---- schemas of the request bodies ---------------------------------------------------------
+
+/// A managed webhook's settings (on `PATCH`, absent fields stay).
+#[derive(ToSchema)]
+pub(crate) struct WebhookBody {
+    /// Required on `POST`; unique.
+    name: Option<String>,
+    /// Required on `POST`: `https://…`, or `http://…` on a trusted network.
+    url: Option<String>,
+    /// Exactly one of `secret_env` and `secret_file` on `POST`; never the secret itself.
+    secret_env: Option<String>,
+    secret_file: Option<String>,
+    /// Default: `security.` and `key.expiring_soon`.
+    events: Option<Vec<String>>,
+    /// A duration, default `5s`.
+    timeout: Option<String>,
+    /// Default 6.
+    max_attempts: Option<u32>,
+    /// A duration, default `1s`.
+    backoff: Option<String>,
+}
 
 #[derive(ToSchema)]
 pub(crate) struct CreateApp {
@@ -394,6 +434,28 @@ pub(crate) struct CreateClient {
     quota: Option<String>,
 }
 
+/// Absent fields stay, `null` clears (`name`, `rate`, `quota`); the authentication method and
+/// the app never change.
+#[derive(ToSchema)]
+pub(crate) struct UpdateClient {
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+    /// `private_key_jwt` and `self_signed_tls_client_auth` clients: the new JWK Set.
+    jwks: Option<serde_json::Value>,
+    /// A duration, 1s to 24h.
+    token_ttl: Option<String>,
+    dpop_bound_access_tokens: Option<bool>,
+    /// `tls_client_auth` clients: at most one of these, replacing the registration.
+    tls_client_auth_subject_dn: Option<String>,
+    tls_client_auth_san_dns: Option<String>,
+    tls_client_auth_san_uri: Option<String>,
+    tls_client_auth_san_ip: Option<String>,
+    tls_client_auth_san_email: Option<String>,
+    ips: Option<Vec<String>>,
+    rate: Option<Rate>,
+    quota: Option<String>,
+}
+
 #[derive(ToSchema)]
 pub(crate) struct RotateSecret {
     /// How long the previous secret keeps working (default `24h`).
@@ -487,6 +549,9 @@ fn list_clients() {}
 #[utoipa::path(get, path = "/v1/clients/{id}", tag = "clients", params(("id" = String, Path)),
     responses((status = 200, description = "The client and its secrets' hints", body = ClientDetail)))]
 fn show_client() {}
+#[utoipa::path(patch, path = "/v1/clients/{id}", tag = "clients", request_body = UpdateClient, params(("id" = String, Path)),
+    responses((status = 200, description = "The client after the change", body = Client)))]
+fn update_client() {}
 #[utoipa::path(delete, path = "/v1/clients/{id}", tag = "clients", params(("id" = String, Path)),
     responses((status = 204, description = "Deleted")))]
 fn delete_client() {}
@@ -537,6 +602,23 @@ fn list_admin_tokens() {}
     responses((status = 200, description = "The revoked token (idempotent; bootstrap token only)", body = TokenView)))]
 fn revoke_admin_token() {}
 
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = WebhookBody,
+    responses((status = 201, description = "The managed webhook", body = Webhook)))]
+fn create_webhook() {}
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(ListQuery),
+    responses((status = 200, description = "A page of managed webhooks, oldest first", body = Page<Webhook>)))]
+fn list_webhooks() {}
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id or name")),
+    responses((status = 200, description = "The managed webhook", body = Webhook)))]
+fn show_webhook() {}
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", request_body = WebhookBody,
+    params(("id" = String, Path, description = "Webhook id or name")),
+    responses((status = 200, description = "The webhook after the change", body = Webhook)))]
+fn update_webhook() {}
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id or name")),
+    responses((status = 204, description = "Deleted")))]
+fn delete_webhook() {}
+
 #[utoipa::path(post, path = "/v1/verify", tag = "verify", request_body = VerifyRequest,
     security(("verify_token" = [])),
     responses((status = 200, description = "The decision (see docs/FORWARD-AUTH.md)", body = crate::verify::VerifyResponse)))]
@@ -549,7 +631,8 @@ fn healthz() {}
 #[openapi(
     info(
         title = "keyward admin API",
-        description = "Apps, keys, OAuth clients, signing keys, audit, usage, routes, upstreams and scoped admin tokens. \
+        description = "Apps, keys, OAuth clients, signing keys, audit, usage, routes, upstreams, scoped admin tokens \
+                       and managed webhooks. \
                        Authenticate with `Authorization: Bearer <admin token>`. Lists take `limit` (1 to 500, \
                        default 50) and `cursor` (the `next_cursor` of the previous page); unknown query \
                        parameters are refused. Errors are RFC 9457 problem documents.",
@@ -559,10 +642,11 @@ fn healthz() {}
         create_app, list_apps, show_app, update_app, disable_app, enable_app,
         create_key, list_keys, show_key, update_key, check_keys, import_key, revoke_key, rotate_key,
         disable_key, enable_key,
-        create_client, list_clients, show_client, delete_client, disable_client, enable_client, rotate_secret,
+        create_client, list_clients, show_client, update_client, delete_client, disable_client, enable_client, rotate_secret,
         list_signing_keys, rotate_signing_key, retire_signing_key,
         list_audit, usage, list_routes, list_upstreams, show_session,
         create_admin_token, list_admin_tokens, revoke_admin_token,
+        create_webhook, list_webhooks, show_webhook, update_webhook, delete_webhook,
         verify, healthz,
     ),
     components(schemas(ProblemDoc)),
@@ -658,6 +742,8 @@ mod tests {
             "/v1/session",
             "/v1/admin-tokens",
             "/v1/admin-tokens/{id}/revoke",
+            "/v1/webhooks",
+            "/v1/webhooks/{id}",
             "/v1/verify",
         ] {
             assert!(paths.contains_key(p), "{p} is not documented");

@@ -32,7 +32,7 @@ pub(super) fn print_client(v: &Value) {
 
 /// A JWK Set holding the public key of a PEM certificate, with the certificate as `x5c`
 /// (RFC 8705 §2.2: self-signed client certificates are registered in the client's JWKS).
-pub(super) fn jwks_of_certificate(f: &std::path::Path) -> Result<Value> {
+pub(crate) fn jwks_of_certificate(f: &std::path::Path) -> Result<Value> {
     use base64::Engine as _;
     use rustls_pki_types::pem::PemObject;
     let bad = |m: String| CliError::Usage(format!("--cert-file {}: {m}", f.display()));

@@ -21,6 +21,7 @@ mod init;
 mod keys;
 mod upstreams;
 
+pub(crate) use clients::jwks_of_certificate;
 use clients::{admin_token, client, signing_key};
 use flags::*;
 use init::init;
@@ -94,6 +95,29 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Scan { args } => crate::scan::run(&cli, args).await,
         Command::Migrate => crate::seed::migrate(&load_config(&cli)?).await,
+        Command::Apply {
+            file,
+            dry_run,
+            prune,
+            out,
+        } => {
+            crate::apply::apply(
+                &admin_client(&cli)?.as_tool("apply"),
+                file,
+                crate::apply::Options {
+                    dry_run: *dry_run,
+                    prune: *prune,
+                    json: out.json,
+                },
+            )
+            .await
+        }
+        Command::Export {
+            output,
+            no_admin_tokens,
+        } => crate::apply::export(&admin_client(&cli)?, output.as_deref(), !*no_admin_tokens).await,
+        Command::Completions { shell } => crate::packaging::completions(*shell),
+        Command::Man { dir } => crate::packaging::man(dir.as_deref()),
         Command::Dev(crate::cli::DevCommand::Seed {
             keys,
             app,

@@ -8,6 +8,7 @@ mod proc;
 
 mod admin;
 mod admin_api;
+mod apply;
 mod cli;
 mod cluster_limits;
 mod cluster_store;
@@ -30,6 +31,7 @@ mod limits;
 mod mtls;
 mod oauth;
 mod ops;
+mod packaging;
 mod pipeline;
 mod proxy;
 mod scan;
