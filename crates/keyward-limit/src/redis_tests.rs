@@ -34,7 +34,7 @@ fn prefix() -> String {
 
 fn limiter_at(url: &str, cfg: impl FnOnce(&mut RedisConfig)) -> RedisLimiter {
     let mut c = RedisConfig {
-        url: url.into(),
+        topology: Topology::Single(url.into()),
         prefix: prefix(),
         // Generous for debug builds on a loaded machine; the failure tests set their own.
         timeout: Duration::from_secs(2),
@@ -50,6 +50,7 @@ fn rate(id: &str, spec: &str, burst: Option<u64>) -> RateCheck {
         key: LimitKey::stable(&["rate", id]),
         spec: RateSpec::parse(spec, burst).unwrap(),
         cost: 1,
+        group: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn quota(id: &str, spec: &str, cost: u64) -> QuotaCheck {
         key: LimitKey::stable(&["quota", id]),
         spec: QuotaSpec::parse(spec).unwrap(),
         cost,
+        group: None,
     }
 }
 
@@ -273,9 +275,10 @@ async fn keys_carry_ttls() {
             .await
             .unwrap()
     ));
-    let mut c = l.connection().await.unwrap();
-    let rk = l.key_name('r', &r.key);
-    let qk = l.key_name('q', &q.key);
+    let mut c = l.link.get().await.unwrap();
+    let tag = l.tag_of(r.group, &r.key);
+    let rk = RedisLimiter::key_name(&tag, 'r', &r.key);
+    let qk = RedisLimiter::key_name(&tag, 'q', &q.key);
     assert!(rk.starts_with(&format!("kw:{{{}}}:r:", l.cfg.prefix)));
     let pttl: i64 = c.pttl(&rk).await.unwrap();
     assert!((1..=102).contains(&pttl), "rate key PTTL {pttl}");

@@ -165,7 +165,9 @@ fn redact(e: &sqlx::Error) -> String {
         sqlx::Error::Database(db) => format!("database error {}", db.code().unwrap_or_default()),
         sqlx::Error::Io(io) => format!("{}", io.kind()),
         sqlx::Error::PoolTimedOut => "timed out".into(),
-        sqlx::Error::Tls(_) => "TLS error".into(),
+        // The TLS problem itself (unknown CA, a name the certificate does not carry, an
+        // unreadable sslrootcert): rustls' words, which hold no credential.
+        sqlx::Error::Tls(t) => format!("TLS error: {t}"),
         sqlx::Error::Configuration(_) => "invalid configuration".into(),
         other => other.to_string(),
     }
