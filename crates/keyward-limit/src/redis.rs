@@ -354,7 +354,11 @@ impl RedisLimiter {
         for slot in &slots {
             match self.decide(slot, rates, quotas, now_us).await {
                 Ok(Outcome::Allowed { states: s }) => {
-                    let places = slot.rates.iter().copied().chain(slot.quotas.iter().map(|q| rates.len() + q));
+                    let places = slot
+                        .rates
+                        .iter()
+                        .copied()
+                        .chain(slot.quotas.iter().map(|q| rates.len() + q));
                     for (place, st) in places.zip(s) {
                         states[place] = Some(st);
                     }

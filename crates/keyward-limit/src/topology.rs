@@ -223,7 +223,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
@@ -451,14 +456,20 @@ impl Link {
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || e.is_timeout()
-                    || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::TryAgain)
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::TryAgain
+                    )
             }
         };
         if forget {
             let mut cur = lock(current);
             if cur.as_ref().is_some_and(|(g, _)| *g == generation) {
                 *cur = None;
-                tracing::debug!(generation, "redis master connection dropped; asking the sentinels again");
+                tracing::debug!(
+                    generation,
+                    "redis master connection dropped; asking the sentinels again"
+                );
             }
         }
     }
@@ -493,7 +504,13 @@ impl Link {
 
     /// `SCAN` over the keys of `tag` (all in one slot): under Cluster, on the master that
     /// serves the slot of the tag.
-    pub(crate) async fn scan(&self, conn: &mut Conn, tag: &str, cursor: u64, pattern: &str) -> RedisResult<(u64, Vec<String>)> {
+    pub(crate) async fn scan(
+        &self,
+        conn: &mut Conn,
+        tag: &str,
+        cursor: u64,
+        pattern: &str,
+    ) -> RedisResult<(u64, Vec<String>)> {
         let mut cmd = ::redis::cmd("SCAN");
         cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
         match conn {
@@ -539,7 +556,10 @@ impl Link {
             Backend::Single { client, .. } => {
                 // A plain connection of its own: the shared one keeps retrying in the
                 // background and would hide the reason.
-                match client.get_multiplexed_async_connection_with_config(&self.node_config()).await {
+                match client
+                    .get_multiplexed_async_connection_with_config(&self.node_config())
+                    .await
+                {
                     Ok(mut c) => {
                         let _: String = ::redis::cmd("PING")
                             .query_async(&mut c)
@@ -563,7 +583,10 @@ impl Link {
                 let mut failures = Vec::new();
                 for (i, s) in seeds.iter().enumerate() {
                     let addr = self.topology.urls().get(i).map(|u| host_port(u)).unwrap_or_default();
-                    match s.get_multiplexed_async_connection_with_config(&self.node_config()).await {
+                    match s
+                        .get_multiplexed_async_connection_with_config(&self.node_config())
+                        .await
+                    {
                         Ok(c) if answered.is_none() => answered = Some(c),
                         Ok(_) => {}
                         Err(e) if is_tls(&e) => return Err(format!("redis.cluster_nodes: {addr}: {}", describe(&e))),
@@ -594,7 +617,8 @@ impl Link {
                     .get_async_connection()
                     .await
                     .map_err(|e| format!("redis.cluster_nodes: {}", describe(&e)))?;
-                Ok((!failures.is_empty()).then(|| format!("some redis.cluster_nodes seeds did not answer: {}", failures.join("; "))))
+                Ok((!failures.is_empty())
+                    .then(|| format!("some redis.cluster_nodes seeds did not answer: {}", failures.join("; "))))
             }
             Backend::Sentinel { master, sentinels, .. } => {
                 let mut s = sentinels.lock().await;
@@ -691,7 +715,11 @@ pub fn key_slot(key: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc % 16384
@@ -746,7 +774,10 @@ mod tests {
         assert!(err(Topology::Single("rediss://a:1".into()), &ca).contains("redis.ca_file"));
         let key = RedisTls {
             ca_pem: None,
-            client: Some((b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(), b"secret-bytes".to_vec())),
+            client: Some((
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
+                b"secret-bytes".to_vec(),
+            )),
         };
         let e = err(Topology::Single("rediss://a:1".into()), &key);
         assert!(e.contains("redis.client_key_file"), "{e}");
@@ -760,6 +791,11 @@ mod tests {
             &none
         )
         .contains("sentinel_master"));
-        assert!(Link::new(&Topology::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]), &none, t).is_ok());
+        assert!(Link::new(
+            &Topology::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]),
+            &none,
+            t
+        )
+        .is_ok());
     }
 }

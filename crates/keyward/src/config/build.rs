@@ -207,9 +207,10 @@ impl Config {
             (false, true, false) => Topology::Cluster(r.cluster_nodes.clone()),
             (false, false, true) => Topology::Sentinel {
                 nodes: r.sentinel_nodes.clone(),
-                master: r.sentinel_master.clone().ok_or_else(|| {
-                    invalid("redis.sentinel_master is required with redis.sentinel_nodes".into())
-                })?,
+                master: r
+                    .sentinel_master
+                    .clone()
+                    .ok_or_else(|| invalid("redis.sentinel_master is required with redis.sentinel_nodes".into()))?,
             },
             (false, false, false) => {
                 return Err(invalid(

@@ -129,7 +129,11 @@ async fn redis_over_tls_is_verified_and_refused_when_it_should_be() {
 
     // Start-up errors: each names the TLS problem and no secret.
     let refused = |r: keyward::config::RedisSection| async move {
-        let e = try_boot_with(|c| c.redis = Some(r)).await.err().expect("keyward started").to_string();
+        let e = try_boot_with(|c| c.redis = Some(r))
+            .await
+            .err()
+            .expect("keyward started")
+            .to_string();
         assert!(!e.contains("BEGIN"), "{e}");
         e
     };
@@ -144,7 +148,10 @@ async fn redis_over_tls_is_verified_and_refused_when_it_should_be() {
     wrong_name.url = format!("rediss://127.0.0.1:{port}/");
     let e = refused(wrong_name).await;
     println!("wrong name: {e}");
-    assert!(e.contains("tls: invalid peer certificate") && e.contains("NotValidForName"), "{e}");
+    assert!(
+        e.contains("tls: invalid peer certificate: certificate not valid for name"),
+        "{e}"
+    );
 
     let mut no_client_cert = redis.clone();
     no_client_cert.client_cert_file = None;
@@ -176,16 +183,24 @@ async fn redis_over_tls_is_verified_and_refused_when_it_should_be() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (s, body) = readyz(&nodes[0]).await;
-        if s == 503 && body["checks"]["redis_error"].as_str().is_some_and(|e| e.contains("invalid peer certificate")) {
+        if s == 503
+            && body["checks"]["redis_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("invalid peer certificate"))
+        {
             println!("readyz with an impostor certificate: {body}");
             assert_eq!(body["down"], json!(["redis"]), "{body}");
             break;
         }
-        assert!(Instant::now() < deadline, "readyz did not report the certificate problem: {s} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "readyz did not report the certificate problem: {s} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Meanwhile the routes keep their failure mode (local by default): no 5xx.
-    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &k)]).await.status(), 429);
+    // Meanwhile the routes keep their failure mode (local by default: the node decides
+    // alone, limit / nodes_hint from zero): admitted, never a 5xx.
+    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &k)]).await.status(), 200);
 }
 
 /// A PostgreSQL of the test's own, killed (immediate stop) when dropped.
@@ -241,7 +256,10 @@ impl OwnPostgres {
             chown_postgres(pg.dir.path());
         }
         let data = pg.data.display().to_string();
-        pg.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+        pg.run(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+        );
         pg.install_cert(cert_pem, key_pem);
         let conf = format!(
             "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\n\
@@ -259,7 +277,10 @@ impl OwnPostgres {
         .unwrap();
         let log = pg.dir.path().join("log").display().to_string();
         pg.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "30", "start"]);
-        println!("own PostgreSQL with ssl = on ready in {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "own PostgreSQL with ssl = on ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         pg
     }
 
@@ -280,7 +301,17 @@ impl OwnPostgres {
         let sock = self.dir.path().display().to_string();
         self.run(
             "psql",
-            &["-h", &sock, "-p", &self.port.to_string(), "-U", "postgres", "-At", "-c", q],
+            &[
+                "-h",
+                &sock,
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-At",
+                "-c",
+                q,
+            ],
         )
     }
 
@@ -309,7 +340,10 @@ fn current_uid() -> u32 {
 fn chown_postgres(p: &Path) {
     let id = |flag: &str| -> u32 {
         let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("a postgres user")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a postgres user")
     };
     std::os::unix::fs::chown(p, Some(id("-u")), Some(id("-g"))).unwrap();
 }
@@ -343,8 +377,13 @@ async fn postgres_over_tls_verify_full_is_verified_and_refused_when_it_should_be
     assert_eq!(kw.get("/echo", &[("x-api-key", &k)]).await.status(), 200);
     let (s, body) = readyz(&kw).await;
     assert_eq!(s, 200, "{body}");
-    let ssl = pg.sql("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'keyward'");
-    assert!(ssl.trim().parse::<u32>().unwrap() >= 1, "keyward's connections use TLS: {ssl}");
+    let ssl = pg.sql(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'keyward'",
+    );
+    assert!(
+        ssl.trim().parse::<u32>().unwrap() >= 1,
+        "keyward's connections use TLS: {ssl}"
+    );
 
     let refused = |url: String| async move {
         let e = try_boot_with(|c| {
@@ -363,10 +402,16 @@ async fn postgres_over_tls_verify_full_is_verified_and_refused_when_it_should_be
     assert!(e.contains("TLS error") && e.contains("UnknownIssuer"), "{e}");
     let e = refused(pg.url("localhost", &verify(&ca_file))).await;
     println!("wrong name: {e}");
-    assert!(e.contains("TLS error") && e.contains("NotValidForName"), "{e}");
+    assert!(
+        e.contains("TLS error: invalid peer certificate: certificate not valid for name"),
+        "{e}"
+    );
     let e = refused(pg.url("127.0.0.1", &verify(&files.path().join("missing.pem")))).await;
     println!("missing sslrootcert: {e}");
-    assert!(e.starts_with("store: cannot connect to PostgreSQL"), "{e}");
+    assert!(
+        e.contains("sslrootcert") && e.contains("missing.pem") && e.contains("not found"),
+        "{e}"
+    );
     let e = refused(pg.url("127.0.0.1", "sslmode=disable")).await;
     println!("without TLS: {e}");
     assert!(e.contains("database error 28000"), "{e}");
@@ -381,12 +426,19 @@ async fn postgres_over_tls_verify_full_is_verified_and_refused_when_it_should_be
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (s, body) = readyz(&kw).await;
-        if s == 503 && body["checks"]["store_error"].as_str().is_some_and(|e| e.contains("invalid peer certificate")) {
+        if s == 503
+            && body["checks"]["store_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("invalid peer certificate"))
+        {
             println!("readyz with an impostor certificate: {body}");
             assert_eq!(body["down"], json!(["store"]), "{body}");
             break;
         }
-        assert!(Instant::now() < deadline, "readyz did not report the certificate problem: {s} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "readyz did not report the certificate problem: {s} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The key is cached: it keeps working (stale serving while the store is unavailable).
