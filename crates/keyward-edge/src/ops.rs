@@ -151,6 +151,7 @@ async fn healthz(State(st): State<Arc<GatewayState>>) -> Response {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let s = r.stats();
         body["redis"] = serde_json::json!({
+            "topology": r.config().topology.kind(),
             "breaker": breaker.as_str(),
             "errors": n(&s.errors),
             "timeouts": n(&s.timeouts),

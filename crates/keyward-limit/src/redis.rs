@@ -292,6 +292,17 @@ impl RedisLimiter {
             RedisStats::bump(&self.stats.short_circuits);
             return Err(RedisCallError::BreakerOpen);
         }
+        self.call(op, true).await
+    }
+
+    /// Runs `op` on a connection, bounded by the timeout; its outcome counts for the breaker
+    /// when `track` (refunds neither wait for the breaker nor move it: a slot that just
+    /// answered is asked to give back what it took, even while another slot fails).
+    async fn call<T, F, Fut>(&self, op: F, track: bool) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
         RedisStats::bump(&self.stats.calls);
         // The Sentinel generation of the connection used (0: none yet).
         let used = AtomicU64::new(0);
@@ -305,13 +316,17 @@ impl RedisLimiter {
         .await;
         match r {
             Ok(Ok(v)) => {
-                self.breaker.success();
-                self.set_last_error(None);
+                if track {
+                    self.breaker.success();
+                    self.set_last_error(None);
+                }
                 Ok(v)
             }
             Ok(Err(e)) => {
                 RedisStats::bump(&self.stats.errors);
-                self.breaker.failure();
+                if track {
+                    self.breaker.failure();
+                }
                 self.link.failed(used.load(Ordering::Relaxed), Some(&e));
                 let why = describe(&e);
                 tracing::debug!(error = %why, "redis call failed");
@@ -320,7 +335,9 @@ impl RedisLimiter {
             }
             Err(_) => {
                 RedisStats::bump(&self.stats.timeouts);
-                self.breaker.failure();
+                if track {
+                    self.breaker.failure();
+                }
                 self.link.failed(used.load(Ordering::Relaxed), None);
                 self.set_last_error(Some("timeout".into()));
                 Err(RedisCallError::Timeout)
@@ -474,7 +491,7 @@ impl RedisLimiter {
         }
         let inv = &inv;
         let r: Result<i64, _> = self
-            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+            .call(|mut c| async move { inv.invoke_async(&mut c).await }, false)
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "giving back a refused request's units failed; they stay taken until their state expires");

@@ -545,3 +545,42 @@ async fn weekly_quotas_refill_on_monday() {
     };
     assert_eq!((states[0].remaining, states[0].reset_secs), (1, 7 * 86_400));
 }
+
+/// The remaining units of each limit (rates, then quotas) of an allowed decision.
+fn remaining(o: &Outcome) -> Vec<u64> {
+    match o {
+        Outcome::Allowed { states } => states.iter().map(|s| s.remaining).collect(),
+        other => panic!("refused: {other:?}"),
+    }
+}
+
+/// Under Cluster, a request whose limits span slots gives back what the earlier slots took
+/// when a later one refuses (`refund.lua`): exactly the cost, additive with other requests'
+/// consumption, never below an empty count or a full bucket.
+#[tokio::test]
+async fn a_refund_gives_back_exactly_what_was_taken() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let r = [rate("refund", "10/s", Some(10))];
+    let q = [quota("refund", "5/day", 2)];
+    let slot = Slot {
+        tag: l.cfg.prefix.clone(),
+        rates: vec![0],
+        quotas: vec![0],
+    };
+    assert_eq!(remaining(&l.decide(&slot, &r, &q, Some(T0)).await.unwrap()), vec![9, 3]);
+    assert_eq!(remaining(&l.decide(&slot, &r, &q, Some(T0)).await.unwrap()), vec![8, 1]);
+    l.give_back(&slot, &r, &q, Some(T0)).await;
+    // As if the second request had never been: it fits again, with the same remainders.
+    assert_eq!(remaining(&l.decide(&slot, &r, &q, Some(T0)).await.unwrap()), vec![8, 1]);
+    // Ten seconds later the bucket is full: giving back changes nothing there; the quota's
+    // count goes down to zero and no further.
+    let later = T0 + 10 * SEC_US;
+    for _ in 0..3 {
+        l.give_back(&slot, &r, &q, Some(later)).await;
+    }
+    assert_eq!(
+        remaining(&l.decide(&slot, &r, &q, Some(later)).await.unwrap()),
+        vec![9, 3]
+    );
+}

@@ -577,7 +577,7 @@ impl Link {
                     ))),
                 }
             }
-            Backend::Cluster { seeds, client, .. } => {
+            Backend::Cluster { seeds, client, conn } => {
                 // Each seed on its own first, to say which ones fail and why.
                 let mut answered = None;
                 let mut failures = Vec::new();
@@ -612,9 +612,8 @@ impl Link {
                         missing.join(", ")
                     ));
                 }
-                // The client the limiter uses, connected now: its slot map is complete.
-                client
-                    .get_async_connection()
+                // The connection the limiter uses, made now: its slot map is complete.
+                conn.get_or_try_init(|| client.get_async_connection())
                     .await
                     .map_err(|e| format!("redis.cluster_nodes: {}", describe(&e)))?;
                 Ok((!failures.is_empty())
