@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::harness::*;
-use super::redis_ha::{free_port, keyward_nodes, redis_server, section, unique_prefix, RedisProc};
+use super::redis_ha::{
+    free_port, keyward_nodes, redis_server, section, unique_prefix, ClusterTls, RedisCluster, RedisProc,
+};
 use super::tls::{ca, Ca};
 
 /// A certificate for `names` (DNS names or IP addresses) signed by `ca`, both usages, as PEM
@@ -201,6 +203,68 @@ async fn redis_over_tls_is_verified_and_refused_when_it_should_be() {
     // Meanwhile the routes keep their failure mode (local by default: the node decides
     // alone, limit / nodes_hint from zero): admitted, never a 5xx.
     assert_eq!(nodes[1].get("/echo", &[("x-api-key", &k)]).await.status(), 200);
+}
+
+/// Redis Cluster over TLS (`tls-cluster`, `tls-replication`; three masters): keyward verifies
+/// every node it is redirected to (the nodes announce 127.0.0.1, which their certificate
+/// carries) and presents a client certificate; a quota is exact across two nodes and DPoP
+/// claims are shared; a wrong CA is a start-up error naming the TLS problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_over_tls() {
+    let Some(bin) = redis_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let the_ca = ca("cluster CA");
+    let (cert, key) = leaf(&the_ca, &["127.0.0.1", "localhost"], "node");
+    let tls = ClusterTls {
+        ca: write(d, "ca.pem", &the_ca.pem),
+        cert: write(d, "node.pem", &cert),
+        key: write(d, "node.key", &key),
+    };
+    let cluster = RedisCluster::start(&bin, 3, 0, Some(&tls));
+    let mut redis = section(&unique_prefix());
+    redis.cluster_nodes = cluster.seeds();
+    redis.ca_file = Some(tls.ca.clone());
+    redis.client_cert_file = Some(tls.cert.clone());
+    redis.client_key_file = Some(tls.key.clone());
+    let nodes = keyward_nodes(2, redis.clone(), |_| {}).await;
+    let mut admitted = 0;
+    for app in ["a", "b", "c"] {
+        let (_, k) = nodes[0].key(app, &[], json!({"quota": "10/day"})).await;
+        for i in 0..20 {
+            match nodes[i % 2].get("/echo", &[("x-api-key", &k)]).await.status().as_u16() {
+                200 => admitted += 1,
+                429 => {}
+                s => panic!("status {s}"),
+            }
+        }
+    }
+    assert_eq!(admitted, 30, "three quotas of 10, exact over TLS");
+    let limiter = |n: &Kw| n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
+    for i in 0..10 {
+        let entry = format!("jkt:tls-{i}");
+        assert!(limiter(&nodes[0])
+            .first_use(&entry, Duration::from_secs(60))
+            .await
+            .unwrap());
+        assert!(!limiter(&nodes[1])
+            .first_use(&entry, Duration::from_secs(60))
+            .await
+            .unwrap());
+    }
+    let other = ca("not the cluster's CA");
+    let mut wrong = redis.clone();
+    wrong.ca_file = Some(write(d, "other.pem", &other.pem));
+    let e = try_boot_with(|c| c.redis = Some(wrong))
+        .await
+        .err()
+        .expect("keyward started")
+        .to_string();
+    println!("cluster, wrong CA: {e}");
+    assert!(
+        e.contains("redis.cluster_nodes") && e.contains("tls: invalid peer certificate: UnknownIssuer"),
+        "{e}"
+    );
 }
 
 /// A PostgreSQL of the test's own, killed (immediate stop) when dropped.

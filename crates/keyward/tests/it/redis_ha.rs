@@ -111,37 +111,80 @@ impl Drop for RedisProc {
     }
 }
 
-/// `redis-cli -p port args…`, its standard output.
-fn cli(cli_bin: &str, port: u16, args: &[&str]) -> String {
-    let out = Command::new(cli_bin)
+/// `redis-cli [TLS options] -p port args…` (`cli[0]` is the program, the rest its options),
+/// its standard output.
+fn cli(cli: &[String], port: u16, args: &[&str]) -> String {
+    let out = Command::new(&cli[0])
+        .args(&cli[1..])
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cli_bin}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cli[0]));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// TLS for a test cluster: the CA, and one certificate (for 127.0.0.1) that every node uses as
+/// server and as client (bus and replication over TLS too), redis-cli as well.
+pub(super) struct ClusterTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// A Redis Cluster of `masters` masters with one replica each.
 pub(super) struct RedisCluster {
     pub nodes: Vec<RedisProc>,
-    cli: String,
+    cli: Vec<String>,
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
-    pub(super) fn start(bin: &str, masters: usize) -> RedisCluster {
+    /// `masters` masters, each with `replicas` replicas (0 or 1), over TLS when `tls` is given.
+    pub(super) fn start(bin: &str, masters: usize, replicas: usize, tls: Option<&ClusterTls>) -> RedisCluster {
         let started = Instant::now();
         let dir = tempfile::tempdir().unwrap();
-        let cli_bin = redis_cli(bin);
+        let mut cli_cmd = vec![redis_cli(bin)];
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some(t) = tls {
+            let (ca, cert, key) = (
+                t.ca.display().to_string(),
+                t.cert.display().to_string(),
+                t.key.display().to_string(),
+            );
+            cli_cmd.extend(["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key].map(String::from));
+            tls_args.extend(
+                [
+                    "--tls-cert-file",
+                    &cert,
+                    "--tls-key-file",
+                    &key,
+                    "--tls-ca-cert-file",
+                    &ca,
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                ]
+                .map(String::from),
+            );
+        }
         let mut nodes = Vec::new();
-        for i in 0..masters * 2 {
+        for i in 0..masters * (1 + replicas) {
             let (port, bus) = (free_port(), free_port());
             let d = dir.path().join(format!("n{i}"));
             std::fs::create_dir(&d).unwrap();
-            let args: Vec<String> = [
+            let (plain, tls_port) = if tls.is_some() {
+                ("0".to_owned(), port.to_string())
+            } else {
+                (port.to_string(), "0".to_owned())
+            };
+            let mut args: Vec<String> = [
                 "--port",
-                &port.to_string(),
+                &plain,
+                "--tls-port",
+                &tls_port,
                 "--cluster-port",
                 &bus.to_string(),
                 "--bind",
@@ -163,17 +206,19 @@ impl RedisCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            args.extend(tls_args.iter().cloned());
             nodes.push(RedisProc::start(bin, &args, port, &d.join("log")));
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new(&cli_bin)
+        let out = Command::new(&cli_cmd[0])
+            .args(&cli_cmd[1..])
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {cli_bin}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", cli_cmd[0]));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("All 16384 slots covered"),
@@ -182,7 +227,8 @@ impl RedisCluster {
         );
         let c = RedisCluster {
             nodes,
-            cli: cli_bin,
+            cli: cli_cmd,
+            tls: tls.is_some(),
             _dir: dir,
         };
         // Every node sees the cluster as ok, every replica is in sync.
@@ -201,16 +247,19 @@ impl RedisCluster {
             }
         }
         println!(
-            "redis cluster: {masters} masters + {masters} replicas ready in {:.1} s",
+            "redis cluster{}: {masters} masters + {} replicas ready in {:.1} s",
+            if c.tls { " over TLS" } else { "" },
+            masters * replicas,
             started.elapsed().as_secs_f64()
         );
         c
     }
 
     pub(super) fn seeds(&self) -> Vec<String> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
             .collect()
     }
 
@@ -399,7 +448,7 @@ async fn offer(nodes: &Arc<Vec<Kw>>, path: &str, keys: &[String], per_key: usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_limits_are_exact_across_nodes_with_state_on_several_masters() {
     let Some(bin) = redis_server() else { return };
-    let cluster = RedisCluster::start(&bin, 3);
+    let cluster = RedisCluster::start(&bin, 3, 1, None);
     let prefix = unique_prefix();
     let mut redis = section(&prefix);
     redis.cluster_nodes = cluster.seeds();
@@ -465,7 +514,7 @@ async fn cluster_limits_are_exact_across_nodes_with_state_on_several_masters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_master_killed_mid_load_replica_promoted_decisions_continue() {
     let Some(bin) = redis_server() else { return };
-    let mut cluster = RedisCluster::start(&bin, 3);
+    let mut cluster = RedisCluster::start(&bin, 3, 1, None);
     let prefix = unique_prefix();
     let mut redis = section(&prefix);
     redis.cluster_nodes = cluster.seeds();
@@ -643,7 +692,7 @@ async fn cluster_bad_input_is_a_clear_startup_error() {
     let slots: Vec<String> = (0..100).map(|s| s.to_string()).collect();
     let mut add = vec!["cluster", "addslots"];
     add.extend(slots.iter().map(String::as_str));
-    assert!(cli(&redis_cli(&bin), port, &add).contains("OK"));
+    assert!(cli(&[redis_cli(&bin)], port, &add).contains("OK"));
     redis.cluster_nodes = vec![format!("redis://127.0.0.1:{port}")];
     let e = try_boot_with(|c| c.redis = Some(redis.clone()))
         .await
@@ -680,7 +729,7 @@ async fn cluster_bad_input_is_a_clear_startup_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_dpop_claims_and_denylist_work() {
     let Some(bin) = redis_server() else { return };
-    let mut cluster = RedisCluster::start(&bin, 3);
+    let mut cluster = RedisCluster::start(&bin, 3, 1, None);
     let prefix = unique_prefix();
     let mut redis = section(&prefix);
     redis.cluster_nodes = cluster.seeds();
@@ -750,7 +799,7 @@ async fn cluster_dpop_claims_and_denylist_work() {
 async fn sentinel_failover_is_followed_without_restart() {
     let Some(bin) = redis_server() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let cli_bin = redis_cli(&bin);
+    let cli_bin = [redis_cli(&bin)];
     let base = |port: u16, name: &str| -> Vec<String> {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
