@@ -202,6 +202,9 @@ impl RedisCluster {
                 "",
                 "--appendonly",
                 "no",
+                // Replicas sync at once (the default waits 5 s for more replicas to join).
+                "--repl-diskless-sync-delay",
+                "0",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -814,6 +817,8 @@ async fn sentinel_failover_is_followed_without_restart() {
             "",
             "--appendonly",
             "no",
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -824,6 +829,13 @@ async fn sentinel_failover_is_followed_without_restart() {
     let mut rargs = base(rp, "replica");
     rargs.extend(["--replicaof".into(), "127.0.0.1".into(), mp.to_string()]);
     let _replica = RedisProc::start(&bin, &rargs, rp, &dir.path().join("replica.log"));
+    // The replica in sync before anything happens (a replica that has not finished its first
+    // sync would be promoted empty: everything consumed so far would be forgotten).
+    let synced = Instant::now();
+    while !cli(&cli_bin, rp, &["info", "replication"]).contains("master_link_status:up") {
+        assert!(synced.elapsed() < Duration::from_secs(20), "the replica did not sync");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut sentinels = Vec::new();
     for i in 0..3 {
         let port = free_port();
