@@ -185,6 +185,12 @@ pub fn describe(e: &RedisError) -> String {
             }
         }
     }
+    // A server error's code (`NOAUTH`, `READONLY`, `CLUSTERDOWN` …), never its message (which
+    // may quote a key).
+    if let Some(code) = e.code() {
+        let code: String = code.chars().filter(char::is_ascii_alphanumeric).take(32).collect();
+        return format!("server error {code}");
+    }
     match e.kind() {
         ErrorKind::IoError => {
             let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());

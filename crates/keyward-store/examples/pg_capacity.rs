@@ -74,7 +74,10 @@ async fn lookups(base: &str, schema: &str, conc: usize, secs: u64) {
         .await
         .unwrap();
     let digests: Arc<Vec<Digest>> = Arc::new(rows.iter().map(|d| Digest::from_slice(d).unwrap()).collect());
-    println!("{schema}: {n} keys, {} sampled digests, {conc} at a time for {secs} s", digests.len());
+    println!(
+        "{schema}: {n} keys, {} sampled digests, {conc} at a time for {secs} s",
+        digests.len()
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -112,7 +115,11 @@ async fn lookups(base: &str, schema: &str, conc: usize, secs: u64) {
         done as f64 / took,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or("?")
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .next()
+            .unwrap_or("?")
     );
 }
 
@@ -173,6 +180,10 @@ async fn fanout(base: &str, listeners: usize, n: usize) {
         (n * listeners) as f64 / all,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or("?")
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .next()
+            .unwrap_or("?")
     );
 }

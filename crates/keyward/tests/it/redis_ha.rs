@@ -656,13 +656,17 @@ async fn cluster_bad_input_is_a_clear_startup_error() {
     // Nothing listens on these ports.
     let (p1, p2) = (free_port(), free_port());
     let mut redis = section(&unique_prefix());
-    redis.cluster_nodes = vec![format!("redis://127.0.0.1:{p1}"), format!("redis://127.0.0.1:{p2}")];
+    redis.cluster_nodes = vec![
+        format!("redis://:s3cret-pass@127.0.0.1:{p1}"),
+        format!("redis://:s3cret-pass@127.0.0.1:{p2}"),
+    ];
     let e = try_boot_with(|c| c.redis = Some(redis.clone()))
         .await
         .err()
         .unwrap()
         .to_string();
     println!("unreachable seeds: {e}");
+    assert!(!e.contains("s3cret"), "{e}");
     assert!(e.contains("redis.cluster_nodes: no seed answered"), "{e}");
     assert!(
         e.contains(&format!("127.0.0.1:{p1}")) && e.contains(&format!("127.0.0.1:{p2}")),
@@ -723,6 +727,64 @@ async fn cluster_bad_input_is_a_clear_startup_error() {
         .unwrap()
         .to_string();
     assert!(e.contains("mixes redis:// and rediss://"), "{e}");
+}
+
+/// One endpoint: a wrong password is a start-up error (without the password in it), while a
+/// Redis that is merely down at start is not (keyward starts, `/readyz` says redis is down,
+/// routes follow their failure mode), as before Cluster and Sentinel existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_endpoint_wrong_password_refused_down_tolerated() {
+    let Some(bin) = redis_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--requirepass",
+        "right-password",
+        "--dir",
+        &dir.path().display().to_string(),
+        "--save",
+        "",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _server = RedisProc::start(&bin, &args, port, &dir.path().join("log"));
+    let mut redis = section(&unique_prefix());
+    redis.url = format!("redis://:wrong-s3cret@127.0.0.1:{port}/");
+    let e = try_boot_with(|c| c.redis = Some(redis.clone()))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    println!("wrong password: {e}");
+    assert!(e.contains("redis.url") && e.contains("authentication"), "{e}");
+    assert!(!e.contains("wrong-s3cret") && !e.contains("right-password"), "{e}");
+    redis.url = format!("redis://127.0.0.1:{port}/");
+    let e = try_boot_with(|c| c.redis = Some(redis.clone()))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    println!("no password: {e}");
+    assert!(e.contains("redis.url: PING failed: server error NOAUTH"), "{e}");
+
+    redis.url = format!("redis://:right-password@127.0.0.1:{port}/");
+    let kw = boot_with(|c| c.redis = Some(redis.clone())).await;
+    let (_, k) = kw.key("cats", &[], json!({"quota": "1/day"})).await;
+    assert_eq!(kw.get("/echo", &[("x-api-key", &k)]).await.status(), 200);
+    assert_eq!(kw.get("/echo", &[("x-api-key", &k)]).await.status(), 429);
+
+    redis.url = format!("redis://127.0.0.1:{}/", free_port());
+    let kw = boot_with(|c| c.redis = Some(redis.clone())).await;
+    let r = kw.http.get(format!("{}/readyz", kw.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["down"], json!(["redis"]), "{body}");
+    assert!(body["checks"]["redis_error"].as_str().is_some(), "{body}");
 }
 
 /// DPoP `jti` claims and the token denylist under Cluster: a proof claimed through one node is
