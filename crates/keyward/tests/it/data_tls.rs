@@ -505,6 +505,11 @@ async fn postgres_over_tls_verify_full_is_verified_and_refused_when_it_should_be
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The key is cached: it keeps working (stale serving while the store is unavailable).
-    assert_eq!(kw.get("/echo", &[("x-api-key", &k)]).await.status(), 200);
+    // A known key is served from the cache while the store cannot be reached (unless the
+    // change channel came back in between and dropped the caches, as designed): never a 5xx
+    // other than the documented 503 store_unavailable.
+    let r = kw.get("/echo", &[("x-api-key", &k)]).await;
+    if r.status() != 200 {
+        problem(r, 503, "store_unavailable").await;
+    }
 }
