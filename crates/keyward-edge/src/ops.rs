@@ -161,6 +161,7 @@ async fn healthz(State(st): State<Arc<GatewayState>>) -> Response {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let s = r.stats();
         body["redis"] = serde_json::json!({
+            "topology": r.config().topology.kind(),
             "breaker": breaker.as_str(),
             "errors": n(&s.errors),
             "timeouts": n(&s.timeouts),
@@ -182,10 +183,17 @@ async fn readyz(State(st): State<Arc<GatewayState>>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut down: Vec<&'static str> = Vec::new();
     let mut degraded: Vec<&'static str> = Vec::new();
-    let store_ok = matches!(tokio::time::timeout(READY_TIMEOUT, store.ping()).await, Ok(Ok(())));
+    let store_ping = tokio::time::timeout(READY_TIMEOUT, store.ping()).await;
+    let store_ok = matches!(store_ping, Ok(Ok(())));
     checks.insert("store".into(), serde_json::json!(if store_ok { "up" } else { "down" }));
     if !store_ok {
         down.push("store");
+        // Why, as the store layer words it (no URL, no password; a TLS problem is named).
+        let why = match store_ping {
+            Ok(Err(e)) => e.to_string(),
+            _ => "timeout".to_owned(),
+        };
+        checks.insert("store_error".into(), serde_json::json!(why));
     }
     if let Some(up) = store.changes_connected() {
         checks.insert(
@@ -200,10 +208,15 @@ async fn readyz(State(st): State<Arc<GatewayState>>) -> Response {
         let wait = r.config().timeout + Duration::from_millis(100);
         let ok = matches!(tokio::time::timeout(wait, r.ping()).await, Ok(Ok(())));
         checks.insert("redis".into(), serde_json::json!(if ok { "up" } else { "down" }));
+        checks.insert("redis_topology".into(), serde_json::json!(r.config().topology.kind()));
         let breaker = r.breaker_state();
         checks.insert("redis_breaker".into(), serde_json::json!(breaker.as_str()));
         if !ok {
             down.push("redis");
+            // Why the last call failed: `tls: …` for a certificate problem, else the error's
+            // kind or `timeout` (never a URL or a password).
+            let why = r.last_error().unwrap_or_else(|| "timeout".to_owned());
+            checks.insert("redis_error".into(), serde_json::json!(why));
         } else if breaker != keyward_engine::limit::breaker::BreakerState::Closed {
             degraded.push("redis_breaker");
         }

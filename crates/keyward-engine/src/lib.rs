@@ -327,12 +327,16 @@ impl Engine {
         // Empty until a limit applies: a request without limits allocates nothing here.
         let mut rates = Vec::new();
         let mut quotas = Vec::new();
+        // Under Redis Cluster, a key's limits and its app's share the app's slot (one atomic
+        // script); route-wide limits (global, per client address) have slots of their own.
+        let app = Some(l.key(&["app-group", who.app_id]));
         if let (Some(spec), Some(ip), true) = (self.options.publishable_rate, client, who.publishable) {
             rates.push(RateCheck {
                 name: "client",
                 key: l.key(&["pk-client-rate", who.limit_id, &ip.to_string()]),
                 spec,
                 cost: 1,
+                group: app,
             });
         }
         if let Some(spec) = who.policy.rate {
@@ -341,6 +345,7 @@ impl Engine {
                 key: l.key(&["key-rate", who.limit_id]),
                 spec,
                 cost: 1,
+                group: app,
             });
         }
         if let Some(spec) = who.app_policy.and_then(|p| p.rate) {
@@ -349,16 +354,17 @@ impl Engine {
                 key: l.key(&["app-rate", who.app_id]),
                 spec,
                 cost: 1,
+                group: app,
             });
         }
         if let Some(spec) = route.rate {
-            let key = match route.rate_by {
-                RateBy::Key => l.key(&["route-rate", &route.route, "key", who.limit_id]),
-                RateBy::App => l.key(&["route-rate", &route.route, "app", who.app_id]),
-                RateBy::Global => l.key(&["route-rate", &route.route]),
+            let (key, group) = match route.rate_by {
+                RateBy::Key => (l.key(&["route-rate", &route.route, "key", who.limit_id]), app),
+                RateBy::App => (l.key(&["route-rate", &route.route, "app", who.app_id]), app),
+                RateBy::Global => (l.key(&["route-rate", &route.route]), None),
                 RateBy::ClientIp => {
                     let ip = client.map(|ip| ip.to_string()).unwrap_or_default();
-                    l.key(&["route-rate", &route.route, "ip", &ip])
+                    (l.key(&["route-rate", &route.route, "ip", &ip]), None)
                 }
             };
             rates.push(RateCheck {
@@ -366,10 +372,17 @@ impl Engine {
                 key,
                 spec,
                 cost: 1,
+                group,
             });
         }
         let cost = route.cost.max(1);
-        let quota = |name: &'static str, key, spec: QuotaSpec| QuotaCheck { name, key, spec, cost };
+        let quota = |name: &'static str, key, spec: QuotaSpec| QuotaCheck {
+            name,
+            key,
+            spec,
+            cost,
+            group: app,
+        };
         if let Some(spec) = who.policy.quota {
             quotas.push(quota("key-quota", l.key(&["key-quota", who.limit_id]), spec));
         }

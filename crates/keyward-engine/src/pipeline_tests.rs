@@ -830,7 +830,7 @@ async fn limits_for_every_principal_kind() {
 async fn an_unreachable_shared_limiter_fails_closed() {
     let redis = crate::limit::redis::RedisLimiter::new(crate::limit::redis::RedisConfig {
         // Nothing listens on port 1: every call fails at once.
-        url: "redis://127.0.0.1:1/".into(),
+        topology: keyward_limit::Topology::Single("redis://127.0.0.1:1/".into()),
         timeout: Duration::from_millis(200),
         default_mode: crate::limit::OnLimiterFailure::FailClosed,
         ..Default::default()

@@ -15,6 +15,7 @@ fn bench(c: &mut Criterion) {
         key: l.key(&["key", "key_one"]),
         spec,
         cost: 1,
+        group: None,
     };
     let mut now = T0;
     c.bench_function("limiter/1 key", |b| {
@@ -31,6 +32,7 @@ fn bench(c: &mut Criterion) {
             key: big.key(&["key", &format!("key_{i}")]),
             spec,
             cost: 1,
+            group: None,
         })
         .collect();
     for k in &keys {
@@ -48,6 +50,7 @@ fn bench(c: &mut Criterion) {
         key: big.key(&["app", "a"]),
         spec,
         cost: 1,
+        group: None,
     };
     c.bench_function("limiter/key + app, 1,000,000 keys", |b| {
         b.iter(|| {

@@ -61,6 +61,7 @@ fn main() {
             key,
             spec: rate,
             cost: 1,
+            group: None,
         };
         // All within the first second; each key is checked once, so each is allowed.
         let o = l.check(std::slice::from_ref(&check), &[], T0 + i as u64);
@@ -98,12 +99,14 @@ fn main() {
             key: l.key(&["key", &id]),
             spec: rate,
             cost: 1,
+            group: None,
         };
         let qc = QuotaCheck {
             name: "quota",
             key: l.key(&["quota", &id]),
             spec: quota,
             cost: 1,
+            group: None,
         };
         let o = l.check(std::slice::from_ref(&rc), std::slice::from_ref(&qc), T0 + i as u64);
         assert!(matches!(o, Outcome::Allowed { .. }));

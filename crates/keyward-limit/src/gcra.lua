@@ -1,7 +1,8 @@
 -- keyward: every limit of one request, decided all or nothing (GCRA rates and quotas).
 --
 -- KEYS: the rate keys, then the quota keys.
--- ARGV[1]: "" to use Redis TIME as the clock, else the time in microseconds (tests only).
+-- ARGV[1]: "" to use Redis TIME as the clock, else the time in microseconds (tests only; read by
+-- the prelude, clock.lua).
 -- ARGV[2], ARGV[3]: number of rates, number of quotas.
 -- Then per rate: emission interval (µs, may be fractional), burst, cost;
 -- then per quota: refill ("d" day, "w" ISO week, "m" month, "e" every N seconds), N, limit, cost.
@@ -15,16 +16,6 @@
 -- per rate and per quota, in order: after the request when it is allowed, as they are when it
 -- is refused (a refused request consumes from no limit, so nothing was taken).
 
-local now
--- With a test clock, state must outlive the test's real duration: a minute more of TTL.
-local slack = 0
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-  slack = 60000
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
 local nr = tonumber(ARGV[2])
 local nq = tonumber(ARGV[3])
 local secs = math.floor(now / 1000000)
@@ -34,31 +25,6 @@ local EPS = 1
 local function ceil_secs(us)
   if us <= 0 then return 0 end
   return math.ceil(us / 1000000 - 1e-9)
-end
-
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m > 2) and (m - 3) or (m + 9)
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local function month_of(s)
-  local z = math.floor(s / 86400) + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = (mp < 10) and (mp + 3) or (mp - 9)
-  if m <= 2 then y = y + 1 end
-  local ny, nm = y, m + 1
-  if m == 12 then ny, nm = y + 1, 1 end
-  return y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400
 end
 
 local out = {0, 0, 0}
@@ -113,20 +79,7 @@ for j = 1, nq do
   local limit = tonumber(ARGV[a + 2])
   local cost = tonumber(ARGV[a + 3])
   a = a + 4
-  local period, finish
-  if kind == 'd' then
-    period = math.floor(secs / 86400)
-    finish = (period + 1) * 86400
-  elseif kind == 'w' then
-    -- The Unix epoch was a Thursday: ISO weeks start on the Monday three days before it.
-    period = math.floor((secs + 259200) / 604800)
-    finish = (period + 1) * 604800 - 259200
-  elseif kind == 'm' then
-    period, finish = month_of(secs)
-  else
-    period = math.floor(secs / len)
-    finish = (period + 1) * len
-  end
+  local period, finish = period_of(kind, len, secs)
   local used = 0
   local cell = redis.call('HMGET', KEYS[nr + j], 'p', 'u')
   if cell[1] and tonumber(cell[1]) == period then

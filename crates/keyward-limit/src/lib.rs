@@ -13,8 +13,10 @@
 
 pub mod breaker;
 pub mod redis;
+pub mod topology;
 
 pub use redis::{Limiter, LimiterUnavailable, OnLimiterFailure, RedisConfig, RedisLimiter, RedisStats};
+pub use topology::{RedisTls, Topology};
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -70,6 +72,8 @@ pub struct RateCheck {
     pub spec: RateSpec,
     /// Units this request consumes (the route's cost).
     pub cost: u64,
+    /// The limits decided together with this one under Redis Cluster (see [`QuotaCheck::group`]).
+    pub group: Option<LimitKey>,
 }
 
 /// One quota that applies to a request.
@@ -79,6 +83,12 @@ pub struct QuotaCheck {
     pub key: LimitKey,
     pub spec: QuotaSpec,
     pub cost: u64,
+    /// Under Redis Cluster, the limits of one request that carry the same group share a hash
+    /// tag, hence a slot, and are decided all or nothing by one script (the engine groups a
+    /// key's and its app's limits by app). `None`: a slot of its own (route-wide limits).
+    /// Elsewhere (in process, one Redis, Sentinel) every limit of a request is decided in one
+    /// step whatever its group.
+    pub group: Option<LimitKey>,
 }
 
 /// The state of one limit after a decision, for the `RateLimit-Policy` and `RateLimit` fields.

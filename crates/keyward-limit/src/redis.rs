@@ -8,9 +8,17 @@
 //!
 //! Keys are `kw:{<prefix>}:r:<hex>` (rates), `kw:{<prefix>}:q:<hex>` (quotas),
 //! `kw:{<prefix>}:j:<jkt>:<jti>` (DPoP replay) and `kw:{<prefix>}:d:<jti>` (revoked tokens);
-//! the denylist fans out on the channel `kw:{<prefix>}:deny`. The braces are a Redis Cluster
-//! hash tag: every key of one deployment lives in one slot, so the multi-key script is valid
-//! under Cluster too (at the price of one shard holding all limit state).
+//! the denylist fans out on the channel `kw:{<prefix>}:deny`. With one endpoint or Sentinel
+//! every key carries the hash tag `{<prefix>}`. Under Redis Cluster the state spreads over the
+//! shards: limit keys are tagged by their group, `kw:{<prefix>:<group hex>}:r:<hex>` (a key's
+//! and its app's limits share their app's tag, so their decision stays one script; a
+//! route-wide limit has a tag of its own), DPoP claims by the proof
+//! (`kw:{<prefix>:<hex>}:j:<jkt>:<jti>`); the denylist keeps `{<prefix>}` (revocations are rare,
+//! and one slot lets a node read the whole list). A request whose limits span several slots is
+//! decided slot by slot, its app's slot first; when a later slot refuses, what the earlier ones
+//! took is given back (`refund.lua`), so nothing is consumed by a refused request, but a
+//! concurrent request may see the taken units for the length of one round trip (it may be
+//! refused where an atomic decision would have admitted it: never the other way round).
 //!
 //! Every call is bounded by `timeout` and goes through a [`Breaker`]; [`Limiter::check`] applies
 //! the route's [`OnLimiterFailure`] when a call fails or the breaker is open.
@@ -19,21 +27,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands, RedisResult};
 use keyward_core::policy::{QuotaSpec, RateSpec, Refill};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::topology::{describe, kind_of, Conn, Link, RedisTls, Topology};
 use crate::{ceil_secs, LimitKey, LimitState, LocalLimiter, Outcome, QuotaCheck, RateCheck};
 
-const SCRIPT: &str = include_str!("gcra.lua");
+const SCRIPT: &str = concat!(include_str!("clock.lua"), include_str!("gcra.lua"));
+const REFUND: &str = concat!(include_str!("clock.lua"), include_str!("refund.lua"));
 
 /// Settings of the Redis backend (`[redis]`).
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db` (no TLS: put stunnel or a private network in
-    /// between).
-    pub url: String,
+    /// One endpoint (`redis.url`), a Redis Cluster (`redis.cluster_nodes`) or Sentinel
+    /// (`redis.sentinel_nodes` + `redis.sentinel_master`).
+    pub topology: Topology,
+    /// CA and client certificate for `rediss://` URLs.
+    pub tls: RedisTls,
     /// Namespace of this deployment's keys (the hash tag).
     pub prefix: String,
     /// Bound on every Redis call, connection included.
@@ -51,7 +62,8 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
-            url: "redis://127.0.0.1:6379/".into(),
+            topology: Topology::default(),
+            tls: RedisTls::default(),
             prefix: "keyward".into(),
             timeout: Duration::from_millis(50),
             breaker: BreakerConfig::default(),
@@ -116,20 +128,9 @@ impl std::fmt::Display for RedisCallError {
         match self {
             RedisCallError::Timeout => f.write_str("redis call timed out"),
             RedisCallError::BreakerOpen => f.write_str("redis circuit breaker is open"),
-            RedisCallError::Redis(e) => write!(f, "redis error: {}", e.kind_str()),
+            RedisCallError::Redis(e) => write!(f, "redis error: {}", describe(e)),
             RedisCallError::Protocol => f.write_str("unexpected answer from redis"),
         }
-    }
-}
-
-trait KindStr {
-    fn kind_str(&self) -> String;
-}
-
-impl KindStr for ::redis::RedisError {
-    /// The error's kind only: a Redis error message may quote a key or the URL.
-    fn kind_str(&self) -> String {
-        format!("{:?}", self.kind())
     }
 }
 
@@ -160,19 +161,23 @@ impl RedisStats {
 
 /// The Redis backend.
 pub struct RedisLimiter {
-    client: ::redis::Client,
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    link: Link,
     script: ::redis::Script,
+    refund: ::redis::Script,
     cfg: RedisConfig,
     breaker: Breaker,
     stats: RedisStats,
     /// Per-node limits while Redis is unavailable (`on_limiter_failure = "local"`).
     fallback: LocalLimiter,
+    /// Why the last failed call failed (`describe`: a TLS problem, an error kind), for
+    /// `/readyz`; cleared by a success.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLimiter")
+            .field("topology", &self.cfg.topology.kind())
             .field("prefix", &self.cfg.prefix)
             .field("timeout", &self.cfg.timeout)
             .field("breaker", &self.breaker.state())
@@ -184,21 +189,40 @@ fn rate_interval_us(spec: &RateSpec) -> f64 {
     spec.period.as_nanos() as f64 / 1000.0 / spec.count.max(1) as f64
 }
 
+fn quota_args(spec: &QuotaSpec) -> (&'static str, u64) {
+    match spec.refill {
+        Refill::Day => ("d", 86_400),
+        Refill::Week => ("w", 604_800),
+        Refill::Month => ("m", 0),
+        Refill::Every(d) => ("e", d.as_secs().max(1)),
+    }
+}
+
+/// The limits of one request that live in one slot: indices into the request's rates and
+/// quotas, and the hash tag they share.
+struct Slot {
+    tag: String,
+    rates: Vec<usize>,
+    quotas: Vec<usize>,
+}
+
 impl RedisLimiter {
-    /// Parses the URL; connects lazily (on the first call), so that keyward starts while Redis
-    /// is down and follows its failure modes until it comes up.
+    /// Checks the settings; connects lazily (on the first call), so that keyward starts while
+    /// Redis is down and follows its failure modes until it comes up. `serve` runs
+    /// [`RedisLimiter::startup_check`] first.
     pub fn new(cfg: RedisConfig) -> Result<RedisLimiter, String> {
-        let client = ::redis::Client::open(cfg.url.as_str()).map_err(|e| format!("redis.url: {}", e.kind_str()))?;
         if cfg.prefix.is_empty() || cfg.prefix.contains(['{', '}']) {
             return Err("redis.prefix must be non-empty and free of braces".into());
         }
+        let link = Link::new(&cfg.topology, &cfg.tls, cfg.timeout)?;
         Ok(RedisLimiter {
-            client,
-            conn: tokio::sync::OnceCell::new(),
+            link,
             script: ::redis::Script::new(SCRIPT),
+            refund: ::redis::Script::new(REFUND),
             breaker: Breaker::new(cfg.breaker),
             stats: RedisStats::default(),
             fallback: LocalLimiter::new(),
+            last_error: std::sync::Mutex::new(None),
             cfg,
         })
     }
@@ -219,54 +243,103 @@ impl RedisLimiter {
         &self.breaker
     }
 
-    fn key_name(&self, kind: char, key: &LimitKey) -> String {
-        format!("kw:{{{}}}:{kind}:{:016x}", self.cfg.prefix, key.value())
+    /// Why the last failed call failed (`tls: …` for a certificate problem, else the error's
+    /// kind or `timeout`); `None` after a success.
+    pub fn last_error(&self) -> Option<String> {
+        match self.last_error.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
-    async fn connection(&self) -> RedisResult<ConnectionManager> {
-        let timeout = self.cfg.timeout.max(Duration::from_millis(10));
-        self.conn
-            .get_or_try_init(|| {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(timeout.max(Duration::from_millis(200)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(200);
-                ConnectionManager::new_with_config(self.client.clone(), cfg)
-            })
-            .await
-            .cloned()
+    fn set_last_error(&self, e: Option<String>) {
+        let mut g = match self.last_error.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if *g != e {
+            *g = e;
+        }
+    }
+
+    /// What `serve` checks before accepting traffic (see [`Link::startup_check`]): `Err` is a
+    /// start-up error; `Ok(Some(warning))` starts with a warning (one endpoint that is down).
+    pub async fn startup_check(&self, budget: Duration) -> Result<Option<String>, String> {
+        self.link.startup_check(budget).await
+    }
+
+    /// The hash tag of a limit: `{prefix}`, or under Cluster `{prefix:<group>}` (its own key
+    /// when it has no group).
+    fn tag_of(&self, group: Option<LimitKey>, key: &LimitKey) -> String {
+        if self.cfg.topology.is_cluster() {
+            format!("{}:{:016x}", self.cfg.prefix, group.unwrap_or(*key).value())
+        } else {
+            self.cfg.prefix.clone()
+        }
+    }
+
+    fn key_name(tag: &str, kind: char, key: &LimitKey) -> String {
+        format!("kw:{{{tag}}}:{kind}:{:016x}", key.value())
     }
 
     /// Runs `op` on a connection, bounded by the timeout and behind the breaker.
     async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, RedisCallError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
         if !self.breaker.allow() {
             RedisStats::bump(&self.stats.short_circuits);
             return Err(RedisCallError::BreakerOpen);
         }
+        self.call(op, true).await
+    }
+
+    /// Runs `op` on a connection, bounded by the timeout; its outcome counts for the breaker
+    /// when `track` (refunds neither wait for the breaker nor move it: a slot that just
+    /// answered is asked to give back what it took, even while another slot fails).
+    async fn call<T, F, Fut>(&self, op: F, track: bool) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
         RedisStats::bump(&self.stats.calls);
+        // The Sentinel generation of the connection used (0: none yet).
+        let used = AtomicU64::new(0);
         let r = tokio::time::timeout(self.cfg.timeout, async {
-            let c = self.connection().await?;
+            let c = self.link.get().await?;
+            if let Conn::Sentinel(g, _) = &c {
+                used.store(*g, Ordering::Relaxed);
+            }
             op(c).await
         })
         .await;
         match r {
             Ok(Ok(v)) => {
-                self.breaker.success();
+                if track {
+                    self.breaker.success();
+                    self.set_last_error(None);
+                }
                 Ok(v)
             }
             Ok(Err(e)) => {
                 RedisStats::bump(&self.stats.errors);
-                self.breaker.failure();
-                tracing::debug!(error = %e.kind_str(), "redis call failed");
+                if track {
+                    self.breaker.failure();
+                }
+                self.link.failed(used.load(Ordering::Relaxed), Some(&e));
+                let why = describe(&e);
+                tracing::debug!(error = %why, "redis call failed");
+                self.set_last_error(Some(why));
                 Err(RedisCallError::Redis(e))
             }
             Err(_) => {
                 RedisStats::bump(&self.stats.timeouts);
-                self.breaker.failure();
+                if track {
+                    self.breaker.failure();
+                }
+                self.link.failed(used.load(Ordering::Relaxed), None);
+                self.set_last_error(Some("timeout".into()));
                 Err(RedisCallError::Timeout)
             }
         }
@@ -288,34 +361,141 @@ impl RedisLimiter {
         if rates.is_empty() && quotas.is_empty() {
             return Ok(Outcome::Allowed { states: Vec::new() });
         }
-        let mut inv = self.script.prepare_invoke();
-        for r in rates {
-            inv.key(self.key_name('r', &r.key));
+        let slots = self.slots(rates, quotas);
+        if let [one] = slots.as_slice() {
+            return self.decide(one, rates, quotas, now_us).await;
         }
-        for q in quotas {
-            inv.key(self.key_name('q', &q.key));
+        // Under Cluster, across slots: slot by slot, giving back on a refusal or a failure.
+        let mut states: Vec<Option<LimitState>> = vec![None; rates.len() + quotas.len()];
+        let mut taken: Vec<&Slot> = Vec::with_capacity(slots.len());
+        for slot in &slots {
+            match self.decide(slot, rates, quotas, now_us).await {
+                Ok(Outcome::Allowed { states: s }) => {
+                    let places = slot
+                        .rates
+                        .iter()
+                        .copied()
+                        .chain(slot.quotas.iter().map(|q| rates.len() + q));
+                    for (place, st) in places.zip(s) {
+                        states[place] = Some(st);
+                    }
+                    taken.push(slot);
+                }
+                other => {
+                    for t in taken {
+                        self.give_back(t, rates, quotas, now_us).await;
+                    }
+                    return other;
+                }
+            }
+        }
+        Ok(Outcome::Allowed {
+            states: states.into_iter().flatten().collect(),
+        })
+    }
+
+    /// The slots of one request's limits, in the order they are decided: one (every limit)
+    /// unless under Cluster; there, grouped limits first (the app's: a tenant over its own
+    /// limits is refused before it touches a route-wide one), then each limit of its own.
+    fn slots(&self, rates: &[RateCheck], quotas: &[QuotaCheck]) -> Vec<Slot> {
+        if !self.cfg.topology.is_cluster() {
+            return vec![Slot {
+                tag: self.cfg.prefix.clone(),
+                rates: (0..rates.len()).collect(),
+                quotas: (0..quotas.len()).collect(),
+            }];
+        }
+        fn add(list: &mut Vec<Slot>, tag: String, rate: Option<usize>, quota: Option<usize>) {
+            let i = match list.iter().position(|s| s.tag == tag) {
+                Some(i) => i,
+                None => {
+                    list.push(Slot {
+                        tag,
+                        rates: Vec::new(),
+                        quotas: Vec::new(),
+                    });
+                    list.len() - 1
+                }
+            };
+            list[i].rates.extend(rate);
+            list[i].quotas.extend(quota);
+        }
+        let (mut grouped, mut own) = (Vec::with_capacity(1), Vec::new());
+        for (i, r) in rates.iter().enumerate() {
+            let list = if r.group.is_some() { &mut grouped } else { &mut own };
+            add(list, self.tag_of(r.group, &r.key), Some(i), None);
+        }
+        for (i, q) in quotas.iter().enumerate() {
+            let list = if q.group.is_some() { &mut grouped } else { &mut own };
+            add(list, self.tag_of(q.group, &q.key), None, Some(i));
+        }
+        grouped.append(&mut own);
+        grouped
+    }
+
+    /// One script call: the limits of `slot`, all or nothing.
+    async fn decide(
+        &self,
+        slot: &Slot,
+        rates: &[RateCheck],
+        quotas: &[QuotaCheck],
+        now_us: Option<u64>,
+    ) -> Result<Outcome, RedisCallError> {
+        let rs: Vec<&RateCheck> = slot.rates.iter().filter_map(|&i| rates.get(i)).collect();
+        let qs: Vec<&QuotaCheck> = slot.quotas.iter().filter_map(|&i| quotas.get(i)).collect();
+        let mut inv = self.script.prepare_invoke();
+        for r in &rs {
+            inv.key(Self::key_name(&slot.tag, 'r', &r.key));
+        }
+        for q in &qs {
+            inv.key(Self::key_name(&slot.tag, 'q', &q.key));
         }
         inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
-        inv.arg(rates.len()).arg(quotas.len());
-        for r in rates {
+        inv.arg(rs.len()).arg(qs.len());
+        for r in &rs {
             inv.arg(format!("{:.6}", rate_interval_us(&r.spec)))
                 .arg(r.spec.burst)
                 .arg(r.cost);
         }
-        for q in quotas {
-            let (kind, len) = match q.spec.refill {
-                Refill::Day => ("d", 86_400),
-                Refill::Week => ("w", 604_800),
-                Refill::Month => ("m", 0),
-                Refill::Every(d) => ("e", d.as_secs().max(1)),
-            };
+        for q in &qs {
+            let (kind, len) = quota_args(&q.spec);
             inv.arg(kind).arg(len).arg(q.spec.limit).arg(q.cost);
         }
         let inv = &inv;
         let raw: Vec<i64> = self
             .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        decode(&raw, rates, quotas).ok_or(RedisCallError::Protocol)
+        decode(&raw, &rs, &qs).ok_or(RedisCallError::Protocol)
+    }
+
+    /// Gives back what an allowed decision of `slot` took (best effort: a failure is logged,
+    /// and the units stay taken until their state expires).
+    async fn give_back(&self, slot: &Slot, rates: &[RateCheck], quotas: &[QuotaCheck], now_us: Option<u64>) {
+        let rs: Vec<&RateCheck> = slot.rates.iter().filter_map(|&i| rates.get(i)).collect();
+        let qs: Vec<&QuotaCheck> = slot.quotas.iter().filter_map(|&i| quotas.get(i)).collect();
+        let mut inv = self.refund.prepare_invoke();
+        for r in &rs {
+            inv.key(Self::key_name(&slot.tag, 'r', &r.key));
+        }
+        for q in &qs {
+            inv.key(Self::key_name(&slot.tag, 'q', &q.key));
+        }
+        inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
+        inv.arg(rs.len()).arg(qs.len());
+        for r in &rs {
+            inv.arg(format!("{:.6}", rate_interval_us(&r.spec))).arg(r.cost);
+        }
+        for q in &qs {
+            let (kind, len) = quota_args(&q.spec);
+            inv.arg(kind).arg(len).arg(q.cost);
+        }
+        let inv = &inv;
+        let r: Result<i64, _> = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await }, false)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "giving back a refused request's units failed; they stay taken until their state expires");
+        }
     }
 
     /// `PING`, bounded by the timeout and behind the breaker (readiness checks).
@@ -328,7 +508,8 @@ impl RedisLimiter {
 
     /// Records the first use of a DPoP proof (`jkt:jti`) for `ttl`: true when it was new.
     pub async fn first_use(&self, entry: &str, ttl: Duration) -> Result<bool, RedisCallError> {
-        let key = format!("kw:{{{}}}:j:{entry}", self.cfg.prefix);
+        let tag = self.tag_of(None, &LimitKey::stable(&["dpop", entry]));
+        let key = format!("kw:{{{tag}}}:j:{entry}");
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let set: Option<String> = self
             .guarded(|mut c| async move {
@@ -374,22 +555,16 @@ impl RedisLimiter {
         .await
     }
 
-    /// Reads the whole shared denylist (on every (re)subscription).
+    /// Reads the whole shared denylist (on every (re)subscription). Its keys share the tag
+    /// `{prefix}`: one slot, so under Cluster one master holds them all.
     async fn load_denylist(&self) -> RedisResult<Vec<(String, i64)>> {
-        let mut c = self.connection().await?;
+        let mut c = self.link.get().await?;
         let pattern = format!("kw:{{{}}}:d:*", self.cfg.prefix);
         let strip = format!("kw:{{{}}}:d:", self.cfg.prefix);
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await?;
+            let (next, keys) = self.link.scan(&mut c, &strip, cursor, &pattern).await?;
             if !keys.is_empty() {
                 let values: Vec<Option<i64>> = c.mget(&keys).await?;
                 for (k, v) in keys.iter().zip(values) {
@@ -407,7 +582,8 @@ impl RedisLimiter {
 
     /// Keeps the local denylist in step with every node's revocations: subscribes to the
     /// channel, loads the whole list on every (re)subscription, then applies each message.
-    /// Runs until `stop` turns true; reconnects after a second when the channel breaks.
+    /// Runs until `stop` turns true; reconnects after a second when the channel breaks (under
+    /// Cluster to the next seed that answers; under Sentinel to the current master).
     pub async fn follow_denylist(
         self: Arc<Self>,
         sink: Arc<dyn Fn(String, i64) + Send + Sync>,
@@ -416,7 +592,7 @@ impl RedisLimiter {
         use futures_util::StreamExt;
         loop {
             let round = async {
-                let mut ps = self.client.get_async_pubsub().await?;
+                let mut ps = self.link.pubsub().await?;
                 ps.subscribe(self.deny_channel()).await?;
                 for (jti, exp) in self.load_denylist().await? {
                     sink(jti, exp);
@@ -438,7 +614,7 @@ impl RedisLimiter {
             tokio::select! {
                 r = round => {
                     if let Err(e) = r {
-                        tracing::debug!(error = %e.kind_str(), "redis denylist channel lost; retrying");
+                        tracing::debug!(error = %describe(&e), kind = %kind_of(&e), "redis denylist channel lost; retrying");
                     }
                 }
                 _ = stop.wait_for(|s| *s) => return,
@@ -483,7 +659,7 @@ impl RedisLimiter {
 }
 
 /// Turns the script's answer into an [`Outcome`].
-fn decode(raw: &[i64], rates: &[RateCheck], quotas: &[QuotaCheck]) -> Option<Outcome> {
+fn decode(raw: &[i64], rates: &[&RateCheck], quotas: &[&QuotaCheck]) -> Option<Outcome> {
     let (&kind, rest) = raw.split_first()?;
     let (&index, rest) = rest.split_first()?;
     let (&retry_us, rest) = rest.split_first()?;

@@ -34,7 +34,7 @@ fn prefix() -> String {
 
 fn limiter_at(url: &str, cfg: impl FnOnce(&mut RedisConfig)) -> RedisLimiter {
     let mut c = RedisConfig {
-        url: url.into(),
+        topology: Topology::Single(url.into()),
         prefix: prefix(),
         // Generous for debug builds on a loaded machine; the failure tests set their own.
         timeout: Duration::from_secs(2),
@@ -50,6 +50,7 @@ fn rate(id: &str, spec: &str, burst: Option<u64>) -> RateCheck {
         key: LimitKey::stable(&["rate", id]),
         spec: RateSpec::parse(spec, burst).unwrap(),
         cost: 1,
+        group: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn quota(id: &str, spec: &str, cost: u64) -> QuotaCheck {
         key: LimitKey::stable(&["quota", id]),
         spec: QuotaSpec::parse(spec).unwrap(),
         cost,
+        group: None,
     }
 }
 
@@ -273,9 +275,10 @@ async fn keys_carry_ttls() {
             .await
             .unwrap()
     ));
-    let mut c = l.connection().await.unwrap();
-    let rk = l.key_name('r', &r.key);
-    let qk = l.key_name('q', &q.key);
+    let mut c = l.link.get().await.unwrap();
+    let tag = l.tag_of(r.group, &r.key);
+    let rk = RedisLimiter::key_name(&tag, 'r', &r.key);
+    let qk = RedisLimiter::key_name(&tag, 'q', &q.key);
     assert!(rk.starts_with(&format!("kw:{{{}}}:r:", l.cfg.prefix)));
     let pttl: i64 = c.pttl(&rk).await.unwrap();
     assert!((1..=102).contains(&pttl), "rate key PTTL {pttl}");
@@ -541,4 +544,43 @@ async fn weekly_quotas_refill_on_monday() {
         panic!("Monday refills")
     };
     assert_eq!((states[0].remaining, states[0].reset_secs), (1, 7 * 86_400));
+}
+
+/// The remaining units of each limit (rates, then quotas) of an allowed decision.
+fn remaining(o: &Outcome) -> Vec<u64> {
+    match o {
+        Outcome::Allowed { states } => states.iter().map(|s| s.remaining).collect(),
+        other => panic!("refused: {other:?}"),
+    }
+}
+
+/// Under Cluster, a request whose limits span slots gives back what the earlier slots took
+/// when a later one refuses (`refund.lua`): exactly the cost, additive with other requests'
+/// consumption, never below an empty count or a full bucket.
+#[tokio::test]
+async fn a_refund_gives_back_exactly_what_was_taken() {
+    let Some(u) = url() else { return };
+    let l = limiter_at(&u, |_| {});
+    let r = [rate("refund", "10/s", Some(10))];
+    let q = [quota("refund", "5/day", 2)];
+    let slot = Slot {
+        tag: l.cfg.prefix.clone(),
+        rates: vec![0],
+        quotas: vec![0],
+    };
+    assert_eq!(remaining(&l.decide(&slot, &r, &q, Some(T0)).await.unwrap()), vec![9, 3]);
+    assert_eq!(remaining(&l.decide(&slot, &r, &q, Some(T0)).await.unwrap()), vec![8, 1]);
+    l.give_back(&slot, &r, &q, Some(T0)).await;
+    // As if the second request had never been: it fits again, with the same remainders.
+    assert_eq!(remaining(&l.decide(&slot, &r, &q, Some(T0)).await.unwrap()), vec![8, 1]);
+    // Ten seconds later the bucket is full: giving back changes nothing there; the quota's
+    // count goes down to zero and no further.
+    let later = T0 + 10 * SEC_US;
+    for _ in 0..3 {
+        l.give_back(&slot, &r, &q, Some(later)).await;
+    }
+    assert_eq!(
+        remaining(&l.decide(&slot, &r, &q, Some(later)).await.unwrap()),
+        vec![9, 3]
+    );
 }

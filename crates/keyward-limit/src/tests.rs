@@ -13,6 +13,7 @@ fn rate(l: &LocalLimiter, id: &str, spec: &str, burst: Option<u64>) -> RateCheck
         key: l.key(&["rate", id]),
         spec: RateSpec::parse(spec, burst).unwrap(),
         cost: 1,
+        group: None,
     }
 }
 
@@ -22,6 +23,7 @@ fn quota(l: &LocalLimiter, id: &str, spec: &str, cost: u64) -> QuotaCheck {
         key: l.key(&["quota", id]),
         spec: QuotaSpec::parse(spec).unwrap(),
         cost,
+        group: None,
     }
 }
 
@@ -237,7 +239,7 @@ proptest! {
     #[test]
     fn never_more_than_gcra_allows(gaps in prop::collection::vec(0u64..50_000_000, 1..400), count in 1u64..100, burst in 1u64..20) {
         let l = LocalLimiter::new();
-        let r = RateCheck { name: "key", key: l.key(&["p"]), spec: RateSpec::parse(&format!("{count}/s"), Some(burst)).unwrap(), cost: 1 };
+        let r = RateCheck { name: "key", key: l.key(&["p"]), spec: RateSpec::parse(&format!("{count}/s"), Some(burst)).unwrap(), cost: 1, group: None };
         let mut now = T0;
         let mut admitted = 0u64;
         for g in &gaps {

@@ -90,6 +90,10 @@ impl PgStore {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|_| StoreError::Open("invalid PostgreSQL URL".into()))?
             .application_name("keyward");
+        // The TLS root file is read at each connection: name it now if it cannot be read.
+        if let Some(root) = ssl_root_cert(url) {
+            std::fs::File::open(&root).map_err(|e| StoreError::Open(format!("sslrootcert {root}: {}", e.kind())))?;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(opts.connect_timeout)
@@ -159,13 +163,28 @@ impl PgStore {
     }
 }
 
+/// The `sslrootcert` parameter of a PostgreSQL URL, if any (a path, never a secret).
+fn ssl_root_cert(url: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "sslrootcert")
+        .map(|(_, v)| v.into_owned())
+}
+
 /// A driver error without anything that could come from the URL (passwords).
 fn redact(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => format!("database error {}", db.code().unwrap_or_default()),
-        sqlx::Error::Io(io) => format!("{}", io.kind()),
+        // A TLS handshake that failed on a certificate reaches sqlx as an I/O error carrying
+        // the rustls error: name it (rustls' words hold no credential).
+        sqlx::Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(t) => format!("TLS error: {t}"),
+            None => format!("{}", io.kind()),
+        },
         sqlx::Error::PoolTimedOut => "timed out".into(),
-        sqlx::Error::Tls(_) => "TLS error".into(),
+        // The TLS problem itself (unknown CA, a name the certificate does not carry, an
+        // unreadable sslrootcert): rustls' words, which hold no credential.
+        sqlx::Error::Tls(t) => format!("TLS error: {t}"),
         sqlx::Error::Configuration(_) => "invalid configuration".into(),
         other => other.to_string(),
     }

@@ -194,6 +194,9 @@ pub async fn open_store(section: &crate::config::StoreSection) -> Result<Arc<dyn
     Ok(Arc::new(store))
 }
 
+/// How long `serve` waits for Redis's start-up check (cluster slot map, sentinels, TLS).
+const REDIS_STARTUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Binds both listeners and starts serving.
 pub async fn start(cfg: &Config, secrets: Secrets) -> Result<Running> {
     let gateway_listener = TcpListener::bind(cfg.gateway.listen)
@@ -223,6 +226,17 @@ pub async fn start_on(
     let format = cfg.key_format().map_err(|e| CliError::startup(e.to_string()))?;
     let store = open_store(&cfg.store).await?;
     let limiter = cfg.limiter().map_err(|e| CliError::startup(e.to_string()))?;
+    if let Some(r) = limiter.redis() {
+        // A certificate that does not verify, a cluster without a seed that answers or with
+        // slots that no master serves, sentinels that know no such master: refused now, not
+        // discovered request by request. One endpoint that is down only warns (routes follow
+        // their on_limiter_failure until it is back).
+        match r.startup_check(REDIS_STARTUP_BUDGET).await {
+            Ok(None) => {}
+            Ok(Some(warning)) => tracing::warn!("redis: {warning}"),
+            Err(e) => return Err(CliError::startup(format!("redis: {e}"))),
+        }
+    }
     let engine = Arc::new(
         Engine::with_options(store, secrets.pepper, format, cfg.engine_options(), clock).with_limiter(limiter),
     );

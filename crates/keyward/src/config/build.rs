@@ -189,15 +189,42 @@ impl Config {
         }
     }
 
-    /// The limiter: per node, or shared through Redis when `[redis]` is present.
+    /// The limiter: per node, or shared through Redis when `[redis]` is present (one endpoint,
+    /// a Cluster or Sentinel, with TLS for `rediss://`; the TLS files are read here, so that
+    /// `check-config` names an unreadable or malformed one).
     pub fn limiter(&self) -> Result<keyward_engine::limit::Limiter, ConfigError> {
-        use keyward_engine::limit::{breaker::BreakerConfig, Limiter, RedisConfig, RedisLimiter};
+        use keyward_engine::limit::{breaker::BreakerConfig, Limiter, RedisConfig, RedisLimiter, RedisTls, Topology};
         let invalid = ConfigError::Invalid;
         let Some(r) = &self.redis else {
             return Ok(Limiter::default());
         };
-        if r.url.is_empty() {
-            return Err(invalid("redis.url is required when [redis] is present".into()));
+        let topology = match (
+            !r.url.is_empty(),
+            !r.cluster_nodes.is_empty(),
+            !r.sentinel_nodes.is_empty(),
+        ) {
+            (true, false, false) => Topology::Single(r.url.clone()),
+            (false, true, false) => Topology::Cluster(r.cluster_nodes.clone()),
+            (false, false, true) => Topology::Sentinel {
+                nodes: r.sentinel_nodes.clone(),
+                master: r
+                    .sentinel_master
+                    .clone()
+                    .ok_or_else(|| invalid("redis.sentinel_master is required with redis.sentinel_nodes".into()))?,
+            },
+            (false, false, false) => {
+                return Err(invalid(
+                    "redis.url, redis.cluster_nodes or redis.sentinel_nodes is required when [redis] is present".into(),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "redis.url, redis.cluster_nodes and redis.sentinel_nodes: set exactly one".into(),
+                ))
+            }
+        };
+        if r.sentinel_master.is_some() && !matches!(topology, Topology::Sentinel { .. }) {
+            return Err(invalid("redis.sentinel_master: only with redis.sentinel_nodes".into()));
         }
         if r.breaker_failures == 0 {
             return Err(invalid("redis.breaker_failures must be at least 1".into()));
@@ -205,8 +232,24 @@ impl Config {
         if r.nodes_hint == 0 {
             return Err(invalid("redis.nodes_hint must be at least 1".into()));
         }
+        let read = |key: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| invalid(format!("redis.{key}: cannot read {}: {}", p.display(), e.kind())))
+        };
+        let tls = RedisTls {
+            ca_pem: r.ca_file.as_deref().map(|p| read("ca_file", p)).transpose()?,
+            client: match (&r.client_cert_file, &r.client_key_file) {
+                (Some(c), Some(k)) => Some((read("client_cert_file", c)?, read("client_key_file", k)?)),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "redis.client_cert_file and redis.client_key_file: set both or neither".into(),
+                    ))
+                }
+            },
+        };
         let cfg = RedisConfig {
-            url: r.url.clone(),
+            topology,
+            tls,
             prefix: r.prefix.clone(),
             timeout: r.timeout,
             breaker: BreakerConfig {

@@ -81,8 +81,24 @@ impl From<LimiterFailure> for keyward_engine::OnLimiterFailure {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSection {
-    /// `redis://[user:password@]host:port/db`.
+    /// One endpoint: `redis://[user:password@]host:port/db` (`rediss://` for TLS).
     pub url: String,
+    /// Redis Cluster instead: seed nodes (`redis://host:port` or `rediss://…`); the rest of the
+    /// cluster is discovered from them.
+    pub cluster_nodes: Vec<String>,
+    /// Sentinel instead: the sentinels (`redis://host:26379`; user, password and database of
+    /// the first apply to the sentinels and to the master alike) …
+    pub sentinel_nodes: Vec<String>,
+    /// … and the name of the master they watch.
+    pub sentinel_master: Option<String>,
+    /// CA certificates (PEM) that Redis's certificates must chain to (`rediss://`; default:
+    /// the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for Redis servers that require one; with
+    /// `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub client_key_file: Option<PathBuf>,
     /// Namespace of this deployment's keys (every node of one cluster uses the same).
     pub prefix: String,
     /// Bound on every Redis call.
@@ -103,6 +119,12 @@ impl Default for RedisSection {
     fn default() -> Self {
         RedisSection {
             url: String::new(),
+            cluster_nodes: Vec::new(),
+            sentinel_nodes: Vec::new(),
+            sentinel_master: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             prefix: "keyward".into(),
             timeout: Duration::from_millis(50),
             breaker_failures: 5,

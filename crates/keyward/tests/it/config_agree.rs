@@ -276,3 +276,55 @@ fn trace_export_without_the_otel_feature_is_refused_by_both() {
     // At the line of the key.
     assert_eq!(f, vec![(Some(15), keyward::telemetry::NOT_BUILT.to_owned())]);
 }
+
+/// Issue 23: every malformed `[redis]` topology or TLS setting is refused by both, with the
+/// key named, before any connection is tried (the addresses here do not exist).
+#[test]
+fn hostile_redis_topologies_and_tls_files_are_refused_by_both() {
+    let s = Setup::new();
+    std::fs::write(s.path("not-pem.pem"), "this is not a certificate").unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "url = \"redis://10.255.255.1:6379\"\ncluster_nodes = [\"redis://10.255.255.1:7000\"]",
+            "set exactly one",
+        ),
+        ("sentinel_nodes = [\"redis://10.255.255.1:26379\"]", "redis.sentinel_master is required"),
+        (
+            "url = \"redis://10.255.255.1:6379\"\nsentinel_master = \"m\"",
+            "redis.sentinel_master: only with redis.sentinel_nodes",
+        ),
+        ("prefix = \"k\"", "redis.url, redis.cluster_nodes or redis.sentinel_nodes is required"),
+        ("cluster_nodes = [\"http://10.255.255.1:7000\"]", "redis.cluster_nodes: not a redis:// or rediss:// URL"),
+        ("cluster_nodes = [\"redis:///tmp/redis.sock\"]", "redis.cluster_nodes"),
+        (
+            "cluster_nodes = [\"redis://10.255.255.1:7000\", \"rediss://10.255.255.2:7000\"]",
+            "mixes redis:// and rediss:// URLs",
+        ),
+        ("url = \"rediss://10.255.255.1:6379/#insecure\"", "#insecure"),
+        (
+            "url = \"redis://10.255.255.1:6379\"\nca_file = \"not-pem.pem\"",
+            "apply to rediss:// URLs only",
+        ),
+        (
+            "url = \"rediss://10.255.255.1:6379\"\nca_file = \"not-pem.pem\"",
+            "redis.ca_file holds no PEM certificate",
+        ),
+        (
+            "url = \"rediss://10.255.255.1:6379\"\nca_file = \"missing.pem\"",
+            "redis.ca_file: cannot read",
+        ),
+        (
+            "url = \"rediss://10.255.255.1:6379\"\nclient_cert_file = \"not-pem.pem\"",
+            "set both or neither",
+        ),
+        (
+            "url = \"rediss://10.255.255.1:6379\"\nclient_cert_file = \"not-pem.pem\"\nclient_key_file = \"not-pem.pem\"",
+            "redis.client_cert_file holds no PEM certificate",
+        ),
+        ("cluster_nodes = []\nurl = \"\"", "is required when [redis] is present"),
+    ];
+    for (section, needle) in cases {
+        let cfg = s.write("127.0.0.1:0", "127.0.0.1:0", &format!("[redis]\n{section}\n"));
+        s.both_refuse(&cfg, &[needle]);
+    }
+}

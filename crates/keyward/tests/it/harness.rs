@@ -218,6 +218,14 @@ pub fn routes(upstream: SocketAddr) -> Vec<RouteSection> {
 
 /// Boots keyward with the test routes; `tweak` edits the configuration first.
 pub async fn boot_with(tweak: impl FnOnce(&mut Config)) -> Kw {
+    match try_boot_with(tweak).await {
+        Ok(kw) => kw,
+        Err(e) => panic!("keyward did not start: {e}"),
+    }
+}
+
+/// As [`boot_with`], returning the start-up error instead of panicking on it.
+pub async fn try_boot_with(tweak: impl FnOnce(&mut Config)) -> Result<Kw, keyward::error::CliError> {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
@@ -239,12 +247,12 @@ pub async fn boot_with(tweak: impl FnOnce(&mut Config)) -> Kw {
     };
     let g = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = start_on(&cfg, secrets, g, a, clock.clone()).await.unwrap();
+    let running = start_on(&cfg, secrets, g, a, clock.clone()).await?;
     let gw = format!("http://{}", running.gateway);
     let admin = format!("http://{}", running.admin);
     let verify = running.verify.map(|a| format!("http://{a}"));
     let verify_grpc = running.verify_grpc.map(|a| a.to_string());
-    Kw {
+    Ok(Kw {
         running: Some(running),
         gw,
         admin,
@@ -254,7 +262,7 @@ pub async fn boot_with(tweak: impl FnOnce(&mut Config)) -> Kw {
         clock,
         dir,
         http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
-    }
+    })
 }
 
 pub async fn boot() -> Kw {
