@@ -26,8 +26,8 @@ pub(crate) use crate::context::RequestView;
 use crate::context::{lifecycle_headers, strip_hop_by_hop, upstream_headers, Forwarding};
 use crate::metrics::Metrics;
 use crate::problem::{self, Problem, RejectionStyle};
-use table::status_of;
 pub use service::GatewayService;
+use table::status_of;
 pub use table::{Table, UpstreamStatus};
 
 /// What became of a gateway request, as a fixed label value for the metrics: `allowed`, a
@@ -727,7 +727,15 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
     // A request without a body (most GETs) has nothing to fail or to limit: nothing to wrap.
     if axum::body::HttpBody::is_end_stream(&body) {
         let fine = std::sync::atomic::AtomicU8::new(0);
-        return send(st, route, forwarding, Request::from_parts(parts, RequestBody::Empty), &fine, client_version).await;
+        return send(
+            st,
+            route,
+            forwarding,
+            Request::from_parts(parts, RequestBody::Empty),
+            &fine,
+            client_version,
+        )
+        .await;
     }
     // What became of the client's body: 0 fine, 1 failed, 2 over `max_body_size`.
     let body_failed = Arc::new(std::sync::atomic::AtomicU8::new(0));
@@ -749,7 +757,15 @@ async fn proxy(st: &GatewayState, route: &Route, forwarding: &Forwarding<'_>, re
         flag.store(if too_large { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
         e
     }));
-    send(st, route, forwarding, Request::from_parts(parts, body), &body_failed, client_version).await
+    send(
+        st,
+        route,
+        forwarding,
+        Request::from_parts(parts, body),
+        &body_failed,
+        client_version,
+    )
+    .await
 }
 
 /// Sends an admitted request to the route's group and makes the client's response of the

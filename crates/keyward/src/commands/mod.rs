@@ -247,7 +247,12 @@ async fn cat_facts(listen: std::net::SocketAddr, tls: Option<(&std::path::Path, 
     });
     tracing::info!(target: crate::LISTENING, listen = %addr, "cat-facts API on https://{addr}");
     server
-        .serve(l, crate::catfacts::router(), keyward_edge::serve::HttpLimits::default(), rx)
+        .serve(
+            l,
+            crate::catfacts::router(),
+            keyward_edge::serve::HttpLimits::default(),
+            rx,
+        )
         .await
         .map_err(|e| CliError::Io(e.to_string()))
 }
