@@ -14,6 +14,7 @@
 #                serves a few hundred requests per second)
 #   CONNECTIONS  wrk connections (default 4)
 #   ROUNDS       counted windows per target, in turn A B A B (default 2)
+#   LOG          KEYWARD_LOG of the keyward processes (default warn; info is the default of `serve`)
 #   KEEP_TMP     1 to keep the callgrind dumps (callgrind_annotate --inclusive=yes FILE)
 #
 # For each target: start it under `valgrind --tool=callgrind --instr-atstart=no`, send 200
@@ -94,7 +95,7 @@ methods = ["GET"]
 upstream = "http://127.0.0.1:$UP_PORT"
 scopes = ["facts:read"]
 CONF
-    KEYWARD_PEPPER=$PEPPER KEYWARD_ADMIN_TOKEN=$ADMIN_TOKEN KEYWARD_LOG=warn \
+    KEYWARD_PEPPER=$PEPPER KEYWARD_ADMIN_TOKEN=$ADMIN_TOKEN KEYWARD_LOG=${LOG:-warn} \
         valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out.%p" \
         "$bin" serve --config "$dir/keyward.toml" >"$dir/log" 2>&1 &
     PIDS+=($!)

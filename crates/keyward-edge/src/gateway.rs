@@ -389,6 +389,11 @@ impl GatewayState {
 /// them into a path that the route table did not authorize (`//admin` is `/admin` to a server
 /// that merges slashes, but matched the catch-all route here).
 pub(crate) fn suspicious_path(path: &str) -> bool {
+    // Every pattern below needs a `%`, a `.`, a `\` or `//`: most paths have none of them and
+    // are judged without a copy.
+    if !path.bytes().any(|c| matches!(c, b'%' | b'.' | b'\\')) && !path.contains("//") {
+        return false;
+    }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f")
         || lower.contains("%5c")
