@@ -254,19 +254,21 @@ expect_status "gateway, forged token" 401 "$GW/fact" -H "Authorization: Bearer $
 # ---- measurement -------------------------------------------------------------------------
 
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { # PID -> utime+stime (all threads, incl. SQLite workers)
+cpu_ticks() { # PID -> "utime stime" (all threads, incl. SQLite workers)
     local f
     f=$(sed 's/.*) //' "/proc/$1/stat")
     read -r -a fs <<<"$f"
-    echo $((fs[11] + fs[12]))
+    echo "${fs[11]} ${fs[12]}"
 }
 run_wrk() { # OUTFILE DURATION CONNECTIONS wrk-args...
     local out=$1 dur=$2 conns=$3 before after
     shift 3
-    before=$(cpu_ticks "$KEYWARD_PID")
+    read -r -a before <<<"$(cpu_ticks "$KEYWARD_PID")"
     wrk -t"$WRK_THREADS" -c"$conns" -d"$dur" --latency "$@" >"$out"
-    after=$(cpu_ticks "$KEYWARD_PID")
-    echo "Proxy CPU seconds: $(python3 -c "print(($after - $before) / $CLK_TCK)")" >>"$out"
+    read -r -a after <<<"$(cpu_ticks "$KEYWARD_PID")"
+    # User and system time apart, as bench/gateway.sh writes them (read by wrk_report.py).
+    echo "Proxy CPU user seconds: $(python3 -c "print((${after[0]} - ${before[0]}) / $CLK_TCK)")" >>"$out"
+    echo "Proxy CPU system seconds: $(python3 -c "print((${after[1]} - ${before[1]}) / $CLK_TCK)")" >>"$out"
 }
 mkdir -p "$TMP/results"
 WRK_TOKEN=(-s "$BENCH_DIR/token-basic.lua" "$GW/oauth/token")

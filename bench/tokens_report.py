@@ -4,7 +4,7 @@
 usage: tokens_report.py [--goal TOKENS_PER_S] FILE...
 
 FILE names are tokens-c<connections>-<round>.txt (wrk --latency outputs, each followed by a
-"Proxy CPU seconds:" line). Prints a Markdown table per connection count (tokens/s, p50, p99,
+"Proxy CPU user seconds:" and "Proxy CPU system seconds:" lines). Prints a Markdown table per connection count (tokens/s, p50, p99,
 keyward CPU per token, responses, non-2xx) with the median over rounds, and the best median
 against the goal. Exits 2 when a run had non-2xx responses or socket errors.
 """
