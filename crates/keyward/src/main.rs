@@ -31,10 +31,10 @@ fn init_logging(
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = if json {
         // The request's span (`request_id`) on every line logged while handling it.
         fmt.json()
-            .fmt_fields(SpanJsonFields::default())
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(SpanJsonFields::default())
             .with_filter(filter)
             .boxed()
     } else {
