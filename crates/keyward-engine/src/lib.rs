@@ -6,11 +6,14 @@
 //! - `lib.rs`: the engine, the request pipeline (`verify_key`, `admit`);
 //! - [`admin`]: admin operations (each one audited);
 //! - [`usage`]: per-key usage counters, aggregated per minute and written in batches;
-//! - [`security`]: security events (canary use, bursts of failed authentications) and sinks.
+//! - [`security`]: security events (canary use, bursts of failed authentications) and sinks;
+//! - [`retention`]: the retention pass and the audit chain's checkpoints; [`audit_chain`]: its
+//!   verification.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_tokens;
+pub mod audit_chain;
 mod binding;
 mod clock;
 pub mod dpop;
@@ -19,6 +22,7 @@ pub mod leaks;
 pub mod mtls;
 pub mod oauth;
 mod pipeline;
+pub mod retention;
 #[cfg(test)]
 mod pipeline_tests;
 pub mod security;

@@ -11,8 +11,10 @@ use keyward_core::model::{
 };
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
+use keyward_core::audit::{ChainRow, Checkpoint};
 use keyward_store::{
-    AdminTokenRecord, CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, SqliteStore, Store, StoreError,
+    AdminTokenRecord, AuditHead, CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, RetentionCounts,
+    RetentionCut, SqliteStore, Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -118,7 +120,7 @@ async fn suite(store: Arc<dyn Store>) {
 
     // Revocation: returns the new record and the digest; idempotent.
     let (r, d) = store.revoke_key("key_1", t(100)).await.unwrap().unwrap();
-    assert_eq!(d, digest(1));
+    assert_eq!(d, Some(digest(1)));
     assert_eq!(r.revoked_at, Some(t(100)));
     let (r, _) = store.revoke_key("key_1", t(200)).await.unwrap().unwrap();
     assert_eq!(r.revoked_at, Some(t(100)), "the first revocation time stays");
@@ -140,7 +142,7 @@ async fn suite(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(d, digest(2));
+    assert_eq!(d, Some(digest(2)));
     assert_eq!(r.scopes, vec![Scope::new("z").unwrap()]);
     assert_eq!(r.name, None);
     let p = Policy {
@@ -1009,16 +1011,24 @@ impl Store for Flaky {
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get_key(id).await
     }
-    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         self.inner.key_with_digest(id).await
     }
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner.list_keys(app_id).await
     }
-    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         self.inner.revoke_key(id, at).await
     }
-    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn update_key(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         self.inner.update_key(id, update).await
     }
     async fn update_app_policy(
@@ -1045,6 +1055,39 @@ impl Store for Flaky {
     }
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
         self.inner.list_audit(filter).await
+    }
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_chain(&self, after: i64, limit: u32) -> Result<Vec<ChainRow>, StoreError> {
+        self.inner.audit_chain(after, limit).await
+    }
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.inner.audit_checkpoints().await
+    }
+    async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<bool, StoreError> {
+        self.inner.add_audit_checkpoint(cp).await
+    }
+    async fn audit_cut_point(&self, before: OffsetDateTime) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+        self.inner.audit_cut_point(before).await
+    }
+    async fn delete_audit(&self, up_to: i64, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_audit(up_to, limit).await
+    }
+    async fn prune_audit_checkpoints(&self) -> Result<u64, StoreError> {
+        self.inner.prune_audit_checkpoints().await
+    }
+    async fn delete_usage(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_usage(before, limit).await
+    }
+    async fn purge_keys(&self, ended: OffsetDateTime, at: OffsetDateTime, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.inner.purge_keys(ended, at, limit).await
+    }
+    async fn delete_tombstones(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_tombstones(before, limit).await
+    }
+    async fn retention_counts(&self, cut: &RetentionCut) -> Result<RetentionCounts, StoreError> {
+        self.inner.retention_counts(cut).await
     }
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
         self.inner.record_usage(rows, last_used).await
@@ -1220,7 +1263,7 @@ async fn shared_statements_suite(store: Arc<dyn Store>) {
     store.create_key(&full, &digest(152)).await.unwrap();
     assert_eq!(
         store.key_with_digest("key_f").await.unwrap(),
-        Some((full.clone(), digest(152)))
+        Some((full.clone(), Some(digest(152))))
     );
 
     // A successor is stored linked to the old key and never revoked, disabled, canary or
@@ -1236,7 +1279,7 @@ async fn shared_statements_suite(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let (s, d) = store.key_with_digest("key_s").await.unwrap().unwrap();
-    assert_eq!(d, digest(153));
+    assert_eq!(d, Some(digest(153)));
     assert_eq!(s.revoked_at, None);
     assert_eq!(s.lifecycle.disabled_at, None);
     assert!(!s.lifecycle.canary && !s.lifecycle.legacy);
