@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod admin_tokens;
 pub mod audit_chain;
+pub mod audit_file;
 mod binding;
 mod clock;
 pub mod dpop;
@@ -395,10 +396,17 @@ impl Engine {
     /// Appends an event to the audit log and passes security events to the sinks.
     pub async fn audit(&self, event: AuditEvent) -> Result<i64, EngineError> {
         let seq = self.store.append_audit(&event).await?;
-        if event.severity != Severity::Info {
-            self.security.emit(&AuditEvent { seq, ..event });
+        let stored = AuditEvent { seq, ..event };
+        self.security.mirror(&stored);
+        if stored.severity != Severity::Info {
+            self.security.emit(&stored);
         }
         Ok(seq)
+    }
+
+    /// Adds a receiver of every stored audit event (the `[audit]` file sink).
+    pub fn add_audit_mirror(&self, sink: Arc<dyn EventSink>) {
+        self.security.add_mirror(sink);
     }
 
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, EngineError> {

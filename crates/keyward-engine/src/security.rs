@@ -25,6 +25,8 @@ const MAX_TEXT: usize = 256;
 
 pub(crate) struct Security {
     sinks: RwLock<Vec<Arc<dyn EventSink>>>,
+    /// Receivers of every stored audit event, whatever its severity (the `[audit]` file sink).
+    mirrors: RwLock<Vec<Arc<dyn EventSink>>>,
     /// Per address: (minute, failures in that minute).
     failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
     burst: u32,
@@ -38,6 +40,7 @@ impl Security {
     pub(crate) fn new(burst: u32) -> Security {
         Security {
             sinks: RwLock::new(Vec::new()),
+            mirrors: RwLock::new(Vec::new()),
             failures: Mutex::new(HashMap::new()),
             burst: burst.max(1),
         }
@@ -47,6 +50,24 @@ impl Security {
         match self.sinks.write() {
             Ok(mut s) => s.push(sink),
             Err(p) => p.into_inner().push(sink),
+        }
+    }
+
+    pub(crate) fn add_mirror(&self, sink: Arc<dyn EventSink>) {
+        match self.mirrors.write() {
+            Ok(mut s) => s.push(sink),
+            Err(p) => p.into_inner().push(sink),
+        }
+    }
+
+    /// Passes a stored event to every mirror.
+    pub(crate) fn mirror(&self, event: &AuditEvent) {
+        let mirrors = match self.mirrors.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for m in mirrors {
+            m.emit(event);
         }
     }
 
@@ -63,10 +84,14 @@ impl Security {
     /// Stores an event without blocking the caller.
     fn spawn_audit(&self, engine: &Engine, event: AuditEvent) {
         let store = engine.store.clone();
-        let sinks = match self.sinks.read() {
+        let mut sinks = match self.mirrors.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         };
+        match self.sinks.read() {
+            Ok(s) => sinks.extend(s.iter().cloned()),
+            Err(p) => sinks.extend(p.into_inner().iter().cloned()),
+        }
         tokio::spawn(async move {
             match store.append_audit(&event).await {
                 Ok(seq) => {

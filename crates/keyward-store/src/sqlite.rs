@@ -100,6 +100,18 @@ impl SqliteStore {
         })
     }
 
+    /// The file of the store named by `url` as `keyward serve` reads `store.url`: a
+    /// `sqlite://` or `sqlite:` URL, or a plain path. `None` for an in-memory store.
+    pub fn file_of_url(url: &str) -> Result<Option<PathBuf>, StoreError> {
+        if url.starts_with("sqlite:") {
+            let opts =
+                SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Open(format!("invalid SQLite URL: {e}")))?;
+            Ok(file_of(&opts))
+        } else {
+            Ok(Some(PathBuf::from(url)))
+        }
+    }
+
     /// The store file (`None` for an in-memory store).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
