@@ -195,10 +195,19 @@ mod tests {
         assert!(!cp.verify(&other));
         for bad in [
             Checkpoint { seq: 11, ..cp.clone() },
-            Checkpoint { hash: [4; 32], ..cp.clone() },
-            Checkpoint { cut: false, ..cp.clone() },
+            Checkpoint {
+                hash: [4; 32],
+                ..cp.clone()
+            },
+            Checkpoint {
+                cut: false,
+                ..cp.clone()
+            },
             Checkpoint { at: 100, ..cp.clone() },
-            Checkpoint { mac: [0; 32], ..cp.clone() },
+            Checkpoint {
+                mac: [0; 32],
+                ..cp.clone()
+            },
         ] {
             assert!(!bad.verify(&p), "{bad:?}");
         }

@@ -23,9 +23,9 @@ pub mod leaks;
 pub mod mtls;
 pub mod oauth;
 mod pipeline;
-pub mod retention;
 #[cfg(test)]
 mod pipeline_tests;
+pub mod retention;
 pub mod security;
 pub mod sync;
 pub mod token;

@@ -179,18 +179,12 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a key at `at` (idempotent: an already revoked key keeps its first revocation
     /// time). Returns the record after the change and its digest (none for a tombstone),
     /// `None` if no such key.
-    async fn revoke_key(
-        &self,
-        id: &str,
-        at: OffsetDateTime,
-    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError>;
+    async fn revoke_key(&self, id: &str, at: OffsetDateTime)
+        -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError>;
     /// Changes a key's name, scopes or policy. Returns the record after the change and its
     /// digest (none for a tombstone), `None` if no such key.
-    async fn update_key(
-        &self,
-        id: &str,
-        update: &KeyUpdate,
-    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError>;
+    async fn update_key(&self, id: &str, update: &KeyUpdate)
+        -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError>;
     /// Replaces an app's policy (by id). Returns the app and the digests of all of its keys
     /// (their cached records embed the app's policy), `None` if no such app.
     async fn update_app_policy(

@@ -104,8 +104,8 @@ impl SqliteStore {
     /// `sqlite://` or `sqlite:` URL, or a plain path. `None` for an in-memory store.
     pub fn file_of_url(url: &str) -> Result<Option<PathBuf>, StoreError> {
         if url.starts_with("sqlite:") {
-            let opts =
-                SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Open(format!("invalid SQLite URL: {e}")))?;
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Open(format!("invalid SQLite URL: {e}")))?;
             Ok(file_of(&opts))
         } else {
             Ok(Some(PathBuf::from(url)))

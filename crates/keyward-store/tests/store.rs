@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
+use keyward_core::audit::{ChainRow, Checkpoint};
 use keyward_core::model::{
     AuditEvent, AuditFilter, ClientAuthMethod, ClientRecord, KeyUpdate, Severity, SigningKeyRow, UsageRow,
 };
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
-use keyward_core::audit::{ChainRow, Checkpoint};
 use keyward_store::{
     AdminTokenRecord, AuditHead, CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, RetentionCounts,
     RetentionCut, SqliteStore, Store, StoreError,
@@ -1080,7 +1080,12 @@ impl Store for Flaky {
     async fn delete_usage(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
         self.inner.delete_usage(before, limit).await
     }
-    async fn purge_keys(&self, ended: OffsetDateTime, at: OffsetDateTime, limit: u32) -> Result<Vec<String>, StoreError> {
+    async fn purge_keys(
+        &self,
+        ended: OffsetDateTime,
+        at: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
         self.inner.purge_keys(ended, at, limit).await
     }
     async fn delete_tombstones(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
@@ -1594,8 +1599,16 @@ async fn chain_suite(store: Arc<dyn Store>, raw: Raw) {
     assert!(raw.exec("DELETE FROM audit WHERE seq = 1").await.is_err());
     let cut = Checkpoint::sign(&pepper, 3, hash, true, 2);
     assert!(store.add_audit_checkpoint(&cut).await.unwrap());
-    assert_eq!(store.audit_checkpoints().await.unwrap(), vec![cut.clone(), anchor.clone()]);
-    assert!(store.audit_checkpoints().await.unwrap().iter().all(|c| c.verify(&pepper)));
+    assert_eq!(
+        store.audit_checkpoints().await.unwrap(),
+        vec![cut.clone(), anchor.clone()]
+    );
+    assert!(store
+        .audit_checkpoints()
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.verify(&pepper)));
     assert_eq!(store.delete_audit(3, 2).await.unwrap(), 2, "a batch");
     assert_eq!(store.delete_audit(3, 2).await.unwrap(), 1);
     assert_eq!(store.delete_audit(3, 2).await.unwrap(), 0);
@@ -1614,7 +1627,11 @@ async fn chain_suite(store: Arc<dyn Store>, raw: Raw) {
     assert_eq!(store.prune_audit_checkpoints().await.unwrap(), 0);
     let cut2 = Checkpoint::sign(&pepper, 6, GENESIS, true, 3);
     store.add_audit_checkpoint(&cut2).await.unwrap();
-    assert_eq!(store.prune_audit_checkpoints().await.unwrap(), 2, "the cut at 3, the anchor at 5");
+    assert_eq!(
+        store.prune_audit_checkpoints().await.unwrap(),
+        2,
+        "the cut at 3, the anchor at 5"
+    );
     assert_eq!(store.audit_checkpoints().await.unwrap(), vec![cut2]);
     if let Raw::Pg(_) = raw {
         let e = raw.exec("TRUNCATE audit_checkpoints").await.unwrap_err();
@@ -1675,7 +1692,10 @@ async fn retention_suite(store: Arc<dyn Store>) {
     };
     assert_eq!(store.retention_counts(&counts(99, None)).await.unwrap().keys_purged, 0);
     assert_eq!(store.retention_counts(&counts(160, None)).await.unwrap().keys_purged, 2);
-    assert_eq!(store.retention_counts(&counts(3000, None)).await.unwrap().keys_purged, 3);
+    assert_eq!(
+        store.retention_counts(&counts(3000, None)).await.unwrap().keys_purged,
+        3
+    );
 
     // Purge in batches: the ids come back, the digest goes, the record stays.
     let mut purged = store.purge_keys(t(160), t(500), 1).await.unwrap();
@@ -1683,13 +1703,24 @@ async fn retention_suite(store: Arc<dyn Store>) {
     assert!(store.purge_keys(t(160), t(500), 1).await.unwrap().is_empty());
     purged.sort();
     assert_eq!(purged, vec!["key_r1", "key_r4"]);
-    assert_eq!(store.key_by_digest(&digest(201)).await.unwrap(), None, "never verifies again");
+    assert_eq!(
+        store.key_by_digest(&digest(201)).await.unwrap(),
+        None,
+        "never verifies again"
+    );
     let (tomb, d) = store.key_with_digest("key_r1").await.unwrap().unwrap();
     assert_eq!(d, None);
     assert_eq!(tomb.lifecycle.purged_at, Some(t(500)));
     assert_eq!(tomb.revoked_at, Some(t(100)));
-    assert_eq!((tomb.hint.as_str(), tomb.name.as_deref()), (revoked.hint.as_str(), Some("name of key_r1")));
-    assert_eq!(store.list_keys(Some(&a.id)).await.unwrap().len(), 5, "tombstones are listed");
+    assert_eq!(
+        (tomb.hint.as_str(), tomb.name.as_deref()),
+        (revoked.hint.as_str(), Some("name of key_r1"))
+    );
+    assert_eq!(
+        store.list_keys(Some(&a.id)).await.unwrap().len(),
+        5,
+        "tombstones are listed"
+    );
     // The id stays taken: a new key cannot reuse it.
     assert!(matches!(
         store.create_key(&key("key_r1", &a, 9), &digest(209)).await,
@@ -1697,7 +1728,11 @@ async fn retention_suite(store: Arc<dyn Store>) {
     ));
     // Tombstones' digests are nobody's: the app's digests leave them out, a revocation
     // answers no digest, a rotation is refused.
-    let (_, digests) = store.update_app_policy(&a.id, &Policy::default()).await.unwrap().unwrap();
+    let (_, digests) = store
+        .update_app_policy(&a.id, &Policy::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(digests, vec![digest(202), digest(203), digest(205)]);
     let (r, d) = store.revoke_key("key_r4", t(600)).await.unwrap().unwrap();
     assert_eq!((r.revoked_at, d), (Some(t(600)), None));
@@ -1707,7 +1742,9 @@ async fn retention_suite(store: Arc<dyn Store>) {
     store.create_key(&old, &digest(207)).await.unwrap();
     assert_eq!(store.purge_keys(t(60), t(700), 10).await.unwrap(), vec!["key_r7"]);
     assert!(matches!(
-        store.rotate_key("key_r7", &key("key_r8", &a, 9), &digest(208), t(900), t(10)).await,
+        store
+            .rotate_key("key_r7", &key("key_r8", &a, 9), &digest(208), t(900), t(10))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     // The digest of a tombstone may be given to a new key (it is nobody's).
@@ -1715,13 +1752,23 @@ async fn retention_suite(store: Arc<dyn Store>) {
     assert_eq!(store.key_by_digest(&digest(201)).await.unwrap().unwrap().0.id, "key_r9");
 
     // Tombstones themselves, when asked to.
-    assert_eq!(store.retention_counts(&counts(0, Some(600))).await.unwrap().tombstones_deleted, 2);
+    assert_eq!(
+        store
+            .retention_counts(&counts(0, Some(600)))
+            .await
+            .unwrap()
+            .tombstones_deleted,
+        2
+    );
     assert_eq!(store.delete_tombstones(t(600), 1).await.unwrap(), 1);
     assert_eq!(store.delete_tombstones(t(600), 10).await.unwrap(), 1);
     assert_eq!(store.delete_tombstones(t(600), 10).await.unwrap(), 0);
     assert_eq!(store.get_key("key_r1").await.unwrap(), None);
     assert!(store.get_key("key_r7").await.unwrap().is_some(), "made at 700");
-    assert!(store.get_key("key_r3").await.unwrap().is_some(), "live keys are never touched");
+    assert!(
+        store.get_key("key_r3").await.unwrap().is_some(),
+        "live keys are never touched"
+    );
 }
 
 #[tokio::test]
@@ -1836,7 +1883,10 @@ async fn sqlite_events_from_before_the_chain_are_legacy() {
     let head = store.audit_head().await.unwrap();
     assert_eq!((head.seq, head.hash, head.legacy_seq), (3, None, 3));
     // The rebuilt keys table kept its rows (and its digest).
-    assert_eq!(store.key_by_digest(&Digest([9; 32])).await.unwrap().unwrap().0.id, "key_o");
+    assert_eq!(
+        store.key_by_digest(&Digest([9; 32])).await.unwrap().unwrap().0.id,
+        "key_o"
+    );
     assert_eq!(store.append_audit(&event(10, "new")).await.unwrap(), 4);
     let rows = store.audit_chain(0, 10).await.unwrap();
     assert_eq!(rows.len(), 4);
@@ -1844,11 +1894,17 @@ async fn sqlite_events_from_before_the_chain_are_legacy() {
     assert_eq!(rows[3].prev_hash.as_deref(), Some(&keyward_core::audit::GENESIS[..]));
     // A cut at a legacy event stands for GENESIS.
     assert_eq!(
-        store.audit_cut_point(t(0) - time::Duration::days(365 * 30)).await.unwrap(),
+        store
+            .audit_cut_point(t(0) - time::Duration::days(365 * 30))
+            .await
+            .unwrap(),
         Some((3, keyward_core::audit::GENESIS))
     );
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    for sql in ["UPDATE audit SET kind = 'x' WHERE seq = 1", "DELETE FROM audit WHERE seq = 1"] {
+    for sql in [
+        "UPDATE audit SET kind = 'x' WHERE seq = 1",
+        "DELETE FROM audit WHERE seq = 1",
+    ] {
         let e = sqlx::query(sql).execute(&pool).await.unwrap_err().to_string();
         assert!(e.contains("append-only"), "{sql}: {e}");
     }

@@ -366,9 +366,7 @@ pub async fn start_on(
     {
         let engine = engine.clone();
         let rx = bg_rx.clone();
-        let settings = cfg
-            .retention_settings()
-            .map_err(|e| CliError::startup(e.to_string()))?;
+        let settings = cfg.retention_settings().map_err(|e| CliError::startup(e.to_string()))?;
         let every = cfg.retention.interval;
         tasks.spawn(async move {
             engine.retention_loop(settings, every, rx).await;

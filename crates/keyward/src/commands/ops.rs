@@ -110,7 +110,11 @@ fn print_retention(r: &RetentionReport) {
         None => println!("  revoked and expired keys: kept forever"),
     }
     match r.tombstones_before {
-        Some(t) => println!("  tombstones made before {}: {} {verb}", rfc3339(Some(t)), c.tombstones_deleted),
+        Some(t) => println!(
+            "  tombstones made before {}: {} {verb}",
+            rfc3339(Some(t)),
+            c.tombstones_deleted
+        ),
         None => println!("  tombstones: kept forever"),
     }
     if !r.dry_run {
@@ -142,7 +146,10 @@ fn print_chain(r: &ChainReport) {
         _ => String::new(),
     };
     if r.ok {
-        println!("audit chain intact: {} events checked{range}, head at event {}", r.events, r.head_seq);
+        println!(
+            "audit chain intact: {} events checked{range}, head at event {}",
+            r.events, r.head_seq
+        );
     } else {
         println!("audit chain BROKEN after {} events checked{range}", r.events);
     }

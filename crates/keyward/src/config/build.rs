@@ -255,9 +255,7 @@ impl Config {
             )));
         }
         if r.interval < std::time::Duration::from_secs(1) {
-            return Err(ConfigError::Invalid(
-                "retention.interval: at least 1s".into(),
-            ));
+            return Err(ConfigError::Invalid("retention.interval: at least 1s".into()));
         }
         Ok(keyward_engine::retention::RetentionSettings {
             usage: r.usage,
@@ -276,9 +274,9 @@ impl Config {
             (super::AuditSink::None, Some(_)) => Err(ConfigError::Invalid(
                 "audit.path is set but audit.sink is not \"file\"".into(),
             )),
-            (super::AuditSink::File, None) => Err(ConfigError::Invalid(
-                "audit.sink = \"file\" needs audit.path".into(),
-            )),
+            (super::AuditSink::File, None) => {
+                Err(ConfigError::Invalid("audit.sink = \"file\" needs audit.path".into()))
+            }
             (super::AuditSink::File, Some(p)) => Ok(Some(p.clone())),
         }
     }

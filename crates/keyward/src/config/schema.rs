@@ -768,7 +768,9 @@ mod keep {
             ))
         })?;
         if v.is_zero() {
-            return Err(serde::de::Error::custom("a retention must be positive (or \"forever\")"));
+            return Err(serde::de::Error::custom(
+                "a retention must be positive (or \"forever\")",
+            ));
         }
         Ok(Some(v))
     }

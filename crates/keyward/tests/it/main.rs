@@ -32,6 +32,7 @@ mod ops;
 mod pipeline;
 mod proxy;
 mod scan;
+mod store_ops;
 mod tls;
 mod upstreams;
 mod verify;
