@@ -11,7 +11,9 @@
 //! 2. **Usage** rows of minutes before the horizon, in batches.
 //! 3. **Keys** revoked or expired before the horizon become tombstones (digest removed, record
 //!    kept), in batches; each one's cached record is dropped (and, on PostgreSQL, every node's).
-//! 4. **Tombstones** older than `retention.tombstones` (default: kept forever) are deleted.
+//! 4. **Tombstones** older than `retention.tombstones` (default: kept forever) are deleted;
+//!    denylisted tokens and seen one-time `jti`s past their expiry too (they can never matter
+//!    again).
 //! 5. One `retention.run` audit event with the counts (only when something went), then a
 //!    signed *anchor* checkpoint of the chain's head, and the checkpoints older than the latest
 //!    cut are pruned.
@@ -158,6 +160,7 @@ impl Engine {
             audit_up_to_seq: cut,
             keys_ended_before,
             tombstones_before,
+            expired_before: Some(now),
         };
         if dry_run {
             report.counts = self.store.retention_counts(&plan).await?;
@@ -214,10 +217,18 @@ impl Engine {
                 pause().await;
             }
         }
+        while !stopped() {
+            let n = self.store.delete_expired_tokens(now, batch).await?;
+            report.counts.expired_token_rows += n;
+            if n < u64::from(batch) {
+                break;
+            }
+            pause().await;
+        }
         report.interrupted = stopped();
 
         let c = report.counts;
-        if c.usage_rows + c.audit_events + c.keys_purged + c.tombstones_deleted > 0 {
+        if c.usage_rows + c.audit_events + c.keys_purged + c.tombstones_deleted + c.expired_token_rows > 0 {
             let event = AuditEvent {
                 seq: 0,
                 at: now,
@@ -232,6 +243,7 @@ impl Engine {
                     "audit_cut_seq": report.audit_cut_seq,
                     "keys_purged": c.keys_purged,
                     "tombstones_deleted": c.tombstones_deleted,
+                    "expired_token_rows": c.expired_token_rows,
                 }),
             };
             self.audit(event).await?;
@@ -271,12 +283,13 @@ impl Engine {
                     match self.run_retention(&settings, false, "retention", Some(&stop)).await {
                         Ok(r) => {
                             let c = r.counts;
-                            if c.usage_rows + c.audit_events + c.keys_purged + c.tombstones_deleted > 0 {
+                            if c.usage_rows + c.audit_events + c.keys_purged + c.tombstones_deleted + c.expired_token_rows > 0 {
                                 tracing::info!(
                                     usage_rows = c.usage_rows,
                                     audit_events = c.audit_events,
                                     keys_purged = c.keys_purged,
                                     tombstones_deleted = c.tombstones_deleted,
+                                    expired_token_rows = c.expired_token_rows,
                                     audit_cut_seq = r.audit_cut_seq,
                                     "retention pass"
                                 );

@@ -117,6 +117,8 @@ pub struct RetentionCut {
     pub keys_ended_before: Option<OffsetDateTime>,
     /// Tombstones made at or before this instant (the record goes).
     pub tombstones_before: Option<OffsetDateTime>,
+    /// Denylisted tokens and seen `jti`s that expired at or before this instant.
+    pub expired_before: Option<OffsetDateTime>,
 }
 
 /// How many rows each kind of retention concerns.
@@ -126,6 +128,8 @@ pub struct RetentionCounts {
     pub audit_events: u64,
     pub keys_purged: u64,
     pub tombstones_deleted: u64,
+    /// Expired denylisted tokens and seen `jti`s.
+    pub expired_token_rows: u64,
 }
 
 /// The persistence interface. Every backend passes the same test suite.
@@ -248,6 +252,9 @@ pub trait Store: Send + Sync + 'static {
         at: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
+    /// Deletes up to `limit` denylisted tokens and up to `limit` seen one-time `jti`s that
+    /// expired at or before `now` (they can never matter again); how many went (both tables).
+    async fn delete_expired_tokens(&self, now: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
     /// Deletes up to `limit` tombstones made at or before `purged_before`; how many went.
     async fn delete_tombstones(&self, purged_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
     /// How many rows a retention pass with this cut would remove (nothing is changed).

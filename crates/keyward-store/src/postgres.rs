@@ -543,6 +543,18 @@ impl Store for PgStore {
         Ok(ids)
     }
 
+    async fn delete_expired_tokens(&self, now: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        let tokens = sql::delete_expired_revoked_tokens(now, limit)
+            .execute(&self.pool)
+            .await
+            .map_err(g)?;
+        let jtis = sql::delete_expired_jtis(now, limit)
+            .execute(&self.pool)
+            .await
+            .map_err(g)?;
+        Ok(tokens.rows_affected() + jtis.rows_affected())
+    }
+
     async fn delete_tombstones(&self, purged_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
         let done = sql::delete_tombstones(purged_before, limit)
             .execute(&self.pool)

@@ -167,6 +167,9 @@ where
     if let Some(t) = cut.tombstones_before {
         c.tombstones_deleted = optional(pool, count_tombstones(t), count).await?.unwrap_or(0);
     }
+    if let Some(t) = cut.expired_before {
+        c.expired_token_rows = optional(pool, count_expired_tokens(t), count).await?.unwrap_or(0);
+    }
     Ok(c)
 }
 
@@ -593,6 +596,43 @@ where
     )
     .ts(purged_before)
     .int(i64::from(limit.max(1)))
+}
+
+/// Deletes a batch of denylisted tokens that expired at or before `now`.
+pub(crate) fn delete_expired_revoked_tokens<'q, DB: Database>(now: OffsetDateTime, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "DELETE FROM revoked_tokens WHERE jti IN (SELECT jti FROM revoked_tokens WHERE expires_at <= $1 LIMIT $2)",
+    )
+    .ts(now)
+    .int(i64::from(limit.max(1)))
+}
+
+/// Deletes a batch of seen one-time `jti`s that expired at or before `now` (row values: no
+/// rowid in SQLite).
+pub(crate) fn delete_expired_jtis<'q, DB: Database>(now: OffsetDateTime, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "DELETE FROM seen_jtis WHERE (scope, jti) IN (SELECT scope, jti FROM seen_jtis WHERE expires_at <= $1 LIMIT $2)",
+    )
+    .ts(now)
+    .int(i64::from(limit.max(1)))
+}
+
+/// One row, column `n`: expired denylist entries and seen `jti`s.
+pub(crate) fn count_expired_tokens<'q, DB: Database>(now: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM revoked_tokens WHERE expires_at <= $1) \
+         + (SELECT COUNT(*) FROM seen_jtis WHERE expires_at <= $1) AS n",
+    )
+    .ts(now)
 }
 
 /// One row, column `n`: usage rows before a minute.

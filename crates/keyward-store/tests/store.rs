@@ -1088,6 +1088,9 @@ impl Store for Flaky {
     ) -> Result<Vec<String>, StoreError> {
         self.inner.purge_keys(ended, at, limit).await
     }
+    async fn delete_expired_tokens(&self, now: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_expired_tokens(now, limit).await
+    }
     async fn delete_tombstones(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
         self.inner.delete_tombstones(before, limit).await
     }
@@ -1768,6 +1771,26 @@ async fn retention_suite(store: Arc<dyn Store>) {
     assert!(
         store.get_key("key_r3").await.unwrap().is_some(),
         "live keys are never touched"
+    );
+
+    // Expired denylist entries and seen jtis go; live ones stay (and keep working).
+    for (jti, exp) in [("j1", 10), ("j2", 20), ("j3", 30)] {
+        store.revoke_token(jti, t(exp)).await.unwrap();
+        assert!(store.remember_jti("s", jti, t(exp), t(0)).await.unwrap());
+    }
+    let expired = RetentionCut {
+        expired_before: Some(t(20)),
+        ..Default::default()
+    };
+    assert_eq!(store.retention_counts(&expired).await.unwrap().expired_token_rows, 4);
+    assert_eq!(store.delete_expired_tokens(t(20), 1).await.unwrap(), 2, "one of each");
+    assert_eq!(store.delete_expired_tokens(t(20), 10).await.unwrap(), 2);
+    assert_eq!(store.delete_expired_tokens(t(20), 10).await.unwrap(), 0);
+    let left = store.revoked_tokens(t(0)).await.unwrap();
+    assert_eq!(left, vec![("j3".to_owned(), t(30))]);
+    assert!(
+        !store.remember_jti("s", "j3", t(30), t(25)).await.unwrap(),
+        "a live jti is still a replay"
     );
 }
 

@@ -13,3 +13,7 @@ CREATE INDEX keys_purged_at ON keys(purged_at) WHERE purged_at IS NOT NULL;
 
 -- Usage rows by minute (retention deletes the oldest minutes).
 CREATE INDEX usage_minute ON usage(minute);
+
+-- Token denylist entries and seen one-time jtis are useless once expired: retention deletes them.
+CREATE INDEX revoked_tokens_expires_at ON revoked_tokens(expires_at);
+CREATE INDEX seen_jtis_expires_at ON seen_jtis(expires_at);

@@ -117,6 +117,10 @@ fn print_retention(r: &RetentionReport) {
         ),
         None => println!("  tombstones: kept forever"),
     }
+    println!(
+        "  expired entries of the token denylist and the jti replay store: {} {verb}",
+        c.expired_token_rows
+    );
     if !r.dry_run {
         println!("  audit chain checkpoints signed: {}", r.checkpoints_written);
     }
