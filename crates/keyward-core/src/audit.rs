@@ -152,15 +152,15 @@ mod tests {
         let base = row().compute_hash(&GENESIS);
         assert_eq!(base, row().compute_hash(&GENESIS), "deterministic");
         assert_ne!(base, row().compute_hash(&[1; 32]));
-        let edits: Vec<Box<dyn Fn(&mut ChainRow)>> = vec![
-            Box::new(|r| r.seq = 8),
-            Box::new(|r| r.at += 1),
-            Box::new(|r| r.actor = "admin2".into()),
-            Box::new(|r| r.kind = "key.revoked".into()),
-            Box::new(|r| r.severity = "high".into()),
-            Box::new(|r| r.target = None),
-            Box::new(|r| r.source_ip = Some(String::new())),
-            Box::new(|r| r.details = r#"{"a": 1}"#.into()),
+        let edits: [fn(&mut ChainRow); 8] = [
+            |r| r.seq = 8,
+            |r| r.at += 1,
+            |r| r.actor = "admin2".into(),
+            |r| r.kind = "key.revoked".into(),
+            |r| r.severity = "high".into(),
+            |r| r.target = None,
+            |r| r.source_ip = Some(String::new()),
+            |r| r.details = r#"{"a": 1}"#.into(),
         ];
         for edit in edits {
             let mut r = row();

@@ -30,17 +30,25 @@ pub(crate) fn lock_path(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Opens the lock file read-only (`flock` needs no write access, so a lock file made by
+/// another user, e.g. root running `keyward backup` before the service ever started, does not
+/// lock the service out), creating it (empty, mode 0644) when missing.
 fn open_lock_file(db: &Path) -> Result<File, StoreError> {
     let path = lock_path(db);
+    let err = |e: std::io::Error| StoreError::Open(format!("cannot open the lock file {}: {e}", path.display()));
+    match File::open(&path) {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        Err(_) => {}
+    }
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        opts.mode(0o644);
     }
-    opts.open(&path)
-        .map_err(|e| StoreError::Open(format!("cannot open the lock file {}: {e}", path.display())))
+    opts.open(&path).map_err(err)
 }
 
 /// Why an exclusive lock was not granted.
