@@ -11,14 +11,18 @@
 //!   retention, possibly while the walk runs);
 //! - an event with a checkpoint has the checkpoint's hash — a chain rewritten with recomputed
 //!   hashes fails at the first checkpoint after the rewrite;
-//! - the last event is the chain head (seq and hash): removing the newest events is seen.
+//! - the last event is the chain head (seq and hash): removing the newest events is seen;
+//! - events recorded earlier elsewhere (`--expect SEQ:HASH`, the `head_hash` of an earlier
+//!   report) still have that hash.
 //!
 //! The walk stops at the head read when it starts, so events appended meanwhile do not count.
 //!
 //! What it cannot see: a rewrite of the events after the newest checkpoint whose author also
 //! recomputed every later hash and moved the head (SHA-256 is keyless). Checkpoints are written
-//! by every retention pass (`retention.interval`), so that window is one interval at most; the
-//! file sink (`[audit] sink = "file"`) keeps a copy outside the database for the rest.
+//! by every retention pass (`retention.interval`), so that window is one interval at most. And
+//! whoever can write the database can also delete every checkpoint and rewrite the whole log:
+//! only something kept outside the database tells that apart — a head hash recorded earlier
+//! (`--expect`), or the file sink's copy (`[audit] sink = "file"`).
 
 use std::collections::BTreeMap;
 
@@ -41,8 +45,10 @@ pub struct ChainReport {
     pub legacy_events: u64,
     pub first_seq: Option<i64>,
     pub last_seq: Option<i64>,
-    /// The chain head when the walk started.
+    /// The chain head when the walk started, and its hash (hex): keep it somewhere else and pass
+    /// it to a later `audit verify --expect SEQ:HASH`.
     pub head_seq: i64,
+    pub head_hash: Option<String>,
     pub checkpoints: usize,
     /// Events up to here may have been deleted by retention.
     pub latest_cut: Option<i64>,
@@ -97,6 +103,15 @@ impl Engine {
 
     /// Walks the whole audit chain (see the module documentation).
     pub async fn verify_audit_chain(&self) -> Result<ChainReport, EngineError> {
+        self.verify_audit_chain_expecting(&[]).await
+    }
+
+    /// [`Engine::verify_audit_chain`], also checking that each `(seq, hash)` of `expected` (a
+    /// head recorded elsewhere earlier: `head_hash` of a previous report) is still in the chain
+    /// with that hash — which proves that nothing up to it changed even against someone who
+    /// rewrote the whole log and every checkpoint. An expected event deleted by retention
+    /// (at or below the latest cut) can no longer be checked and is skipped.
+    pub async fn verify_audit_chain_expecting(&self, recorded: &[(i64, [u8; 32])]) -> Result<ChainReport, EngineError> {
         // Checkpoints before the head: a checkpoint is written after the event it pins, so
         // none of these may be beyond the head read next.
         let first_pins = self.load_pins().await?;
@@ -108,6 +123,7 @@ impl Engine {
             first_seq: None,
             last_seq: None,
             head_seq: head.seq,
+            head_hash: head.hash.map(|h| hex(&h)),
             checkpoints: 0,
             latest_cut: None,
             anchored_up_to: None,
@@ -161,7 +177,24 @@ impl Engine {
                         None => None,
                     }
                 };
-                if r.seq <= head.legacy_seq {
+                // An event from before the chain: no hashes, at or below `legacy_seq`, and
+                // before every chained event (a chain never goes back to unhashed events, so
+                // raising `legacy_seq` and wiping hashes cannot hide events after the first
+                // chained one, nor any event a checkpoint pins).
+                if r.seq <= head.legacy_seq && r.hash.is_none() && r.prev_hash.is_none() && report.events == 0 {
+                    if pins
+                        .by_seq
+                        .get(&r.seq)
+                        .is_some_and(|c| c.iter().any(|cp| cp.hash != GENESIS))
+                    {
+                        return Ok(report.broken_at(BrokenLink {
+                            seq: r.seq,
+                            reason: format!(
+                                "event {} has no chain hashes but a signed checkpoint pins one: its hashes were removed",
+                                r.seq
+                            ),
+                        }));
+                    }
                     report.legacy_events += 1;
                     prev = Some((r.seq, None));
                     continue;
@@ -194,6 +227,19 @@ impl Engine {
                             r.seq
                         ),
                     }));
+                }
+                if let Some((_, want)) = recorded.iter().find(|(seq, _)| *seq == r.seq) {
+                    if *want != h {
+                        return Ok(report.broken_at(BrokenLink {
+                            seq: r.seq,
+                            reason: format!(
+                                "event {} is not the one recorded earlier (hash {} then, {} now): the log was rewritten",
+                                r.seq,
+                                short(want),
+                                short(&h)
+                            ),
+                        }));
+                    }
                 }
                 if let Some(cps) = pins.by_seq.get(&r.seq) {
                     if let Some(cp) = cps.iter().find(|cp| cp.hash != h) {
@@ -241,6 +287,15 @@ impl Engine {
         };
         if let Some(b) = end {
             return Ok(report.broken_at(b));
+        }
+        if let Some((seq, _)) = recorded.iter().find(|(seq, _)| *seq > head.seq) {
+            return Ok(report.broken_at(BrokenLink {
+                seq: *seq,
+                reason: format!(
+                    "event {seq} was recorded earlier but the chain head is at {}: the newest events were removed",
+                    head.seq
+                ),
+            }));
         }
         if let Some(seq) = pinned_max.filter(|&s| s > head.seq) {
             return Ok(report.broken_at(BrokenLink {

@@ -196,6 +196,10 @@ pub enum AuditCommand {
     /// Walk the audit log's hash chain (straight from the store; needs the pepper for the
     /// signed checkpoints) and report the first broken link. Exit 0 when intact, 1 when broken.
     Verify {
+        /// An event recorded earlier (SEQ:HASH, the head printed by an earlier verify, kept
+        /// outside the database) that must still have that hash (repeatable).
+        #[arg(long = "expect", value_name = "SEQ:HASH")]
+        expect: Vec<String>,
         #[command(flatten)]
         out: JsonFlag,
     },

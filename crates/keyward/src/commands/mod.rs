@@ -74,9 +74,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
         }
         Command::Audit {
-            action: Some(crate::cli::AuditCommand::Verify { out }),
+            action: Some(crate::cli::AuditCommand::Verify { expect, out }),
             ..
-        } => ops::audit_verify(&load_config(&cli)?, out.json).await,
+        } => ops::audit_verify(&load_config(&cli)?, expect, out.json).await,
         Command::Audit { action: None, list } => {
             crate::report::audit(
                 &admin_client(&cli)?,

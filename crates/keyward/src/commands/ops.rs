@@ -126,10 +126,34 @@ fn print_retention(r: &RetentionReport) {
     }
 }
 
+/// `SEQ:HASH` (a positive event number, 64 hex digits).
+fn parse_expect(s: &str) -> Result<(i64, [u8; 32])> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--expect {s:?}: give SEQ:HASH, an event number and 64 hex digits"
+        ))
+    };
+    let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
+    let seq: i64 = seq.trim().parse().map_err(|_| bad())?;
+    let hash = hash.trim();
+    if seq < 1 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hash[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok((seq, out))
+}
+
 /// `keyward audit verify`: exit 0 when the chain is intact, 1 at the first broken link.
-pub async fn audit_verify(cfg: &Config, json: bool) -> Result<()> {
+pub async fn audit_verify(cfg: &Config, expect: &[String], json: bool) -> Result<()> {
+    let recorded = expect.iter().map(|s| parse_expect(s)).collect::<Result<Vec<_>>>()?;
     let engine = engine(cfg).await?;
-    let r = engine.verify_audit_chain().await.map_err(store_error)?;
+    let r = engine
+        .verify_audit_chain_expecting(&recorded)
+        .await
+        .map_err(store_error)?;
     if json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
@@ -154,6 +178,13 @@ fn print_chain(r: &ChainReport) {
             "audit chain intact: {} events checked{range}, head at event {}",
             r.events, r.head_seq
         );
+        if let Some(h) = &r.head_hash {
+            println!(
+                "  head {}:{h} (keep it outside the database: a later `audit verify --expect {}:{h}` proves that \
+                 nothing up to it changed)",
+                r.head_seq, r.head_seq
+            );
+        }
     } else {
         println!("audit chain BROKEN after {} events checked{range}", r.events);
     }

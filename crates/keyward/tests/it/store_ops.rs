@@ -196,7 +196,12 @@ async fn every_kind_of_tampering_is_a_broken_link() {
         assert!(v.ok, "{v:?}");
         assert_eq!((v.events, v.anchored_up_to), (6, Some(5)));
         let pool = sqlite(&kw).await;
-        for t in ["audit_no_update", "audit_no_delete", "audit_checkpoints_no_update"] {
+        for t in [
+            "audit_no_update",
+            "audit_no_delete",
+            "audit_checkpoints_no_update",
+            "audit_checkpoints_no_delete",
+        ] {
             sqlx::query(&format!("DROP TRIGGER {t}")).execute(&pool).await.unwrap();
         }
         (kw, pool)
@@ -330,6 +335,74 @@ async fn every_kind_of_tampering_is_a_broken_link() {
     let (seq, reason) = broken(&kw).await;
     assert_eq!(seq, 2, "{reason}");
     assert!(reason.contains("no chain hashes"), "{reason}");
+
+    // Every hash wiped and the head told that everything predates the chain: the events the
+    // anchor pins are caught.
+    let (kw, pool) = fresh().await;
+    sqlx::query("UPDATE audit SET prev_hash = NULL, hash = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_head SET legacy_seq = 100, hash = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (seq, reason) = broken(&kw).await;
+    assert_eq!(seq, 5, "{reason}");
+    assert!(reason.contains("pins one"), "{reason}");
+
+    // The whole log rewritten and every checkpoint deleted: nothing in the database can tell
+    // (the documented limit), but a head recorded earlier outside it can.
+    let (kw, pool) = fresh().await;
+    let before = kw.running.as_ref().unwrap().engine.verify_audit_chain().await.unwrap();
+    let recorded = format!("{}:{}", before.head_seq, before.head_hash.clone().unwrap());
+    let mut all = rows(&pool).await;
+    all[0].actor = "nobody".into();
+    let mut prev = keyward_core::audit::GENESIS;
+    for r in all.iter_mut() {
+        let h = r.compute_hash(&prev);
+        sqlx::query("UPDATE audit SET actor = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(&r.actor)
+            .bind(&prev[..])
+            .bind(&h[..])
+            .bind(r.seq)
+            .execute(&pool)
+            .await
+            .unwrap();
+        prev = h;
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1")
+        .bind(&prev[..])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_checkpoints")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = kw.running.as_ref().unwrap().engine.verify_audit_chain().await.unwrap();
+    assert!(r.ok, "a consistent rewrite without checkpoints passes: {r:?}");
+    let cfg = config_for(kw.dir.path(), &kw.db_path().display().to_string(), "");
+    let (code, out, err) = keyward(&cfg, &["audit", "verify", "--expect", &recorded]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("the log was rewritten"), "{out}");
+    // --expect of the current head passes; malformed values are usage errors.
+    let now = format!("{}:{}", r.head_seq, r.head_hash.unwrap());
+    let (code, out, err) = keyward(&cfg, &["audit", "verify", "--expect", &now]);
+    assert_eq!(code, 0, "{out}{err}");
+    for bad in [
+        "",
+        "5",
+        "x:00",
+        "0:ab",
+        "5:abc",
+        &format!("5:{}", "g".repeat(64)),
+        &format!("-1:{}", "0".repeat(64)),
+    ] {
+        let (code, _, err) = keyward(&cfg, &["audit", "verify", &format!("--expect={bad}")]);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.contains("SEQ:HASH"), "{bad:?}: {err}");
+    }
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -377,6 +450,7 @@ async fn the_retention_job_purges_in_the_background_and_the_chain_still_verifies
     })
     .await;
     let events_before = engine.store().audit_head().await.unwrap().seq;
+    let day0 = engine.store().usage(Some(&live), None, 0).await.unwrap()[0].clone();
 
     // 91 days later: both ended keys are tombstones; the live one and everything else stay.
     kw.clock.advance(time::Duration::days(91));
@@ -417,10 +491,19 @@ async fn the_retention_job_purges_in_the_background_and_the_chain_still_verifies
     assert_eq!(purge_events.len(), 1);
     assert_eq!(purge_events[0].actor, "retention");
     assert_eq!(purge_events[0].details["keys_purged"], 2);
-    assert!(engine.store().usage(Some(&live), None, 0).await.unwrap().len() == 1);
+    assert!(
+        engine
+            .store()
+            .usage(Some(&live), None, 0)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| (r.minute, &r.outcome) == (day0.minute, &day0.outcome)),
+        "usage is kept 400 days"
+    );
 
-    // 401 days on: usage goes (the request made on day 91 too). 2 years on: the audit events before the cut go, in batches of
-    // 2; the chain verifies from its cut checkpoint.
+    // 401 days on: usage goes (the request made on day 91 too). 2 years on: the audit events
+    // before the cut go, in batches of 2; the chain verifies from its cut checkpoint.
     kw.clock.advance(time::Duration::days(401));
     wait_for("the usage rows to go", async || {
         engine.store().usage(None, None, 0).await.unwrap().is_empty()
