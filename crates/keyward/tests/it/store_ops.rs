@@ -526,11 +526,32 @@ async fn the_retention_job_purges_in_the_background_and_the_chain_still_verifies
 }
 
 /// `keyward retention run --dry-run` counts and changes nothing; `retention run` removes
-/// exactly that; both work while the server runs (SQLite), on data made with a clock three
-/// years back.
+/// exactly that; both work while the server runs, on data made with a clock three years back.
 #[tokio::test]
 async fn retention_run_from_the_cli_dry_run_then_run() {
-    let mut kw = boot_with(|c| c.usage.flush_interval = Duration::from_millis(50)).await;
+    retention_run_from_the_cli(None).await;
+}
+
+#[tokio::test]
+async fn retention_run_from_the_cli_dry_run_then_run_postgres() {
+    let Some(schema) = Schema::new("retention_cli").await else {
+        return;
+    };
+    retention_run_from_the_cli(Some(schema.url(None))).await;
+    schema.drop_now().await;
+}
+
+/// On the store `pg` (PostgreSQL), or on a SQLite file.
+async fn retention_run_from_the_cli(pg: Option<String>) {
+    let url = pg.clone();
+    let mut kw = boot_with(move |c| {
+        c.usage.flush_interval = Duration::from_millis(50);
+        if let Some(u) = url {
+            c.store.url = u;
+        }
+    })
+    .await;
+    let store_url = pg.unwrap_or_else(|| kw.db_path().display().to_string());
     kw.clock.advance(-time::Duration::days(3 * 366));
     let (a, key_a) = kw.key("cats", &["facts:read"], json!({})).await;
     let (b, _) = kw.key("cats", &["facts:read"], json!({})).await;
@@ -547,7 +568,7 @@ async fn retention_run_from_the_cli_dry_run_then_run() {
     kw.clock.advance(time::Duration::days(3 * 366));
     // A recent event, which stays.
     kw.key("dogs", &[], json!({})).await;
-    let cfg = config_for(kw.dir.path(), &kw.db_path().display().to_string(), "");
+    let cfg = config_for(kw.dir.path(), &store_url, "");
 
     let (code, out, err) = keyward(&cfg, &["retention", "run", "--dry-run", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
