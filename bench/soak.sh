@@ -6,6 +6,8 @@
 #   DURATION=240 WARMUP=60 bench/soak.sh   # a shorter run (the key cache is still filling)
 #   STORE=cluster bench/soak.sh            # PostgreSQL store + Redis limits (KEYWARD_TEST_POSTGRES_URL,
 #                                          # KEYWARD_TEST_REDIS_URL or the local defaults)
+#   RETENTION=2m bench/soak.sh             # [retention] with every horizon 2 minutes, a pass every
+#                                          # 10 s (RETENTION_INTERVAL): the store must stay flat
 #
 # The load is crates/keyward/examples/soak_load.rs: API keys, a key whose rate limit trips, a key
 # whose quota runs out, unknown keys (one fixed, one fresh per request), Bearer tokens, DPoP tokens
@@ -25,9 +27,17 @@
 # median of the last minute is compared with it. RSS or descriptors more than 10 % above the
 # baseline fail the run (exit 1). The slope of RSS over the post-warm-up samples is printed too.
 #
+# With RETENTION (issue 20): usage rows, audit events, revoked keys' digests and tombstones are
+# kept RETENTION long (a duration, e.g. 2m), and a retention pass runs every RETENTION_INTERVAL
+# (10s). Once the oldest data is RETENTION old (well within the default warm-up), what the churn
+# adds is what retention removes, and SQLite reuses the freed pages: the store's size is then in
+# the verdict too (at most +10 % over the post-warm-up baseline), as are the rows the store holds.
+# Without RETENTION the defaults (400d, 2y, 90d, forever) keep everything for the whole run.
+#
 # Environment (all optional): DURATION (600), WARMUP (390), SAMPLE (5, seconds between samples),
 # CONNECTIONS (16), WORKERS (1, keyward worker threads), SKIP_BUILD (1: use the built binaries),
-# RESULTS_DIR (copy samples.csv, the load summary and the report there), CARGO_TARGET_DIR.
+# RETENTION (none), RETENTION_INTERVAL (10s), RESULTS_DIR (copy samples.csv, the load summary and
+# the report there), CARGO_TARGET_DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,6 +50,8 @@ STORE=${STORE:-sqlite}
 PG=${KEYWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS=${KEYWARD_TEST_REDIS_URL:-redis://127.0.0.1:6379/}
 SKIP_BUILD=${SKIP_BUILD:-0}
+RETENTION=${RETENTION:-}
+RETENTION_INTERVAL=${RETENTION_INTERVAL:-10s}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 KEYWARD=$TARGET/release/keyward
 LOAD=$TARGET/release/examples/soak_load
@@ -72,17 +84,30 @@ url = \"$REDIS\""
     *) die "STORE is sqlite or cluster" ;;
 esac
 
-bench_config "$TMP/keyward.toml" "$STORE_URL" "$WORKERS" "$GW" "" "$REDIS_TOML"
+RETENTION_TOML=""
+if [[ -n "$RETENTION" ]]; then
+    RETENTION_TOML="[retention]
+usage = \"$RETENTION\"
+audit = \"$RETENTION\"
+revoked_keys = \"$RETENTION\"
+tombstones = \"$RETENTION\"
+interval = \"$RETENTION_INTERVAL\""
+fi
+
+bench_config "$TMP/keyward.toml" "$STORE_URL" "$WORKERS" "$GW" "" "$REDIS_TOML
+$RETENTION_TOML"
 start_keyward "$TMP/keyward.toml" "$ADMIN_PORT"
 
 # The sampler: t, rss_kib, fds, threads, store bytes (SQLite: the database file, and its WAL
-# apart; PostgreSQL: pg_database_size, no WAL column), and what the server says it holds in
-# memory (keyward_memory_entries on /metrics).
+# apart; PostgreSQL: pg_database_size, no WAL column), the rows of the tables that grow (keys,
+# audit events, usage rows), and what the server says it holds in memory
+# (keyward_memory_entries on /metrics).
 CACHES="keys unknown_keys tokens revoked_tokens dpop_proofs limit_states"
 sample() {
     local t0 t rss fds thr db m c line
     t0=$(date +%s.%N)
-    line="t_s,rss_kib,fds,threads,store_bytes,wal_bytes"
+    local rows
+    line="t_s,rss_kib,fds,threads,store_bytes,wal_bytes,key_rows,audit_rows,usage_rows"
     for c in $CACHES; do line+=",$c"; done
     echo "$line" >"$TMP/samples.csv"
     while kill -0 "$KEYWARD_PID" 2>/dev/null; do
@@ -90,13 +115,16 @@ sample() {
         rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$KEYWARD_PID/status" 2>/dev/null || echo "")
         thr=$(awk '/^Threads:/ {print $2}' "/proc/$KEYWARD_PID/status" 2>/dev/null || echo "")
         fds=$(find "/proc/$KEYWARD_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+        local count_sql="SELECT (SELECT COUNT(*) FROM keys) || ',' || (SELECT COUNT(*) FROM audit) || ',' || (SELECT COUNT(*) FROM usage)"
         if [[ $STORE == sqlite ]]; then
             db=$(stat -c %s "$TMP/keyward.db" 2>/dev/null || echo 0),$(stat -c %s "$TMP/keyward.db-wal" 2>/dev/null || echo 0)
+            rows=$(sqlite3 -readonly "$TMP/keyward.db" "$count_sql" 2>/dev/null || echo ",,")
         else
             db=$(psql "$STORE_URL" -Atqc 'SELECT pg_database_size(current_database())' 2>/dev/null || echo 0),0
+            rows=$(psql "$STORE_URL" -Atqc "$count_sql" 2>/dev/null || echo ",,")
         fi
         m=$(curl -s -H "authorization: Bearer $KEYWARD_ADMIN_TOKEN" "http://127.0.0.1:$ADMIN_PORT/metrics" || true)
-        line="$t,$rss,$fds,$thr,$db"
+        line="$t,$rss,$fds,$thr,$db,$rows"
         for c in $CACHES; do
             line+=",$(awk -v k="keyward_memory_entries{cache=\"$c\"}" '$1 == k {print $2}' <<<"$m")"
         done
@@ -119,13 +147,14 @@ kill "$SAMPLER" 2>/dev/null || true
 
 VERDICT=0
 {
-    echo "keyward soak: ${DURATION}s mixed load, warm-up ${WARMUP}s, $CONNECTIONS connections + 1 churn task, store $STORE, $WORKERS worker(s), $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD)"
+    echo "keyward soak: ${DURATION}s mixed load, warm-up ${WARMUP}s, $CONNECTIONS connections + 1 churn task, store $STORE, $WORKERS worker(s), retention ${RETENTION:-default} (pass every ${RETENTION_INTERVAL}), $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD)"
     echo
-    python3 - "$TMP/samples.csv" "$TMP/load.out" "$WARMUP" <<'PY'
+    python3 - "$TMP/samples.csv" "$TMP/load.out" "$WARMUP" "$RETENTION" <<'PY'
 import csv, statistics, sys
 rows = [{k: float(v or 0) for k, v in r.items()} for r in csv.DictReader(open(sys.argv[1]))]
 load = dict(l.strip().split(": ", 1) for l in open(sys.argv[2]) if ": " in l)
 warm = float(sys.argv[3])
+retention = sys.argv[4]
 end = rows[-1]["t_s"]
 after = [r for r in rows if r["t_s"] >= warm]
 base = [r for r in after if r["t_s"] < warm + 60]
@@ -134,8 +163,10 @@ ok = True
 print("| figure | at warm-up end (median of the next 60 s) | last 60 s (median) | max after warm-up | change |")
 print("|---|---|---|---|---|")
 caches = ("keys", "unknown_keys", "tokens", "revoked_tokens", "dpop_proofs", "limit_states")
+bounded = ("rss_kib", "fds") + (("store_bytes", "key_rows", "audit_rows", "usage_rows") if retention else ())
 for col, name in (("rss_kib", "RSS (MiB)"), ("fds", "open descriptors"), ("threads", "threads"),
-                  ("store_bytes", "store on disk (MiB)"), ("wal_bytes", "SQLite WAL (MiB)")) + tuple((c, f"memory entries: {c}") for c in caches):
+                  ("store_bytes", "store on disk (MiB)"), ("wal_bytes", "SQLite WAL (MiB)"),
+                  ("key_rows", "rows: keys"), ("audit_rows", "rows: audit events"), ("usage_rows", "rows: usage")) + tuple((c, f"memory entries: {c}") for c in caches):
     if col == "wal_bytes" and not any(r[col] for r in rows):
         continue
     b = statistics.median(r[col] for r in base)
@@ -144,7 +175,7 @@ for col, name in (("rss_kib", "RSS (MiB)"), ("fds", "open descriptors"), ("threa
     scale = 1024 if col == "rss_kib" else (1 << 20 if col in ("store_bytes", "wal_bytes") else 1)
     change = (l / b - 1) * 100 if b else 0.0
     verdict = ""
-    if col in ("rss_kib", "fds"):
+    if col in bounded:
         verdict = " (limit +10 %)"
         ok &= l <= b * 1.10
     fmt = (lambda x: f"{x / scale:.1f}") if scale > 1 else (lambda x: f"{x:.0f}")
@@ -155,11 +186,16 @@ mx, my = statistics.fmean(xs), statistics.fmean(ys)
 slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 print(f"\nRSS slope after warm-up: {slope * 60:+.1f} KiB/min over {len(after)} samples; "
       f"peak RSS {max(r['rss_kib'] for r in rows) / 1024:.1f} MiB")
+ys = [r["store_bytes"] for r in after]
+my = statistics.fmean(ys)
+slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+print(f"store slope after warm-up: {slope * 60 / 1024:+.1f} KiB/min")
 print(f"load: {load.get('requests')} requests in {load.get('duration_s')} s ({load.get('rps')} req/s), "
       f"unexpected responses: {load.get('unexpected')}, connections opened: {load.get('connections_opened')}")
 keys = sorted(k for k in load if ":" in k and k not in ("connections_opened",))
 print("outcomes: " + ", ".join(f"{k} {load[k]}" for k in keys))
-print("\nverdict: " + ("PASS (RSS and descriptors within +10 % of the post-warm-up baseline)" if ok else "FAIL (growth beyond +10 %)"))
+what = "RSS, descriptors" + (", store size and rows" if retention else "")
+print("\nverdict: " + (f"PASS ({what} within +10 % of the post-warm-up baseline)" if ok else "FAIL (growth beyond +10 %)"))
 sys.exit(0 if ok else 1)
 PY
 } >"$TMP/report.md" || VERDICT=$?

@@ -3,9 +3,11 @@
 //! - [`key`]: the API key format (generate, parse, checksum);
 //! - [`secret`]: the server pepper, keyed digests and constant-time comparison;
 //! - [`model`]: apps, keys and their policy;
-//! - [`decision`]: `authorize(record, request facts, now) -> Decision`.
+//! - [`decision`]: `authorize(record, request facts, now) -> Decision`;
+//! - [`audit`]: the audit log's hash chain and its signed checkpoints.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod base62;
 pub mod decision;
 pub mod error;

@@ -134,6 +134,10 @@ pub struct Lifecycle {
     /// Last accepted request, as of the last usage flush.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// When retention removed the key's digest (`[retention] revoked_keys` after its
+    /// revocation or expiry): the record stays as a tombstone, the key can never verify again.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub purged_at: Option<OffsetDateTime>,
 }
 
 /// A change to a key's authorization (fields left `None` stay as they are).

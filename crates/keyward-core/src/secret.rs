@@ -98,6 +98,21 @@ impl Pepper {
         out.copy_from_slice(tag.as_ref());
         Digest(out)
     }
+
+    /// A MAC of `data` for one `purpose` (e.g. the audit checkpoints): HMAC-SHA256 under a key
+    /// derived from the pepper, `HMAC-SHA256(pepper, "\0keyward-subkey:" + purpose)`. The label
+    /// starts with a NUL byte, which no credential can contain (header values and legacy
+    /// secrets are visible ASCII), so the derived key is never the digest of a credential
+    /// stored in the database; and a MAC for one purpose is never valid for another.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        let mut label = b"\0keyward-subkey:".to_vec();
+        label.extend_from_slice(purpose.as_bytes());
+        let sub = self.digest(&label);
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &sub.0), data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
 }
 
 impl fmt::Debug for Pepper {

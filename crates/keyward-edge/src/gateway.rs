@@ -264,7 +264,7 @@ impl GatewayState {
         let metrics = Arc::new(Metrics::with_upstreams(engine.clone(), status_of(&table)));
         metrics.set_routes(table.load().routes.len());
         let tunnels = Arc::new(crate::tunnel::Tunnels::default());
-        tokio::spawn(tunnels.clone().watch(engine.clone()));
+        tokio::spawn(tunnels.clone().watch(Arc::downgrade(&engine)));
         Ok(GatewayState {
             engine,
             cfg,

@@ -95,13 +95,22 @@ impl Tunnels {
 
     /// Follows the engine's announcements until the engine is gone: re-decides the tunnels a
     /// change concerns and closes those no longer granted.
-    pub(crate) async fn watch(self: Arc<Self>, engine: Arc<Engine>) {
-        let mut changes = engine.subscribe_changes();
+    pub(crate) async fn watch(self: Arc<Self>, engine: std::sync::Weak<Engine>) {
+        // A weak reference: the engine owns the channel's sender, so a strong one here would
+        // keep the engine (and its store) alive forever; dropped, the channel closes and this
+        // task ends.
+        let mut changes = match engine.upgrade() {
+            Some(e) => e.subscribe_changes(),
+            None => return,
+        };
         loop {
             let change = match changes.recv().await {
                 Ok(c) => c,
                 Err(RecvError::Lagged(_)) => Changed::All,
                 Err(RecvError::Closed) => return,
+            };
+            let Some(engine) = engine.upgrade() else {
+                return;
             };
             let concerned: Vec<(u64, Granted)> = self
                 .grants()

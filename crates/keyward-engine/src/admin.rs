@@ -26,6 +26,15 @@ pub enum SuccessorExpiry {
 }
 
 impl Engine {
+    /// Drops what the cache holds about a key after a change: by digest, or by id for a
+    /// tombstone (no digest any more).
+    pub(crate) fn forget_key(&self, id: &str, digest: Option<&keyward_core::Digest>) {
+        match digest {
+            Some(d) => self.cache.invalidate(d),
+            None => self.cache.invalidate_key_id(id),
+        }
+    }
+
     async fn audit_change(
         &self,
         actor: &str,
@@ -206,12 +215,17 @@ impl Engine {
             scopes.dedup();
         }
         let before = self.get_key(id).await?;
+        if before.lifecycle.purged_at.is_some() {
+            return Err(EngineError::Conflict(
+                "the key was purged by retention: its record is a tombstone".into(),
+            ));
+        }
         let (record, digest) = self
             .store
             .update_key(id, &update)
             .await?
             .ok_or(EngineError::NotFound("key"))?;
-        self.cache.invalidate(&digest);
+        self.forget_key(id, digest.as_ref());
         self.announce(crate::Changed::Key(id.to_owned()));
         let kind = match update.disabled_at {
             Some(Some(_)) => "key.disabled",
@@ -287,7 +301,7 @@ impl Engine {
             .revoke_key(id, self.now())
             .await?
             .ok_or(EngineError::NotFound("key"))?;
-        self.cache.invalidate(&digest);
+        self.forget_key(id, digest.as_ref());
         self.announce(crate::Changed::Key(id.to_owned()));
         if before.revoked_at.is_none() {
             let event = AuditEvent {

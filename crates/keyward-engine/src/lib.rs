@@ -6,11 +6,15 @@
 //! - `lib.rs`: the engine, the request pipeline (`verify_key`, `admit`);
 //! - [`admin`]: admin operations (each one audited);
 //! - [`usage`]: per-key usage counters, aggregated per minute and written in batches;
-//! - [`security`]: security events (canary use, bursts of failed authentications) and sinks.
+//! - [`security`]: security events (canary use, bursts of failed authentications) and sinks;
+//! - [`retention`]: the retention pass and the audit chain's checkpoints; [`audit_chain`]: its
+//!   verification.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_tokens;
+pub mod audit_chain;
+pub mod audit_file;
 mod binding;
 mod clock;
 pub mod dpop;
@@ -22,6 +26,7 @@ pub mod oauth;
 mod pipeline;
 #[cfg(test)]
 mod pipeline_tests;
+pub mod retention;
 pub mod security;
 pub mod sync;
 pub mod token;
@@ -416,10 +421,17 @@ impl Engine {
     /// Appends an event to the audit log and passes security events to the sinks.
     pub async fn audit(&self, event: AuditEvent) -> Result<i64, EngineError> {
         let seq = self.store.append_audit(&event).await?;
-        if event.severity != Severity::Info {
-            self.security.emit(&AuditEvent { seq, ..event });
+        let stored = AuditEvent { seq, ..event };
+        self.security.mirror(&stored);
+        if stored.severity != Severity::Info {
+            self.security.emit(&stored);
         }
         Ok(seq)
+    }
+
+    /// Adds a receiver of every stored audit event (the `[audit]` file sink).
+    pub fn add_audit_mirror(&self, sink: Arc<dyn EventSink>) {
+        self.security.add_mirror(sink);
     }
 
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, EngineError> {

@@ -27,6 +27,8 @@ pub(crate) struct Security {
     sinks: RwLock<Vec<Arc<dyn EventSink>>>,
     /// The managed webhooks' sinks, replaced whole when their set changes.
     managed: RwLock<Vec<Arc<dyn EventSink>>>,
+    /// Receivers of every stored audit event, whatever its severity (the `[audit]` file sink).
+    mirrors: RwLock<Vec<Arc<dyn EventSink>>>,
     /// Per address: (minute, failures in that minute).
     failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
     burst: u32,
@@ -41,6 +43,7 @@ impl Security {
         Security {
             sinks: RwLock::new(Vec::new()),
             managed: RwLock::new(Vec::new()),
+            mirrors: RwLock::new(Vec::new()),
             failures: Mutex::new(HashMap::new()),
             burst: burst.max(1),
         }
@@ -50,6 +53,24 @@ impl Security {
         match self.sinks.write() {
             Ok(mut s) => s.push(sink),
             Err(p) => p.into_inner().push(sink),
+        }
+    }
+
+    pub(crate) fn add_mirror(&self, sink: Arc<dyn EventSink>) {
+        match self.mirrors.write() {
+            Ok(mut s) => s.push(sink),
+            Err(p) => p.into_inner().push(sink),
+        }
+    }
+
+    /// Passes a stored event to every mirror.
+    pub(crate) fn mirror(&self, event: &AuditEvent) {
+        let mirrors = match self.mirrors.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for m in mirrors {
+            m.emit(event);
         }
     }
 
@@ -83,7 +104,11 @@ impl Security {
     /// Stores an event without blocking the caller.
     fn spawn_audit(&self, engine: &Engine, event: AuditEvent) {
         let store = engine.store.clone();
-        let sinks = self.all_sinks();
+        let mut sinks = match self.mirrors.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        sinks.extend(self.all_sinks());
         tokio::spawn(async move {
             match store.append_audit(&event).await {
                 Ok(seq) => {

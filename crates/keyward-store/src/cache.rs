@@ -310,10 +310,12 @@ impl KeyCache {
     pub async fn forget_created(&self, id: &str) {
         if id != "*" {
             match self.store.key_with_digest(id).await {
-                Ok(Some((_, digest))) => {
+                Ok(Some((_, Some(digest)))) => {
                     self.invalidate(&digest);
                     return;
                 }
+                // Already a tombstone: its digest is nobody's any more.
+                Ok(Some((_, None))) => return,
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read a new key's digest; forgetting every unknown key"),
             }

@@ -6,12 +6,14 @@
 
 mod cache;
 mod error;
+mod lock;
 mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
 
 use async_trait::async_trait;
+use keyward_core::audit::{ChainRow, Checkpoint};
 use keyward_core::model::{
     AuditEvent, AuditFilter, ClientRecord, ClientSecretInfo, KeyUpdate, SigningKeyRow, UsageRow,
 };
@@ -22,7 +24,7 @@ use time::OffsetDateTime;
 pub use cache::{CacheConfig, CacheStats, KeyCache, LatencyHistogram, Lookup, LATENCY_BUCKETS};
 pub use error::StoreError;
 pub use postgres::{PgOptions, PgStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{BackupReport, SqliteStore};
 
 /// A change made by some node, as announced to every node sharing the store (PostgreSQL
 /// `LISTEN`/`NOTIFY`). Announcements name objects by id only, never by key material or digest.
@@ -119,6 +121,41 @@ pub struct WebhookRecord {
     pub updated_at: OffsetDateTime,
 }
 
+/// The head of the audit chain: the last event appended and its hash (`None` before the first
+/// event of the chain); events up to `legacy_seq` were stored before the chain existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: i64,
+    pub hash: Option<[u8; 32]>,
+    pub legacy_seq: i64,
+}
+
+/// What a retention pass looks at: each field `None` when that kind of data is kept forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionCut {
+    /// Usage rows of minutes (Unix minutes) before this one.
+    pub usage_before_minute: Option<i64>,
+    /// Audit events up to this seq (the cut, from [`Store::audit_cut_point`]).
+    pub audit_up_to_seq: Option<i64>,
+    /// Keys revoked or expired at or before this instant (their digest goes).
+    pub keys_ended_before: Option<OffsetDateTime>,
+    /// Tombstones made at or before this instant (the record goes).
+    pub tombstones_before: Option<OffsetDateTime>,
+    /// Denylisted tokens and seen `jti`s that expired at or before this instant.
+    pub expired_before: Option<OffsetDateTime>,
+}
+
+/// How many rows each kind of retention concerns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionCounts {
+    pub usage_rows: u64,
+    pub audit_events: u64,
+    pub keys_purged: u64,
+    pub tombstones_deleted: u64,
+    /// Expired denylisted tokens and seen `jti`s.
+    pub expired_token_rows: u64,
+}
+
 /// The persistence interface. Every backend passes the same test suite.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -163,16 +200,19 @@ pub trait Store: Send + Sync + 'static {
     /// A key by id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// A key by id, with its digest (a node that hears of a key created elsewhere forgets
-    /// that one digest, not its whole negative cache).
-    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    /// that one digest, not its whole negative cache); no digest for a tombstone.
+    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError>;
     /// Keys, oldest first, optionally only those of one app (by id).
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
     /// Revokes a key at `at` (idempotent: an already revoked key keeps its first revocation
-    /// time). Returns the record after the change and its digest, `None` if no such key.
-    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    /// time). Returns the record after the change and its digest (none for a tombstone),
+    /// `None` if no such key.
+    async fn revoke_key(&self, id: &str, at: OffsetDateTime)
+        -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError>;
     /// Changes a key's name, scopes or policy. Returns the record after the change and its
-    /// digest, `None` if no such key.
-    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError>;
+    /// digest (none for a tombstone), `None` if no such key.
+    async fn update_key(&self, id: &str, update: &KeyUpdate)
+        -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError>;
     /// Replaces an app's policy (by id). Returns the app and the digests of all of its keys
     /// (their cached records embed the app's policy), `None` if no such app.
     async fn update_app_policy(
@@ -182,8 +222,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(AppRecord, Vec<Digest>)>, StoreError>;
 
     /// Rotates `old_id`: stores `successor` (with `digest`), links the two and sets the old
-    /// key's expiry to `old_expires_at`, atomically. `Conflict` when the old key is revoked or
-    /// was already rotated, `NotFound` when it does not exist. The successor's `limit_id` is
+    /// key's expiry to `old_expires_at`, atomically. `Conflict` when the old key is revoked,
+    /// a tombstone or was already rotated, `NotFound` when it does not exist. The successor's `limit_id` is
     /// the old key's, or the old key's id (the first key of the chain), read in the same
     /// transaction. Returns the old key after the change and its digest.
     async fn rotate_key(
@@ -195,10 +235,54 @@ pub trait Store: Send + Sync + 'static {
         at: OffsetDateTime,
     ) -> Result<(KeyRecord, Digest), StoreError>;
 
-    /// Appends to the audit log (append-only); returns the event's sequence number.
+    /// Appends to the audit log (append-only), linked to the chain: the event gets the next
+    /// sequence number, the hash of the event before it and its own hash
+    /// ([`keyward_core::audit`]), in one transaction that serialises appends (the chain head's
+    /// row lock on PostgreSQL, the write lock on SQLite). Returns the event's sequence number.
     async fn append_audit(&self, event: &AuditEvent) -> Result<i64, StoreError>;
     /// Audit events, newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+
+    // ---- the audit chain and retention ------------------------------------------------------
+
+    /// The head of the audit chain.
+    async fn audit_head(&self) -> Result<AuditHead, StoreError>;
+    /// Up to `limit` stored events after `after_seq`, oldest first, every column raw (for
+    /// verifying the chain).
+    async fn audit_chain(&self, after_seq: i64, limit: u32) -> Result<Vec<ChainRow>, StoreError>;
+    /// Every checkpoint, by seq.
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Stores a checkpoint; `false` when one of the same seq and kind exists (another node made
+    /// it).
+    async fn add_audit_checkpoint(&self, checkpoint: &Checkpoint) -> Result<bool, StoreError>;
+    /// Where retention may cut the audit log for the horizon `before`: the last event such that
+    /// it and every event before it are older than `before`, with its hash
+    /// ([`keyward_core::audit::GENESIS`] for an event from before the chain). `None` when no
+    /// event is that old.
+    async fn audit_cut_point(&self, before: OffsetDateTime) -> Result<Option<(i64, [u8; 32])>, StoreError>;
+    /// Deletes up to `limit` of the oldest events with `seq <= up_to_seq` (allowed by the
+    /// store's triggers only up to a cut checkpoint); how many went.
+    async fn delete_audit(&self, up_to_seq: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes the checkpoints older than the latest cut; how many went.
+    async fn prune_audit_checkpoints(&self) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` usage rows of minutes before `before_minute`; how many went.
+    async fn delete_usage(&self, before_minute: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Turns up to `limit` keys revoked or expired at or before `ended_before` into tombstones
+    /// (digest removed, `purged_at = at`); their ids. A tombstone never verifies again and its
+    /// record stays.
+    async fn purge_keys(
+        &self,
+        ended_before: OffsetDateTime,
+        at: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Deletes up to `limit` denylisted tokens and up to `limit` seen one-time `jti`s that
+    /// expired at or before `now` (they can never matter again); how many went (both tables).
+    async fn delete_expired_tokens(&self, now: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` tombstones made at or before `purged_before`; how many went.
+    async fn delete_tombstones(&self, purged_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
+    /// How many rows a retention pass with this cut would remove (nothing is changed).
+    async fn retention_counts(&self, cut: &RetentionCut) -> Result<RetentionCounts, StoreError>;
 
     /// Adds a batch of usage counts and advances `last_used_at`, in one transaction.
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;

@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyward_core::audit::{ChainRow, Checkpoint, GENESIS};
 use keyward_core::model::{
     AuditEvent, AuditFilter, ClientRecord, ClientSecretInfo, KeyUpdate, SigningKeyRow, UsageRow,
 };
@@ -30,7 +31,7 @@ use tokio::sync::broadcast;
 
 use crate::rows::{self, Cols};
 use crate::sql::{self, policy_json, scopes_json, ts, Bind};
-use crate::{AdminTokenRecord, Change, Store, StoreError, WebhookRecord};
+use crate::{AdminTokenRecord, AuditHead, Change, RetentionCounts, RetentionCut, Store, StoreError, WebhookRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -361,14 +362,14 @@ impl Store for PgStore {
     }
 
     async fn key_by_digest(&self, digest: &Digest) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
-        sql::optional(&self.pool, sql::key_by_digest(digest), rows::key_from_row).await
+        sql::optional(&self.pool, sql::key_by_digest(digest), rows::key_from_digest_row).await
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self.key_with_digest(id).await?.map(|(k, _)| k))
     }
 
-    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         sql::optional(&self.pool, sql::key_by_id(id), rows::key_from_row).await
     }
 
@@ -376,7 +377,11 @@ impl Store for PgStore {
         sql::all(&self.pool, sql::keys(app_id), |r| rows::key_from_row(r).map(|(k, _)| k)).await
     }
 
-    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         let mut tx = self.begin().await?;
         let done = sql::revoke_key(id, at).execute(&mut *tx).await.map_err(g)?;
         let row = sql::key_by_id(id).fetch_optional(&mut *tx).await.map_err(g)?;
@@ -387,7 +392,11 @@ impl Store for PgStore {
         row.as_ref().map(rows::key_from_row).transpose()
     }
 
-    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn update_key(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         let mut tx = self.begin().await?;
         for statement in sql::update_key(id, update) {
             statement.execute(&mut *tx).await.map_err(g)?;
@@ -451,7 +460,7 @@ impl Store for PgStore {
             .await
             .map_err(g)?
             .ok_or(StoreError::NotFound("key"))?;
-        let old = rows::key_from_row(&old)?;
+        let old = rows::key_from_digest_row(&old)?;
         let row = sql::successor_row(successor, &old.0);
         sql::insert_key(&row, digest).execute(&mut *tx).await.map_err(g)?;
         notify(&mut tx, &self.channel, &Change::Key(old_id.to_owned())).await?;
@@ -465,12 +474,116 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, e: &AuditEvent) -> Result<i64, StoreError> {
-        let row = sql::insert_audit(e).fetch_one(&self.pool).await.map_err(g)?;
-        row.int("seq")
+        let mut tx = self.begin().await?;
+        // The chain head's row lock: appends of every node queue here, so each event links to
+        // the one committed before it and takes the next seq.
+        let head = sqlx::query("SELECT seq, hash, legacy_seq FROM audit_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(g)?;
+        let head = rows::audit_head_from_row(&head)?;
+        let row = sql::chain_row(e, head.seq + 1);
+        let prev = head.hash.unwrap_or(GENESIS);
+        let hash = row.compute_hash(&prev);
+        sql::insert_chained_audit(&row, prev, hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(g)?;
+        sql::set_audit_head(row.seq, hash).execute(&mut *tx).await.map_err(g)?;
+        tx.commit().await.map_err(g)?;
+        Ok(row.seq)
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
         sql::all(&self.pool, sql::audit(f), rows::audit_from_row).await
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        let row = sqlx::query(sql::AUDIT_HEAD).fetch_one(&self.pool).await.map_err(g)?;
+        rows::audit_head_from_row(&row)
+    }
+
+    async fn audit_chain(&self, after_seq: i64, limit: u32) -> Result<Vec<ChainRow>, StoreError> {
+        sql::all(&self.pool, sql::audit_chain(after_seq, limit), rows::chain_row_from_row).await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        sql::all(&self.pool, sql::audit_checkpoints(), rows::checkpoint_from_row).await
+    }
+
+    async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<bool, StoreError> {
+        let done = sql::insert_checkpoint(cp).execute(&self.pool).await.map_err(g)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn audit_cut_point(&self, before: OffsetDateTime) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+        sql::optional(&self.pool, sql::audit_cut_point(before), rows::cut_point_from_row).await
+    }
+
+    async fn delete_audit(&self, up_to_seq: i64, limit: u32) -> Result<u64, StoreError> {
+        let done = sql::delete_audit(up_to_seq, limit)
+            .execute(&self.pool)
+            .await
+            .map_err(g)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_audit_checkpoints(&self) -> Result<u64, StoreError> {
+        let done = sql::prune_checkpoints().execute(&self.pool).await.map_err(g)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_usage(&self, before_minute: i64, limit: u32) -> Result<u64, StoreError> {
+        let done = sql::delete_usage(before_minute, limit)
+            .execute(&self.pool)
+            .await
+            .map_err(g)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_keys(
+        &self,
+        ended_before: OffsetDateTime,
+        at: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let found = sql::purge_keys(ended_before, at, limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(g)?;
+        let ids = found.iter().map(|r| r.text("id")).collect::<Result<Vec<_>, _>>()?;
+        // Every node forgets what it cached about these keys (revoked or expired already, but
+        // a cached record must not outlive its digest).
+        for id in &ids {
+            notify(&mut tx, &self.channel, &Change::Key(id.clone())).await?;
+        }
+        tx.commit().await.map_err(g)?;
+        Ok(ids)
+    }
+
+    async fn delete_expired_tokens(&self, now: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        let tokens = sql::delete_expired_revoked_tokens(now, limit)
+            .execute(&self.pool)
+            .await
+            .map_err(g)?;
+        let jtis = sql::delete_expired_jtis(now, limit)
+            .execute(&self.pool)
+            .await
+            .map_err(g)?;
+        Ok(tokens.rows_affected() + jtis.rows_affected())
+    }
+
+    async fn delete_tombstones(&self, purged_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        let done = sql::delete_tombstones(purged_before, limit)
+            .execute(&self.pool)
+            .await
+            .map_err(g)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn retention_counts(&self, cut: &RetentionCut) -> Result<RetentionCounts, StoreError> {
+        sql::retention_counts(&self.pool, cut, rows::count_from_row).await
     }
 
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {

@@ -18,6 +18,7 @@
 
 use std::str::FromStr;
 
+use keyward_core::audit::{ChainRow, Checkpoint};
 use keyward_core::model::{
     AuditEvent, ClientAuthMethod, ClientRecord, ClientSecretInfo, Lifecycle, Severity, SigningKeyRow, UsageRow,
 };
@@ -26,7 +27,7 @@ use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use time::OffsetDateTime;
 
-use crate::{AdminTokenRecord, StoreError, WebhookRecord};
+use crate::{AdminTokenRecord, AuditHead, StoreError, WebhookRecord};
 
 /// The columns [`app_from_row`] reads (table `apps`, unaliased).
 macro_rules! app_columns {
@@ -41,7 +42,7 @@ macro_rules! key_columns {
         "k.id, k.app_id, a.name AS app_name, k.name, k.digest, k.hint, k.env, k.scopes, \
          k.expires_at, k.created_at, k.revoked_at, k.policy, a.policy AS app_policy, \
          k.disabled_at, k.canary, k.legacy, k.rotated_from, k.rotated_to, k.rotated_at, k.last_used_at, \
-         k.exchange_only, k.limit_id"
+         k.exchange_only, k.limit_id, k.purged_at"
     };
 }
 
@@ -77,6 +78,7 @@ pub(crate) trait Cols {
     fn int(&self, col: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// A timestamp (Unix seconds).
     fn ts(&self, col: &str) -> Result<OffsetDateTime, StoreError> {
@@ -95,6 +97,22 @@ pub(crate) trait Cols {
     /// A 32-byte digest.
     fn digest(&self, col: &str) -> Result<Digest, StoreError> {
         Digest::from_slice(&self.bytes(col)?).ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into()))
+    }
+
+    /// A 32-byte digest, or `NULL`.
+    fn opt_digest(&self, col: &str) -> Result<Option<Digest>, StoreError> {
+        match self.opt_bytes(col)? {
+            None => Ok(None),
+            Some(b) => Digest::from_slice(&b)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt("digest has the wrong length".into())),
+        }
+    }
+
+    /// A 32-byte hash (audit chain).
+    fn hash(&self, col: &str) -> Result<[u8; 32], StoreError> {
+        keyward_core::audit::hash32(&self.bytes(col)?)
+            .ok_or_else(|| StoreError::Corrupt("a stored hash has the wrong length".into()))
     }
 
     /// A policy (JSON text).
@@ -130,6 +148,10 @@ where
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
         self.try_get(col).map_err(StoreError::from_sqlx)
     }
+
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.try_get(col).map_err(StoreError::from_sqlx)
+    }
 }
 
 fn from_ts(v: i64) -> Result<OffsetDateTime, StoreError> {
@@ -157,11 +179,21 @@ pub(crate) fn app_from_row(row: &impl Cols) -> Result<AppRecord, StoreError> {
     })
 }
 
-/// A key with its app's name and policy, and its digest as stored (`key_columns!`).
-pub(crate) fn key_from_row(row: &impl Cols) -> Result<(KeyRecord, Digest), StoreError> {
+/// A key found by its digest, with its app's name and policy and the digest as stored
+/// (`key_columns!`; a row found by digest always has one).
+pub(crate) fn key_from_digest_row(row: &impl Cols) -> Result<(KeyRecord, Digest), StoreError> {
+    match key_from_row(row)? {
+        (key, Some(digest)) => Ok((key, digest)),
+        (_, None) => Err(StoreError::Corrupt("a key found by digest has none".into())),
+    }
+}
+
+/// A key with its app's name and policy, and its digest as stored (`key_columns!`); no digest
+/// for a tombstone.
+pub(crate) fn key_from_row(row: &impl Cols) -> Result<(KeyRecord, Option<Digest>), StoreError> {
     let scopes = scopes_from(&row.text("scopes")?, "")?;
     let env = KeyEnv::from_str(&row.text("env")?).map_err(|_| StoreError::Corrupt("unknown key env".into()))?;
-    let digest = row.digest("digest")?;
+    let digest = row.opt_digest("digest")?;
     Ok((
         KeyRecord {
             id: row.text("id")?,
@@ -186,6 +218,7 @@ pub(crate) fn key_from_row(row: &impl Cols) -> Result<(KeyRecord, Digest), Store
                 limit_id: row.opt_text("limit_id")?,
                 rotated_at: row.opt_ts("rotated_at")?,
                 last_used_at: row.opt_ts("last_used_at")?,
+                purged_at: row.opt_ts("purged_at")?,
             },
         },
         digest,
@@ -320,4 +353,64 @@ pub(crate) fn usage_from_row(row: &impl Cols) -> Result<UsageRow, StoreError> {
         outcome: row.text("outcome")?,
         count: u64::try_from(row.int("count")?).unwrap_or(0),
     })
+}
+
+/// An audit event with every column raw, as the chain covers it (`sql::audit_chain`).
+pub(crate) fn chain_row_from_row(row: &impl Cols) -> Result<ChainRow, StoreError> {
+    Ok(ChainRow {
+        seq: row.int("seq")?,
+        at: row.int("at")?,
+        actor: row.text("actor")?,
+        kind: row.text("kind")?,
+        severity: row.text("severity")?,
+        target: row.opt_text("target")?,
+        source_ip: row.opt_text("source_ip")?,
+        details: row.text("details")?,
+        prev_hash: row.opt_bytes("prev_hash")?,
+        hash: row.opt_bytes("hash")?,
+    })
+}
+
+/// The chain head (table `audit_head`).
+pub(crate) fn audit_head_from_row(row: &impl Cols) -> Result<AuditHead, StoreError> {
+    let hash = match row.opt_bytes("hash")? {
+        None => None,
+        Some(b) => Some(
+            keyward_core::audit::hash32(&b)
+                .ok_or_else(|| StoreError::Corrupt("the audit chain head has a hash of the wrong length".into()))?,
+        ),
+    };
+    Ok(AuditHead {
+        seq: row.int("seq")?,
+        hash,
+        legacy_seq: row.int("legacy_seq")?,
+    })
+}
+
+/// A checkpoint of the audit chain (table `audit_checkpoints`).
+pub(crate) fn checkpoint_from_row(row: &impl Cols) -> Result<Checkpoint, StoreError> {
+    Ok(Checkpoint {
+        seq: row.int("seq")?,
+        hash: row.hash("hash")?,
+        cut: row.flag("cut")?,
+        at: row.int("at")?,
+        mac: row.hash("mac")?,
+    })
+}
+
+/// Where retention may cut the chain (columns `seq`, `hash`): an event from before the chain
+/// has no hash and stands for [`keyward_core::audit::GENESIS`] (what the first event of the
+/// chain links to).
+pub(crate) fn cut_point_from_row(row: &impl Cols) -> Result<(i64, [u8; 32]), StoreError> {
+    let hash = match row.opt_bytes("hash")? {
+        None => keyward_core::audit::GENESIS,
+        Some(b) => keyward_core::audit::hash32(&b)
+            .ok_or_else(|| StoreError::Corrupt("a stored hash has the wrong length".into()))?,
+    };
+    Ok((row.int("seq")?, hash))
+}
+
+/// A count (column `n`).
+pub(crate) fn count_from_row(row: &impl Cols) -> Result<u64, StoreError> {
+    Ok(u64::try_from(row.int("n")?).unwrap_or(0))
 }

@@ -19,6 +19,7 @@
 //! (see [`crate::rows`]): timestamps as Unix seconds, booleans as 0/1, JSON as text, digests
 //! as 32-byte blobs. Its `Encode`/`Type` bounds are written once, on its implementation.
 
+use keyward_core::audit::{ChainRow, Checkpoint};
 use keyward_core::model::{AuditEvent, AuditFilter, ClientRecord, KeyUpdate, SigningKeyRow};
 use keyward_core::policy::Policy;
 use keyward_core::{AppRecord, Digest, KeyRecord, Scope};
@@ -27,7 +28,7 @@ use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
 use time::OffsetDateTime;
 
 use crate::rows::{admin_token_columns, app_columns, client_columns, key_columns, webhook_columns};
-use crate::{AdminTokenRecord, StoreError, WebhookRecord};
+use crate::{AdminTokenRecord, RetentionCounts, RetentionCut, StoreError, WebhookRecord};
 
 /// A query being built for database `DB`.
 pub(crate) type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
@@ -42,6 +43,8 @@ pub(crate) trait Bind<'q>: Sized {
     fn int(self, v: i64) -> Self;
     fn opt_int(self, v: Option<i64>) -> Self;
     fn bytes(self, v: &'q [u8]) -> Self;
+    /// Bytes made for this statement (a hash).
+    fn owned_bytes(self, v: Vec<u8>) -> Self;
 
     /// A timestamp, as Unix seconds.
     fn ts(self, t: OffsetDateTime) -> Self {
@@ -73,6 +76,7 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     Option<i64>: Encode<'q, DB> + Type<DB>,
     &'q [u8]: Encode<'q, DB> + Type<DB>,
+    Vec<u8>: Encode<'q, DB> + Type<DB>,
 {
     fn text(self, v: &'q str) -> Self {
         self.bind(v)
@@ -99,6 +103,10 @@ where
     }
 
     fn bytes(self, v: &'q [u8]) -> Self {
+        self.bind(v)
+    }
+
+    fn owned_bytes(self, v: Vec<u8>) -> Self {
         self.bind(v)
     }
 }
@@ -131,6 +139,38 @@ where
 {
     let found = query.fetch_all(pool).await.map_err(StoreError::from_sqlx)?;
     found.iter().map(map).collect()
+}
+
+/// How many rows each part of a retention pass concerns: four counts, for either database.
+/// `count` reads column `n` of a row ([`crate::rows::count_from_row`]).
+pub(crate) async fn retention_counts<DB>(
+    pool: &Pool<DB>,
+    cut: &RetentionCut,
+    count: fn(&DB::Row) -> Result<u64, StoreError>,
+) -> Result<RetentionCounts, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Q<'q, DB>: Bind<'q>,
+{
+    let mut c = RetentionCounts::default();
+    if let Some(m) = cut.usage_before_minute {
+        c.usage_rows = optional(pool, count_usage_before(m), count).await?.unwrap_or(0);
+    }
+    if let Some(seq) = cut.audit_up_to_seq {
+        c.audit_events = optional(pool, count_audit_up_to(seq), count).await?.unwrap_or(0);
+    }
+    if let Some(t) = cut.keys_ended_before {
+        c.keys_purged = optional(pool, count_purgeable_keys(t), count).await?.unwrap_or(0);
+    }
+    if let Some(t) = cut.tombstones_before {
+        c.tombstones_deleted = optional(pool, count_tombstones(t), count).await?.unwrap_or(0);
+    }
+    if let Some(t) = cut.expired_before {
+        c.expired_token_rows = optional(pool, count_expired_tokens(t), count).await?.unwrap_or(0);
+    }
+    Ok(c)
 }
 
 /// A timestamp as stored (Unix seconds).
@@ -202,12 +242,12 @@ where
     .text(id)
 }
 
-/// The digests of an app's keys (column `digest`).
+/// The digests of an app's keys (column `digest`; tombstones have none).
 pub(crate) fn key_digests_of_app<'q, DB: Database>(app_id: &'q str) -> Q<'q, DB>
 where
     Q<'q, DB>: Bind<'q>,
 {
-    sqlx::query("SELECT digest FROM keys WHERE app_id = $1 ORDER BY created_at, id").text(app_id)
+    sqlx::query("SELECT digest FROM keys WHERE app_id = $1 AND digest IS NOT NULL ORDER BY created_at, id").text(app_id)
 }
 
 // ---- keys ---------------------------------------------------------------------------------
@@ -333,8 +373,8 @@ where
     statements.into_iter().map(|q| q.text(id)).collect()
 }
 
-/// Links a key to its successor and sets its new expiry, unless it is revoked or was already
-/// rotated (then no row changes).
+/// Links a key to its successor and sets its new expiry, unless it is revoked, a tombstone or
+/// was already rotated (then no row changes).
 pub(crate) fn rotate_away<'q, DB: Database>(
     old_id: &'q str,
     successor_id: &'q str,
@@ -346,7 +386,7 @@ where
 {
     sqlx::query(
         "UPDATE keys SET rotated_to = $1, rotated_at = $2, expires_at = $3 \
-         WHERE id = $4 AND rotated_to IS NULL AND revoked_at IS NULL",
+         WHERE id = $4 AND rotated_to IS NULL AND revoked_at IS NULL AND digest IS NOT NULL",
     )
     .text(successor_id)
     .ts(at)
@@ -368,24 +408,6 @@ pub(crate) fn count_legacy_keys<'q, DB: Database>() -> Q<'q, DB> {
 }
 
 // ---- audit and usage ----------------------------------------------------------------------
-
-/// Appends an event; answers its `seq`.
-pub(crate) fn insert_audit<'q, DB: Database>(e: &'q AuditEvent) -> Q<'q, DB>
-where
-    Q<'q, DB>: Bind<'q>,
-{
-    sqlx::query(
-        "INSERT INTO audit (at, actor, kind, severity, target, source_ip, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-    )
-    .ts(e.at)
-    .text(&e.actor)
-    .text(&e.kind)
-    .text(e.severity.as_str())
-    .opt_text(e.target.as_deref())
-    .opt_text(e.source_ip.as_deref())
-    .owned(serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into()))
-}
 
 /// Audit events, newest first. A kind ending in `.` is a prefix (`LIKE`, its wildcards escaped).
 pub(crate) fn audit<'q, DB: Database>(f: &'q AuditFilter) -> Q<'q, DB>
@@ -409,6 +431,240 @@ where
     .opt_owned(kind_prefix)
     .opt_int(f.before_seq)
     .int(i64::from(f.limit.clamp(1, 1000)))
+}
+
+// ---- the audit chain ------------------------------------------------------------------------
+
+/// The chain head (one row: `seq`, `hash`, `legacy_seq`). PostgreSQL appends add `FOR UPDATE`.
+pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash, legacy_seq FROM audit_head WHERE id = 1";
+
+/// An event as the chain stores it: `row` (its content, seq included), `prev` and `hash`.
+pub(crate) fn insert_chained_audit<'q, DB: Database>(row: &'q ChainRow, prev: [u8; 32], hash: [u8; 32]) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO audit (seq, at, actor, kind, severity, target, source_ip, details, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .int(row.seq)
+    .int(row.at)
+    .text(&row.actor)
+    .text(&row.kind)
+    .text(&row.severity)
+    .opt_text(row.target.as_deref())
+    .opt_text(row.source_ip.as_deref())
+    .text(&row.details)
+    .owned_bytes(prev.to_vec())
+    .owned_bytes(hash.to_vec())
+}
+
+/// Moves the chain head to the event just appended.
+pub(crate) fn set_audit_head<'q, DB: Database>(seq: i64, hash: [u8; 32]) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .int(seq)
+        .owned_bytes(hash.to_vec())
+}
+
+/// The row an event becomes (its seq is the next one after `head_seq`).
+pub(crate) fn chain_row(e: &AuditEvent, seq: i64) -> ChainRow {
+    ChainRow {
+        seq,
+        at: ts(e.at),
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        severity: e.severity.as_str().to_owned(),
+        target: e.target.clone(),
+        source_ip: e.source_ip.clone(),
+        details: serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into()),
+        prev_hash: None,
+        hash: None,
+    }
+}
+
+/// Stored events after a seq, oldest first, every column raw.
+pub(crate) fn audit_chain<'q, DB: Database>(after_seq: i64, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "SELECT seq, at, actor, kind, severity, target, source_ip, details, prev_hash, hash FROM audit \
+         WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .int(after_seq)
+    .int(i64::from(limit.clamp(1, 10_000)))
+}
+
+pub(crate) fn audit_checkpoints<'q, DB: Database>() -> Q<'q, DB> {
+    sqlx::query("SELECT seq, cut, hash, at, mac FROM audit_checkpoints ORDER BY seq, cut")
+}
+
+/// Stores a checkpoint unless one of the same seq and kind exists.
+pub(crate) fn insert_checkpoint<'q, DB: Database>(cp: &'q Checkpoint) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (seq, cut, hash, at, mac) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (seq, cut) DO NOTHING",
+    )
+    .int(cp.seq)
+    .flag(cp.cut)
+    .bytes(&cp.hash)
+    .int(cp.at)
+    .bytes(&cp.mac)
+}
+
+/// The last event before the first one at or after `before` (or the last event, when none is
+/// that recent): columns `seq`, `hash`.
+pub(crate) fn audit_cut_point<'q, DB: Database>(before: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "SELECT seq, hash FROM audit WHERE seq < COALESCE((SELECT MIN(seq) FROM audit WHERE at >= $1), \
+         (SELECT seq FROM audit_head WHERE id = 1) + 1) ORDER BY seq DESC LIMIT 1",
+    )
+    .ts(before)
+}
+
+/// Deletes a batch of the oldest events up to a seq.
+pub(crate) fn delete_audit<'q, DB: Database>(up_to_seq: i64, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE seq <= $1 ORDER BY seq LIMIT $2)")
+        .int(up_to_seq)
+        .int(i64::from(limit.max(1)))
+}
+
+pub(crate) fn prune_checkpoints<'q, DB: Database>() -> Q<'q, DB> {
+    sqlx::query("DELETE FROM audit_checkpoints WHERE seq < (SELECT MAX(seq) FROM audit_checkpoints WHERE cut = 1)")
+}
+
+// ---- retention ----------------------------------------------------------------------------
+
+/// Deletes a batch of usage rows of minutes before `before_minute` (row values: the table has
+/// no rowid in SQLite).
+pub(crate) fn delete_usage<'q, DB: Database>(before_minute: i64, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "DELETE FROM usage WHERE (key_id, minute, outcome) IN \
+         (SELECT key_id, minute, outcome FROM usage WHERE minute < $1 LIMIT $2)",
+    )
+    .int(before_minute)
+    .int(i64::from(limit.max(1)))
+}
+
+/// The condition of a key retention turns into a tombstone (`$1`: the end horizon).
+macro_rules! purgeable {
+    () => {
+        "digest IS NOT NULL AND ((revoked_at IS NOT NULL AND revoked_at <= $1) \
+         OR (expires_at IS NOT NULL AND expires_at <= $1))"
+    };
+}
+
+/// Turns a batch of keys that ended (revoked or expired) at or before `ended_before` into
+/// tombstones; answers their ids (column `id`).
+pub(crate) fn purge_keys<'q, DB: Database>(ended_before: OffsetDateTime, at: OffsetDateTime, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!(
+        "UPDATE keys SET digest = NULL, purged_at = $2 WHERE id IN (SELECT id FROM keys WHERE ",
+        purgeable!(),
+        " ORDER BY id LIMIT $3) RETURNING id"
+    ))
+    .ts(ended_before)
+    .ts(at)
+    .int(i64::from(limit.max(1)))
+}
+
+/// Deletes a batch of tombstones made at or before `purged_before`.
+pub(crate) fn delete_tombstones<'q, DB: Database>(purged_before: OffsetDateTime, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "DELETE FROM keys WHERE id IN (SELECT id FROM keys WHERE purged_at IS NOT NULL AND purged_at <= $1 \
+         ORDER BY id LIMIT $2)",
+    )
+    .ts(purged_before)
+    .int(i64::from(limit.max(1)))
+}
+
+/// Deletes a batch of denylisted tokens that expired at or before `now`.
+pub(crate) fn delete_expired_revoked_tokens<'q, DB: Database>(now: OffsetDateTime, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "DELETE FROM revoked_tokens WHERE jti IN (SELECT jti FROM revoked_tokens WHERE expires_at <= $1 LIMIT $2)",
+    )
+    .ts(now)
+    .int(i64::from(limit.max(1)))
+}
+
+/// Deletes a batch of seen one-time `jti`s that expired at or before `now` (row values: no
+/// rowid in SQLite).
+pub(crate) fn delete_expired_jtis<'q, DB: Database>(now: OffsetDateTime, limit: u32) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "DELETE FROM seen_jtis WHERE (scope, jti) IN (SELECT scope, jti FROM seen_jtis WHERE expires_at <= $1 LIMIT $2)",
+    )
+    .ts(now)
+    .int(i64::from(limit.max(1)))
+}
+
+/// One row, column `n`: expired denylist entries and seen `jti`s.
+pub(crate) fn count_expired_tokens<'q, DB: Database>(now: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM revoked_tokens WHERE expires_at <= $1) \
+         + (SELECT COUNT(*) FROM seen_jtis WHERE expires_at <= $1) AS n",
+    )
+    .ts(now)
+}
+
+/// One row, column `n`: usage rows before a minute.
+pub(crate) fn count_usage_before<'q, DB: Database>(before_minute: i64) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("SELECT COUNT(*) AS n FROM usage WHERE minute < $1").int(before_minute)
+}
+
+/// One row, column `n`: events up to a seq.
+pub(crate) fn count_audit_up_to<'q, DB: Database>(seq: i64) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE seq <= $1").int(seq)
+}
+
+/// One row, column `n`: keys retention would turn into tombstones.
+pub(crate) fn count_purgeable_keys<'q, DB: Database>(ended_before: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query(concat!("SELECT COUNT(*) AS n FROM keys WHERE ", purgeable!())).ts(ended_before)
+}
+
+/// One row, column `n`: tombstones made at or before an instant.
+pub(crate) fn count_tombstones<'q, DB: Database>(purged_before: OffsetDateTime) -> Q<'q, DB>
+where
+    Q<'q, DB>: Bind<'q>,
+{
+    sqlx::query("SELECT COUNT(*) AS n FROM keys WHERE purged_at IS NOT NULL AND purged_at <= $1").ts(purged_before)
 }
 
 /// Usage rows since a minute, of a key, an app or everything.

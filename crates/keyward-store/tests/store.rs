@@ -6,14 +6,15 @@
 
 use std::sync::Arc;
 
+use keyward_core::audit::{ChainRow, Checkpoint};
 use keyward_core::model::{
     AuditEvent, AuditFilter, ClientAuthMethod, ClientRecord, KeyUpdate, Severity, SigningKeyRow, UsageRow,
 };
 use keyward_core::policy::{IpAllowlist, Policy, QuotaSpec, RateSpec};
 use keyward_core::{AppRecord, Digest, KeyEnv, KeyRecord, Scope};
 use keyward_store::{
-    AdminTokenRecord, CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, SqliteStore, Store, StoreError,
-    WebhookRecord,
+    AdminTokenRecord, AuditHead, CacheConfig, Change, KeyCache, Lookup, PgOptions, PgStore, RetentionCounts,
+    RetentionCut, SqliteStore, Store, StoreError, WebhookRecord,
 };
 use time::OffsetDateTime;
 
@@ -119,7 +120,7 @@ async fn suite(store: Arc<dyn Store>) {
 
     // Revocation: returns the new record and the digest; idempotent.
     let (r, d) = store.revoke_key("key_1", t(100)).await.unwrap().unwrap();
-    assert_eq!(d, digest(1));
+    assert_eq!(d, Some(digest(1)));
     assert_eq!(r.revoked_at, Some(t(100)));
     let (r, _) = store.revoke_key("key_1", t(200)).await.unwrap().unwrap();
     assert_eq!(r.revoked_at, Some(t(100)), "the first revocation time stays");
@@ -141,7 +142,7 @@ async fn suite(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(d, digest(2));
+    assert_eq!(d, Some(digest(2)));
     assert_eq!(r.scopes, vec![Scope::new("z").unwrap()]);
     assert_eq!(r.name, None);
     let p = Policy {
@@ -1079,16 +1080,24 @@ impl Store for Flaky {
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get_key(id).await
     }
-    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn key_with_digest(&self, id: &str) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         self.inner.key_with_digest(id).await
     }
     async fn list_keys(&self, app_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner.list_keys(app_id).await
     }
-    async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         self.inner.revoke_key(id, at).await
     }
-    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<Option<(KeyRecord, Digest)>, StoreError> {
+    async fn update_key(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+    ) -> Result<Option<(KeyRecord, Option<Digest>)>, StoreError> {
         self.inner.update_key(id, update).await
     }
     async fn update_app_policy(
@@ -1115,6 +1124,47 @@ impl Store for Flaky {
     }
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
         self.inner.list_audit(filter).await
+    }
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_chain(&self, after: i64, limit: u32) -> Result<Vec<ChainRow>, StoreError> {
+        self.inner.audit_chain(after, limit).await
+    }
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.inner.audit_checkpoints().await
+    }
+    async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<bool, StoreError> {
+        self.inner.add_audit_checkpoint(cp).await
+    }
+    async fn audit_cut_point(&self, before: OffsetDateTime) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+        self.inner.audit_cut_point(before).await
+    }
+    async fn delete_audit(&self, up_to: i64, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_audit(up_to, limit).await
+    }
+    async fn prune_audit_checkpoints(&self) -> Result<u64, StoreError> {
+        self.inner.prune_audit_checkpoints().await
+    }
+    async fn delete_usage(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_usage(before, limit).await
+    }
+    async fn purge_keys(
+        &self,
+        ended: OffsetDateTime,
+        at: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.purge_keys(ended, at, limit).await
+    }
+    async fn delete_expired_tokens(&self, now: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_expired_tokens(now, limit).await
+    }
+    async fn delete_tombstones(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        self.inner.delete_tombstones(before, limit).await
+    }
+    async fn retention_counts(&self, cut: &RetentionCut) -> Result<RetentionCounts, StoreError> {
+        self.inner.retention_counts(cut).await
     }
     async fn record_usage(&self, rows: &[UsageRow], last_used: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
         self.inner.record_usage(rows, last_used).await
@@ -1302,7 +1352,7 @@ async fn shared_statements_suite(store: Arc<dyn Store>) {
     store.create_key(&full, &digest(152)).await.unwrap();
     assert_eq!(
         store.key_with_digest("key_f").await.unwrap(),
-        Some((full.clone(), digest(152)))
+        Some((full.clone(), Some(digest(152))))
     );
 
     // A successor is stored linked to the old key and never revoked, disabled, canary or
@@ -1318,7 +1368,7 @@ async fn shared_statements_suite(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let (s, d) = store.key_with_digest("key_s").await.unwrap().unwrap();
-    assert_eq!(d, digest(153));
+    assert_eq!(d, Some(digest(153)));
     assert_eq!(s.revoked_at, None);
     assert_eq!(s.lifecycle.disabled_at, None);
     assert!(!s.lifecycle.canary && !s.lifecycle.legacy);
@@ -1522,4 +1572,583 @@ async fn postgres_shared_statements_and_corrupt_rows() {
     shared_statements_suite(store.clone()).await;
     corrupt_rows_suite(store, raw).await;
     schema.drop_now().await;
+}
+
+// ---- The audit chain and retention (issue 20) ----------------------------------------------
+
+impl Raw {
+    /// Runs one statement; its error text when it fails.
+    async fn exec(&self, sql: &str) -> Result<u64, String> {
+        match self {
+            Raw::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|r| r.rows_affected()),
+            Raw::Pg(pool) => sqlx::query(sql).execute(pool).await.map(|r| r.rows_affected()),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn event(n: i64, kind: &str) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
+        at: t(n),
+        actor: "admin".into(),
+        kind: kind.into(),
+        severity: Severity::Info,
+        target: Some(format!("key_{n}")),
+        source_ip: (n % 2 == 0).then(|| "10.0.0.1".to_owned()),
+        details: serde_json::json!({"n": n, "nested": {"b": [1, 2], "a": "x"}}),
+    }
+}
+
+/// Every stored event links to the one before it and its hash covers its content; the head is
+/// the last event.
+async fn assert_chain_links(store: &dyn Store) -> Vec<keyward_core::audit::ChainRow> {
+    use keyward_core::audit::{hash32, GENESIS};
+    let rows = store.audit_chain(0, 10_000).await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    let mut prev: Option<[u8; 32]> = None;
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            assert_eq!(r.seq, rows[i - 1].seq + 1, "contiguous seqs");
+        }
+        let p = hash32(r.prev_hash.as_deref().unwrap()).unwrap();
+        if let Some(want) = prev {
+            assert_eq!(p, want, "event {} links to the one before", r.seq);
+        } else if r.seq == head.legacy_seq + 1 {
+            assert_eq!(p, GENESIS);
+        }
+        let h = hash32(r.hash.as_deref().unwrap()).unwrap();
+        assert_eq!(r.compute_hash(&p), h, "event {} hash", r.seq);
+        prev = Some(h);
+    }
+    if let Some(last) = rows.last() {
+        assert_eq!(head.seq, last.seq);
+        assert_eq!(head.hash, prev);
+    }
+    rows
+}
+
+/// The chain, the checkpoints and what the triggers allow retention to delete.
+async fn chain_suite(store: Arc<dyn Store>, raw: Raw) {
+    use keyward_core::audit::{Checkpoint, GENESIS};
+    let pepper = keyward_core::Pepper::from_text("chain-test-pepper-0123456789abcdef0123").unwrap();
+    let head = store.audit_head().await.unwrap();
+    assert_eq!((head.seq, head.hash, head.legacy_seq), (0, None, 0), "a new store");
+    assert_eq!(store.audit_cut_point(t(1_000)).await.unwrap(), None, "nothing to cut");
+    for n in 1..=10 {
+        assert_eq!(store.append_audit(&event(n * 10, "key.created")).await.unwrap(), n);
+    }
+    let rows = assert_chain_links(store.as_ref()).await;
+    assert_eq!(rows.len(), 10);
+    // The stored text is what the hash covers; the API reads the same event back.
+    assert_eq!(rows[0].details, r#"{"n":10,"nested":{"a":"x","b":[1,2]}}"#);
+    let listed = store
+        .list_audit(&AuditFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed[0].seq, 10);
+    assert_eq!(listed[0].details, event(100, "").details);
+
+    // Cut points: the last event such that it and all before it are older than the horizon.
+    assert_eq!(store.audit_cut_point(t(10)).await.unwrap(), None);
+    let (seq, hash) = store.audit_cut_point(t(35)).await.unwrap().unwrap();
+    assert_eq!(seq, 3);
+    assert_eq!(Some(hash.to_vec()), rows[2].hash);
+    assert_eq!(store.audit_cut_point(t(10_000)).await.unwrap().unwrap().0, 10);
+    // An event written with an older clock (another node) holds the cut before it.
+    store.append_audit(&event(5, "skewed")).await.unwrap();
+    assert_eq!(store.audit_cut_point(t(10_000)).await.unwrap().unwrap().0, 11);
+    assert_eq!(store.audit_cut_point(t(45)).await.unwrap().unwrap().0, 4);
+
+    // Append-only: no UPDATE ever; no DELETE without a cut checkpoint covering the event.
+    let e = raw.exec("UPDATE audit SET kind = 'x' WHERE seq = 1").await.unwrap_err();
+    assert!(e.contains("append-only"), "{e}");
+    let e = raw.exec("DELETE FROM audit WHERE seq = 1").await.unwrap_err();
+    assert!(e.contains("append-only"), "{e}");
+    assert!(store.delete_audit(3, 10).await.is_err());
+    let e = raw.exec("UPDATE audit_head SET seq = 1").await;
+    assert!(e.is_ok(), "the head row is the store's to move: {e:?}");
+    raw.exec("UPDATE audit_head SET seq = 11").await.unwrap();
+
+    // An anchor allows nothing; a cut allows deleting up to it, never beyond.
+    let anchor = Checkpoint::sign(&pepper, 5, [5; 32], false, 1);
+    assert!(store.add_audit_checkpoint(&anchor).await.unwrap());
+    assert!(
+        !store.add_audit_checkpoint(&anchor).await.unwrap(),
+        "one checkpoint per seq and kind"
+    );
+    assert!(raw.exec("DELETE FROM audit WHERE seq = 1").await.is_err());
+    let cut = Checkpoint::sign(&pepper, 3, hash, true, 2);
+    assert!(store.add_audit_checkpoint(&cut).await.unwrap());
+    assert_eq!(
+        store.audit_checkpoints().await.unwrap(),
+        vec![cut.clone(), anchor.clone()]
+    );
+    assert!(store
+        .audit_checkpoints()
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.verify(&pepper)));
+    assert_eq!(store.delete_audit(3, 2).await.unwrap(), 2, "a batch");
+    assert_eq!(store.delete_audit(3, 2).await.unwrap(), 1);
+    assert_eq!(store.delete_audit(3, 2).await.unwrap(), 0);
+    assert!(store.delete_audit(4, 10).await.is_err(), "beyond the cut");
+    let e = raw.exec("DELETE FROM audit WHERE seq = 4").await.unwrap_err();
+    assert!(e.contains("append-only"), "{e}");
+    assert_eq!(store.audit_chain(0, 100).await.unwrap()[0].seq, 4);
+    // The events left still link, and the first one links to the cut.
+    let left = store.audit_chain(0, 100).await.unwrap();
+    assert_eq!(left[0].prev_hash.as_deref(), Some(&cut.hash[..]));
+
+    // Checkpoints: append-only, but those older than the latest cut may go.
+    let e = raw.exec("UPDATE audit_checkpoints SET at = 9").await.unwrap_err();
+    assert!(e.contains("append-only"), "{e}");
+    assert!(raw.exec("DELETE FROM audit_checkpoints WHERE seq = 3").await.is_err());
+    assert_eq!(store.prune_audit_checkpoints().await.unwrap(), 0);
+    let cut2 = Checkpoint::sign(&pepper, 6, GENESIS, true, 3);
+    store.add_audit_checkpoint(&cut2).await.unwrap();
+    assert_eq!(
+        store.prune_audit_checkpoints().await.unwrap(),
+        2,
+        "the cut at 3, the anchor at 5"
+    );
+    assert_eq!(store.audit_checkpoints().await.unwrap(), vec![cut2]);
+    if let Raw::Pg(_) = raw {
+        let e = raw.exec("TRUNCATE audit_checkpoints").await.unwrap_err();
+        assert!(e.contains("append-only"), "{e}");
+        let e = raw.exec("TRUNCATE audit").await.unwrap_err();
+        assert!(e.contains("append-only"), "{e}");
+    }
+}
+
+/// Usage rows, key tombstones and tombstones, in batches, and the dry-run counts.
+async fn retention_suite(store: Arc<dyn Store>) {
+    let a = app("app_ret", "retention", 0);
+    store.create_app(&a).await.unwrap();
+    let mut rows = Vec::new();
+    for minute in 0..10 {
+        for outcome in ["allowed", "denied:scope"] {
+            rows.push(UsageRow {
+                key_id: "key_r1".into(),
+                app_id: a.id.clone(),
+                minute,
+                outcome: outcome.into(),
+                count: 1,
+            });
+        }
+    }
+    store.record_usage(&rows, &[]).await.unwrap();
+    let plan = RetentionCut {
+        usage_before_minute: Some(4),
+        ..Default::default()
+    };
+    assert_eq!(store.retention_counts(&plan).await.unwrap().usage_rows, 8);
+    assert_eq!(store.delete_usage(4, 5).await.unwrap(), 5);
+    assert_eq!(store.delete_usage(4, 5).await.unwrap(), 3);
+    assert_eq!(store.delete_usage(4, 5).await.unwrap(), 0);
+    let left = store.usage(None, Some(&a.id), 0).await.unwrap();
+    assert_eq!(left.len(), 12);
+    assert!(left.iter().all(|r| r.minute >= 4));
+
+    // Keys: revoked at 100, expired at 200 (never revoked), live, rotated (expiring at 150).
+    let revoked = key("key_r1", &a, 1);
+    let mut expired = key("key_r2", &a, 2);
+    expired.expires_at = Some(t(200));
+    let mut live = key("key_r3", &a, 3);
+    live.expires_at = None;
+    let rotated = key("key_r4", &a, 4);
+    for (k, d) in [(&revoked, 201), (&expired, 202), (&live, 203), (&rotated, 204)] {
+        store.create_key(k, &digest(d)).await.unwrap();
+    }
+    store.revoke_key("key_r1", t(100)).await.unwrap();
+    store
+        .rotate_key("key_r4", &key("key_r5", &a, 5), &digest(205), t(150), t(6))
+        .await
+        .unwrap();
+    let counts = |ended: i64, tomb: Option<i64>| RetentionCut {
+        keys_ended_before: Some(t(ended)),
+        tombstones_before: tomb.map(t),
+        ..Default::default()
+    };
+    assert_eq!(store.retention_counts(&counts(99, None)).await.unwrap().keys_purged, 0);
+    assert_eq!(store.retention_counts(&counts(160, None)).await.unwrap().keys_purged, 2);
+    assert_eq!(
+        store.retention_counts(&counts(3000, None)).await.unwrap().keys_purged,
+        3
+    );
+
+    // Purge in batches: the ids come back, the digest goes, the record stays.
+    let mut purged = store.purge_keys(t(160), t(500), 1).await.unwrap();
+    purged.extend(store.purge_keys(t(160), t(500), 1).await.unwrap());
+    assert!(store.purge_keys(t(160), t(500), 1).await.unwrap().is_empty());
+    purged.sort();
+    assert_eq!(purged, vec!["key_r1", "key_r4"]);
+    assert_eq!(
+        store.key_by_digest(&digest(201)).await.unwrap(),
+        None,
+        "never verifies again"
+    );
+    let (tomb, d) = store.key_with_digest("key_r1").await.unwrap().unwrap();
+    assert_eq!(d, None);
+    assert_eq!(tomb.lifecycle.purged_at, Some(t(500)));
+    assert_eq!(tomb.revoked_at, Some(t(100)));
+    assert_eq!(
+        (tomb.hint.as_str(), tomb.name.as_deref()),
+        (revoked.hint.as_str(), Some("name of key_r1"))
+    );
+    assert_eq!(
+        store.list_keys(Some(&a.id)).await.unwrap().len(),
+        5,
+        "tombstones are listed"
+    );
+    // The id stays taken: a new key cannot reuse it.
+    assert!(matches!(
+        store.create_key(&key("key_r1", &a, 9), &digest(209)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Tombstones' digests are nobody's: the app's digests leave them out, a revocation
+    // answers no digest, a rotation is refused.
+    let (_, digests) = store
+        .update_app_policy(&a.id, &Policy::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(digests, vec![digest(202), digest(203), digest(205)]);
+    let (r, d) = store.revoke_key("key_r4", t(600)).await.unwrap().unwrap();
+    assert_eq!((r.revoked_at, d), (Some(t(600)), None));
+    store.create_key(&key("key_r6", &a, 7), &digest(206)).await.unwrap();
+    let mut old = key("key_r7", &a, 8);
+    old.expires_at = Some(t(50));
+    store.create_key(&old, &digest(207)).await.unwrap();
+    assert_eq!(store.purge_keys(t(60), t(700), 10).await.unwrap(), vec!["key_r7"]);
+    assert!(matches!(
+        store
+            .rotate_key("key_r7", &key("key_r8", &a, 9), &digest(208), t(900), t(10))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The digest of a tombstone may be given to a new key (it is nobody's).
+    store.create_key(&key("key_r9", &a, 10), &digest(201)).await.unwrap();
+    assert_eq!(store.key_by_digest(&digest(201)).await.unwrap().unwrap().0.id, "key_r9");
+
+    // Tombstones themselves, when asked to.
+    assert_eq!(
+        store
+            .retention_counts(&counts(0, Some(600)))
+            .await
+            .unwrap()
+            .tombstones_deleted,
+        2
+    );
+    assert_eq!(store.delete_tombstones(t(600), 1).await.unwrap(), 1);
+    assert_eq!(store.delete_tombstones(t(600), 10).await.unwrap(), 1);
+    assert_eq!(store.delete_tombstones(t(600), 10).await.unwrap(), 0);
+    assert_eq!(store.get_key("key_r1").await.unwrap(), None);
+    assert!(store.get_key("key_r7").await.unwrap().is_some(), "made at 700");
+    assert!(
+        store.get_key("key_r3").await.unwrap().is_some(),
+        "live keys are never touched"
+    );
+
+    // Expired denylist entries and seen jtis go; live ones stay (and keep working).
+    for (jti, exp) in [("j1", 10), ("j2", 20), ("j3", 30)] {
+        store.revoke_token(jti, t(exp)).await.unwrap();
+        assert!(store.remember_jti("s", jti, t(exp), t(0)).await.unwrap());
+    }
+    let expired = RetentionCut {
+        expired_before: Some(t(20)),
+        ..Default::default()
+    };
+    assert_eq!(store.retention_counts(&expired).await.unwrap().expired_token_rows, 4);
+    assert_eq!(store.delete_expired_tokens(t(20), 1).await.unwrap(), 2, "one of each");
+    assert_eq!(store.delete_expired_tokens(t(20), 10).await.unwrap(), 2);
+    assert_eq!(store.delete_expired_tokens(t(20), 10).await.unwrap(), 0);
+    let left = store.revoked_tokens(t(0)).await.unwrap();
+    assert_eq!(left, vec![("j3".to_owned(), t(30))]);
+    assert!(
+        !store.remember_jti("s", "j3", t(30), t(25)).await.unwrap(),
+        "a live jti is still a replay"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_audit_chain_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    chain_suite(store.clone(), Raw::Sqlite(pool)).await;
+    retention_suite(store).await;
+}
+
+#[tokio::test]
+async fn postgres_audit_chain_and_retention() {
+    let Some(schema) = PgSchema::new("chain").await else {
+        return;
+    };
+    let pg = schema.open().await;
+    let raw = Raw::Pg(pg.pool().clone());
+    let store: Arc<dyn Store> = Arc::new(pg);
+    chain_suite(store.clone(), raw).await;
+    retention_suite(store).await;
+    schema.drop_now().await;
+}
+
+/// Appends racing from many tasks (SQLite: one file, several connections) or several nodes
+/// (PostgreSQL: separate pools) still form one chain: contiguous seqs, each event linked to the
+/// one committed before it.
+async fn concurrent_appends(stores: Vec<Arc<dyn Store>>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, s) in stores.iter().enumerate() {
+        for j in 0..25 {
+            let s = s.clone();
+            tasks.spawn(async move { s.append_audit(&event((i * 100 + j) as i64, "race")).await.unwrap() });
+        }
+    }
+    let mut seqs = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        seqs.push(r.unwrap());
+    }
+    seqs.sort();
+    let n = stores.len() as i64 * 25;
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "each append got its own seq");
+    assert_eq!(assert_chain_links(stores[0].as_ref()).await.len() as i64, n);
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_audit_appends_form_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    concurrent_appends(vec![a.clone(), a, b.clone(), b]).await;
+}
+
+#[tokio::test]
+async fn postgres_concurrent_audit_appends_from_several_nodes_form_one_chain() {
+    let Some(schema) = PgSchema::new("chain_race").await else {
+        return;
+    };
+    let mut nodes: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..4 {
+        nodes.push(Arc::new(schema.open().await));
+    }
+    concurrent_appends(nodes).await;
+    schema.drop_now().await;
+}
+
+/// A store that had audit events before the chain existed: they are the legacy part; the
+/// first chained event links to GENESIS; the triggers still refuse what they refused.
+#[tokio::test]
+async fn sqlite_events_from_before_the_chain_are_legacy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let mut m = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite"
+        )))
+        .await
+        .unwrap();
+        m.migrations = m.migrations.iter().filter(|m| m.version <= 8).cloned().collect();
+        m.run(&pool).await.unwrap();
+        for n in 0..3 {
+            sqlx::query(
+                "INSERT INTO audit (at, actor, kind, severity, details) VALUES ($1, 'admin', 'old', 'info', '{}')",
+            )
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query("INSERT INTO apps (id, name, created_at) VALUES ('app_o', 'old', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO keys (id, app_id, digest, hint, env, scopes, created_at) \
+             VALUES ('key_o', 'app_o', $1, 'kw_live_…', 'live', '[]', 0)",
+        )
+        .bind(&[9u8; 32][..])
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    assert_eq!((head.seq, head.hash, head.legacy_seq), (3, None, 3));
+    // The rebuilt keys table kept its rows (and its digest).
+    assert_eq!(
+        store.key_by_digest(&Digest([9; 32])).await.unwrap().unwrap().0.id,
+        "key_o"
+    );
+    assert_eq!(store.append_audit(&event(10, "new")).await.unwrap(), 4);
+    let rows = store.audit_chain(0, 10).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows[..3].iter().all(|r| r.hash.is_none() && r.prev_hash.is_none()));
+    assert_eq!(rows[3].prev_hash.as_deref(), Some(&keyward_core::audit::GENESIS[..]));
+    // A cut at a legacy event stands for GENESIS.
+    assert_eq!(
+        store
+            .audit_cut_point(t(0) - time::Duration::days(365 * 30))
+            .await
+            .unwrap(),
+        Some((3, keyward_core::audit::GENESIS))
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    for sql in [
+        "UPDATE audit SET kind = 'x' WHERE seq = 1",
+        "DELETE FROM audit WHERE seq = 1",
+    ] {
+        let e = sqlx::query(sql).execute(&pool).await.unwrap_err().to_string();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+}
+
+// ---- Backup and restore (SQLite) ------------------------------------------------------------
+
+#[cfg(unix)]
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn sqlite_backup_is_consistent_under_writes_and_restore_needs_the_store_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.db");
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let a = app("app_b", "backup", 0);
+    store.create_app(&a).await.unwrap();
+    // Writers keep going during the copies: each one writes a key and then an audit event
+    // naming it, in that order.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop, a) = (store.clone(), stop.clone(), a.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut d = [0u8; 32];
+                d[..4].copy_from_slice(&n.to_be_bytes());
+                store
+                    .create_key(&key(&format!("key_b{n}"), &a, i64::from(n)), &Digest(d))
+                    .await
+                    .unwrap();
+                store.append_audit(&event(i64::from(n), "key.created")).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut copies = Vec::new();
+    for i in 0..3 {
+        let to = dir.path().join(format!("copy{i}.db"));
+        let r = store.backup(&to).await.unwrap();
+        assert_eq!(r.path, to);
+        assert!(r.keys > 0 && r.bytes > 0);
+        assert_eq!(r.schema_version, 10);
+        #[cfg(unix)]
+        assert_eq!(mode(&to), 0o600, "a backup holds digests: owner only");
+        assert!(!dir.path().join(format!("copy{i}.db.partial")).exists());
+        copies.push((to, r));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(written > 0);
+    // Never onto an existing file, never onto the store itself.
+    assert!(matches!(store.backup(&copies[0].0).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.backup(&path).await, Err(StoreError::Conflict(_))));
+    assert!(store.backup(&dir.path().join("no/such/dir/x.db")).await.is_err());
+
+    // Restoring over a store something has open is refused (this process has it open).
+    let e = SqliteStore::restore(&copies[0].0, &path, true, 1).await.unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    // Into a new place: each copy is one instant of the store: every key it holds has its
+    // audit event, or is the last key (its event was not written yet).
+    for (i, (copy, r)) in copies.iter().enumerate() {
+        let target = dir.path().join(format!("restored{i}/keyward.db"));
+        let done = SqliteStore::restore(copy, &target, false, 1).await.unwrap();
+        assert_eq!((done.keys, done.audit_events), (r.keys, r.audit_events));
+        assert_eq!(done.replaced, None);
+        let restored = SqliteStore::open(&target).await.unwrap();
+        let keys = restored.list_keys(None).await.unwrap();
+        let events = restored.audit_chain(0, 100_000).await.unwrap();
+        assert!(
+            keys.len() == events.len() || keys.len() == events.len() + 1,
+            "{} keys, {} events",
+            keys.len(),
+            events.len()
+        );
+        assert_chain_links(&restored).await;
+        // Restoring over it while it is open is refused; closed, --force moves it aside.
+        let e = SqliteStore::restore(copy, &target, true, 7).await.unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop(restored);
+        assert!(matches!(
+            SqliteStore::restore(copy, &target, false, 7).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let again = SqliteStore::restore(copy, &target, true, 7).await.unwrap();
+        let aside = dir.path().join(format!("restored{i}/keyward.db.replaced-7"));
+        assert_eq!(again.replaced.as_deref(), Some(aside.as_path()));
+        assert!(aside.exists());
+    }
+    drop(store);
+}
+
+#[tokio::test]
+async fn sqlite_restore_refuses_what_is_not_a_keyward_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("keyward.db");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"SQLite format 3\0 but not really, and then some bytes").unwrap();
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let other = dir.path().join("other.db");
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", other.display()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x)").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let newer = dir.path().join("newer.db");
+    {
+        let s = SqliteStore::open(&newer).await.unwrap();
+        drop(s);
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", newer.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'future', 1, x'00', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    for (file, want) in [
+        (&junk, "not a SQLite database"),
+        (&empty, "no migration table"),
+        (&other, "no migration table"),
+        (&newer, "migration 9999"),
+        (&dir.path().join("missing.db"), "No such file"),
+        (&dir.path().to_path_buf(), "not a file"),
+        (&to, "the backup is the store itself"),
+    ] {
+        let e = SqliteStore::restore(file, &to, true, 1).await.unwrap_err().to_string();
+        assert!(e.contains(want), "{}: {e}", file.display());
+    }
+    assert!(!to.exists(), "nothing was installed");
 }

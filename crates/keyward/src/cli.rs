@@ -102,20 +102,39 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// The audit log: admin changes and security events, newest first.
+    /// The audit log: admin changes and security events, newest first; `audit verify` checks
+    /// its hash chain.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
-        /// A duration back from now (24h) or an RFC 3339 time.
+        #[command(subcommand)]
+        action: Option<AuditCommand>,
+        #[command(flatten)]
+        list: AuditListArgs,
+    },
+    /// Retention of usage rows, audit events and revoked keys ([retention]); the server runs
+    /// it every retention.interval.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+    /// A consistent online copy of the SQLite store (SQLite's VACUUM INTO, while the server
+    /// runs) into FILE, mode 0600. PostgreSQL: prints the pg_dump procedure. The copy is
+    /// useless without the pepper and the key-encryption key: keep them too.
+    Backup {
+        /// The copy to write (must not exist).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Install a backup as the configured SQLite store. Refused while any process has the
+    /// store open (a running `keyward serve`): stop it first. PostgreSQL: prints the
+    /// pg_restore procedure.
+    Restore {
+        /// The backup (made by `keyward backup`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace an existing store (it is moved aside to <store>.replaced-<unix time>).
         #[arg(long)]
-        since: Option<String>,
-        /// Only events about this key (or app) id.
-        #[arg(long)]
-        key: Option<String>,
-        /// Exact kind (key.revoked) or a prefix ending in '.' (security.).
-        #[arg(long)]
-        kind: Option<String>,
-        /// At most this many events (1–1000).
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
+        force: bool,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -196,6 +215,52 @@ pub enum DevCommand {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+}
+
+/// `keyward audit` without a subcommand: the events.
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    /// A duration back from now (24h) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events about this key (or app) id.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Exact kind (key.revoked) or a prefix ending in '.' (security.).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// At most this many events (1–1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit log's hash chain (straight from the store; needs the pepper for the
+    /// signed checkpoints) and report the first broken link. Exit 0 when intact, 1 when broken.
+    Verify {
+        /// An event recorded earlier (SEQ:HASH, the head printed by an earlier verify, kept
+        /// outside the database) that must still have that hash (repeatable).
+        #[arg(long = "expect", value_name = "SEQ:HASH")]
+        expect: Vec<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// One retention pass now, straight on the store (the server need not run): prints what
+    /// went, or with --dry-run what would go.
+    Run {
+        /// Count what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        out: JsonFlag,
     },
 }
 

@@ -21,6 +21,9 @@ pub enum CliError {
     },
     #[error("{0}")]
     Io(String),
+    /// A check found a problem (`audit verify`: a broken link). Exit status 1.
+    #[error("{0}")]
+    Check(String),
 }
 
 impl CliError {
@@ -36,6 +39,7 @@ impl CliError {
             CliError::Unreachable { .. } => "unreachable",
             CliError::Api { code, .. } => code,
             CliError::Io(_) => "io",
+            CliError::Check(_) => "check_failed",
         }
     }
 

@@ -185,13 +185,19 @@ pub async fn open_store(section: &crate::config::StoreSection) -> Result<Arc<dyn
             .map_err(|e| CliError::startup(format!("store: {e}")))?;
         return Ok(Arc::new(store));
     }
-    let store = if url.starts_with("sqlite:") {
+    Ok(Arc::new(open_sqlite(section).await?))
+}
+
+/// Opens (and migrates) the SQLite store named by `store.url` (`sqlite://PATH`, `sqlite:PATH`
+/// or a plain file path).
+pub async fn open_sqlite(section: &crate::config::StoreSection) -> Result<SqliteStore> {
+    let url = section.url.as_str();
+    if url.starts_with("sqlite:") {
         SqliteStore::open_url(url).await
     } else {
         SqliteStore::open(&PathBuf::from(url)).await
     }
-    .map_err(|e| CliError::startup(format!("store: {e}")))?;
-    Ok(Arc::new(store))
+    .map_err(|e| CliError::startup(format!("store: {e}")))
 }
 
 /// How long `serve` waits for Redis's start-up check (cluster slot map, sentinels, TLS).
@@ -262,6 +268,12 @@ pub async fn start_on(
             .enable_oauth(oauth, kek)
             .await
             .map_err(|e| CliError::startup(format!("token service: {e}")))?;
+    }
+    // A copy of every audit event in a file ([audit] sink = "file").
+    if let Some(path) = cfg.audit_file().map_err(|e| CliError::startup(e.to_string()))? {
+        let sink = keyward_engine::audit_file::FileSink::open(&path)
+            .map_err(|e| CliError::startup(format!("audit.path {}: {e}", path.display())))?;
+        engine.add_audit_mirror(Arc::new(sink));
     }
     // Webhooks (security events, signed) and GitHub secret-scanning reports.
     let env: Vec<(String, String)> = std::env::vars().collect();
@@ -403,6 +415,18 @@ pub async fn start_on(
         let every = cfg.store.revalidate_interval;
         tasks.spawn(async move {
             keyward_engine::sync::run(engine, every, rx).await;
+            Ok(())
+        });
+    }
+    // Retention in small batches, and a signed checkpoint of the audit chain, every
+    // `retention.interval`.
+    {
+        let engine = engine.clone();
+        let rx = bg_rx.clone();
+        let settings = cfg.retention_settings().map_err(|e| CliError::startup(e.to_string()))?;
+        let every = cfg.retention.interval;
+        tasks.spawn(async move {
+            engine.retention_loop(settings, every, rx).await;
             Ok(())
         });
     }

@@ -89,6 +89,10 @@ pub(crate) struct Key {
     rotated_at: Option<String>,
     #[schema(format = DateTime)]
     last_used_at: Option<String>,
+    /// When retention removed the key's digest (`[retention] revoked_keys` after its
+    /// revocation or expiry): the record is a tombstone and the key never verifies again.
+    #[schema(format = DateTime)]
+    purged_at: Option<String>,
     /// `active`, `disabled`, `expired` or `revoked`.
     state: String,
     /// `secret` or `publishable`.

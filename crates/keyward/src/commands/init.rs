@@ -37,6 +37,13 @@ enabled = true
 audience = "keyward"
 signing_alg = "EdDSA"
 
+# How long data is kept (durations or "forever"); a pass runs every `interval`, in small
+# batches. `keyward retention run --dry-run` shows what would go.
+[retention]
+usage = "400d"          # per-minute usage rows
+audit = "2y"            # audit events (a signed checkpoint of the hash chain is kept at the cut)
+revoked_keys = "90d"    # after revocation or expiry the key's digest goes; its record stays
+
 # Routes: the longest matching path_prefix wins, then the method.
 # `keyward cat-facts --listen 127.0.0.1:9000` runs the example upstream.
 [[routes]]

@@ -1,5 +1,6 @@
 //! What each command does: dispatch, `serve` and `cat-facts` here; `init`, the key and app
-//! commands, the client / signing-key / admin-token commands and the flag helpers in submodules.
+//! commands, the client / signing-key / admin-token commands, the store operations (`ops`:
+//! retention, audit verification, backup and restore) and the flag helpers in submodules.
 
 use std::path::Path;
 
@@ -19,6 +20,7 @@ mod clients;
 mod flags;
 mod init;
 mod keys;
+mod ops;
 mod upstreams;
 
 pub(crate) use clients::jwks_of_certificate;
@@ -77,22 +79,25 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::report::usage(&admin_client(&cli)?, key, app, since, out.json).await
         }
         Command::Audit {
-            since,
-            key,
-            kind,
-            limit,
-            out,
-        } => {
+            action: Some(crate::cli::AuditCommand::Verify { expect, out }),
+            ..
+        } => ops::audit_verify(&load_config(&cli)?, expect, out.json).await,
+        Command::Audit { action: None, list } => {
             crate::report::audit(
                 &admin_client(&cli)?,
-                since.as_deref(),
-                key.as_deref(),
-                kind.as_deref(),
-                *limit,
-                out.json,
+                list.since.as_deref(),
+                list.key.as_deref(),
+                list.kind.as_deref(),
+                list.limit,
+                list.out.json,
             )
             .await
         }
+        Command::Retention(crate::cli::RetentionCommand::Run { dry_run, out }) => {
+            ops::retention_run(&load_config(&cli)?, *dry_run, out.json).await
+        }
+        Command::Backup { file, out } => ops::backup(&load_config(&cli)?, file, out.json).await,
+        Command::Restore { file, force, out } => ops::restore(&load_config(&cli)?, file, *force, out.json).await,
         Command::Scan { args } => crate::scan::run(&cli, args).await,
         Command::Migrate => crate::seed::migrate(&load_config(&cli)?).await,
         Command::Apply {

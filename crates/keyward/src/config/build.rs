@@ -288,6 +288,42 @@ impl Config {
         }
     }
 
+    /// The retention pass's settings, validated.
+    pub fn retention_settings(&self) -> Result<keyward_engine::retention::RetentionSettings, ConfigError> {
+        let r = &self.retention;
+        if !(1..=10_000).contains(&r.batch_size) {
+            return Err(ConfigError::Invalid(format!(
+                "retention.batch_size: {} is out of range (1 to 10000)",
+                r.batch_size
+            )));
+        }
+        if r.interval < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::Invalid("retention.interval: at least 1s".into()));
+        }
+        Ok(keyward_engine::retention::RetentionSettings {
+            usage: r.usage,
+            audit: r.audit,
+            revoked_keys: r.revoked_keys,
+            tombstones: r.tombstones,
+            batch_size: r.batch_size,
+            batch_pause: r.batch_pause,
+        })
+    }
+
+    /// Where the file sink of `[audit]` appends, if any.
+    pub fn audit_file(&self) -> Result<Option<std::path::PathBuf>, ConfigError> {
+        match (self.audit.sink, &self.audit.path) {
+            (super::AuditSink::None, None) => Ok(None),
+            (super::AuditSink::None, Some(_)) => Err(ConfigError::Invalid(
+                "audit.path is set but audit.sink is not \"file\"".into(),
+            )),
+            (super::AuditSink::File, None) => {
+                Err(ConfigError::Invalid("audit.sink = \"file\" needs audit.path".into()))
+            }
+            (super::AuditSink::File, Some(p)) => Ok(Some(p.clone())),
+        }
+    }
+
     /// The token service's settings, validated.
     pub fn oauth_config(&self) -> Result<keyward_engine::token::OAuthConfig, ConfigError> {
         let o = &self.oauth;

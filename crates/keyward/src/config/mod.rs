@@ -132,6 +132,9 @@ impl Config {
         if let Some(p) = self.leak_reports.github_keys_file.as_mut() {
             abs(p);
         }
+        if let Some(p) = self.audit.path.as_mut() {
+            abs(p);
+        }
         let g = &mut self.gateway;
         for p in [&mut g.tls_cert_file, &mut g.tls_key_file, &mut g.tls_client_ca_file]
             .into_iter()

@@ -52,6 +52,76 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[retention]`: how long usage rows, audit events and revoked or expired keys' digests are
+/// kept, and how the background job deletes (small batches, never on the request path).
+/// A horizon is a duration (`400d`, `2y`, `12h`) or `"forever"`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Per-minute usage rows older than this go.
+    #[serde(with = "keep")]
+    pub usage: Option<Duration>,
+    /// Audit events older than this go (after a signed checkpoint of the chain at the cut).
+    #[serde(with = "keep")]
+    pub audit: Option<Duration>,
+    /// This long after a key's revocation or expiry its digest goes: the record stays as a
+    /// tombstone (the id stays taken, the key can never verify again).
+    #[serde(with = "keep")]
+    pub revoked_keys: Option<Duration>,
+    /// This long after a key became a tombstone, the tombstone itself goes (default: kept
+    /// forever).
+    #[serde(with = "keep")]
+    pub tombstones: Option<Duration>,
+    /// How often the server runs a retention pass (each pass also signs a checkpoint of the
+    /// audit chain's head).
+    #[serde(with = "dur")]
+    pub interval: Duration,
+    /// Rows per delete statement (1–10000).
+    pub batch_size: u32,
+    /// Pause between two batches, so that other writes interleave.
+    #[serde(with = "dur")]
+    pub batch_pause: Duration,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let d = keyward_engine::retention::RetentionSettings::default();
+        RetentionSection {
+            usage: d.usage,
+            audit: d.audit,
+            revoked_keys: d.revoked_keys,
+            tombstones: d.tombstones,
+            interval: Duration::from_secs(3600),
+            batch_size: d.batch_size,
+            batch_pause: d.batch_pause,
+        }
+    }
+}
+
+/// Where audit events go besides the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSink {
+    /// The store only.
+    #[default]
+    None,
+    /// Also one JSON line per event appended to `audit.path`.
+    File,
+}
+
+/// `[audit]`: a copy of every audit event outside the database (for shipping to a SIEM).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    pub sink: AuditSink,
+    /// The file `sink = "file"` appends to (created mode 0600; relative to the configuration).
+    pub path: Option<PathBuf>,
 }
 
 /// What a route does when the shared limiter (Redis) cannot answer.
@@ -709,6 +779,34 @@ mod opt_dur {
 
 fn yes() -> bool {
     true
+}
+
+/// Retention horizons: a positive duration (`400d`, `2y`) or `"forever"` (`None`).
+mod keep {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("forever"),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "forever" {
+            return Ok(None);
+        }
+        let v = humantime::parse_duration(s.trim()).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid retention {s:?}: use a duration such as 90d, 400d, 2y, or \"forever\""
+            ))
+        })?;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom(
+                "a retention must be positive (or \"forever\")",
+            ));
+        }
+        Ok(Some(v))
+    }
 }
 
 /// Durations as human strings (`2s`, `500ms`, `1m`).

@@ -87,6 +87,8 @@ impl Config {
         add(Place::Key, self.tls_settings().map(drop));
         add(Place::Key, self.validate_webhooks());
         add(Place::Key, self.forward_auth_config().map(drop));
+        add(Place::Key, self.retention_settings().map(drop));
+        add(Place::Key, self.audit_file().map(drop));
         out
     }
 

@@ -37,6 +37,7 @@ mod pipeline;
 mod proxy;
 mod redis_ha;
 mod scan;
+mod store_ops;
 mod tls;
 mod upstreams;
 mod verify;
