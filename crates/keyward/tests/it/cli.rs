@@ -904,3 +904,35 @@ async fn upstream_list_prints_each_target_as_a_table_and_as_json() {
     let (code, _, _) = run(&["upstream", "eject"], crate::harness::ADMIN_TOKEN).await.unwrap();
     assert_eq!(code, 2);
 }
+
+#[test]
+fn cat_facts_tls_flags_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    // One without the other: clap refuses (usage error, exit 2), nothing listens.
+    let (code, _, err) = keyward(&["cat-facts", "--listen", "127.0.0.1:0", "--tls-cert", "x.pem"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+    // Files that are missing or not PEM: a start-up error naming the file, never a panic.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    for (cert, key) in [
+        (dir.path().join("missing.pem"), junk.clone()),
+        (junk.clone(), junk.clone()),
+    ] {
+        let (code, _, err) = keyward(
+            &[
+                "cat-facts",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_ne!(code, 0, "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(".pem"), "the error names the file: {err}");
+    }
+}
