@@ -334,14 +334,15 @@ impl Engine {
         let mut quotas = Vec::new();
         // Under Redis Cluster, a key's limits and its app's share the app's slot (one atomic
         // script); route-wide limits (global, per client address) have slots of their own.
-        let app = Some(l.key(&["app-group", who.app_id]));
+        // Worked out only when a limit applies (most requests have none).
+        let app = || Some(l.key(&["app-group", who.app_id]));
         if let (Some(spec), Some(ip), true) = (self.options.publishable_rate, client, who.publishable) {
             rates.push(RateCheck {
                 name: "client",
                 key: l.key(&["pk-client-rate", who.limit_id, &ip.to_string()]),
                 spec,
                 cost: 1,
-                group: app,
+                group: app(),
             });
         }
         if let Some(spec) = who.policy.rate {
@@ -350,7 +351,7 @@ impl Engine {
                 key: l.key(&["key-rate", who.limit_id]),
                 spec,
                 cost: 1,
-                group: app,
+                group: app(),
             });
         }
         if let Some(spec) = who.app_policy.and_then(|p| p.rate) {
@@ -359,13 +360,13 @@ impl Engine {
                 key: l.key(&["app-rate", who.app_id]),
                 spec,
                 cost: 1,
-                group: app,
+                group: app(),
             });
         }
         if let Some(spec) = route.rate {
             let (key, group) = match route.rate_by {
-                RateBy::Key => (l.key(&["route-rate", &route.route, "key", who.limit_id]), app),
-                RateBy::App => (l.key(&["route-rate", &route.route, "app", who.app_id]), app),
+                RateBy::Key => (l.key(&["route-rate", &route.route, "key", who.limit_id]), app()),
+                RateBy::App => (l.key(&["route-rate", &route.route, "app", who.app_id]), app()),
                 RateBy::Global => (l.key(&["route-rate", &route.route]), None),
                 RateBy::ClientIp => {
                     let ip = client.map(|ip| ip.to_string()).unwrap_or_default();
@@ -386,7 +387,7 @@ impl Engine {
             key,
             spec,
             cost,
-            group: app,
+            group: app(),
         };
         if let Some(spec) = who.policy.quota {
             quotas.push(quota("key-quota", l.key(&["key-quota", who.limit_id]), spec));
