@@ -157,6 +157,9 @@ pub struct Route {
     pub audience: String,
     /// Hosts, rewrites, header edits, timeout, body size, public access.
     pub options: crate::route::RouteOptions,
+    /// The route's metric series, taken once per route table (`Default::default()` when
+    /// building a route: the table gives every route fresh ones).
+    pub series: crate::metrics::RouteSeries,
 }
 
 impl Route {
@@ -558,8 +561,13 @@ pub(crate) async fn handle_request(st: &Arc<GatewayState>, peer: SocketAddr, req
     let span = tracing::Span::current();
     span.record("route", route_name);
     span.record("outcome", outcome);
-    st.metrics
-        .request(route_name, outcome, resp.status().as_u16(), started.elapsed());
+    let status = resp.status().as_u16();
+    match route {
+        Some(r) => st
+            .metrics
+            .route_request(&r.series, route_name, outcome, status, started.elapsed()),
+        None => st.metrics.request(route_name, outcome, status, started.elapsed()),
+    }
     resp
 }
 
@@ -805,7 +813,7 @@ async fn send(
     };
     let started = Instant::now();
     let answer = group.send(req, &opts).await;
-    st.metrics.upstream(&route.name, started.elapsed());
+    st.metrics.route_upstream(&route.series, &route.name, started.elapsed());
     match answer {
         Err(e) if body_failed.load(std::sync::atomic::Ordering::Relaxed) != 0 => {
             if let (2, Some(max)) = (
@@ -914,6 +922,7 @@ mod tests {
             cors: None,
             audience: "keyward".into(),
             options: Default::default(),
+            series: Default::default(),
         }
     }
 

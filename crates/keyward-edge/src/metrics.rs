@@ -161,6 +161,69 @@ impl Metrics {
         }
     }
 
+    /// One finished gateway request of a configured route, through the route's own handles
+    /// ([`RouteSeries`]): the series are looked up (label strings allocated, hashed, the family's
+    /// lock taken) once per route table, not once per request. The same series as
+    /// [`Metrics::request`] with the route's name.
+    pub fn route_request(
+        &self,
+        series: &RouteSeries,
+        route: &str,
+        outcome: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        if outcome == "allowed" && status == 200 {
+            series
+                .0
+                .allowed_ok
+                .get_or_init(|| {
+                    self.requests
+                        .get_or_create(&RequestLabels {
+                            route: route.to_owned(),
+                            outcome,
+                            status,
+                        })
+                        .clone()
+                })
+                .inc();
+        } else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_owned(),
+                    outcome,
+                    status,
+                })
+                .inc();
+        }
+        series
+            .0
+            .duration
+            .get_or_init(|| {
+                self.request_duration
+                    .get_or_create(&RouteLabel {
+                        route: route.to_owned(),
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One upstream exchange of a configured route (see [`Metrics::route_request`]).
+    pub fn route_upstream(&self, series: &RouteSeries, route: &str, elapsed: Duration) {
+        series
+            .0
+            .upstream
+            .get_or_init(|| {
+                self.upstream_duration
+                    .get_or_create(&RouteLabel {
+                        route: route.to_owned(),
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// One finished gateway request.
     pub fn request(&self, route: &str, outcome: &'static str, status: u16, elapsed: Duration) {
         self.requests
@@ -216,6 +279,27 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// A route's handles on its own series (`gateway_requests` for `allowed`/200, the request and
+/// upstream duration histograms), each taken from the [`Metrics`] families at its first use and
+/// shared with them (a handle is the series itself, not a copy). Every route table starts with
+/// empty ones ([`crate::gateway::Table`]), so a table's handles always belong to the metrics of
+/// the gateway that serves it.
+#[derive(Clone, Default)]
+pub struct RouteSeries(Arc<SeriesCells>);
+
+#[derive(Default)]
+struct SeriesCells {
+    allowed_ok: std::sync::OnceLock<Counter>,
+    duration: std::sync::OnceLock<Histogram>,
+    upstream: std::sync::OnceLock<Histogram>,
+}
+
+impl std::fmt::Debug for RouteSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSeries").finish_non_exhaustive()
     }
 }
 

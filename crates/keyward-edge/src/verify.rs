@@ -350,6 +350,7 @@ impl VerifyState {
                 .map(|s| s.config().default_audience.clone())
                 .unwrap_or_else(|| "keyward".into()),
             options: Default::default(),
+            series: Default::default(),
         }
     }
 

@@ -44,6 +44,10 @@
 //!   silently. h2c / h2: one multiplexed connection per target shared by concurrent requests,
 //!   re-made when it closes or goes away (GOAWAY). `auto`: ALPN over TLS (h2 if the upstream
 //!   offers it, else HTTP/1.1); plain `http` + `auto` is HTTP/1.1.
+//! - Workers: a process serving on several event-loop threads ([`worker`]) keeps each target's
+//!   idle HTTP/1.1 connections and its HTTP/2 connection per worker thread, as nginx's workers
+//!   each keep their own: a connection is driven by the thread that made it and used only by
+//!   requests of that thread.
 //! - TLS: rustls on aws-lc-rs; the system's roots unless `ca_file` (which replaces them);
 //!   `server_name` for SNI and the certificate's name; client certificate for mutual TLS.
 //!   Certificate problems are `upstream_tls` with the reason (unknown issuer, name, expired,
@@ -60,6 +64,7 @@ mod pool;
 pub mod target;
 mod tls;
 pub mod tunnel;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -79,10 +79,16 @@ pub struct Target {
     pub(crate) active_down: AtomicBool,
     pub(crate) active_ok: AtomicU32,
     pub(crate) active_bad: AtomicU32,
+    /// Kept-alive connections, one set per worker thread ([`crate::worker`]).
+    shards: Box<[Shard]>,
+    h2_gen: AtomicU64,
+}
+
+/// One worker thread's connections to a target.
+struct Shard {
     idle: Mutex<Vec<Idle>>,
     /// The shared HTTP/2 connection and its generation (which one failed, when one does).
     h2: Mutex<Option<(u64, http2::SendRequest<RequestBody>)>>,
-    h2_gen: AtomicU64,
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
@@ -155,11 +161,21 @@ impl Target {
             active_down: AtomicBool::new(false),
             active_ok: AtomicU32::new(0),
             active_bad: AtomicU32::new(0),
-            idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
+            shards: (0..crate::worker::count())
+                .map(|_| Shard {
+                    idle: Mutex::new(Vec::new()),
+                    h2: Mutex::new(None),
+                    h2_connecting: tokio::sync::Mutex::new(()),
+                })
+                .collect(),
             h2_gen: AtomicU64::new(0),
-            h2_connecting: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The calling worker thread's connections.
+    fn shard(&self) -> &Shard {
+        let i = crate::worker::current();
+        &self.shards[i % self.shards.len().max(1)]
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -284,7 +300,9 @@ impl Target {
                             // went out: not a failure of the target. Its other idle connections
                             // are likely stale too (a restart): drop them, use a fresh one.
                             Some(back) if reused => {
-                                lock(&self.idle).clear();
+                                for shard in self.shards.iter() {
+                                    lock(&shard.idle).clear();
+                                }
                                 *req = back;
                             }
                             Some(back) => {
@@ -419,7 +437,7 @@ impl Target {
         match self.resolved.load(Ordering::Relaxed) {
             PROTO_H2 => self.cached_h2().map(|(gen, s)| Conn::H2(s, true, gen)),
             PROTO_H1 => {
-                let mut idle = lock(&self.idle);
+                let mut idle = lock(&self.shard().idle);
                 let now = Instant::now();
                 while let Some(i) = idle.last() {
                     if i.conn.is_closed() || now.duration_since(i.since) >= self.pool.idle_timeout {
@@ -443,7 +461,7 @@ impl Target {
                 if let Some((gen, s)) = self.cached_h2() {
                     return Ok(Conn::H2(s, true, gen));
                 }
-                let _one = self.h2_connecting.lock().await;
+                let _one = self.shard().h2_connecting.lock().await;
                 if let Some((gen, s)) = self.cached_h2() {
                     return Ok(Conn::H2(s, true, gen));
                 }
@@ -458,7 +476,7 @@ impl Target {
                 self.connect().await
             }
             _ => {
-                let _one = self.h2_connecting.lock().await;
+                let _one = self.shard().h2_connecting.lock().await;
                 if let Some((gen, s)) = self.cached_h2() {
                     return Ok(Conn::H2(s, true, gen));
                 }
@@ -473,20 +491,22 @@ impl Target {
     }
 
     fn cached_h2(&self) -> Option<(u64, http2::SendRequest<RequestBody>)> {
-        let g = lock(&self.h2);
+        let g = lock(&self.shard().h2);
         g.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
     }
 
     fn forget_h2(&self, gen: u64) {
-        let mut g = lock(&self.h2);
         // Only the connection that failed (a concurrent request may have replaced it already).
-        if g.as_ref().is_some_and(|(current, _)| *current == gen) {
-            *g = None;
+        for shard in self.shards.iter() {
+            let mut g = lock(&shard.h2);
+            if g.as_ref().is_some_and(|(current, _)| *current == gen) {
+                *g = None;
+            }
         }
     }
 
     fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(&self.shard().idle);
         let now = Instant::now();
         while let Some(i) = idle.pop() {
             if !i.conn.is_closed() && now.duration_since(i.since) < self.pool.idle_timeout {
@@ -572,7 +592,7 @@ impl Target {
             let _ = conn.await;
         });
         let gen = self.h2_gen.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.h2) = Some((gen, s.clone()));
+        *lock(&self.shard().h2) = Some((gen, s.clone()));
         Ok(Conn::H2(s, false, gen))
     }
 }
@@ -584,7 +604,7 @@ pub(crate) fn put_idle(target: &Target, conn: http1::SendRequest<RequestBody>) {
         return;
     }
     let now = Instant::now();
-    let mut idle = lock(&target.idle);
+    let mut idle = lock(&target.shard().idle);
     idle.retain(|i| now.duration_since(i.since) < target.pool.idle_timeout && !i.conn.is_closed());
     if idle.len() < target.pool.max_idle_per_target {
         idle.push(Idle { conn, since: now });

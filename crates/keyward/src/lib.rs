@@ -16,6 +16,7 @@ pub mod report;
 pub mod scan;
 pub mod seed;
 pub mod server;
+pub mod span_json;
 pub mod support;
 pub mod telemetry;
 

@@ -34,7 +34,7 @@ fn init_logging(
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .fmt_fields(SpanJsonFields::default())
+            .fmt_fields(keyward::span_json::SpanJsonFields)
             .with_filter(filter)
             .boxed()
     } else {
@@ -58,53 +58,6 @@ fn init_logging(
         let _ = export;
         registry.init();
         Ok((None, json))
-    }
-}
-
-/// The JSON field formatter of the JSON log lines, with one difference from
-/// tracing-subscriber's `JsonFields`: a field recorded on a span after its creation is appended
-/// to the span's formatted JSON object, where `JsonFields` parses the object and writes it anew
-/// at every `record`. The gateway records its request span's fields (route, outcome, status,
-/// path, client address, app, key or client) one by one on every request, at the default level
-/// too, whether or not a line is then logged: re-parsing made that the most expensive part of a
-/// proxied request (issue 19; `bench/instructions.sh` with `LOG=info`). A field recorded twice
-/// appears twice in the span's object; the line's reader (serde_json, in the JSON formatter)
-/// keeps the last, as the re-parsing did.
-#[derive(Default)]
-struct SpanJsonFields(tracing_subscriber::fmt::format::JsonFields);
-
-impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for SpanJsonFields {
-    fn format_fields<R: tracing_subscriber::field::RecordFields>(
-        &self,
-        writer: tracing_subscriber::fmt::format::Writer<'writer>,
-        fields: R,
-    ) -> std::fmt::Result {
-        self.0.format_fields(writer, fields)
-    }
-
-    fn add_fields(
-        &self,
-        current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
-        fields: &tracing::span::Record<'_>,
-    ) -> std::fmt::Result {
-        let mut new = String::new();
-        <tracing_subscriber::fmt::format::JsonFields as tracing_subscriber::fmt::FormatFields<'_>>::format_fields(
-            &self.0,
-            tracing_subscriber::fmt::format::Writer::new(&mut new),
-            fields,
-        )?;
-        // Both are JSON objects: `{}` or `{"k":v,...}`.
-        if new.len() <= 2 {
-            return Ok(());
-        }
-        if current.fields.len() <= 2 {
-            current.fields = new;
-            return Ok(());
-        }
-        current.fields.pop();
-        current.fields.push(',');
-        current.fields.push_str(&new[1..]);
-        Ok(())
     }
 }
 
@@ -150,9 +103,11 @@ fn main() -> ExitCode {
         }
     };
     let threads = keyward::commands::worker_threads(&cli);
-    // One worker: a current-thread runtime does the same work without the multi-thread
-    // scheduler's bookkeeping (work-stealing queues, cross-thread wake-ups).
-    let mut rt = if threads == 1 {
+    // `serve`: a current-thread runtime; its gateway workers beyond the first run event loops
+    // of their own (keyward::server::start). One thread per event loop does the same work
+    // without the multi-thread scheduler's bookkeeping (work-stealing queues, cross-thread
+    // wake-ups).
+    let mut rt = if threads == 1 || matches!(cli.command, Command::Serve) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

@@ -203,18 +203,64 @@ pub async fn open_sqlite(section: &crate::config::StoreSection) -> Result<Sqlite
 /// How long `serve` waits for Redis's start-up check (cluster slot map, sentinels, TLS).
 const REDIS_STARTUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Binds both listeners and starts serving.
+/// The gateway workers `server.worker_threads` asks for: 0 is one per core.
+pub fn gateway_workers(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    }
+}
+
+/// A listening socket on `addr` with `SO_REUSEPORT` (when `shared`): every gateway worker
+/// has its own on the same address, and the kernel spreads new connections over them.
+fn bind_gateway(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Binds both listeners and starts serving: `server.worker_threads` gateway workers (see
+/// [`start_on`]), each with its own socket on `gateway.listen`.
 pub async fn start(cfg: &Config, secrets: Secrets) -> Result<Running> {
-    let gateway_listener = TcpListener::bind(cfg.gateway.listen)
-        .await
-        .map_err(|e| CliError::startup(format!("cannot listen on {} (gateway.listen): {e}", cfg.gateway.listen)))?;
+    let workers = gateway_workers(cfg.server.worker_threads);
+    let cannot = |addr: SocketAddr, e: std::io::Error| {
+        CliError::startup(format!("cannot listen on {addr} (gateway.listen): {e}"))
+    };
+    let gateway_listener = bind_gateway(cfg.gateway.listen, workers > 1).map_err(|e| cannot(cfg.gateway.listen, e))?;
+    // The others on the address the first one got (`gateway.listen` may name port 0).
+    let bound = gateway_listener
+        .local_addr()
+        .map_err(|e| cannot(cfg.gateway.listen, e))?;
+    let mut more = Vec::with_capacity(workers.saturating_sub(1));
+    for _ in 1..workers {
+        let l = bind_gateway(bound, true)
+            .and_then(TcpListener::into_std)
+            .map_err(|e| cannot(bound, e))?;
+        more.push(l);
+    }
     let admin_listener = TcpListener::bind(cfg.admin.listen)
         .await
         .map_err(|e| CliError::startup(format!("cannot listen on {} (admin.listen): {e}", cfg.admin.listen)))?;
-    start_on(cfg, secrets, gateway_listener, admin_listener, Arc::new(SystemClock)).await
+    start_workers(
+        cfg,
+        secrets,
+        gateway_listener,
+        more,
+        admin_listener,
+        Arc::new(SystemClock),
+    )
+    .await
 }
 
-/// Starts serving on listeners the caller bound (tests, demo).
+/// Starts serving on listeners the caller bound (tests, demo), with one gateway worker.
 pub async fn start_on(
     cfg: &Config,
     secrets: Secrets,
@@ -222,6 +268,58 @@ pub async fn start_on(
     admin_listener: TcpListener,
     clock: Arc<dyn Clock>,
 ) -> Result<Running> {
+    start_workers(cfg, secrets, gateway_listener, Vec::new(), admin_listener, clock).await
+}
+
+/// Runs one more gateway worker: a thread of its own with a current-thread runtime, serving
+/// `listener` with `serve` until it returns (the shutdown signal, then the drain). The
+/// receiver gets its result.
+fn spawn_worker<F, Fut>(
+    index: usize,
+    listener: std::net::TcpListener,
+    serve: F,
+) -> Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>>
+where
+    F: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("keyward-gw-{index}"))
+        .spawn(move || {
+            keyward_upstream::worker::set_current(index);
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        serve(listener).await
+                    })
+                });
+            let _ = done.send(outcome);
+        })
+        .map_err(|e| CliError::startup(format!("cannot start gateway worker {index}: {e}")))?;
+    Ok(result)
+}
+
+/// Starts serving: the gateway on `gateway_listener` on the caller's runtime (worker 0, which
+/// also runs the admin API, the other listeners and the background tasks), and on each of
+/// `more` (sockets on the same address, `SO_REUSEPORT`) in a worker thread of its own: N
+/// event loops that share nothing per request but the route table, the engine's caches and
+/// the counters, as nginx's worker processes (issue 19). `server.max_connections` is shared
+/// out between the workers.
+async fn start_workers(
+    cfg: &Config,
+    secrets: Secrets,
+    gateway_listener: TcpListener,
+    more: Vec<std::net::TcpListener>,
+    admin_listener: TcpListener,
+    clock: Arc<dyn Clock>,
+) -> Result<Running> {
+    // Upstream connections are kept per worker: the count must be known before the route
+    // table's targets are built.
+    keyward_upstream::worker::set_count(more.len() + 1);
     let gw_cfg = cfg.gateway_config().map_err(|e| CliError::startup(e.to_string()))?;
     if !crate::telemetry::ENABLED && cfg.telemetry.otlp_endpoint.is_some() {
         // Refused rather than ignored: an operator who asked for traces must not think they
@@ -483,12 +581,36 @@ pub async fn start_on(
         ));
     }
     let mut listeners = JoinSet::new();
+    // The gateway's connection cap, shared out between its workers.
+    let mut gateway_limits = limits.clone();
+    gateway_limits.max_connections = limits.max_connections.div_ceil(more.len() + 1).max(1);
+    for (i, listener) in more.into_iter().enumerate() {
+        let (router, limits, rx, tls) = (gateway.clone(), gateway_limits.clone(), rx.clone(), tls.clone());
+        let done = spawn_worker(i + 1, listener, move |l| async move {
+            match tls {
+                Some(server) => server.serve(l, router, limits, rx).await,
+                None => keyward_edge::serve::serve(l, router, limits, rx).await,
+            }
+        })?;
+        listeners.spawn(async move {
+            done.await
+                .unwrap_or_else(|_| Err(std::io::Error::other("a gateway worker stopped unexpectedly")))
+        });
+    }
     match tls {
         Some(server) => {
             let rx = rx.clone();
-            listeners.spawn(server.serve(gateway_listener, gateway, limits.clone(), rx));
+            listeners.spawn(server.serve(gateway_listener, gateway, gateway_limits, rx));
         }
-        None => plain.insert(0, (gateway_listener, gateway)),
+        None => {
+            let rx = rx.clone();
+            listeners.spawn(keyward_edge::serve::serve(
+                gateway_listener,
+                gateway,
+                gateway_limits,
+                rx,
+            ));
+        }
     }
     for (listener, router) in plain {
         // Connection cap, header deadline and header limits on every listener (crate::serve).

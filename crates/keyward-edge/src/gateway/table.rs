@@ -48,6 +48,8 @@ impl Table {
         }
         let upstreams = Upstreams::build(&all, PoolOptions::default()).map_err(|e| e.to_string())?;
         for (i, r) in routes.iter_mut().enumerate() {
+            // Fresh metric handles: taken from the metrics of the gateway serving this table.
+            r.series = crate::metrics::RouteSeries::default();
             if let Some(name) = r.upstream.group_name(&r.name, i) {
                 let group = upstreams.group(&name).ok_or_else(|| {
                     format!(

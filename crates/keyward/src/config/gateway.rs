@@ -210,6 +210,7 @@ impl Config {
             cors,
             audience: r.audience.clone().unwrap_or_else(|| self.oauth.audience.clone()),
             options,
+            series: Default::default(),
         })
     }
 

@@ -312,7 +312,9 @@ pub struct SecretsSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// Worker threads of the runtime; 0 = one per core.
+    /// Gateway workers: each an event loop on a thread of its own with its own socket on
+    /// `gateway.listen` (`SO_REUSEPORT`), as nginx's `worker_processes`; the first also runs
+    /// the admin API, the other listeners and the background tasks. 0 = one per core.
     #[serde(default)]
     pub worker_threads: usize,
     /// On SIGTERM/SIGINT: how long in-flight requests may take to finish once the listeners

@@ -43,3 +43,4 @@ mod upstreams;
 mod verify;
 mod webhooks;
 mod websocket;
+mod workers;
