@@ -558,9 +558,7 @@ pub(crate) async fn handle_request(st: &Arc<GatewayState>, peer: SocketAddr, req
     let outcome = resp.extensions().get::<OutcomeTag>().map_or("other", |o| o.0);
     let route_name = route.map_or(crate::metrics::UNMATCHED, |r| r.name.as_str());
     // On the request span (crate::ops): exported with it as OpenTelemetry attributes.
-    let span = tracing::Span::current();
-    span.record("route", route_name);
-    span.record("outcome", outcome);
+    crate::ops::record_pair(&tracing::Span::current(), ("route", &route_name), ("outcome", &outcome));
     let status = resp.status().as_u16();
     match route {
         Some(r) => st
@@ -661,8 +659,7 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
     let path = req.uri().path();
     let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
     let span = tracing::Span::current();
-    span.record("path", path);
-    span.record("client_ip", tracing::field::display(client));
+    crate::ops::record_pair(&span, ("path", &path), ("client_ip", &tracing::field::display(client)));
     let peer_cert = req
         .extensions()
         .get::<crate::tls::PeerCertificates>()
@@ -681,11 +678,11 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
         Err(_) => None,
     };
     if let Some(p) = who {
-        span.record("app_id", p.app_id());
-        match p.client_id() {
-            Some(c) => span.record("client_id", c),
-            None => span.record("key_id", p.id()),
+        let who = match p.client_id() {
+            Some(c) => ("client_id", c),
+            None => ("key_id", p.id()),
         };
+        crate::ops::record_pair(&span, ("app_id", &p.app_id()), (who.0, &who.1));
     }
     let Admitted {
         principal,

@@ -512,6 +512,47 @@ mod tests {
         ))
     }
 
+    /// A route's handles count into the very series `request` / `upstream` would, and a
+    /// fresh set of handles (a new route table, another gateway) is tied to its own metrics.
+    #[tokio::test]
+    async fn route_handles_are_the_families_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path()).await;
+        let (a, b) = (Metrics::new(e.clone()), Metrics::new(e));
+        let series = RouteSeries::default();
+        for _ in 0..3 {
+            a.route_request(&series, "cats", "allowed", 200, Duration::from_millis(3));
+        }
+        a.route_request(&series, "cats", "invalid_credential", 401, Duration::from_micros(80));
+        a.route_request(&series, "cats", "allowed", 201, Duration::from_millis(1));
+        a.route_upstream(&series, "cats", Duration::from_millis(2));
+        // The same series through the families.
+        a.request("cats", "allowed", 200, Duration::from_millis(3));
+        a.upstream("cats", Duration::from_millis(2));
+        let text = a.render().unwrap();
+        for line in [
+            "keyward_gateway_requests_total{route=\"cats\",outcome=\"allowed\",status=\"200\"} 4",
+            "keyward_gateway_requests_total{route=\"cats\",outcome=\"invalid_credential\",status=\"401\"} 1",
+            "keyward_gateway_requests_total{route=\"cats\",outcome=\"allowed\",status=\"201\"} 1",
+            "keyward_gateway_request_duration_seconds_count{route=\"cats\"} 6",
+            "keyward_upstream_duration_seconds_count{route=\"cats\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // The other gateway's metrics saw nothing; with fresh handles they count their own.
+        assert!(!b.render().unwrap().contains("route=\"cats\""));
+        let fresh = RouteSeries::default();
+        b.route_request(&fresh, "cats", "allowed", 200, Duration::from_millis(3));
+        assert!(b
+            .render()
+            .unwrap()
+            .contains("keyward_gateway_requests_total{route=\"cats\",outcome=\"allowed\",status=\"200\"} 1"));
+        assert!(a
+            .render()
+            .unwrap()
+            .contains("keyward_gateway_requests_total{route=\"cats\",outcome=\"allowed\",status=\"200\"} 4"));
+    }
+
     #[tokio::test]
     async fn renders_every_family_with_bounded_labels() {
         let dir = tempfile::tempdir().unwrap();

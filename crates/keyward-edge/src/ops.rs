@@ -105,6 +105,26 @@ where
     resp
 }
 
+/// Records two fields of `span` in one visit of the subscriber (which looks the span up,
+/// checks its filters and locks its data once per visit, not once per field): the request span
+/// gets its fields in pairs (issue 19). A name the span does not have is ignored, as by
+/// `Span::record`.
+pub(crate) fn record_pair(span: &tracing::Span, a: (&str, &dyn tracing::Value), b: (&str, &dyn tracing::Value)) {
+    let Some(meta) = span.metadata() else {
+        return;
+    };
+    let fields = meta.fields();
+    match (fields.field(a.0), fields.field(b.0)) {
+        (Some(fa), Some(fb)) => {
+            span.record_all(&fields.value_set(&[(&fa, Some(a.1)), (&fb, Some(b.1))]));
+        }
+        _ => {
+            span.record(a.0, a.1);
+            span.record(b.0, b.1);
+        }
+    }
+}
+
 /// `/healthz` and `/readyz` (no token), to merge into a listener's router.
 pub fn probes(gateway: Arc<GatewayState>) -> Router {
     Router::new()
