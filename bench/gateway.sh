@@ -23,6 +23,8 @@
 #   SKIP_BUILD   1 to use the existing target/release/keyward
 #   CARGO_TARGET_DIR  honoured: the binary is taken from $CARGO_TARGET_DIR/release/keyward
 #   KEEP_TMP     1 to keep the temporary directory (configs, logs) for inspection
+#   LOG          KEYWARD_LOG of the keyward gateways (default warn; `info` is what `serve` logs
+#                by default: the request span is then created and filled on every request)
 #   GATEWAY_BIN  use this keyward binary (no build); it also runs the upstream unless UPSTREAM_BIN
 #   UPSTREAM_BIN the keyward binary that runs the upstream (`cat-facts`), to keep it fixed
 #   GATEWAY_BIN_B  a second keyward binary (e.g. the previous commit's build), served on its own
@@ -60,6 +62,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR="$ROOT/bench"
 WORKERS=${WORKERS:-1}
+KW_LOG=${LOG:-warn}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -342,7 +345,7 @@ KEYWARD_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32
 export KEYWARD_ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
 
 log "keyward serve: gateway 127.0.0.1:$GW_PORT, admin 127.0.0.1:$ADMIN_PORT, $WORKERS worker thread(s)"
-KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=warn \
+KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=$KW_LOG \
     "$KEYWARD" serve --config "$TMP/keyward.toml" >"$TMP/keyward.log" 2>&1 &
 PIDS+=($!)
 KEYWARD_PID=$!
@@ -366,7 +369,7 @@ fi
 if [[ -n "$GATEWAY_BIN_B" ]]; then
     write_config "$TMP/keyward-b.toml" "$GW_B_PORT" "$ADMIN_B_PORT"
     log "keyward_b ($GATEWAY_BIN_B) serve: gateway 127.0.0.1:$GW_B_PORT, same store, $WORKERS worker thread(s)"
-    KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=warn \
+    KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=$KW_LOG \
         "$GATEWAY_BIN_B" serve --config "$TMP/keyward-b.toml" >"$TMP/keyward-b.log" 2>&1 &
     PIDS+=($!)
     KEYWARD_B_PID=$!
@@ -378,7 +381,7 @@ if [[ "$COMPARE" == redis ]]; then
     write_config "$TMP/keyward-redis.toml" "$GW_B_PORT" "$ADMIN_B_PORT"
     printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$REDIS_PREFIX" >>"$TMP/keyward-redis.toml"
     log "keyward with [redis] ($REDIS_URL, prefix $REDIS_PREFIX): gateway 127.0.0.1:$GW_B_PORT, same store"
-    KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=warn \
+    KEYWARD_PEPPER=$KEYWARD_PEPPER KEYWARD_LOG=$KW_LOG \
         "$KEYWARD" serve --config "$TMP/keyward-redis.toml" >"$TMP/keyward-redis.log" 2>&1 &
     PIDS+=($!)
     KEYWARD_R_PID=$!
@@ -499,7 +502,7 @@ if [[ "$COMPARE" == redis ]]; then
 elif [[ "$COMPARE" == limits ]]; then
     echo "keyward, limited vs unlimited key on one gateway: $WORKERS worker(s), wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 else
-    echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'), upstream $UPSTREAM$([[ "$POST" == 1 ]] && echo ', 1 KiB POST'): $WORKERS worker(s) each, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "keyward vs nginx static key$([[ "$TLS" == 1 ]] && echo ', both terminating TLS (ECDSA P-256 certificate)'), upstream $UPSTREAM$([[ "$POST" == 1 ]] && echo ', 1 KiB POST'): $WORKERS worker(s) each, keyward log level $KW_LOG, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 fi
 if REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
     [[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || REV="$REV+dirty"
