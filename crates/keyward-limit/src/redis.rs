@@ -31,7 +31,7 @@ use ::redis::{AsyncCommands, RedisResult};
 use keyward_core::policy::{QuotaSpec, RateSpec, Refill};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
-use crate::topology::{describe, kind_of, Conn, Link, RedisTls, Topology};
+use crate::topology::{describe, kind_of, lock, Conn, Link, RedisTls, Topology};
 use crate::{ceil_secs, LimitKey, LimitState, LocalLimiter, Outcome, QuotaCheck, RateCheck};
 
 const SCRIPT: &str = concat!(include_str!("clock.lua"), include_str!("gcra.lua"));
@@ -149,6 +149,9 @@ pub struct RedisStats {
     pub fail_open: AtomicU64,
     pub fail_closed: AtomicU64,
     pub local_fallback: AtomicU64,
+    /// Of those, refused because Redis had refused the same limit and the refusal had not
+    /// lapsed yet.
+    pub remembered_refusals: AtomicU64,
     /// Denylist entries received from other nodes.
     pub deny_received: AtomicU64,
 }
@@ -157,6 +160,28 @@ impl RedisStats {
     fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Most refusals remembered at once (about 100 bytes each); past it, new ones are not kept
+/// (the `local` fallback then decides them on its own budget, as it would without the memory).
+const MAX_REFUSALS: usize = 100_000;
+
+/// What a limit is, to tell whether a remembered refusal still applies (a changed limit does
+/// not inherit the old one's refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spec {
+    Rate(RateSpec),
+    Quota(QuotaSpec),
+}
+
+/// A refusal Redis answered for one limit, kept until it lapses (`retry_after` after the
+/// answer): a request that costs at least as much is refused by that limit until then.
+#[derive(Debug, Clone)]
+struct Refusal {
+    until: std::time::Instant,
+    spec: Spec,
+    cost: u64,
+    state: LimitState,
 }
 
 /// The Redis backend.
@@ -169,6 +194,10 @@ pub struct RedisLimiter {
     stats: RedisStats,
     /// Per-node limits while Redis is unavailable (`on_limiter_failure = "local"`).
     fallback: LocalLimiter,
+    /// The refusals Redis answered this node, by limit, until they lapse: while Redis is
+    /// unavailable, the `local` fallback refuses what Redis has just refused instead of
+    /// admitting it on its own budget (a quota Redis reported used up stays used up).
+    refusals: std::sync::Mutex<std::collections::HashMap<LimitKey, Refusal>>,
     /// Why the last failed call failed (`describe`: a TLS problem, an error kind), for
     /// `/readyz`; cleared by a success.
     last_error: std::sync::Mutex<Option<String>>,
@@ -222,6 +251,7 @@ impl RedisLimiter {
             breaker: Breaker::new(cfg.breaker),
             stats: RedisStats::default(),
             fallback: LocalLimiter::new(),
+            refusals: std::sync::Mutex::new(std::collections::HashMap::new()),
             last_error: std::sync::Mutex::new(None),
             cfg,
         })
@@ -465,7 +495,95 @@ impl RedisLimiter {
         let raw: Vec<i64> = self
             .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        decode(&raw, &rs, &qs).ok_or(RedisCallError::Protocol)
+        let outcome = decode(&raw, &rs, &qs).ok_or(RedisCallError::Protocol)?;
+        self.remember(&raw, &rs, &qs, &outcome);
+        Ok(outcome)
+    }
+
+    /// Keeps a refusal of the script (`raw[1]` is the refused limit's index, 1-based, among
+    /// the rates or the quotas) until its `retry_after` has passed.
+    fn remember(&self, raw: &[i64], rates: &[&RateCheck], quotas: &[&QuotaCheck], outcome: &Outcome) {
+        let (retry_after, states) = match outcome {
+            Outcome::Allowed { .. } => return,
+            Outcome::RateLimited {
+                retry_after, states, ..
+            }
+            | Outcome::QuotaExhausted {
+                retry_after, states, ..
+            } => (*retry_after, states),
+        };
+        let Some(i) = raw.get(1).and_then(|&i| usize::try_from(i).ok()).and_then(|i| i.checked_sub(1)) else {
+            return;
+        };
+        let (key, spec, cost, state) = match outcome {
+            Outcome::RateLimited { .. } => match (rates.get(i), states.get(i)) {
+                (Some(r), Some(st)) => (r.key, Spec::Rate(r.spec), r.cost, st),
+                _ => return,
+            },
+            _ => match (quotas.get(i), states.get(rates.len() + i)) {
+                (Some(q), Some(st)) => (q.key, Spec::Quota(q.spec), q.cost, st),
+                _ => return,
+            },
+        };
+        let Some(until) = std::time::Instant::now().checked_add(retry_after) else {
+            return;
+        };
+        let mut m = lock(&self.refusals);
+        if m.len() >= MAX_REFUSALS && !m.contains_key(&key) {
+            let now = std::time::Instant::now();
+            m.retain(|_, r| r.until > now);
+            if m.len() >= MAX_REFUSALS {
+                return;
+            }
+        }
+        m.insert(
+            key,
+            Refusal {
+                until,
+                spec,
+                cost,
+                state: state.clone(),
+            },
+        );
+    }
+
+    /// A refusal Redis answered for one of these limits that has not lapsed (for the `local`
+    /// fallback): the limit's name, what is left of its `retry_after`, and its state then.
+    fn remembered(&self, rates: &[RateCheck], quotas: &[QuotaCheck]) -> Option<Outcome> {
+        let now = std::time::Instant::now();
+        let m = lock(&self.refusals);
+        if m.is_empty() {
+            return None;
+        }
+        let live = |key: &LimitKey, spec: Spec, cost: u64| {
+            m.get(key)
+                .filter(|r| r.until > now && r.spec == spec && cost >= r.cost)
+                .map(|r| {
+                    let left = r.until - now;
+                    let mut st = r.state.clone();
+                    st.reset_secs = st.reset_secs.min(ceil_secs(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX)));
+                    (left, st)
+                })
+        };
+        for r in rates {
+            if let Some((left, st)) = live(&r.key, Spec::Rate(r.spec), r.cost) {
+                return Some(Outcome::RateLimited {
+                    policy: r.name,
+                    retry_after: left,
+                    states: vec![st],
+                });
+            }
+        }
+        for q in quotas {
+            if let Some((left, st)) = live(&q.key, Spec::Quota(q.spec), q.cost) {
+                return Some(Outcome::QuotaExhausted {
+                    policy: q.name,
+                    retry_after: Duration::from_secs(left.as_secs().max(1)),
+                    states: vec![st],
+                });
+            }
+        }
+        None
     }
 
     /// Gives back what an allowed decision of `slot` took (best effort: a failure is logged,
@@ -782,6 +900,10 @@ impl Limiter {
                     }
                     OnLimiterFailure::Local => {
                         RedisStats::bump(&r.stats.local_fallback);
+                        if let Some(refused) = r.remembered(rates, quotas) {
+                            RedisStats::bump(&r.stats.remembered_refusals);
+                            return Ok(refused);
+                        }
                         Ok(r.check_fallback(rates, quotas, now_ns))
                     }
                 }
@@ -802,7 +924,15 @@ impl Limiter {
     pub fn sweep(&self, now_ns: u64) -> usize {
         match self {
             Limiter::Local(l) => l.sweep(now_ns),
-            Limiter::Redis(r) => r.fallback.sweep(now_ns),
+            Limiter::Redis(r) => {
+                let now = std::time::Instant::now();
+                let mut m = lock(&r.refusals);
+                let before = m.len();
+                m.retain(|_, f| f.until > now);
+                let lapsed = before - m.len();
+                drop(m);
+                r.fallback.sweep(now_ns) + lapsed
+            }
         }
     }
 }

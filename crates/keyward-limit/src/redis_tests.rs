@@ -584,3 +584,102 @@ async fn a_refund_gives_back_exactly_what_was_taken() {
         vec![9, 3]
     );
 }
+
+/// A refusal Redis answered is remembered until it lapses: while Redis is unavailable, the
+/// `local` fallback refuses what Redis has just refused (a quota used up cluster-wide stays used
+/// up, a rate stays refused until its retry time) instead of admitting it on its own budget;
+/// limits Redis never refused, a limit whose definition changed since, and a refusal that has
+/// lapsed get the fallback's budget (limit / nodes_hint) as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_fallback_keeps_what_redis_refused() {
+    let Some(_) = url() else { return };
+    let port = free_port();
+    let mut own = OwnRedis::start(port);
+    let l = Arc::new(limiter_at(&format!("redis://127.0.0.1:{port}/"), |c| {
+        c.nodes_hint = 2;
+        // Once Redis is gone, one failure opens the breaker for the rest of the test: every
+        // later decision is the fallback's at once.
+        c.breaker = BreakerConfig {
+            failures: 1,
+            cooldown: Duration::from_secs(120),
+        };
+    }));
+    let lim = Limiter::Redis(l.clone());
+    let now_ns = T0 * 1000;
+    async fn local(lim: &Limiter, r: &[RateCheck], q: &[QuotaCheck]) -> Outcome {
+        lim.check(r, q, T0 * 1000, OnLimiterFailure::Local).await.unwrap()
+    }
+    let used_up = [quota("used-up", "4/day", 1)];
+    let limited = [rate("limited", "2/min", None)];
+    let short = [rate("short", "1/s", Some(1))];
+    for _ in 0..4 {
+        assert!(allowed(&local(&lim, &[], &used_up).await));
+    }
+    let refused = local(&lim, &[], &used_up).await;
+    assert!(matches!(refused, Outcome::QuotaExhausted { .. }), "{refused:?}");
+    for _ in 0..2 {
+        assert!(allowed(&local(&lim, &limited, &[]).await));
+    }
+    assert!(matches!(local(&lim, &limited, &[]).await, Outcome::RateLimited { .. }));
+    assert!(allowed(&local(&lim, &short, &[]).await));
+    assert!(matches!(local(&lim, &short, &[]).await, Outcome::RateLimited { .. }));
+    assert_eq!(l.stats().local_fallback.load(Ordering::Relaxed), 0);
+
+    own.stop();
+    // Redis is gone: the quota it reported used up stays refused on this node, with its retry
+    // time; so does the rate (refused for up to 30 s).
+    for _ in 0..5 {
+        match local(&lim, &[], &used_up).await {
+            Outcome::QuotaExhausted {
+                policy,
+                retry_after,
+                states,
+            } => {
+                assert_eq!(policy, "quota");
+                assert!(retry_after >= Duration::from_secs(1));
+                assert_eq!(states.len(), 1);
+                assert_eq!(states[0].remaining, 0);
+                assert_eq!(states[0].limit, 4);
+            }
+            o => panic!("the used-up quota was decided by the fallback's budget: {o:?}"),
+        }
+        match local(&lim, &limited, &[]).await {
+            Outcome::RateLimited { retry_after, .. } => assert!(retry_after <= Duration::from_secs(30)),
+            o => panic!("the refused rate was admitted: {o:?}"),
+        }
+    }
+    assert_eq!(l.stats().local_fallback.load(Ordering::Relaxed), 10);
+    assert_eq!(l.stats().remembered_refusals.load(Ordering::Relaxed), 10);
+    // A quota Redis never refused: the fallback's own budget, 4 / 2.
+    let fresh = [quota("fresh", "4/day", 1)];
+    let mut n = 0;
+    while allowed(&local(&lim, &[], &fresh).await) {
+        n += 1;
+        assert!(n <= 2);
+    }
+    assert_eq!(n, 2);
+    // The used-up quota raised to 8/day since: the old refusal does not apply (8 / 2 = 4).
+    let raised = [quota("used-up", "8/day", 1)];
+    let mut n = 0;
+    while allowed(&local(&lim, &[], &raised).await) {
+        n += 1;
+        assert!(n <= 4);
+    }
+    assert_eq!(n, 4);
+    // fail_open still admits without limits, fail_closed still refuses.
+    assert!(allowed(
+        &lim.check(&[], &used_up, now_ns, OnLimiterFailure::FailOpen)
+            .await
+            .unwrap()
+    ));
+    assert!(lim
+        .check(&[], &used_up, now_ns, OnLimiterFailure::FailClosed)
+        .await
+        .is_err());
+    // The short rate's refusal (at most a second) lapses: swept, and the fallback decides the
+    // rate on its own budget again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(lim.sweep(now_ns) >= 1);
+    assert!(allowed(&local(&lim, &short, &[]).await));
+    assert!(matches!(local(&lim, &[], &used_up).await, Outcome::QuotaExhausted { .. }));
+}
