@@ -162,6 +162,13 @@ impl RedisStats {
     }
 }
 
+/// Bound on each background attempt to share a revocation ([`RedisLimiter::deny`]).
+pub const DENY_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most revocations retried in the background at once; past it, a revocation that could not
+/// be shared at once is only logged.
+const MAX_DENY_RETRIES: usize = 10_000;
+
 /// Most refusals remembered at once (about 100 bytes each); past it, new ones are not kept
 /// (the `local` fallback then decides them on its own budget, as it would without the memory).
 const MAX_REFUSALS: usize = 100_000;
@@ -198,6 +205,8 @@ pub struct RedisLimiter {
     /// unavailable, the `local` fallback refuses what Redis has just refused instead of
     /// admitting it on its own budget (a quota Redis reported used up stays used up).
     refusals: std::sync::Mutex<std::collections::HashMap<LimitKey, Refusal>>,
+    /// Revocations being retried in the background ([`RedisLimiter::deny`]).
+    deny_retries: std::sync::atomic::AtomicUsize,
     /// Why the last failed call failed (`describe`: a TLS problem, an error kind), for
     /// `/readyz`; cleared by a success.
     last_error: std::sync::Mutex<Option<String>>,
@@ -252,6 +261,7 @@ impl RedisLimiter {
             stats: RedisStats::default(),
             fallback: LocalLimiter::new(),
             refusals: std::sync::Mutex::new(std::collections::HashMap::new()),
+            deny_retries: std::sync::atomic::AtomicUsize::new(0),
             last_error: std::sync::Mutex::new(None),
             cfg,
         })
@@ -333,10 +343,19 @@ impl RedisLimiter {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
+        self.call_within(op, track, self.cfg.timeout).await
+    }
+
+    /// As [`RedisLimiter::call`], bounded by `bound`.
+    async fn call_within<T, F, Fut>(&self, op: F, track: bool, bound: Duration) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
         RedisStats::bump(&self.stats.calls);
         // The Sentinel generation of the connection used (0: none yet).
         let used = AtomicU64::new(0);
-        let r = tokio::time::timeout(self.cfg.timeout, async {
+        let r = tokio::time::timeout(bound, async {
             let c = self.link.get().await?;
             if let Conn::Sentinel(g, _) = &c {
                 used.store(*g, Ordering::Relaxed);
@@ -649,28 +668,76 @@ impl RedisLimiter {
     }
 
     /// Puts a revoked token's `jti` on the shared denylist until `exp` (Unix seconds) and
-    /// tells every node at once.
-    pub async fn deny(&self, jti: &str, exp: i64, now: i64) -> Result<(), RedisCallError> {
+    /// tells every node at once (`SET` + `PUBLISH` in one pipeline, within `redis.timeout`,
+    /// behind the breaker). When that fails, the error is returned and the revocation is not
+    /// dropped: a background task keeps trying (each attempt bounded by [`DENY_RETRY_TIMEOUT`],
+    /// past the breaker, waits doubling from 100 ms to 30 s) until it is shared or the token has
+    /// expired. A call that outlives its timeout is not even sent when the connection's task
+    /// had not picked it up yet (the redis client drops the commands nobody waits for), so on a
+    /// busy node one attempt within the request budget could lose a revocation for every other
+    /// node that shares no store notifications (SQLite).
+    pub async fn deny(self: &Arc<Self>, jti: &str, exp: i64, now: i64) -> Result<(), RedisCallError> {
         if exp <= now {
             return Ok(());
         }
-        let key = format!("kw:{{{}}}:d:{jti}", self.cfg.prefix);
-        let channel = self.deny_channel();
-        let msg = format!("{exp}:{jti}");
-        self.guarded(|mut c| async move {
-            ::redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(exp)
-                .arg("EXAT")
-                .arg(exp)
-                .ignore()
-                .publish(&channel, &msg)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let first = self.guarded(|c| self.denial(c, jti, exp)).await;
+        if first.is_err() {
+            let pending = self.deny_retries.fetch_add(1, Ordering::Relaxed);
+            if pending >= MAX_DENY_RETRIES {
+                self.deny_retries.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "too many revocations waiting to be shared through redis; this one is not retried"
+                );
+                return first;
+            }
+            tracing::warn!("a revocation was not shared through redis yet; retrying in the background");
+            let (me, jti) = (Arc::clone(self), jti.to_owned());
+            tokio::spawn(async move {
+                me.deny_until_shared(&jti, exp).await;
+                me.deny_retries.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        first
+    }
+
+    /// The retries of [`RedisLimiter::deny`].
+    async fn deny_until_shared(&self, jti: &str, exp: i64) {
+        let mut wait = Duration::from_millis(100);
+        let bound = self.cfg.timeout.max(DENY_RETRY_TIMEOUT);
+        loop {
+            tokio::time::sleep(wait).await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            if exp <= now {
+                tracing::warn!("a revocation could not be shared through redis before its token expired");
+                return;
+            }
+            match self.call_within(|c| self.denial(c, jti, exp), false, bound).await {
+                Ok(()) => {
+                    tracing::info!("a revocation was shared through redis after a retry");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "sharing a revocation through redis failed again"),
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One attempt of a revocation: the denylist entry and its message, one pipeline.
+    async fn denial(&self, mut c: Conn, jti: &str, exp: i64) -> RedisResult<()> {
+        ::redis::pipe()
+            .cmd("SET")
+            .arg(format!("kw:{{{}}}:d:{jti}", self.cfg.prefix))
+            .arg(exp)
+            .arg("EXAT")
+            .arg(exp)
+            .ignore()
+            .publish(self.deny_channel(), format!("{exp}:{jti}"))
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
     }
 
     /// Reads the whole shared denylist (on every (re)subscription). Its keys share the tag

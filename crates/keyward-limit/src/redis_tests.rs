@@ -331,6 +331,47 @@ async fn dpop_replay_and_denylist_are_shared() {
     follower.await.unwrap();
 }
 
+/// A revocation that could not be shared within the request budget is not dropped: the call
+/// says so, and a background retry (bounded by `DENY_RETRY_TIMEOUT`, past the breaker) shares
+/// it; every follower receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_that_timed_out_is_shared_by_a_retry() {
+    let Some(u) = url() else { return };
+    // A budget no call can meet (it must connect first): the first attempt always times out.
+    let a = Arc::new(limiter_at(&u, |c| c.timeout = Duration::ZERO));
+    let prefix = a.cfg.prefix.clone();
+    let b = Arc::new(limiter_at(&u, |c| c.prefix = prefix));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let sink = {
+        let seen = seen.clone();
+        Arc::new(move |j: String, e: i64| seen.lock().unwrap().push((j, e))) as Arc<dyn Fn(String, i64) + Send + Sync>
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(b.clone().follow_denylist(sink, stop));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let first = a.deny("retried", now + 60, now).await;
+    assert!(matches!(first, Err(RedisCallError::Timeout)), "{first:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.lock().unwrap().contains(&("retried".into(), now + 60)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revocation was dropped after its first attempt timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Done: no retry left running.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.deny_retries.load(Ordering::Relaxed) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the retry did not end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    follower.await.unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
