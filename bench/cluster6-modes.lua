@@ -1,4 +1,4 @@
--- wrk script for bench/cluster6.sh's failover run: GET CLUSTER6_PATH with the key CLUSTER6_KEY;
+-- wrk script for bench/cluster6.sh's failover run: GET the URL's path with the key CLUSTER6_KEY;
 -- wrk's threads are spread over the keyward nodes of CLUSTER6_PORTS (comma-separated loopback
 -- ports: thread n talks to port n mod count), and every response's status is counted; done()
 -- prints "status <code> <count>" lines (all threads together).

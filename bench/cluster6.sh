@@ -62,7 +62,8 @@ CLI=${REDIS_CLI:-redis-cli}
 SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS_DIR=${RESULTS_DIR:-}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-KEYWARD=${KEYWARD_BIN:-$TARGET/release/keyward}
+GIVEN_BIN=${KEYWARD_BIN:-} # read before bench_init, which unsets every KEYWARD_* variable
+KEYWARD=${GIVEN_BIN:-$TARGET/release/keyward}
 BENCH_DIR=$ROOT/bench
 
 # shellcheck source=bench/lib.sh
@@ -72,7 +73,7 @@ bench_init cluster6
 for tool in wrk psql curl python3 "$SERVER" "$CLI"; do
     command -v "$tool" >/dev/null || die "$tool is needed (apt-get install -y wrk redis-server postgresql-client)"
 done
-if [[ -z "${KEYWARD_BIN:-}" && "$SKIP_BUILD" != 1 ]]; then
+if [[ -z "$GIVEN_BIN" && "$SKIP_BUILD" != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p keyward --bin keyward)
 fi
 [[ -x "$KEYWARD" ]] || die "no keyward binary at $KEYWARD"
@@ -188,7 +189,7 @@ name = \"$mode\"
 path_prefix = \"/$mode\"
 strip_prefix = true
 methods = [\"GET\"]
-upstream = \"http://127.0.0.1:$UP_PORT/fact\"
+upstream = \"http://127.0.0.1:$UP_PORT\"
 scopes = [\"facts:read\"]
 on_limiter_failure = \"$mode\"
 "
@@ -338,7 +339,7 @@ failover() { # PREFIX
     for mode in fail_open fail_closed local; do
         for ((i = 0; i < NODES; i++)); do
             # Each node caches the key (a request that counts against the quota: added below).
-            [[ "$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: ${KEY[$mode]}" "http://127.0.0.1:${NODE_GW[$i]}/$mode")" == 200 ]] ||
+            [[ "$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: ${KEY[$mode]}" "http://127.0.0.1:${NODE_GW[$i]}/$mode/fact")" == 200 ]] ||
                 die "the $mode route did not admit its key on node $i"
         done
     done
@@ -358,9 +359,9 @@ failover() { # PREFIX
     to0=$(metric_sum 'keyward_redis_failures_total{kind="timeout"}')
     ports_csv=$(IFS=,; echo "${NODE_GW[*]}")
     for mode in fail_open fail_closed local; do
-        CLUSTER6_PORTS=$ports_csv CLUSTER6_KEY=${KEY[$mode]} CLUSTER6_PATH=/$mode \
+        CLUSTER6_PORTS=$ports_csv CLUSTER6_KEY=${KEY[$mode]} \
             wrk -t"$NODES" -c$((NODES * 2)) -d"${FAILOVER_DURATION}s" -s "$BENCH_DIR/cluster6-modes.lua" \
-            "http://127.0.0.1:${NODE_GW[0]}/$mode" >"$TMP/failover-$mode.txt" &
+            "http://127.0.0.1:${NODE_GW[0]}/$mode/fact" >"$TMP/failover-$mode.txt" &
     done
     sleep "$KILL_AFTER"
     kill -KILL "${REDIS_PID[$victim]}"

@@ -200,9 +200,12 @@ async fn redis_over_tls_is_verified_and_refused_when_it_should_be() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Meanwhile the routes keep their failure mode (local by default: the node decides
-    // alone, limit / nodes_hint from zero): admitted, never a 5xx.
-    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &k)]).await.status(), 200);
+    // Meanwhile the routes keep their failure mode (local by default: the node decides alone,
+    // never a 5xx): the quota Redis reported used up stays refused, a fresh key is admitted
+    // (limit / nodes_hint, from zero).
+    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &k)]).await.status(), 429);
+    let (_, fresh) = nodes[0].key("cats", &[], json!({"quota": "10/day"})).await;
+    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &fresh)]).await.status(), 200);
 }
 
 /// Redis Cluster over TLS (`tls-cluster`, `tls-replication`; three masters): keyward verifies
