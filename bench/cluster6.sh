@@ -34,11 +34,16 @@
 # 503s and any other 5xx. The quota is QUOTA, or what the throughput rounds suggest the route
 # gets in (KILL_AFTER + 4) seconds, so that it runs out after the failover.
 #
-# Environment (all optional): NODES (6), MASTERS_LIST ("3 1"), WORKERS (1), ROUNDS (2),
+# With SHARDS=1 (default), last: the shards alone, without keyward: for each cluster size,
+# `redis-benchmark --cluster -c 32 -P 16` sends the limit script (three limits, the arguments
+# keyward sends) to every master at once, SHARD_REQUESTS calls per round, ROUNDS rounds;
+# reported: decisions/s, per master, CPU per decision of the masters and of the replicas.
+#
+# Environment (all optional): NODES (6; 0: the shards alone only), MASTERS_LIST ("3 1"), WORKERS (1), ROUNDS (2),
 # DURATION (15, seconds), WARMUP (4), CONNECTIONS (8, per node), APPS (12), FAILOVER (1),
 # FAILOVER_DURATION (14), KILL_AFTER (4), QUOTA (auto), REDIS_TIMEOUT (product default),
 # KEYWARD_BIN (default: build $CARGO_TARGET_DIR/release/keyward), SKIP_BUILD (1: use the built
-# binary), KEYWARD_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test), REDIS_SERVER
+# binary), SHARDS (1), SHARD_REQUESTS (300000), KEYWARD_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test), REDIS_SERVER
 # (redis-server), REDIS_CLI (redis-cli), RESULTS_DIR (copy the raw outputs and the report there).
 set -euo pipefail
 
@@ -56,6 +61,8 @@ FAILOVER_DURATION=${FAILOVER_DURATION:-14}
 KILL_AFTER=${KILL_AFTER:-4}
 QUOTA=${QUOTA:-}
 REDIS_TIMEOUT=${REDIS_TIMEOUT:-}
+SHARDS=${SHARDS:-1}
+SHARD_REQUESTS=${SHARD_REQUESTS:-300000}
 PG=${KEYWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 SERVER=${REDIS_SERVER:-redis-server}
 CLI=${REDIS_CLI:-redis-cli}
@@ -70,29 +77,31 @@ BENCH_DIR=$ROOT/bench
 source "$ROOT/bench/lib.sh"
 bench_init cluster6
 
-for tool in wrk psql curl python3 "$SERVER" "$CLI"; do
+for tool in wrk psql curl python3 redis-benchmark "$SERVER" "$CLI"; do
     command -v "$tool" >/dev/null || die "$tool is needed (apt-get install -y wrk redis-server postgresql-client)"
 done
-if [[ -z "$GIVEN_BIN" && "$SKIP_BUILD" != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p keyward --bin keyward)
-fi
-[[ -x "$KEYWARD" ]] || die "no keyward binary at $KEYWARD"
 CLK_TCK=$(getconf CLK_TCK)
+if ((NODES > 0)); then
+    if [[ -z "$GIVEN_BIN" && "$SKIP_BUILD" != 1 ]]; then
+        (cd "$ROOT" && cargo build --release -p keyward --bin keyward)
+    fi
+    [[ -x "$KEYWARD" ]] || die "no keyward binary at $KEYWARD"
 
-DB=keyward_cluster6_$$
-psql "$PG" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null ||
-    die "PostgreSQL at $PG is not reachable"
-ON_EXIT="psql '$PG' -qc 'DROP DATABASE IF EXISTS $DB' >/dev/null 2>&1"
-STORE_URL="${PG%/*}/$DB"
-# One pepper, KEK and admin token for every node (they share the store).
-export KEYWARD_PEPPER KEYWARD_KEK KEYWARD_ADMIN_TOKEN
-KEYWARD_PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-KEYWARD_KEK=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-KEYWARD_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+    DB=keyward_cluster6_$$
+    psql "$PG" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null ||
+        die "PostgreSQL at $PG is not reachable"
+    ON_EXIT="psql '$PG' -qc 'DROP DATABASE IF EXISTS $DB' >/dev/null 2>&1"
+    STORE_URL="${PG%/*}/$DB"
+    # One pepper, KEK and admin token for every node (they share the store).
+    export KEYWARD_PEPPER KEYWARD_KEK KEYWARD_ADMIN_TOKEN
+    KEYWARD_PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+    KEYWARD_KEK=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+    KEYWARD_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 
-UP_PORT=$(free_ports 1)
-start_upstream "$UP_PORT"
-UP_PID=${PIDS[-1]}
+    UP_PORT=$(free_ports 1)
+    start_upstream "$UP_PORT"
+    UP_PID=${PIDS[-1]}
+fi
 REPORT=$TMP/report.md
 RESULTS=$TMP/rounds.tsv
 : >"$RESULTS"
@@ -385,12 +394,61 @@ failover() { # PREFIX
     done
 }
 
-for masters in $MASTERS_LIST; do
-    throughput "$masters"
-done
+# ---- the shards alone: redis-benchmark against the cluster -------------------------------
+
+# The limit script straight to the cluster (no keyward): `redis-benchmark --cluster`, its
+# clients spread over the masters (it puts each master's own hash tag in place of "{tag}"; one
+# master: without --cluster, one tag), the
+# arguments keyward sends for three limits (bench/redis_shard.sh's first shape), 10,000 keys per
+# tag. What several shards decide together when nothing else runs, CPU of the masters and the
+# replicas per decision.
+shards_alone() { # MASTERS
+    local masters=$1 r port sha before after calls
+    start_cluster "$masters"
+    local src=$ROOT/crates/keyward-limit/src
+    for port in "${REDIS_PORTS[@]}"; do
+        sha=$(rcli "$port" script load "$(cat "$src/clock.lua" "$src/gcra.lua")" | tr -d '\r')
+    done
+    local rate='100000.000000 10 1' quota='d 86400 1000000 1'
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for port in "${REDIS_PORTS[@]}"; do rcli "$port" config resetstat >/dev/null; done
+        local ma0 re0 ma1 re1 mach0 mach1 rps counts=()
+        ma0=$(ticks_of $(for p in "${MASTER_PORTS[@]}"; do echo "${REDIS_PID[$p]}"; done))
+        re0=$(ticks_of $(for p in "${REPLICA_PORTS[@]}"; do echo "${REDIS_PID[$p]}"; done))
+        mach0=$(machine_ticks)
+        # redis-benchmark --cluster wants three masters at least; one master takes the same
+        # commands with one tag of its own, without --cluster.
+        local mode=(--cluster) tag='{tag}'
+        ((masters > 1)) || { mode=() tag='{b}'; }
+        # shellcheck disable=SC2086
+        rps=$(redis-benchmark "${mode[@]}" -h 127.0.0.1 -p "${MASTER_PORTS[0]}" -c 32 -P 16 -n "$SHARD_REQUESTS" -r 10000 -q \
+            evalsha "$sha" 3 "kw:$tag:r:__rand_int__" "kw:$tag:a:__rand_int__" "kw:$tag:q:__rand_int__" '' 2 1 \
+            $rate $rate $quota 2>&1 | tr '\r' '\n' | { grep 'requests per second' || true; } | tail -1 |
+            sed 's/.*: \([0-9.]*\) requests per second.*/\1/')
+        ma1=$(ticks_of $(for p in "${MASTER_PORTS[@]}"; do echo "${REDIS_PID[$p]}"; done))
+        re1=$(ticks_of $(for p in "${REPLICA_PORTS[@]}"; do echo "${REDIS_PID[$p]}"; done))
+        mach1=$(machine_ticks)
+        for port in "${MASTER_PORTS[@]}"; do counts+=("$(evalsha_calls "$port")"); done
+        printf 'shards\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$masters" "$r" "$(cut -d' ' -f1 /proc/loadavg)" \
+            "${rps:-0}" "$((ma1 - ma0))" "$((re1 - re0))" "$mach0" "$mach1" "${counts[*]}" >>"$RESULTS"
+        log "shards alone, masters $masters round $r: ${rps:-?} decisions/s"
+    done
+    stop_pids "${REDIS_PID[@]}"
+}
+
+if ((NODES > 0)); then
+    for masters in $MASTERS_LIST; do
+        throughput "$masters"
+    done
+fi
+if [[ "$SHARDS" == 1 ]]; then
+    for masters in $MASTERS_LIST; do
+        shards_alone "$masters"
+    done
+fi
 
 {
-    echo "keyward $("$KEYWARD" --version 2>/dev/null | head -1), redis $("$SERVER" --version | sed 's/.*v=\([^ ]*\).*/\1/'), $(nproc) cores, $NODES nodes × $WORKERS worker thread(s), wrk -t1 -c$CONNECTIONS per node, ${DURATION}s × $ROUNDS rounds, $APPS apps"
+    echo "$( ((NODES == 0)) || "$KEYWARD" --version 2>/dev/null | head -1), redis $("$SERVER" --version | sed 's/.*v=\([^ ]*\).*/\1/'), $(nproc) cores, $NODES nodes × $WORKERS worker thread(s), wrk -t1 -c$CONNECTIONS per node, ${DURATION}s × $ROUNDS rounds, $APPS apps"
     echo
     python3 "$BENCH_DIR/cluster6_report.py" "$RESULTS" "$CLK_TCK"
 } | tee "$REPORT"

@@ -96,12 +96,13 @@ def main(argv):
     us = 1e6 / tck
     rs = rounds(path)
     problems = []
-    print(
-        "| masters | round | load | aggregate RPS | per-node RPS | p50 ms (median node) | p99 ms (worst node) "
-        "| decisions/s per master | decisions / request | keyward µs/rq | masters µs/decision | replicas µs/decision "
-        "| upstream µs/rq | machine busy | Redis timeouts | local fallbacks |"
-    )
-    print("|" + "---|" * 16)
+    if rs:
+        print(
+            "| masters | round | load | aggregate RPS | per-node RPS | p50 ms (median node) | p99 ms (worst node) "
+            "| decisions/s per master | decisions / request | keyward µs/rq | masters µs/decision | replicas µs/decision "
+            "| upstream µs/rq | machine busy | Redis timeouts | local fallbacks |"
+        )
+        print("|" + "---|" * 16)
     summary = {}
     for r in rs:
         nodes = r["nodes"]
@@ -143,6 +144,38 @@ def main(argv):
                 f"| {m} | {med('agg'):.0f} | {med('dps'):.0f} | {' / '.join(f'{x:.0f}' for x in pm)} "
                 f"| {med('kw'):.1f} | {med('redis_rq'):.1f} | {med('ma'):.1f} |"
             )
+        print()
+    shards = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            f_ = line.rstrip("\n").split("\t")
+            if f_[0] == "shards":
+                shards.append(f_)
+    if shards:
+        print("The shards alone (redis-benchmark --cluster -c 32 -P 16, the three-limit script, no keyward):")
+        print()
+        print("| masters | round | load | decisions/s | per master | masters µs/decision | replicas µs/decision | machine busy |")
+        print("|---|---|---|---|---|---|---|---|")
+        per = {}
+        for _, m, rnd, load, rps, ma, re_, m0, m1, counts in shards:
+            cs = [int(x) for x in counts.split()]
+            calls = max(1, sum(cs))
+            b0, i0 = (int(x) for x in m0.split())
+            b1, i1 = (int(x) for x in m1.split())
+            busy = (b1 - b0) / max(1, (b1 + i1) - (b0 + i0))
+            share = " / ".join(f"{c * 100 / calls:.0f} %" for c in cs)
+            per.setdefault(int(m), []).append(float(rps))
+            print(
+                f"| {m} | {rnd} | {load} | {float(rps):.0f} | {share} | {int(ma) * us / calls:.1f} "
+                f"| {int(re_) * us / calls:.1f} | {busy * 100:.0f} % |"
+            )
+        print()
+        meds = {m: statistics.median(v) for m, v in per.items()}
+        line = ", ".join(f"{m} master(s): {v:.0f} decisions/s" for m, v in sorted(meds.items()))
+        if 1 in meds and len(meds) > 1:
+            top = max(meds)
+            line += f"; {top} masters / 1 master: {meds[top] / meds[1]:.2f}x"
+        print(f"Medians: {line}.")
         print()
     fo = []
     with open(path, encoding="utf-8") as f:
