@@ -531,7 +531,11 @@ impl RedisLimiter {
                 retry_after, states, ..
             } => (*retry_after, states),
         };
-        let Some(i) = raw.get(1).and_then(|&i| usize::try_from(i).ok()).and_then(|i| i.checked_sub(1)) else {
+        let Some(i) = raw
+            .get(1)
+            .and_then(|&i| usize::try_from(i).ok())
+            .and_then(|i| i.checked_sub(1))
+        else {
             return;
         };
         let (key, spec, cost, state) = match outcome {
@@ -580,7 +584,9 @@ impl RedisLimiter {
                 .map(|r| {
                     let left = r.until - now;
                     let mut st = r.state.clone();
-                    st.reset_secs = st.reset_secs.min(ceil_secs(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX)));
+                    st.reset_secs = st
+                        .reset_secs
+                        .min(ceil_secs(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX)));
                     (left, st)
                 })
         };
@@ -685,9 +691,7 @@ impl RedisLimiter {
             let pending = self.deny_retries.fetch_add(1, Ordering::Relaxed);
             if pending >= MAX_DENY_RETRIES {
                 self.deny_retries.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "too many revocations waiting to be shared through redis; this one is not retried"
-                );
+                tracing::warn!("too many revocations waiting to be shared through redis; this one is not retried");
                 return first;
             }
             tracing::warn!("a revocation was not shared through redis yet; retrying in the background");

@@ -722,5 +722,8 @@ async fn the_local_fallback_keeps_what_redis_refused() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(lim.sweep(now_ns) >= 1);
     assert!(allowed(&local(&lim, &short, &[]).await));
-    assert!(matches!(local(&lim, &[], &used_up).await, Outcome::QuotaExhausted { .. }));
+    assert!(matches!(
+        local(&lim, &[], &used_up).await,
+        Outcome::QuotaExhausted { .. }
+    ));
 }

@@ -169,15 +169,27 @@ async fn a_cluster_wide_limit_holds_across_three_nodes() {
             worst.as_millis(),
             if steady { "" } else { ": not steady" }
         );
-        assert!(err <= 0.01, "over-admission {:.2}%; redis calls: {}", err * 100.0, redis_stats(&nodes));
+        assert!(
+            err <= 0.01,
+            "over-admission {:.2}%; redis calls: {}",
+            err * 100.0,
+            redis_stats(&nodes)
+        );
         if steady {
-            assert!(err >= -0.02, "under-admission {:.2}%; redis calls: {}", err * 100.0, redis_stats(&nodes));
+            assert!(
+                err >= -0.02,
+                "under-admission {:.2}%; redis calls: {}",
+                err * 100.0,
+                redis_stats(&nodes)
+            );
             steady_runs += 1;
             break;
         }
     }
     if steady_runs == 0 {
-        println!("cluster rate: the machine was too busy to offer a steady 40/s in three runs; under-admission not judged");
+        println!(
+            "cluster rate: the machine was too busy to offer a steady 40/s in three runs; under-admission not judged"
+        );
     }
 }
 
@@ -374,7 +386,10 @@ async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
             match status(n, "/local", &k_local).await {
                 200 => break,
                 429 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                s => panic!("the local route was not decided by Redis again: {s}; {}", redis_stats(&nodes)),
+                s => panic!(
+                    "the local route was not decided by Redis again: {s}; {}",
+                    redis_stats(&nodes)
+                ),
             }
         }
         admitted += 1;
@@ -426,7 +441,11 @@ async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
             s => panic!("fail_closed answered {s}"),
         }
         i += 1;
-        assert!(Instant::now() < deadline, "Redis did not answer: {}", redis_stats(&nodes));
+        assert!(
+            Instant::now() < deadline,
+            "Redis did not answer: {}",
+            redis_stats(&nodes)
+        );
     }
     println!("after the recovery: a fresh quota of 30 through fail_closed: {ok} admitted, {limited} refused, {unavailable} asked again");
     assert_eq!(ok, 30, "the quota is cluster-wide again");

@@ -275,7 +275,12 @@ async fn redis_cluster_over_tls() {
 async fn admitted(nodes: &[Kw], key: &str, n: usize) -> u32 {
     let mut ok = 0;
     for i in 0..n {
-        match nodes[i % nodes.len()].get("/echo", &[("x-api-key", key)]).await.status().as_u16() {
+        match nodes[i % nodes.len()]
+            .get("/echo", &[("x-api-key", key)])
+            .await
+            .status()
+            .as_u16()
+        {
             200 => ok += 1,
             429 => {}
             s => panic!("status {s}"),
@@ -318,8 +323,15 @@ async fn redis_sentinel_over_tls_follows_a_failover() {
     // A quota shared over TLS, through the master the sentinels named.
     let (_, before) = nodes[0].key("cats", &[], json!({"quota": "10/day"})).await;
     assert_eq!(admitted(&nodes, &before, 20).await, 10, "the quota is shared over TLS");
-    let master_keys = set.server_cli(set.master.port, &["--scan", "--pattern", &format!("kw:{{{prefix}}}:q:*")]);
-    assert_eq!(master_keys.lines().count(), 1, "the state is on the master: {master_keys}");
+    let master_keys = set.server_cli(
+        set.master.port,
+        &["--scan", "--pattern", &format!("kw:{{{prefix}}}:q:*")],
+    );
+    assert_eq!(
+        master_keys.lines().count(),
+        1,
+        "the state is on the master: {master_keys}"
+    );
     // The replica has it too (replication over TLS), before the master is killed.
     let deadline = Instant::now() + Duration::from_secs(10);
     let rp = set.replica.port;
@@ -334,7 +346,10 @@ async fn redis_sentinel_over_tls_follows_a_failover() {
     }
 
     let took = set.fail_over(Duration::from_secs(30)).await;
-    println!("sentinels (TLS) promoted the replica {:.2} s after the kill", took.as_secs_f64());
+    println!(
+        "sentinels (TLS) promoted the replica {:.2} s after the kill",
+        took.as_secs_f64()
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     for n in &nodes {
         let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
@@ -351,7 +366,11 @@ async fn redis_sentinel_over_tls_follows_a_failover() {
         assert_eq!(n.get("/echo", &[("x-api-key", &before)]).await.status(), 429);
     }
     let (_, after) = nodes[0].key("cats", &[], json!({"quota": "10/day"})).await;
-    assert_eq!(admitted(&nodes, &after, 20).await, 10, "exact through the promoted replica");
+    assert_eq!(
+        admitted(&nodes, &after, 20).await,
+        10,
+        "exact through the promoted replica"
+    );
     let held = set.server_cli(rp, &["--scan", "--pattern", &format!("kw:{{{prefix}}}:q:*")]);
     assert_eq!(held.lines().count(), 2, "both quota states on the new master: {held}");
     super::cluster_limits::revocation_reaches_every_node(&nodes).await;
@@ -373,7 +392,11 @@ async fn redis_sentinel_over_tls_follows_a_failover() {
     );
     // Plain redis:// to TLS-only sentinels: no answer, a start-up error too.
     let mut plain = redis.clone();
-    plain.sentinel_nodes = plain.sentinel_nodes.iter().map(|u| u.replace("rediss://", "redis://")).collect();
+    plain.sentinel_nodes = plain
+        .sentinel_nodes
+        .iter()
+        .map(|u| u.replace("rediss://", "redis://"))
+        .collect();
     plain.ca_file = None;
     plain.client_cert_file = None;
     plain.client_key_file = None;
