@@ -1,4 +1,4 @@
-# Shared by the bench scripts that boot their own keyward (bench/soak.sh, bench/dpop.sh):
+# Shared by the bench scripts that boot their own keyward (bench/soak.sh, bench/dpop.sh, bench/cluster6.sh):
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"; bench_init TAG
 # gives log/die, a cleanup trap that stops every pid in PIDS (and runs ON_EXIT, a command string,
 # if set), a fresh $TMP, no inherited KEYWARD_* variables, free_ports N, wait_http URL PID,

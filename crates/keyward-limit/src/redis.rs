@@ -31,7 +31,7 @@ use ::redis::{AsyncCommands, RedisResult};
 use keyward_core::policy::{QuotaSpec, RateSpec, Refill};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
-use crate::topology::{describe, kind_of, Conn, Link, RedisTls, Topology};
+use crate::topology::{describe, kind_of, lock, Conn, Link, RedisTls, Topology};
 use crate::{ceil_secs, LimitKey, LimitState, LocalLimiter, Outcome, QuotaCheck, RateCheck};
 
 const SCRIPT: &str = concat!(include_str!("clock.lua"), include_str!("gcra.lua"));
@@ -149,6 +149,9 @@ pub struct RedisStats {
     pub fail_open: AtomicU64,
     pub fail_closed: AtomicU64,
     pub local_fallback: AtomicU64,
+    /// Of those, refused because Redis had refused the same limit and the refusal had not
+    /// lapsed yet.
+    pub remembered_refusals: AtomicU64,
     /// Denylist entries received from other nodes.
     pub deny_received: AtomicU64,
 }
@@ -157,6 +160,35 @@ impl RedisStats {
     fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Bound on each background attempt to share a revocation ([`RedisLimiter::deny`]).
+pub const DENY_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most revocations retried in the background at once; past it, a revocation that could not
+/// be shared at once is only logged.
+const MAX_DENY_RETRIES: usize = 10_000;
+
+/// Most refusals remembered at once (about 100 bytes each); past it, new ones are not kept
+/// (the `local` fallback then decides them on its own budget, as it would without the memory).
+const MAX_REFUSALS: usize = 100_000;
+
+/// What a limit is, to tell whether a remembered refusal still applies (a changed limit does
+/// not inherit the old one's refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spec {
+    Rate(RateSpec),
+    Quota(QuotaSpec),
+}
+
+/// A refusal Redis answered for one limit, kept until it lapses (`retry_after` after the
+/// answer): a request that costs at least as much is refused by that limit until then.
+#[derive(Debug, Clone)]
+struct Refusal {
+    until: std::time::Instant,
+    spec: Spec,
+    cost: u64,
+    state: LimitState,
 }
 
 /// The Redis backend.
@@ -169,6 +201,12 @@ pub struct RedisLimiter {
     stats: RedisStats,
     /// Per-node limits while Redis is unavailable (`on_limiter_failure = "local"`).
     fallback: LocalLimiter,
+    /// The refusals Redis answered this node, by limit, until they lapse: while Redis is
+    /// unavailable, the `local` fallback refuses what Redis has just refused instead of
+    /// admitting it on its own budget (a quota Redis reported used up stays used up).
+    refusals: std::sync::Mutex<std::collections::HashMap<LimitKey, Refusal>>,
+    /// Revocations being retried in the background ([`RedisLimiter::deny`]).
+    deny_retries: std::sync::atomic::AtomicUsize,
     /// Why the last failed call failed (`describe`: a TLS problem, an error kind), for
     /// `/readyz`; cleared by a success.
     last_error: std::sync::Mutex<Option<String>>,
@@ -222,6 +260,8 @@ impl RedisLimiter {
             breaker: Breaker::new(cfg.breaker),
             stats: RedisStats::default(),
             fallback: LocalLimiter::new(),
+            refusals: std::sync::Mutex::new(std::collections::HashMap::new()),
+            deny_retries: std::sync::atomic::AtomicUsize::new(0),
             last_error: std::sync::Mutex::new(None),
             cfg,
         })
@@ -303,10 +343,19 @@ impl RedisLimiter {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
+        self.call_within(op, track, self.cfg.timeout).await
+    }
+
+    /// As [`RedisLimiter::call`], bounded by `bound`.
+    async fn call_within<T, F, Fut>(&self, op: F, track: bool, bound: Duration) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
         RedisStats::bump(&self.stats.calls);
         // The Sentinel generation of the connection used (0: none yet).
         let used = AtomicU64::new(0);
-        let r = tokio::time::timeout(self.cfg.timeout, async {
+        let r = tokio::time::timeout(bound, async {
             let c = self.link.get().await?;
             if let Conn::Sentinel(g, _) = &c {
                 used.store(*g, Ordering::Relaxed);
@@ -465,7 +514,101 @@ impl RedisLimiter {
         let raw: Vec<i64> = self
             .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        decode(&raw, &rs, &qs).ok_or(RedisCallError::Protocol)
+        let outcome = decode(&raw, &rs, &qs).ok_or(RedisCallError::Protocol)?;
+        self.remember(&raw, &rs, &qs, &outcome);
+        Ok(outcome)
+    }
+
+    /// Keeps a refusal of the script (`raw[1]` is the refused limit's index, 1-based, among
+    /// the rates or the quotas) until its `retry_after` has passed.
+    fn remember(&self, raw: &[i64], rates: &[&RateCheck], quotas: &[&QuotaCheck], outcome: &Outcome) {
+        let (retry_after, states) = match outcome {
+            Outcome::Allowed { .. } => return,
+            Outcome::RateLimited {
+                retry_after, states, ..
+            }
+            | Outcome::QuotaExhausted {
+                retry_after, states, ..
+            } => (*retry_after, states),
+        };
+        let Some(i) = raw
+            .get(1)
+            .and_then(|&i| usize::try_from(i).ok())
+            .and_then(|i| i.checked_sub(1))
+        else {
+            return;
+        };
+        let (key, spec, cost, state) = match outcome {
+            Outcome::RateLimited { .. } => match (rates.get(i), states.get(i)) {
+                (Some(r), Some(st)) => (r.key, Spec::Rate(r.spec), r.cost, st),
+                _ => return,
+            },
+            _ => match (quotas.get(i), states.get(rates.len() + i)) {
+                (Some(q), Some(st)) => (q.key, Spec::Quota(q.spec), q.cost, st),
+                _ => return,
+            },
+        };
+        let Some(until) = std::time::Instant::now().checked_add(retry_after) else {
+            return;
+        };
+        let mut m = lock(&self.refusals);
+        if m.len() >= MAX_REFUSALS && !m.contains_key(&key) {
+            let now = std::time::Instant::now();
+            m.retain(|_, r| r.until > now);
+            if m.len() >= MAX_REFUSALS {
+                return;
+            }
+        }
+        m.insert(
+            key,
+            Refusal {
+                until,
+                spec,
+                cost,
+                state: state.clone(),
+            },
+        );
+    }
+
+    /// A refusal Redis answered for one of these limits that has not lapsed (for the `local`
+    /// fallback): the limit's name, what is left of its `retry_after`, and its state then.
+    fn remembered(&self, rates: &[RateCheck], quotas: &[QuotaCheck]) -> Option<Outcome> {
+        let now = std::time::Instant::now();
+        let m = lock(&self.refusals);
+        if m.is_empty() {
+            return None;
+        }
+        let live = |key: &LimitKey, spec: Spec, cost: u64| {
+            m.get(key)
+                .filter(|r| r.until > now && r.spec == spec && cost >= r.cost)
+                .map(|r| {
+                    let left = r.until - now;
+                    let mut st = r.state.clone();
+                    st.reset_secs = st
+                        .reset_secs
+                        .min(ceil_secs(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX)));
+                    (left, st)
+                })
+        };
+        for r in rates {
+            if let Some((left, st)) = live(&r.key, Spec::Rate(r.spec), r.cost) {
+                return Some(Outcome::RateLimited {
+                    policy: r.name,
+                    retry_after: left,
+                    states: vec![st],
+                });
+            }
+        }
+        for q in quotas {
+            if let Some((left, st)) = live(&q.key, Spec::Quota(q.spec), q.cost) {
+                return Some(Outcome::QuotaExhausted {
+                    policy: q.name,
+                    retry_after: Duration::from_secs(left.as_secs().max(1)),
+                    states: vec![st],
+                });
+            }
+        }
+        None
     }
 
     /// Gives back what an allowed decision of `slot` took (best effort: a failure is logged,
@@ -531,28 +674,74 @@ impl RedisLimiter {
     }
 
     /// Puts a revoked token's `jti` on the shared denylist until `exp` (Unix seconds) and
-    /// tells every node at once.
-    pub async fn deny(&self, jti: &str, exp: i64, now: i64) -> Result<(), RedisCallError> {
+    /// tells every node at once (`SET` + `PUBLISH` in one pipeline, within `redis.timeout`,
+    /// behind the breaker). When that fails, the error is returned and the revocation is not
+    /// dropped: a background task keeps trying (each attempt bounded by [`DENY_RETRY_TIMEOUT`],
+    /// past the breaker, waits doubling from 100 ms to 30 s) until it is shared or the token has
+    /// expired. A call that outlives its timeout is not even sent when the connection's task
+    /// had not picked it up yet (the redis client drops the commands nobody waits for), so on a
+    /// busy node one attempt within the request budget could lose a revocation for every other
+    /// node that shares no store notifications (SQLite).
+    pub async fn deny(self: &Arc<Self>, jti: &str, exp: i64, now: i64) -> Result<(), RedisCallError> {
         if exp <= now {
             return Ok(());
         }
-        let key = format!("kw:{{{}}}:d:{jti}", self.cfg.prefix);
-        let channel = self.deny_channel();
-        let msg = format!("{exp}:{jti}");
-        self.guarded(|mut c| async move {
-            ::redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(exp)
-                .arg("EXAT")
-                .arg(exp)
-                .ignore()
-                .publish(&channel, &msg)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let first = self.guarded(|c| self.denial(c, jti, exp)).await;
+        if first.is_err() {
+            let pending = self.deny_retries.fetch_add(1, Ordering::Relaxed);
+            if pending >= MAX_DENY_RETRIES {
+                self.deny_retries.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!("too many revocations waiting to be shared through redis; this one is not retried");
+                return first;
+            }
+            tracing::warn!("a revocation was not shared through redis yet; retrying in the background");
+            let (me, jti) = (Arc::clone(self), jti.to_owned());
+            tokio::spawn(async move {
+                me.deny_until_shared(&jti, exp).await;
+                me.deny_retries.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        first
+    }
+
+    /// The retries of [`RedisLimiter::deny`].
+    async fn deny_until_shared(&self, jti: &str, exp: i64) {
+        let mut wait = Duration::from_millis(100);
+        let bound = self.cfg.timeout.max(DENY_RETRY_TIMEOUT);
+        loop {
+            tokio::time::sleep(wait).await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            if exp <= now {
+                tracing::warn!("a revocation could not be shared through redis before its token expired");
+                return;
+            }
+            match self.call_within(|c| self.denial(c, jti, exp), false, bound).await {
+                Ok(()) => {
+                    tracing::info!("a revocation was shared through redis after a retry");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "sharing a revocation through redis failed again"),
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One attempt of a revocation: the denylist entry and its message, one pipeline.
+    async fn denial(&self, mut c: Conn, jti: &str, exp: i64) -> RedisResult<()> {
+        ::redis::pipe()
+            .cmd("SET")
+            .arg(format!("kw:{{{}}}:d:{jti}", self.cfg.prefix))
+            .arg(exp)
+            .arg("EXAT")
+            .arg(exp)
+            .ignore()
+            .publish(self.deny_channel(), format!("{exp}:{jti}"))
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
     }
 
     /// Reads the whole shared denylist (on every (re)subscription). Its keys share the tag
@@ -782,6 +971,10 @@ impl Limiter {
                     }
                     OnLimiterFailure::Local => {
                         RedisStats::bump(&r.stats.local_fallback);
+                        if let Some(refused) = r.remembered(rates, quotas) {
+                            RedisStats::bump(&r.stats.remembered_refusals);
+                            return Ok(refused);
+                        }
                         Ok(r.check_fallback(rates, quotas, now_ns))
                     }
                 }
@@ -802,7 +995,15 @@ impl Limiter {
     pub fn sweep(&self, now_ns: u64) -> usize {
         match self {
             Limiter::Local(l) => l.sweep(now_ns),
-            Limiter::Redis(r) => r.fallback.sweep(now_ns),
+            Limiter::Redis(r) => {
+                let now = std::time::Instant::now();
+                let mut m = lock(&r.refusals);
+                let before = m.len();
+                m.retain(|_, f| f.until > now);
+                let lapsed = before - m.len();
+                drop(m);
+                r.fallback.sweep(now_ns) + lapsed
+            }
         }
     }
 }

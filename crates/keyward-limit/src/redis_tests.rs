@@ -331,6 +331,47 @@ async fn dpop_replay_and_denylist_are_shared() {
     follower.await.unwrap();
 }
 
+/// A revocation that could not be shared within the request budget is not dropped: the call
+/// says so, and a background retry (bounded by `DENY_RETRY_TIMEOUT`, past the breaker) shares
+/// it; every follower receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_that_timed_out_is_shared_by_a_retry() {
+    let Some(u) = url() else { return };
+    // A budget no call can meet (it must connect first): the first attempt always times out.
+    let a = Arc::new(limiter_at(&u, |c| c.timeout = Duration::ZERO));
+    let prefix = a.cfg.prefix.clone();
+    let b = Arc::new(limiter_at(&u, |c| c.prefix = prefix));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let sink = {
+        let seen = seen.clone();
+        Arc::new(move |j: String, e: i64| seen.lock().unwrap().push((j, e))) as Arc<dyn Fn(String, i64) + Send + Sync>
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(b.clone().follow_denylist(sink, stop));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let first = a.deny("retried", now + 60, now).await;
+    assert!(matches!(first, Err(RedisCallError::Timeout)), "{first:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.lock().unwrap().contains(&("retried".into(), now + 60)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revocation was dropped after its first attempt timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Done: no retry left running.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.deny_retries.load(Ordering::Relaxed) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the retry did not end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    follower.await.unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -583,4 +624,106 @@ async fn a_refund_gives_back_exactly_what_was_taken() {
         remaining(&l.decide(&slot, &r, &q, Some(later)).await.unwrap()),
         vec![9, 3]
     );
+}
+
+/// A refusal Redis answered is remembered until it lapses: while Redis is unavailable, the
+/// `local` fallback refuses what Redis has just refused (a quota used up cluster-wide stays used
+/// up, a rate stays refused until its retry time) instead of admitting it on its own budget;
+/// limits Redis never refused, a limit whose definition changed since, and a refusal that has
+/// lapsed get the fallback's budget (limit / nodes_hint) as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_fallback_keeps_what_redis_refused() {
+    let Some(_) = url() else { return };
+    let port = free_port();
+    let mut own = OwnRedis::start(port);
+    let l = Arc::new(limiter_at(&format!("redis://127.0.0.1:{port}/"), |c| {
+        c.nodes_hint = 2;
+        // Once Redis is gone, one failure opens the breaker for the rest of the test: every
+        // later decision is the fallback's at once.
+        c.breaker = BreakerConfig {
+            failures: 1,
+            cooldown: Duration::from_secs(120),
+        };
+    }));
+    let lim = Limiter::Redis(l.clone());
+    let now_ns = T0 * 1000;
+    async fn local(lim: &Limiter, r: &[RateCheck], q: &[QuotaCheck]) -> Outcome {
+        lim.check(r, q, T0 * 1000, OnLimiterFailure::Local).await.unwrap()
+    }
+    let used_up = [quota("used-up", "4/day", 1)];
+    let limited = [rate("limited", "2/min", None)];
+    let short = [rate("short", "1/s", Some(1))];
+    for _ in 0..4 {
+        assert!(allowed(&local(&lim, &[], &used_up).await));
+    }
+    let refused = local(&lim, &[], &used_up).await;
+    assert!(matches!(refused, Outcome::QuotaExhausted { .. }), "{refused:?}");
+    for _ in 0..2 {
+        assert!(allowed(&local(&lim, &limited, &[]).await));
+    }
+    assert!(matches!(local(&lim, &limited, &[]).await, Outcome::RateLimited { .. }));
+    assert!(allowed(&local(&lim, &short, &[]).await));
+    assert!(matches!(local(&lim, &short, &[]).await, Outcome::RateLimited { .. }));
+    assert_eq!(l.stats().local_fallback.load(Ordering::Relaxed), 0);
+
+    own.stop();
+    // Redis is gone: the quota it reported used up stays refused on this node, with its retry
+    // time; so does the rate (refused for up to 30 s).
+    for _ in 0..5 {
+        match local(&lim, &[], &used_up).await {
+            Outcome::QuotaExhausted {
+                policy,
+                retry_after,
+                states,
+            } => {
+                assert_eq!(policy, "quota");
+                assert!(retry_after >= Duration::from_secs(1));
+                assert_eq!(states.len(), 1);
+                assert_eq!(states[0].remaining, 0);
+                assert_eq!(states[0].limit, 4);
+            }
+            o => panic!("the used-up quota was decided by the fallback's budget: {o:?}"),
+        }
+        match local(&lim, &limited, &[]).await {
+            Outcome::RateLimited { retry_after, .. } => assert!(retry_after <= Duration::from_secs(30)),
+            o => panic!("the refused rate was admitted: {o:?}"),
+        }
+    }
+    assert_eq!(l.stats().local_fallback.load(Ordering::Relaxed), 10);
+    assert_eq!(l.stats().remembered_refusals.load(Ordering::Relaxed), 10);
+    // A quota Redis never refused: the fallback's own budget, 4 / 2.
+    let fresh = [quota("fresh", "4/day", 1)];
+    let mut n = 0;
+    while allowed(&local(&lim, &[], &fresh).await) {
+        n += 1;
+        assert!(n <= 2);
+    }
+    assert_eq!(n, 2);
+    // The used-up quota raised to 8/day since: the old refusal does not apply (8 / 2 = 4).
+    let raised = [quota("used-up", "8/day", 1)];
+    let mut n = 0;
+    while allowed(&local(&lim, &[], &raised).await) {
+        n += 1;
+        assert!(n <= 4);
+    }
+    assert_eq!(n, 4);
+    // fail_open still admits without limits, fail_closed still refuses.
+    assert!(allowed(
+        &lim.check(&[], &used_up, now_ns, OnLimiterFailure::FailOpen)
+            .await
+            .unwrap()
+    ));
+    assert!(lim
+        .check(&[], &used_up, now_ns, OnLimiterFailure::FailClosed)
+        .await
+        .is_err());
+    // The short rate's refusal (at most a second) lapses: swept, and the fallback decides the
+    // rate on its own budget again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(lim.sweep(now_ns) >= 1);
+    assert!(allowed(&local(&lim, &short, &[]).await));
+    assert!(matches!(
+        local(&lim, &[], &used_up).await,
+        Outcome::QuotaExhausted { .. }
+    ));
 }

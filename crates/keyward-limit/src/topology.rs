@@ -270,6 +270,9 @@ enum Backend {
     },
 }
 
+/// Bound on making the denylist's pub/sub connection (see [`Link::pubsub`]).
+const PUBSUB_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A way to Redis (see the module documentation).
 pub(crate) struct Link {
     backend: Backend,
@@ -481,10 +484,15 @@ impl Link {
     }
 
     /// A pub/sub connection: to the endpoint, to the first cluster seed that answers, or to
-    /// the master the sentinels name.
+    /// the master the sentinels name. Bounded by [`PUBSUB_CONNECT_TIMEOUT`] (or the connect
+    /// timeout when longer), not by the request path's budget: the denylist's subscriber runs
+    /// in the background, and a subscription that failed waits a second before it is tried
+    /// again, so a bound that a busy node cannot meet (a few round trips, a TLS handshake)
+    /// would keep revocations from reaching it for as long as the node is busy.
     pub(crate) async fn pubsub(&self) -> RedisResult<::redis::aio::PubSub> {
+        let bound = self.connect_timeout.max(PUBSUB_CONNECT_TIMEOUT);
         let bounded = |c: Client| async move {
-            match tokio::time::timeout(self.connect_timeout, c.get_async_pubsub()).await {
+            match tokio::time::timeout(bound, c.get_async_pubsub()).await {
                 Ok(r) => r,
                 Err(_) => Err(RedisError::from((ErrorKind::IoError, "pub/sub connection timed out"))),
             }
@@ -651,7 +659,7 @@ impl Link {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),

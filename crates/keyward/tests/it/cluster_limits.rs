@@ -41,8 +41,12 @@ fn section(url: &str, prefix: &str) -> RedisSection {
     RedisSection {
         url: url.into(),
         prefix: prefix.into(),
-        // Debug builds on a loaded 2-core machine: generous, but still bounded.
-        timeout: Duration::from_millis(200),
+        // Debug builds of three nodes and their load in one process on a loaded 2-core machine:
+        // an answer later than the timeout is decided by the route's failure mode instead
+        // (`local`: this node's own budget), which is not what these tests measure. 200 ms was
+        // exceeded under load (4 timeouts in 400 requests turned a quota of 200 into 201
+        // admitted): 2 s. A stopped Redis still fails fast (connection refused).
+        timeout: Duration::from_secs(2),
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(300),
         nodes_hint: 3,
@@ -50,10 +54,13 @@ fn section(url: &str, prefix: &str) -> RedisSection {
     }
 }
 
-/// Three nodes: the first creates the SQLite file, the other two open the same one.
+/// Three nodes: the first creates the SQLite file, the other two open the same one. The
+/// upstream may take up to 10 s (the harness's 500 ms answered a 504 once on a loaded machine:
+/// these tests count admissions, not the upstream's speed).
 async fn cluster(redis: RedisSection, tweak: impl Fn(&mut keyward::config::Config)) -> Vec<Kw> {
     let a = boot_with(|c| {
         c.redis = Some(redis.clone());
+        c.gateway.upstream_timeout = Duration::from_secs(10);
         tweak(c);
     })
     .await;
@@ -64,6 +71,7 @@ async fn cluster(redis: RedisSection, tweak: impl Fn(&mut keyward::config::Confi
             boot_with(|c| {
                 c.store.url = db.clone();
                 c.redis = Some(redis.clone());
+                c.gateway.upstream_timeout = Duration::from_secs(10);
                 tweak(c);
             })
             .await,
@@ -110,40 +118,101 @@ async fn a_cluster_wide_limit_holds_across_three_nodes() {
         ok += o;
         limited += l;
     }
-    println!("cluster quota 200/day, 400 offered over 3 nodes: admitted {ok}, refused {limited}");
-    assert_eq!((ok, limited), (200, 200));
+    println!(
+        "cluster quota 200/day, 400 offered over 3 nodes: admitted {ok}, refused {limited}; redis calls: {}",
+        redis_stats(&nodes)
+    );
+    assert_eq!((ok, limited), (200, 200), "redis calls: {}", redis_stats(&nodes));
 
-    // Rate: 40 requests a second for 10 s against 20/s (burst 20), round-robin.
-    let (_, rate_key) = nodes[0]
-        .key("cats", &[], json!({"rate": {"limit": "20/s", "burst": 20}}))
-        .await;
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
-    let mut pending = Vec::new();
-    for i in 0..400usize {
-        tick.tick().await;
-        let (nodes, k) = (nodes.clone(), rate_key.clone());
-        pending.push(tokio::spawn(async move { status(&nodes[i % 3], "/echo", &k).await }));
-    }
-    let mut admitted = 0u32;
-    for p in pending {
-        match p.await.unwrap() {
-            200 => admitted += 1,
-            429 => {}
-            other => panic!("unexpected status {other}"),
+    // Rate: 40 requests a second for 10 s against 20/s (burst 20), round-robin. GCRA admits at
+    // most the burst plus one every 50 ms over the span from the first request sent to the last
+    // answer: over-admission is measured against that, always. Under-admission says something
+    // about the limiter only when the load was offered as planned: every request sent on its
+    // 25 ms tick and answered within one emission interval (50 ms) of it. A loaded machine
+    // stalls the generator (late ticks come in a burst, which GCRA rightly refuses beyond the
+    // burst), so a run that was not steady is repeated with a fresh key, up to three runs.
+    let mut steady_runs = 0;
+    for run in 1..=3 {
+        let (_, rate_key) = nodes[0]
+            .key("cats", &[], json!({"rate": {"limit": "20/s", "burst": 20}}))
+            .await;
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        let mut pending = Vec::new();
+        for i in 0..400usize {
+            tick.tick().await;
+            let (nodes, k) = (nodes.clone(), rate_key.clone());
+            let due = start + Duration::from_millis(25 * i as u64);
+            pending.push(tokio::spawn(async move {
+                let s = status(&nodes[i % 3], "/echo", &k).await;
+                (s, due.elapsed())
+            }));
+        }
+        let (mut admitted, mut worst) = (0u32, Duration::ZERO);
+        for p in pending {
+            let (s, late) = p.await.unwrap();
+            worst = worst.max(late);
+            match s {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        let span = start.elapsed().as_secs_f64();
+        let allowed = 20.0 + (span * 20.0).floor();
+        let err = (f64::from(admitted) - allowed) / allowed;
+        let steady = worst <= Duration::from_millis(50);
+        println!(
+            "cluster rate 20/s burst 20, 40/s offered for {span:.2} s over 3 nodes (run {run}): admitted {admitted}, \
+             GCRA allows {allowed}, error {:+.2}%; each answer within {} ms of its tick{}",
+            err * 100.0,
+            worst.as_millis(),
+            if steady { "" } else { ": not steady" }
+        );
+        assert!(
+            err <= 0.01,
+            "over-admission {:.2}%; redis calls: {}",
+            err * 100.0,
+            redis_stats(&nodes)
+        );
+        if steady {
+            assert!(
+                err >= -0.02,
+                "under-admission {:.2}%; redis calls: {}",
+                err * 100.0,
+                redis_stats(&nodes)
+            );
+            steady_runs += 1;
+            break;
         }
     }
-    let span = start.elapsed().as_secs_f64();
-    // GCRA: the burst, then one every 50 ms over the span of the arrivals.
-    let allowed = 20.0 + (span * 20.0).floor();
-    let err = (f64::from(admitted) - allowed) / allowed;
-    println!(
-        "cluster rate 20/s burst 20, 40/s offered for {span:.2} s over 3 nodes: admitted {admitted}, \
-         GCRA allows {allowed}, error {:+.2}%",
-        err * 100.0
-    );
-    assert!(err <= 0.01, "over-admission {:.2}%", err * 100.0);
-    assert!(err >= -0.02, "under-admission {:.2}%", err * 100.0);
+    if steady_runs == 0 {
+        println!(
+            "cluster rate: the machine was too busy to offer a steady 40/s in three runs; under-admission not judged"
+        );
+    }
+}
+
+/// Each node's Redis call counters (calls, errors, timeouts, short circuits, local fallbacks):
+/// a failed exactness assertion says whether the shared limiter answered every call.
+pub(super) fn redis_stats(nodes: &[Kw]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
+            let s = r.stats();
+            let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            format!(
+                "[calls {} errors {} timeouts {} short-circuits {} local {}]",
+                l(&s.calls),
+                l(&s.errors),
+                l(&s.timeouts),
+                l(&s.short_circuits),
+                l(&s.local_fallback)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A redis-server of our own, to stop and start again.
@@ -210,7 +279,10 @@ async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
     let Some(_) = redis_url() else { return };
     let mut redis = OwnRedis::start();
     let url = format!("redis://127.0.0.1:{}/", redis.port);
-    let nodes = cluster(section(&url, &prefix()), |c| {
+    let mut section = section(&url, &prefix());
+    // While Redis is down every probe of the breaker waits up to this: short, as in production.
+    section.timeout = Duration::from_millis(200);
+    let nodes = cluster(section, |c| {
         let echo = c.routes.iter().find(|r| r.name == "echo").unwrap().clone();
         for (name, mode) in [
             ("open", LimiterFailure::FailOpen),
@@ -228,10 +300,18 @@ async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
     let (_, k_open) = nodes[0].key("cats", &[], json!({"quota": "30/day"})).await;
     let (_, k_closed) = nodes[0].key("cats", &[], json!({"quota": "30/day"})).await;
     let (_, k_local) = nodes[0].key("cats", &[], json!({"quota": "30/day"})).await;
-    // Shared limits while Redis runs: one request per key through each node.
+    // Shared limits while Redis runs: one request per key through each node (a call that
+    // outlived the 200 ms timeout on a loaded machine is answered 503 by fail_closed: asked again).
     for n in &nodes {
         assert_eq!(status(n, "/open", &k_open).await, 200);
-        assert_eq!(status(n, "/closed", &k_closed).await, 200);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match status(n, "/closed", &k_closed).await {
+                200 => break,
+                503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                s => panic!("fail_closed answered {s} while Redis runs"),
+            }
+        }
     }
 
     redis.stop();
@@ -296,16 +376,89 @@ async fn redis_stopped_mid_run_each_failure_mode_holds_then_recovers() {
         "recovered on all nodes {:.2} s after redis restarted",
         back.elapsed().as_secs_f64()
     );
+    // Redis decides the `local` route again: each node has used its own budget for k_local
+    // (10 of 10), so only Redis can admit it now (a call that outlived the timeout on a loaded
+    // machine is refused by that used-up budget: asked again). The fresh Redis counts from zero.
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut admitted = 0;
-    for i in 0..60 {
-        if status(&nodes[i % 3], "/local", &k_local).await == 200 {
-            admitted += 1;
+    for n in &nodes {
+        loop {
+            match status(n, "/local", &k_local).await {
+                200 => break,
+                429 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                s => panic!(
+                    "the local route was not decided by Redis again: {s}; {}",
+                    redis_stats(&nodes)
+                ),
+            }
         }
+        admitted += 1;
     }
-    assert_eq!(admitted, 30, "the quota is cluster-wide again");
+    // The quota is cluster-wide again: 30 in all over the three nodes, not 10 per node. Counted
+    // on k_local (3 taken above): exact when Redis answered every call (on a loaded machine a
+    // call may outlive the timeout and be refused by the used-up local budget); and on a fresh
+    // key through fail_closed, which admits nothing without Redis: there a timed-out call is a
+    // 503, asked again, so that count is exact in any case.
+    let fallbacks = || -> u64 {
+        nodes
+            .iter()
+            .map(|n| {
+                let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
+                r.stats().local_fallback.load(Ordering::Relaxed)
+            })
+            .sum()
+    };
+    let before = fallbacks();
+    let mut refused = 0;
+    let mut i = 0;
+    while refused < 30 {
+        match status(&nodes[i % 3], "/local", &k_local).await {
+            200 => admitted += 1,
+            429 => refused += 1,
+            s => panic!("local answered {s}"),
+        }
+        i += 1;
+    }
+    println!(
+        "after the recovery: k_local admitted {admitted} in all; redis calls: {}",
+        redis_stats(&nodes)
+    );
+    let decided_locally = fallbacks() - before;
+    if decided_locally == 0 {
+        assert_eq!(admitted, 30, "the quota is cluster-wide again");
+    } else {
+        assert!(admitted <= 30, "local over-admitted after the recovery: {admitted}");
+        println!("{decided_locally} calls outlived the timeout: k_local's count is not exact, the fresh key's is");
+    }
+    let (_, k_after) = nodes[0].key("cats", &[], json!({"quota": "30/day"})).await;
+    let (mut ok, mut limited, mut unavailable, mut i) = (0, 0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while limited < 30 {
+        match status(&nodes[i % 3], "/closed", &k_after).await {
+            200 => ok += 1,
+            429 => limited += 1,
+            503 => unavailable += 1,
+            s => panic!("fail_closed answered {s}"),
+        }
+        i += 1;
+        assert!(
+            Instant::now() < deadline,
+            "Redis did not answer: {}",
+            redis_stats(&nodes)
+        );
+    }
+    println!("after the recovery: a fresh quota of 30 through fail_closed: {ok} admitted, {limited} refused, {unavailable} asked again");
+    assert_eq!(ok, 30, "the quota is cluster-wide again");
+    let deadline = Instant::now() + Duration::from_secs(10);
     for n in &nodes {
         let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
-        assert_eq!(r.breaker_state(), BreakerState::Closed);
+        // A timeout on a loaded machine is a failure too; three in a row open the breaker
+        // again for a cool-down: wait for the next probe.
+        while r.breaker_state() != BreakerState::Closed {
+            assert!(Instant::now() < deadline, "the breaker stayed {:?}", r.breaker_state());
+            let _ = r.ping().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let health = health(n).await;
         assert_eq!(health["status"], "ok", "{health}");
         assert_eq!(health["redis"]["breaker"], "closed", "{health}");

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use super::harness::*;
 use super::redis_ha::{
-    free_port, keyward_nodes, redis_server, section, unique_prefix, ClusterTls, RedisCluster, RedisProc,
+    free_port, keyward_nodes, redis_server, section, unique_prefix, ClusterTls, RedisCluster, RedisProc, SentinelSet,
 };
 use super::tls::{ca, Ca};
 
@@ -200,9 +200,12 @@ async fn redis_over_tls_is_verified_and_refused_when_it_should_be() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Meanwhile the routes keep their failure mode (local by default: the node decides
-    // alone, limit / nodes_hint from zero): admitted, never a 5xx.
-    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &k)]).await.status(), 200);
+    // Meanwhile the routes keep their failure mode (local by default: the node decides alone,
+    // never a 5xx): the quota Redis reported used up stays refused, a fresh key is admitted
+    // (limit / nodes_hint, from zero).
+    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &k)]).await.status(), 429);
+    let (_, fresh) = nodes[0].key("cats", &[], json!({"quota": "10/day"})).await;
+    assert_eq!(nodes[1].get("/echo", &[("x-api-key", &fresh)]).await.status(), 200);
 }
 
 /// Redis Cluster over TLS (`tls-cluster`, `tls-replication`; three masters): keyward verifies
@@ -265,6 +268,145 @@ async fn redis_cluster_over_tls() {
         e.contains("redis.cluster_nodes") && e.contains("tls: invalid peer certificate: UnknownIssuer"),
         "{e}"
     );
+}
+
+/// Sends `n` requests with `key`, alternating over `nodes`; how many were admitted (anything
+/// but 200 or 429 fails the test).
+async fn admitted(nodes: &[Kw], key: &str, n: usize) -> u32 {
+    let mut ok = 0;
+    for i in 0..n {
+        match nodes[i % nodes.len()]
+            .get("/echo", &[("x-api-key", key)])
+            .await
+            .status()
+            .as_u16()
+        {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("status {s}"),
+        }
+    }
+    ok
+}
+
+/// Sentinel over TLS: master, replica and three sentinels on TLS ports only (`tls-replication
+/// yes`, client certificates required everywhere). keyward asks the sentinels over TLS
+/// (`rediss://` sentinel URLs, `redis.ca_file`, a client certificate) and reaches the master
+/// they name over TLS too; a quota is exact across two nodes; the master is killed, the
+/// sentinels promote the replica and both nodes follow without a restart (the used-up quota
+/// survived the failover, a new one is exact again, a revocation travels); a wrong CA is a
+/// start-up error naming the TLS problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_over_tls_follows_a_failover() {
+    let Some(bin) = redis_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let the_ca = ca("sentinel CA");
+    // Sentinels name the master by address: the certificate carries 127.0.0.1.
+    let (cert, key) = leaf(&the_ca, &["127.0.0.1", "localhost"], "node");
+    let tls = ClusterTls {
+        ca: write(d, "ca.pem", &the_ca.pem),
+        cert: write(d, "node.pem", &cert),
+        key: write(d, "node.key", &key),
+    };
+    let mut set = SentinelSet::start(&bin, Some(&tls));
+    let prefix = unique_prefix();
+    let mut redis = section(&prefix);
+    redis.sentinel_nodes = set.urls();
+    assert!(redis.sentinel_nodes.iter().all(|u| u.starts_with("rediss://")));
+    redis.sentinel_master = Some(SentinelSet::MASTER.into());
+    redis.ca_file = Some(tls.ca.clone());
+    redis.client_cert_file = Some(tls.cert.clone());
+    redis.client_key_file = Some(tls.key.clone());
+    let nodes = keyward_nodes(2, redis.clone(), super::cluster_limits::tokens_on).await;
+
+    // A quota shared over TLS, through the master the sentinels named.
+    let (_, before) = nodes[0].key("cats", &[], json!({"quota": "10/day"})).await;
+    assert_eq!(admitted(&nodes, &before, 20).await, 10, "the quota is shared over TLS");
+    let master_keys = set.server_cli(
+        set.master.port,
+        &["--scan", "--pattern", &format!("kw:{{{prefix}}}:q:*")],
+    );
+    assert_eq!(
+        master_keys.lines().count(),
+        1,
+        "the state is on the master: {master_keys}"
+    );
+    // The replica has it too (replication over TLS), before the master is killed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rp = set.replica.port;
+    while set
+        .server_cli(rp, &["--scan", "--pattern", &format!("kw:{{{prefix}}}:q:*")])
+        .lines()
+        .count()
+        != 1
+    {
+        assert!(Instant::now() < deadline, "the replica did not receive the quota state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let took = set.fail_over(Duration::from_secs(30)).await;
+    println!(
+        "sentinels (TLS) promoted the replica {:.2} s after the kill",
+        took.as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in &nodes {
+        let r = n.running.as_ref().unwrap().engine.limiter().redis().unwrap().clone();
+        loop {
+            if r.breaker_state() == keyward_engine::limit::breaker::BreakerState::Closed && r.ping().await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a node did not follow the failover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The used-up quota survived on the promoted replica; a new quota is exact again.
+    for n in &nodes {
+        assert_eq!(n.get("/echo", &[("x-api-key", &before)]).await.status(), 429);
+    }
+    let (_, after) = nodes[0].key("cats", &[], json!({"quota": "10/day"})).await;
+    assert_eq!(
+        admitted(&nodes, &after, 20).await,
+        10,
+        "exact through the promoted replica"
+    );
+    let held = set.server_cli(rp, &["--scan", "--pattern", &format!("kw:{{{prefix}}}:q:*")]);
+    assert_eq!(held.lines().count(), 2, "both quota states on the new master: {held}");
+    super::cluster_limits::revocation_reaches_every_node(&nodes).await;
+
+    // A wrong CA: the sentinels' certificate does not verify.
+    let other = ca("not the sentinels' CA");
+    let mut wrong = redis.clone();
+    wrong.ca_file = Some(write(d, "other.pem", &other.pem));
+    let e = try_boot_with(|c| c.redis = Some(wrong))
+        .await
+        .err()
+        .expect("keyward started")
+        .to_string();
+    println!("sentinel, wrong CA: {e}");
+    assert!(!e.contains("BEGIN"), "{e}");
+    assert!(
+        e.contains("redis.sentinel_nodes") && e.contains("tls: invalid peer certificate: UnknownIssuer"),
+        "{e}"
+    );
+    // Plain redis:// to TLS-only sentinels: no answer, a start-up error too.
+    let mut plain = redis.clone();
+    plain.sentinel_nodes = plain
+        .sentinel_nodes
+        .iter()
+        .map(|u| u.replace("rediss://", "redis://"))
+        .collect();
+    plain.ca_file = None;
+    plain.client_cert_file = None;
+    plain.client_key_file = None;
+    let e = try_boot_with(|c| c.redis = Some(plain))
+        .await
+        .err()
+        .expect("keyward started")
+        .to_string();
+    println!("sentinel, plain to TLS ports: {e}");
+    assert!(e.contains("redis.sentinel_nodes"), "{e}");
 }
 
 /// A PostgreSQL of the test's own, killed (immediate stop) when dropped.
