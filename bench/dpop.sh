@@ -9,6 +9,7 @@
 # Modes measured: bearer (Bearer token), dpop (DPoP token + a fresh ES256 proof per request),
 # bearer-proofs (Bearer request, but the client signs a proof per request and throws it away:
 # the client-side cost of proofs, on the same cores, without the server's cost).
+#   PROOF_ALG=EdDSA bench/dpop.sh    # Ed25519 proofs instead of ES256 (the default)
 #
 #   MTLS=1 bench/dpop.sh
 # instead runs the gateway with TLS and client certificates (tls_client_auth = "optional"; a
@@ -26,6 +27,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 MTLS=${MTLS:-0}
+PROOF_ALG=${PROOF_ALG:-ES256}
 if [[ "$MTLS" == 1 ]]; then MODES=${MODES:-"unbound bound"}; else MODES=${MODES:-"bearer dpop bearer-proofs"}; fi
 SKIP_BUILD=${SKIP_BUILD:-0}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -89,7 +91,7 @@ run() { # MODE SECONDS OUT
         unbound) mode=(--mode bearer "${TLS_ARGS[@]}" --token-cert no) ;;
     esac
     "$LOAD" --base "$GW" --issuer "$GW" --path /fact --client-id "$CID" --client-secret "$CSECRET" \
-        "${mode[@]}" --connections "$CONNECTIONS" --duration "$2" >"$3"
+        "${mode[@]}" --alg "$PROOF_ALG" --connections "$CONNECTIONS" --duration "$2" >"$3"
     after=$(cpu_ticks "$KEYWARD_PID")
     echo "server_cpu_s: $(python3 -c "print(($after - $before) / $CLK_TCK)")" >>"$3"
 }
@@ -101,7 +103,7 @@ for r in $(seq "$ROUNDS"); do
         run "$m" "$DURATION" "$TMP/results/$m-$r.txt"
     done
 done
-echo "keyward $([[ "$MTLS" == 1 ]] && echo 'mTLS-bound vs unbound Bearer token, TLS listener with client certificates' || echo 'DPoP vs Bearer'), one token route: $WORKERS worker(s), dpop_load -c$CONNECTIONS ${DURATION}s, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD)"
+echo "keyward $([[ "$MTLS" == 1 ]] && echo 'mTLS-bound vs unbound Bearer token, TLS listener with client certificates' || echo "DPoP ($PROOF_ALG proofs) vs Bearer"), one token route: $WORKERS worker(s), dpop_load -c$CONNECTIONS ${DURATION}s, $(nproc) CPU(s), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD)"
 python3 - "$TMP/results" $MODES <<'PY'
 import glob, statistics, sys
 d, modes = sys.argv[1], sys.argv[2:]

@@ -161,6 +161,25 @@ impl Metrics {
         }
     }
 
+    /// The `gateway_requests` series of `route`, `outcome`, `status`.
+    fn requests_of(&self, route: &str, outcome: &'static str, status: u16) -> Counter {
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            outcome,
+            status,
+        };
+        self.requests.get_or_create(&labels).clone()
+    }
+
+    /// A duration histogram series of `route` in `family`.
+    fn duration_of(family: &HistogramFamily, route: &str) -> Histogram {
+        family
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .clone()
+    }
+
     /// One finished gateway request of a configured route, through the route's own handles
     /// ([`RouteSeries`]): the series are looked up (label strings allocated, hashed, the family's
     /// lock taken) once per route table, not once per request. The same series as
@@ -177,35 +196,15 @@ impl Metrics {
             series
                 .0
                 .allowed_ok
-                .get_or_init(|| {
-                    self.requests
-                        .get_or_create(&RequestLabels {
-                            route: route.to_owned(),
-                            outcome,
-                            status,
-                        })
-                        .clone()
-                })
+                .get_or_init(|| self.requests_of(route, outcome, status))
                 .inc();
         } else {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    route: route.to_owned(),
-                    outcome,
-                    status,
-                })
-                .inc();
+            self.requests_of(route, outcome, status).inc();
         }
         series
             .0
             .duration
-            .get_or_init(|| {
-                self.request_duration
-                    .get_or_create(&RouteLabel {
-                        route: route.to_owned(),
-                    })
-                    .clone()
-            })
+            .get_or_init(|| Self::duration_of(&self.request_duration, route))
             .observe(elapsed.as_secs_f64());
     }
 
@@ -214,38 +213,18 @@ impl Metrics {
         series
             .0
             .upstream
-            .get_or_init(|| {
-                self.upstream_duration
-                    .get_or_create(&RouteLabel {
-                        route: route.to_owned(),
-                    })
-                    .clone()
-            })
+            .get_or_init(|| Self::duration_of(&self.upstream_duration, route))
             .observe(elapsed.as_secs_f64());
     }
 
     /// One finished gateway request.
     pub fn request(&self, route: &str, outcome: &'static str, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                outcome,
-                status,
-            })
-            .inc();
-        self.request_duration
-            .get_or_create(&RouteLabel {
-                route: route.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        self.requests_of(route, outcome, status).inc();
+        Self::duration_of(&self.request_duration, route).observe(elapsed.as_secs_f64());
     }
 
     pub fn upstream(&self, route: &str, elapsed: Duration) {
-        self.upstream_duration
-            .get_or_create(&RouteLabel {
-                route: route.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        Self::duration_of(&self.upstream_duration, route).observe(elapsed.as_secs_f64());
     }
 
     /// One limit decision: `allowed`, `rate_limited`, `quota_exhausted` or `unavailable`.
@@ -463,6 +442,14 @@ impl Collector for EngineCollector {
                     ("local", load(&s.local_fallback)),
                 ],
             )?;
+            let c = ConstCounter::new(load(&s.remembered_refusals));
+            let metric = encoder.encode_descriptor(
+                "redis_remembered_refusals",
+                "Decisions refused during a Redis outage because Redis had refused the limit before (the local fallback keeps a used-up quota used up)",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(metric)?;
             let c = ConstCounter::new(load(&s.deny_received));
             let metric = encoder.encode_descriptor(
                 "redis_denylist_received",

@@ -881,7 +881,10 @@ impl Engine {
         // keeps a local copy, so verification never waits for Redis).
         if let Some(r) = self.limiter().redis() {
             if let Err(e) = r.deny(&claims.jti, claims.exp, self.now().unix_timestamp()).await {
-                tracing::warn!(error = %e, "the revocation was not shared through redis");
+                tracing::warn!(
+                    error = %e,
+                    "the revocation was not shared through redis yet; retrying in the background until it is or the token expires"
+                );
             }
         }
         self.audit_token_event(

@@ -10,7 +10,8 @@
 //!
 //! Modes:
 //! * `bearer`: `Authorization: Bearer <token>`.
-//! * `dpop`: `Authorization: DPoP <token>` + `DPoP: <fresh ES256 proof>` per request.
+//! * `dpop`: `Authorization: DPoP <token>` + `DPoP: <fresh proof>` per request (ES256, or
+//!   EdDSA with `--alg EdDSA`).
 //! * `bearer-proofs`: builds and signs a proof per request exactly like `dpop`, but sends it
 //!   nowhere (Bearer request): separates the client's proof cost from the server's.
 //!
@@ -120,7 +121,11 @@ async fn main() {
         (a.trim_end_matches('/').to_owned(), None, None)
     };
     let dpop = mode == "dpop";
-    let prover = Arc::new(Prover::new());
+    let prover = Arc::new(match arg(&args, "--alg", Some("ES256")).as_str() {
+        "ES256" => Prover::new(),
+        "EdDSA" => Prover::with_alg(keyward_token::Algorithm::EdDSA),
+        other => panic!("--alg ES256 or EdDSA, not {other}"),
+    });
 
     // The access token.
     let mut send = connect(&addr, &token_tls).await;

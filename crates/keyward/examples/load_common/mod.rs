@@ -62,9 +62,15 @@ pub struct Prover {
 }
 
 impl Prover {
+    /// An ES256 prover.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        let key = SigningKey::generate(Algorithm::ES256, None).unwrap();
+        Self::with_alg(Algorithm::ES256)
+    }
+
+    /// A prover signing with `alg` (ES256 or EdDSA).
+    pub fn with_alg(alg: Algorithm) -> Self {
+        let key = SigningKey::generate(alg, None).unwrap();
         let header = json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": serde_json::to_value(key.public_jwk()).unwrap()});
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
