@@ -203,14 +203,6 @@ pub async fn open_sqlite(section: &crate::config::StoreSection) -> Result<Sqlite
 /// How long `serve` waits for Redis's start-up check (cluster slot map, sentinels, TLS).
 const REDIS_STARTUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The gateway workers `server.worker_threads` asks for: 0 is one per core.
-pub fn gateway_workers(configured: usize) -> usize {
-    match configured {
-        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        n => n,
-    }
-}
-
 /// A listening socket on `addr` with `SO_REUSEPORT` (when `shared`): every gateway worker
 /// has its own on the same address, and the kernel spreads new connections over them.
 fn bind_gateway(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
@@ -230,7 +222,7 @@ fn bind_gateway(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> 
 /// Binds both listeners and starts serving: `server.worker_threads` gateway workers (see
 /// [`start_on`]), each with its own socket on `gateway.listen`.
 pub async fn start(cfg: &Config, secrets: Secrets) -> Result<Running> {
-    let workers = gateway_workers(cfg.server.worker_threads);
+    let workers = cfg.gateway_workers().map_err(|e| CliError::startup(e.to_string()))?;
     let cannot = |addr: SocketAddr, e: std::io::Error| {
         CliError::startup(format!("cannot listen on {addr} (gateway.listen): {e}"))
     };

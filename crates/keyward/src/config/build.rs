@@ -9,7 +9,22 @@ use keyward_store::CacheConfig;
 
 use super::{Config, ConfigError};
 
+/// Most gateway workers `server.worker_threads` may ask for: each is a thread with an event
+/// loop and a socket of its own, so a typo (`20000`) must not start twenty thousand threads.
+pub const MAX_GATEWAY_WORKERS: usize = 1024;
+
 impl Config {
+    /// How many gateway workers `server.worker_threads` asks for (0: one per core), validated.
+    pub fn gateway_workers(&self) -> Result<usize, ConfigError> {
+        match self.server.worker_threads {
+            0 => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+            n if n > MAX_GATEWAY_WORKERS => Err(ConfigError::Invalid(format!(
+                "server.worker_threads must be at most {MAX_GATEWAY_WORKERS} (0: one per core), not {n}"
+            ))),
+            n => Ok(n),
+        }
+    }
+
     /// Connection limits of every listener, validated.
     pub fn http_limits(&self) -> Result<keyward_edge::serve::HttpLimits, ConfigError> {
         let g = &self.gateway;

@@ -247,6 +247,31 @@ mod tests {
     }
 
     #[test]
+    fn gateway_workers_are_bounded() {
+        let workers =
+            |v: &str| Config::load(None, &env(&[("KEYWARD_SERVER__WORKER_THREADS", v)])).map(|c| c.gateway_workers());
+        assert_eq!(workers("3").unwrap().unwrap(), 3);
+        assert_eq!(workers("1024").unwrap().unwrap(), 1024);
+        assert!(workers("0").unwrap().unwrap() >= 1, "0 is one per core");
+        // Refused when the configuration is read, naming the key and the bound.
+        let e = format!("{:?}", workers("1025").map(drop).unwrap_err());
+        assert!(e.contains("server.worker_threads") && e.contains("1024"), "{e}");
+        let mut c = Config::load(None, &env(&[])).unwrap();
+        c.server.worker_threads = 20_000;
+        assert!(c.gateway_workers().is_err());
+        assert!(
+            c.check(&[])
+                .iter()
+                .any(|p| p.to_string().contains("server.worker_threads")),
+            "check-config names it"
+        );
+        // Not a count at all: refused when the configuration is read.
+        for bad in ["-1", "two", "1e9", "99999999999999999999999"] {
+            assert!(workers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.toml");

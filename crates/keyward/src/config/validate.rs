@@ -84,6 +84,7 @@ impl Config {
         );
         add(Place::Key, self.gateway_config().map(drop));
         add(Place::Key, self.http_limits().map(drop));
+        add(Place::Key, self.gateway_workers().map(drop));
         add(Place::Key, self.tls_settings().map(drop));
         add(Place::Key, self.validate_webhooks());
         add(Place::Key, self.forward_auth_config().map(drop));
