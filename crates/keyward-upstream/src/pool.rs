@@ -606,7 +606,8 @@ pub(crate) fn put_idle(target: &Target, conn: http1::SendRequest<RequestBody>) {
     let now = Instant::now();
     let mut idle = lock(&target.shard().idle);
     idle.retain(|i| now.duration_since(i.since) < target.pool.idle_timeout && !i.conn.is_closed());
-    if idle.len() < target.pool.max_idle_per_target {
+    // `max_idle_per_target` is the target's, shared out between the workers' sets.
+    if idle.len() < target.pool.max_idle_per_target.div_ceil(target.shards.len()) {
         idle.push(Idle { conn, since: now });
     }
 }
