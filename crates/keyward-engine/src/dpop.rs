@@ -11,13 +11,19 @@
 use std::time::Duration as StdDuration;
 
 use base64::Engine as _;
-use keyward_token::{thumbprint, verify_jws, Algorithm, Jwk};
+use std::sync::Arc;
+
+use keyward_token::{thumbprint, verify_jws_payload, verify_jws_prepared, Algorithm, Jwk, PreparedKey, VerifyKey};
 use moka::sync::Cache;
 
 /// Algorithms accepted in proofs (asymmetric only).
 pub const DPOP_ALGS: [Algorithm; 4] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256];
 /// Longest proof accepted.
 pub const MAX_PROOF_LEN: usize = 8 * 1024;
+/// Proof headers remembered with their parsed key and its thumbprint (see [`Dpop`]).
+pub const PROOF_KEYS: u64 = 10_000;
+/// How long a remembered proof header is kept without use.
+const PROOF_KEY_IDLE: StdDuration = StdDuration::from_secs(600);
 
 /// Why a proof is refused. `code()` is the OAuth error; `reason()` says which check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,10 +73,25 @@ pub struct DpopProof {
     pub jkt: String,
 }
 
+/// A proof header that passed every header check and a signature, with its key made ready and
+/// the key's thumbprint.
+struct ProofKey {
+    key: PreparedKey,
+    jkt: String,
+}
+
 /// The replay store and nonce issuer.
+///
+/// A client signs every proof under the same protected header (`typ`, `alg`, its `jwk`), so the
+/// header's base64url text, once a proof under it has verified, is remembered (at most
+/// [`PROOF_KEYS`], each for ten minutes without use) with the parsed key and its thumbprint:
+/// the next proofs skip decoding the header, parsing the JWK and the curve point, and hashing
+/// the thumbprint. The header's bytes are the cache key, so a hit is a header that passed every
+/// check before; the claims and the signature are checked on every proof.
 pub struct Dpop {
     pub cfg: DpopConfig,
     seen: Cache<String, ()>,
+    keys: Cache<String, Arc<ProofKey>>,
     /// How long a `jti` is remembered.
     window: StdDuration,
     /// The replay store shared by every node (Redis), when configured.
@@ -118,6 +139,10 @@ impl Dpop {
         let window = cfg.iat_window.saturating_mul(2) + StdDuration::from_secs(5);
         Ok(Dpop {
             seen: Cache::builder().max_capacity(1_000_000).time_to_live(window).build(),
+            keys: Cache::builder()
+                .max_capacity(PROOF_KEYS)
+                .time_to_idle(PROOF_KEY_IDLE)
+                .build(),
             window,
             shared: None,
             nonce_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
@@ -221,27 +246,16 @@ impl Dpop {
             return Err(DpopError::Invalid("the proof is too large"));
         }
         let header_b64 = proof.split('.').next().unwrap_or_default();
-        let header: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(DpopError::Invalid("the proof header is not JSON"))?;
-        if header.get("typ").and_then(serde_json::Value::as_str) != Some("dpop+jwt") {
-            return Err(DpopError::Invalid("typ must be dpop+jwt"));
-        }
-        let alg = header
-            .get("alg")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default();
-        if !DPOP_ALGS.iter().any(|a| a.as_str() == alg) {
-            return Err(DpopError::Invalid("alg must be one of ES256, EdDSA, RS256, PS256"));
-        }
-        let jwk: Jwk = header
-            .get("jwk")
-            .cloned()
-            .and_then(|j| serde_json::from_value(j).ok())
-            .ok_or(DpopError::Invalid("jwk must be a public key"))?;
-        let (_, claims) = verify_jws(proof, &jwk, &DPOP_ALGS).map_err(|_| DpopError::Invalid("bad signature"))?;
+        let (key, claims, fresh) = match self.keys.get(header_b64) {
+            Some(key) => {
+                let payload = verify_jws_prepared(proof, &key.key).map_err(|_| DpopError::Invalid("bad signature"))?;
+                (key, claims_of(&payload)?, false)
+            }
+            None => {
+                let (key, claims) = check_header_and_signature(header_b64, proof)?;
+                (key, claims, true)
+            }
+        };
         let s = |k: &str| claims.get(k).and_then(serde_json::Value::as_str);
         if s("htm") != Some(htm) {
             return Err(DpopError::Invalid("htm does not match the request method"));
@@ -277,11 +291,56 @@ impl Dpop {
                 _ => return Err(DpopError::UseNonce),
             }
         }
-        let jkt = thumbprint(&jwk);
         // One use per jti and key, within the window (checked last: a refused proof is not
         // remembered, so it cannot be used to burn someone else's jti).
-        let entry = format!("{jkt}:{jti}");
+        let entry = format!("{}:{jti}", key.jkt);
+        let jkt = key.jkt.clone();
+        if fresh {
+            self.keys.insert(header_b64.to_owned(), key);
+        }
         Ok((DpopProof { jkt }, entry))
+    }
+}
+
+/// The checks of a proof header seen for the first time, and the proof's signature under its
+/// key: the key made ready, with its thumbprint, and the claims.
+fn check_header_and_signature(header_b64: &str, proof: &str) -> Result<(Arc<ProofKey>, serde_json::Value), DpopError> {
+    let header: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(DpopError::Invalid("the proof header is not JSON"))?;
+    if header.get("typ").and_then(serde_json::Value::as_str) != Some("dpop+jwt") {
+        return Err(DpopError::Invalid("typ must be dpop+jwt"));
+    }
+    let alg = header
+        .get("alg")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let Some(alg) = DPOP_ALGS.iter().copied().find(|a| a.as_str() == alg) else {
+        return Err(DpopError::Invalid("alg must be one of ES256, EdDSA, RS256, PS256"));
+    };
+    let jwk: Jwk = header
+        .get("jwk")
+        .cloned()
+        .and_then(|j| serde_json::from_value(j).ok())
+        .ok_or(DpopError::Invalid("jwk must be a public key"))?;
+    let (_, payload) = verify_jws_payload(proof, &jwk, &DPOP_ALGS).map_err(|_| DpopError::Invalid("bad signature"))?;
+    let claims = claims_of(&payload)?;
+    // The signature verified under this key for this `alg`, so the key fits it.
+    let key = VerifyKey::from_jwk(&jwk, alg).map_err(|_| DpopError::Invalid("bad signature"))?;
+    let key = Arc::new(ProofKey {
+        key: key.prepare(),
+        jkt: thumbprint(&jwk),
+    });
+    Ok((key, claims))
+}
+
+/// The proof's claims: a JSON object.
+fn claims_of(payload: &[u8]) -> Result<serde_json::Value, DpopError> {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(claims) if claims.is_object() => Ok(claims),
+        _ => Err(DpopError::Invalid("bad signature")),
     }
 }
 
@@ -376,6 +435,112 @@ mod tests {
             nonce.verify(proof, "POST", "https://server.example.com/token", None, 1_562_262_616),
             Err(DpopError::UseNonce)
         );
+    }
+
+    /// A compact JWS of `claims` under `header`, signed by `key` (the signature of another
+    /// message when `forge` is set).
+    fn sign(
+        key: &keyward_token::SigningKey,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+        forge: bool,
+    ) -> String {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let (h, p) = (b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let signed = if forge { format!("{h}.{p}x") } else { format!("{h}.{p}") };
+        let sig = key.sign(signed.as_bytes()).unwrap_or_default();
+        format!("{h}.{p}.{}", b64(&sig))
+    }
+
+    /// The proof-key cache: proofs under a remembered header verify with the same thumbprint,
+    /// and every check that is not about the header still runs on them (signature, claims,
+    /// replay); headers of refused proofs are not remembered; a remembered header does not
+    /// make another key's signature pass.
+    #[test]
+    fn remembered_proof_headers_check_everything_but_the_header() {
+        use keyward_token::{Algorithm, SigningKey};
+        use serde_json::json;
+        let now = 1_800_000_000;
+        let htu = "https://api.example/v1/x";
+        for alg in [Algorithm::ES256, Algorithm::EdDSA, Algorithm::PS256] {
+            let key = SigningKey::generate(alg, None).unwrap_or_else(|e| panic!("{e}"));
+            let header = json!({"typ": "dpop+jwt", "alg": alg.as_str(), "jwk": key.public_jwk()});
+            let claims = |jti: &str| json!({"jti": jti, "htm": "GET", "htu": htu, "iat": now, "ath": ath("tok")});
+            let d = Dpop::new(DpopConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+            let verify = |proof: &str| d.verify(proof, "GET", htu, Some("tok"), now);
+
+            // Refused proofs leave nothing behind.
+            let forged = sign(&key, &header, &claims("f"), true);
+            assert_eq!(verify(&forged), Err(DpopError::Invalid("bad signature")), "{alg}");
+            assert_eq!(
+                d.keys.iter().count(),
+                0,
+                "{alg}: a refused proof's header is not remembered"
+            );
+
+            let first = verify(&sign(&key, &header, &claims("1"), false)).unwrap_or_else(|e| panic!("{alg}: {e}"));
+            assert_eq!(first.jkt, thumbprint(&key.public_jwk()), "{alg}");
+            d.keys.run_pending_tasks();
+            assert_eq!(d.keys.entry_count(), 1, "{alg}");
+
+            // Under the remembered header: the same key and thumbprint...
+            let second = sign(&key, &header, &claims("2"), false);
+            assert_eq!(verify(&second), Ok(first.clone()), "{alg}");
+            // ...and still one use per jti, a checked signature and checked claims.
+            assert_eq!(
+                verify(&second),
+                Err(DpopError::Invalid("the proof was used before")),
+                "{alg}"
+            );
+            assert_eq!(
+                verify(&sign(&key, &header, &claims("3"), true)),
+                Err(DpopError::Invalid("bad signature")),
+                "{alg}"
+            );
+            let other = SigningKey::generate(alg, None).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                verify(&sign(&other, &header, &claims("4"), false)),
+                Err(DpopError::Invalid("bad signature")),
+                "{alg}: another key under a remembered header"
+            );
+            assert_eq!(
+                d.verify(&sign(&key, &header, &claims("5"), false), "POST", htu, Some("tok"), now),
+                Err(DpopError::Invalid("htm does not match the request method")),
+                "{alg}"
+            );
+            assert_eq!(
+                d.verify(
+                    &sign(&key, &header, &claims("6"), false),
+                    "GET",
+                    htu,
+                    Some("other"),
+                    now
+                ),
+                Err(DpopError::Invalid("ath does not match the access token")),
+                "{alg}"
+            );
+            assert_eq!(
+                d.verify(
+                    &sign(&key, &header, &claims("7"), false),
+                    "GET",
+                    htu,
+                    Some("tok"),
+                    now + 120
+                ),
+                Err(DpopError::Invalid("iat is too old")),
+                "{alg}"
+            );
+            let array = sign(&key, &header, &json!(["not", "an", "object"]), false);
+            assert_eq!(verify(&array), Err(DpopError::Invalid("bad signature")), "{alg}");
+            let (h, rest) = second.split_once('.').unwrap_or_default();
+            assert_eq!(
+                verify(&format!("{h}.{}", rest.replacen('.', ".!", 1))),
+                Err(DpopError::Invalid("bad signature")),
+                "{alg}: a broken signature part"
+            );
+            d.keys.run_pending_tasks();
+            assert_eq!(d.keys.entry_count(), 1, "{alg}");
+        }
     }
 
     #[test]

@@ -357,6 +357,34 @@ pub fn verify_jws_payload(token: &str, jwk: &Jwk, allowed: &[Algorithm]) -> Resu
     Ok((parts.header_json, parts.payload))
 }
 
+/// Verifies a compact JWS whose protected header the caller has already checked, byte for byte,
+/// with [`verify_jws_payload`] (a DPoP client reuses one header, with its `jwk`, for every proof),
+/// against that header's key made ready once: the payload bytes. The header is not decoded again;
+/// the structure checks and their outcomes are those of [`verify_jws_payload`].
+///
+/// # Errors
+/// `malformed` or `bad_signature`.
+pub fn verify_jws_prepared(token: &str, key: &crate::PreparedKey) -> Result<Vec<u8>, TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed);
+    }
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let (header, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+    if payload.contains('.') || header.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    let payload = b64::decode(payload).ok_or(TokenError::Malformed)?;
+    let signature = if signature.is_empty() {
+        Vec::new()
+    } else {
+        b64::decode(signature).ok_or(TokenError::Malformed)?
+    };
+    if !key.verify(signing_input.as_bytes(), &signature) {
+        return Err(TokenError::BadSignature);
+    }
+    Ok(payload)
+}
+
 /// Like [`verify_jws_payload`], for JWTs: the payload must be a JSON object (the claims).
 ///
 /// # Errors

@@ -415,6 +415,23 @@ impl VerifyKey {
         }
     }
 
+    /// This key with its public point parsed once, for a key that verifies many signatures (a
+    /// DPoP client's proof key, cached per proof header): [`PreparedKey::verify`] accepts exactly
+    /// what [`VerifyKey::verify`] accepts, without decoding and checking the point each time.
+    #[must_use]
+    pub fn prepare(&self) -> PreparedKey {
+        let parsed = match &self.key {
+            PublicKey::Ed25519(k) => signature::ParsedPublicKey::new(&signature::ED25519, k).ok(),
+            PublicKey::P256(k) => signature::ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, k).ok(),
+            // RSA keys are built from their components per verification, as by `verify`.
+            PublicKey::Rsa { .. } => None,
+        };
+        PreparedKey {
+            key: self.clone(),
+            parsed,
+        }
+    }
+
     /// Whether `signature` is a valid signature of `message` under this key and its algorithm.
     #[must_use]
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
@@ -445,6 +462,41 @@ impl fmt::Debug for VerifyKey {
             .field("alg", &self.alg)
             .field("thumbprint", &self.bare_jwk().thumbprint())
             .finish()
+    }
+}
+
+/// A [`VerifyKey`] made ready for many verifications (see [`VerifyKey::prepare`]).
+#[derive(Clone)]
+pub struct PreparedKey {
+    key: VerifyKey,
+    /// The parsed Ed25519 / P-256 key; `None` for RSA, and for a point the library refuses (then
+    /// every verification fails, as it does through [`VerifyKey::verify`]).
+    parsed: Option<signature::ParsedPublicKey>,
+}
+
+impl fmt::Debug for PreparedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedKey")
+            .field("alg", &self.key.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedKey {
+    /// The key's one algorithm.
+    #[must_use]
+    pub fn alg(&self) -> Algorithm {
+        self.key.alg
+    }
+
+    /// Whether `signature` is a valid signature of `message` under this key and its algorithm.
+    #[must_use]
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match (&self.parsed, &self.key.key) {
+            (Some(p), _) => p.verify_sig(message, signature).is_ok(),
+            (None, PublicKey::Rsa { .. }) => self.key.verify(message, signature),
+            (None, _) => false,
+        }
     }
 }
 
@@ -486,6 +538,49 @@ mod tests {
             let debug = format!("{key:?}");
             assert!(debug.contains("redacted") && debug.contains(key.kid()), "{debug}");
         }
+    }
+
+    /// A prepared key accepts exactly what the plain key accepts: every algorithm, the right
+    /// signature, another message, a changed signature, a truncated or empty signature, and
+    /// another key's signature.
+    #[test]
+    fn prepared_keys_verify_as_the_plain_keys() {
+        for alg in Algorithm::ALL {
+            let key = SigningKey::generate(alg, None).unwrap();
+            let other = SigningKey::generate(alg, None).unwrap();
+            let (plain, prepared) = (key.verify_key(), key.verify_key().prepare());
+            assert_eq!(prepared.alg(), alg);
+            let sig = key.sign(b"message").unwrap();
+            let mut flipped = sig.clone();
+            flipped[sig.len() / 2] ^= 1;
+            let cases: [(&[u8], Vec<u8>); 6] = [
+                (b"message", sig.clone()),
+                (b"messagf", sig.clone()),
+                (b"message", flipped),
+                (b"message", sig[..sig.len() - 1].to_vec()),
+                (b"message", Vec::new()),
+                (b"message", other.sign(b"message").unwrap()),
+            ];
+            for (i, (msg, sig)) in cases.iter().enumerate() {
+                assert_eq!(prepared.verify(msg, sig), plain.verify(msg, sig), "{alg} case {i}");
+                assert_eq!(prepared.verify(msg, sig), i == 0, "{alg} case {i}");
+            }
+        }
+    }
+
+    /// A P-256 point that is not on the curve verifies nothing, prepared or not.
+    #[test]
+    fn prepared_off_curve_point_verifies_nothing() {
+        let key = SigningKey::generate(Algorithm::ES256, None).unwrap();
+        let sig = key.sign(b"m").unwrap();
+        let jwk = key.public_jwk();
+        let mut y = b64::decode(jwk.y().unwrap()).unwrap();
+        y[31] ^= 1;
+        let bad = Jwk::ec("P-256", &b64::decode(jwk.x().unwrap()).unwrap(), &y);
+        let plain = VerifyKey::from_jwk(&bad, Algorithm::ES256).unwrap();
+        assert!(!plain.verify(b"m", &sig));
+        assert!(!plain.prepare().verify(b"m", &sig));
+        assert!(format!("{:?}", plain.prepare()).contains("ES256"));
     }
 
     #[test]

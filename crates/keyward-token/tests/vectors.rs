@@ -10,7 +10,9 @@ use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeyPairComponents, PublicKeyComponen
 use aws_lc_rs::signature::Ed25519KeyPair;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use keyward_token::{thumbprint, verify_jws, verify_jws_payload, Algorithm, Jwk, SigningKey, TokenError};
+use keyward_token::{
+    thumbprint, verify_jws, verify_jws_payload, verify_jws_prepared, Algorithm, Jwk, SigningKey, TokenError, VerifyKey,
+};
 use serde_json::json;
 
 fn b64u(s: &str) -> Vec<u8> {
@@ -111,6 +113,40 @@ fn rfc8037_a5_verification() {
         verify_jws_payload(&tampered, &jwk, &[Algorithm::EdDSA]).unwrap_err(),
         TokenError::BadSignature
     );
+}
+
+/// The RFC 8037 A.5 JWS through a prepared key (the DPoP proof-key cache): the same payload, and the
+/// same outcome as `verify_jws_payload` for a flipped signature and for broken structures.
+#[test]
+fn rfc8037_a5_verification_with_a_prepared_key() {
+    let jwk = rfc8037_public_jwk();
+    let key = VerifyKey::from_jwk(&jwk, Algorithm::EdDSA).unwrap().prepare();
+    assert_eq!(
+        verify_jws_prepared(RFC8037_JWS, &key).unwrap(),
+        b"Example of Ed25519 signing"
+    );
+    let (head, sig) = RFC8037_JWS.rsplit_once('.').unwrap();
+    let mut flipped = RFC8037_JWS.to_owned();
+    let last = flipped.pop().unwrap();
+    flipped.push(if last == 'g' { 'w' } else { 'g' });
+    let oversized = format!("{head}{}.{sig}", "A".repeat(keyward_token::MAX_TOKEN_LEN));
+    let cases = [
+        flipped,
+        format!("{head}.{sig}.x"),
+        head.to_owned(),
+        format!("{head}."),
+        format!(".{}", RFC8037_JWS.split_once('.').unwrap().1),
+        format!("{head}.!!!"),
+        RFC8037_JWS.replacen('.', ".!", 1),
+        oversized,
+        String::new(),
+    ];
+    for (i, token) in cases.iter().enumerate() {
+        let plain = verify_jws_payload(token, &jwk, &[Algorithm::EdDSA]).map(|(_, p)| p);
+        let prepared = verify_jws_prepared(token, &key);
+        assert!(plain.is_err(), "case {i}");
+        assert_eq!(prepared, plain, "case {i}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
