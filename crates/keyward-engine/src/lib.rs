@@ -334,8 +334,10 @@ impl Engine {
         let mut quotas = Vec::new();
         // Under Redis Cluster, a key's limits and its app's share the app's slot (one atomic
         // script); route-wide limits (global, per client address) have slots of their own.
-        // Worked out only when a limit applies (most requests have none).
-        let app = || Some(l.key(&["app-group", who.app_id]));
+        // Worked out once, and only with Redis: the local limiter decides all of a request's
+        // limits in one step whatever their groups.
+        let app_group = l.redis().map(|_| l.key(&["app-group", who.app_id]));
+        let app = || app_group;
         if let (Some(spec), Some(ip), true) = (self.options.publishable_rate, client, who.publishable) {
             rates.push(RateCheck {
                 name: "client",
