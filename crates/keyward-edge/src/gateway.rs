@@ -557,9 +557,16 @@ pub(crate) async fn handle_request(st: &Arc<GatewayState>, peer: SocketAddr, req
     }
     let outcome = resp.extensions().get::<OutcomeTag>().map_or("other", |o| o.0);
     let route_name = route.map_or(crate::metrics::UNMATCHED, |r| r.name.as_str());
-    // On the request span (crate::ops): exported with it as OpenTelemetry attributes.
-    crate::ops::record_pair(&tracing::Span::current(), ("route", &route_name), ("outcome", &outcome));
     let status = resp.status().as_u16();
+    // On the request span (crate::ops), with the status, in one visit of the subscriber:
+    // exported with it as OpenTelemetry attributes.
+    crate::ops::record_three(
+        &tracing::Span::current(),
+        ("route", &route_name),
+        ("outcome", &outcome),
+        ("status", &status),
+    );
+    resp.extensions_mut().insert(crate::ops::StatusRecorded);
     match route {
         Some(r) => st
             .metrics

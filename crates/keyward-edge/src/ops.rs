@@ -91,7 +91,10 @@ where
     let started = Instant::now();
     let mut resp = async move {
         let resp = inner(req).await;
-        tracing::Span::current().record("status", resp.status().as_u16());
+        // The gateway's pipeline records the status with the route and the outcome.
+        if resp.extensions().get::<StatusRecorded>().is_none() {
+            tracing::Span::current().record("status", resp.status().as_u16());
+        }
         tracing::debug!(
             status = resp.status().as_u16(),
             elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -104,6 +107,10 @@ where
     resp.headers_mut().insert(X_REQUEST_ID, id);
     resp
 }
+
+/// On a response whose `status` is already on the request span (see [`with_request_id`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatusRecorded;
 
 /// Records two fields of `span` in one visit of the subscriber (which looks the span up,
 /// checks its filters and locks its data once per visit, not once per field): the request span
@@ -121,6 +128,29 @@ pub(crate) fn record_pair(span: &tracing::Span, a: (&str, &dyn tracing::Value), 
         _ => {
             span.record(a.0, a.1);
             span.record(b.0, b.1);
+        }
+    }
+}
+
+/// As [`record_pair`], for three fields.
+pub(crate) fn record_three(
+    span: &tracing::Span,
+    a: (&str, &dyn tracing::Value),
+    b: (&str, &dyn tracing::Value),
+    c: (&str, &dyn tracing::Value),
+) {
+    let Some(meta) = span.metadata() else {
+        return;
+    };
+    let fields = meta.fields();
+    match (fields.field(a.0), fields.field(b.0), fields.field(c.0)) {
+        (Some(fa), Some(fb), Some(fc)) => {
+            span.record_all(&fields.value_set(&[(&fa, Some(a.1)), (&fb, Some(b.1)), (&fc, Some(c.1))]));
+        }
+        _ => {
+            span.record(a.0, a.1);
+            span.record(b.0, b.1);
+            span.record(c.0, c.1);
         }
     }
 }
