@@ -16,6 +16,10 @@
 #   ROUNDS       counted windows per target, in turn A B A B (default 2)
 #   LOG          KEYWARD_LOG of the keyward processes (default warn; info is the default of `serve`)
 #   KEEP_TMP     1 to keep the callgrind dumps (callgrind_annotate --inclusive=yes FILE)
+#   LIMITED_TARGETS  space-separated names of BINS whose key has limits on, never tripped (key
+#                rate, key quota, IP allowlist, app rate: as COMPARE=limits in bench/gateway.sh);
+#                the same binary twice counts limits on vs off:
+#                BINS="off=target/release/keyward on=target/release/keyward" LIMITED_TARGETS=on NGINX=0
 #
 # For each target: start it under `valgrind --tool=callgrind --instr-atstart=no`, send 200
 # warm-up requests (instrumentation off), switch instrumentation on (`callgrind_control -i on`),
@@ -28,6 +32,7 @@ NGINX_ON=${NGINX:-1}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-4}
 ROUNDS=${ROUNDS:-2}
+LIMITED_TARGETS=${LIMITED_TARGETS:-}
 log() { printf '[instructions] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 for t in valgrind callgrind_control wrk curl python3; do command -v $t >/dev/null || die "$t is needed (apt-get install valgrind wrk curl)"; done
@@ -101,9 +106,17 @@ CONF
     PIDS+=($!)
     PID[$name]=$!
     wait_status "http://127.0.0.1:$admin/healthz" 200 "$name (under valgrind)"
+    local limits=()
     KEYWARD_ADMIN_TOKEN=$ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$admin" "$bin" app create bench --json >/dev/null
+    if [[ " $LIMITED_TARGETS " == *" $name "* ]]; then
+        # Limits on, never tripped (as COMPARE=limits in bench/gateway.sh): key rate + key quota
+        # + IP allowlist, and an app rate.
+        KEYWARD_ADMIN_TOKEN=$ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$admin" \
+            "$bin" app update bench --rate 10000000/s --json >/dev/null
+        limits=(--rate 10000000/s --quota 1000000000/day --ip 127.0.0.1)
+    fi
     KEY[$name]=$(KEYWARD_ADMIN_TOKEN=$ADMIN_TOKEN KEYWARD_ADMIN_URL="http://127.0.0.1:$admin" \
-        "$bin" key create --app bench --scope facts:read --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+        "$bin" key create --app bench --scope facts:read "${limits[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
     URL[$name]="http://127.0.0.1:$gw/fact"
 }
 TARGETS=()

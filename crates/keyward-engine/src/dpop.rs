@@ -8,10 +8,12 @@
 //! the access token). The proof's key thumbprint (RFC 7638) is what a bound token's `cnf.jkt`
 //! names.
 
-use std::time::Duration as StdDuration;
+use std::collections::HashSet;
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration as StdDuration, Instant};
 
 use base64::Engine as _;
-use std::sync::Arc;
 
 use keyward_token::{thumbprint, verify_jws_payload, verify_jws_prepared, Algorithm, Jwk, PreparedKey, VerifyKey};
 use moka::sync::Cache;
@@ -20,6 +22,10 @@ use moka::sync::Cache;
 pub const DPOP_ALGS: [Algorithm; 4] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256];
 /// Longest proof accepted.
 pub const MAX_PROOF_LEN: usize = 8 * 1024;
+/// Proofs this process remembers for replay detection at most (each as a 128-bit keyed hash
+/// of its `jkt:jti`, about 20 bytes: 80 MB when full). A proof is never forgotten before its
+/// window has passed: once the store is full, new proofs are refused until older ones leave it.
+pub const MAX_REPLAY_ENTRIES: usize = 4_000_000;
 /// Proof headers remembered with their parsed key and its thumbprint (see [`Dpop`]).
 pub const PROOF_KEYS: u64 = 10_000;
 /// How long a remembered proof header is kept without use.
@@ -90,7 +96,7 @@ struct ProofKey {
 /// check before; the claims and the signature are checked on every proof.
 pub struct Dpop {
     pub cfg: DpopConfig,
-    seen: Cache<String, ()>,
+    seen: ReplayStore,
     keys: Cache<String, Arc<ProofKey>>,
     /// How long a `jti` is remembered.
     window: StdDuration,
@@ -138,7 +144,7 @@ impl Dpop {
         aws_lc_rs::rand::fill(&mut key).map_err(|_| crate::EngineError::Core(keyward_core::CoreError::Random))?;
         let window = cfg.iat_window.saturating_mul(2) + StdDuration::from_secs(5);
         Ok(Dpop {
-            seen: Cache::builder().max_capacity(1_000_000).time_to_live(window).build(),
+            seen: ReplayStore::new(window, MAX_REPLAY_ENTRIES),
             keys: Cache::builder()
                 .max_capacity(PROOF_KEYS)
                 .time_to_idle(PROOF_KEY_IDLE)
@@ -157,8 +163,7 @@ impl Dpop {
 
     /// Proofs remembered in this process for replay detection (until they leave the window).
     pub fn replay_entries(&self) -> u64 {
-        self.seen.run_pending_tasks();
-        self.seen.entry_count()
+        self.seen.len()
     }
 
     /// The nonce to hand out now (`DPoP-Nonce`).
@@ -195,7 +200,7 @@ impl Dpop {
         now: i64,
     ) -> Result<DpopProof, DpopError> {
         let (p, entry) = self.check_proof(proof, htm, htu, access_token, now)?;
-        self.first_use_here(entry)?;
+        self.first_use_here(&entry)?;
         Ok(p)
     }
 
@@ -211,10 +216,10 @@ impl Dpop {
     ) -> Result<DpopProof, DpopError> {
         let (p, entry) = self.check_proof(proof, htm, htu, access_token, now)?;
         let Some(shared) = &self.shared else {
-            self.first_use_here(entry)?;
+            self.first_use_here(&entry)?;
             return Ok(p);
         };
-        let here = self.first_use_here(entry.clone());
+        let here = self.first_use_here(&entry);
         match shared.first_use(&entry, self.window).await {
             Ok(true) => here.map(|_| p),
             Ok(false) => Err(DpopError::Invalid("the proof was used before")),
@@ -225,12 +230,8 @@ impl Dpop {
         }
     }
 
-    fn first_use_here(&self, entry: String) -> Result<(), DpopError> {
-        if self.seen.entry(entry).or_insert_with(|| ()).is_fresh() {
-            Ok(())
-        } else {
-            Err(DpopError::Invalid("the proof was used before"))
-        }
+    fn first_use_here(&self, entry: &str) -> Result<(), DpopError> {
+        self.seen.first_use(entry, std::time::Instant::now())
     }
 
     /// Every check but the replay check; returns the replay-store entry (`jkt:jti`).
@@ -299,6 +300,94 @@ impl Dpop {
             self.keys.insert(header_b64.to_owned(), key);
         }
         Ok((DpopProof { jkt }, entry))
+    }
+}
+
+/// The replay store: every proof seen in the last `window` at least, as a 128-bit keyed hash of
+/// its `jkt:jti` (a collision, 2^-128 per pair, could only refuse a fresh proof, never admit a
+/// replay).
+///
+/// Each shard keeps two generations: proofs are added to `current`; once `current` is a window
+/// old it becomes `previous` and the former `previous` is dropped. A proof therefore stays at
+/// least one window and at most two. Unlike a cache, nothing is evicted early when the store
+/// is full: the proof is refused (`the replay store is full`) and the store recovers as its
+/// generations age out.
+struct ReplayStore {
+    shards: Vec<Mutex<ReplayShard>>,
+    hash_keys: (RandomState, RandomState),
+    window: StdDuration,
+    per_shard: usize,
+}
+
+struct ReplayShard {
+    /// When `current` was started.
+    since: Instant,
+    current: HashSet<u128>,
+    previous: HashSet<u128>,
+}
+
+const REPLAY_SHARDS: usize = 16;
+
+impl ReplayStore {
+    fn new(window: StdDuration, capacity: usize) -> ReplayStore {
+        let now = Instant::now();
+        ReplayStore {
+            shards: (0..REPLAY_SHARDS)
+                .map(|_| {
+                    Mutex::new(ReplayShard {
+                        since: now,
+                        current: HashSet::new(),
+                        previous: HashSet::new(),
+                    })
+                })
+                .collect(),
+            hash_keys: (RandomState::new(), RandomState::new()),
+            window,
+            per_shard: capacity.div_ceil(REPLAY_SHARDS).max(1),
+        }
+    }
+
+    fn lock(&self, i: usize) -> Option<MutexGuard<'_, ReplayShard>> {
+        self.shards
+            .get(i)
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// `entry` seen for the first time within the window: remembered. Seen before: refused.
+    fn first_use(&self, entry: &str, now: Instant) -> Result<(), DpopError> {
+        let h = (u128::from(self.hash_keys.0.hash_one(entry)) << 64) | u128::from(self.hash_keys.1.hash_one(entry));
+        let i = usize::try_from(h % REPLAY_SHARDS as u128).unwrap_or(0);
+        let Some(mut shard) = self.lock(i) else {
+            return Err(DpopError::Invalid("the replay store is full"));
+        };
+        let shard = &mut *shard;
+        let age = now.saturating_duration_since(shard.since);
+        if age >= self.window {
+            if age >= self.window.saturating_mul(2) {
+                shard.previous.clear();
+            } else {
+                std::mem::swap(&mut shard.current, &mut shard.previous);
+            }
+            // Cleared, not dropped: the next generation reuses the table.
+            shard.current.clear();
+            shard.since = now;
+        }
+        if shard.current.contains(&h) || shard.previous.contains(&h) {
+            return Err(DpopError::Invalid("the proof was used before"));
+        }
+        if shard.current.len() + shard.previous.len() >= self.per_shard {
+            return Err(DpopError::Invalid("the replay store is full"));
+        }
+        shard.current.insert(h);
+        Ok(())
+    }
+
+    /// Proofs remembered (some may be past their window until their generation is dropped).
+    fn len(&self) -> u64 {
+        (0..self.shards.len())
+            .filter_map(|i| self.lock(i).map(|s| s.current.len() + s.previous.len()))
+            .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+            .sum()
     }
 }
 
@@ -540,6 +629,54 @@ mod tests {
             );
             d.keys.run_pending_tasks();
             assert_eq!(d.keys.entry_count(), 1, "{alg}");
+        }
+    }
+
+    /// The replay store remembers every proof for at least its window, forgets it after two,
+    /// and, full, refuses new proofs rather than forget one early.
+    #[test]
+    fn the_replay_store_forgets_nothing_early() {
+        let w = StdDuration::from_secs(10);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + StdDuration::from_millis(ms);
+        let used = Err(DpopError::Invalid("the proof was used before"));
+        let full = Err(DpopError::Invalid("the replay store is full"));
+
+        let store = ReplayStore::new(w, 1_000);
+        assert_eq!(store.first_use("jkt:a", at(0)), Ok(()));
+        assert_eq!(store.first_use("jkt:b", at(9_999)), Ok(()));
+        assert_eq!(store.first_use("jkt:a", at(1)), used);
+        // Past one window "a" moved to the older generation: still remembered, as is "b".
+        assert_eq!(store.first_use("jkt:a", at(10_500)), used);
+        assert_eq!(store.first_use("jkt:b", at(19_998)), used);
+        assert_eq!(store.len(), 2);
+        // Two windows after the last rotation of their shards, both are gone.
+        assert_eq!(store.first_use("jkt:a", at(60_000)), Ok(()));
+        assert_eq!(store.first_use("jkt:b", at(60_000)), Ok(()));
+
+        // 32 proofs at most (2 per shard): the store fills and refuses; what it took stays
+        // refused as a replay; two windows later it takes proofs again.
+        let small = ReplayStore::new(w, 32);
+        let mut taken = Vec::new();
+        let mut refused = 0;
+        for i in 0..1_000 {
+            let e = format!("jkt:{i}");
+            match small.first_use(&e, at(i)) {
+                Ok(()) => taken.push(e),
+                Err(e) => {
+                    assert_eq!(Err(e), full);
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(taken.len(), 32, "every shard full");
+        assert_eq!(refused, 968);
+        assert_eq!(small.len(), 32);
+        for e in &taken {
+            assert_eq!(small.first_use(e, at(5_000)), used, "{e} forgotten early");
+        }
+        for e in &taken {
+            assert_eq!(small.first_use(e, at(30_000)), Ok(()), "{e}");
         }
     }
 
