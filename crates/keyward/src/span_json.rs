@@ -80,11 +80,12 @@ impl<W: fmt::Write> Entries<'_, W> {
     fn key(&mut self, field: &Field) -> fmt::Result {
         let name = field.name();
         let name = name.strip_prefix("r#").unwrap_or(name);
-        let open = if self.first { "\"" } else { ",\"" };
+        if !self.first {
+            self.out.write_char(',')?;
+        }
         self.first = false;
-        self.out.write_str(open)?;
-        Escaping(self.out).write_str(name)?;
-        self.out.write_str("\":")
+        write_json_str(self.out, name)?;
+        self.out.write_char(':')
     }
 
     fn entry(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
@@ -160,13 +161,6 @@ fn write_json_str<W: fmt::Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
     w.write_char('"')
 }
 
-/// Whether `s` has a byte JSON escapes (`"`, `\`, a control character). Scans the whole string
-/// without stopping early, which the compiler turns into a vector loop: most strings have none.
-fn needs_escape(s: &str) -> bool {
-    s.bytes()
-        .fold(false, |found, b| found | (b < 0x20) | (b == b'"') | (b == b'\\'))
-}
-
 /// Escapes what it is given for the inside of a JSON string (RFC 8259 §7: `"`, `\` and the
 /// control characters), as serde_json does.
 struct Escaping<'a, W: fmt::Write + ?Sized>(&'a mut W);
@@ -174,7 +168,7 @@ struct Escaping<'a, W: fmt::Write + ?Sized>(&'a mut W);
 impl<W: fmt::Write + ?Sized> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Most values (ids, routes, paths, addresses) have nothing to escape: one scan, one write.
-        if !needs_escape(s) {
+        if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
             return self.0.write_str(s);
         }
         let mut plain = 0;
