@@ -174,6 +174,13 @@ KEY=$("$KEYWARD" key create --app bench --scope facts:read --json |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
 [[ "$KEY" =~ ^[A-Za-z0-9_]+$ ]] || die "unexpected key from keyward key create"
 
+cpu_ticks() { # PID: user + system clock ticks so far (fields 14 and 15 of /proc/PID/stat)
+    local f fs
+    f=$(sed 's/.*) //' "/proc/$1/stat")
+    read -r -a fs <<<"$f"
+    echo $((fs[11] + fs[12]))
+}
+
 start_nginx() { # DIR CONF_TEXT_FILE PORT
     "$NGINX" -p "$1" -e "$1/error.log" -c "$2" -t -q || die "nginx rejected $2"
     "$NGINX" -p "$1" -e "$1/error.log" -c "$2" >"$1/stdout.log" 2>&1 &
