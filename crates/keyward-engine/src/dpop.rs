@@ -23,7 +23,7 @@ pub const DPOP_ALGS: [Algorithm; 4] = [Algorithm::ES256, Algorithm::EdDSA, Algor
 /// Longest proof accepted.
 pub const MAX_PROOF_LEN: usize = 8 * 1024;
 /// Proofs this process remembers for replay detection at most (each as a 128-bit keyed hash
-/// of its `jkt:jti`, about 20 bytes: 80 MB when full). A proof is never forgotten before its
+/// of its `jkt:jti`: 16 bytes and the hash table's slack, 20 to 40 bytes; under 160 MB full). A proof is never forgotten before its
 /// window has passed: once the store is full, new proofs are refused until older ones leave it.
 pub const MAX_REPLAY_ENTRIES: usize = 4_000_000;
 /// Proof headers remembered with their parsed key and its thumbprint (see [`Dpop`]).
@@ -364,12 +364,14 @@ impl ReplayStore {
         let age = now.saturating_duration_since(shard.since);
         if age >= self.window {
             if age >= self.window.saturating_mul(2) {
-                shard.previous.clear();
+                shard.previous = HashSet::new();
             } else {
                 std::mem::swap(&mut shard.current, &mut shard.previous);
             }
-            // Cleared, not dropped: the next generation reuses the table.
-            shard.current.clear();
+            // A new table that grows with the proofs (a cleared one would keep its largest
+            // size): the memory follows the load, and both tables together never hold more
+            // than the shard's share of MAX_REPLAY_ENTRIES.
+            shard.current = HashSet::new();
             shard.since = now;
         }
         if shard.current.contains(&h) || shard.previous.contains(&h) {
