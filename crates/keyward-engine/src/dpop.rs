@@ -641,8 +641,8 @@ mod tests {
         let w = StdDuration::from_secs(10);
         let t0 = Instant::now();
         let at = |ms: u64| t0 + StdDuration::from_millis(ms);
-        let used = Err(DpopError::Invalid("the proof was used before"));
-        let full = Err(DpopError::Invalid("the replay store is full"));
+        let used: Result<(), DpopError> = Err(DpopError::Invalid("the proof was used before"));
+        let full: Result<(), DpopError> = Err(DpopError::Invalid("the replay store is full"));
 
         let store = ReplayStore::new(w, 1_000);
         assert_eq!(store.first_use("jkt:a", at(0)), Ok(()));

@@ -240,17 +240,50 @@ struct Parts<'t> {
     signature: Vec<u8>,
 }
 
+/// A compact JWS cut into its parts (base64url text), its structure checked.
+struct Compact<'t> {
+    signing_input: &'t str,
+    header: &'t str,
+    payload: &'t str,
+    signature: &'t str,
+}
+
+impl<'t> Compact<'t> {
+    fn of(token: &'t str) -> Result<Self, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (header, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+        // An empty signature is left to the algorithm checks: `alg: none` is refused as such, and an
+        // empty signature under a real algorithm does not verify.
+        if payload.contains('.') || header.is_empty() {
+            return Err(TokenError::Malformed);
+        }
+        Ok(Compact {
+            signing_input,
+            header,
+            payload,
+            signature,
+        })
+    }
+
+    /// The payload and the signature, decoded.
+    fn decode_body(&self) -> Result<(Vec<u8>, Vec<u8>), TokenError> {
+        let payload = b64::decode(self.payload).ok_or(TokenError::Malformed)?;
+        // Decoded explicitly so that the outcome never depends on how a base64 engine treats "".
+        let signature = if self.signature.is_empty() {
+            Vec::new()
+        } else {
+            b64::decode(self.signature).ok_or(TokenError::Malformed)?
+        };
+        Ok((payload, signature))
+    }
+}
+
 fn split(token: &str) -> Result<Parts<'_>, TokenError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::Malformed);
-    }
-    let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let (header, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
-    // An empty signature is left to the algorithm checks: `alg: none` is refused as such, and an empty
-    // signature under a real algorithm does not verify.
-    if payload.contains('.') || header.is_empty() {
-        return Err(TokenError::Malformed);
-    }
+    let compact = Compact::of(token)?;
+    let header = compact.header;
     let header_bytes = b64::decode(header).ok_or(TokenError::Malformed)?;
     let header_json: Value = serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
     if !header_json.is_object() {
@@ -260,15 +293,9 @@ fn split(token: &str) -> Result<Parts<'_>, TokenError> {
     if header.crit.is_some() || header.b64.is_some() {
         return Err(TokenError::Malformed);
     }
-    let payload = b64::decode(payload).ok_or(TokenError::Malformed)?;
-    // Decoded explicitly so that the outcome never depends on how a base64 engine treats "".
-    let signature = if signature.is_empty() {
-        Vec::new()
-    } else {
-        b64::decode(signature).ok_or(TokenError::Malformed)?
-    };
+    let (payload, signature) = compact.decode_body()?;
     Ok(Parts {
-        signing_input,
+        signing_input: compact.signing_input,
         header,
         header_json,
         payload,
@@ -365,21 +392,9 @@ pub fn verify_jws_payload(token: &str, jwk: &Jwk, allowed: &[Algorithm]) -> Resu
 /// # Errors
 /// `malformed` or `bad_signature`.
 pub fn verify_jws_prepared(token: &str, key: &crate::PreparedKey) -> Result<Vec<u8>, TokenError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::Malformed);
-    }
-    let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let (header, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
-    if payload.contains('.') || header.is_empty() {
-        return Err(TokenError::Malformed);
-    }
-    let payload = b64::decode(payload).ok_or(TokenError::Malformed)?;
-    let signature = if signature.is_empty() {
-        Vec::new()
-    } else {
-        b64::decode(signature).ok_or(TokenError::Malformed)?
-    };
-    if !key.verify(signing_input.as_bytes(), &signature) {
+    let compact = Compact::of(token)?;
+    let (payload, signature) = compact.decode_body()?;
+    if !key.verify(compact.signing_input.as_bytes(), &signature) {
         return Err(TokenError::BadSignature);
     }
     Ok(payload)
