@@ -22,10 +22,13 @@ use moka::sync::Cache;
 pub const DPOP_ALGS: [Algorithm; 4] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256];
 /// Longest proof accepted.
 pub const MAX_PROOF_LEN: usize = 8 * 1024;
-/// Proofs this process remembers for replay detection at most (each as a 128-bit keyed hash
-/// of its `jkt:jti`: 16 bytes and the hash table's slack, 20 to 40 bytes; under 160 MB full). A proof is never forgotten before its
-/// window has passed: once the store is full, new proofs are refused until older ones leave it.
-pub const MAX_REPLAY_ENTRIES: usize = 4_000_000;
+/// Proofs this process remembers for replay detection at most, by default
+/// (`oauth.dpop_replay_capacity`; each as a 128-bit keyed hash of its `jkt:jti`: 16 bytes and
+/// the hash table's slack, 20 to 40 bytes; under 160 MB full). A proof is never forgotten before
+/// its window has passed: once the store is full, new proofs are refused until older ones leave.
+pub const DEFAULT_REPLAY_CAPACITY: u64 = 4_000_000;
+/// The capacities `oauth.dpop_replay_capacity` may take.
+pub const REPLAY_CAPACITY_RANGE: std::ops::RangeInclusive<usize> = 1_000..=400_000_000;
 /// Proof headers remembered with their parsed key and its thumbprint (see [`Dpop`]).
 pub const PROOF_KEYS: u64 = 10_000;
 /// How long a remembered proof header is kept without use.
@@ -60,6 +63,8 @@ pub struct DpopConfig {
     pub require_nonce: bool,
     /// How long a nonce stays valid.
     pub nonce_lifetime: StdDuration,
+    /// Proofs remembered for replay detection at most (see [`DEFAULT_REPLAY_CAPACITY`]).
+    pub replay_capacity: usize,
 }
 
 impl Default for DpopConfig {
@@ -68,6 +73,7 @@ impl Default for DpopConfig {
             iat_window: StdDuration::from_secs(60),
             require_nonce: false,
             nonce_lifetime: StdDuration::from_secs(300),
+            replay_capacity: usize::try_from(DEFAULT_REPLAY_CAPACITY).unwrap_or(usize::MAX),
         }
     }
 }
@@ -144,7 +150,7 @@ impl Dpop {
         aws_lc_rs::rand::fill(&mut key).map_err(|_| crate::EngineError::Core(keyward_core::CoreError::Random))?;
         let window = cfg.iat_window.saturating_mul(2) + StdDuration::from_secs(5);
         Ok(Dpop {
-            seen: ReplayStore::new(window, MAX_REPLAY_ENTRIES),
+            seen: ReplayStore::new(window, cfg.replay_capacity),
             keys: Cache::builder()
                 .max_capacity(PROOF_KEYS)
                 .time_to_idle(PROOF_KEY_IDLE)
@@ -370,7 +376,7 @@ impl ReplayStore {
             }
             // A new table that grows with the proofs (a cleared one would keep its largest
             // size): the memory follows the load, and both tables together never hold more
-            // than the shard's share of MAX_REPLAY_ENTRIES.
+            // than the shard's share of the capacity.
             shard.current = HashSet::new();
             shard.since = now;
         }

@@ -377,6 +377,18 @@ impl Config {
                 }
             }
         }
+        let replay = keyward_engine::dpop::REPLAY_CAPACITY_RANGE;
+        let replay_capacity = usize::try_from(o.dpop_replay_capacity)
+            .ok()
+            .filter(|n| replay.contains(n))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "oauth.dpop_replay_capacity: {} proofs is outside {}..={} (20 to 40 bytes each)",
+                    o.dpop_replay_capacity,
+                    replay.start(),
+                    replay.end()
+                ))
+            })?;
         let rotate_every = match &o.rotate_every {
             Some(r) => Some(
                 humantime::parse_duration(r)
@@ -409,6 +421,7 @@ impl Config {
                 iat_window: o.dpop_iat_window,
                 require_nonce: o.dpop_require_nonce,
                 nonce_lifetime: o.dpop_nonce_lifetime,
+                replay_capacity,
             },
         })
     }

@@ -272,6 +272,40 @@ mod tests {
     }
 
     #[test]
+    fn dpop_replay_capacity_is_bounded() {
+        let capacity = |v: &str| {
+            Config::load(None, &env(&[("KEYWARD_OAUTH__DPOP_REPLAY_CAPACITY", v)]))
+                .and_then(|c| c.oauth_config())
+                .map(|o| o.dpop.replay_capacity)
+        };
+        let default = Config::load(None, &env(&[])).unwrap().oauth_config().unwrap();
+        assert_eq!(default.dpop.replay_capacity, 4_000_000);
+        assert_eq!(capacity("1000").unwrap(), 1_000);
+        assert_eq!(capacity("400000000").unwrap(), 400_000_000);
+        // Outside the range: refused, naming the key and the range.
+        for bad in ["999", "0", "400000001"] {
+            let e = capacity(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("oauth.dpop_replay_capacity") && e.contains("1000..=400000000"),
+                "{bad}: {e}"
+            );
+        }
+        // Not a count at all: refused when the configuration is read.
+        for bad in ["-1", "lots", "1e9", "99999999999999999999999"] {
+            assert!(capacity(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::load(None, &env(&[])).unwrap();
+        c.oauth.enabled = true;
+        c.oauth.dpop_replay_capacity = 5;
+        assert!(
+            c.check(&[])
+                .iter()
+                .any(|p| p.to_string().contains("oauth.dpop_replay_capacity")),
+            "check-config names it"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.toml");

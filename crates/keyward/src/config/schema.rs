@@ -602,6 +602,10 @@ pub struct OAuthSection {
     /// DPoP: how long a server nonce stays valid.
     #[serde(with = "dur")]
     pub dpop_nonce_lifetime: Duration,
+    /// DPoP: proofs this node remembers for replay detection at most (20 to 40 bytes each).
+    /// Each proof is kept for 2 × `dpop_iat_window` + 5 s at least; a full store refuses new
+    /// proofs rather than forget one early.
+    pub dpop_replay_capacity: u64,
     /// RFC 8705 `mtls_endpoint_aliases`: the base URL clients doing mutual TLS use, when it is
     /// not the issuer (e.g. a separate host name where a load balancer passes TLS through).
     pub mtls_base_url: Option<String>,
@@ -620,6 +624,7 @@ impl Default for OAuthSection {
             dpop_iat_window: Duration::from_secs(60),
             dpop_require_nonce: false,
             dpop_nonce_lifetime: Duration::from_secs(300),
+            dpop_replay_capacity: keyward_engine::dpop::DEFAULT_REPLAY_CAPACITY,
             mtls_base_url: None,
         }
     }
