@@ -560,11 +560,9 @@ pub(crate) async fn handle_request(st: &Arc<GatewayState>, peer: SocketAddr, req
     let status = resp.status().as_u16();
     // On the request span (crate::ops), with the status, in one visit of the subscriber:
     // exported with it as OpenTelemetry attributes.
-    crate::ops::record_three(
+    crate::ops::record_fields(
         &tracing::Span::current(),
-        ("route", &route_name),
-        ("outcome", &outcome),
-        ("status", &status),
+        [("route", &route_name), ("outcome", &outcome), ("status", &status)],
     );
     resp.extensions_mut().insert(crate::ops::StatusRecorded);
     match route {
@@ -666,7 +664,10 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
     let path = req.uri().path();
     let client = client_ip(peer.ip(), req.headers(), &st.cfg.trusted_proxies);
     let span = tracing::Span::current();
-    crate::ops::record_pair(&span, ("path", &path), ("client_ip", &tracing::field::display(client)));
+    crate::ops::record_fields(
+        &span,
+        [("path", &path), ("client_ip", &tracing::field::display(client))],
+    );
     let peer_cert = req
         .extensions()
         .get::<crate::tls::PeerCertificates>()
@@ -689,7 +690,7 @@ async fn handle_route(st: &Arc<GatewayState>, peer: SocketAddr, route: &Route, r
             Some(c) => ("client_id", c),
             None => ("key_id", p.id()),
         };
-        crate::ops::record_pair(&span, ("app_id", &p.app_id()), (who.0, &who.1));
+        crate::ops::record_fields(&span, [("app_id", &p.app_id()), (who.0, &who.1)]);
     }
     let Admitted {
         principal,

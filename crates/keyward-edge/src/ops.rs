@@ -112,47 +112,24 @@ where
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StatusRecorded;
 
-/// Records two fields of `span` in one visit of the subscriber (which looks the span up,
-/// checks its filters and locks its data once per visit, not once per field): the request span
-/// gets its fields in pairs (issue 19). A name the span does not have is ignored, as by
-/// `Span::record`.
-pub(crate) fn record_pair(span: &tracing::Span, a: (&str, &dyn tracing::Value), b: (&str, &dyn tracing::Value)) {
+/// Records fields of `span` in one visit of the subscriber (which looks the span up, checks its
+/// filters and locks its data once per visit, not once per field): the request span gets its
+/// fields in groups (issue 19). A name the span does not have is ignored, as by `Span::record`.
+pub(crate) fn record_fields<const N: usize>(span: &tracing::Span, values: [(&str, &dyn tracing::Value); N]) {
     let Some(meta) = span.metadata() else {
         return;
     };
-    let fields = meta.fields();
-    match (fields.field(a.0), fields.field(b.0)) {
-        (Some(fa), Some(fb)) => {
-            span.record_all(&fields.value_set(&[(&fa, Some(a.1)), (&fb, Some(b.1))]));
-        }
-        _ => {
-            span.record(a.0, a.1);
-            span.record(b.0, b.1);
-        }
-    }
-}
-
-/// As [`record_pair`], for three fields.
-pub(crate) fn record_three(
-    span: &tracing::Span,
-    a: (&str, &dyn tracing::Value),
-    b: (&str, &dyn tracing::Value),
-    c: (&str, &dyn tracing::Value),
-) {
-    let Some(meta) = span.metadata() else {
+    let set = meta.fields();
+    let found = values.map(|(name, value)| (set.field(name), value));
+    // A name not found takes any field of the span with no value, which records nothing.
+    let Some(any) = found.iter().find_map(|(f, _)| f.as_ref()) else {
         return;
     };
-    let fields = meta.fields();
-    match (fields.field(a.0), fields.field(b.0), fields.field(c.0)) {
-        (Some(fa), Some(fb), Some(fc)) => {
-            span.record_all(&fields.value_set(&[(&fa, Some(a.1)), (&fb, Some(b.1)), (&fc, Some(c.1))]));
-        }
-        _ => {
-            span.record(a.0, a.1);
-            span.record(b.0, b.1);
-            span.record(c.0, c.1);
-        }
-    }
+    let pairs = found.each_ref().map(|(f, v)| match f {
+        Some(f) => (f, Some(*v)),
+        None => (any, None),
+    });
+    span.record_all(&set.value_set(&pairs));
 }
 
 /// `/healthz` and `/readyz` (no token), to merge into a listener's router.
@@ -301,5 +278,60 @@ mod tests {
         assert_eq!(a.len(), 22);
         assert_ne!(a, b);
         assert!(sane_request_id(a.as_bytes()));
+    }
+
+    /// `record_fields` records every value in one visit; a name the span does not have is
+    /// ignored, as by `Span::record`, and so is every name on a span without the fields.
+    #[test]
+    fn record_fields_records_known_names_in_one_visit() {
+        use std::sync::{Arc, Mutex};
+        use tracing::field::{Field, Visit};
+        use tracing::span::{Attributes, Id, Record};
+
+        #[derive(Default)]
+        struct Visits(Mutex<Vec<Vec<String>>>);
+        struct Seen(Vec<String>);
+        impl Visit for Seen {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                self.0.push(format!("{}={value:?}", field.name()));
+            }
+        }
+        struct Recorder(Arc<Visits>);
+        impl tracing::Subscriber for Recorder {
+            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, values: &Record<'_>) {
+                let mut seen = Seen(Vec::new());
+                values.record(&mut seen);
+                self.0 .0.lock().unwrap().push(seen.0);
+            }
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, _: &tracing::Event<'_>) {}
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+
+        let visits = Arc::new(Visits::default());
+        tracing::subscriber::with_default(Recorder(visits.clone()), || {
+            let span = tracing::info_span!("request", a = tracing::field::Empty, b = tracing::field::Empty);
+            record_fields(&span, [("a", &1u64), ("b", &"two"), ("c", &3u64)]);
+            record_fields(&span, [("nope", &1u64), ("b", &"again")]);
+            record_fields(&span, [("nope", &1u64)]);
+            let other = tracing::info_span!("other");
+            record_fields(&other, [("a", &1u64)]);
+        });
+        let visits = visits.0.lock().unwrap().clone();
+        assert_eq!(
+            visits,
+            [
+                vec!["a=1".to_owned(), "b=\"two\"".to_owned()],
+                vec!["b=\"again\"".to_owned()]
+            ],
+            "one visit per call with known names, nothing for unknown ones"
+        );
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use base64::Engine as _;
 
-use keyward_token::{thumbprint, verify_jws_payload, verify_jws_prepared, Algorithm, Jwk, PreparedKey, VerifyKey};
+use keyward_token::{thumbprint, verify_jws_and_prepare, verify_jws_prepared, Algorithm, Jwk, PreparedKey};
 use moka::sync::Cache;
 
 /// Algorithms accepted in proofs (asymmetric only).
@@ -26,7 +26,7 @@ pub const MAX_PROOF_LEN: usize = 8 * 1024;
 /// (`oauth.dpop_replay_capacity`; each as a 128-bit keyed hash of its `jkt:jti`: 16 bytes and
 /// the hash table's slack, 20 to 40 bytes; under 160 MB full). A proof is never forgotten before
 /// its window has passed: once the store is full, new proofs are refused until older ones leave.
-pub const DEFAULT_REPLAY_CAPACITY: u64 = 4_000_000;
+pub const DEFAULT_REPLAY_CAPACITY: usize = 4_000_000;
 /// The capacities `oauth.dpop_replay_capacity` may take.
 pub const REPLAY_CAPACITY_RANGE: std::ops::RangeInclusive<usize> = 1_000..=400_000_000;
 /// Proof headers remembered with their parsed key and its thumbprint (see [`Dpop`]).
@@ -73,7 +73,7 @@ impl Default for DpopConfig {
             iat_window: StdDuration::from_secs(60),
             require_nonce: false,
             nonce_lifetime: StdDuration::from_secs(300),
-            replay_capacity: usize::try_from(DEFAULT_REPLAY_CAPACITY).unwrap_or(usize::MAX),
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
         }
     }
 }
@@ -237,7 +237,7 @@ impl Dpop {
     }
 
     fn first_use_here(&self, entry: &str) -> Result<(), DpopError> {
-        self.seen.first_use(entry, std::time::Instant::now())
+        self.seen.first_use(entry, Instant::now())
     }
 
     /// Every check but the replay check; returns the replay-store entry (`jkt:jti`).
@@ -353,19 +353,10 @@ impl ReplayStore {
         }
     }
 
-    fn lock(&self, i: usize) -> Option<MutexGuard<'_, ReplayShard>> {
-        self.shards
-            .get(i)
-            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
     /// `entry` seen for the first time within the window: remembered. Seen before: refused.
     fn first_use(&self, entry: &str, now: Instant) -> Result<(), DpopError> {
         let h = (u128::from(self.hash_keys.0.hash_one(entry)) << 64) | u128::from(self.hash_keys.1.hash_one(entry));
-        let i = usize::try_from(h % REPLAY_SHARDS as u128).unwrap_or(0);
-        let Some(mut shard) = self.lock(i) else {
-            return Err(DpopError::Invalid("the replay store is full"));
-        };
+        let mut shard = lock(&self.shards[(h % REPLAY_SHARDS as u128) as usize]);
         let shard = &mut *shard;
         let age = now.saturating_duration_since(shard.since);
         if age >= self.window {
@@ -392,11 +383,19 @@ impl ReplayStore {
 
     /// Proofs remembered (some may be past their window until their generation is dropped).
     fn len(&self) -> u64 {
-        (0..self.shards.len())
-            .filter_map(|i| self.lock(i).map(|s| s.current.len() + s.previous.len()))
-            .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
-            .sum()
+        let n: usize = self
+            .shards
+            .iter()
+            .map(lock)
+            .map(|s| s.current.len() + s.previous.len())
+            .sum();
+        u64::try_from(n).unwrap_or(u64::MAX)
     }
+}
+
+/// A shard, also when a thread panicked while holding it (its sets stay consistent).
+fn lock(shard: &Mutex<ReplayShard>) -> MutexGuard<'_, ReplayShard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The checks of a proof header seen for the first time, and the proof's signature under its
@@ -414,20 +413,19 @@ fn check_header_and_signature(header_b64: &str, proof: &str) -> Result<(Arc<Proo
         .get("alg")
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default();
-    let Some(alg) = DPOP_ALGS.iter().copied().find(|a| a.as_str() == alg) else {
+    if !DPOP_ALGS.iter().any(|a| a.as_str() == alg) {
         return Err(DpopError::Invalid("alg must be one of ES256, EdDSA, RS256, PS256"));
-    };
+    }
     let jwk: Jwk = header
         .get("jwk")
         .cloned()
         .and_then(|j| serde_json::from_value(j).ok())
         .ok_or(DpopError::Invalid("jwk must be a public key"))?;
-    let (_, payload) = verify_jws_payload(proof, &jwk, &DPOP_ALGS).map_err(|_| DpopError::Invalid("bad signature"))?;
+    let (key, payload) =
+        verify_jws_and_prepare(proof, &jwk, &DPOP_ALGS).map_err(|_| DpopError::Invalid("bad signature"))?;
     let claims = claims_of(&payload)?;
-    // The signature verified under this key for this `alg`, so the key fits it.
-    let key = VerifyKey::from_jwk(&jwk, alg).map_err(|_| DpopError::Invalid("bad signature"))?;
     let key = Arc::new(ProofKey {
-        key: key.prepare(),
+        key,
         jkt: thumbprint(&jwk),
     });
     Ok((key, claims))

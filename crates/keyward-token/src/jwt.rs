@@ -375,17 +375,34 @@ fn check_claims(claims: &AccessClaims, expected: &Expectations<'_>) -> Result<()
 /// # Errors
 /// `malformed`, `unsupported_alg` (including a key that does not fit the algorithm) or `bad_signature`.
 pub fn verify_jws_payload(token: &str, jwk: &Jwk, allowed: &[Algorithm]) -> Result<(Value, Vec<u8>), TokenError> {
+    verify_with_jwk(token, jwk, allowed).map(|(parts, _)| (parts.header_json, parts.payload))
+}
+
+/// As [`verify_jws_payload`], returning instead of the header the key the signature verified
+/// under, made ready for the next tokens under the same header ([`verify_jws_prepared`]).
+///
+/// # Errors
+/// As [`verify_jws_payload`].
+pub fn verify_jws_and_prepare(
+    token: &str,
+    jwk: &Jwk,
+    allowed: &[Algorithm],
+) -> Result<(crate::PreparedKey, Vec<u8>), TokenError> {
+    verify_with_jwk(token, jwk, allowed).map(|(parts, key)| (key.prepare(), parts.payload))
+}
+
+fn verify_with_jwk<'t>(token: &'t str, jwk: &Jwk, allowed: &[Algorithm]) -> Result<(Parts<'t>, VerifyKey), TokenError> {
     let parts = split(token)?;
     let alg = header_alg(&parts.header, allowed)?;
     let key = VerifyKey::from_jwk(jwk, alg).map_err(|_| TokenError::UnsupportedAlg)?;
     if !key.verify(parts.signing_input.as_bytes(), &parts.signature) {
         return Err(TokenError::BadSignature);
     }
-    Ok((parts.header_json, parts.payload))
+    Ok((parts, key))
 }
 
 /// Verifies a compact JWS whose protected header the caller has already checked, byte for byte,
-/// with [`verify_jws_payload`] (a DPoP client reuses one header, with its `jwk`, for every proof),
+/// with [`verify_jws_and_prepare`] (a DPoP client reuses one header, with its `jwk`, for every proof),
 /// against that header's key made ready once: the payload bytes. The header is not decoded again;
 /// the structure checks and their outcomes are those of [`verify_jws_payload`].
 ///

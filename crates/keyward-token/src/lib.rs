@@ -23,8 +23,8 @@ pub use cert::{cert_thumbprint, CertError, ClientCert, DistinguishedName};
 pub use jwk::{thumbprint, Jwk, JwkError, KeyType};
 pub use jwks::JwkSet;
 pub use jwt::{
-    mint, verify, verify_jws, verify_jws_payload, verify_jws_prepared, AccessClaims, Audience, Confirmation,
-    Expectations, TokenError, MAX_TOKEN_LEN,
+    mint, verify, verify_jws, verify_jws_and_prepare, verify_jws_payload, verify_jws_prepared, AccessClaims, Audience,
+    Confirmation, Expectations, TokenError, MAX_TOKEN_LEN,
 };
 pub use kek::{Kek, KekError};
 pub use signing::{Algorithm, KeyError, PreparedKey, RsaBits, SigningKey, VerifyKey};

@@ -419,17 +419,14 @@ impl VerifyKey {
     /// DPoP client's proof key, cached per proof header): [`PreparedKey::verify`] accepts exactly
     /// what [`VerifyKey::verify`] accepts, without decoding and checking the point each time.
     #[must_use]
-    pub fn prepare(&self) -> PreparedKey {
+    pub fn prepare(self) -> PreparedKey {
         let parsed = match &self.key {
             PublicKey::Ed25519(k) => signature::ParsedPublicKey::new(&signature::ED25519, k).ok(),
             PublicKey::P256(k) => signature::ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, k).ok(),
             // RSA keys are built from their components per verification, as by `verify`.
             PublicKey::Rsa { .. } => None,
         };
-        PreparedKey {
-            key: self.clone(),
-            parsed,
-        }
+        PreparedKey { key: self, parsed }
     }
 
     /// Whether `signature` is a valid signature of `message` under this key and its algorithm.
@@ -579,7 +576,7 @@ mod tests {
         let bad = Jwk::ec("P-256", &b64::decode(jwk.x().unwrap()).unwrap(), &y);
         let plain = VerifyKey::from_jwk(&bad, Algorithm::ES256).unwrap();
         assert!(!plain.verify(b"m", &sig));
-        assert!(!plain.prepare().verify(b"m", &sig));
+        assert!(!plain.clone().prepare().verify(b"m", &sig));
         assert!(format!("{:?}", plain.prepare()).contains("ES256"));
     }
 

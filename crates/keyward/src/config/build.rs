@@ -378,8 +378,7 @@ impl Config {
             }
         }
         let replay = keyward_engine::dpop::REPLAY_CAPACITY_RANGE;
-        let replay_capacity = usize::try_from(o.dpop_replay_capacity)
-            .ok()
+        let replay_capacity = Some(o.dpop_replay_capacity)
             .filter(|n| replay.contains(n))
             .ok_or_else(|| {
                 invalid(format!(

@@ -605,7 +605,7 @@ pub struct OAuthSection {
     /// DPoP: proofs this node remembers for replay detection at most (20 to 40 bytes each).
     /// Each proof is kept for 2 × `dpop_iat_window` + 5 s at least; a full store refuses new
     /// proofs rather than forget one early.
-    pub dpop_replay_capacity: u64,
+    pub dpop_replay_capacity: usize,
     /// RFC 8705 `mtls_endpoint_aliases`: the base URL clients doing mutual TLS use, when it is
     /// not the issuer (e.g. a separate host name where a load balancer passes TLS through).
     pub mtls_base_url: Option<String>,
